@@ -1,0 +1,37 @@
+"""Entry point of the `kubeloop` command: registers each command group."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from kubeloop.errors import KubeloopError
+
+app = typer.Typer(
+    help="kubeloop: data lake -> Feast -> Kubeflow training -> registry -> KServe canary -> drift.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Imported here, not at module top, so `kubeloop --help` stays fast and importing
+    # this module has no side effects beyond building the command tree.
+    from kubeloop.cli import data, demo, features
+
+    app.add_typer(data.app, name="data")
+    app.add_typer(features.app, name="features")
+    app.command(name="demo")(demo.demo)
+
+
+_register()
+
+
+def main() -> None:
+    """Run the CLI, turning a KubeloopError into a one-line message and exit code 2."""
+    try:
+        app()
+    except KubeloopError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
