@@ -18,10 +18,11 @@ app = typer.Typer(
 def _register() -> None:
     # Imported here, not at module top, so `kubeloop --help` stays fast and importing
     # this module has no side effects beyond building the command tree.
-    from kubeloop.cli import data, demo, features
+    from kubeloop.cli import data, demo, features, pipeline
 
     app.add_typer(data.app, name="data")
     app.add_typer(features.app, name="features")
+    app.add_typer(pipeline.app, name="pipeline")
     app.command(name="demo")(demo.demo)
 
 

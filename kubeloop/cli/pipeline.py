@@ -1,0 +1,87 @@
+"""`kubeloop pipeline ...`: compile, run locally with kfp.local, submit to a KFP API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(help="Compile, run (kfp.local) and submit the Kubeflow training pipeline.", no_args_is_help=True)
+console = Console()
+
+
+@app.command("compile")
+def compile_cmd(
+    out: Path = typer.Option(Path("build/training_pipeline.yaml"), help="Where to write the IR YAML."),
+    name: str = typer.Option("training", help="Pipeline to compile."),
+) -> None:
+    """Compile a pipeline to Kubeflow's IR YAML (the package `submit` uploads)."""
+    from kubeloop.pipeline.compile import compile_pipeline
+
+    path = compile_pipeline(name, out)
+    console.print(f"compiled pipeline [bold]{name}[/] -> {path}")
+
+
+@app.command("run")
+def run_cmd(
+    local: bool = typer.Option(False, "--local", help="Run with kfp.local's SubprocessRunner on this machine."),
+    workdir: Path = typer.Option(Path("runs/demo"), help="Run directory holding lake/, features/, feature_repo/, registry/."),
+    generate: bool = typer.Option(False, help="Generate the lake first (otherwise it must exist)."),
+    events: Optional[int] = typer.Option(None, help="Events to generate (with --generate)."),
+    scenario: str = typer.Option("baseline", help="Data scenario (with --generate)."),
+    model_name: str = typer.Option("ctr", help="Registry name of the model."),
+) -> None:
+    """Run the training pipeline end to end. Only --local is supported here; use `submit` for a cluster."""
+    if not local:
+        raise typer.BadParameter("use --local to run here, or `kubeloop pipeline submit --host URL` for a cluster")
+    from kubeloop.pipeline.local_run import run_local
+    from kubeloop.pipeline.params import TrainingRunParams
+    from kubeloop.workdir import Workdir
+
+    wd = Workdir.at(workdir).ensure()
+    generator = {"scenario": scenario}
+    if events:
+        generator["events"] = events
+    params = TrainingRunParams.for_workdir(
+        wd, model_name=model_name, scenario=scenario, generate=generate, generator_config=generator
+    )
+    result = run_local(params, wd.root / "kfp_local")
+    console.print_json(json.dumps({"decision": result.decision, "seconds": round(result.seconds, 1)}, default=str))
+
+
+@app.command("submit")
+def submit_cmd(
+    host: str = typer.Option(..., help="KFP API URL, e.g. http://localhost:8888 (port-forwarded ml-pipeline-ui)."),
+    package: Path = typer.Option(Path("build/training_pipeline.yaml"), help="Compiled IR YAML (compiled first if missing)."),
+    namespace: str = typer.Option("kubeflow", help="Kubernetes namespace of the run."),
+    experiment: str = typer.Option("kubeloop", help="KFP experiment name."),
+    run_name: Optional[str] = typer.Option(None, help="Run name (default: derived from the package)."),
+    schedule: Optional[str] = typer.Option(None, help="Cron expression (6 fields, with seconds) for a recurring retraining run."),
+    lake_uri: str = typer.Option("s3://kubeloop/lake", help="Lake URI as seen from the cluster."),
+    features_uri: str = typer.Option("s3://kubeloop/features", help="Offline feature tables URI."),
+    feature_repo: str = typer.Option("/feature_repo", help="Feast repo path inside the component image."),
+    registry_uri: str = typer.Option("/registry", help="Registry location inside the component pods."),
+    model_name: str = typer.Option("ctr", help="Registry name of the model."),
+    service_account: Optional[str] = typer.Option("kubeloop-pipeline-runner", help="Service account for the run's pods."),
+) -> None:
+    """Submit the compiled pipeline to a Kubeflow Pipelines API with kfp.Client."""
+    from kubeloop.pipeline.compile import compile_pipeline
+    from kubeloop.pipeline.params import TrainingRunParams
+    from kubeloop.pipeline.submit import SubmitOptions, submit
+
+    if not package.exists():
+        compile_pipeline("training", package)
+    params = TrainingRunParams(
+        lake_uri=lake_uri, features_uri=features_uri, feature_repo=feature_repo,
+        registry_uri=registry_uri, model_name=model_name,
+    )
+    ids = submit(
+        package,
+        params.arguments(),
+        SubmitOptions(host=host, namespace=namespace, experiment=experiment, run_name=run_name,
+                      schedule=schedule, service_account=service_account),
+    )
+    console.print_json(json.dumps(ids))
