@@ -2,6 +2,190 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 app = typer.Typer(help="Build features, apply the Feast repo, materialize, build the training set.", no_args_is_help=True)
+
+
+@app.command("build")
+def build(
+    lake: str = typer.Option(..., "--lake", help="Lake root: a local path or an fsspec URL."),
+    out: Path = typer.Option(
+        ..., "--out", help="Directory for user_features.parquet and ad_features.parquet."
+    ),
+    ctr_prior: float = typer.Option(
+        0.04, "--ctr-prior", help="Prior click-through rate of the smoothed CTRs."
+    ),
+    prior_strength: float = typer.Option(
+        20.0, "--prior-strength", help="Weight of the prior, in impressions."
+    ),
+    memory_limit: str = typer.Option(
+        "2GB", "--memory-limit", help="DuckDB memory limit; beyond it DuckDB spills to disk."
+    ),
+    threads: int = typer.Option(2, "--threads", help="DuckDB worker threads."),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Do not show per-step progress."),
+) -> None:
+    """Build the point-in-time user and ad feature tables from the event lake."""
+    # Imported here so that `kubeloop --help` does not pay for the ETL's imports.
+    from rich.console import Console
+    from rich.table import Table
+
+    from kubeloop.features.build import FeatureBuildConfig, build_features
+
+    config = FeatureBuildConfig(
+        ctr_prior=ctr_prior,
+        prior_strength=prior_strength,
+        memory_limit=memory_limit,
+        threads=threads,
+    )
+    summary = build_features(lake, out, config, progress=not no_progress)
+
+    table = Table(title=f"features written to {out}", show_header=False)
+    table.add_row("events read", f"{summary.events:,}")
+    table.add_row("user feature rows", f"{summary.user_rows:,}")
+    table.add_row("ad feature rows", f"{summary.ad_rows:,}")
+    table.add_row("seconds", f"{summary.seconds:.2f}")
+    table.add_row("events/s", f"{summary.events_per_second:,.0f}")
+    Console().print(table)
+
+
+# --- Feast repository: apply, materialize, training set, online lookup -----------------
+
+
+@app.command("apply")
+def apply(
+    repo: Path = typer.Option(..., "--repo", help="Feast repository directory (created if missing)."),
+    features: Path = typer.Option(
+        ..., "--features", help="Directory holding user_features.parquet and ad_features.parquet."
+    ),
+    online_store: str = typer.Option(
+        "sqlite", "--online-store", help="Online store: sqlite (embedded, default) or redis."
+    ),
+    redis: str | None = typer.Option(
+        None,
+        "--redis",
+        help="Redis address for --online-store redis: redis://host:port/db or host:port "
+        "(default 127.0.0.1:6379).",
+    ),
+    project: str = typer.Option("kubeloop", "--project", help="Feast project name."),
+) -> None:
+    """Write the Feast repository and register the feature definitions (feast apply).
+
+    Writes --repo/feature_store.yaml and registers the user and ad entities, both
+    feature views over the tables in --features and the ctr_model feature service.
+    """
+    # Feast is imported lazily by these modules: `kubeloop --help` stays fast.
+    from kubeloop.errors import FeatureStoreError
+    from kubeloop.features.store import (
+        FeatureStoreSettings,
+        apply_definitions,
+        online_store_config,
+        open_store,
+        write_repo,
+    )
+
+    if redis is not None and online_store != "redis":
+        raise FeatureStoreError("--redis is only used with --online-store redis")
+    store_config = online_store_config(online_store, connection_string=redis)
+    settings = FeatureStoreSettings(project=project, online_store=store_config)
+    yaml_path = write_repo(repo, settings, features)
+    store = open_store(repo)
+    objects = apply_definitions(store, features)
+    typer.echo(f"wrote {yaml_path}")
+    typer.echo(
+        f"applied {len(objects)} objects to project {project!r} "
+        f"(online store: {online_store}): " + ", ".join(o.name for o in objects)
+    )
+
+
+@app.command("materialize")
+def materialize(
+    repo: Path = typer.Option(..., "--repo", help="Feast repository directory written by `apply`."),
+    end: str | None = typer.Option(
+        None,
+        "--end",
+        help="Load rows strictly before this ISO time, UTC if no zone "
+        "(default: just after the newest feature row).",
+    ),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Silence Feast's progress output."),
+) -> None:
+    """Load each user's and ad's latest feature row into the online store.
+
+    Both offline tables are checked against kubeloop.schema first; a bad table is
+    reported by file and column and the online store is left as it was.
+    """
+    from datetime import datetime
+
+    from kubeloop.errors import FeatureStoreError
+    from kubeloop.features.materialize import materialize as run_materialize
+    from kubeloop.features.store import open_store
+
+    end_at = None
+    if end is not None:
+        try:
+            end_at = datetime.fromisoformat(end)
+        except ValueError:
+            raise FeatureStoreError(f"--end {end!r} is not an ISO date or time") from None
+    summary = run_materialize(open_store(repo), end_at, progress=not no_progress)
+    typer.echo(
+        f"materialized {summary.users:,} users and {summary.ads:,} ads "
+        f"({summary.rows_online:,} entity keys) into {summary.online_store} "
+        f"up to {summary.end.isoformat()} in {summary.seconds:.2f}s"
+    )
+
+
+@app.command("training-set")
+def training_set(
+    repo: Path = typer.Option(..., "--repo", help="Feast repository directory written by `apply`."),
+    lake: str = typer.Option(..., "--lake", help="Lake root: a local path or an fsspec URL."),
+    out: Path = typer.Option(..., "--out", help="Parquet file to write."),
+    day: list[str] | None = typer.Option(
+        None, "--day", help="Only this day (YYYY-MM-DD); repeat for several (default: every day)."
+    ),
+    no_progress: bool = typer.Option(False, "--no-progress", help="Do not show per-day progress."),
+) -> None:
+    """Write the training set: every event joined point-in-time with the features.
+
+    The join is Feast's get_historical_features over the ctr_model feature service;
+    the output has kubeloop.schema.TRAINING_COLUMNS, sorted by event time.
+    """
+    from datetime import date
+
+    from kubeloop.errors import FeatureStoreError
+    from kubeloop.features.store import open_store
+    from kubeloop.features.training_set import build_training_set
+
+    days = None
+    if day:
+        try:
+            days = [date.fromisoformat(d) for d in day]
+        except ValueError as exc:
+            raise FeatureStoreError(f"--day: {exc}") from None
+    summary = build_training_set(open_store(repo), lake, out, days=days, progress=not no_progress)
+    typer.echo(
+        f"wrote {summary.rows:,} rows x {len(summary.columns)} columns to {out} "
+        f"in {summary.seconds:.2f}s (Feast join {summary.seconds_feast:.2f}s)"
+    )
+
+
+@app.command("online")
+def online(
+    repo: Path = typer.Option(..., "--repo", help="Feast repository directory written by `apply`."),
+    user_id: int = typer.Option(..., "--user-id", help="User to look up."),
+    ad_id: int = typer.Option(..., "--ad-id", help="Ad to look up."),
+) -> None:
+    """Print the online feature vector of one (user, ad) pair, as serving would fetch it."""
+    import pandas as pd
+
+    from kubeloop.features.online import online_features
+    from kubeloop.features.store import open_store
+
+    frame = online_features(open_store(repo), [{"user_id": user_id, "ad_id": ad_id}])
+
+    row = frame.iloc[0]
+    width = max(len(name) for name in frame.columns)
+    for name in frame.columns:
+        value = row[name]
+        typer.echo(f"{name:<{width}}  {'null' if pd.isna(value) else value}")

@@ -1,0 +1,247 @@
+"""`kubeloop features build`: the ETL from the event lake to the offline feature tables.
+
+A row of a feature table for entity E at feature_timestamp T summarises only events of E
+with event_timestamp < T. Rows are emitted at the end of every hour in which E had an
+event, so Feast's point-in-time join (latest row with T <= t) never lets an event see
+itself or anything after it. See kubeloop/features/sql.py for the query.
+
+The build is all-or-nothing: the lake is validated before anything is written, both tables
+are written into a staging directory next to the output, checked against the schemas, and
+only then moved into place; any failure leaves the previous tables as they were.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from kubeloop.data.validate import LakeManifest, validate_lake
+from kubeloop.features.sql import AD, USER, EntitySpec, feature_query
+from kubeloop.schema import (
+    AD_FEATURE_SCHEMA,
+    AD_FEATURES_FILE,
+    EVENT_SCHEMA,
+    USER_FEATURE_SCHEMA,
+    USER_FEATURES_FILE,
+)
+
+STEPS = ("validate", "read", "aggregate users", "aggregate ads", "write")
+
+# Rows per Arrow batch (and Parquet row group): bounds the Python side's memory whatever
+# the table size, while DuckDB spills its own state under memory_limit.
+BATCH_ROWS = 131_072
+
+
+class FeatureBuildConfig(BaseModel):
+    """Settings of the feature build.
+
+    The smoothed click-through rate of a window is
+    ``(clicks + prior_strength * ctr_prior) / (impressions + prior_strength)``. The prior is
+    a fixed setting rather than a rate estimated from the data, so no information from
+    after a row's timestamp can reach it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    ctr_prior: float = Field(0.04, ge=0.0, le=1.0, description="prior click-through rate")
+    prior_strength: float = Field(20.0, ge=0.0, description="weight of the prior, in impressions")
+    memory_limit: str = Field(
+        "2GB", description="DuckDB memory_limit; beyond it DuckDB spills to disk"
+    )
+    threads: int = Field(2, ge=1, description="DuckDB worker threads")
+
+
+class FeatureBuildSummary(BaseModel):
+    """What a build read and wrote."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: int
+    user_rows: int
+    ad_rows: int
+    seconds: float
+
+    @property
+    def events_per_second(self) -> float:
+        """Throughput of the whole build, validation and writing included."""
+        return self.events / self.seconds if self.seconds > 0 else float("inf")
+
+
+def _connect(manifest: LakeManifest, config: FeatureBuildConfig, spill_dir: Path):
+    import duckdb
+
+    con = duckdb.connect(
+        config={
+            "memory_limit": config.memory_limit,
+            "threads": config.threads,
+            "temp_directory": str(spill_dir),
+            # Ordering comes from the queries' ORDER BY; not preserving scan order lets
+            # DuckDB stream and spill with less memory.
+            "preserve_insertion_order": False,
+        }
+    )
+    # DuckDB's own bar would interleave with the per-step one.
+    con.execute("SET enable_progress_bar = false")
+    # Hour buckets are truncated in the session time zone and TIMESTAMPTZ values are
+    # handed to Arrow in it: UTC keeps both equal to the lake's UTC instants.
+    con.execute("SET TimeZone = 'UTC'")
+    if not manifest.local:
+        from fsspec.core import url_to_fs
+
+        fs, _ = url_to_fs(manifest.lake_root)
+        con.register_filesystem(fs)
+    return con
+
+
+def _create_events_view(con, manifest: LakeManifest) -> int:
+    columns = ", ".join(f.name for f in EVENT_SCHEMA)
+    # The validated file list is read, not a glob, so files that validation skipped
+    # (hidden, not .parquet) cannot slip in; the day column is not needed.
+    con.read_parquet(manifest.files, hive_partitioning=False).select(columns).create_view("events")
+    # fetchall drains the streamed result, which would otherwise hold the connection.
+    return con.execute("SELECT count(*) FROM events").fetchall()[0][0]
+
+
+def _write_query(con, spec: EntitySpec, params: dict, path: Path, schema: pa.Schema) -> int:
+    """Stream one feature query into a Parquet file with exactly `schema`; return its rows."""
+    reader = con.sql(feature_query(spec), params=params).to_arrow_reader(BATCH_ROWS)
+    rows = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for batch in reader:
+            table = pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+            writer.write_table(table)
+            rows += table.num_rows
+    return rows
+
+
+def _check_output(path: Path, schema: pa.Schema, rows: int) -> None:
+    found = pq.read_schema(path).remove_metadata()
+    if not found.equals(schema):
+        raise RuntimeError(f"{path} has schema {found}, expected {schema}")
+    if pq.ParquetFile(path).metadata.num_rows != rows:
+        raise RuntimeError(f"{path} holds a different number of rows than were written")
+
+
+def _publish(staging: Path, out_dir: Path, names: list[str]) -> None:
+    """Move the staged files into out_dir; if any move fails, put the previous ones back.
+
+    Each os.replace is atomic; the rollback covers a failure between them, so a failed
+    build never leaves a new user table next to an old ad table.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backups: dict[str, Path] = {}
+    for name in names:
+        target = out_dir / name
+        if target.exists():
+            backup = staging / f"{name}.previous"
+            try:
+                os.link(target, backup)
+            except OSError:
+                shutil.copy2(target, backup)
+            backups[name] = backup
+    moved: list[str] = []
+    try:
+        for name in names:
+            os.replace(staging / name, out_dir / name)
+            moved.append(name)
+    except BaseException:
+        for name in moved:
+            if name in backups:
+                os.replace(backups[name], out_dir / name)
+            else:
+                (out_dir / name).unlink(missing_ok=True)
+        raise
+
+
+def _stage_tables(
+    manifest: LakeManifest, config: FeatureBuildConfig, staging: Path, step
+) -> tuple[int, int, int]:
+    """Write both tables into `staging` and check them; return (events, user rows, ad rows)."""
+    spill = staging / "duckdb_tmp"
+    spill.mkdir()
+    con = _connect(manifest, config, spill)
+    try:
+        step("read")
+        events = _create_events_view(con, manifest)
+        if events != manifest.rows:
+            raise RuntimeError(f"read {events} events but the lake's footers count {manifest.rows}")
+        params = {
+            "prior_clicks": config.prior_strength * config.ctr_prior,
+            "prior_strength": config.prior_strength,
+        }
+        step("aggregate users")
+        user_rows = _write_query(
+            con, USER, params, staging / USER_FEATURES_FILE, USER_FEATURE_SCHEMA
+        )
+        step("aggregate ads")
+        ad_rows = _write_query(con, AD, params, staging / AD_FEATURES_FILE, AD_FEATURE_SCHEMA)
+    finally:
+        con.close()
+    step("write")
+    _check_output(staging / USER_FEATURES_FILE, USER_FEATURE_SCHEMA, user_rows)
+    _check_output(staging / AD_FEATURES_FILE, AD_FEATURE_SCHEMA, ad_rows)
+    return events, user_rows, ad_rows
+
+
+def build_features(
+    lake_root: str,
+    out_dir: Path,
+    config: FeatureBuildConfig,
+    progress: bool = True,
+) -> FeatureBuildSummary:
+    """Build the offline user and ad feature tables from the lake at `lake_root`.
+
+    Writes ``out_dir/user_features.parquet`` (USER_FEATURE_SCHEMA) and
+    ``out_dir/ad_features.parquet`` (AD_FEATURE_SCHEMA), replacing earlier ones only if the
+    whole build succeeds. `lake_root` is a local path or an fsspec URL.
+
+    Point in time: for each entity and each UTC hour h in which it had an event, one row at
+    T = h + 1h with, over its events strictly before T, impressions and clicks in
+    [T-24h, T) and [T-168h, T), their smoothed CTRs, the hours since its last event, and its
+    static attributes as of that last event (an ad's creative age is advanced to T).
+
+    Raises LakeError (nothing written) when the lake fails :func:`validate_lake`.
+    """
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    out_dir = Path(out_dir).expanduser().resolve()
+    bar = tqdm(total=len(STEPS), unit="step", disable=not progress)
+
+    def step(name: str) -> None:
+        # A step starting means the one before it is done.
+        if STEPS.index(name) > 0:
+            bar.update()
+        bar.set_description(f"features: {name}")
+
+    try:
+        step("validate")
+        manifest = validate_lake(lake_root)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+        try:
+            events, user_rows, ad_rows = _stage_tables(manifest, config, staging, step)
+            _publish(staging, out_dir, [USER_FEATURES_FILE, AD_FEATURES_FILE])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        bar.update()
+    except BaseException:
+        # Wipe the bar so that the error the CLI prints is the only line left.
+        bar.leave = False
+        raise
+    finally:
+        bar.close()
+
+    return FeatureBuildSummary(
+        events=events,
+        user_rows=user_rows,
+        ad_rows=ad_rows,
+        seconds=time.perf_counter() - started,
+    )
