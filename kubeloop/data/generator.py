@@ -1,0 +1,624 @@
+"""Seeded generator of ad impressions whose true click probability is known.
+
+A run draws a population once from the seed (users with a segment, a country, a preferred
+device, an activity weight and a latent effect; ads with an advertiser, a category, a launch
+time, a popularity weight and a latent effect), then streams the lake day by day. Each
+impression samples a time of day from a daily traffic profile, a user by activity, an ad by
+popularity, a device and a slot, and finally a click from the true probability computed by
+`true_click_probability` (stored in `true_ctr` for oracle scores only).
+
+Randomness: every (seed, day, stream) has its own PCG64 generator derived with
+`numpy.random.SeedSequence`, and each stream only ever draws uniforms (or one multinomial
+per day), consumed row after row. Hence
+
+- the same config gives the same bytes, and a day's data depends only on that day's
+  parameters (days before a scenario's `change_day` equal the baseline's);
+- labels come from their own stream, so changing the click model leaves every input column
+  unchanged, and changing the input mix leaves the label uniforms unchanged;
+- `chunk_size` only changes how rows are batched, never their values.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kubeloop.data.lake import resolve, staged_events, write_day
+from kubeloop.data.scenarios import (
+    BASELINE_CLICK_MODEL,
+    BASELINE_POPULATION,
+    CATEGORIES,
+    COUNTRIES,
+    DEVICES,
+    SCENARIOS,
+    SEGMENTS,
+    SLOTS,
+    ClickModel,
+    PopulationMix,
+    Scenario,
+    Traffic,
+)
+from kubeloop.schema import EVENT_SCHEMA, TIMESTAMP
+
+ScenarioName = Literal["baseline", "covariate_shift", "concept_drift", "new_ads"]
+
+SECOND_US = 1_000_000
+MINUTE_US = 60 * SECOND_US
+HOUR_US = 60 * MINUTE_US
+DAY_US = 24 * HOUR_US
+
+
+class GeneratorConfig(BaseModel):
+    """What to generate. Every field has a default; the defaults make a ~300k-event lake."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: int = Field(300_000, gt=0, description="Total impressions over all days.")
+    days: int = Field(14, gt=0, description="Number of daily partitions.")
+    users: int = Field(4_000, gt=0, description="Size of the user population.")
+    ads: int = Field(600, gt=0, description="Number of ads running from the first day.")
+    advertisers: int = Field(60, gt=0, description="Number of advertisers owning the ads.")
+    seed: int = Field(7, ge=0, description="Seed of every random draw.")
+    start_date: date = Field(date(2026, 1, 5), description="Date of the first partition (UTC).")
+    scenario: ScenarioName = Field(
+        "baseline", description="Named change applied from change_day on."
+    )
+    change_day: int = Field(
+        10,
+        gt=0,
+        description="0-based index of the first day the scenario changes (ignored by baseline).",
+    )
+    new_ads: int = Field(150, gt=0, description="Size of the new-ads wave (scenario new_ads).")
+    chunk_size: int = Field(
+        500_000,
+        gt=0,
+        description=(
+            "Most rows generated and written (as one row group) at a time; bounds memory. "
+            "Only a single minute holding more impressions than this can exceed it."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> GeneratorConfig:
+        if self.events < self.days:
+            raise ValueError(
+                f"events ({self.events}) must be at least days ({self.days}) so every day "
+                f"partition has an impression"
+            )
+        if self.scenario != "baseline" and not 0 < self.change_day < self.days:
+            raise ValueError(
+                f"change_day ({self.change_day}) must satisfy 0 < change_day < days "
+                f"({self.days}) for scenario {self.scenario!r}: the lake needs days both "
+                f"before and after the change"
+            )
+        return self
+
+    def day_dates(self) -> list[date]:
+        """The date of every partition, in order."""
+        return [self.start_date + timedelta(days=i) for i in range(self.days)]
+
+    def day_sizes(self) -> list[int]:
+        """Impressions per day: an even split, the remainder going to the first days."""
+        base, extra = divmod(self.events, self.days)
+        return [base + (1 if i < extra else 0) for i in range(self.days)]
+
+
+class GenerationSummary(BaseModel):
+    """What `generate_lake` did; `model_dump()` is the `data` section of report.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: int
+    days: int
+    partitions: int
+    scenario: str
+    seconds: float
+    lake: str
+    seed: int
+    change_day: int | None = Field(description="First changed day; None for baseline.")
+    click_rate: float
+    mean_true_ctr: float
+    events_per_second: float
+
+
+@dataclass(frozen=True)
+class Population:
+    """Users and ads drawn once from the seed; ids are indices into these arrays.
+
+    Categorical attributes are integer codes into the vocabularies of
+    `kubeloop.data.scenarios`. Ads `[0, base_ads)` run from the first day; ads
+    `[base_ads, base_ads + new_ads)` are the new-ads wave, launched at `change_day`
+    (drawn for every scenario, shown only by `new_ads`). Latent effects are in logit units.
+    A creative's age is the time since `ad_launch_us` modulo `creative_refresh_days`.
+    """
+
+    user_segment: np.ndarray
+    user_country: np.ndarray
+    user_device_pref: np.ndarray
+    user_activity: np.ndarray
+    user_latent: np.ndarray
+    ad_advertiser: np.ndarray
+    ad_category: np.ndarray
+    ad_launch_us: np.ndarray
+    ad_popularity: np.ndarray
+    ad_latent: np.ndarray
+    base_ads: int
+    creative_refresh_days: float
+
+    @property
+    def users(self) -> int:
+        return len(self.user_segment)
+
+    @property
+    def ads(self) -> int:
+        return len(self.ad_category)
+
+
+def _stream(seed: int, *key: int | str) -> np.random.Generator:
+    # crc32 rather than hash(): stable across processes and Python versions.
+    spawn_key = tuple(zlib.crc32(k.encode()) if isinstance(k, str) else k for k in key)
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=spawn_key)))
+
+
+def _day_stream(seed: int, day_index: int, name: str) -> np.random.Generator:
+    return _stream(seed, "day", day_index, name)
+
+
+def _probs(mix: Mapping[Any, float], vocab: Sequence[Any]) -> np.ndarray:
+    p = np.array([float(mix.get(v, 0.0)) for v in vocab])
+    return p / p.sum()
+
+
+def _epoch_us(day: date) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * SECOND_US
+
+
+def build_population(
+    config: GeneratorConfig, mix: PopulationMix = BASELINE_POPULATION
+) -> Population:
+    """Draw the users, advertisers and ads of `config` (the same for every scenario).
+
+    Users, advertisers, ads and the new-ads wave use separate streams, so e.g. changing
+    `new_ads` does not change the existing ads.
+    """
+    seed = config.seed
+    u = _stream(seed, "population", "users")
+    n_users = config.users
+    user_segment = u.choice(len(SEGMENTS), n_users, p=_probs(mix.segment_mix, SEGMENTS)).astype(
+        np.int8
+    )
+    user_country = u.choice(len(COUNTRIES), n_users, p=_probs(mix.country_mix, COUNTRIES)).astype(
+        np.int8
+    )
+    user_device_pref = u.choice(
+        len(DEVICES), n_users, p=_probs(mix.device_pref_mix, DEVICES)
+    ).astype(np.int8)
+    user_activity = u.lognormal(0.0, mix.user_activity_sigma, n_users)
+    user_latent = u.normal(0.0, mix.user_latent_std, n_users)
+
+    v = _stream(seed, "population", "advertisers")
+    advertiser_category = v.integers(0, len(CATEGORIES), config.advertisers).astype(np.int8)
+    advertiser_latent = v.normal(0.0, mix.advertiser_latent_std, config.advertisers)
+
+    start_us = _epoch_us(config.start_date)
+
+    def draw_ads(name: str, n: int, launch_us: int | None) -> tuple[np.ndarray, ...]:
+        # launch_us None: running before the first day, launched at a random past date.
+        a = _stream(seed, "population", name)
+        advertiser = a.integers(0, config.advertisers, n)
+        popularity = a.lognormal(0.0, mix.ad_popularity_sigma, n)
+        latent = advertiser_latent[advertiser] + a.normal(0.0, mix.ad_latent_std, n)
+        if launch_us is None:
+            age_days = a.uniform(0.0, mix.creative_refresh_days, n)
+            launch = (start_us - age_days * DAY_US).astype(np.int64)
+        else:
+            launch = np.full(n, launch_us, dtype=np.int64)
+        return advertiser, popularity, latent, launch
+
+    base = draw_ads("ads", config.ads, None)
+    wave = draw_ads("new_ads", config.new_ads, start_us + config.change_day * DAY_US)
+    advertiser, popularity, latent, launch = (np.concatenate(pair) for pair in zip(base, wave))
+    return Population(
+        user_segment=user_segment,
+        user_country=user_country,
+        user_device_pref=user_device_pref,
+        user_activity=user_activity,
+        user_latent=user_latent,
+        ad_advertiser=advertiser.astype(np.int64),
+        ad_category=advertiser_category[advertiser],
+        ad_launch_us=launch,
+        ad_popularity=popularity,
+        ad_latent=latent,
+        base_ads=config.ads,
+        creative_refresh_days=mix.creative_refresh_days,
+    )
+
+
+@dataclass(frozen=True)
+class _Coefficients:
+    """A ClickModel as arrays indexed by vocabulary codes."""
+
+    intercept: float
+    segment: np.ndarray
+    category: np.ndarray
+    affinity: np.ndarray  # [segment, category]
+    country: np.ndarray
+    device: np.ndarray
+    position_slope: np.ndarray
+    preferred_device_bonus: float
+    hour_amplitude: float
+    hour_peak: float
+    weekend: float
+    fatigue: float
+    fatigue_days: float
+
+    @classmethod
+    def of(cls, model: ClickModel) -> _Coefficients:
+        def vec(mapping: Mapping[str, float], vocab: Sequence[str]) -> np.ndarray:
+            return np.array([float(mapping.get(v, 0.0)) for v in vocab])
+
+        affinity = np.zeros((len(SEGMENTS), len(CATEGORIES)))
+        for (seg, cat), value in model.affinity.items():
+            affinity[SEGMENTS.index(seg), CATEGORIES.index(cat)] = value
+        return cls(
+            intercept=model.intercept,
+            segment=vec(model.segment, SEGMENTS),
+            category=vec(model.category, CATEGORIES),
+            affinity=affinity,
+            country=vec(model.country, COUNTRIES),
+            device=vec(model.device, DEVICES),
+            position_slope=vec(model.position_slope, DEVICES),
+            preferred_device_bonus=model.preferred_device_bonus,
+            hour_amplitude=model.hour_amplitude,
+            hour_peak=model.hour_peak,
+            weekend=model.weekend,
+            fatigue=model.fatigue,
+            fatigue_days=model.fatigue_days,
+        )
+
+
+def _probability_from_codes(
+    c: _Coefficients,
+    population: Population,
+    *,
+    user: np.ndarray,
+    ad: np.ndarray,
+    segment: np.ndarray,
+    country: np.ndarray,
+    device_pref: np.ndarray,
+    category: np.ndarray,
+    age_days: np.ndarray,
+    hour: np.ndarray,
+    weekday: np.ndarray,
+    device: np.ndarray,
+    slot: np.ndarray,
+) -> np.ndarray:
+    # The single implementation of the true model: generation and
+    # `true_click_probability` both end here, so the oracle cannot drift from the data.
+    z = c.intercept + c.segment[segment] + c.category[category] + c.affinity[segment, category]
+    z += c.country[country] + c.device[device]
+    z -= c.position_slope[device] * (slot - 1)
+    z += c.preferred_device_bonus * (device == device_pref)
+    z += c.hour_amplitude * np.cos(2.0 * np.pi * (hour - c.hour_peak) / 24.0)
+    z += c.weekend * (weekday >= 5)
+    z -= c.fatigue * (1.0 - np.exp(-age_days / c.fatigue_days))
+    z += population.user_latent[user] + population.ad_latent[ad]
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _column(events: Any, name: str) -> Any:
+    try:
+        return events[name]
+    except (KeyError, IndexError) as exc:
+        raise ValueError(f"true_click_probability needs column {name!r}") from exc
+
+
+def _as_numpy(values: Any) -> np.ndarray:
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values.to_numpy()
+    return np.asarray(values)
+
+
+def _codes(values: Any, vocab: Sequence[str], name: str) -> np.ndarray:
+    arr = (
+        values
+        if isinstance(values, (pa.Array, pa.ChunkedArray))
+        else pa.array(np.asarray(values, dtype=object))
+    )
+    idx = pc.index_in(arr, value_set=pa.array(list(vocab)))
+    if idx.null_count:
+        unknown = pc.unique(pc.filter(arr, pc.is_null(idx))).to_pylist()[:5]
+        raise ValueError(f"column {name!r} has values outside {list(vocab)}: {unknown}")
+    return idx.to_numpy()
+
+
+def _ids(values: Any, limit: int, name: str) -> np.ndarray:
+    ids = _as_numpy(values).astype(np.int64, copy=False)
+    if len(ids) and (ids.min() < 0 or ids.max() >= limit):
+        raise ValueError(f"column {name!r} has ids outside the population [0, {limit})")
+    return ids
+
+
+def true_click_probability(
+    events: pa.Table | pa.RecordBatch | Mapping[str, Any],
+    population: Population,
+    model: ClickModel = BASELINE_CLICK_MODEL,
+) -> np.ndarray:
+    """The true click probability of each impression under `model`.
+
+    `events` has the event-schema columns (a pyarrow Table/RecordBatch, a pandas
+    DataFrame or a dict of arrays); it needs user_id, ad_id, user_segment, user_country,
+    user_device_pref, ad_category, ad_creative_age_days, hour, weekday, device and
+    slot_position. `population` must be the one the events were drawn from
+    (`build_population(config)`), for the latent effects of their users and ads. Under the
+    model in effect on the event's day this equals the generated `true_ctr` exactly.
+    """
+    return _probability_from_codes(
+        _Coefficients.of(model),
+        population,
+        user=_ids(_column(events, "user_id"), population.users, "user_id"),
+        ad=_ids(_column(events, "ad_id"), population.ads, "ad_id"),
+        segment=_codes(_column(events, "user_segment"), SEGMENTS, "user_segment"),
+        country=_codes(_column(events, "user_country"), COUNTRIES, "user_country"),
+        device_pref=_codes(_column(events, "user_device_pref"), DEVICES, "user_device_pref"),
+        category=_codes(_column(events, "ad_category"), CATEGORIES, "ad_category"),
+        age_days=_as_numpy(_column(events, "ad_creative_age_days")).astype(np.float64, copy=False),
+        hour=_as_numpy(_column(events, "hour")).astype(np.int64, copy=False),
+        weekday=_as_numpy(_column(events, "weekday")).astype(np.int64, copy=False),
+        device=_codes(_column(events, "device"), DEVICES, "device"),
+        slot=_as_numpy(_column(events, "slot_position")).astype(np.int64, copy=False),
+    )
+
+
+def click_model_on(config: GeneratorConfig, day_index: int) -> ClickModel:
+    """The true click model the generator uses on day `day_index` of `config`."""
+    return SCENARIOS[config.scenario].click_model_on(day_index, config.change_day)
+
+
+def _cdf(weights: np.ndarray) -> np.ndarray:
+    cdf = np.cumsum(weights, dtype=np.float64)
+    cdf /= cdf[-1]
+    # Guards searchsorted against a uniform just below 1 landing past the last bin.
+    cdf[-1] = 1.0
+    return cdf
+
+
+def _pick(cdf: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    return np.searchsorted(cdf, uniforms, side="right")
+
+
+def _strings(vocab: Sequence[str], codes: np.ndarray) -> pa.Array:
+    # A take from the small vocabulary array: no Python string per row.
+    return pa.array(vocab, pa.string()).take(pa.array(codes))
+
+
+@dataclass(frozen=True)
+class _DayPlan:
+    """Everything fixed for one day before its rows are drawn."""
+
+    day: date
+    day_index: int
+    day_us: int
+    first_event_id: int
+    minute_counts: np.ndarray  # impressions in each minute of the day
+    user_cdf: np.ndarray
+    ad_cdf: np.ndarray
+    device_cdf: np.ndarray
+    slot_cdf: np.ndarray
+    preferred_device_share: float
+    coefficients: _Coefficients
+
+
+def _user_weights(population: Population, traffic: Traffic) -> np.ndarray:
+    boost = np.array([float(traffic.country_activity.get(c, 1.0)) for c in COUNTRIES])
+    return population.user_activity * boost[population.user_country]
+
+
+def _ad_cdf(population: Population, traffic: Traffic) -> np.ndarray:
+    base = population.ad_popularity[: population.base_ads]
+    share = traffic.new_ads_share
+    if share <= 0.0:
+        return _cdf(base)
+    wave = population.ad_popularity[population.base_ads :]
+    # One uniform picks from the mixture: (1 - share) of the mass over the existing ads,
+    # `share` over the wave. Ids of the wave follow the existing ones in the array.
+    return _cdf(np.concatenate([(1.0 - share) * base / base.sum(), share * wave / wave.sum()]))
+
+
+def _plan_day(
+    config: GeneratorConfig,
+    population: Population,
+    scenario: Scenario,
+    day_index: int,
+    first_event_id: int,
+    n: int,
+) -> _DayPlan:
+    traffic = scenario.traffic_on(day_index, config.change_day)
+    hourly = np.asarray(traffic.hourly_traffic, dtype=np.float64)
+    per_minute = np.repeat(hourly / hourly.sum() / 60.0, 60)
+    counts = _day_stream(config.seed, day_index, "clock").multinomial(n, per_minute)
+    day = config.start_date + timedelta(days=day_index)
+    return _DayPlan(
+        day=day,
+        day_index=day_index,
+        day_us=_epoch_us(day),
+        first_event_id=first_event_id,
+        minute_counts=counts,
+        user_cdf=_cdf(_user_weights(population, traffic)),
+        ad_cdf=_ad_cdf(population, traffic),
+        device_cdf=_cdf(_probs(traffic.device_mix, DEVICES)),
+        slot_cdf=_cdf(_probs(traffic.slot_mix, SLOTS)),
+        preferred_device_share=traffic.preferred_device_share,
+        coefficients=_Coefficients.of(scenario.click_model_on(day_index, config.change_day)),
+    )
+
+
+def _chunk_bounds(counts: np.ndarray, chunk_size: int) -> Iterator[tuple[int, int]]:
+    # Chunks are runs of whole minutes, so sorting each chunk sorts the day.
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    start = 0
+    while start < len(counts):
+        end = int(np.searchsorted(cum, cum[start] + chunk_size, side="right")) - 1
+        end = max(end, start + 1)
+        if cum[end] > cum[start]:
+            yield start, end
+        start = end
+
+
+def _day_tables(
+    config: GeneratorConfig, population: Population, plan: _DayPlan
+) -> Iterator[pa.Table]:
+    rng = {
+        name: _day_stream(config.seed, plan.day_index, name)
+        for name in ("time", "user", "ad", "device", "slot", "label")
+    }
+    slots = np.asarray(SLOTS, dtype=np.int64)
+    weekday = plan.day.weekday()
+    event_id = plan.first_event_id
+    for m0, m1 in _chunk_bounds(plan.minute_counts, config.chunk_size):
+        minutes = np.repeat(np.arange(m0, m1, dtype=np.int64), plan.minute_counts[m0:m1])
+        n = len(minutes)
+        since_midnight = minutes * MINUTE_US + (rng["time"].random(n) * MINUTE_US).astype(np.int64)
+        since_midnight.sort()
+        ts = plan.day_us + since_midnight
+        hour = since_midnight // HOUR_US
+
+        user = _pick(plan.user_cdf, rng["user"].random(n))
+        ad = _pick(plan.ad_cdf, rng["ad"].random(n))
+        u_device = rng["device"].random((n, 2))
+        device_pref = population.user_device_pref[user]
+        device = np.where(
+            u_device[:, 0] < plan.preferred_device_share,
+            device_pref,
+            _pick(plan.device_cdf, u_device[:, 1]).astype(np.int8),
+        )
+        slot = slots[_pick(plan.slot_cdf, rng["slot"].random(n))]
+        age_days = np.mod(
+            (ts - population.ad_launch_us[ad]) / DAY_US, population.creative_refresh_days
+        )
+        weekdays = np.full(n, weekday, dtype=np.int64)
+
+        segment = population.user_segment[user]
+        country = population.user_country[user]
+        category = population.ad_category[ad]
+        p = _probability_from_codes(
+            plan.coefficients,
+            population,
+            user=user,
+            ad=ad,
+            segment=segment,
+            country=country,
+            device_pref=device_pref,
+            category=category,
+            age_days=age_days,
+            hour=hour,
+            weekday=weekdays,
+            device=device,
+            slot=slot,
+        )
+        click = (rng["label"].random(n) < p).astype(np.int64)
+
+        yield pa.Table.from_arrays(
+            [
+                pa.array(np.arange(event_id, event_id + n, dtype=np.int64)),
+                pa.array(ts, type=TIMESTAMP),
+                pa.array(user.astype(np.int64)),
+                pa.array(ad.astype(np.int64)),
+                _strings(SEGMENTS, segment),
+                _strings(COUNTRIES, country),
+                _strings(DEVICES, device_pref),
+                pa.array(population.ad_advertiser[ad]),
+                _strings(CATEGORIES, category),
+                pa.array(age_days),
+                pa.array(hour),
+                pa.array(weekdays),
+                _strings(DEVICES, device),
+                pa.array(slot),
+                pa.array(click),
+                pa.array(p),
+            ],
+            schema=EVENT_SCHEMA,
+        )
+        event_id += n
+
+
+def _iter_plans(config: GeneratorConfig, population: Population) -> Iterator[_DayPlan]:
+    scenario = SCENARIOS[config.scenario]
+    first = 0
+    for day_index, n in enumerate(config.day_sizes()):
+        yield _plan_day(config, population, scenario, day_index, first, n)
+        first += n
+
+
+def iter_day_tables(config: GeneratorConfig) -> Iterator[tuple[date, pa.Table]]:
+    """Yield the lake's events in time order as `(day, table)` pairs, one pair per chunk.
+
+    A day comes as one or more consecutive tables of at most `config.chunk_size` rows (see
+    `GeneratorConfig.chunk_size`), so memory stays bounded; concatenating a day's tables
+    gives exactly the rows `generate_lake` writes for it. Tables have `EVENT_SCHEMA`.
+    """
+    population = build_population(config)
+    for plan in _iter_plans(config, population):
+        for table in _day_tables(config, population, plan):
+            yield plan.day, table
+
+
+def generate_lake(
+    config: GeneratorConfig, lake_root: str, progress: bool = True
+) -> GenerationSummary:
+    """Generate the lake of `config` under `lake_root` (a local path or an fsspec URL).
+
+    Writes `<lake_root>/events/day=YYYY-MM-DD/part-00000.parquet` for every day, streaming
+    chunk by chunk (peak memory is one chunk plus the population, whatever the number of
+    days). Any previous `events/` is replaced as a whole once the new one is complete. With
+    `progress`, a tqdm bar on stderr counts events (and events/s) day by day.
+    """
+    from tqdm.auto import tqdm  # lazy: only needed when actually generating
+
+    started = time.perf_counter()
+    fs, root = resolve(lake_root)
+    fs.makedirs(root, exist_ok=True)
+    population = build_population(config)
+    clicks = 0
+    true_ctr_sum = 0.0
+    partitions = 0
+
+    with tqdm(total=config.events, unit="ev", unit_scale=True, disable=not progress) as bar:
+
+        def counted(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
+            nonlocal clicks, true_ctr_sum
+            for table in tables:
+                clicks += pc.sum(table["click"]).as_py()
+                true_ctr_sum += pc.sum(table["true_ctr"]).as_py()
+                bar.update(table.num_rows)
+                yield table
+
+        with staged_events(fs, root) as staging:
+            for plan in _iter_plans(config, population):
+                bar.set_description(f"day {plan.day.isoformat()}")
+                write_day(fs, staging, plan.day, counted(_day_tables(config, population, plan)))
+                partitions += 1
+
+    seconds = time.perf_counter() - started
+    return GenerationSummary(
+        events=config.events,
+        days=config.days,
+        partitions=partitions,
+        scenario=config.scenario,
+        seconds=round(seconds, 3),
+        lake=str(lake_root),
+        seed=config.seed,
+        change_day=None if config.scenario == "baseline" else config.change_day,
+        click_rate=clicks / config.events,
+        mean_true_ctr=true_ctr_sum / config.events,
+        events_per_second=round(config.events / seconds, 1) if seconds > 0 else float("inf"),
+    )
