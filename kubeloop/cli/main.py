@@ -19,9 +19,11 @@ def _register() -> None:
     # Imported here, not at module top, so `kubeloop --help` stays fast and importing
     # this module has no side effects beyond building the command tree.
     from kubeloop.cli import data, demo, features, pipeline
+    from kubeloop.cli import models
 
     app.add_typer(data.app, name="data")
     app.add_typer(features.app, name="features")
+    app.add_typer(models.app, name="models")
     app.add_typer(pipeline.app, name="pipeline")
     app.command(name="demo")(demo.demo)
 
