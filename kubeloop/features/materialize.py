@@ -1,0 +1,197 @@
+"""Check the offline feature tables and load their latest values into the online store."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from kubeloop import schema
+from kubeloop.errors import FeatureStoreError
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+# (file name, expected schema, join key) of each offline table, in feature-view order.
+OFFLINE_TABLES: dict[str, tuple[str, pa.Schema, str]] = {
+    schema.USER_FEATURE_VIEW: (schema.USER_FEATURES_FILE, schema.USER_FEATURE_SCHEMA, "user_id"),
+    schema.AD_FEATURE_VIEW: (schema.AD_FEATURES_FILE, schema.AD_FEATURE_SCHEMA, "ad_id"),
+}
+
+
+class FeatureTableError(FeatureStoreError):
+    """An offline feature table is missing, unreadable or does not match kubeloop.schema."""
+
+    def __init__(self, message: str, *, path: str | Path, column: str | None = None):
+        self.path = str(path)
+        self.column = column
+        where = f"file {self.path}" + (f", column {column!r}" if column else "")
+        super().__init__(f"[{where}] {message}")
+
+
+@dataclass(frozen=True)
+class TableStats:
+    """What materialization needs to know about one offline table."""
+
+    path: str
+    rows: int
+    entities: int
+    first: datetime
+    last: datetime
+
+
+def validate_table(path: str | Path, expected: pa.Schema, key: str) -> TableStats:
+    """Check one offline table against its schema and return its row/entity counts.
+
+    Every expected column must be present with exactly the expected Arrow type (time
+    zone and unit included), no other column may be there, and the join key and
+    feature timestamp must have no nulls. Raises FeatureTableError naming file and column.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FeatureTableError("not found: run `kubeloop features build` first", path=path)
+    try:
+        actual = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise FeatureTableError(f"is not a readable Parquet file: {exc}", path=path) from exc
+
+    for field in expected:
+        if field.name not in actual.names:
+            raise FeatureTableError("is missing", path=path, column=field.name)
+        got = actual.field(field.name).type
+        if got != field.type:
+            raise FeatureTableError(
+                f"has type {got}, expected {field.type} (see kubeloop/schema.py)",
+                path=path,
+                column=field.name,
+            )
+    extra = [name for name in actual.names if name not in expected.names]
+    if extra:
+        raise FeatureTableError(
+            "is not in kubeloop.schema; the table must have exactly the schema's columns",
+            path=path,
+            column=extra[0],
+        )
+
+    table = pq.read_table(path, columns=[key, schema.FEATURE_TIMESTAMP])
+    for name in (key, schema.FEATURE_TIMESTAMP):
+        nulls = table.column(name).null_count
+        if nulls:
+            raise FeatureTableError(f"has {nulls} null values", path=path, column=name)
+    if table.num_rows == 0:
+        raise FeatureTableError("has no rows", path=path)
+    bounds = pc.min_max(table.column(schema.FEATURE_TIMESTAMP))
+    return TableStats(
+        path=str(path),
+        rows=table.num_rows,
+        entities=len(pc.unique(table.column(key))),
+        first=bounds["min"].as_py(),
+        last=bounds["max"].as_py(),
+    )
+
+
+def validate_offline_tables(features_dir: str | Path) -> dict[str, TableStats]:
+    """Validate both offline tables in `features_dir`; returns stats by feature view name."""
+    root = Path(features_dir)
+    return {
+        view: validate_table(root / file, expected, key)
+        for view, (file, expected, key) in OFFLINE_TABLES.items()
+    }
+
+
+@dataclass(frozen=True)
+class MaterializeSummary:
+    """What a materialization loaded into the online store."""
+
+    rows_online: int
+    """Entity keys now in the online store (users + ads)."""
+    users: int
+    ads: int
+    start: datetime
+    end: datetime
+    seconds: float
+    online_store: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, for the run report."""
+        out = asdict(self)
+        out["start"] = self.start.isoformat()
+        out["end"] = self.end.isoformat()
+        return out
+
+
+def _as_utc(value: datetime) -> datetime:
+    # Feast and the tables are in UTC; a naive datetime from the CLI means UTC too.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _entities_before(path: str, key: str, start: datetime, end: datetime) -> int:
+    # Mirrors the window Feast's file offline store uses: start <= ts < end.
+    table = pq.read_table(path, columns=[key, schema.FEATURE_TIMESTAMP])
+    ts = table.column(schema.FEATURE_TIMESTAMP)
+    mask = pc.and_(
+        pc.greater_equal(ts, pa.scalar(start, schema.TIMESTAMP)),
+        pc.less(ts, pa.scalar(end, schema.TIMESTAMP)),
+    )
+    return len(pc.unique(table.filter(mask).column(key)))
+
+
+def materialize(
+    store: FeatureStore, end: datetime | None = None, *, progress: bool = True
+) -> MaterializeSummary:
+    """Load, for every user and ad, its latest feature row before `end` into the online store.
+
+    `end` defaults to one second after the newest feature_timestamp, so every row is
+    included (Feast's window excludes its end). The start is one second before the
+    oldest row, so nothing is cut off by it. Both offline tables (at the paths the
+    registry holds) are validated first: a bad table raises FeatureTableError and the
+    online store is not touched. `progress=False` silences Feast's own output.
+    """
+    started = time.perf_counter()
+    stats: dict[str, TableStats] = {}
+    for view_name, (_, expected, key) in OFFLINE_TABLES.items():
+        try:
+            view = store.get_feature_view(view_name)
+        except Exception as exc:  # Feast raises its own FeatureViewNotFoundException
+            raise FeatureStoreError(
+                f"feature view {view_name!r} is not registered in project "
+                f"{store.project!r}: run `kubeloop features apply` first ({exc})"
+            ) from exc
+        stats[view_name] = validate_table(view.batch_source.path, expected, key)
+
+    start = min(s.first for s in stats.values()) - timedelta(seconds=1)
+    newest = max(s.last for s in stats.values())
+    end = _as_utc(end) if end is not None else newest + timedelta(seconds=1)
+    if end <= start:
+        raise FeatureStoreError(
+            f"--end {end.isoformat()} is before the first feature row ({start.isoformat()})"
+        )
+
+    sink = contextlib.nullcontext() if progress else contextlib.redirect_stdout(io.StringIO())
+    quiet_err = contextlib.nullcontext() if progress else contextlib.redirect_stderr(io.StringIO())
+    with sink, quiet_err:
+        store.materialize(start_date=start, end_date=end)
+
+    counts = {
+        view_name: _entities_before(stats[view_name].path, key, start, end)
+        for view_name, (_, _, key) in OFFLINE_TABLES.items()
+    }
+    users = counts[schema.USER_FEATURE_VIEW]
+    ads = counts[schema.AD_FEATURE_VIEW]
+    return MaterializeSummary(
+        rows_online=users + ads,
+        users=users,
+        ads=ads,
+        start=start,
+        end=end,
+        seconds=round(time.perf_counter() - started, 3),
+        online_store=store.config.online_store.type,
+    )
