@@ -24,7 +24,12 @@ class LocalRunResult(BaseModel):
 
 
 def _read_json(path: str) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    target = Path(path)
+    if target.is_dir():  # directory artifacts (evaluation) carry their JSON inside
+        from kubeloop.pipeline.steps import EVALUATION_FILE
+
+        target = target / EVALUATION_FILE
+    return json.loads(target.read_text())
 
 
 def run_local(params: TrainingRunParams, pipeline_root: Path) -> LocalRunResult:

@@ -1,0 +1,132 @@
+"""The whole local loop on embedded defaults: what `make demo` runs.
+
+Stages, each writing its section of report.json as soon as it ends:
+  data      generate the lake (seeded scenario)
+  features  \\
+  training   > the Kubeflow training pipeline, run by kfp.local's SubprocessRunner:
+  registry  /  ingest -> features -> train x2 -> evaluate -> gate -> register
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kubeloop.data.generator import GeneratorConfig
+from kubeloop.report import write_section
+from kubeloop.workdir import Workdir
+
+log = logging.getLogger(__name__)
+
+
+class DemoConfig(BaseModel):
+    """Sizes and knobs of a demo run; the defaults finish in minutes on 2 cores."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    model_name: str = "ctr"
+    train_config: dict[str, Any] = Field(default_factory=dict)
+    gate_config: dict[str, Any] = Field(default_factory=dict)
+    progress: bool = True
+
+
+def run_data_stage(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
+    """Generate the lake and write the report's `data` section."""
+    from kubeloop.data.generator import generate_lake
+
+    summary = generate_lake(config.generator, str(workdir.lake), progress=config.progress)
+    section = {
+        "events": summary.events,
+        "days": summary.days,
+        "partitions": summary.partitions,
+        "scenario": summary.scenario,
+        "seconds": round(summary.seconds, 3),
+        "seed": summary.seed,
+        "change_day": summary.change_day,
+        "click_rate": summary.click_rate,
+        "mean_true_ctr": summary.mean_true_ctr,
+        "lake": str(workdir.lake),
+    }
+    write_section(workdir.report, "data", section)
+    return section
+
+
+def training_section(evaluation: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
+    """The report's `training` section from the evaluate and gate steps' outputs."""
+    models = {}
+    for kind, report in evaluation["models"].items():
+        models[kind] = {
+            "auc": report["auc"],
+            "logloss": report["log_loss"],
+            "ne": report["normalized_entropy"],
+            "oracle_auc": report["oracle_auc"],
+            "auc_vs_oracle": (
+                report["auc"] / report["oracle_auc"] if report["auc"] and report["oracle_auc"] else None
+            ),
+            "oracle_logloss": report["oracle_log_loss"],
+            "calibration": {"ratio": report["calibration_ratio"], "ece": report["ece"]},
+            "train_seconds": evaluation["train_seconds"].get(kind),
+        }
+    return {
+        "models": models,
+        "champion": decision["champion"],
+        "champion_reasons": decision["champion_reasons"],
+        "gate": {
+            "passed": decision["passed"],
+            "reasons": decision["reasons"],
+            "compared_against": decision["compared_against"],
+        },
+        "split": evaluation["split"],
+    }
+
+
+def registry_section(workdir: Workdir, model_name: str, run_id_hint: str | None = None) -> dict[str, Any]:
+    """The report's `registry` section: the newest version of `model_name`."""
+    from kubeloop.registry import open_registry
+
+    registry = open_registry(str(workdir.registry))
+    versions = registry.list(model_name)
+    if not versions:
+        return {"name": model_name, "version": None, "stage": None, "uri": None}
+    latest = versions[-1]
+    return {
+        "name": latest.name,
+        "version": latest.version,
+        "stage": latest.stage.value,
+        "uri": registry.model_path(model_name, latest.version).as_uri(),
+        "model_kind": latest.model_kind,
+        "pipeline_run_id": latest.pipeline_run_id,
+    }
+
+
+def run_training_pipeline(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
+    """Run the Kubeflow training pipeline locally; write `features`, `training`, `registry`."""
+    from kubeloop.pipeline.local_run import run_local
+    from kubeloop.pipeline.params import TrainingRunParams
+
+    params = TrainingRunParams.for_workdir(
+        workdir,
+        model_name=config.model_name,
+        scenario=config.generator.scenario,
+        generate=False,
+        train_config=config.train_config,
+        gate_config=config.gate_config,
+        feature_config={"progress": False},
+    )
+    result = run_local(params, workdir.root / "kfp_local")
+    write_section(workdir.report, "features", result.features)
+    write_section(workdir.report, "training", {**training_section(result.evaluation, result.decision),
+                                                "pipeline_seconds": round(result.seconds, 3)})
+    return write_section(workdir.report, "registry", registry_section(workdir, config.model_name))
+
+
+def run_demo(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
+    """Run every stage that exists, in order; returns the final report."""
+    workdir.ensure()
+    if workdir.report.exists():
+        workdir.report.unlink()  # a report describes one run, never a mix of two
+    run_data_stage(config, workdir)
+    return run_training_pipeline(config, workdir)

@@ -1,0 +1,330 @@
+"""The step functions behind each Kubeflow component (components/*.py).
+
+A component only moves artifacts; everything it does happens here, in functions that
+take paths and JSON configs and are unit-tested without KFP. Each writes a small JSON
+summary so that a local run (and the run report) can read what the step produced."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kubeloop import schema
+
+EVALUATION_FILE = "evaluation.json"
+
+
+def _write_json(path: str | Path, payload: dict[str, Any]) -> None:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+def _read_json(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+def _parse(model_cls, config_json: str):
+    return model_cls.model_validate(json.loads(config_json or "{}"))
+
+
+# --------------------------------------------------------------------------- ingest
+
+
+def ingest_step(lake_uri: str, generator_config_json: str, generate: bool, summary_path: str) -> str:
+    """Generate the lake when `generate` is set, then validate it; returns the lake URI.
+
+    Validation failing here stops the pipeline before any feature table is touched."""
+    from kubeloop.data.generator import GeneratorConfig, generate_lake
+    from kubeloop.data.validate import validate_lake
+
+    started = time.perf_counter()
+    generator = _parse(GeneratorConfig, generator_config_json)
+    if generate:
+        generate_lake(generator, lake_uri, progress=False)
+    manifest = validate_lake(lake_uri)
+    _write_json(
+        summary_path,
+        {
+            "events": manifest.rows,
+            "days": len(manifest.days),
+            "partitions": len(manifest.partitions),
+            "scenario": generator.scenario if generate else None,
+            "seconds": round(time.perf_counter() - started, 3),
+            "lake": lake_uri,
+        },
+    )
+    return lake_uri
+
+
+# --------------------------------------------------------------------------- features
+
+
+def features_step(
+    lake_uri: str,
+    features_uri: str,
+    feature_repo: str,
+    feature_config_json: str,
+    training_set_path: str,
+    summary_path: str,
+) -> dict[str, Any]:
+    """ETL -> Feast apply -> materialize -> point-in-time training set."""
+    from kubeloop.features.pipeline_config import FeaturesStepConfig
+
+    config = _parse(FeaturesStepConfig, feature_config_json)
+    summary = run_features(lake_uri, Path(features_uri), Path(feature_repo), Path(training_set_path), config)
+    _write_json(summary_path, summary)
+    return summary
+
+
+def run_features(lake_uri: str, features_dir: Path, repo_dir: Path, training_set: Path, config) -> dict[str, Any]:
+    """The features stage as one function (also called directly by benchmarks and tests)."""
+    from kubeloop.features.build import build_features
+    from kubeloop.features.materialize import materialize
+    from kubeloop.features.store import apply_definitions, open_store, write_repo
+    from kubeloop.features.training_set import build_training_set
+
+    started = time.perf_counter()
+    built = build_features(lake_uri, features_dir, config.build, progress=config.progress)
+    write_repo(repo_dir, config.store, features_dir)
+    store = open_store(repo_dir)
+    views = apply_definitions(store, features_dir)
+    materialized = materialize(store, progress=config.progress)
+    training = build_training_set(store, lake_uri, training_set, progress=config.progress)
+    return {
+        "feature_views": sorted(
+            obj.name for obj in views if type(obj).__name__ == "FeatureView"
+        ),
+        "rows_offline": built.user_rows + built.ad_rows,
+        "rows_online": materialized.rows_online,
+        "training_rows": training.rows,
+        "online_store": config.store.online_store.type,
+        "offline_store": config.store.offline_store,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+# --------------------------------------------------------------------------- training
+
+
+def load_splits(training_set_path: str | Path, config) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The training set split by time into (train, valid, holdout), after the burn-in days."""
+    from kubeloop.training.split import time_split
+
+    frame = pd.read_parquet(training_set_path)
+    if config.burn_in_days:
+        ts = pd.to_datetime(frame["event_timestamp"], utc=True)
+        first_kept = ts.min().normalize() + pd.Timedelta(days=config.burn_in_days)
+        frame = frame[ts >= first_kept]
+    if frame.empty:
+        from kubeloop.errors import KubeloopError
+
+        raise KubeloopError(
+            f"training set {training_set_path} has no rows after {config.burn_in_days} burn-in day(s); "
+            "generate more days or lower burn_in_days"
+        )
+    return time_split(frame, config.valid_fraction, config.holdout_fraction)
+
+
+def train_step(kind: str, training_set_path: str, train_config_json: str, model_dir: str) -> dict[str, Any]:
+    """Train one model kind on the time-ordered split and save it to `model_dir`."""
+    from kubeloop.training.config import TrainingConfig
+
+    config = _parse(TrainingConfig, train_config_json)
+    train, valid, _ = load_splits(training_set_path, config)
+    if kind == "lightgbm":
+        from models.lightgbm_trainer import train_lightgbm
+
+        model = train_lightgbm(train, valid, config.lightgbm)
+    elif kind == "torch":
+        from models.torch_trainer import train_torch
+
+        model = train_torch(train, valid, config.torch)
+    else:
+        raise ValueError(f"unknown model kind {kind!r}; expected 'lightgbm' or 'torch'")
+    model.save(model_dir)
+    return {"kind": kind, "train_seconds": model.train_seconds, "best_iteration": model.best_iteration}
+
+
+def evaluate_step(
+    training_set_path: str,
+    model_dirs: dict[str, str],
+    registry_uri: str,
+    model_name: str,
+    train_config_json: str,
+    out_dir: str,
+) -> dict[str, float]:
+    """Score each candidate, the base rate and the production model (if any) on the same
+    holdout; write evaluation.json, metrics.json and the plots into `out_dir`.
+
+    Returns flat scalar metrics for KFP's Metrics artifact."""
+    from kubeloop.evaluation.metrics import base_rate_report, evaluate_frame, write_metrics
+    from kubeloop.evaluation.plots import save_plots
+    from kubeloop.training.artifacts import load_model
+    from kubeloop.training.config import TrainingConfig
+    from kubeloop.training.split import split_summary
+
+    config = _parse(TrainingConfig, train_config_json)
+    train, valid, holdout = load_splits(training_set_path, config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    reports, predictions, train_seconds = {}, {}, {}
+    for kind, directory in model_dirs.items():
+        model = load_model(directory)
+        predictions[kind] = model.predict_proba(holdout)
+        reports[kind] = evaluate_frame(holdout, predictions[kind], train, name=kind)
+        train_seconds[kind] = model.train_seconds
+        save_plots(
+            holdout[schema.LABEL].to_numpy(), {kind: predictions[kind]}, out / kind,
+            true_ctr=holdout[schema.ORACLE].to_numpy(),
+            feature_importance=model.feature_importance(),
+            importance_title=f"{kind} feature importance",
+        )
+    save_plots(holdout[schema.LABEL].to_numpy(), predictions, out, true_ctr=holdout[schema.ORACLE].to_numpy())
+
+    base = base_rate_report(train[schema.LABEL], holdout[schema.LABEL], holdout[schema.ORACLE])
+    production = _score_production(registry_uri, model_name, holdout, train)
+    write_metrics(reports, out)
+    ts = pd.to_datetime(train["event_timestamp"], utc=True)
+    _write_json(
+        out / EVALUATION_FILE,
+        {
+            "models": {k: r.model_dump(mode="json") for k, r in reports.items()},
+            "train_seconds": train_seconds,
+            "base_rate": base.model_dump(mode="json"),
+            "production": production,
+            "split": split_summary(train, valid, holdout),
+            "training_window": {"start": ts.min().isoformat(), "end": ts.max().isoformat()},
+        },
+    )
+    flat: dict[str, float] = {}
+    for kind, report in reports.items():
+        for metric in ("auc", "log_loss", "normalized_entropy", "calibration_ratio", "ece"):
+            value = getattr(report, metric)
+            if value is not None:
+                flat[f"{kind}_{metric}"] = float(value)
+    if reports:
+        first = next(iter(reports.values()))
+        if first.oracle_auc is not None:
+            flat["oracle_auc"] = float(first.oracle_auc)
+    return flat
+
+
+def _score_production(registry_uri: str, model_name: str, holdout: pd.DataFrame, train: pd.DataFrame):
+    """The production version's report on this holdout, so the gate compares like with like."""
+    from kubeloop.evaluation.metrics import evaluate_frame
+    from kubeloop.registry import open_registry
+    from kubeloop.training.artifacts import load_model
+
+    if not Path(registry_uri.removeprefix("file://")).exists():
+        return None
+    registry = open_registry(registry_uri)
+    version = registry.production(model_name)
+    if version is None:
+        return None
+    model = load_model(registry.model_path(model_name, version.version))
+    report = evaluate_frame(holdout, model.predict_proba(holdout), train, name=f"production {version.version}")
+    return {"version": version.version, "report": report.model_dump(mode="json")}
+
+
+# --------------------------------------------------------------------------- gate
+
+
+def gate_step(evaluation_dir: str, gate_config_json: str, decision_path: str) -> tuple[bool, str]:
+    """Choose the champion (start simple), then gate it against production or the base rate."""
+    from kubeloop.evaluation.gate import GateConfig, choose_champion, gate
+    from kubeloop.evaluation.metrics import EvaluationReport
+
+    config = _parse(GateConfig, gate_config_json)
+    evaluation = _read_json(Path(evaluation_dir) / EVALUATION_FILE)
+    reports = {k: EvaluationReport.model_validate(v) for k, v in evaluation["models"].items()}
+    champion = choose_champion(reports, config)
+    production = evaluation.get("production")
+    decision = gate(
+        reports[champion.champion],
+        EvaluationReport.model_validate(production["report"]) if production else None,
+        EvaluationReport.model_validate(evaluation["base_rate"]),
+        config,
+    )
+    _write_json(
+        decision_path,
+        {
+            "champion": champion.champion,
+            "champion_reasons": champion.reasons,
+            "production_version": production["version"] if production else None,
+            **decision.model_dump(mode="json"),
+        },
+    )
+    return decision.passed, champion.champion
+
+
+# --------------------------------------------------------------------------- register
+
+
+def register_step(
+    model_dir: str,
+    kind: str,
+    training_set_path: str,
+    evaluation_dir: str,
+    decision_path: str,
+    registry_uri: str,
+    model_name: str,
+    scenario: str,
+    run_id: str,
+    registration_path: str,
+) -> str:
+    """Register the champion as a candidate version with everything a later stage needs:
+    metrics, gate decision, feature service and list, training window, run id, and a
+    reference sample of training features for the drift detectors."""
+    from kubeloop.registry import open_registry
+    from kubeloop.training.config import TrainingConfig
+    from kubeloop.training.transform import model_input_columns
+
+    evaluation = _read_json(Path(evaluation_dir) / EVALUATION_FILE)
+    decision = _read_json(decision_path)
+    report = evaluation["models"][kind]
+    config = TrainingConfig()
+    train, _, _ = load_splits(training_set_path, config)
+    features = model_input_columns()
+    reference = train[features].sample(
+        n=min(config.reference_rows, len(train)), random_state=config.seed
+    ).reset_index(drop=True)
+    metrics = {
+        key: report.get(key)
+        for key in (
+            "auc", "log_loss", "normalized_entropy", "calibration_ratio", "ece",
+            "oracle_auc", "oracle_log_loss", "base_rate",
+        )
+    }
+    metrics["train_seconds"] = evaluation["train_seconds"].get(kind)
+    registry = open_registry(registry_uri)
+    version = registry.register(
+        model_name,
+        model_dir,
+        {
+            "model_kind": kind,
+            "metrics": metrics,
+            "gate": {k: decision[k] for k in ("passed", "reasons")},
+            "feature_service": schema.FEATURE_SERVICE,
+            "features": features,
+            "training_window": evaluation["training_window"],
+            "data_scenario": scenario,
+            "pipeline_run_id": run_id,
+        },
+        reference=reference,
+    )
+    _write_json(
+        registration_path,
+        {
+            "name": version.name,
+            "version": version.version,
+            "stage": version.stage.value,
+            "uri": str(registry.model_path(model_name, version.version)),
+        },
+    )
+    return version.version

@@ -1,0 +1,25 @@
+"""Training of the offline loop: the shared feature transform, the time split and the
+trained-model artifact. The trainers themselves live in the top-level `models` package
+(`models.lightgbm_trainer`, `models.torch_trainer`) so their libraries load only when used."""
+
+from kubeloop.training.artifacts import ModelInfo, TrainedModel, load_model, read_model_info
+from kubeloop.training.split import split_summary, time_split
+from kubeloop.training.transform import (
+    FeatureTransform,
+    TransformConfig,
+    TransformedBatch,
+    model_input_columns,
+)
+
+__all__ = [
+    "FeatureTransform",
+    "ModelInfo",
+    "TrainedModel",
+    "TransformConfig",
+    "TransformedBatch",
+    "load_model",
+    "model_input_columns",
+    "read_model_info",
+    "split_summary",
+    "time_split",
+]

@@ -1,0 +1,26 @@
+"""Configuration of the training stage of the pipeline: the split, both trainers and
+the drift reference sample."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.lightgbm_trainer import LightGBMTrainConfig
+from models.torch_trainer import TorchTrainConfig
+
+
+class TrainingConfig(BaseModel):
+    """One config for train-lightgbm, train-torch, evaluate and register, so every step
+    reproduces the same time-ordered split of the training set."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    burn_in_days: int = Field(
+        1, ge=0, description="first days dropped: their features have no history behind them yet"
+    )
+    valid_fraction: float = Field(0.1, gt=0, lt=1)
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    lightgbm: LightGBMTrainConfig = Field(default_factory=LightGBMTrainConfig)
+    torch: TorchTrainConfig = Field(default_factory=TorchTrainConfig)
+    reference_rows: int = Field(5000, ge=100, description="rows of training features kept for drift detectors")
+    seed: int = 42

@@ -1,0 +1,371 @@
+"""The one feature transformation shared by training and serving.
+
+Training fits a `FeatureTransform` on the training split and stores it as
+`transform.json` beside the model; the KServe transformer loads that same file and calls
+the same `transform()` on a DataFrame built from the request and the Feast online lookup.
+There is no second implementation to drift apart from this one, and the tests check that a
+whole training frame and the same rows sent one at a time as JSON-like dicts give
+bit-identical arrays.
+
+Rules (fitted values are stored in the JSON, so serving never recomputes them):
+
+* categorical columns (`schema.CATEGORICAL_FEATURES` plus `advertiser_id`) become integer
+  codes from a vocabulary of the training set; index 0 is reserved for unknown, rare
+  (below `min_count`) and missing values, so a new category at serving time is never an
+  error. Integer-valued ids are keyed by their decimal string, so `17`, `17.0` (an id column
+  that became float after a join with missing rows) and `"17"` are the same category.
+* count columns (`*_impressions_*`, `*_clicks_*`) take log1p; missing means the entity had
+  no history, which is a count of zero.
+* rate columns (`*_ctr_*`) are undefined without impressions: missing is filled with the
+  training click rate and flagged by a `<name>_missing` indicator.
+* recency columns (`*_hours_since_last`) are filled with `hours_since_default` (longer than
+  any feature window), take log1p, and are flagged by a `<name>_missing` indicator.
+* every other numeric column is filled with its training median.
+* `hour` is kept and also encoded as sin/cos so a model sees 23:00 next to 00:00.
+* configured pairs of categorical inputs are crossed into extra categorical columns
+  (`user_segment_x_ad_category`, `device_x_user_device_pref` by default): affinity of a
+  segment for a category and use of the preferred device are pair effects, which an
+  embedding model or a tree otherwise has to assemble from two separate columns.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from kubeloop import schema
+from kubeloop.errors import KubeloopError
+
+FORMAT_VERSION = 1
+UNKNOWN_INDEX = 0
+
+# advertiser_id is an attribute of the ad (few values, shared by many ads), unlike the
+# user_id/ad_id entity keys which are never model inputs.
+CATEGORICAL_INPUTS = [*schema.CATEGORICAL_FEATURES, "advertiser_id"]
+
+
+class TransformError(KubeloopError, ValueError):
+    """The input frame cannot be transformed (a required column is absent)."""
+
+
+def model_input_columns() -> list[str]:
+    """Raw columns a model needs, in a fixed order.
+
+    Request context, then user features, then ad features. Ids, label, oracle
+    probability and timestamps are never inputs. The serving transformer asks Feast for
+    exactly the user/ad part of this list and takes the context part from the request.
+    """
+    return [
+        *schema.CONTEXT_NUMERIC,
+        *schema.CONTEXT_CATEGORICAL,
+        *schema.USER_FEATURES,
+        *schema.AD_FEATURES,
+    ]
+
+
+def _categorical_columns() -> list[str]:
+    return [c for c in model_input_columns() if c in CATEGORICAL_INPUTS]
+
+
+def _numeric_columns() -> list[str]:
+    return [c for c in model_input_columns() if c not in CATEGORICAL_INPUTS]
+
+
+class TransformConfig(BaseModel):
+    """Settings of `FeatureTransform.fit`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_count: int = Field(5, ge=1, description="categories seen fewer times map to index 0")
+    max_vocab: int = Field(10_000, ge=1, description="most frequent categories kept per column")
+    hours_since_default: float = Field(
+        24.0 * 30, gt=0, description="recency filled in for an entity with no history"
+    )
+    hour_cyclic: bool = True
+    crosses: list[tuple[str, str]] = Field(
+        default_factory=lambda: [("user_segment", "ad_category"), ("device", "user_device_pref")],
+        description=(
+            "pairs of categorical inputs crossed into one extra categorical column "
+            "'<a>_x_<b>' (its own vocabulary; missing if either side is missing)"
+        ),
+    )
+
+    @field_validator("crosses")
+    @classmethod
+    def _crosses_of_categoricals(cls, value: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        for pair in value:
+            unknown = [c for c in pair if c not in CATEGORICAL_INPUTS]
+            if unknown:
+                raise ValueError(f"crosses name {unknown}, not among {CATEGORICAL_INPUTS}")
+        return value
+
+
+def cross_name(a: str, b: str) -> str:
+    """Name of the crossed categorical column of inputs `a` and `b`."""
+    return f"{a}_x_{b}"
+
+
+def _output_keys(
+    frame: pd.DataFrame, column: str, crosses: Mapping[str, tuple[str, str]]
+) -> list[str | None]:
+    """Category keys of one categorical output column (a raw input or a cross)."""
+    if column not in crosses:
+        return _category_keys(frame[column])
+    a, b = crosses[column]
+    return [
+        f"{x}|{y}" if x is not None and y is not None else None
+        for x, y in zip(_category_keys(frame[a]), _category_keys(frame[b]))
+    ]
+
+
+class NumericRule(BaseModel):
+    """How one raw numeric column becomes model inputs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["raw", "log1p", "rate", "hours"]
+    fill: float
+    indicator: bool = False
+
+
+@dataclass(frozen=True)
+class TransformedBatch:
+    """Model-ready arrays: float32 numeric features and int64 categorical codes.
+
+    `numeric_names[i]` names `numeric[:, i]`, `categorical_names[j]` names
+    `categorical[:, j]`; `names` is both lists in that order (the layout of `matrix()`).
+    """
+
+    numeric: np.ndarray
+    categorical: np.ndarray
+    numeric_names: tuple[str, ...]
+    categorical_names: tuple[str, ...]
+
+    @property
+    def names(self) -> list[str]:
+        return [*self.numeric_names, *self.categorical_names]
+
+    def __len__(self) -> int:
+        return int(self.numeric.shape[0])
+
+    def matrix(self) -> np.ndarray:
+        """Numeric columns then categorical codes as one float64 matrix (LightGBM's input)."""
+        return np.hstack([self.numeric.astype(np.float64), self.categorical.astype(np.float64)])
+
+    def take(self, index: np.ndarray) -> TransformedBatch:
+        """Rows `index` of the batch."""
+        return TransformedBatch(
+            self.numeric[index], self.categorical[index], self.numeric_names, self.categorical_names
+        )
+
+
+def _rule_for(
+    column: str, frame: pd.DataFrame, base_rate: float, cfg: TransformConfig
+) -> NumericRule:
+    if "_impressions_" in column or "_clicks_" in column:
+        return NumericRule(kind="log1p", fill=0.0)
+    if "_ctr_" in column:
+        return NumericRule(kind="rate", fill=base_rate, indicator=True)
+    if column.endswith("_hours_since_last"):
+        return NumericRule(kind="hours", fill=cfg.hours_since_default, indicator=True)
+    values = _numeric_values(frame[column])
+    finite = values[np.isfinite(values)]
+    median = float(np.median(finite)) if finite.size else 0.0
+    return NumericRule(kind="raw", fill=median)
+
+
+def _numeric_values(series: pd.Series) -> np.ndarray:
+    """float64 values with None, pd.NA, unparseable strings and infinities as NaN."""
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    values = values.copy()
+    values[~np.isfinite(values)] = np.nan
+    return values
+
+
+def _category_key(value: Any) -> str | None:
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value):
+            return None
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return str(value)
+
+
+def _category_keys(series: pd.Series) -> list[str | None]:
+    """Canonical string key of every value (None where missing)."""
+    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
+        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+        return [_category_key(float(v)) for v in values]
+    return [_category_key(v) for v in series.astype(object).tolist()]
+
+
+def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise TransformError(
+            f"the feature transform needs columns {missing} which the input lacks; "
+            f"the model inputs are kubeloop.training.transform.model_input_columns()"
+        )
+
+
+class FeatureTransform(BaseModel):
+    """A fitted feature transformation (see the module docstring for its rules).
+
+    Build it with `FeatureTransform.fit(train_df)`, apply it with `transform(df)` or
+    `transform_records(dicts)`, persist it with `save(path)` / `FeatureTransform.load(path)`.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    config: TransformConfig
+    numeric_rules: dict[str, NumericRule]
+    vocabularies: dict[str, list[str]]
+    base_rate: float
+
+    _index: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._index = {
+            col: {key: i + 1 for i, key in enumerate(vocab)}
+            for col, vocab in self.vocabularies.items()
+        }
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, config: TransformConfig | None = None) -> FeatureTransform:
+        """Learn vocabularies, fill values and the base rate from a training frame.
+
+        `frame` needs every column of `model_input_columns()`; the label is used, when
+        present, only as the fill value of missing rates.
+        """
+        cfg = config or TransformConfig()
+        _check_columns(frame, model_input_columns())
+        if len(frame) == 0:
+            raise TransformError("cannot fit the feature transform on an empty frame")
+        base_rate = 0.0
+        if schema.LABEL in frame.columns:
+            labels = _numeric_values(frame[schema.LABEL])
+            if np.isfinite(labels).any():
+                base_rate = float(np.nanmean(labels))
+        rules = {c: _rule_for(c, frame, base_rate, cfg) for c in _numeric_columns()}
+        vocabularies: dict[str, list[str]] = {}
+        crosses = {cross_name(a, b): (a, b) for a, b in cfg.crosses}
+        for col in [*_categorical_columns(), *crosses]:
+            keys = _output_keys(frame, col, crosses)
+            counts = pd.Series(keys, dtype=object).dropna().value_counts()
+            kept = [(key, int(n)) for key, n in counts.items() if n >= cfg.min_count]
+            # Frequency order, ties broken by key, so refitting on the same data is stable.
+            kept.sort(key=lambda kv: (-kv[1], kv[0]))
+            vocabularies[col] = [key for key, _ in kept[: cfg.max_vocab]]
+        return cls(config=cfg, numeric_rules=rules, vocabularies=vocabularies, base_rate=base_rate)
+
+    @property
+    def numeric_names(self) -> list[str]:
+        """Names of the numeric output columns, in output order."""
+        names: list[str] = []
+        for col, rule in self.numeric_rules.items():
+            names.append(col)
+            if col == "hour" and self.config.hour_cyclic:
+                names += ["hour_sin", "hour_cos"]
+            if rule.indicator:
+                names.append(f"{col}_missing")
+        return names
+
+    @property
+    def _crosses(self) -> dict[str, tuple[str, str]]:
+        return {cross_name(a, b): (a, b) for a, b in self.config.crosses}
+
+    @property
+    def input_columns(self) -> list[str]:
+        """Raw columns this fitted transform reads (those of `model_input_columns()`)."""
+        crosses = self._crosses
+        return [*self.numeric_rules, *(c for c in self.vocabularies if c not in crosses)]
+
+    @property
+    def categorical_names(self) -> list[str]:
+        """Names of the categorical output columns, in output order."""
+        return list(self.vocabularies)
+
+    @property
+    def cardinalities(self) -> list[int]:
+        """Number of codes per categorical output column, the reserved 0 included."""
+        return [len(v) + 1 for v in self.vocabularies.values()]
+
+    def transform(self, frame: pd.DataFrame) -> TransformedBatch:
+        """Turn raw model inputs into arrays. Extra columns are ignored; rows keep their order.
+
+        Works element by element, so a row's output does not depend on the other rows in
+        the batch (the serving path sends one row at a time).
+        """
+        _check_columns(frame, self.input_columns)
+        n = len(frame)
+        numeric_out: list[np.ndarray] = []
+        for col, rule in self.numeric_rules.items():
+            raw = _numeric_values(frame[col])
+            missing = np.isnan(raw)
+            value = np.where(missing, rule.fill, raw)
+            if rule.kind in ("log1p", "hours"):
+                value = np.log1p(np.clip(value, 0.0, None))
+            numeric_out.append(value)
+            if col == "hour" and self.config.hour_cyclic:
+                angle = value * (2.0 * np.pi / 24.0)
+                numeric_out += [np.sin(angle), np.cos(angle)]
+            if rule.indicator:
+                numeric_out.append(missing.astype(np.float64))
+        numeric = (
+            np.column_stack(numeric_out).astype(np.float32)
+            if numeric_out
+            else np.zeros((n, 0), dtype=np.float32)
+        )
+        categorical = np.zeros((n, len(self.vocabularies)), dtype=np.int64)
+        crosses = self._crosses
+        for j, col in enumerate(self.vocabularies):
+            index = self._index[col]
+            categorical[:, j] = [
+                index.get(key, UNKNOWN_INDEX) if key is not None else UNKNOWN_INDEX
+                for key in _output_keys(frame, col, crosses)
+            ]
+        return TransformedBatch(
+            numeric, categorical, tuple(self.numeric_names), tuple(self.categorical_names)
+        )
+
+    def transform_records(self, records: Sequence[Mapping[str, Any]]) -> TransformedBatch:
+        """Transform JSON-like dicts (a request joined with online features).
+
+        Every input column must be a key of at least one record; None means missing.
+        """
+        return self.transform(pd.DataFrame.from_records(list(records)))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the transform as JSON to `path` (a file)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureTransform:
+        """Read a transform written by `save`."""
+        data = json.loads(Path(path).read_text())
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise TransformError(
+                f"{path}: transform format_version {version!r} is not {FORMAT_VERSION}; "
+                "retrain the model with this kubeloop version"
+            )
+        return cls.model_validate(data)
