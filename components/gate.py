@@ -1,7 +1,5 @@
 """gate: choose the champion (start simple) and decide whether it may be registered."""
 
-from typing import NamedTuple
-
 from kfp import dsl
 
 from components.image import COMPONENT_OPTIONS
@@ -12,11 +10,12 @@ def gate(
     evaluation: dsl.Input[dsl.Artifact],
     gate_config_json: str,
     decision: dsl.Output[dsl.Artifact],
-) -> NamedTuple("GateOutputs", [("passed", bool), ("champion", str)]):
-    """Record the decision and its reasons; `passed` drives the pipeline's dsl.If."""
-    from collections import namedtuple
+) -> bool:
+    """Record the decision, champion and reasons; the returned `passed` drives the dsl.If.
 
+    A single unnamed output on purpose: kfp.local (2.16) resolves a condition on a task's
+    `Output` but mistakes a named output's channel ("gate-passed") for a pipeline input."""
     from kubeloop.pipeline.steps import gate_step
 
-    passed, champion = gate_step(evaluation.path, gate_config_json, decision.path)
-    return namedtuple("GateOutputs", ["passed", "champion"])(passed, champion)
+    passed, _ = gate_step(evaluation.path, gate_config_json, decision.path)
+    return passed

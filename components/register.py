@@ -7,7 +7,6 @@ from components.image import COMPONENT_OPTIONS
 
 @dsl.component(**COMPONENT_OPTIONS)
 def register(
-    champion: str,
     lightgbm_model: dsl.Input[dsl.Model],
     torch_model: dsl.Input[dsl.Model],
     training_set: dsl.Input[dsl.Dataset],
@@ -19,10 +18,12 @@ def register(
     run_id: str,
     registration: dsl.Output[dsl.Artifact],
 ) -> str:
-    """Register the champion with its metrics, gate decision and drift reference; returns the version."""
-    from kubeloop.pipeline.steps import register_step
+    """Register the gate's champion (named in `decision`) with its metrics, gate decision
+    and drift reference; returns the version."""
+    from kubeloop.pipeline.steps import champion_of, register_step
 
     models = {"lightgbm": lightgbm_model.path, "torch": torch_model.path}
+    champion = champion_of(decision.path)
     return register_step(
         models[champion], champion, training_set.path, evaluation.path, decision.path,
         registry_uri, model_name, scenario, run_id, registration.path,

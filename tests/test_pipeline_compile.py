@@ -64,11 +64,11 @@ def test_training_ir_loads_back_with_dag_and_gate(tmp_path):
     condition = tasks["condition-1"]
     assert "gate" in condition["dependentTasks"]
     trigger = condition["triggerPolicy"]["condition"]
-    assert "pipelinechannel--gate-passed" in trigger and trigger.endswith("== true")
+    assert "pipelinechannel--gate-Output" in trigger and trigger.endswith("== true")
     inner = spec["components"]["comp-condition-1"]["dag"]["tasks"]
     assert set(inner) == {"register"}
-    gate_param = condition["inputs"]["parameters"]["pipelinechannel--gate-passed"]
-    assert gate_param["taskOutputParameter"] == {"outputParameterKey": "passed", "producerTask": "gate"}
+    gate_param = condition["inputs"]["parameters"]["pipelinechannel--gate-Output"]
+    assert gate_param["taskOutputParameter"] == {"outputParameterKey": "Output", "producerTask": "gate"}
 
 
 def test_every_component_runs_in_the_project_image_and_calls_kubeloop(tmp_path):

@@ -38,6 +38,7 @@ def run_local(params: TrainingRunParams, pipeline_root: Path) -> LocalRunResult:
     resolves, with the gate's dsl.If honoured."""
     from kfp import local
 
+    from kubeloop.pipeline.kfp_local_compat import conditions_evaluated
     from pipelines.training import training_pipeline
 
     pipeline_root.mkdir(parents=True, exist_ok=True)
@@ -47,7 +48,8 @@ def run_local(params: TrainingRunParams, pipeline_root: Path) -> LocalRunResult:
         raise_on_error=True,
     )
     started = time.perf_counter()
-    task = training_pipeline(**params.arguments())
+    with conditions_evaluated():
+        task = training_pipeline(**params.arguments())
     seconds = time.perf_counter() - started
     outputs = task.outputs
     return LocalRunResult(

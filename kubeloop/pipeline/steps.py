@@ -266,6 +266,11 @@ def gate_step(evaluation_dir: str, gate_config_json: str, decision_path: str) ->
 # --------------------------------------------------------------------------- register
 
 
+def champion_of(decision_path: str) -> str:
+    """The model kind the gate chose, read from its decision artifact."""
+    return _read_json(decision_path)["champion"]
+
+
 def register_step(
     model_dir: str,
     kind: str,

@@ -1,0 +1,474 @@
+"""Benchmark of the feature path: lake generation, ETL, and Feast online lookups.
+
+    .venv/bin/python bench/features_bench.py                 # 1M and 10M events (minutes)
+    .venv/bin/python bench/features_bench.py --quick         # 100k and 300k: a smoke run
+    .venv/bin/python bench/features_bench.py --sizes 2000000 --out /tmp/bench.md
+
+Part 1: for each size, `generate_lake` and then `build_features` each run in a fresh
+spawned interpreter, which reads its own peak RSS (getrusage ru_maxrss) at its end, so the
+memory figure belongs to that stage alone. Seconds are measured around the library call
+(interpreter start and imports excluded).
+
+Part 2: in one more fresh process, a Feast repository (SQLite online store) is applied and
+materialized from the features of one size (1M events by default), and online lookups of
+the `ctr_model` feature service are timed for 1 and for 100 entity rows. Each iteration
+draws random (user_id, ad_id) rows and times, on the same rows and in a rotating order,
+kubeloop's wrapper `online_features`, the direct `FeatureStore.get_online_features` call,
+and the direct call plus `.to_df()`; so machine noise hits all three alike.
+
+Everything is written under one temporary directory, removed at the end (also on error,
+Ctrl-C or SIGTERM). The markdown goes to stdout and to --out.
+"""
+
+from __future__ import annotations
+
+# Only the standard library and the bench helpers at module level: spawned children
+# import this module again, and their peak RSS should carry only what their stage needs.
+import argparse
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from _util import (
+    fmt_int,
+    fmt_ratio,
+    load_average,
+    machine_facts,
+    markdown_table,
+    peak_rss_mib,
+    percentile,
+    run_fresh,
+)
+
+DEFAULT_SIZES = [1_000_000, 10_000_000]
+QUICK_SIZES = [100_000, 300_000]
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "features_bench.md"
+PACKAGES = ["duckdb", "feast", "pyarrow", "pandas", "numpy"]
+
+# Users and ads grow with the event count past the generator's defaults (4,000 users,
+# 600 ads, sized for ~300k events), so that events per entity stay realistic:
+# 10M events -> 20,000 users and 1,000 ads.
+EVENTS_PER_USER = 500
+EVENTS_PER_AD = 10_000
+
+SEED = 20260105
+
+
+# --- child-process stages ---------------------------------------------------------------
+# Each returns a plain dict; `rss_imports_mib` is the peak RSS once the stage's modules
+# are imported (the floor), `peak_rss_mib` the peak at the end of the stage.
+
+
+def stage_generate(events: int, users: int, ads: int, lake: str) -> dict:
+    from kubeloop.data.generator import GeneratorConfig, generate_lake
+
+    rss_imports = peak_rss_mib()
+    config = GeneratorConfig(events=events, users=users, ads=ads)
+    started = time.perf_counter()
+    summary = generate_lake(config, lake, progress=False)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "events": summary.events,
+        "detail": f"{summary.partitions} day partitions",
+        "rss_imports_mib": rss_imports,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def stage_build(lake: str, out: str) -> dict:
+    from kubeloop.features.build import FeatureBuildConfig, build_features
+
+    rss_imports = peak_rss_mib()
+    config = FeatureBuildConfig()
+    started = time.perf_counter()
+    summary = build_features(lake, Path(out), config, progress=False)
+    seconds = time.perf_counter() - started
+    return {
+        "seconds": seconds,
+        "events": summary.events,
+        "detail": f"{summary.user_rows:,} user rows, {summary.ad_rows:,} ad rows",
+        "rss_imports_mib": rss_imports,
+        "peak_rss_mib": peak_rss_mib(),
+        "threads": config.threads,
+        "memory_limit": config.memory_limit,
+    }
+
+
+def stage_lookup(features: str, repo: str, iters_1: int, iters_100: int, warmup: int) -> dict:
+    import gc
+    import warnings
+
+    import pyarrow.parquet as pq
+
+    from kubeloop import schema
+    from kubeloop.features.materialize import materialize
+    from kubeloop.features.online import online_features
+    from kubeloop.features.store import (
+        FeatureStoreSettings,
+        apply_definitions,
+        open_store,
+        write_repo,
+    )
+
+    warnings.simplefilter("ignore")  # Feast's deprecation chatter, once per call site
+    # Full (generation 2) garbage collections stop the process for tens of ms once Feast,
+    # pandas and protobuf objects are loaded; they stay on, as in a server, but each timed
+    # call records whether one ran inside it so the tail can be read.
+    full_gcs = [0]
+    gc.callbacks.append(
+        lambda phase, info: (
+            full_gcs.__setitem__(0, full_gcs[0] + 1)
+            if phase == "start" and info["generation"] == 2
+            else None
+        )
+    )
+    write_repo(repo, FeatureStoreSettings(), features)
+    store = open_store(repo)
+    apply_definitions(store, features)
+    summary = materialize(store, progress=False)
+    service = store.get_feature_service(schema.FEATURE_SERVICE)
+
+    def ids(file: str, key: str) -> list[int]:
+        column = pq.read_table(Path(features) / file, columns=[key]).column(key)
+        return sorted(set(column.to_pylist()))
+
+    users = ids(schema.USER_FEATURES_FILE, "user_id")
+    ads = ids(schema.AD_FEATURES_FILE, "ad_id")
+    rng = random.Random(SEED)
+
+    def draw(n: int) -> list[dict]:
+        return [{"user_id": rng.choice(users), "ad_id": rng.choice(ads)} for _ in range(n)]
+
+    calls = {
+        "wrapper": lambda rows: online_features(store, rows),
+        "direct": lambda rows: store.get_online_features(features=service, entity_rows=rows),
+        "direct_df": lambda rows: store.get_online_features(
+            features=service, entity_rows=rows
+        ).to_df(),
+    }
+    names = list(calls)
+
+    # Same rows, same answer: the wrapper is a faithful view of the direct call.
+    rows = draw(5)
+    got = calls["wrapper"]([dict(r) for r in rows])
+    want = calls["direct_df"]([dict(r) for r in rows])
+    for column in got.columns:
+        if got[column].astype(object).tolist() != want[column].astype(object).tolist():
+            raise AssertionError(f"wrapper and direct lookups differ in column {column!r}")
+    if got.isna().any().any():
+        raise AssertionError("materialized entities came back with null features")
+
+    results = {}
+    for n_rows, iters in ((1, iters_1), (100, iters_100)):
+        timings: dict[str, list[float]] = {name: [] for name in names}
+        gc_hits = dict.fromkeys(names, 0)
+        for i in range(warmup + iters):
+            rows = draw(n_rows)
+            # Rotate the order so that no call is always first (cold caches) or last.
+            order = names[i % len(names) :] + names[: i % len(names)]
+            for name in order:
+                arg = [dict(r) for r in rows]  # a fresh copy each: no call sees another's
+                collections = full_gcs[0]
+                started = time.perf_counter_ns()
+                calls[name](arg)
+                elapsed_ms = (time.perf_counter_ns() - started) / 1e6
+                if i >= warmup:
+                    timings[name].append(elapsed_ms)
+                    gc_hits[name] += full_gcs[0] > collections
+        results[n_rows] = {
+            name: {
+                "iterations": len(values),
+                "p50": percentile(values, 50),
+                "p99": percentile(values, 99),
+                "max": max(values),
+                "full_gc_calls": gc_hits[name],
+            }
+            for name, values in timings.items()
+        }
+    return {
+        "latency": results,
+        "users_online": summary.users,
+        "ads_online": summary.ads,
+        "materialize_seconds": summary.seconds,
+        "online_store": summary.online_store,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+# --- orchestration ----------------------------------------------------------------------
+
+
+def population(events: int) -> tuple[int, int]:
+    """(users, ads) for a lake of `events`: the generator's defaults, scaled up past them."""
+    from kubeloop.data.generator import GeneratorConfig
+
+    fields = GeneratorConfig.model_fields
+    users = max(fields["users"].default, events // EVENTS_PER_USER)
+    ads = max(fields["ads"].default, events // EVENTS_PER_AD)
+    return users, ads
+
+
+def log(message: str) -> None:
+    stamp = datetime.now().strftime("%H:%M:%S")
+    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+
+
+def run_throughput(sizes: list[int], lookup_size: int, tmp: Path) -> tuple[list[dict], Path]:
+    """Generate and build every size; return one record per (size, stage) and the
+    features directory of `lookup_size` (the others are deleted as soon as built)."""
+    records = []
+    lookup_features = None
+    for events in sizes:
+        users, ads = population(events)
+        root = tmp / f"events-{events}"
+        lake, features = root / "lake", root / "features"
+        log(f"generate {events:,} events ({users:,} users, {ads:,} ads)")
+        gen = run_fresh(stage_generate, events, users, ads, str(lake))
+        log(f"  {gen['seconds']:.1f}s, peak RSS {gen['peak_rss_mib']:.0f} MiB")
+        log(f"build_features on {events:,} events")
+        etl = run_fresh(stage_build, str(lake), str(features))
+        log(f"  {etl['seconds']:.1f}s, peak RSS {etl['peak_rss_mib']:.0f} MiB")
+        shutil.rmtree(lake)
+        for stage, record in (("generate", gen), ("ETL", etl)):
+            records.append({"size": events, "users": users, "ads": ads, "stage": stage, **record})
+        if events == lookup_size:
+            lookup_features = features
+        else:
+            shutil.rmtree(root)
+    assert lookup_features is not None
+    return records, lookup_features
+
+
+def throughput_section(records: list[dict]) -> list[str]:
+    etl = next(r for r in records if r["stage"] == "ETL")
+    header = [
+        "events",
+        "users / ads",
+        "stage",
+        "seconds",
+        "events/s",
+        "peak RSS (MiB)",
+        "RSS after imports (MiB)",
+        "output",
+    ]
+    rows = [
+        [
+            fmt_int(r["size"]),
+            f"{r['users']:,} / {r['ads']:,}",
+            "generate_lake" if r["stage"] == "generate" else "build_features",
+            f"{r['seconds']:.1f}",
+            fmt_int(r["events"] / r["seconds"]),
+            fmt_int(r["peak_rss_mib"]),
+            fmt_int(r["rss_imports_mib"]),
+            r["detail"],
+        ]
+        for r in records
+    ]
+    lines = [
+        "### Throughput and peak memory",
+        "",
+        (
+            "Each (size, stage) ran in its own fresh process; peak RSS is that process's "
+            "ru_maxrss at the end of the stage, imports included (their floor is the "
+            "'after imports' column). Seconds are the library call alone. GeneratorConfig "
+            "defaults except events, users and ads (baseline scenario, 14 days, seed 7, "
+            f"chunk_size 500k); FeatureBuildConfig defaults (DuckDB threads {etl['threads']}, "
+            f"memory_limit {etl['memory_limit']})."
+        ),
+        "",
+        markdown_table(header, rows, align="rrlrrrrl"),
+        "",
+    ]
+    sizes = sorted({r["size"] for r in records})
+    by = {(r["size"], r["stage"]): r for r in records}
+    ratios = []
+    for size in sizes:
+        gen, build = by[(size, "generate")], by[(size, "ETL")]
+        ratios.append(
+            f"- {size:,} events: build_features / generate_lake events/s "
+            f"{fmt_ratio(gen['seconds'] / build['seconds'])}, peak RSS "
+            f"{fmt_ratio(build['peak_rss_mib'] / gen['peak_rss_mib'])}"
+        )
+    small = sizes[0]
+    for size in sizes[1:]:
+        for stage, label in (("generate", "generate_lake"), ("ETL", "build_features")):
+            a, b = by[(small, stage)], by[(size, stage)]
+            ratios.append(
+                f"- {label}, {size:,} vs {small:,} events ({size / small:g}x the events): "
+                f"events/s {fmt_ratio(a['seconds'] / b['seconds'] * size / small)}, "
+                f"peak RSS {fmt_ratio(b['peak_rss_mib'] / a['peak_rss_mib'])}"
+            )
+    return [*lines, "Ratios:", "", *ratios, ""]
+
+
+def latency_section(lookup: dict, lookup_size: int) -> list[str]:
+    labels = {
+        "wrapper": "kubeloop `online_features` (wrapper)",
+        "direct": "`store.get_online_features(features=service)`",
+        "direct_df": "direct + `.to_df()`",
+    }
+    header = [
+        "entity rows",
+        "call",
+        "iterations",
+        "p50 (ms)",
+        "p99 (ms)",
+        "p50 vs direct",
+        "p99 vs direct",
+        "max (ms)",
+        "calls with a full GC",
+    ]
+    rows = []
+    for n_rows, by_call in lookup["latency"].items():
+        base = by_call["direct"]
+        for name, label in labels.items():
+            r = by_call[name]
+            rows.append(
+                [
+                    str(n_rows),
+                    label,
+                    str(r["iterations"]),
+                    f"{r['p50']:.2f}",
+                    f"{r['p99']:.2f}",
+                    fmt_ratio(r["p50"] / base["p50"]),
+                    fmt_ratio(r["p99"] / base["p99"]),
+                    f"{r['max']:.1f}",
+                    str(r["full_gc_calls"]),
+                ]
+            )
+    headline = [
+        f"- {n} entity row{'s' if n > 1 else ''}: wrapper / direct = "
+        f"{fmt_ratio(c['wrapper']['p50'] / c['direct']['p50'])} at p50, "
+        f"{fmt_ratio(c['wrapper']['p99'] / c['direct']['p99'])} at p99; "
+        f"wrapper / (direct + to_df) = "
+        f"{fmt_ratio(c['wrapper']['p50'] / c['direct_df']['p50'])} at p50"
+        for n, c in lookup["latency"].items()
+    ]
+    return [
+        "### Feast online lookup latency",
+        "",
+        (
+            f"Online store {lookup['online_store']}, materialized from the {lookup_size:,}-event "
+            f"features ({lookup['users_online']:,} users, {lookup['ads_online']:,} ads; "
+            f"materialize took {lookup['materialize_seconds']:.1f}s). Feature service "
+            "`ctr_model` (all user and ad features). Random (user_id, ad_id) rows of known "
+            "entities; the three calls share each iteration's rows and alternate their order; "
+            "warmup iterations are dropped. The garbage collector stays on, as in a server; "
+            "'calls with a full GC' counts timed calls during which a generation-2 collection "
+            "ran (each a pause of tens of ms), which is what usually sets p99 and max."
+        ),
+        "",
+        markdown_table(header, rows, align="rlrrrrrrr"),
+        "",
+        *headline,
+        "",
+    ]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="EVENTS",
+        help=f"lake sizes in events (default: {' '.join(map(str, DEFAULT_SIZES))})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: sizes {' '.join(map(str, QUICK_SIZES))}, lookups on the smallest",
+    )
+    parser.add_argument(
+        "--lookup-size",
+        type=int,
+        default=None,
+        metavar="EVENTS",
+        help="size whose features are materialized for the lookups "
+        "(default: 1000000 if among --sizes, else the smallest)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT, help=f"markdown output (default: {DEFAULT_OUT})"
+    )
+    parser.add_argument(
+        "--iters-1", type=int, default=300, help="timed lookups of 1 entity row (default 300)"
+    )
+    parser.add_argument(
+        "--iters-100", type=int, default=150, help="timed lookups of 100 entity rows (default 150)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=20, help="untimed lookups before each series (default 20)"
+    )
+    parser.add_argument(
+        "--tmp-dir", type=Path, default=None, help="where the temporary working directory goes"
+    )
+    args = parser.parse_args(argv)
+    if args.quick and args.sizes:
+        parser.error("--quick and --sizes are exclusive")
+    args.sizes = sorted(set(QUICK_SIZES if args.quick else args.sizes or DEFAULT_SIZES))
+    if args.lookup_size is None:
+        args.lookup_size = 1_000_000 if 1_000_000 in args.sizes else args.sizes[0]
+    if args.lookup_size not in args.sizes:
+        parser.error(f"--lookup-size {args.lookup_size} is not one of --sizes {args.sizes}")
+    if min(args.iters_1, args.iters_100) < 1 or args.warmup < 0:
+        parser.error("iterations must be positive and warmup non-negative")
+    return args
+
+
+def _terminate(signum, frame):
+    # SystemExit unwinds through run_fresh (which stops its child) and the temp dir's cleanup.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.perf_counter()
+    load_before = load_average()
+    with tempfile.TemporaryDirectory(prefix="kubeloop-bench-", dir=args.tmp_dir) as tmp:
+        tmp = Path(tmp)
+        records, features = run_throughput(args.sizes, args.lookup_size, tmp)
+        log(f"Feast apply + materialize + lookups on the {args.lookup_size:,}-event features")
+        lookup = run_fresh(
+            stage_lookup,
+            str(features),
+            str(tmp / "feature_repo"),
+            args.iters_1,
+            args.iters_100,
+            args.warmup,
+        )
+    minutes = (time.perf_counter() - started) / 60
+    text = "\n".join(
+        [
+            "## Feature path benchmark (bench/features_bench.py)",
+            "",
+            (
+                f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {minutes:.1f} min, "
+                f"command `{' '.join(['bench/features_bench.py', *sys.argv[1:]])}`."
+            ),
+            "",
+            *machine_facts(PACKAGES),
+            f"- load average (1/5/15 min) before: {load_before}; after: {load_average()}",
+            "",
+            *throughput_section(records),
+            *latency_section(lookup, args.lookup_size),
+        ]
+    )
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
