@@ -18,7 +18,7 @@ class Workdir:
     root: Path
 
     @classmethod
-    def at(cls, root: str | Path) -> "Workdir":
+    def at(cls, root: str | Path) -> Workdir:
         return cls(Path(root).expanduser().resolve())
 
     @property
@@ -49,6 +49,6 @@ class Workdir:
     def report(self) -> Path:
         return self.root / "report.json"
 
-    def ensure(self) -> "Workdir":
+    def ensure(self) -> Workdir:
         self.root.mkdir(parents=True, exist_ok=True)
         return self

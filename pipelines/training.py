@@ -72,7 +72,7 @@ def training_pipeline(
         evaluation=eval_task.outputs["evaluation"], gate_config_json=gate_config_json
     ).set_display_name("gate")
 
-    with dsl.If(gate_task.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 (a KFP condition, not Python)
+    with dsl.If(gate_task.outputs["Output"] == True, name="gate-passed"):
         register(
             lightgbm_model=lgb_task.outputs["model"],
             torch_model=torch_task.outputs["model"],

@@ -58,4 +58,4 @@ def test_schedule_makes_a_recurring_run(tmp_path):
 def test_cel_conditions_become_python():
     cel = "inputs.parameter_values['pipelinechannel--gate-Output'] == true"
     assert cel_to_python(cel) == "pipelinechannel--gate-Output == True"
-    assert cel_to_python("a == false && b == true").split() == "a == False and b == True".split()
+    assert cel_to_python("a == false && b == true").split() == ["a", "==", "False", "and", "b", "==", "True"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -12,9 +11,9 @@ from rich.console import Console
 
 def demo(
     workdir: Path = typer.Option(Path("runs/demo"), help="Run directory; report.json is written here."),
-    events: Optional[int] = typer.Option(None, help="Events to generate (default: the generator's default)."),
+    events: int | None = typer.Option(None, help="Events to generate (default: the generator's default)."),
     scenario: str = typer.Option("baseline", help="baseline | covariate_shift | concept_drift | new_ads"),
-    seed: Optional[int] = typer.Option(None, help="Generator seed."),
+    seed: int | None = typer.Option(None, help="Generator seed."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run every stage of the local loop and write WORKDIR/report.json."""

@@ -18,8 +18,7 @@ app = typer.Typer(
 def _register() -> None:
     # Imported here, not at module top, so `kubeloop --help` stays fast and importing
     # this module has no side effects beyond building the command tree.
-    from kubeloop.cli import data, demo, features, pipeline
-    from kubeloop.cli import models
+    from kubeloop.cli import data, demo, features, models, pipeline
 
     app.add_typer(data.app, name="data")
     app.add_typer(features.app, name="features")

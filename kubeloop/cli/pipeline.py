@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -30,7 +29,7 @@ def run_cmd(
     local: bool = typer.Option(False, "--local", help="Run with kfp.local's SubprocessRunner on this machine."),
     workdir: Path = typer.Option(Path("runs/demo"), help="Run directory holding lake/, features/, feature_repo/, registry/."),
     generate: bool = typer.Option(False, help="Generate the lake first (otherwise it must exist)."),
-    events: Optional[int] = typer.Option(None, help="Events to generate (with --generate)."),
+    events: int | None = typer.Option(None, help="Events to generate (with --generate)."),
     scenario: str = typer.Option("baseline", help="Data scenario (with --generate)."),
     model_name: str = typer.Option("ctr", help="Registry name of the model."),
 ) -> None:
@@ -58,14 +57,14 @@ def submit_cmd(
     package: Path = typer.Option(Path("build/training_pipeline.yaml"), help="Compiled IR YAML (compiled first if missing)."),
     namespace: str = typer.Option("kubeflow", help="Kubernetes namespace of the run."),
     experiment: str = typer.Option("kubeloop", help="KFP experiment name."),
-    run_name: Optional[str] = typer.Option(None, help="Run name (default: derived from the package)."),
-    schedule: Optional[str] = typer.Option(None, help="Cron expression (6 fields, with seconds) for a recurring retraining run."),
+    run_name: str | None = typer.Option(None, help="Run name (default: derived from the package)."),
+    schedule: str | None = typer.Option(None, help="Cron expression (6 fields, with seconds) for a recurring retraining run."),
     lake_uri: str = typer.Option("s3://kubeloop/lake", help="Lake URI as seen from the cluster."),
     features_uri: str = typer.Option("s3://kubeloop/features", help="Offline feature tables URI."),
     feature_repo: str = typer.Option("/feature_repo", help="Feast repo path inside the component image."),
     registry_uri: str = typer.Option("/registry", help="Registry location inside the component pods."),
     model_name: str = typer.Option("ctr", help="Registry name of the model."),
-    service_account: Optional[str] = typer.Option("kubeloop-pipeline-runner", help="Service account for the run's pods."),
+    service_account: str | None = typer.Option("kubeloop-pipeline-runner", help="Service account for the run's pods."),
 ) -> None:
     """Submit the compiled pipeline to a Kubeflow Pipelines API with kfp.Client."""
     from kubeloop.pipeline.compile import compile_pipeline

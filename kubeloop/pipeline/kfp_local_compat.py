@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 _IR_PARAMETER = re.compile(r"inputs\.parameter_values\[\s*'([^']+)'\s*\]")
 _CEL_LITERALS = {"true": "True", "false": "False", "null": "None", "&&": " and ", "||": " or "}

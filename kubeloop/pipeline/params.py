@@ -30,7 +30,7 @@ class TrainingRunParams(BaseModel):
     gate_config: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
-    def for_workdir(cls, workdir: Workdir, **overrides: Any) -> "TrainingRunParams":
+    def for_workdir(cls, workdir: Workdir, **overrides: Any) -> TrainingRunParams:
         """Parameters that point every step at the embedded layout of a local run."""
         return cls(
             lake_uri=str(workdir.lake),
