@@ -137,9 +137,22 @@ def kind_node_version() -> str:
 CRD_GROUPS = ("serving.kserve.io/",)
 
 
+def _kubernetes_validate():
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.fail(
+            "kubernetes-validate is not installed: it is in requirements.lock"
+            " (kubernetes-validate==1.37.0, with importlib_resources); run `make test`,"
+            " which installs the lock",
+            pytrace=False,
+        )
+    return kubernetes_validate
+
+
 def validate_builtin(obj: dict[str, Any]) -> list[str]:
     """Strict OpenAPI validation of a built-in kind; [] if valid."""
-    import kubernetes_validate
+    kubernetes_validate = _kubernetes_validate()
 
     try:
         kubernetes_validate.validate(obj, kind_node_version(), strict=True)

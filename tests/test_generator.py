@@ -85,7 +85,7 @@ def memory_url() -> str:
 def test_config_defaults_match_the_issue():
     cfg = GeneratorConfig()
     assert (cfg.events, cfg.days, cfg.users, cfg.ads, cfg.advertisers, cfg.seed) == (
-        300_000, 14, 4_000, 600, 60, 7,
+        600_000, 14, 4_000, 600, 60, 7,
     )  # fmt: skip
     assert (cfg.scenario, cfg.change_day, cfg.new_ads) == ("baseline", 10, 150)
 

@@ -17,7 +17,7 @@ def generate(
         "--lake",
         help="Lake root: a local path or an fsspec URL (e.g. memory://lake, s3://bucket/lake).",
     ),
-    events: int = typer.Option(300_000, help="Total impressions over all days."),
+    events: int = typer.Option(600_000, help="Total impressions over all days."),
     days: int = typer.Option(14, help="Number of daily partitions."),
     users: int = typer.Option(4_000, help="Size of the user population."),
     ads: int = typer.Option(600, help="Number of ads running from the first day."),

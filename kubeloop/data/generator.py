@@ -62,7 +62,8 @@ class GeneratorConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    events: int = Field(300_000, gt=0, description="Total impressions over all days.")
+    # 600k is the demo default: at 300k LightGBM only just reached 0.97 x oracle AUC.
+    events: int = Field(600_000, gt=0, description="Total impressions over all days.")
     days: int = Field(14, gt=0, description="Number of daily partitions.")
     users: int = Field(4_000, gt=0, description="Size of the user population.")
     ads: int = Field(600, gt=0, description="Number of ads running from the first day.")

@@ -1,0 +1,44 @@
+# kubeloop/components-python:0.1.0 -- Kubeflow component image: every pipeline step (components/*.py, lightweight components whose base_image this is) imports the installed kubeloop package.
+#
+# Build from the repository root (the context must be the repo):
+#   docker build -f docker/components.Dockerfile -t kubeloop/components-python:0.1.0 .
+# and load it into kind with: kind load docker-image kubeloop/components-python:0.1.0 --name kubeloop
+FROM python:3.11.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    NUMBA_CACHE_DIR=/tmp/numba
+
+# libgomp1: OpenMP runtime that LightGBM's wheel links against.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 1000 kubeloop \
+    && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin kubeloop
+# KFP's v2 launcher stages artifacts under /gcs, /minio and /s3 at the file system root; a
+# non-root user cannot create them there, so they exist, owned by that user, in the image.
+RUN mkdir -p /gcs /minio /s3 && chown 1000:1000 /gcs /minio /s3
+
+WORKDIR /opt/kubeloop
+
+# Dependencies first (one layer, reused while the lock file is unchanged). torch is pinned
+# to its CPU build (torch==...+cpu), which lives on PyTorch's own index.
+COPY requirements.lock ./
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.lock
+
+# Then the project itself, without touching the locked dependencies.
+COPY pyproject.toml README.md ./
+COPY kubeloop ./kubeloop
+COPY models ./models
+COPY components ./components
+COPY pipelines ./pipelines
+RUN pip install --no-deps . \
+    && rm -rf build *.egg-info
+
+# Numeric user, so Kubernetes can check runAsNonRoot.
+USER 1000:1000
+# KFP sets the command of each step (python3 -m kfp.dsl.executor_main ...).
+CMD ["python"]

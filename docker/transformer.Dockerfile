@@ -1,0 +1,41 @@
+# kubeloop/transformer:0.1.0 -- KServe transformer: looks up the Feast online features (Redis in the cluster) and calls the predictor (KServe passes --model_name, --predictor_host, --http_port=8080).
+#
+# Build from the repository root (the context must be the repo):
+#   docker build -f docker/transformer.Dockerfile -t kubeloop/transformer:0.1.0 .
+# and load it into kind with: kind load docker-image kubeloop/transformer:0.1.0 --name kubeloop
+FROM python:3.11.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    NUMBA_CACHE_DIR=/tmp/numba
+
+# libgomp1: OpenMP runtime that LightGBM's wheel links against.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 1000 kubeloop \
+    && useradd --uid 1000 --gid 1000 --create-home --shell /usr/sbin/nologin kubeloop
+
+WORKDIR /opt/kubeloop
+
+# Dependencies first (one layer, reused while the lock file is unchanged). torch is pinned
+# to its CPU build (torch==...+cpu), which lives on PyTorch's own index.
+COPY requirements.lock ./
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.lock
+
+# Then the project itself, without touching the locked dependencies.
+COPY pyproject.toml README.md ./
+COPY kubeloop ./kubeloop
+COPY models ./models
+COPY components ./components
+COPY pipelines ./pipelines
+RUN pip install --no-deps . \
+    && rm -rf build *.egg-info
+
+# Numeric user, so Kubernetes can check runAsNonRoot.
+USER 1000:1000
+EXPOSE 8080
+ENTRYPOINT ["python", "-m", "models.transformer"]
