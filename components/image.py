@@ -1,4 +1,4 @@
-"""The image every component runs in (built from docker/components.Dockerfile and
+"""The image every component runs in (built from images/components.Dockerfile and
 loaded into kind with `kind load docker-image`). The tag follows the package version."""
 
 from kubeloop import __version__

@@ -1,8 +1,8 @@
-# kubeloop/drift-detector:0.1.0 -- Drift detector: an HTTP service on :8080 receiving KServe's request-logger CloudEvents; exposes /metrics and /healthz.
+# kubeloop/transformer:0.1.0 -- KServe transformer: looks up the Feast online features (Redis in the cluster) and calls the predictor (KServe passes --model_name, --predictor_host, --http_port=8080).
 #
 # Build from the repository root (the context must be the repo):
-#   docker build -f docker/drift-detector.Dockerfile -t kubeloop/drift-detector:0.1.0 .
-# and load it into kind with: kind load docker-image kubeloop/drift-detector:0.1.0 --name kubeloop
+#   docker build -f images/transformer.Dockerfile -t kubeloop/transformer:0.1.0 .
+# and load it into kind with: kind load docker-image kubeloop/transformer:0.1.0 --name kubeloop
 FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -38,4 +38,4 @@ RUN pip install --no-deps . \
 # Numeric user, so Kubernetes can check runAsNonRoot.
 USER 1000:1000
 EXPOSE 8080
-ENTRYPOINT ["python", "-m", "models.drift_service"]
+ENTRYPOINT ["python", "-m", "models.transformer"]

@@ -1,0 +1,25 @@
+"""The folders are the architecture; a top-level folder must never shadow an installed
+package (pytest runs from the repo root, so `docker/` once hid the docker SDK kfp.local needs)."""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OWN_PACKAGES = {"kubeloop", "models", "components", "pipelines", "tests", "bench"}
+
+
+def test_no_top_level_folder_shadows_an_installed_package():
+    site = Path(sysconfig.get_paths()["purelib"])
+    installed = {p.name for p in site.iterdir() if p.is_dir() and not p.name.endswith((".dist-info", ".egg-info"))}
+    installed |= {p.stem for p in site.glob("*.py")}
+    folders = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    clashes = (folders - OWN_PACKAGES) & installed
+    assert not clashes, f"top-level folders {sorted(clashes)} shadow installed packages; rename them"
+
+
+def test_own_packages_are_not_shadowed_by_site_packages():
+    site = Path(sysconfig.get_paths()["purelib"])
+    for name in ("models", "components", "pipelines"):
+        assert not (site / name).exists(), f"site-packages has a foreign {name!r} package"
