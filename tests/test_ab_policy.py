@@ -11,8 +11,14 @@ from kubeloop.serving.ab import auc_interval, calibration_interval, compare_vari
 from kubeloop.serving.policy import RolloutPolicy, decide
 
 
-def traffic(n: int, canary_share: float, canary_noise: float, seed: int = 0, canary_latency: float = 5.0,
-            canary_errors: float = 0.0) -> pd.DataFrame:
+def traffic(
+    n: int,
+    canary_share: float,
+    canary_noise: float,
+    seed: int = 0,
+    canary_latency: float = 5.0,
+    canary_errors: float = 0.0,
+) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     truth = 1 / (1 + np.exp(-rng.normal(-3, 0.8, n)))
     labels = (rng.random(n) < truth).astype(float)
@@ -22,8 +28,15 @@ def traffic(n: int, canary_share: float, canary_noise: float, seed: int = 0, can
     prediction = 1 / (1 + np.exp(-logit))
     latency = np.where(variant == "canary", canary_latency, 5.0) * rng.lognormal(0, 0.1, n)
     error = (variant == "canary") & (rng.random(n) < canary_errors)
-    return pd.DataFrame({"variant": variant, "prediction": prediction, "label": labels,
-                         "latency_ms": latency, "error": error})
+    return pd.DataFrame(
+        {
+            "variant": variant,
+            "prediction": prediction,
+            "label": labels,
+            "latency_ms": latency,
+            "error": error,
+        }
+    )
 
 
 def test_intervals_cover_known_values():
@@ -56,8 +69,10 @@ def test_waits_until_enough_labels():
     assert decision.action == "wait" and "waiting for 2000" in " ".join(decision.reasons)
 
 
-@pytest.mark.parametrize(("kwargs", "word"), [({"canary_errors": 0.2}, "error rate"),
-                                              ({"canary_latency": 50.0}, "latency")])
+@pytest.mark.parametrize(
+    ("kwargs", "word"),
+    [({"canary_errors": 0.2}, "error rate"), ({"canary_latency": 50.0}, "latency")],
+)
 def test_health_regressions_roll_back_before_labels(kwargs, word):
     frame = traffic(4000, 0.5, 0.05, **kwargs)
     frame["label"] = np.nan  # no feedback has arrived yet

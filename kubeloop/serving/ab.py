@@ -64,7 +64,9 @@ def _mean_interval(values: np.ndarray) -> Interval:
     if len(values) == 0:
         return Interval(estimate=None, low=None, high=None)
     mean = float(values.mean())
-    half = Z_95 * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else math.inf
+    half = (
+        Z_95 * float(values.std(ddof=1)) / math.sqrt(len(values)) if len(values) > 1 else math.inf
+    )
     return Interval(estimate=mean, low=mean - half, high=mean + half)
 
 
@@ -77,7 +79,9 @@ def auc_interval(y: np.ndarray, p: np.ndarray) -> Interval:
 
     auc = float(roc_auc_score(y, p))
     q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
-    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (n_pos * n_neg)
+    var = (auc * (1 - auc) + (n_pos - 1) * (q1 - auc**2) + (n_neg - 1) * (q2 - auc**2)) / (
+        n_pos * n_neg
+    )
     half = Z_95 * math.sqrt(max(var, 0.0))
     return Interval(estimate=auc, low=max(0.0, auc - half), high=min(1.0, auc + half))
 
@@ -105,7 +109,9 @@ def _latency(values: np.ndarray) -> dict[str, float | None]:
 def variant_stats(frame: pd.DataFrame) -> VariantStats:
     """Figures for one variant's rows (columns: prediction, label (NaN until it arrives),
     latency_ms, error)."""
-    errors = frame["error"].astype(bool).to_numpy() if "error" in frame else np.zeros(len(frame), bool)
+    errors = (
+        frame["error"].astype(bool).to_numpy() if "error" in frame else np.zeros(len(frame), bool)
+    )
     ok = frame[~errors]
     labelled = ok[ok["label"].notna()]
     y = labelled["label"].to_numpy(dtype=np.float64)

@@ -20,11 +20,15 @@ class RolloutPolicy(BaseModel):
     min_labelled: int = Field(2000, ge=1, description="labelled canary requests before promoting")
     # Per-row log loss is noisy (sd ~0.5 at a 5% CTR): at 30k requests per variant the 95%
     # interval of the difference is still about +-0.01, so a tighter margin never concludes.
-    logloss_margin: float = Field(0.01, ge=0, description="tolerated log-loss increase of the canary")
+    logloss_margin: float = Field(
+        0.01, ge=0, description="tolerated log-loss increase of the canary"
+    )
     calibration_bounds: tuple[float, float] = (0.8, 1.25)
     max_error_rate_increase: float = Field(0.01, ge=0)
     max_latency_p99_ratio: float = Field(2.0, gt=1)
-    min_requests_for_health: int = Field(200, ge=1, description="canary requests before judging errors/latency")
+    min_requests_for_health: int = Field(
+        200, ge=1, description="canary requests before judging errors/latency"
+    )
 
 
 class RolloutDecision(BaseModel):
@@ -46,35 +50,76 @@ def decide(result: ABResult, policy: RolloutPolicy) -> RolloutDecision:
     if canary.requests >= policy.min_requests_for_health:
         increase = canary.error_rate - primary.error_rate
         if increase > policy.max_error_rate_increase:
-            return RolloutDecision(action="rollback", reasons=[
-                f"canary error rate {canary.error_rate:.2%} exceeds primary's {primary.error_rate:.2%} "
-                f"by more than {policy.max_error_rate_increase:.2%}"])
+            return RolloutDecision(
+                action="rollback",
+                reasons=[
+                    (
+                        f"canary error rate {canary.error_rate:.2%} exceeds primary's {primary.error_rate:.2%} "
+                        f"by more than {policy.max_error_rate_increase:.2%}"
+                    )
+                ],
+            )
         ratio = result.deltas.get("latency_p99_ratio")
-        if ratio is not None and ratio.estimate is not None and ratio.estimate > policy.max_latency_p99_ratio:
-            return RolloutDecision(action="rollback", reasons=[
-                f"canary p99 latency is {ratio.estimate:.2f}x the primary's (limit {policy.max_latency_p99_ratio}x)"])
-        reasons.append(f"canary health ok over {canary.requests} requests "
-                       f"(error rate {canary.error_rate:.2%}, primary {primary.error_rate:.2%})")
+        if (
+            ratio is not None
+            and ratio.estimate is not None
+            and ratio.estimate > policy.max_latency_p99_ratio
+        ):
+            return RolloutDecision(
+                action="rollback",
+                reasons=[
+                    f"canary p99 latency is {ratio.estimate:.2f}x the primary's (limit {policy.max_latency_p99_ratio}x)"
+                ],
+            )
+        reasons.append(
+            f"canary health ok over {canary.requests} requests "
+            f"(error rate {canary.error_rate:.2%}, primary {primary.error_rate:.2%})"
+        )
 
     if canary.labelled < policy.min_labelled:
-        reasons.append(f"{canary.labelled} labelled canary requests, waiting for {policy.min_labelled}")
+        reasons.append(
+            f"{canary.labelled} labelled canary requests, waiting for {policy.min_labelled}"
+        )
         return RolloutDecision(action="wait", reasons=reasons)
 
     delta = result.deltas["logloss"]
     if delta.high is None:
-        return RolloutDecision(action="wait", reasons=[*reasons, "log loss undefined on one variant"])
+        return RolloutDecision(
+            action="wait", reasons=[*reasons, "log loss undefined on one variant"]
+        )
     if delta.low is not None and delta.low > policy.logloss_margin:
-        return RolloutDecision(action="rollback", reasons=[*reasons,
-            f"canary log loss is worse by {delta.estimate:+.4f} (95% CI {delta.low:+.4f}..{delta.high:+.4f}), "
-            f"beyond the {policy.logloss_margin} margin"])
+        return RolloutDecision(
+            action="rollback",
+            reasons=[
+                *reasons,
+                (
+                    f"canary log loss is worse by {delta.estimate:+.4f} (95% CI {delta.low:+.4f}..{delta.high:+.4f}), "
+                    f"beyond the {policy.logloss_margin} margin"
+                ),
+            ],
+        )
     calibration = canary.calibration.estimate
     low, high = policy.calibration_bounds
     if calibration is not None and not low <= calibration <= high:
-        return RolloutDecision(action="rollback", reasons=[*reasons,
-            f"canary calibration {calibration:.3f} outside [{low}, {high}]"])
+        return RolloutDecision(
+            action="rollback",
+            reasons=[*reasons, f"canary calibration {calibration:.3f} outside [{low}, {high}]"],
+        )
     if delta.high <= policy.logloss_margin:
-        return RolloutDecision(action="promote", reasons=[*reasons,
-            f"canary log loss delta {delta.estimate:+.4f} (95% CI {delta.low:+.4f}..{delta.high:+.4f}) "
-            f"is within the {policy.logloss_margin} margin over {canary.labelled} labelled requests"])
-    return RolloutDecision(action="wait", reasons=[*reasons,
-        f"log loss delta {delta.estimate:+.4f} (95% CI {delta.low:+.4f}..{delta.high:+.4f}) not yet conclusive"])
+        return RolloutDecision(
+            action="promote",
+            reasons=[
+                *reasons,
+                (
+                    f"canary log loss delta {delta.estimate:+.4f} (95% CI {delta.low:+.4f}..{delta.high:+.4f}) "
+                    f"is within the {policy.logloss_margin} margin over {canary.labelled} labelled requests"
+                ),
+            ],
+        )
+    return RolloutDecision(
+        action="wait",
+        reasons=[
+            *reasons,
+            f"log loss delta {delta.estimate:+.4f} (95% CI {delta.low:+.4f}..{delta.high:+.4f}) not yet conclusive",
+        ],
+    )
