@@ -18,13 +18,15 @@ app = typer.Typer(
 def _register() -> None:
     # Imported here, not at module top, so `kubeloop --help` stays fast and importing
     # this module has no side effects beyond building the command tree.
-    from kubeloop.cli import data, demo, features, models, pipeline
+    from kubeloop.cli import canary, data, demo, features, models, pipeline, serve
 
     app.add_typer(data.app, name="data")
     app.add_typer(features.app, name="features")
     app.add_typer(models.app, name="models")
     app.add_typer(pipeline.app, name="pipeline")
     app.command(name="demo")(demo.demo)
+    app.command(name="serve")(serve.serve)
+    app.add_typer(canary.app, name="canary")
 
 
 _register()

@@ -1,0 +1,499 @@
+"""The canary router: the local stand-in for the traffic split KServe makes between an
+InferenceService's primary (last rolled-out) revision and its canary revision.
+
+It serves the predictor's endpoints, so the transformer's `--predictor_host` can point at
+it:
+
+    POST /v1/models/{name}:predict       split by the canary percent, logged
+    POST /v2/models/{name}/infer         split by the canary percent, logged
+    GET  /v2/health/ready, /v1/models/{name}, /v2/models/{name}[/ready], ...
+                                         forwarded to the primary predictor
+    GET  /v2/health/live, /              the router itself
+    GET  /kubeloop/rollout               the rollout state, backends and counters
+    POST /kubeloop/rollout               change the rollout: {"action": "set_percent",
+                                         "percent": 20} (also set_canary with "version",
+                                         promote, rollback, set_sticky with "sticky")
+
+For each inference request it reads the current `RolloutState` (re-reading rollout.json
+when it changes, so `kubeloop canary set 20` takes effect without a restart), picks a
+variant (`choose_variant`), forwards the body unchanged over a keep-alive
+`httpx.AsyncClient` pool to that variant's predictor, and returns the predictor's answer
+unchanged (status code, body, content type) with the header `x-kubeloop-variant:
+primary|canary` (and `x-kubeloop-version`). Each exchange is handed to a
+`CloudEventLogger`, which logs it off the request path.
+
+A request's id is its `Ce-Id` header (as KServe's logger agent takes it), else its
+`x-request-id` header (which KServe's transformer forwards to the predictor), else the
+body's `request_id` (v1) or `id` (v2); without one a UUID is made. It is the logged
+events' ce-id, and what sticky routing hashes.
+
+Variants map to versions through the state and versions to predictor URLs through
+`backends`, so a promotion only changes which version is called "primary": the process
+that served the canary keeps serving. A canary whose version has no predictor yet gets no
+traffic (KServe does not route to a revision that is not ready) and `on_missing_backend`
+is called once for it (LocalStack starts one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from kubeloop.serving.request_log import CloudEventLogger, Exchange
+from kubeloop.serving.rollout import (
+    LocalRollout,
+    RolloutError,
+    RolloutState,
+    load_state,
+    promote,
+    rollback,
+    set_canary,
+    set_percent,
+    set_sticky,
+    state_summary,
+)
+
+if TYPE_CHECKING:
+    import httpx
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+log = logging.getLogger(__name__)
+
+VARIANT_HEADER = "x-kubeloop-variant"
+VERSION_HEADER = "x-kubeloop-version"
+
+# Headers that describe one hop, not the message: never forwarded either way.
+_HOP_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "accept-encoding",  # replaced by identity: the body is logged as sent
+        "content-encoding",
+    }
+)
+
+# Sticky buckets: a request id hashes to one of 10,000 buckets; the canary gets the first
+# percent * 100 of them, so raising the percent only moves ids from primary to canary.
+_BUCKETS = 10_000
+
+
+def sticky_bucket(key: str) -> int:
+    """The bucket (0..9999) of a request id; the same in every process and run."""
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % _BUCKETS
+
+
+def choose_variant(state: RolloutState, rng: random.Random, key: str | None = None) -> str:
+    """ "primary" or "canary" for one request under `state`.
+
+    No canary or 0% -> primary; 100% -> canary. Sticky states with a `key` (request id)
+    hash it (`sticky_bucket`); otherwise a draw from `rng` decides.
+    """
+    percent = state.canary_percent
+    if state.canary_version is None or percent <= 0:
+        return "primary"
+    if percent >= 100:
+        return "canary"
+    if state.sticky and key is not None:
+        return "canary" if sticky_bucket(key) < percent * (_BUCKETS // 100) else "primary"
+    return "canary" if rng.random() * 100.0 < percent else "primary"
+
+
+def _body_request_id(body: bytes) -> str | None:
+    """The request id a body names (v1 `request_id`, v2 `id`), if any. Only bodies that
+    contain one of those keys are parsed, so requests without one cost a substring scan."""
+    if b'"request_id"' not in body and b'"id"' not in body:
+        return None
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(value, dict):
+        rid = value.get("request_id", value.get("id"))
+        if isinstance(rid, str | int) and not isinstance(rid, bool):
+            return str(rid)
+    return None
+
+
+# --- where the state comes from -----------------------------------------------------------
+
+
+class RolloutSource(Protocol):
+    def current(self) -> RolloutState: ...
+
+
+class StaticRollout:
+    """A state held in memory (tests, or a router without a workdir)."""
+
+    def __init__(self, state: RolloutState):
+        self._state = state
+
+    def current(self) -> RolloutState:
+        return self._state
+
+    def set(self, state: RolloutState) -> None:
+        self._state = state
+
+
+class FileRollout:
+    """The state in a rollout.json, re-read when the file changes (checked at most every
+    `interval` seconds, by a stat of the file: the writer replaces it atomically). A file
+    that cannot be read keeps the last good state."""
+
+    def __init__(self, path: str | Path, *, interval: float = 0.2):
+        self.path = Path(path)
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._checked = float("-inf")
+        self._signature: tuple[int, int, int] | None = None
+        state = load_state(self.path)
+        if state is None:
+            raise RolloutError(f"no rollout state at {self.path}")
+        self._state = state
+        self._signature = self._stat()
+        self._checked = time.monotonic()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def reload(self) -> RolloutState:
+        with self._lock:
+            self._checked = time.monotonic()
+            signature = self._stat()
+            if signature is not None and signature != self._signature:
+                try:
+                    state = load_state(self.path)
+                except RolloutError as exc:
+                    log.warning("router: keeping the last rollout state: %s", exc)
+                else:
+                    if state is not None:
+                        self._state = state
+                        self._signature = signature
+            return self._state
+
+    def current(self) -> RolloutState:
+        if time.monotonic() - self._checked >= self.interval:
+            return self.reload()
+        return self._state
+
+
+# --- the router ---------------------------------------------------------------------------
+
+
+class CanaryRouter:
+    """Splits inference traffic between the primary and canary predictors.
+
+    `rollout` is a `RolloutState` (kept in memory), the path of a rollout.json (followed as
+    it changes) or any object with `current() -> RolloutState`. `backends` maps each model
+    version to its predictor's base URL (e.g. "http://127.0.0.1:8101"). `seed` seeds the
+    random split (None: seeded from the OS). `request_log` logs every exchange.
+    `local_rollout`, when given, is what `POST /kubeloop/rollout` changes (the state file
+    and the registry); without it that endpoint changes the in-memory state. `mounts` is
+    passed to `httpx.AsyncClient` (tests route backends to in-process ASGI apps with it).
+    """
+
+    def __init__(
+        self,
+        rollout: RolloutState | str | Path | RolloutSource,
+        backends: Mapping[str, str],
+        *,
+        request_log: CloudEventLogger | None = None,
+        seed: int | None = 0,
+        timeout: float = 30.0,
+        max_connections: int = 64,
+        local_rollout: LocalRollout | None = None,
+        on_missing_backend: Callable[[str], None] | None = None,
+        mounts: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    ):
+        if isinstance(rollout, RolloutState):
+            rollout = StaticRollout(rollout)
+        elif isinstance(rollout, str | Path):
+            rollout = FileRollout(rollout)
+        self.rollout: RolloutSource = rollout
+        self.backends: dict[str, str] = {v: u.rstrip("/") for v, u in backends.items()}
+        self.request_log = request_log
+        self.rng = random.Random(seed)
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.local_rollout = local_rollout
+        self.on_missing_backend = on_missing_backend
+        self.mounts = dict(mounts) if mounts else None
+        self.counts: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self._missing_reported: set[str] = set()
+        self._client: httpx.AsyncClient | None = None
+        self.app: Starlette = self._build_app()
+
+    # Backends ---------------------------------------------------------------------------
+
+    def set_backend(self, version: str, url: str) -> None:
+        """Route `version` to the predictor at `url` (from now on)."""
+        self.backends = {**self.backends, version: url.rstrip("/")}
+        self._missing_reported.discard(version)
+
+    def remove_backend(self, version: str) -> None:
+        self.backends = {v: u for v, u in self.backends.items() if v != version}
+
+    def _client_for_loop(self) -> httpx.AsyncClient:
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=self.timeout,
+                limits=httpx.Limits(
+                    max_connections=self.max_connections,
+                    max_keepalive_connections=self.max_connections,
+                ),
+                mounts=self.mounts,
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+    def _report_missing(self, version: str) -> None:
+        if version in self._missing_reported:
+            return
+        self._missing_reported.add(version)
+        log.warning("router: no predictor for canary %s yet; it gets no traffic", version)
+        if self.on_missing_backend is not None:
+            try:
+                self.on_missing_backend(version)
+            except Exception:
+                log.exception("router: on_missing_backend(%s) failed", version)
+
+    def route(self, state: RolloutState, key: str | None) -> tuple[str, str | None, str | None]:
+        """(variant, version, base URL) for one request; the URL is None when even the
+        primary has no predictor."""
+        variant = choose_variant(state, self.rng, key)
+        version = state.version_of(variant)
+        url = self.backends.get(version) if version is not None else None
+        if url is None and variant == "canary":
+            assert version is not None
+            self._report_missing(version)
+            variant, version = "primary", state.primary_version
+            url = self.backends.get(version)
+        return variant, version, url
+
+    # Handlers ---------------------------------------------------------------------------
+
+    async def _infer(self, request: Request) -> Response:
+        import httpx
+        from starlette.responses import JSONResponse, Response
+
+        body = await request.body()
+        state = self.rollout.current()
+        headers = request.headers
+        # The id that sticky routing hashes and the log uses as ce-id: the Ce-Id header
+        # (as KServe's agent), else x-request-id (which KServe's transformer forwards),
+        # else the body's request_id / id.
+        request_id = headers.get("ce-id") or headers.get("x-request-id") or _body_request_id(body)
+        variant, version, base = self.route(state, request_id)
+        marks = {VARIANT_HEADER: variant, VERSION_HEADER: version or ""}
+        if base is None:
+            self.errors[variant] += 1
+            return JSONResponse(
+                {"error": f"no predictor is running for {variant} version {version}"},
+                status_code=503,
+                headers=marks,
+            )
+        forward = [(k, v) for k, v in headers.items() if k not in _HOP_HEADERS]
+        forward.append(("accept-encoding", "identity"))
+        url = base + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        started_wall = time.time()
+        started = time.perf_counter()
+        try:
+            upstream = await self._client_for_loop().request(
+                request.method, url, content=body, headers=forward
+            )
+            status, content = upstream.status_code, upstream.content
+            out = {k: v for k, v in upstream.headers.items() if k not in _HOP_HEADERS}
+        except httpx.HTTPError as exc:
+            status = 502
+            content = json.dumps(
+                {"error": f"{variant} predictor {version} at {base} failed: {exc!r}"}
+            ).encode()
+            out = {"content-type": "application/json"}
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        self.counts[variant] += 1
+        if status >= 400:
+            self.errors[variant] += 1
+        if self.request_log is not None:
+            self.request_log.log(
+                Exchange(
+                    request_body=body,
+                    response_body=content,
+                    status_code=status,
+                    variant=variant,
+                    model_version=version,
+                    latency_ms=latency_ms,
+                    request_id=request_id or str(uuid.uuid4()),
+                    request_time=started_wall,
+                    response_time=started_wall + latency_ms / 1000.0,
+                    content_type=headers.get("content-type") or "application/json",
+                )
+            )
+        out.update(marks)
+        return Response(content=content, status_code=status, headers=out)
+
+    async def _forward_primary(self, request: Request) -> Response:
+        import httpx
+        from starlette.responses import JSONResponse, Response
+
+        state = self.rollout.current()
+        base = self.backends.get(state.primary_version)
+        if base is None:
+            return JSONResponse(
+                {"error": f"no predictor is running for {state.primary_version}"},
+                status_code=503,
+            )
+        url = base + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        try:
+            upstream = await self._client_for_loop().request(
+                request.method,
+                url,
+                headers=[(k, v) for k, v in request.headers.items() if k not in _HOP_HEADERS],
+                content=await request.body(),
+            )
+        except httpx.HTTPError as exc:
+            return JSONResponse({"error": f"primary predictor at {base}: {exc!r}"}, 502)
+        out = {k: v for k, v in upstream.headers.items() if k not in _HOP_HEADERS}
+        return Response(upstream.content, upstream.status_code, headers=out)
+
+    async def _live(self, request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        if request.url.path == "/":
+            return JSONResponse({"status": "alive"})
+        return JSONResponse({"live": True})
+
+    def status(self) -> dict[str, Any]:
+        """The rollout, the backends and the per-variant counters."""
+        out: dict[str, Any] = {
+            "rollout": state_summary(self.rollout.current()),
+            "backends": dict(self.backends),
+            "requests": dict(self.counts),
+            "errors": dict(self.errors),
+        }
+        if self.request_log is not None:
+            out["request_log"] = self.request_log.stats.as_dict()
+        return out
+
+    async def _get_rollout(self, request: Request) -> Response:
+        from starlette.responses import JSONResponse
+
+        return JSONResponse(self.status())
+
+    def change(self, action: str, **params: Any) -> RolloutState:
+        """Apply one rollout change (set_percent, set_canary, promote, rollback,
+        set_sticky) through `local_rollout` or to the in-memory state."""
+        reason = params.get("reason")
+        if self.local_rollout is not None:
+            lr = self.local_rollout
+            ops: dict[str, Callable[[], RolloutState]] = {
+                "set_percent": lambda: lr.set_percent(int(params["percent"]), reason=reason),
+                "set_canary": lambda: lr.set_canary(
+                    str(params["version"]), int(params["percent"]), reason=reason
+                ),
+                "promote": lambda: lr.promote(reason=reason),
+                "rollback": lambda: lr.rollback(reason=reason),
+                "set_sticky": lambda: lr.set_sticky(bool(params["sticky"]), reason=reason),
+            }
+        else:
+            cur = self.rollout.current()
+            ops = {
+                "set_percent": lambda: set_percent(cur, int(params["percent"]), reason=reason),
+                "set_canary": lambda: set_canary(
+                    cur, str(params["version"]), int(params["percent"]), reason=reason
+                ),
+                "promote": lambda: promote(cur, reason=reason),
+                "rollback": lambda: rollback(cur, reason=reason),
+                "set_sticky": lambda: set_sticky(cur, bool(params["sticky"]), reason=reason),
+            }
+        if action not in ops:
+            raise RolloutError(f"unknown rollout action {action!r}: one of {', '.join(ops)}")
+        try:
+            new = ops[action]()
+        except KeyError as exc:
+            raise RolloutError(f"rollout action {action!r} needs {exc.args[0]!r}") from None
+        if isinstance(self.rollout, StaticRollout):
+            self.rollout.set(new)
+        elif isinstance(self.rollout, FileRollout):
+            self.rollout.reload()
+        return new
+
+    async def _post_rollout(self, request: Request) -> Response:
+        from starlette.concurrency import run_in_threadpool
+        from starlette.responses import JSONResponse
+
+        from kubeloop.errors import KubeloopError
+
+        try:
+            params = json.loads(await request.body() or b"{}")
+            if not isinstance(params, dict):
+                raise TypeError("expected a JSON object")
+            action = params.pop("action", "set_percent")
+            await run_in_threadpool(self.change, action, **params)
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"error": f"bad rollout change: {exc}"}, status_code=400)
+        except KubeloopError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        return JSONResponse(self.status())
+
+    def _build_app(self) -> Starlette:
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        @contextlib.asynccontextmanager
+        async def lifespan(app: Starlette):
+            try:
+                yield
+            finally:
+                await self.aclose()
+
+        routes = [
+            Route("/v1/models/{name}:predict", self._infer, methods=["POST"]),
+            Route("/v2/models/{name}/infer", self._infer, methods=["POST"]),
+            Route("/v2/models/{name}/versions/{version}/infer", self._infer, methods=["POST"]),
+            Route("/kubeloop/rollout", self._get_rollout, methods=["GET"]),
+            Route("/kubeloop/rollout", self._post_rollout, methods=["POST"]),
+            Route("/", self._live, methods=["GET"]),
+            Route("/v2/health/live", self._live, methods=["GET"]),
+            Route("/{path:path}", self._forward_primary, methods=["GET"]),
+        ]
+        return Starlette(routes=routes, lifespan=lifespan)
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.app(scope, receive, send)

@@ -1,0 +1,319 @@
+"""The request log: KServe-logger CloudEvents (exact attributes, binary mode), the SQLite
+and JSONL sinks (filters, concurrent writers), HTTP forwarding that never blocks, and the
+joined request/response frame."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import threading
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from cloudevents.conversion import to_binary
+from cloudevents.http import from_http
+
+from kubeloop.serving.request_log import (
+    REQUEST_TYPE,
+    RESPONSE_TYPE,
+    CloudEventLogger,
+    Exchange,
+    JSONLRequestLog,
+    LoggedEvent,
+    RequestLogSink,
+    SQLiteRequestLog,
+    exchanges_frame,
+    iter_events,
+    open_sink,
+)
+
+EXPECTED_HEADERS = {
+    "ce-specversion",
+    "ce-id",
+    "ce-type",
+    "ce-source",
+    "ce-time",
+    "ce-inferenceservicename",
+    "ce-namespace",
+    "ce-component",
+    "ce-endpoint",
+    "content-type",
+}
+
+
+def _exchange(i: int = 0, variant: str = "primary", status: int = 200, **kw) -> Exchange:
+    if "request_time" in kw:
+        kw["response_time"] = kw["request_time"] + 0.0015
+    return Exchange(
+        request_body=json.dumps({"instances": [[i, i + 1]]}).encode(),
+        response_body=json.dumps({"predictions": [i / 10]}).encode()
+        if status == 200
+        else b'{"error": "bad input"}',
+        status_code=status,
+        variant=variant,
+        model_version="v0002" if variant == "canary" else "v0001",
+        latency_ms=1.5,
+        request_id=kw.pop("request_id", f"req-{i}"),
+        **kw,
+    )
+
+
+class MemorySink(RequestLogSink):
+    def __init__(self) -> None:
+        self.events: list[LoggedEvent] = []
+
+    def write(self, events) -> None:
+        self.events.extend(events)
+
+    def iter_events(self, since=None, variant=None, type=None):
+        return iter(self.events)
+
+
+def test_events_have_kserve_logger_attributes_and_types() -> None:
+    logger = CloudEventLogger(
+        MemorySink(),
+        inference_service="ctr",
+        namespace="kubeloop",
+        source="http://localhost:9/predictor",
+    )
+    req, resp = logger.events_for(_exchange(3, variant="canary", request_time=1_700_000_000.0))
+    logger.close()
+    for event in (req, resp):
+        headers = event.headers()
+        assert set(headers) == EXPECTED_HEADERS
+        assert headers["ce-specversion"] == "1.0"
+        assert headers["ce-id"] == "req-3"  # same id for request and response
+        assert headers["ce-source"] == "http://localhost:9/predictor"
+        assert headers["ce-inferenceservicename"] == "ctr"
+        assert headers["ce-namespace"] == "kubeloop"
+        assert headers["ce-component"] == "predictor"
+        assert headers["ce-endpoint"] == "canary"
+        assert headers["content-type"] == "application/json"
+    assert req.type == REQUEST_TYPE == "org.kubeflow.serving.inference.request"
+    assert resp.type == RESPONSE_TYPE == "org.kubeflow.serving.inference.response"
+    assert req.time == "2023-11-14T22:13:20.000000+00:00"
+    assert req.json() == {"instances": [[3, 4]]} and resp.json() == {"predictions": [0.3]}
+    assert (resp.variant, resp.model_version, resp.status_code) == ("canary", "v0002", 200)
+
+    primary, _ = CloudEventLogger(MemorySink(), inference_service="ctr").events_for(_exchange())
+    assert primary.attributes["endpoint"] == "default"
+
+    # Binary mode through the cloudevents SDK: ce-* headers, the payload bytes unchanged.
+    headers, body = to_binary(resp.to_cloudevent())
+    assert {k.lower() for k in headers} == EXPECTED_HEADERS
+    assert headers["content-type"] == "application/json"
+    assert body == resp.data
+    parsed = from_http(headers, body)
+    assert parsed["type"] == RESPONSE_TYPE and parsed["endpoint"] == "canary"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_sinks_filter_and_join(tmp_path: Path, kind: str) -> None:
+    sink = open_sink(tmp_path / ("log.sqlite" if kind == "sqlite" else "log.jsonl"))
+    assert isinstance(sink, SQLiteRequestLog if kind == "sqlite" else JSONLRequestLog)
+    logger = CloudEventLogger(sink, inference_service="ctr", close_sink=False)
+    t0 = 1_700_000_000.0
+    for i in range(6):
+        logger.log(_exchange(i, "canary" if i % 3 == 0 else "primary", request_time=t0 + i))
+    logger.log(_exchange(9, status=400, request_time=t0 + 9))
+    assert logger.flush()
+    logger.close()
+
+    events = list(sink.iter_events())
+    assert len(events) == 14
+    assert [e.type for e in events[:2]] == [REQUEST_TYPE, RESPONSE_TYPE]
+    assert len(list(sink.iter_events(variant="canary"))) == 4
+    assert len(list(sink.iter_events(type="request"))) == 7
+    assert len(list(sink.iter_events(type=RESPONSE_TYPE, variant="primary"))) == 5
+    since = datetime.fromtimestamp(t0 + 4, UTC)
+    assert {e.id for e in sink.iter_events(since=since)} == {"req-4", "req-5", "req-9"}
+    assert {e.id for e in sink.iter_events(since=since.isoformat())} == {"req-4", "req-5", "req-9"}
+    naive = since.replace(tzinfo=None) + timedelta(seconds=1)
+    assert {e.id for e in iter_events(sink, since=naive)} == {"req-5", "req-9"}
+    assert events[1].data == b'{"predictions": [0.0]}' or events[1].json() == {"predictions": [0.0]}
+
+    frame = exchanges_frame(sink)
+    assert list(frame.columns) == [
+        "request_id",
+        "variant",
+        "version",
+        "instances",
+        "predictions",
+        "status_code",
+        "latency_ms",
+        "time",
+    ]
+    assert len(frame) == 7
+    row = frame.set_index("request_id").loc["req-3"]
+    assert (row["variant"], row["version"], row["instances"]) == ("canary", "v0002", [[3, 4]])
+    assert row["predictions"] == [0.3] and row["latency_ms"] == 1.5
+    assert frame.set_index("request_id").loc["req-9", "status_code"] == 400
+    assert str(frame["time"].dt.tz) == "UTC"
+    assert len(exchanges_frame(sink, variant="canary")) == 2
+    sink.close()
+
+
+def test_frame_pairs_reused_request_ids_in_order(tmp_path: Path) -> None:
+    sink = SQLiteRequestLog(tmp_path / "log.sqlite")
+    logger = CloudEventLogger(sink, inference_service="ctr", close_sink=False)
+    for i in range(3):  # one client id, three requests (sticky routing by user id)
+        logger.log(_exchange(i, request_id="user-7"))
+    logger.close()
+    frame = exchanges_frame(sink)
+    assert list(frame["request_id"]) == ["user-7"] * 3
+    assert [p[0] for p in frame["predictions"]] == [0.0, 0.1, 0.2]
+    assert [x[0][0] for x in frame["instances"]] == [0, 1, 2]
+    sink.close()
+
+
+def test_jsonl_keeps_non_json_payloads(tmp_path: Path) -> None:
+    sink = JSONLRequestLog(tmp_path / "log.jsonl")
+    event = LoggedEvent(
+        attributes={
+            "specversion": "1.0",
+            "id": "x",
+            "type": RESPONSE_TYPE,
+            "source": "s",
+            "time": "2024-01-01T00:00:00.000000+00:00",
+        },
+        data=b"upstream timed out",
+    )
+    binary = LoggedEvent(attributes={**event.attributes, "id": "y"}, data=b"\xff\x00")
+    sink.write([event, binary])
+    back = list(sink.iter_events())
+    assert [e.data for e in back] == [b"upstream timed out", b"\xff\x00"]
+
+
+def _write_many(path: str, worker: int, n: int) -> None:
+    sink = SQLiteRequestLog(path)
+    logger = CloudEventLogger(sink, inference_service="ctr", batch_size=7)
+    for i in range(n):
+        logger.log(_exchange(i, request_id=f"w{worker}-{i}"))
+    logger.close()
+
+
+def test_sqlite_sink_survives_concurrent_writers(tmp_path: Path) -> None:
+    path = str(tmp_path / "log.sqlite")
+    SQLiteRequestLog(path).close()
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_many, args=(path, w, 150)) for w in range(3)]
+    threads = [threading.Thread(target=_write_many, args=(path, 10 + w, 150)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    sink = SQLiteRequestLog(path)
+    assert sink.count() == 6 * 150 * 2
+    frame = exchanges_frame(sink)
+    assert len(frame) == 900 and frame["request_id"].is_unique
+    assert frame["predictions"].notna().all()
+    assert sink._conn().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    sink.close()
+
+
+def test_jsonl_sink_survives_concurrent_writers(tmp_path: Path) -> None:
+    sink = JSONLRequestLog(tmp_path / "log.jsonl")
+
+    def work(w: int) -> None:
+        logger = CloudEventLogger(sink, inference_service="ctr", batch_size=5, close_sink=False)
+        for i in range(100):
+            logger.log(_exchange(i, request_id=f"w{w}-{i}"))
+        logger.close()
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(list(sink.iter_events())) == 800
+    assert len(exchanges_frame(sink)) == 400
+
+
+class _Receiver:
+    """A local HTTP server that records the CloudEvents POSTed to it."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_events_are_posted_in_binary_mode_and_failures_are_counted() -> None:
+    receiver = _Receiver()
+    dead = "http://127.0.0.1:9/"  # nothing listens on the discard port
+    logger = CloudEventLogger(
+        MemorySink(), inference_service="ctr", urls=[receiver.url, dead], send_timeout=1.0
+    )
+    logger.log(_exchange(1, variant="canary"))
+    logger.log(_exchange(2, status=400))  # request sent, error response not (as KServe)
+    assert logger.flush(20)
+    logger.close()
+    receiver.close()
+
+    assert len(receiver.received) == 3
+    types = [h["ce-type"] for h, _ in receiver.received]
+    assert types.count(REQUEST_TYPE) == 2 and types.count(RESPONSE_TYPE) == 1
+    headers, body = next((h, b) for h, b in receiver.received if h["ce-type"] == RESPONSE_TYPE)
+    assert {k for k in headers if k.startswith("ce-")} | {"content-type"} == EXPECTED_HEADERS
+    assert headers["ce-id"] == "req-1" and headers["ce-endpoint"] == "canary"
+    assert headers["content-type"] == "application/json"
+    assert json.loads(body) == {"predictions": [0.1]}
+    stats = logger.stats.as_dict()
+    assert stats["sent"] == 3 and stats["send_failures"] == 3 and stats["logged"] == 4
+
+
+def test_a_full_queue_drops_and_counts_instead_of_blocking() -> None:
+    release = threading.Event()
+
+    class SlowSink(MemorySink):
+        def write(self, events) -> None:
+            release.wait(10)
+            super().write(events)
+
+    sink = SlowSink()
+    logger = CloudEventLogger(sink, inference_service="ctr", queue_size=2, batch_size=1)
+    accepted = [logger.log(_exchange(i)) for i in range(10)]
+    assert not all(accepted)
+    dropped = logger.stats.as_dict()["dropped"]
+    assert dropped == 2 * accepted.count(False)
+    release.set()
+    logger.close()
+    assert len(sink.events) == 2 * accepted.count(True)
+    assert logger.log(_exchange(99)) is False  # closed
+
+
+def test_a_failing_sink_is_counted_not_raised() -> None:
+    class Broken(MemorySink):
+        def write(self, events) -> None:
+            raise OSError("disk full")
+
+    logger = CloudEventLogger(Broken(), inference_service="ctr")
+    logger.log(_exchange())
+    assert logger.flush()
+    logger.close()
+    assert logger.stats.as_dict()["sink_errors"] == 1
+    assert logger.stats.as_dict()["dropped"] == 2
