@@ -5,6 +5,8 @@ Stages, each writing its section of report.json as soon as it ends:
   features  \\
   training   > the Kubeflow training pipeline, run by kfp.local's SubprocessRunner:
   registry  /  ingest -> features -> train x2 -> evaluate -> gate -> register
+  serving   production + canary on real KServe servers, replayed traffic, online A/B,
+            the canary promoted or rolled back by the rollout policy
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.data.generator import GeneratorConfig
 from kubeloop.report import write_section
+from kubeloop.serving.stage import ServingStageConfig
 from kubeloop.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -30,6 +33,8 @@ class DemoConfig(BaseModel):
     model_name: str = "ctr"
     train_config: dict[str, Any] = Field(default_factory=dict)
     gate_config: dict[str, Any] = Field(default_factory=dict)
+    serving: ServingStageConfig = Field(default_factory=ServingStageConfig)
+    serve: bool = Field(True, description="run the serving stage (KServe servers, replay, canary decision)")
     progress: bool = True
 
 
@@ -102,7 +107,7 @@ def registry_section(workdir: Workdir, model_name: str, run_id_hint: str | None 
     }
 
 
-def run_training_pipeline(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
+def run_training_pipeline(config: DemoConfig, workdir: Workdir):
     """Run the Kubeflow training pipeline locally; write `features`, `training`, `registry`."""
     from kubeloop.pipeline.local_run import run_local
     from kubeloop.pipeline.params import TrainingRunParams
@@ -120,7 +125,39 @@ def run_training_pipeline(config: DemoConfig, workdir: Workdir) -> dict[str, Any
     write_section(workdir.report, "features", result.features)
     write_section(workdir.report, "training", {**training_section(result.evaluation, result.decision),
                                                 "pipeline_seconds": round(result.seconds, 3)})
-    return write_section(workdir.report, "registry", registry_section(workdir, config.model_name))
+    write_section(workdir.report, "registry", registry_section(workdir, config.model_name))
+    return result
+
+
+def replay_impressions(config: DemoConfig, last_days: int, n: int):
+    """Impressions of the lake's last days (regenerated from the same seed, so they are the
+    lake's own rows), sampled down to `n`."""
+    from kubeloop.data.generator import iter_day_tables
+    from kubeloop.serving.replay import impressions_from_days, sample_impressions
+
+    days = set(config.generator.day_dates()[-last_days:])
+    frames = impressions_from_days(iter_day_tables(config.generator), days)
+    return sample_impressions(frames, n, seed=config.serving.replay.sample_seed)
+
+
+def run_serving(config: DemoConfig, workdir: Workdir, pipeline_result) -> dict[str, Any]:
+    """Production = the pipeline's champion; canary = its runner-up; write `serving`."""
+    from pathlib import Path
+
+    from kubeloop.serving.stage import register_challenger, run_serving_stage
+
+    registered = registry_section(workdir, config.model_name)
+    if registered["version"] is None:
+        section = {"decision": {"action": "none", "reasons": ["the gate registered no model to serve"]}}
+        return write_section(workdir.report, "serving", section)
+    challenger = register_challenger(
+        workdir, Path(pipeline_result.run_dir), config.model_name, config.generator.scenario
+    )
+    impressions = replay_impressions(config, config.serving.replay_last_days, config.serving.replay.requests)
+    section = run_serving_stage(
+        workdir, config.model_name, registered["version"], challenger, impressions, config.serving
+    )
+    return write_section(workdir.report, "serving", section)
 
 
 def run_demo(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
@@ -129,4 +166,9 @@ def run_demo(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
     if workdir.report.exists():
         workdir.report.unlink()  # a report describes one run, never a mix of two
     run_data_stage(config, workdir)
-    return run_training_pipeline(config, workdir)
+    result = run_training_pipeline(config, workdir)
+    if not config.serve:
+        from kubeloop.report import read_report
+
+        return read_report(workdir.report)
+    return run_serving(config, workdir, result)

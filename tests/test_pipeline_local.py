@@ -19,7 +19,8 @@ FAST_TRAINING = {"torch": {"max_epochs": 2, "importance_rows": 500}, "lightgbm":
 @pytest.mark.slow
 def test_demo_runs_pipeline_and_registers_a_model(tmp_path):
     workdir = Workdir.at(tmp_path / "run")
-    report = run_demo(DemoConfig(generator=SMALL, train_config=FAST_TRAINING, progress=False), workdir)
+    config = DemoConfig(generator=SMALL, train_config=FAST_TRAINING, progress=False, serve=False)
+    report = run_demo(config, workdir)
 
     assert json.loads(workdir.report.read_text()) == report
     assert report["data"]["events"] == 40_000 and report["data"]["partitions"] == 6
@@ -50,7 +51,8 @@ def test_failing_gate_skips_registration(tmp_path):
     """The dsl.If really gates: with an impossible NE margin nothing is registered."""
     workdir = Workdir.at(tmp_path / "run")
     config = DemoConfig(
-        generator=SMALL, train_config=FAST_TRAINING, gate_config={"ne_margin": 0.9}, progress=False
+        generator=SMALL, train_config=FAST_TRAINING, gate_config={"ne_margin": 0.9}, progress=False,
+        serve=False,
     )
     report = run_demo(config, workdir)
     assert report["training"]["gate"]["passed"] is False

@@ -21,6 +21,7 @@ class LocalRunResult(BaseModel):
     decision: dict[str, Any]
     seconds: float
     pipeline_root: str
+    run_dir: str
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -59,4 +60,6 @@ def run_local(params: TrainingRunParams, pipeline_root: Path) -> LocalRunResult:
         decision=_read_json(outputs["decision"].path),
         seconds=seconds,
         pipeline_root=str(pipeline_root),
+        # <pipeline_root>/<run>/evaluate/evaluation: each task's artifacts live under <run>/<task>/
+        run_dir=str(Path(outputs["evaluation"].path).parents[1]),
     )
