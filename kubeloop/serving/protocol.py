@@ -1,0 +1,577 @@
+"""Request parsing and validation shared by the KServe predictor and transformer.
+
+Both servers accept a batch of rows over either KServe protocol:
+
+* v1: ``{"instances": [{<field>: value, ...}, ...], "request_id": "optional"}``
+* v2: an ``InferRequest`` with one named input per field, shape ``[n]``, datatype
+  INT64/INT32 for integers, FP64/FP32 (or an integer type) for numbers, BYTES for strings;
+  its ``id`` is the request id.
+
+`parse_request` turns either into a `ParsedRequest` (one dict per row, in order) or raises
+`kserve.errors.InvalidInput` whose message names every bad field by its path, e.g.
+``instances[3].hour: expected integer 0..23, got 'x'`` or
+``inputs['hour'].data[3]: expected integer 0..23, got 25``. A batch over the limit raises
+`RequestTooLarge` (413 once `install_error_handlers` ran on the app, else KServe's 400 for
+`InvalidInput`). The parsing and validation functions are pure; the end of the module
+holds the server glue both entry points share (`make_model_server`: the 413/502 error
+handlers, a DataPlane that answers malformed binary v2 bodies with 400, ModelServer
+options from the command line).
+
+Two field sets are defined: `CLIENT_FIELDS`, what a client sends the transformer (ids and
+request context, none nullable), and `MODEL_FIELDS`, what the predictor takes (every
+column of `model_input_columns()`, each nullable: the model's feature transform imputes a
+missing value exactly as in training).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+import pyarrow as pa
+from kserve.errors import InferenceError, InvalidInput
+from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from kubeloop import schema
+from kubeloop.training.transform import model_input_columns
+
+DEFAULT_MAX_BATCH_SIZE = 1024
+MAX_STRING_LENGTH = 256
+MAX_REQUEST_ID_LENGTH = 128
+MAX_REPORTED_ERRORS = 10
+REQUEST_ID_HEADER = "x-request-id"
+REQUEST_ID_FIELD = "request_id"
+OUTPUT_NAME = "probability"
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+Kind = Literal["int", "number", "string"]
+
+_INT_DATATYPES = ("INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8")
+_FLOAT_DATATYPES = ("FP64", "FP32")
+_DATATYPES: dict[str, tuple[str, ...]] = {
+    "int": _INT_DATATYPES,
+    "number": (*_FLOAT_DATATYPES, *_INT_DATATYPES),
+    "string": ("BYTES",),
+}
+# The datatype a field is sent with on the transformer -> predictor v2 hop.
+WIRE_DATATYPE: dict[str, str] = {"int": "INT64", "number": "FP64", "string": "BYTES"}
+
+
+class RequestTooLarge(InvalidInput):
+    """The batch has more rows than the server's limit (HTTP 413 with the handlers of
+    `install_error_handlers`, 400 without them)."""
+
+    status_code = 413
+
+
+class UpstreamError(InferenceError):
+    """A service behind this server (the predictor, the online store) failed or answered
+    nonsense (HTTP 502 with `install_error_handlers`, 500 without them)."""
+
+    status_code = 502
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of a row: its JSON kind, an inclusive integer range, and whether null
+    (None) is allowed."""
+
+    name: str
+    kind: Kind
+    minimum: int | None = None
+    maximum: int | None = None
+    nullable: bool = False
+
+    def describe(self) -> str:
+        if self.kind == "int":
+            lo = INT64_MIN if self.minimum is None else self.minimum
+            hi = INT64_MAX if self.maximum is None else self.maximum
+            text = f"integer {lo}..{hi}"
+        elif self.kind == "number":
+            text = "finite number"
+        else:
+            text = f"string of at most {MAX_STRING_LENGTH} characters"
+        return f"{text} or null" if self.nullable else text
+
+    def accepts(self, value: Any) -> bool:
+        """Whether `value` (a decoded JSON value) is valid for this field."""
+        if value is None:
+            return self.nullable
+        if self.kind == "string":
+            return isinstance(value, str) and len(value) <= MAX_STRING_LENGTH
+        if isinstance(value, bool):  # bool is an int subclass; JSON true is not a number
+            return False
+        if self.kind == "int":
+            if not isinstance(value, int):
+                return False
+            lo = INT64_MIN if self.minimum is None else self.minimum
+            hi = INT64_MAX if self.maximum is None else self.maximum
+            return lo <= value <= hi
+        if isinstance(value, int):
+            return INT64_MIN <= value <= INT64_MAX
+        return isinstance(value, float) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class FieldSet:
+    """The fields of one request format, in order, and what to call them in messages."""
+
+    fields: tuple[FieldSpec, ...]
+    label: str
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    def __getitem__(self, name: str) -> FieldSpec:
+        for spec in self.fields:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+_ENTITY_ID = {"minimum": 0, "maximum": INT64_MAX}
+# Ranges of the request context (kubeloop.data.scenarios draws slots 1..5; a page may
+# have more slots, so the limit only rejects nonsense).
+CONTEXT_RANGES: dict[str, tuple[int, int]] = {
+    "hour": (0, 23),
+    "weekday": (0, 6),
+    "slot_position": (1, 100),
+}
+
+
+def _context_fields(nullable: bool) -> list[FieldSpec]:
+    out = [
+        FieldSpec(name, "int", *CONTEXT_RANGES[name], nullable=nullable)
+        for name in schema.CONTEXT_NUMERIC
+    ]
+    out += [FieldSpec(name, "string", nullable=nullable) for name in schema.CONTEXT_CATEGORICAL]
+    return out
+
+
+def _model_fields() -> FieldSet:
+    context = {f.name: f for f in _context_fields(nullable=True)}
+    arrow_types = {
+        f.name: f.type
+        for table in (schema.USER_FEATURE_SCHEMA, schema.AD_FEATURE_SCHEMA)
+        for f in table
+    }
+    specs = []
+    for name in model_input_columns():
+        if name in context:
+            specs.append(context[name])
+        elif pa.types.is_string(arrow_types[name]):
+            specs.append(FieldSpec(name, "string", nullable=True))
+        else:
+            # Counts are int64 in the tables but float after a join with missing rows;
+            # advertiser_id is a category keyed by its integer value (17 == 17.0).
+            specs.append(FieldSpec(name, "number", nullable=True))
+    return FieldSet(tuple(specs), "model_input_columns()")
+
+
+CLIENT_FIELDS = FieldSet(
+    (
+        FieldSpec("user_id", "int", **_ENTITY_ID),
+        FieldSpec("ad_id", "int", **_ENTITY_ID),
+        *_context_fields(nullable=False),
+    ),
+    "the client request fields",
+)
+"""What a client sends the transformer per row: entity ids and the request context."""
+
+MODEL_FIELDS = _model_fields()
+"""What the predictor takes per row: every column of `model_input_columns()`, nullable."""
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A validated batch: `rows[i]` maps every field name to its value (None = missing)."""
+
+    protocol: Literal["v1", "v2"]
+    rows: list[dict[str, Any]]
+    request_id: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class _Errors:
+    """Collects field errors and raises one InvalidInput naming them all (the first few)."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.count = 0
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if len(self.messages) < MAX_REPORTED_ERRORS:
+            self.messages.append(message)
+
+    def raise_if_any(self) -> None:
+        if not self.count:
+            return
+        text = "; ".join(self.messages)
+        if self.count > len(self.messages):
+            text += f"; ... ({self.count} errors in all)"
+        raise InvalidInput(text)
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """Short repr of a client value for an error message."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    if isinstance(value, dict):
+        return f"an object of {len(value)} keys"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return text[: limit - 3] + "..."
+
+
+def check_request_id(value: Any, path: str) -> str:
+    """A request id is 1..128 printable ASCII characters without spaces (it travels as an
+    HTTP header to the next hop)."""
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= MAX_REQUEST_ID_LENGTH
+        or not all("!" <= ch <= "~" for ch in value)
+    ):
+        raise InvalidInput(
+            f"{path}: expected a string of 1..{MAX_REQUEST_ID_LENGTH} printable ASCII "
+            f"characters without spaces, got {show(value)}"
+        )
+    return value
+
+
+def check_batch_size(n: int, path: str, max_batch_size: int) -> None:
+    if n > max_batch_size:
+        raise RequestTooLarge(
+            f"{path}: batch of {n} rows is over this server's limit of {max_batch_size} "
+            "rows (--max_batch_size); split it into smaller requests"
+        )
+
+
+def decode_json(body: bytes | bytearray | memoryview | str) -> Any:
+    """Decode a raw body (KServe passes the bytes on when the content type is not exactly
+    application/json, e.g. `application/json; charset=utf-8`)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"body: not valid JSON ({exc})") from None
+
+
+def _check_row(row: Any, path: str, fields: FieldSet, errors: _Errors) -> dict[str, Any] | None:
+    if not isinstance(row, dict):
+        errors.add(f"{path}: expected an object with the fields of {fields.label}, got {show(row)}")
+        return None
+    out: dict[str, Any] = {}
+    missing = []
+    for spec in fields.fields:
+        if spec.name not in row:
+            missing.append(spec)
+            continue
+        value = row[spec.name]
+        if not spec.accepts(value):
+            errors.add(f"{path}.{spec.name}: expected {spec.describe()}, got {show(value)}")
+            continue
+        out[spec.name] = value
+    if len(missing) == 1:
+        errors.add(f"{path}.{missing[0].name}: missing (expected {missing[0].describe()})")
+    elif missing:
+        names = ", ".join(spec.name for spec in missing)
+        errors.add(f"{path}: missing fields {names} (of {fields.label})")
+    if len(row) > len(fields.fields) - len(missing):  # keys other than the fields
+        known = set(fields.names)
+        unknown = [show(key, 40) for key in row if key not in known]
+        if unknown:
+            errors.add(
+                f"{path}: unknown field{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+                f"(expected only those of {fields.label})"
+            )
+    return out
+
+
+def parse_v1(
+    body: Any, fields: FieldSet, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+) -> ParsedRequest:
+    """Validate a v1 body ``{"instances": [row, ...], "request_id": optional}`` (decoded
+    JSON, or the raw bytes KServe hands on for a non-JSON content type)."""
+    if isinstance(body, (bytes, bytearray, memoryview)):
+        body = decode_json(body)
+    if not isinstance(body, dict):
+        raise InvalidInput(f'body: expected a JSON object {{"instances": [...]}}, got {show(body)}')
+    unknown = [k for k in body if k not in ("instances", REQUEST_ID_FIELD)]
+    if unknown:
+        raise InvalidInput(
+            f"{show(unknown[0], 40)}: unknown top-level field (expected 'instances' and "
+            f"optionally '{REQUEST_ID_FIELD}')"
+        )
+    request_id = None
+    if body.get(REQUEST_ID_FIELD) is not None:
+        request_id = check_request_id(body[REQUEST_ID_FIELD], REQUEST_ID_FIELD)
+    if "instances" not in body:
+        raise InvalidInput("instances: missing (expected a list of row objects)")
+    instances = body["instances"]
+    if not isinstance(instances, list):
+        raise InvalidInput(f"instances: expected a list of row objects, got {show(instances)}")
+    check_batch_size(len(instances), "instances", max_batch_size)
+    errors = _Errors()
+    rows = []
+    for i, row in enumerate(instances):
+        checked = _check_row(row, f"instances[{i}]", fields, errors)
+        if checked is not None:
+            rows.append(checked)
+    errors.raise_if_any()
+    return ParsedRequest("v1", rows, request_id)
+
+
+def _input_values(infer_input: Any, path: str) -> list[Any]:
+    """The flat list of values of one v2 input (JSON data, or binary/gRPC contents)."""
+    data = infer_input.data
+    if isinstance(data, list) and getattr(infer_input, "_raw_data", None) is None:
+        return data
+    try:
+        array = infer_input.as_numpy()
+    except (ValueError, TypeError) as exc:  # raw bytes that do not match shape/datatype
+        raise InvalidInput(
+            f"{path}.data: cannot be decoded as {infer_input.datatype} ({exc})"
+        ) from None
+    values = array.ravel().tolist()
+    if infer_input.datatype == "BYTES":
+        try:
+            values = [v.decode("utf-8") if isinstance(v, bytes) else v for v in values]
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{path}.data: BYTES values must be UTF-8 text") from None
+    return values
+
+
+def parse_v2(
+    request: InferRequest, fields: FieldSet, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+) -> ParsedRequest:
+    """Validate a v2 InferRequest with one input per field, each of shape [n]."""
+    request_id = None
+    if request.id is not None:
+        request_id = check_request_id(request.id, "id")
+    inputs = list(request.inputs or [])
+    by_name: dict[str, Any] = {}
+    errors = _Errors()
+    for infer_input in inputs:
+        name = infer_input.name
+        path = f"inputs[{show(name, 40)}]"
+        if name not in fields.names:
+            errors.add(f"{path}: unknown input (expected one per field of {fields.label})")
+        elif name in by_name:
+            errors.add(f"{path}: given more than once")
+        else:
+            by_name[name] = infer_input
+    missing = [spec for spec in fields.fields if spec.name not in by_name]
+    if len(missing) == 1:
+        errors.add(
+            f"inputs['{missing[0].name}']: missing (expected datatype "
+            f"{WIRE_DATATYPE[missing[0].kind]}, shape [n])"
+        )
+    elif missing:
+        names = ", ".join(spec.name for spec in missing)
+        errors.add(f"inputs: missing inputs {names} (one per field of {fields.label})")
+    errors.raise_if_any()
+
+    n: int | None = None
+    shape_of: str | None = None
+    columns: dict[str, list[Any]] = {}
+    for name in fields.names:
+        infer_input = by_name[name]
+        spec = fields[name]
+        path = f"inputs['{name}']"
+        shape = infer_input.shape
+        if (
+            not isinstance(shape, (list, tuple))
+            or len(shape) != 1
+            or isinstance(shape[0], bool)
+            or not isinstance(shape[0], int)
+            or shape[0] < 0
+        ):
+            errors.add(f"{path}.shape: expected [n] (one value per row), got {show(shape)}")
+            continue
+        if n is None:
+            n, shape_of = shape[0], name
+            check_batch_size(n, f"{path}.shape", max_batch_size)
+        elif shape[0] != n:
+            errors.add(
+                f"{path}.shape: expected [{n}] like inputs['{shape_of}'], got {show(list(shape))}"
+            )
+            continue
+        if infer_input.datatype not in _DATATYPES[spec.kind]:
+            errors.add(
+                f"{path}.datatype: expected one of {', '.join(_DATATYPES[spec.kind])}, "
+                f"got {show(infer_input.datatype)}"
+            )
+            continue
+        values = _input_values(infer_input, path)
+        if len(values) != n:
+            errors.add(f"{path}.data: expected a flat list of {n} values, got {len(values)}")
+            continue
+        for i, value in enumerate(values):
+            if not spec.accepts(value):
+                errors.add(f"{path}.data[{i}]: expected {spec.describe()}, got {show(value)}")
+        columns[name] = values
+    errors.raise_if_any()
+    rows = [{name: columns[name][i] for name in fields.names} for i in range(n or 0)]
+    return ParsedRequest("v2", rows, request_id)
+
+
+def parse_request(
+    body: Any, fields: FieldSet, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+) -> ParsedRequest:
+    """Validate a request body of either protocol (see the module docstring)."""
+    if isinstance(body, InferRequest):
+        return parse_v2(body, fields, max_batch_size=max_batch_size)
+    return parse_v1(body, fields, max_batch_size=max_batch_size)
+
+
+def lower_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """A private, lower-cased copy of request headers (Starlette lower-cases them already;
+    in-process callers may not)."""
+    return {str(k).lower(): v for k, v in (headers or {}).items()}
+
+
+def resolve_request_id(body_request_id: str | None, headers: Mapping[str, str]) -> str:
+    """The id of a request: the body's (v1 `request_id`, v2 `id`) if given, else the
+    `x-request-id` header, else a new UUID4. `headers` must have lower-case keys."""
+    if body_request_id:
+        return body_request_id
+    header = headers.get(REQUEST_ID_HEADER)
+    if header:
+        return header
+    return str(uuid.uuid4())
+
+
+def probabilities_from_response(response: Any) -> list[float]:
+    """The click probabilities in a predictor response (v1 dict or v2 InferResponse);
+    raises UpstreamError when the response is not one."""
+    if isinstance(response, InferResponse):
+        output = next((o for o in response.outputs if o.name == OUTPUT_NAME), None)
+        if output is None:
+            raise UpstreamError(f"the predictor's v2 response has no output '{OUTPUT_NAME}'")
+        try:
+            values = output.as_numpy().ravel().tolist()
+        except (ValueError, TypeError) as exc:
+            raise UpstreamError(
+                f"the predictor's output '{OUTPUT_NAME}' is unreadable: {exc}"
+            ) from None
+    elif isinstance(response, dict) and isinstance(response.get("predictions"), list):
+        values = response["predictions"]
+    else:
+        raise UpstreamError(
+            f"the predictor answered {show(response)}, not {{'predictions': [...]}}"
+        )
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise UpstreamError("the predictor's predictions are not all numbers")
+    return [float(v) for v in values]
+
+
+def v2_response(
+    probabilities: Sequence[float],
+    request: InferRequest,
+    model_name: str,
+    *,
+    request_id: str | None = None,
+    model_version: str | None = None,
+) -> InferResponse:
+    """The v2 answer to `request`: one FP64 output `probability` of shape [n]. Honours the
+    request's binary_data_output parameter and its requested outputs."""
+    output = InferOutput(
+        name=OUTPUT_NAME, shape=[len(probabilities)], datatype="FP64", data=list(probabilities)
+    )
+    return InferResponse(
+        response_id=request_id or request.id or str(uuid.uuid4()),
+        model_name=model_name,
+        model_version=model_version,
+        infer_outputs=[output],
+        use_binary_outputs=bool(request.use_binary_outputs),
+        requested_outputs=request.request_outputs,
+    )
+
+
+def install_error_handlers(app: Any) -> None:
+    """Map `RequestTooLarge` to 413 and `UpstreamError` to 502 on a FastAPI app (KServe's
+    own handlers would answer 400 and 500), with KServe's body shape {"error": message}.
+    Call before the server takes its first request."""
+    from fastapi.responses import JSONResponse
+
+    async def _handler(_request: Any, exc: Exception) -> JSONResponse:
+        return JSONResponse(status_code=exc.status_code, content={"error": str(exc)})
+
+    app.add_exception_handler(RequestTooLarge, _handler)
+    app.add_exception_handler(UpstreamError, _handler)
+
+
+def model_server_options(args: Any) -> dict[str, Any]:
+    """`kserve.ModelServer` keyword arguments from an argparse namespace parsed with
+    `kserve.model_server.parser` as a parent (KServe's own defaults come from sys.argv,
+    parsed when kserve.model_server is imported; passing them makes `main(argv)` honour
+    its argv)."""
+    return {
+        "http_port": args.http_port,
+        "grpc_port": args.grpc_port,
+        "workers": args.workers,
+        "max_threads": args.max_threads,
+        "max_asyncio_workers": args.max_asyncio_workers,
+        "enable_grpc": args.enable_grpc,
+        "enable_docs_url": args.enable_docs_url,
+        "enable_latency_logging": args.enable_latency_logging,
+        "access_log_format": args.access_log_format,
+        "event_loop": args.event_loop,
+        "timeout_keep_alive": args.timeout_keep_alive,
+    }
+
+
+class StrictDataPlane(DataPlane):
+    """KServe's DataPlane, except that a malformed binary v2 request (the
+    `inference-header-content-length` form) is a 400, not a 500 (kserve 0.20's
+    `InferRequest.from_bytes` lets KeyError/ValueError/TypeError escape), and a body that
+    is not JSON is reported as such, under the name `body`. Module-level so that KServe's
+    multi-worker mode can pickle it into its worker processes."""
+
+    def decode(self, body, headers, *args, **kwargs):
+        try:
+            return super().decode(body, headers, *args, **kwargs)
+        except InvalidInput as exc:
+            text = str(exc)
+            prefix = "Unrecognized request format: "
+            if text.startswith(prefix):
+                raise InvalidInput(f"body: not valid JSON ({text[len(prefix) :]})") from None
+            raise
+
+    def decode_inference_request(self, body, headers, model_name):
+        try:
+            return super().decode_inference_request(body, headers, model_name)
+        except InvalidInput:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidInput(
+                f"body: malformed binary v2 request ({type(exc).__name__}: {exc})"
+            ) from None
+
+
+def make_model_server(args: Any, predictor_config: Any = None) -> Any:
+    """A `kserve.ModelServer` for a kubeloop server: options from `args` (see
+    `model_server_options`), 413/502 handlers on KServe's app, and a DataPlane that answers
+    malformed binary v2 requests with 400."""
+    import kserve
+    from kserve.model_server import app
+
+    install_error_handlers(app)
+    server = kserve.ModelServer(predictor_config=predictor_config, **model_server_options(args))
+    # start() hands self.dataplane to the REST server, so replacing it here is enough.
+    server.dataplane = StrictDataPlane(model_registry=server.registered_models)
+    return server

@@ -1,0 +1,218 @@
+"""The KServe predictor: one exported model version behind KServe's v1 and v2 protocols.
+
+    python -m models.predictor --model_name ctr --model_dir /mnt/models --http_port 8080
+
+`--model_dir` is a directory written by `kubeloop models export` (or `TrainedModel.save`):
+the model files, `transform.json`, `model.json` and, from an export, `metadata.json` (the
+registry record: name, version, stage, kind). The predictor applies the model's own
+feature transform to the raw columns of each row, so what it scores is exactly what
+`TrainedModel.predict_proba` scores offline.
+
+Requests (validated by `kubeloop.serving.protocol`, every bad field named in a 400):
+
+* v1 ``{"instances": [{<model_input_columns()>: value or null}, ...]}`` ->
+  ``{"predictions": [p, ...]}``
+* v2 one input per column of `model_input_columns()`, shape [n] -> output
+  ``probability`` FP64 [n]
+
+Every response carries `x-request-id` (the request's, or a new one) and
+`x-model-version` (the registry version, when metadata.json names one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import kserve
+import pandas as pd
+from kserve.errors import ModelNotReady
+from kserve.model import InferenceVerb
+from kserve.protocol.infer_type import InferRequest, InferResponse
+
+from kubeloop.serving.protocol import (
+    DEFAULT_MAX_BATCH_SIZE,
+    MODEL_FIELDS,
+    OUTPUT_NAME,
+    REQUEST_ID_HEADER,
+    WIRE_DATATYPE,
+    lower_headers,
+    make_model_server,
+    parse_request,
+    resolve_request_id,
+    v2_response,
+)
+from kubeloop.training.artifacts import ModelArtifactError, TrainedModel, load_model
+
+METADATA_FILE = "metadata.json"
+MODEL_VERSION_HEADER = "x-model-version"
+
+
+class CTRPredictor(kserve.Model):
+    """Click-through-rate predictor over a kubeloop model directory.
+
+    `model` injects an already loaded `TrainedModel` (tests), which makes the predictor
+    ready at once; otherwise `load()` reads `model_dir`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model_dir: str | Path,
+        model: TrainedModel | None = None,
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+    ):
+        super().__init__(name)
+        self.model_dir = Path(model_dir)
+        self.max_batch_size = max_batch_size
+        self.model: TrainedModel | None = model
+        self.metadata: dict[str, Any] = {}
+        if model is not None:
+            self.ready = True
+
+    # --- what was loaded ---------------------------------------------------------------
+
+    @property
+    def model_kind(self) -> str | None:
+        return self.model.info.kind if self.model is not None else None
+
+    @property
+    def model_version(self) -> str | None:
+        """Registry version (e.g. "v0003") from metadata.json, None without one."""
+        version = self.metadata.get("version")
+        return str(version) if version is not None else None
+
+    @property
+    def registered_name(self) -> str | None:
+        name = self.metadata.get("name")
+        return str(name) if name is not None else None
+
+    def load(self) -> bool:
+        """Load the model directory and its metadata.json (if any); sets `ready`."""
+        if self.model is None:
+            self.model = load_model(self.model_dir)
+        unknown = [c for c in self.model.transform.input_columns if c not in MODEL_FIELDS.names]
+        if unknown:
+            raise ModelArtifactError(
+                f"{self.model_dir}: the model reads columns {unknown} that requests cannot "
+                "carry (not in model_input_columns()); retrain it with this kubeloop version"
+            )
+        path = self.model_dir / METADATA_FILE
+        if path.is_file():
+            try:
+                metadata = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise ModelArtifactError(f"{path} is not valid JSON: {exc}") from exc
+            if not isinstance(metadata, dict):
+                raise ModelArtifactError(f"{path} must hold a JSON object")
+            kind = metadata.get("model_kind")
+            if kind is not None and kind != self.model.info.kind:
+                raise ModelArtifactError(
+                    f"{path} says model_kind {kind!r} but model.json says "
+                    f"{self.model.info.kind!r}: the export is inconsistent"
+                )
+            self.metadata = metadata
+        self.ready = True
+        return self.ready
+
+    # --- v2 metadata endpoint (/v2/models/<name>) ---------------------------------------
+
+    def get_input_types(self) -> list[dict]:
+        return [
+            {"name": f.name, "datatype": WIRE_DATATYPE[f.kind], "shape": [-1]}
+            for f in MODEL_FIELDS.fields
+        ]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": OUTPUT_NAME, "datatype": "FP64", "shape": [-1]}]
+
+    # --- inference ----------------------------------------------------------------------
+
+    async def __call__(
+        self,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        verb: InferenceVerb = InferenceVerb.PREDICT,
+    ):
+        headers = lower_headers(headers)
+        response, response_headers = await super().__call__(body, headers, verb)
+        request_id = headers.get(REQUEST_ID_HEADER)
+        if request_id:
+            response_headers[REQUEST_ID_HEADER] = request_id
+        if self.model_version:
+            response_headers[MODEL_VERSION_HEADER] = self.model_version
+        return response, response_headers
+
+    def validate(self, payload: Any) -> Any:
+        # predict() validates both protocols itself, naming every bad field.
+        return payload
+
+    def predict_rows(self, rows: list[dict[str, Any]]) -> list[float]:
+        """Click probabilities of validated rows (dicts keyed by model_input_columns())."""
+        if self.model is None:
+            raise ModelNotReady(self.name, "the model is not loaded")
+        if not rows:
+            return []
+        frame = pd.DataFrame.from_records(rows, columns=MODEL_FIELDS.names)
+        return [float(p) for p in self.model.predict_proba(frame)]
+
+    def predict(
+        self,
+        payload: dict | InferRequest | bytes,
+        headers: dict[str, str] | None = None,
+    ) -> dict | InferResponse:
+        """Score a v1 body or a v2 InferRequest (see the module docstring)."""
+        parsed = parse_request(payload, MODEL_FIELDS, max_batch_size=self.max_batch_size)
+        request_id = resolve_request_id(parsed.request_id, lower_headers(headers))
+        if headers is not None:
+            # __call__ echoes it in the response headers.
+            headers[REQUEST_ID_HEADER] = request_id
+        probabilities = self.predict_rows(parsed.rows)
+        if isinstance(payload, InferRequest):
+            return v2_response(
+                probabilities,
+                payload,
+                self.name,
+                request_id=request_id,
+                model_version=self.model_version,
+            )
+        return {"predictions": probabilities}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """KServe's ModelServer arguments plus the predictor's own."""
+    parser = argparse.ArgumentParser(
+        prog="python -m models.predictor",
+        description="Serve a kubeloop model directory with KServe (v1 and v2 protocols).",
+        parents=[kserve.model_server.parser],
+    )
+    parser.add_argument(
+        "--model_dir",
+        default="/mnt/models",
+        help="exported model version directory (model files, transform.json, model.json, "
+        "optional metadata.json)",
+    )
+    parser.add_argument(
+        "--max_batch_size",
+        type=int,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help="largest batch (rows) one request may hold; larger ones get HTTP 413",
+    )
+    parser.set_defaults(model_name="ctr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.max_batch_size < 1:
+        raise SystemExit("--max_batch_size must be at least 1")
+    predictor = CTRPredictor(args.model_name, args.model_dir, max_batch_size=args.max_batch_size)
+    predictor.load()
+    make_model_server(args).start([predictor])
+
+
+if __name__ == "__main__":
+    main()

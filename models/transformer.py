@@ -1,0 +1,378 @@
+"""The KServe transformer: request context + one Feast online lookup -> predictor request.
+
+    python -m models.transformer --model_name ctr --predictor_host HOST:PORT \\
+        --feature_repo DIR --http_port 8080 [--online_store sqlite|redis --redis_url URL]
+
+A client sends ids and request context, v1 ``{"instances": [{"user_id", "ad_id", "hour",
+"weekday", "device", "slot_position"}, ...], "request_id": optional}`` or the same fields as
+v2 inputs. `preprocess` validates them (`kubeloop.serving.protocol.CLIENT_FIELDS`), looks
+up every user and ad feature of the batch in ONE call to the feature service
+`schema.FEATURE_SERVICE`, and builds the predictor request: one row per instance with
+every column of `model_input_columns()`. A user or ad the online store does not hold gets
+nulls, which the model's feature transform imputes exactly as in training (a cold-start
+entity in the training set has no feature row either). KServe's `predict` posts that to
+`<predictor_host>/v1/models/<model_name>:predict` (or the v2 infer path with
+`--predictor_protocol v2`); `postprocess` returns ``{"predictions": [...]}``, or a v2
+response with output `probability` when the client spoke v2.
+
+Request ids: the body's `request_id` (v2: the request `id`), else the client's
+`x-request-id` header, else a new UUID, is sent to the predictor hop as `x-request-id`
+(with KServe's other forwarded headers, `x-b3-traceid` and `authorization`) and echoed in
+the response's `x-request-id`. The router between transformer and predictors routes and
+logs by it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import kserve
+import numpy as np
+import pandas as pd
+from kserve.errors import InvalidInput, ModelNotReady
+from kserve.model import InferenceVerb
+from kserve.predictor_config import PredictorConfig
+from kserve.protocol.infer_type import InferInput, InferRequest
+
+from kubeloop import schema
+from kubeloop.serving.protocol import (
+    CLIENT_FIELDS,
+    DEFAULT_MAX_BATCH_SIZE,
+    MODEL_FIELDS,
+    OUTPUT_NAME,
+    REQUEST_ID_HEADER,
+    WIRE_DATATYPE,
+    RequestTooLarge,
+    UpstreamError,
+    lower_headers,
+    make_model_server,
+    parse_request,
+    probabilities_from_response,
+    resolve_request_id,
+    v2_response,
+)
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+PROTOCOLS = ("v1", "v2")
+ONLINE_FEATURES = [*schema.USER_FEATURES, *schema.AD_FEATURES]
+
+
+def open_feature_store(
+    repo_dir: str | Path, online_store: str | None = None, redis_url: str | None = None
+) -> FeatureStore:
+    """Open the Feast repository `repo_dir`, optionally pointing its online store elsewhere
+    than its feature_store.yaml says (the cluster: `online_store="redis"` and the
+    in-cluster Redis URL)."""
+    from feast import FeatureStore
+
+    from kubeloop.errors import FeatureStoreError
+    from kubeloop.features.store import online_store_config, read_settings, repo_config
+
+    repo = Path(repo_dir).expanduser().resolve()
+    settings = read_settings(repo)
+    if online_store is not None:
+        options = {"connection_string": redis_url} if online_store == "redis" else {}
+        settings = settings.model_copy(
+            update={"online_store": online_store_config(online_store, **options)}
+        )
+    if redis_url is not None and settings.online_store.type != "redis":
+        raise FeatureStoreError(
+            f"--redis_url was given but the online store is {settings.online_store.type!r}: "
+            "add --online_store redis"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return FeatureStore(repo_path=str(repo), config=repo_config(repo, settings))
+
+
+def _json_scalar(value: Any) -> Any:
+    """A pandas/numpy cell as a JSON value (None for every kind of missing)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def join_online_features(rows: list[dict[str, Any]], online: pd.DataFrame) -> list[dict[str, Any]]:
+    """Predictor rows: the request context of `rows[i]` plus the features of `online`'s
+    row i, keyed by `model_input_columns()` in its order."""
+    if len(online) != len(rows):
+        raise UpstreamError(
+            f"the online store answered {len(online)} rows for {len(rows)} entity rows"
+        )
+    features = {name: [_json_scalar(v) for v in online[name].tolist()] for name in ONLINE_FEATURES}
+    out = []
+    for i, row in enumerate(rows):
+        joined = {}
+        for name in MODEL_FIELDS.names:
+            joined[name] = features[name][i] if name in features else row[name]
+        out.append(joined)
+    return out
+
+
+def predictor_infer_request(
+    rows: list[dict[str, Any]], model_name: str, request_id: str | None
+) -> InferRequest:
+    """The v2 form of a predictor request: one input per model column, shape [n]."""
+    inputs = [
+        InferInput(
+            name=spec.name,
+            shape=[len(rows)],
+            datatype=WIRE_DATATYPE[spec.kind],
+            data=[row[spec.name] for row in rows],
+        )
+        for spec in MODEL_FIELDS.fields
+    ]
+    return InferRequest(model_name=model_name, infer_inputs=inputs, request_id=request_id)
+
+
+class FeastTransformer(kserve.Model):
+    """Feast online lookup in front of the kubeloop predictor.
+
+    `store` injects an opened Feast `FeatureStore` (tests), which makes the transformer
+    ready at once; otherwise `load()` opens `feature_repo` (with `online_store` /
+    `redis_url` overriding its online store). `protocol` is the protocol of the
+    predictor hop ("v1" or "v2"); clients may use either.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        predictor_host: str,
+        feature_repo: str | Path | None,
+        store: FeatureStore | None = None,
+        protocol: str = "v1",
+        *,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        online_store: str | None = None,
+        redis_url: str | None = None,
+        predictor_use_ssl: bool = False,
+        predictor_timeout_seconds: int = 60,
+        predictor_retries: int = 0,
+    ):
+        super().__init__(name)
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol {protocol!r} is not one of {PROTOCOLS}")
+        self.predictor_host = predictor_host
+        self.feature_repo = Path(feature_repo) if feature_repo is not None else None
+        self.protocol = protocol
+        self.max_batch_size = max_batch_size
+        self.online_store = online_store
+        self.redis_url = redis_url
+        self.store = store
+        # The model's own predictor settings, not KServe's process-wide context variable:
+        # the transformer then works the same in a ModelServer, a thread or a test.
+        self._predictor_config = PredictorConfig(
+            predictor_host=predictor_host,
+            predictor_protocol=protocol,
+            predictor_use_ssl=predictor_use_ssl,
+            predictor_request_timeout_seconds=predictor_timeout_seconds,
+            predictor_request_retries=predictor_retries,
+        )
+        # Feast's SQLite store shares one connection; lookups run one at a time, off the
+        # event loop.
+        self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast-online")
+        if store is not None:
+            self.ready = True
+
+    @property
+    def predictor_config(self) -> PredictorConfig:
+        return self._predictor_config
+
+    def load(self) -> bool:
+        """Open the feature repository and check the feature service is registered."""
+        from kubeloop.errors import FeatureStoreError
+
+        if self.store is None:
+            if self.feature_repo is None:
+                raise FeatureStoreError("no feature repository: pass feature_repo or a store")
+            self.store = open_feature_store(self.feature_repo, self.online_store, self.redis_url)
+        try:
+            self.store.get_feature_service(schema.FEATURE_SERVICE)
+        except Exception as exc:  # Feast's FeatureServiceNotFoundException and kin
+            raise FeatureStoreError(
+                f"feature service {schema.FEATURE_SERVICE!r} is not registered in the "
+                f"repository {self.feature_repo}: run `kubeloop features apply` ({exc})"
+            ) from exc
+        self.ready = True
+        return self.ready
+
+    def stop(self) -> None:
+        self._lookups.shutdown(wait=False)
+        super().stop()
+
+    # --- v2 metadata endpoint ----------------------------------------------------------
+
+    def get_input_types(self) -> list[dict]:
+        return [
+            {"name": f.name, "datatype": WIRE_DATATYPE[f.kind], "shape": [-1]}
+            for f in CLIENT_FIELDS.fields
+        ]
+
+    def get_output_types(self) -> list[dict]:
+        return [{"name": OUTPUT_NAME, "datatype": "FP64", "shape": [-1]}]
+
+    # --- the request path --------------------------------------------------------------
+
+    async def __call__(
+        self,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        verb: InferenceVerb = InferenceVerb.PREDICT,
+    ):
+        # A private lower-cased copy: preprocess writes the resolved request id into it,
+        # and KServe's predict forwards it from there.
+        headers = lower_headers(headers)
+        response, response_headers = await super().__call__(body, headers, verb)
+        request_id = headers.get(REQUEST_ID_HEADER)
+        if isinstance(body, InferRequest) and isinstance(response, dict):
+            response = v2_response(response["predictions"], body, self.name, request_id=request_id)
+        if request_id:
+            response_headers[REQUEST_ID_HEADER] = request_id
+        return response, response_headers
+
+    async def lookup(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        """One online lookup of every user and ad feature for `rows` (input order)."""
+        from kubeloop.features.online import online_features
+
+        if self.store is None:
+            raise ModelNotReady(self.name, "the feature store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._lookups, online_features, self.store, rows)
+        except Exception as exc:  # Redis down, Feast errors: not the client's fault
+            raise UpstreamError(
+                f"online feature lookup failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def preprocess(
+        self, payload: dict | InferRequest | bytes, headers: dict[str, str] | None = None
+    ) -> dict | InferRequest:
+        """Validate the client request, look up its features, build the predictor request."""
+        parsed = parse_request(payload, CLIENT_FIELDS, max_batch_size=self.max_batch_size)
+        request_id = resolve_request_id(parsed.request_id, lower_headers(headers))
+        if headers is not None:
+            headers[REQUEST_ID_HEADER] = request_id
+        online = await self.lookup(parsed.rows)
+        rows = join_online_features(parsed.rows, online)
+        if self.protocol == "v2":
+            return predictor_infer_request(rows, self.name, request_id)
+        return {"instances": rows}
+
+    async def predict(
+        self,
+        payload: dict | InferRequest,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ):
+        """KServe's forwarding to predictor_host, with its failures turned into answers
+        that say whose fault they are (4xx from the predictor stay 4xx, the rest 502)."""
+        try:
+            return await super().predict(payload, headers, response_headers)
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            if status == 413:
+                raise RequestTooLarge(f"the predictor refused the batch: {exc}") from exc
+            if 400 <= status < 500:
+                raise InvalidInput(f"the predictor rejected the request: {exc}") from exc
+            raise UpstreamError(f"the predictor failed: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(
+                f"the predictor at {self.predictor_host} is unreachable: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def postprocess(
+        self,
+        result: Any,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict:
+        return {"predictions": probabilities_from_response(result)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """KServe's ModelServer arguments plus the transformer's own."""
+    parser = argparse.ArgumentParser(
+        prog="python -m models.transformer",
+        description="Serve the Feast online lookup in front of the kubeloop predictor.",
+        parents=[kserve.model_server.parser],
+    )
+    parser.add_argument(
+        "--feature_repo",
+        default="/mnt/models",
+        help="Feast repository (feature_store.yaml + registry) written by kubeloop",
+    )
+    parser.add_argument(
+        "--online_store",
+        choices=["sqlite", "redis"],
+        default=None,
+        help="online store to read (default: the one feature_store.yaml names)",
+    )
+    parser.add_argument(
+        "--redis_url",
+        default=None,
+        help="Redis of the online store: redis://host:port/db or Feast's host:port form",
+    )
+    parser.add_argument(
+        "--max_batch_size",
+        type=int,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help="largest batch (rows) one request may hold; larger ones get HTTP 413",
+    )
+    parser.set_defaults(model_name="ctr")
+    return parser
+
+
+def predictor_protocol(args: argparse.Namespace) -> str:
+    """--predictor_protocol, or the deprecated --protocol when only that one was set."""
+    protocol = args.predictor_protocol if args.predictor_protocol != "v1" else args.protocol
+    if protocol not in PROTOCOLS:
+        raise SystemExit(f"predictor protocol {protocol!r} is not supported; use v1 or v2")
+    return protocol
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if not args.predictor_host:
+        raise SystemExit("--predictor_host HOST:PORT is required")
+    if args.max_batch_size < 1:
+        raise SystemExit("--max_batch_size must be at least 1")
+    transformer = FeastTransformer(
+        args.model_name,
+        args.predictor_host,
+        args.feature_repo,
+        protocol=predictor_protocol(args),
+        max_batch_size=args.max_batch_size,
+        online_store=args.online_store,
+        redis_url=args.redis_url,
+        predictor_use_ssl=args.predictor_use_ssl,
+        predictor_timeout_seconds=args.predictor_request_timeout_seconds,
+        predictor_retries=args.predictor_request_retries,
+    )
+    transformer.load()
+    config = PredictorConfig(
+        predictor_host=args.predictor_host,
+        predictor_protocol=transformer.protocol,
+        predictor_use_ssl=args.predictor_use_ssl,
+        predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
+        predictor_request_retries=args.predictor_request_retries,
+        predictor_health_check=args.enable_predictor_health_check,
+    )
+    make_model_server(args, config).start([transformer])
+
+
+if __name__ == "__main__":
+    main()
