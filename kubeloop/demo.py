@@ -151,9 +151,11 @@ def run_serving(config: DemoConfig, workdir: Workdir, pipeline_result) -> dict[s
         section = {"decision": {"action": "none", "reasons": ["the gate registered no model to serve"]}}
         return write_section(workdir.report, "serving", section)
     challenger = register_challenger(
-        workdir, Path(pipeline_result.run_dir), config.model_name, config.generator.scenario
+        workdir, Path(pipeline_result.run_dir), config.model_name, config.generator.scenario,
+        config.gate_config,
     )
-    impressions = replay_impressions(config, config.serving.replay_last_days, config.serving.replay.requests)
+    replay = config.serving.replay
+    impressions = replay_impressions(config, config.serving.replay_last_days, replay.requests * replay.batch_size)
     section = run_serving_stage(
         workdir, config.model_name, registered["version"], challenger, impressions, config.serving
     )

@@ -195,3 +195,25 @@ def materialize(
         seconds=round(time.perf_counter() - started, 3),
         online_store=store.config.online_store.type,
     )
+
+
+def reset_online_store(store: FeatureStore) -> None:
+    """Empty the online store's tables (the registry and definitions are kept), so that the
+    next `materialize(store, end=T)` leaves exactly the state as of T.
+
+    Replaying past traffic needs this: a plain materialize with an earlier `end` would
+    leave entities that only appear after T with their later values, and Redis keeps the
+    newest row anyway. Feast has no public "truncate", so the provider's own teardown and
+    re-creation of the tables are used."""
+    views = store.list_feature_views()
+    entities = store.list_entities()
+    provider = store._get_provider()  # noqa: SLF001 - no public API for this in Feast 0.47
+    provider.teardown_infra(store.project, views, entities)
+    provider.update_infra(
+        store.project,
+        tables_to_delete=[],
+        tables_to_keep=views,
+        entities_to_delete=[],
+        entities_to_keep=entities,
+        partial=False,
+    )

@@ -1,8 +1,8 @@
 """Replay generated impressions through the served model, then join the true clicks later
 (delayed feedback) to evaluate each variant online.
 
-The replayer plays the client: it sends each impression as a 1-row request with its
-event id as `x-request-id`, the way a production ad server would tag a request. Which
+The replayer plays the ad server: each request scores a batch of consecutive impressions
+(the candidate slots of a page view), tagged with an `x-request-id`. Which
 variant served a request is read back from the request log (the router records it, as
 KServe's logger records ce-endpoint), and labels arrive only after all requests were sent."""
 
@@ -29,7 +29,8 @@ class ReplayConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    requests: int = Field(4000, ge=1, description="impressions to send (one request each)")
+    requests: int = Field(4000, ge=1, description="HTTP requests to send")
+    batch_size: int = Field(8, ge=1, le=1024, description="impressions scored per request")
     concurrency: int = Field(8, ge=1, description="requests in flight at once")
     timeout_s: float = Field(30.0, gt=0)
     sample_seed: int = 11
@@ -51,9 +52,10 @@ def sample_impressions(frames: Iterable[pd.DataFrame], n: int, seed: int) -> pd.
     return frame.sort_values(["event_timestamp", "event_id"]).reset_index(drop=True)
 
 
-def request_body(row: dict[str, Any]) -> dict[str, Any]:
-    """The client request for one impression: ids and context only (features are looked up)."""
-    return {"instances": [{field: _plain(row[field]) for field in REQUEST_FIELDS}]}
+def request_body(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The client request for a batch of impressions: ids and context only (features are
+    looked up by the transformer)."""
+    return {"instances": [{field: _plain(row[field]) for field in REQUEST_FIELDS} for row in rows]}
 
 
 def _plain(value: Any) -> Any:
@@ -64,9 +66,10 @@ async def _send_all(url: str, impressions: pd.DataFrame, config: ReplayConfig) -
     import httpx
 
     rows = impressions[[*REQUEST_FIELDS, "event_id"]].to_dict("records")
-    results: list[dict[str, Any]] = [None] * len(rows)  # type: ignore[list-item]
+    batches = [rows[i : i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
+    results: list[list[dict[str, Any]]] = [[] for _ in batches]
     queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(rows)):
+    for i in range(len(batches)):
         queue.put_nowait(i)
     limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
     async with httpx.AsyncClient(timeout=config.timeout_s, limits=limits) as client:
@@ -77,29 +80,36 @@ async def _send_all(url: str, impressions: pd.DataFrame, config: ReplayConfig) -
                     i = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                row = rows[i]
-                request_id = str(_plain(row["event_id"]))
+                batch = batches[i]
+                request_id = f"r{_plain(batch[0]['event_id'])}"
                 started = time.perf_counter()
                 try:
-                    response = await client.post(url, json=request_body(row), headers={"x-request-id": request_id})
+                    response = await client.post(
+                        url, json=request_body(batch), headers={"x-request-id": request_id}
+                    )
                     status = response.status_code
-                    body = response.json() if status == 200 else None
+                    predictions = response.json().get("predictions") if status == 200 else None
                 except Exception:  # noqa: BLE001 - a failed request is data for the error rate
-                    status, body = 599, None
+                    status, predictions = 599, None
                 latency = (time.perf_counter() - started) * 1000
-                prediction = None
-                if body and body.get("predictions"):
-                    prediction = float(body["predictions"][0])
-                results[i] = {"request_id": request_id, "status_code": status,
-                              "client_latency_ms": latency, "prediction": prediction}
+                results[i] = [
+                    {
+                        "request_id": request_id,
+                        "event_id": str(_plain(row["event_id"])),
+                        "status_code": status,
+                        "client_latency_ms": latency,
+                        "prediction": float(predictions[k]) if predictions else None,
+                    }
+                    for k, row in enumerate(batch)
+                ]
 
         await asyncio.gather(*(worker() for _ in range(config.concurrency)))
-    return results
+    return [row for batch in results for row in batch]
 
 
 def replay(url: str, impressions: pd.DataFrame, config: ReplayConfig) -> pd.DataFrame:
-    """Send every impression to `url` (the public predict endpoint); returns one row per
-    request: request_id, status_code, client_latency_ms, prediction."""
+    """Send every impression to `url` (the public predict endpoint) in batches; returns one
+    row per impression: request_id, event_id, status_code, client_latency_ms, prediction."""
     return pd.DataFrame(asyncio.run(_send_all(url, impressions, config)))
 
 
@@ -109,10 +119,36 @@ def join_feedback(sent: pd.DataFrame, exchanges: pd.DataFrame, impressions: pd.D
     Returns the frame `kubeloop.serving.ab.compare_variants` reads: variant, version,
     prediction, label, latency_ms (client side, end to end), error."""
     served = exchanges.drop_duplicates("request_id", keep="last")[["request_id", "variant", "version"]]
-    labels = impressions.assign(request_id=impressions["event_id"].astype(str))[
-        ["request_id", schema.LABEL, schema.ORACLE]
+    labels = impressions.assign(event_id=impressions["event_id"].astype(str))[
+        ["event_id", schema.LABEL, schema.ORACLE]
     ]
-    frame = sent.merge(served, on="request_id", how="left").merge(labels, on="request_id", how="left")
+    frame = sent.merge(served, on="request_id", how="left").merge(labels, on="event_id", how="left")
     frame["error"] = frame["status_code"] != 200
     frame["variant"] = frame["variant"].fillna("unrouted")
     return frame.rename(columns={schema.LABEL: "label", "client_latency_ms": "latency_ms"})
+
+
+def replay_through_time(
+    url: str, impressions: pd.DataFrame, config: ReplayConfig, feature_repo, on_day=None
+) -> pd.DataFrame:
+    """Replay day by day with the online store as it was: before each day's traffic the
+    store holds the features as of that day's midnight (a daily materialization), so no
+    request sees features computed from its own or later impressions. The store is left
+    fully materialized afterwards. `on_day(day, sent_so_far)` is called after each day."""
+    from kubeloop.features.materialize import materialize, reset_online_store
+    from kubeloop.features.store import open_store
+
+    store = open_store(feature_repo)
+    days = pd.to_datetime(impressions["event_timestamp"], utc=True).dt.floor("D")
+    reset_online_store(store)
+    parts = []
+    try:
+        for day in sorted(days.unique()):
+            materialize(store, end=day.to_pydatetime(), progress=False)
+            sent = replay(url, impressions[days == day], config)
+            parts.append(sent)
+            if on_day is not None:
+                on_day(day, sent)
+    finally:
+        materialize(store, progress=False)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

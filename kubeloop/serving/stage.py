@@ -22,12 +22,14 @@ class ServingStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     canary_percent: int = Field(50, ge=0, le=100, description="an even split gets evidence fastest")
-    replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig(requests=8000))
+    replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig(requests=6000, batch_size=8))
     policy: RolloutPolicy = Field(default_factory=lambda: RolloutPolicy(min_labelled=2000))
     replay_last_days: int = Field(3, ge=1, description="impressions are drawn from the last days of the lake")
 
 
-def register_challenger(workdir: Workdir, run_dir: Path, model_name: str, scenario: str) -> str | None:
+def register_challenger(
+    workdir: Workdir, run_dir: Path, model_name: str, scenario: str, gate_config: dict | None = None
+) -> str | None:
     """Register the pipeline's runner-up as a candidate, with its own gate decision against
     the base rate, so that the online A/B can test what "start simple" decided offline."""
     from kubeloop.evaluation.gate import GateConfig, gate
@@ -44,7 +46,7 @@ def register_challenger(workdir: Workdir, run_dir: Path, model_name: str, scenar
         EvaluationReport.model_validate(evaluation["models"][kind]),
         None,
         EvaluationReport.model_validate(evaluation["base_rate"]),
-        GateConfig(),
+        GateConfig.model_validate(gate_config or {}),
     )
     challenger_decision = run_dir / "gate" / f"challenger-{kind}.json"
     challenger_decision.write_text(json.dumps({"champion": kind, **verdict.model_dump(mode="json")}))
@@ -78,7 +80,7 @@ def run_serving_stage(
     from kubeloop.serving import ab
     from kubeloop.serving.local_servers import LocalStack
     from kubeloop.serving.policy import decide
-    from kubeloop.serving.replay import join_feedback, replay
+    from kubeloop.serving.replay import join_feedback, replay_through_time
     from kubeloop.serving.request_log import exchanges_frame
     from kubeloop.serving.rollout import LocalRollout
 
@@ -87,7 +89,7 @@ def run_serving_stage(
     started = time.perf_counter()
     with LocalStack.start(registry, model_name, workdir, primary, canary, percent) as stack:
         url = f"{stack.url}/v1/models/{model_name}:predict"
-        sent = replay(url, impressions, config.replay)
+        sent = replay_through_time(url, impressions, config.replay, workdir.feature_repo)
         stack.request_logger.flush()
         exchanges = exchanges_frame(stack.request_log_path)
     frame = join_feedback(sent, exchanges, impressions)
@@ -100,14 +102,17 @@ def run_serving_stage(
     elif decision is not None and decision.action == "rollback":
         rollout.rollback(reason="; ".join(decision.reasons))
 
-    latencies = frame.loc[~frame["error"], "latency_ms"]
-    counts = frame["variant"].value_counts().to_dict()
+    per_request = frame.drop_duplicates("request_id")
+    latencies = per_request.loc[~per_request["error"], "latency_ms"]
+    counts = per_request["variant"].value_counts().to_dict()
     return {
         "primary_version": primary,
         "canary_version": canary,
         "canary_percent": percent,
         "requests": {"primary": int(counts.get("primary", 0)), "canary": int(counts.get("canary", 0)),
-                     "errors": int(frame["error"].sum())},
+                     "errors": int(per_request["error"].sum())},
+        "impressions": {k: int(v) for k, v in frame["variant"].value_counts().items()},
+        "batch_size": config.replay.batch_size,
         "latency_ms": {
             "p50": float(latencies.quantile(0.5)) if len(latencies) else None,
             "p99": float(latencies.quantile(0.99)) if len(latencies) else None,
