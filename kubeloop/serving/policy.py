@@ -73,13 +73,13 @@ def decide(result: ABResult, policy: RolloutPolicy) -> RolloutDecision:
                 ],
             )
         reasons.append(
-            f"canary health ok over {canary.requests} requests "
+            f"canary health ok over {canary.requests} served impressions "
             f"(error rate {canary.error_rate:.2%}, primary {primary.error_rate:.2%})"
         )
 
     if canary.labelled < policy.min_labelled:
         reasons.append(
-            f"{canary.labelled} labelled canary requests, waiting for {policy.min_labelled}"
+            f"{canary.labelled} labelled canary impressions, waiting for {policy.min_labelled}"
         )
         return RolloutDecision(action="wait", reasons=reasons)
 
@@ -113,7 +113,7 @@ def decide(result: ABResult, policy: RolloutPolicy) -> RolloutDecision:
                 *reasons,
                 (
                     f"canary log loss delta {delta.estimate:+.4f} (95% CI {delta.low:+.4f}..{delta.high:+.4f}) "
-                    f"is within the {policy.logloss_margin} margin over {canary.labelled} labelled requests"
+                    f"is within the {policy.logloss_margin} margin over {canary.labelled} labelled impressions"
                 ),
             ],
         )
