@@ -1,0 +1,89 @@
+"""Drift monitoring: detectors, windows, persisted state, alerts.
+
+    from kubeloop.drift import DriftMonitor, Reference, open_alert_store
+
+    monitor = DriftMonitor(Reference.from_dir(export_dir), state_dir,
+                           alert_store=open_alert_store(f"sqlite:///{state_dir}/alerts.db"))
+    monitor.observe(instances, predictions, request_id=rid, variant="canary", event_time=t)
+    monitor.add_labels({rid: 1})
+
+Modules: `detectors` (the `DriftDetector` interface, alibi-detect and scipy
+implementations, the feature / prediction / performance checks), `backends` (short name
+-> config and class), `windows` (tumbling count/time windows), `state` (the SQLite state
+file), `monitor` (`DriftMonitor`), `alerts` (the `Alert` record and the SQLite/PostgreSQL
+stores), `events` (KServe logger CloudEvents). The HTTP service is `models.drift_service`.
+
+alibi-detect is under the Business Source License 1.1 (since 0.11.5); it is imported only
+when the alibi detector is built. `MonitorConfig(feature_detector={"type": "scipy"}, ...)`
+runs the same tests without it.
+
+Importing this package imports neither alibi-detect nor a database driver.
+"""
+
+from kubeloop.drift.alerts import (
+    Alert,
+    AlertStore,
+    AlertStoreError,
+    AlertWindow,
+    PostgresAlertStore,
+    SQLiteAlertStore,
+    open_alert_store,
+)
+from kubeloop.drift.backends import (
+    AlibiDetectorConfig,
+    PostgresAlertStoreConfig,
+    ScipyDetectorConfig,
+    SQLiteAlertStoreConfig,
+    make_alert_store,
+    make_detector,
+)
+from kubeloop.drift.detectors import (
+    AlibiDriftDetector,
+    CheckResult,
+    DriftDetector,
+    DriftError,
+    Reference,
+    ScipyDriftDetector,
+)
+from kubeloop.drift.events import BadEventError, InferenceEvent, parse_event
+from kubeloop.drift.monitor import (
+    DriftMonitor,
+    IngestResult,
+    LabelResult,
+    MonitorConfig,
+    PerformanceConfig,
+    WindowEvaluation,
+)
+from kubeloop.drift.windows import WindowConfig
+
+__all__ = [
+    "Alert",
+    "AlertStore",
+    "AlertStoreError",
+    "AlertWindow",
+    "AlibiDetectorConfig",
+    "AlibiDriftDetector",
+    "BadEventError",
+    "CheckResult",
+    "DriftDetector",
+    "DriftError",
+    "DriftMonitor",
+    "InferenceEvent",
+    "IngestResult",
+    "LabelResult",
+    "MonitorConfig",
+    "PerformanceConfig",
+    "PostgresAlertStore",
+    "PostgresAlertStoreConfig",
+    "Reference",
+    "SQLiteAlertStore",
+    "SQLiteAlertStoreConfig",
+    "ScipyDetectorConfig",
+    "ScipyDriftDetector",
+    "WindowConfig",
+    "WindowEvaluation",
+    "make_alert_store",
+    "make_detector",
+    "open_alert_store",
+    "parse_event",
+]

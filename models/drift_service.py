@@ -1,0 +1,489 @@
+"""The drift detector service: KServe logger CloudEvents in, drift alerts out.
+
+    python -m models.drift_service --port 8080 --reference_dir /mnt/models \\
+        --state_dir /tmp/kubeloop-drift --alert_store sqlite:////tmp/kubeloop-drift/alerts.db \\
+        --inference_service ctr --namespace kubeloop --kube
+
+Endpoints (an ASGI app from `build_app`, served by uvicorn):
+
+    POST /         one CloudEvent (binary mode, as KServe's logger sends it; structured
+                   mode accepted too). Requests and responses are paired by ce-id and fed
+                   to the `DriftMonitor`. 200 with {"paired": ..., "alerts": [...]}; a bad
+                   event gets 400 with {"error": <what is wrong>, "reason": <label>}.
+    POST /labels   delayed labels {"labels": [{"request_id": "...", "click": 0|1}, ...]}.
+    POST /flush    close and evaluate every open window (end of a replay).
+    GET  /healthz  liveness/readiness: 200 once the reference is loaded and state is readable.
+    GET  /status   open windows, pending halves, counters (JSON).
+    GET  /metrics  Prometheus text format (kubeloop_drift_* series, see `DriftMetrics`).
+
+With `--kube` (default: on when running in a pod, i.e. KUBERNETES_SERVICE_HOST is set),
+every alert is also posted as a Kubernetes Event on the InferenceService through
+`kubeloop.cluster.events`, from a background thread; failures are logged and counted in
+`kubeloop_drift_kube_events_total{result="failed"}`, never raised.
+
+The reference directory is an exported model version (`kubeloop models export`):
+metadata.json, reference.parquet and the model files, which are used to score the
+reference sample for the prediction-drift test (`--no_score_reference` skips that; the
+monitor then learns reference scores from the first served windows).
+"""
+
+# No `from __future__ import annotations` here: FastAPI resolves the endpoints' annotations
+# (Request, imported inside build_app) at definition time.
+import argparse
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("kubeloop.drift_service")
+
+DEFAULT_STATE_DIR = "/tmp/kubeloop-drift"
+
+
+class DriftMetrics:
+    """The service's Prometheus series, on their own registry (so several apps can live in
+    one process, as in tests).
+
+    kubeloop_drift_events_total{type,variant}          CloudEvent halves accepted
+    kubeloop_drift_bad_events_total{reason}            events refused with a 400
+    kubeloop_drift_errors_total                        internal errors (500)
+    kubeloop_drift_windows_evaluated_total{detector,variant,outcome}  tested | skipped
+    kubeloop_drift_alerts_total{detector,variant}      alerts raised
+    kubeloop_drift_last_p_value{detector,variant,version}   p-value of the latest test
+    kubeloop_drift_labels_total{result}                matched | unknown
+    kubeloop_drift_kube_events_total{result}           posted | failed | dropped
+    """
+
+    def __init__(self, registry: Any = None):
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        self.registry = registry if registry is not None else CollectorRegistry()
+        ns = "kubeloop_drift"
+        r = self.registry
+        self.events = Counter(
+            "events_total", "CloudEvents accepted", ["type", "variant"], namespace=ns, registry=r
+        )
+        self.bad_events = Counter(
+            "bad_events_total", "CloudEvents refused (400)", ["reason"], namespace=ns, registry=r
+        )
+        self.errors = Counter("errors_total", "internal errors (500)", namespace=ns, registry=r)
+        self.windows = Counter(
+            "windows_evaluated_total",
+            "closed windows per detector",
+            ["detector", "variant", "outcome"],
+            namespace=ns,
+            registry=r,
+        )
+        self.alerts = Counter(
+            "alerts_total", "drift alerts raised", ["detector", "variant"], namespace=ns, registry=r
+        )
+        self.last_p = Gauge(
+            "last_p_value",
+            "p-value of the latest test",
+            ["detector", "variant", "version"],
+            namespace=ns,
+            registry=r,
+        )
+        self.labels = Counter(
+            "labels_total", "delayed labels received", ["result"], namespace=ns, registry=r
+        )
+        self.kube_events = Counter(
+            "kube_events_total",
+            "alerts posted as Kubernetes Events",
+            ["result"],
+            namespace=ns,
+            registry=r,
+        )
+        for result in ("posted", "failed", "dropped"):
+            self.kube_events.labels(result=result)
+        self.errors.inc(0)
+
+    def on_evaluation(self, evaluation: Any) -> None:
+        outcome = "skipped" if evaluation.result.skipped else "tested"
+        self.windows.labels(evaluation.detector, evaluation.variant, outcome).inc()
+        if not evaluation.result.skipped:
+            self.last_p.labels(evaluation.detector, evaluation.variant, evaluation.version).set(
+                evaluation.result.p_value
+            )
+
+    def on_alert(self, alert: Any) -> None:
+        self.alerts.labels(alert.detector, alert.variant).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class KubeAlertPoster:
+    """Posts alerts as Events on the InferenceService from a background thread.
+
+    The Kubernetes client and `kubeloop.cluster.events` are imported on the first alert;
+    any failure is logged and reported to `on_result("failed")`. A full queue drops the
+    alert (`on_result("dropped")`) rather than slow down ingestion.
+    """
+
+    def __init__(
+        self,
+        namespace: str,
+        inference_service: str,
+        *,
+        on_result: Callable[[str], None] = lambda result: None,
+        core_api: Any = None,
+        custom_api: Any = None,
+        max_queue: int = 1000,
+    ):
+        self.namespace = namespace
+        self.inference_service = inference_service
+        self.on_result = on_result
+        self._core, self._custom = core_api, custom_api
+        self._queue: queue.Queue = queue.Queue(maxsize=max_queue)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, alert: Any) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="kube-events", daemon=True)
+                self._thread.start()
+        try:
+            self._queue.put_nowait(alert)
+        except queue.Full:
+            log.warning("Kubernetes event queue full; alert %s not posted", alert.id)
+            self.on_result("dropped")
+
+    def _apis(self) -> tuple[Any, Any]:
+        if self._core is None:
+            from kubernetes import client, config
+
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            self._core, self._custom = client.CoreV1Api(), client.CustomObjectsApi()
+        return self._core, self._custom
+
+    def post(self, alert: Any) -> None:
+        """Post one alert now (raises on failure)."""
+        from kubeloop.cluster.events import alert_event, post_alert_event
+
+        core, custom = self._apis()
+        isvc: dict[str, Any] = {
+            "metadata": {"name": self.inference_service, "namespace": self.namespace}
+        }
+        if custom is not None:
+            try:
+                found = custom.get_namespaced_custom_object(
+                    "serving.kserve.io", "v1beta1", self.namespace, "inferenceservices",
+                    self.inference_service,
+                )  # fmt: skip
+                if isinstance(found, dict) and found.get("metadata"):
+                    isvc = found
+            except Exception as exc:  # noqa: BLE001 - the event still goes out, without uid
+                log.warning("cannot read InferenceService %s: %s", self.inference_service, exc)
+        data = alert.to_cluster_alert()
+        if os.environ.get("HOSTNAME"):
+            data["instance"] = os.environ["HOSTNAME"]
+        post_alert_event(core, self.namespace, alert_event(data, isvc))
+
+    def _run(self) -> None:
+        while True:
+            alert = self._queue.get()
+            if alert is None:
+                return
+            try:
+                self.post(alert)
+                self.on_result("posted")
+            except Exception as exc:  # noqa: BLE001 - never crash the service
+                log.error("cannot post alert %s as a Kubernetes Event: %s", alert.id, exc)
+                self.on_result("failed")
+            finally:
+                self._queue.task_done()
+
+    def join(self) -> None:
+        """Wait until every queued alert was handled (tests, shutdown)."""
+        self._queue.join()
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=5)
+
+
+def build_app(
+    monitor: Any,
+    *,
+    inference_service: str | None = None,
+    metrics: DriftMetrics | None = None,
+    kube: KubeAlertPoster | None = None,
+):
+    """The FastAPI app serving `monitor` (a `kubeloop.drift.DriftMonitor`).
+
+    Registers the metrics (and `kube`, when given) as the monitor's callbacks. With
+    `inference_service`, events of another InferenceService are refused.
+    """
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+
+    from kubeloop.drift.events import BadEventError, parse_event
+
+    metrics = metrics or DriftMetrics()
+    monitor.on_evaluation.append(metrics.on_evaluation)
+    monitor.on_alert.append(metrics.on_alert)
+    if kube is not None:
+        monitor.on_alert.append(kube)
+        kube.on_result = lambda result: metrics.kube_events.labels(result=result).inc()
+
+    app = FastAPI(title="kubeloop drift detector", docs_url=None, redoc_url=None)
+    app.state.monitor = monitor
+    app.state.metrics = metrics
+
+    def bad(reason: str, message: str) -> JSONResponse:
+        metrics.bad_events.labels(reason=reason).inc()
+        return JSONResponse({"error": message, "reason": reason}, status_code=400)
+
+    def internal(exc: BaseException) -> JSONResponse:
+        log.exception("internal error")
+        metrics.errors.inc()
+        return JSONResponse(
+            {"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500
+        )
+
+    def ingest(headers: dict[str, str], body: bytes) -> JSONResponse:
+        try:
+            event = parse_event(headers, body)
+            if (
+                inference_service
+                and event.inference_service
+                and event.inference_service != inference_service
+            ):
+                raise BadEventError(
+                    "wrong_inference_service",
+                    f"event of InferenceService {event.inference_service!r}; this detector "
+                    f"monitors {inference_service!r}",
+                )
+            metrics.events.labels(type=event.kind, variant=event.variant).inc()
+            result = monitor.ingest(event)
+        except BadEventError as exc:
+            return bad(exc.reason, str(exc))
+        except Exception as exc:  # noqa: BLE001 - one bad event must not take the service down
+            return internal(exc)
+        return JSONResponse(
+            {
+                "status": "accepted",
+                "id": event.id,
+                "type": event.kind,
+                "paired": result.paired,
+                "alerts": [a.id for a in result.alerts],
+            }
+        )
+
+    @app.post("/")
+    async def receive(request: Request) -> Response:
+        try:
+            body = await request.body()
+        except Exception as exc:  # noqa: BLE001 - a client that hangs up mid-body
+            return bad("unreadable_body", f"cannot read the request body: {exc}")
+        return await run_in_threadpool(ingest, dict(request.headers), body)
+
+    def labels(body: bytes) -> JSONResponse:
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return bad("bad_labels", f"the labels body is not JSON: {exc}")
+        items = data.get("labels") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            return bad(
+                "bad_labels", 'expected {"labels": [{"request_id": ..., "click": 0|1}, ...]}'
+            )
+        pairs = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict) or "request_id" not in item:
+                return bad("bad_labels", f"label {i} has no request_id")
+            value = item.get("click", item.get("label"))
+            pairs.append((str(item["request_id"]), value))
+        try:
+            result = monitor.add_labels(pairs)
+        except ValueError as exc:
+            return bad("bad_labels", str(exc))
+        except Exception as exc:  # noqa: BLE001
+            return internal(exc)
+        metrics.labels.labels(result="matched").inc(result.matched)
+        metrics.labels.labels(result="unknown").inc(result.unknown)
+        return JSONResponse(
+            {
+                "matched": result.matched,
+                "unknown": result.unknown,
+                "alerts": [a.id for a in result.alerts],
+            }
+        )
+
+    @app.post("/labels")
+    async def post_labels(request: Request) -> Response:
+        return await run_in_threadpool(labels, await request.body())
+
+    def flush() -> JSONResponse:
+        try:
+            alerts = monitor.flush()
+        except Exception as exc:  # noqa: BLE001
+            return internal(exc)
+        return JSONResponse({"alerts": [a.id for a in alerts]})
+
+    @app.post("/flush")
+    async def post_flush() -> Response:
+        return await run_in_threadpool(flush)
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        try:
+            status = await run_in_threadpool(monitor.status)
+        except Exception as exc:  # noqa: BLE001
+            return JSONResponse({"status": "error", "error": str(exc)}, status_code=503)
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": status["model"],
+                "reference_version": status["reference_version"],
+                "open_windows": len(status["open_windows"]),
+            }
+        )
+
+    @app.get("/status")
+    async def get_status() -> Response:
+        return JSONResponse(await run_in_threadpool(monitor.status))
+
+    @app.get("/metrics")
+    async def get_metrics() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    return app
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m models.drift_service",
+        description="Drift detector for KServe logger CloudEvents (see the module docstring).",
+    )
+
+    def opt(name: str, **kwargs: Any) -> None:
+        # The manifests spell options with underscores (KServe's style); accept dashes too.
+        p.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name, **kwargs)
+
+    opt("port", type=int, default=8080, help="HTTP port (default 8080)")
+    opt("host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
+    opt("reference_dir", required=True, type=Path, help="exported model version directory")
+    opt("state_dir", type=Path, default=Path(DEFAULT_STATE_DIR), help="monitor state directory")
+    opt(
+        "alert_store",
+        default=None,
+        help="sqlite:///path.db or postgresql://... (default: <state_dir>/alerts.db)",
+    )
+    opt("inference_service", default=None, help="InferenceService monitored; others are refused")
+    opt("namespace", default=None, help="namespace of the InferenceService (Kubernetes Events)")
+    p.add_argument(
+        "--kube",
+        dest="kube",
+        action="store_true",
+        default=None,
+        help="post alerts as Kubernetes Events (default: when running in a pod)",
+    )
+    p.add_argument("--no-kube", "--no_kube", dest="kube", action="store_false")
+    opt("config", type=Path, default=None, help="MonitorConfig as a JSON or YAML file")
+    opt(
+        "detector",
+        choices=["alibi", "scipy"],
+        default=None,
+        help="statistical backend of both detectors (overrides --config)",
+    )
+    opt("canary_version", default=None, help="version of the canary when events do not say")
+    p.add_argument(
+        "--no_score_reference",
+        "--no-score-reference",
+        dest="score_reference",
+        action="store_false",
+        default=True,
+        help="do not score the reference sample with the model",
+    )
+    opt("log_level", default="info", help="logging level (default info)")
+    return p
+
+
+def _load_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    text = path.read_text(encoding="utf-8")
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+def build_from_args(args: argparse.Namespace):
+    """The monitor, app and (optional) Kubernetes poster that `args` describe."""
+    from kubeloop.drift.alerts import open_alert_store
+    from kubeloop.drift.detectors import Reference
+    from kubeloop.drift.monitor import DriftMonitor, MonitorConfig
+
+    data = _load_config(args.config)
+    if args.detector:
+        for field in ("feature_detector", "prediction_detector"):
+            data[field] = {**data.get(field, {}), "type": args.detector}
+    if args.canary_version:
+        data.setdefault("variant_versions", {})["canary"] = args.canary_version
+    config = MonitorConfig.model_validate(data)
+    state_dir = Path(args.state_dir)
+    store_url = args.alert_store or str(state_dir / "alerts.db")
+    reference = Reference.from_dir(args.reference_dir, score=args.score_reference)
+    monitor = DriftMonitor(
+        reference, state_dir, config=config, alert_store=open_alert_store(store_url)
+    )
+    kube_on = (
+        args.kube if args.kube is not None else bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    )
+    kube = None
+    if kube_on:
+        namespace = args.namespace or os.environ.get("POD_NAMESPACE") or "default"
+        kube = KubeAlertPoster(namespace, args.inference_service or reference.model)
+    app = build_app(monitor, inference_service=args.inference_service, kube=kube)
+    log.info(
+        "drift detector for %s:%s (reference %d rows, scores %s), state %s, alerts %s, kube %s",
+        reference.model, reference.version, len(reference.features),
+        "from the model" if reference.predictions is not None else "learned online",
+        state_dir, store_url, "on" if kube else "off",
+    )  # fmt: skip
+    return monitor, app, kube
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from kubeloop.errors import KubeloopError
+
+    try:
+        monitor, app, kube = build_from_args(args)
+    except (KubeloopError, ValueError, OSError) as exc:  # config and reference problems
+        log.error("%s", exc)
+        return 2
+    import uvicorn
+
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    finally:
+        if kube is not None:
+            kube.close()
+        monitor.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
