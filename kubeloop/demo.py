@@ -7,16 +7,27 @@ Stages, each writing its section of report.json as soon as it ends:
   registry  /  ingest -> features -> train x2 -> evaluate -> gate -> register
   serving   production + canary on real KServe servers, replayed traffic, online A/B,
             the canary promoted or rolled back by the rollout policy
+  drift     traffic replayed across the day of change through production, the drift
+            detector service fed by the request log, delayed labels, retrain policy,
+            retraining run on recent data, canary, promote or roll back
+
+The timeline over the lake's days (defaults: 14 days, change on day 10):
+  days [0, train_until_day)          the first training run's data (day 0 is burn-in)
+  days [train_until_day, change_day) the champion-vs-challenger A/B
+  days [change_day - 1, end)         the drift replay (one day before the change for false alarms)
+  the last `canary_last_days` days  the retrained canary's A/B
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import UTC
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.data.generator import GeneratorConfig
+from kubeloop.drift.stage import DriftStageConfig
 from kubeloop.report import write_section
 from kubeloop.serving.stage import ServingStageConfig
 from kubeloop.workdir import Workdir
@@ -34,7 +45,28 @@ class DemoConfig(BaseModel):
     train_config: dict[str, Any] = Field(default_factory=dict)
     gate_config: dict[str, Any] = Field(default_factory=dict)
     serving: ServingStageConfig = Field(default_factory=ServingStageConfig)
-    serve: bool = Field(True, description="run the serving stage (KServe servers, replay, canary decision)")
+    serve: bool = Field(
+        True, description="run the serving stage (KServe servers, replay, canary decision)"
+    )
+    drift: DriftStageConfig = Field(default_factory=DriftStageConfig)
+    monitor: bool = Field(True, description="run the drift stage (needs `serve`)")
+    train_until_day: int | None = Field(
+        9, ge=2, description="the first training uses days before this one; None = every day"
+    )
+
+    def day_start(self, day: int):
+        """Midnight (UTC) starting day `day` of the lake."""
+        from datetime import datetime, time, timedelta
+
+        return datetime.combine(self.generator.start_date + timedelta(days=day), time(), UTC)
+
+    def first_training(self) -> dict[str, Any]:
+        """The first run's training config: the demo's, bounded by `train_until_day`."""
+        train = dict(self.train_config)
+        if self.train_until_day is not None and self.train_until_day < self.generator.days:
+            train.setdefault("until", self.day_start(self.train_until_day).isoformat())
+        return train
+
     progress: bool = True
 
 
@@ -69,7 +101,9 @@ def training_section(evaluation: dict[str, Any], decision: dict[str, Any]) -> di
             "ne": report["normalized_entropy"],
             "oracle_auc": report["oracle_auc"],
             "auc_vs_oracle": (
-                report["auc"] / report["oracle_auc"] if report["auc"] and report["oracle_auc"] else None
+                report["auc"] / report["oracle_auc"]
+                if report["auc"] and report["oracle_auc"]
+                else None
             ),
             "oracle_logloss": report["oracle_log_loss"],
             "calibration": {"ratio": report["calibration_ratio"], "ece": report["ece"]},
@@ -88,7 +122,9 @@ def training_section(evaluation: dict[str, Any], decision: dict[str, Any]) -> di
     }
 
 
-def registry_section(workdir: Workdir, model_name: str, run_id_hint: str | None = None) -> dict[str, Any]:
+def registry_section(
+    workdir: Workdir, model_name: str, run_id_hint: str | None = None
+) -> dict[str, Any]:
     """The report's `registry` section: the newest version of `model_name`."""
     from kubeloop.registry import open_registry
 
@@ -117,27 +153,47 @@ def run_training_pipeline(config: DemoConfig, workdir: Workdir):
         model_name=config.model_name,
         scenario=config.generator.scenario,
         generate=False,
-        train_config=config.train_config,
+        train_config=config.first_training(),
         gate_config=config.gate_config,
         feature_config={"progress": False},
     )
     result = run_local(params, workdir.root / "kfp_local")
     write_section(workdir.report, "features", result.features)
-    write_section(workdir.report, "training", {**training_section(result.evaluation, result.decision),
-                                                "pipeline_seconds": round(result.seconds, 3)})
+    write_section(
+        workdir.report,
+        "training",
+        {
+            **training_section(result.evaluation, result.decision),
+            "pipeline_seconds": round(result.seconds, 3),
+        },
+    )
     write_section(workdir.report, "registry", registry_section(workdir, config.model_name))
     return result
 
 
-def replay_impressions(config: DemoConfig, last_days: int, n: int):
-    """Impressions of the lake's last days (regenerated from the same seed, so they are the
+def replay_impressions(config: DemoConfig, days: list[int], n: int):
+    """Impressions of the given lake days (regenerated from the same seed, so they are the
     lake's own rows), sampled down to `n`."""
     from kubeloop.data.generator import iter_day_tables
     from kubeloop.serving.replay import impressions_from_days, sample_impressions
 
-    days = set(config.generator.day_dates()[-last_days:])
-    frames = impressions_from_days(iter_day_tables(config.generator), days)
+    dates = config.generator.day_dates()
+    chosen = {dates[d] for d in days if 0 <= d < len(dates)}
+    frames = impressions_from_days(iter_day_tables(config.generator), chosen)
     return sample_impressions(frames, n, seed=config.serving.replay.sample_seed)
+
+
+def ab_days(config: DemoConfig) -> list[int]:
+    """Days of the champion-vs-challenger A/B: after the first training, before the change."""
+    last = config.generator.days
+    first = (
+        config.train_until_day
+        if config.train_until_day is not None
+        else last - config.serving.replay_last_days
+    )
+    change = min(config.generator.change_day, last)
+    days = list(range(first, change)) or [max(first, change - 1)]
+    return days[-config.serving.replay_last_days :]
 
 
 def run_serving(config: DemoConfig, workdir: Workdir, pipeline_result) -> dict[str, Any]:
@@ -148,14 +204,19 @@ def run_serving(config: DemoConfig, workdir: Workdir, pipeline_result) -> dict[s
 
     registered = registry_section(workdir, config.model_name)
     if registered["version"] is None:
-        section = {"decision": {"action": "none", "reasons": ["the gate registered no model to serve"]}}
+        section = {
+            "decision": {"action": "none", "reasons": ["the gate registered no model to serve"]}
+        }
         return write_section(workdir.report, "serving", section)
     challenger = register_challenger(
-        workdir, Path(pipeline_result.run_dir), config.model_name, config.generator.scenario,
+        workdir,
+        Path(pipeline_result.run_dir),
+        config.model_name,
+        config.generator.scenario,
         config.gate_config,
     )
     replay = config.serving.replay
-    impressions = replay_impressions(config, config.serving.replay_last_days, replay.requests * replay.batch_size)
+    impressions = replay_impressions(config, ab_days(config), replay.requests * replay.batch_size)
     section = run_serving_stage(
         workdir, config.model_name, registered["version"], challenger, impressions, config.serving
     )
@@ -173,4 +234,47 @@ def run_demo(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
         from kubeloop.report import read_report
 
         return read_report(workdir.report)
-    return run_serving(config, workdir, result)
+    report = run_serving(config, workdir, result)
+    if not config.monitor or report["serving"].get("primary_version") is None:
+        return report
+    return run_drift(config, workdir)
+
+
+def run_drift(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
+    """The closed loop on the production model; writes the report's `drift` section."""
+    from kubeloop.drift.stage import change_start_of, run_drift_stage
+    from kubeloop.pipeline.params import TrainingRunParams
+    from kubeloop.registry import open_registry
+
+    production = open_registry(str(workdir.registry)).production(config.model_name)
+    gen = config.generator
+    days = list(range(max(gen.change_day - 1, 0), gen.days))
+    per_day = config.drift.impressions_per_day
+    impressions = replay_impressions(config, days, per_day * len(days))
+    retrain_params = TrainingRunParams.for_workdir(
+        workdir,
+        model_name=config.model_name,
+        scenario=gen.scenario,
+        generate=False,
+        train_config={**config.train_config, "window_days": config.drift.retrain_window_days},
+        gate_config=config.gate_config,
+        feature_config={"progress": False},
+    )
+    canary = config.drift.canary_replay
+
+    def canary_impressions():
+        last = list(range(gen.days - config.drift.canary_last_days, gen.days))
+        return replay_impressions(config, last, canary.requests * canary.batch_size)
+
+    section = run_drift_stage(
+        workdir,
+        config.model_name,
+        production.version,
+        impressions,
+        change_start_of(gen),
+        gen.scenario,
+        config.drift,
+        retrain_params,
+        canary_impressions,
+    )
+    return write_section(workdir.report, "drift", section)

@@ -35,7 +35,9 @@ def _parse(model_cls, config_json: str):
 # --------------------------------------------------------------------------- ingest
 
 
-def ingest_step(lake_uri: str, generator_config_json: str, generate: bool, summary_path: str) -> str:
+def ingest_step(
+    lake_uri: str, generator_config_json: str, generate: bool, summary_path: str
+) -> str:
     """Generate the lake when `generate` is set, then validate it; returns the lake URI.
 
     Validation failing here stops the pipeline before any feature table is touched."""
@@ -76,12 +78,16 @@ def features_step(
     from kubeloop.features.pipeline_config import FeaturesStepConfig
 
     config = _parse(FeaturesStepConfig, feature_config_json)
-    summary = run_features(lake_uri, Path(features_uri), Path(feature_repo), Path(training_set_path), config)
+    summary = run_features(
+        lake_uri, Path(features_uri), Path(feature_repo), Path(training_set_path), config
+    )
     _write_json(summary_path, summary)
     return summary
 
 
-def run_features(lake_uri: str, features_dir: Path, repo_dir: Path, training_set: Path, config) -> dict[str, Any]:
+def run_features(
+    lake_uri: str, features_dir: Path, repo_dir: Path, training_set: Path, config
+) -> dict[str, Any]:
     """The features stage as one function (also called directly by benchmarks and tests)."""
     from kubeloop.features.build import build_features
     from kubeloop.features.materialize import materialize
@@ -96,9 +102,7 @@ def run_features(lake_uri: str, features_dir: Path, repo_dir: Path, training_set
     materialized = materialize(store, progress=config.progress)
     training = build_training_set(store, lake_uri, training_set, progress=config.progress)
     return {
-        "feature_views": sorted(
-            obj.name for obj in views if type(obj).__name__ == "FeatureView"
-        ),
+        "feature_views": sorted(obj.name for obj in views if type(obj).__name__ == "FeatureView"),
         "rows_offline": built.user_rows + built.ad_rows,
         "rows_online": materialized.rows_online,
         "training_rows": training.rows,
@@ -111,15 +115,24 @@ def run_features(lake_uri: str, features_dir: Path, repo_dir: Path, training_set
 # --------------------------------------------------------------------------- training
 
 
-def load_splits(training_set_path: str | Path, config) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def load_splits(
+    training_set_path: str | Path, config
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The training set split by time into (train, valid, holdout), after the burn-in days."""
     from kubeloop.training.split import time_split
 
     frame = pd.read_parquet(training_set_path)
-    if config.burn_in_days:
-        ts = pd.to_datetime(frame["event_timestamp"], utc=True)
-        first_kept = ts.min().normalize() + pd.Timedelta(days=config.burn_in_days)
-        frame = frame[ts >= first_kept]
+    ts = pd.to_datetime(frame["event_timestamp"], utc=True)
+    keep = ts >= ts.min().normalize() + pd.Timedelta(days=config.burn_in_days)
+    if config.until is not None:
+        until = pd.Timestamp(config.until)
+        until = until.tz_localize("UTC") if until.tzinfo is None else until.tz_convert("UTC")
+        keep &= ts < until
+        if config.window_days:
+            keep &= ts >= until - pd.Timedelta(days=config.window_days)
+    elif config.window_days:
+        keep &= ts >= ts.max().normalize() - pd.Timedelta(days=config.window_days - 1)
+    frame = frame[keep]
     if frame.empty:
         from kubeloop.errors import KubeloopError
 
@@ -130,7 +143,9 @@ def load_splits(training_set_path: str | Path, config) -> tuple[pd.DataFrame, pd
     return time_split(frame, config.valid_fraction, config.holdout_fraction)
 
 
-def train_step(kind: str, training_set_path: str, train_config_json: str, model_dir: str) -> dict[str, Any]:
+def train_step(
+    kind: str, training_set_path: str, train_config_json: str, model_dir: str
+) -> dict[str, Any]:
     """Train one model kind on the time-ordered split and save it to `model_dir`."""
     from kubeloop.training.config import TrainingConfig
 
@@ -147,7 +162,11 @@ def train_step(kind: str, training_set_path: str, train_config_json: str, model_
     else:
         raise ValueError(f"unknown model kind {kind!r}; expected 'lightgbm' or 'torch'")
     model.save(model_dir)
-    return {"kind": kind, "train_seconds": model.train_seconds, "best_iteration": model.best_iteration}
+    return {
+        "kind": kind,
+        "train_seconds": model.train_seconds,
+        "best_iteration": model.best_iteration,
+    }
 
 
 def evaluate_step(
@@ -180,12 +199,19 @@ def evaluate_step(
         reports[kind] = evaluate_frame(holdout, predictions[kind], train, name=kind)
         train_seconds[kind] = model.train_seconds
         save_plots(
-            holdout[schema.LABEL].to_numpy(), {kind: predictions[kind]}, out / kind,
+            holdout[schema.LABEL].to_numpy(),
+            {kind: predictions[kind]},
+            out / kind,
             true_ctr=holdout[schema.ORACLE].to_numpy(),
             feature_importance=model.feature_importance(),
             importance_title=f"{kind} feature importance",
         )
-    save_plots(holdout[schema.LABEL].to_numpy(), predictions, out, true_ctr=holdout[schema.ORACLE].to_numpy())
+    save_plots(
+        holdout[schema.LABEL].to_numpy(),
+        predictions,
+        out,
+        true_ctr=holdout[schema.ORACLE].to_numpy(),
+    )
 
     base = base_rate_report(train[schema.LABEL], holdout[schema.LABEL], holdout[schema.ORACLE])
     production = _score_production(registry_uri, model_name, holdout, train)
@@ -215,7 +241,9 @@ def evaluate_step(
     return flat
 
 
-def _score_production(registry_uri: str, model_name: str, holdout: pd.DataFrame, train: pd.DataFrame):
+def _score_production(
+    registry_uri: str, model_name: str, holdout: pd.DataFrame, train: pd.DataFrame
+):
     """The production version's report on this holdout, so the gate compares like with like."""
     from kubeloop.evaluation.metrics import evaluate_frame
     from kubeloop.registry import open_registry
@@ -228,7 +256,9 @@ def _score_production(registry_uri: str, model_name: str, holdout: pd.DataFrame,
     if version is None:
         return None
     model = load_model(registry.model_path(model_name, version.version))
-    report = evaluate_frame(holdout, model.predict_proba(holdout), train, name=f"production {version.version}")
+    report = evaluate_frame(
+        holdout, model.predict_proba(holdout), train, name=f"production {version.version}"
+    )
     return {"version": version.version, "report": report.model_dump(mode="json")}
 
 
@@ -266,6 +296,19 @@ def gate_step(evaluation_dir: str, gate_config_json: str, decision_path: str) ->
 # --------------------------------------------------------------------------- register
 
 
+def reference_sample(train: pd.DataFrame, features: list[str], config) -> pd.DataFrame:
+    """Training features for the drift detectors, from the last `reference_days` of the
+    training window (earlier days still carry the lake's warm-up of the 7-day counts)."""
+    ts = pd.to_datetime(train["event_timestamp"], utc=True)
+    recent = train[ts >= ts.max().normalize() - pd.Timedelta(days=config.reference_days - 1)]
+    pool = recent if len(recent) >= min(config.reference_rows, len(train)) // 2 else train
+    return (
+        pool[features]
+        .sample(n=min(config.reference_rows, len(pool)), random_state=config.seed)
+        .reset_index(drop=True)
+    )
+
+
 def champion_of(decision_path: str) -> str:
     """The model kind the gate chose, read from its decision artifact."""
     return _read_json(decision_path)["champion"]
@@ -296,14 +339,18 @@ def register_step(
     config = TrainingConfig()
     train, _, _ = load_splits(training_set_path, config)
     features = model_input_columns()
-    reference = train[features].sample(
-        n=min(config.reference_rows, len(train)), random_state=config.seed
-    ).reset_index(drop=True)
+    reference = reference_sample(train, features, config)
     metrics = {
         key: report.get(key)
         for key in (
-            "auc", "log_loss", "normalized_entropy", "calibration_ratio", "ece",
-            "oracle_auc", "oracle_log_loss", "base_rate",
+            "auc",
+            "log_loss",
+            "normalized_entropy",
+            "calibration_ratio",
+            "ece",
+            "oracle_auc",
+            "oracle_log_loss",
+            "base_rate",
         )
     }
     metrics["train_seconds"] = evaluation["train_seconds"].get(kind)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Iterator
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,9 @@ class ReplayConfig(BaseModel):
     sample_seed: int = 11
 
 
-def impressions_from_days(tables: Iterable[tuple[date, pa.Table]], days: set[date] | None = None) -> Iterator[pd.DataFrame]:
+def impressions_from_days(
+    tables: Iterable[tuple[date, pa.Table]], days: set[date] | None = None
+) -> Iterator[pd.DataFrame]:
     """Generated events (kubeloop.data.generator.iter_day_tables) as frames, optionally
     only for `days`."""
     for day, table in tables:
@@ -62,7 +64,9 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-async def _send_all(url: str, impressions: pd.DataFrame, config: ReplayConfig) -> list[dict[str, Any]]:
+async def _send_all(
+    url: str, impressions: pd.DataFrame, config: ReplayConfig
+) -> list[dict[str, Any]]:
     import httpx
 
     rows = impressions[[*REQUEST_FIELDS, "event_id"]].to_dict("records")
@@ -71,7 +75,9 @@ async def _send_all(url: str, impressions: pd.DataFrame, config: ReplayConfig) -
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(len(batches)):
         queue.put_nowait(i)
-    limits = httpx.Limits(max_connections=config.concurrency, max_keepalive_connections=config.concurrency)
+    limits = httpx.Limits(
+        max_connections=config.concurrency, max_keepalive_connections=config.concurrency
+    )
     async with httpx.AsyncClient(timeout=config.timeout_s, limits=limits) as client:
 
         async def worker() -> None:
@@ -92,12 +98,15 @@ async def _send_all(url: str, impressions: pd.DataFrame, config: ReplayConfig) -
                 except Exception:  # noqa: BLE001 - a failed request is data for the error rate
                     status, predictions = 599, None
                 latency = (time.perf_counter() - started) * 1000
+                done = datetime.now(UTC)
                 results[i] = [
                     {
                         "request_id": request_id,
                         "event_id": str(_plain(row["event_id"])),
+                        "position": k,
                         "status_code": status,
                         "client_latency_ms": latency,
+                        "sent_at": done,
                         "prediction": float(predictions[k]) if predictions else None,
                     }
                     for k, row in enumerate(batch)
@@ -113,12 +122,16 @@ def replay(url: str, impressions: pd.DataFrame, config: ReplayConfig) -> pd.Data
     return pd.DataFrame(asyncio.run(_send_all(url, impressions, config)))
 
 
-def join_feedback(sent: pd.DataFrame, exchanges: pd.DataFrame, impressions: pd.DataFrame) -> pd.DataFrame:
+def join_feedback(
+    sent: pd.DataFrame, exchanges: pd.DataFrame, impressions: pd.DataFrame
+) -> pd.DataFrame:
     """Served requests with their variant (from the request log) and, later, their label.
 
     Returns the frame `kubeloop.serving.ab.compare_variants` reads: variant, version,
     prediction, label, latency_ms (client side, end to end), error."""
-    served = exchanges.drop_duplicates("request_id", keep="last")[["request_id", "variant", "version"]]
+    served = exchanges.drop_duplicates("request_id", keep="last")[
+        ["request_id", "variant", "version"]
+    ]
     labels = impressions.assign(event_id=impressions["event_id"].astype(str))[
         ["event_id", schema.LABEL, schema.ORACLE]
     ]

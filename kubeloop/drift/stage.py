@@ -1,0 +1,266 @@
+"""The demo's drift stage, the closed loop: traffic is replayed across the day of the
+change through the served production model; the router's KServe-logger CloudEvents go to
+the drift detector service (a real process, the one the cluster runs); delayed clicks
+follow; alerts go through the retrain policy; a retraining run of the training pipeline
+on recent data registers a model that passes the gate; it is deployed as canary and the
+rollout policy promotes it or rolls it back on replayed post-change traffic."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from kubeloop import schema
+from kubeloop.drift.retrain import RetrainPolicy
+from kubeloop.serving.policy import RolloutPolicy
+from kubeloop.serving.replay import ReplayConfig
+from kubeloop.workdir import Workdir
+
+SERVE_DETECTORS = ("feature", "prediction")
+
+
+class DriftStageConfig(BaseModel):
+    """The replay across the change, the retrain policy, and the canary experiment after it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    impressions_per_day: int = Field(4000, ge=100, description="replayed impressions per day")
+    replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig(requests=1, batch_size=8))
+    retrain: RetrainPolicy = Field(default_factory=RetrainPolicy)
+    retrain_window_days: int = Field(
+        8, ge=2, description="recent days the retraining run learns from"
+    )
+    canary_percent: int = Field(50, ge=1, le=100)
+    canary_replay: ReplayConfig = Field(
+        default_factory=lambda: ReplayConfig(requests=3000, batch_size=8)
+    )
+    canary_policy: RolloutPolicy = Field(default_factory=lambda: RolloutPolicy(min_labelled=2000))
+    canary_last_days: int = Field(2, ge=1, description="post-change days the canary is tried on")
+    detector: str | None = Field(None, description="'alibi' (default) or 'scipy'")
+    ready_timeout: float = 180.0
+
+
+def start_drift_service(
+    workdir: Workdir, reference_dir, model_name: str, detector: str | None, timeout: float
+):
+    """Start `python -m models.drift_service` on a free loopback port; returns the process."""
+    from kubeloop.serving.local_servers import ServerProcess, free_ports, wait_ready
+
+    drift = workdir.root / "drift"
+    port = free_ports(1)[0]
+    args = [
+        sys.executable,
+        "-m",
+        "models.drift_service",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--reference_dir",
+        str(reference_dir),
+        "--state_dir",
+        str(drift / "state"),
+        "--alert_store",
+        f"sqlite:///{drift / 'alerts.db'}",
+        "--inference_service",
+        model_name,
+        "--no-kube",
+        "--log_level",
+        "warning",
+    ]
+    if detector:
+        args += ["--detector", detector]
+    server = ServerProcess(
+        "drift-detector", args, port, drift / "drift-detector.log", health_path="/healthz"
+    )
+    import os
+
+    server.start(os.environ.copy())
+    wait_ready([server], timeout)
+    return server
+
+
+def stop_process(server) -> None:
+    import signal
+
+    server.signal_group(signal.SIGTERM)
+    try:
+        server.process.wait(timeout=15)
+    except Exception:  # noqa: BLE001 - escalate whatever went wrong with a polite stop
+        server.signal_group(signal.SIGKILL)
+
+
+def post_labels(url: str, sent: pd.DataFrame, impressions: pd.DataFrame, chunk: int = 5000) -> int:
+    """Delayed feedback: the clicks of every served impression, keyed as the monitor keys
+    rows (`<request id>/<position>` for batched requests)."""
+    labels = impressions.assign(event_id=impressions["event_id"].astype(str))[
+        ["event_id", schema.LABEL]
+    ]
+    joined = sent[sent["status_code"] == 200].merge(labels, on="event_id")
+    sizes = joined.groupby("request_id")["event_id"].transform("size")
+    keys = joined["request_id"].where(
+        sizes == 1, joined["request_id"] + "/" + joined["position"].astype(str)
+    )
+    payload = [{"request_id": k, "click": int(c)} for k, c in zip(keys, joined[schema.LABEL])]
+    with httpx.Client(timeout=60) as client:
+        for i in range(0, len(payload), chunk):
+            client.post(f"{url}/labels", json={"labels": payload[i : i + chunk]}).raise_for_status()
+    return len(payload)
+
+
+def alert_positions(alerts, sent: pd.DataFrame) -> list[int]:
+    """For each alert, how many impressions had been served when its window closed."""
+    times = pd.to_datetime(sent["sent_at"], utc=True).sort_values().to_numpy()
+    return [
+        int(times.searchsorted(pd.Timestamp(a.window.end).to_datetime64(), side="right"))
+        for a in alerts
+    ]
+
+
+def summarize_alert(alert, position: int | None, change_position: int) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "detector": alert.detector,
+        "variant": alert.variant,
+        "version": alert.version,
+        "features": alert.features,
+        "p_value": alert.p_value,
+        "threshold": alert.threshold,
+        "statistic": alert.statistic,
+        "severity": alert.severity,
+        "window": alert.window.model_dump(mode="json"),
+        "served_impressions_at_window_end": position,
+        "after_change": None if position is None else position > change_position,
+    }
+
+
+def run_drift_stage(
+    workdir: Workdir,
+    model_name: str,
+    production: str,
+    impressions: pd.DataFrame,
+    change_start: pd.Timestamp,
+    scenario: str,
+    config: DriftStageConfig,
+    retrain_params,
+    canary_impressions_fn,
+) -> dict[str, Any]:
+    """Replay, detect, retrain, canary; returns the report's `drift` section.
+
+    `retrain_params` are the TrainingRunParams of a retraining run; `canary_impressions_fn()`
+    returns the post-change impressions the retrained canary is tried on."""
+    from kubeloop.drift.alerts import open_alert_store
+    from kubeloop.drift.retrain import decide_retrain, trigger_local
+    from kubeloop.registry import open_registry
+    from kubeloop.serving.local_servers import LocalStack
+    from kubeloop.serving.replay import replay_through_time
+
+    started = time.perf_counter()
+    registry = open_registry(str(workdir.registry))
+    drift_dir = workdir.root / "drift"
+    reference_dir = drift_dir / "reference" / production
+    if not reference_dir.exists():
+        registry.export(model_name, production, reference_dir)
+    service = start_drift_service(
+        workdir, reference_dir, model_name, config.detector, config.ready_timeout
+    )
+    try:
+        with LocalStack.start(
+            registry, model_name, workdir, production, logger_urls=[service.url + "/"]
+        ) as stack:
+            sent = replay_through_time(
+                f"{stack.url}/v1/models/{model_name}:predict",
+                impressions,
+                config.replay,
+                workdir.feature_repo,
+            )
+            stack.request_logger.flush(timeout=120)
+        labelled = post_labels(service.url, sent, impressions)
+        httpx.post(f"{service.url}/flush", timeout=300).raise_for_status()
+    finally:
+        stop_process(service)
+
+    store = open_alert_store(drift_dir / "alerts.db")
+    alerts = sorted(store.list(model=model_name), key=lambda a: a.time)
+    ts = pd.to_datetime(impressions["event_timestamp"], utc=True)
+    change_position = int((ts < change_start).sum())
+    serve_alerts = [a for a in alerts if a.detector in SERVE_DETECTORS and a.variant == "primary"]
+    positions = dict(zip([a.id for a in serve_alerts], alert_positions(serve_alerts, sent)))
+    after = [
+        positions[a.id] - change_position for a in serve_alerts if positions[a.id] > change_position
+    ]
+    section: dict[str, Any] = {
+        "scenario": scenario,
+        "replayed_impressions": len(sent),
+        "labelled_impressions": labelled,
+        "change_at_impression": change_position,
+        "alerts": [summarize_alert(a, positions.get(a.id), change_position) for a in alerts],
+        "alerts_by_detector": pd.Series([a.detector for a in alerts], dtype=object)
+        .value_counts()
+        .to_dict(),
+        "drifted_features": sorted(
+            {f for a in alerts if a.detector == "feature" for f in a.features}
+        ),
+        "first_alert_delay_events": min(after) if after else None,
+        "false_alarms_before_change": sum(
+            1 for a in serve_alerts if positions[a.id] <= change_position
+        ),
+    }
+
+    decision = decide_retrain(alerts, config.retrain)
+    retrain: dict[str, Any] = {"triggered": decision.trigger, "reasons": decision.reasons}
+    rollout: dict[str, Any] = {"decision": "none", "reasons": ["no retraining"]}
+    if decision.trigger:
+        before = {v.version for v in registry.list(model_name)}
+        result = trigger_local(retrain_params, workdir.root / "kfp_local_retrain")
+        new = sorted({v.version for v in registry.list(model_name)} - before)
+        retrain.update(
+            run_id=result.run_dir.rsplit("/", 1)[-1],
+            new_version=new[-1] if new else None,
+            gate={
+                k: result.decision.get(k)
+                for k in ("passed", "reasons", "compared_against", "champion")
+            },
+            seconds=round(result.seconds, 3),
+        )
+        if new:
+            from kubeloop.serving.stage import ServingStageConfig, run_serving_stage
+
+            serving = run_serving_stage(
+                workdir,
+                model_name,
+                production,
+                new[-1],
+                canary_impressions_fn(),
+                ServingStageConfig(
+                    canary_percent=config.canary_percent,
+                    replay=config.canary_replay,
+                    policy=config.canary_policy,
+                ),
+            )
+            rollout = {
+                "primary_version": production,
+                "canary_version": new[-1],
+                "decision": serving["decision"]["action"],
+                "reasons": serving["decision"]["reasons"],
+                "ab": serving["ab"]["deltas"],
+                "stages_after": serving["stages_after"],
+            }
+        else:
+            rollout = {"decision": "none", "reasons": ["the retrained model did not pass the gate"]}
+    section["retrain"] = retrain
+    section["rollout"] = rollout
+    section["seconds"] = round(time.perf_counter() - started, 3)
+    return section
+
+
+def change_start_of(generator) -> pd.Timestamp:
+    """The first moment of the scenario's day of change (UTC)."""
+    day = generator.start_date + timedelta(days=generator.change_day)
+    return pd.Timestamp(day, tz="UTC")
