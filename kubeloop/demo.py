@@ -184,16 +184,16 @@ def replay_impressions(config: DemoConfig, days: list[int], n: int):
 
 
 def ab_days(config: DemoConfig) -> list[int]:
-    """Days of the champion-vs-challenger A/B: after the first training, before the change."""
+    """Days of the champion-vs-challenger A/B: after the first training, before the change
+    (or the lake's last days when the first training used every day)."""
     last = config.generator.days
-    first = (
-        config.train_until_day
-        if config.train_until_day is not None
-        else last - config.serving.replay_last_days
-    )
-    change = min(config.generator.change_day, last)
-    days = list(range(first, change)) or [max(first, change - 1)]
-    return days[-config.serving.replay_last_days :]
+    keep = config.serving.replay_last_days
+    until = config.train_until_day
+    if until is None or until >= last:
+        return list(range(max(last - keep, 0), last))
+    change = config.generator.change_day
+    days = list(range(until, change if until < change <= last else last))
+    return days[:keep]
 
 
 def run_serving(config: DemoConfig, workdir: Workdir, pipeline_result) -> dict[str, Any]:
@@ -248,7 +248,8 @@ def run_drift(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
 
     production = open_registry(str(workdir.registry)).production(config.model_name)
     gen = config.generator
-    days = list(range(max(gen.change_day - 1, 0), gen.days))
+    # one day before the change (false alarms), then every day after it
+    days = list(range(max(min(gen.change_day - 1, gen.days - 2), 0), gen.days))
     per_day = config.drift.impressions_per_day
     impressions = replay_impressions(config, days, per_day * len(days))
     retrain_params = TrainingRunParams.for_workdir(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -144,21 +144,30 @@ def join_feedback(
 def replay_through_time(
     url: str, impressions: pd.DataFrame, config: ReplayConfig, feature_repo, on_day=None
 ) -> pd.DataFrame:
-    """Replay day by day with the online store as it was: before each day's traffic the
-    store holds the features as of that day's midnight (a daily materialization), so no
-    request sees features computed from its own or later impressions. The store is left
-    fully materialized afterwards. `on_day(day, sent_so_far)` is called after each day."""
-    from kubeloop.features.materialize import materialize, reset_online_store
+    """Replay hour by hour with the online store as it was: the store starts as of the first
+    replayed hour, and before each hour's traffic the feature rows that became available
+    up to that hour are written to it (`OnlineFeed`), the freshness the training set's
+    point-in-time join has. No request sees features computed from its own or later
+    impressions. The store is left fully materialized afterwards. `on_day(day, sent)` is
+    called after each replayed day."""
+    from kubeloop.features.materialize import OnlineFeed, materialize, reset_online_store
     from kubeloop.features.store import open_store
 
     store = open_store(feature_repo)
-    days = pd.to_datetime(impressions["event_timestamp"], utc=True).dt.floor("D")
+    ts = pd.to_datetime(impressions["event_timestamp"], utc=True)
+    hours = ts.dt.floor("h")
+    first = hours.min().to_pydatetime()
     reset_online_store(store)
     parts = []
     try:
-        for day in sorted(days.unique()):
-            materialize(store, end=day.to_pydatetime(), progress=False)
-            sent = replay(url, impressions[days == day], config)
+        materialize(store, end=first, progress=False)
+        feed = OnlineFeed(store, first - timedelta(seconds=1))
+        for day in sorted(ts.dt.floor("D").unique()):
+            day_parts = []
+            for hour in sorted(hours[ts.dt.floor("D") == day].unique()):
+                feed.advance(hour.to_pydatetime())
+                day_parts.append(replay(url, impressions[hours == hour], config))
+            sent = pd.concat(day_parts, ignore_index=True)
             parts.append(sent)
             if on_day is not None:
                 on_day(day, sent)
