@@ -1,0 +1,1042 @@
+"""Benchmark of the online path: the KServe predictor against BentoML and a bare
+kserve.Model serving the same booster, and the cost of the canary router and of the
+transformer's Feast lookup.
+
+    .venv/bin/python bench/serving_bench.py                  # 100k events, 1000/300 requests a cell
+    .venv/bin/python bench/serving_bench.py --quick          # a smoke run
+    .venv/bin/python bench/serving_bench.py --rounds 8 --concurrency 8 --out /tmp/s.md
+
+Prepared once, untimed: a lake (`generate_lake`), features, a Feast repo with a
+materialized SQLite online store and a training set (`run_features`), a LightGBM model
+(`train_step`), registered (`open_registry(...).register`) and exported
+(`registry.export`) as the predictor's model directory. Request rows are impressions of
+the training set's last day; their "joined" form (what the transformer sends the
+predictor) is built in this process with the transformer's own functions
+(`online_features` + `join_online_features`) on the same Feast repo.
+
+Servers, each a real process on loopback with one worker:
+  predictor          `python -m models.predictor` (KServe) on the exported directory
+  bentoml            `bentoml serve _bentoml_service:BenchCTR`: model.txt + transform.json,
+                     same body, same transform, Booster.predict (bench/_bentoml_service.py)
+  bare kserve.Model  bench/_bare_kserve.py: Booster.predict on the pre-transformed matrix
+                     posted as v1 instances of numbers (no validation, no transform)
+  router             kubeloop's CanaryRouter (primary only, canary percent 0) under uvicorn
+                     in its own process, in front of the same predictor; once with the
+                     request log (SQLite, as LocalStack runs it), once without
+  transformer        `python -m models.transformer` (Feast SQLite online lookup), its
+                     predictor host the predictor directly; and a second one whose
+                     predictor host is the router with the request log (the local stack)
+  predictor (as shipped)  the predictor again, without OMP_NUM_THREADS (see below)
+
+OpenMP: LightGBM's Booster.predict runs an OpenMP team of one thread per core unless told
+otherwise. On a shared machine the team's barrier waits for a descheduled thread (seen
+here: ~8 ms for a 1-row predict that takes 30 us with one thread), which swamps every
+other cost. So every server runs with OMP_NUM_THREADS=--omp-threads (default 1), the same
+for all; the extra "as shipped" predictor leaves it unset, to show what it costs.
+
+One client for everything: httpx.AsyncClient, closed loop at fixed concurrency, bodies
+encoded before timing, one connection pool per target. Every cell (target x rows per
+request) gets a warmup, then its requests in --rounds slices; each round visits every cell,
+in an order that rotates by round, so machine noise falls on all alike. Each cell-slice
+starts with a few untimed requests (reopening keep-alive connections the server closed
+while idle). Before timing, every target's answer to the same rows is checked equal to
+`TrainedModel.predict_proba` in this process.
+
+Also measured per cell: CPU time of each server's processes (from /proc), of this client,
+and of the rest of the machine. Then, servers stopped, a fresh process times the steps of
+one request's work (JSON decode, validation, DataFrame, transform, booster, Feast lookup).
+
+Everything runs under one temporary directory, removed at the end; every server process
+is stopped at the end, also on error, Ctrl-C or SIGTERM. The markdown goes to stdout and
+to --out; progress to stderr.
+"""
+
+from __future__ import annotations
+
+# Only the standard library and the bench helpers at module level: `--serve-router` runs
+# this file as the router's process, and the breakdown's fresh process imports it again.
+import argparse
+import asyncio
+import atexit
+import contextlib
+import gc
+import json
+import os
+import resource
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from _util import (
+    fmt_int,
+    fmt_ratio,
+    load_average,
+    machine_facts,
+    markdown_table,
+    percentile,
+    run_fresh,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+DEFAULT_OUT = BENCH_DIR / "results" / "serving_bench.md"
+DEFAULT_EVENTS = 100_000
+QUICK_EVENTS = 50_000
+PACKAGES = ["kserve", "bentoml", "lightgbm", "feast", "httpx", "uvicorn", "fastapi", "pandas"]
+MODEL_NAME = "ctr"
+SIZES = (1, 64)
+POOL_ROWS = 1024  # distinct request rows; bodies cycle over them
+HOST = "127.0.0.1"
+READY_TIMEOUT = 240.0
+STOP_GRACE = 10.0
+JSON_HEADERS = {"content-type": "application/json"}
+CHECK_TOLERANCE = 1e-12
+OMP_ENV = "OMP_NUM_THREADS"
+
+
+def log(message: str) -> None:
+    stamp = datetime.now().strftime("%H:%M:%S")
+    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+
+
+# --- CPU accounting ---------------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / CLK_TCK
+
+
+def own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_table() -> dict[int, tuple[int, int, float]]:
+    """pid -> (parent pid, process group, CPU seconds user + system) of every live process."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                text = f.read().decode("ascii", "replace")
+        except OSError:
+            continue
+        # The fields after the ")" closing the command name, from field 3 (state) on.
+        rest = text[text.rfind(")") + 2 :].split()
+        table[int(entry.name)] = (
+            int(rest[1]),
+            int(rest[2]),
+            (int(rest[11]) + int(rest[12])) / CLK_TCK,
+        )
+    return table
+
+
+def process_trees(leaders: dict[str, int], table=None) -> dict[str, set[int]]:
+    """The live processes of each server: those in its leader's process group plus every
+    descendant of the leader (BentoML starts its worker in a session of its own)."""
+    table = process_table() if table is None else table
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out = {}
+    for name, leader in leaders.items():
+        found = {pid for pid, (_, pgrp, _) in table.items() if pgrp == leader}
+        stack = [leader]
+        while stack:
+            pid = stack.pop()
+            if pid in table:
+                found.add(pid)
+                stack.extend(children.get(pid, ()))
+        out[name] = found
+    return out
+
+
+def servers_cpu_s(leaders: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each server's live processes (see `process_trees`)."""
+    table = process_table()
+    trees = process_trees(leaders, table)
+    return {name: sum(table[pid][2] for pid in pids) for name, pids in trees.items()}
+
+
+# --- servers ----------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """One endpoint the client measures: a URL, the servers on its path (for CPU
+    accounting), and which body kind it takes."""
+
+    key: str
+    label: str
+    url: str
+    servers: list[str]
+    body_kind: str  # "joined" | "matrix" | "client"
+
+
+class Servers:
+    """The bench's server processes. `stop()` ends all of them and everything they
+    started, whatever happened; it is also registered with atexit."""
+
+    def __init__(self, log_dir: Path, env: dict[str, str]):
+        self.log_dir = log_dir
+        self.env = env
+        self.procs: dict[str, Any] = {}  # name -> kubeloop.serving.local_servers.ServerProcess
+        self._stopped = False
+        atexit.register(self.stop)
+
+    def start(
+        self, name: str, args: list[str], port: int, health: str, env: dict | None = None
+    ) -> None:
+        from kubeloop.serving.local_servers import ServerProcess
+
+        server = ServerProcess(name, args, port, self.log_dir / f"{name}.log", health_path=health)
+        self.procs[name] = server
+        server_env = {**self.env, **(env or {})}
+        server.start({k: v for k, v in server_env.items() if v is not None}, REPO_ROOT)
+
+    def wait(self) -> None:
+        from kubeloop.serving.local_servers import wait_ready
+
+        wait_ready(list(self.procs.values()), READY_TIMEOUT)
+
+    def leaders(self) -> dict[str, int]:
+        return {n: s.pid for n, s in self.procs.items() if s.pid is not None}
+
+    def check_alive(self) -> None:
+        for server in self.procs.values():
+            if not server.alive():
+                raise server.died_error()
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+        running = [s for s in self.procs.values() if s.process is not None]
+        # Everything each server started, found before the leaders go (BentoML's worker
+        # lives in a process group of its own).
+        members = set().union(*process_trees(self.leaders()).values()) if running else set()
+        for server in running:
+            server.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for server in running:
+            with contextlib.suppress(Exception):
+                server.process.wait(max(0.0, deadline - time.monotonic()))
+        for server in running:
+            server.signal_group(signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                server.process.wait(5)
+        leftovers = members & set(process_table())
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if leftovers:
+            log(f"killed {len(leftovers)} leftover server processes")
+
+
+def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Target]:
+    """Start every server, wait until all are ready; returns the measured targets."""
+    from kubeloop.serving.local_servers import DEFAULT_SERVER_ARGS, free_ports
+    from kubeloop.serving.rollout import RolloutState, save_state
+
+    python = sys.executable
+    export = str(prepared["export_dir"])
+    names = ["predictor", "predictor_omp", "bare", "bentoml", "router", "router_nolog"]
+    names += ["transformer", "stack"]
+    port = dict(zip(names, free_ports(len(names)), strict=True))
+    kserve_args = list(DEFAULT_SERVER_ARGS)
+    predict_path = f"/v1/models/{MODEL_NAME}:predict"
+
+    for name, env in (("predictor", None), ("predictor_omp", {OMP_ENV: None})):
+        servers.start(
+            name,
+            [python, "-m", "models.predictor", "--model_name", MODEL_NAME, "--model_dir", export,
+             "--http_port", str(port[name]), *kserve_args],
+            port[name], "/v2/health/ready", env,
+        )  # fmt: skip
+    servers.start(
+        "bare",
+        [python, str(BENCH_DIR / "_bare_kserve.py"), "--model_name", MODEL_NAME,
+         "--model_dir", export, "--http_port", str(port["bare"]), *kserve_args],
+        port["bare"], "/v2/health/ready",
+    )  # fmt: skip
+    servers.start(
+        "bentoml",
+        [str(Path(python).with_name("bentoml")), "serve", "_bentoml_service:BenchCTR",
+         "--working-dir", str(BENCH_DIR), "--host", HOST, "--port", str(port["bentoml"])],
+        port["bentoml"], "/readyz",
+        {
+            "KUBELOOP_BENCH_MODEL_DIR": export,
+            "BENTOML_HOME": str(root / "bentoml_home"),
+            "BENTOML_DO_NOT_TRACK": "True",
+        },
+    )  # fmt: skip
+    state_path = root / "rollout.json"
+    save_state(RolloutState(model_name=MODEL_NAME, primary_version=prepared["version"]), state_path)
+    backend = f"{prepared['version']}=http://{HOST}:{port['predictor']}"
+    for name, request_log in (("router", root / "requests.sqlite"), ("router_nolog", None)):
+        args = [python, str(Path(__file__).resolve()), "--serve-router", "--port", str(port[name]),
+                "--state", str(state_path), "--backend", backend]  # fmt: skip
+        if request_log is not None:
+            args += ["--request-log", str(request_log)]
+        servers.start(name, args, port[name], "/v2/health/ready")
+    for name, upstream in (("transformer", "predictor"), ("stack", "router")):
+        servers.start(
+            name,
+            [python, "-m", "models.transformer", "--model_name", MODEL_NAME,
+             "--predictor_host", f"{HOST}:{port[upstream]}",
+             "--feature_repo", str(prepared["feature_repo"]), "--http_port", str(port[name]),
+             *kserve_args],
+            port[name], "/v2/health/ready",
+        )  # fmt: skip
+    log(f"waiting for {len(names)} servers (logs in {servers.log_dir})")
+    servers.wait()
+
+    def url(name: str, path: str = predict_path) -> str:
+        return f"http://{HOST}:{port[name]}{path}"
+
+    targets = [
+        Target("predictor", "kubeloop predictor (KServe)", url("predictor"), ["predictor"],
+               "joined"),
+        Target("bentoml", "BentoML service", url("bentoml", "/predict"), ["bentoml"], "joined"),
+        Target("bare", "bare kserve.Model (floor)", url("bare"), ["bare"], "matrix"),
+        Target("predictor_omp", "kubeloop predictor, OpenMP threads unset (as shipped)",
+               url("predictor_omp"), ["predictor_omp"], "joined"),
+        Target("router", "router (request log on) -> predictor", url("router"),
+               ["router", "predictor"], "joined"),
+        Target("router_nolog", "router (no request log) -> predictor", url("router_nolog"),
+               ["router_nolog", "predictor"], "joined"),
+        Target("transformer", "transformer -> predictor", url("transformer"),
+               ["transformer", "predictor"], "client"),
+        Target("stack", "transformer -> router (log) -> predictor", url("stack"),
+               ["stack", "router", "predictor"], "client"),
+    ]  # fmt: skip
+    return {t.key: t for t in targets}
+
+
+# --- the router's own process (--serve-router) -----------------------------------------
+
+
+def serve_router(args: argparse.Namespace) -> int:
+    """Run kubeloop's CanaryRouter under uvicorn with the settings LocalStack uses (there it
+    runs in a thread of the otherwise idle `kubeloop serve` process)."""
+    import uvicorn
+
+    from kubeloop.serving.request_log import CloudEventLogger, SQLiteRequestLog
+    from kubeloop.serving.router import CanaryRouter
+
+    backends = dict(b.split("=", 1) for b in args.backend)
+    request_log = None
+    if args.request_log:
+        request_log = CloudEventLogger(
+            SQLiteRequestLog(args.request_log),
+            inference_service=MODEL_NAME,
+            source=f"http://localhost:{args.port}/predictor",
+        )
+    router = CanaryRouter(args.state, backends, request_log=request_log, seed=0)
+    config = uvicorn.Config(
+        router.app,
+        host=HOST,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+        timeout_keep_alive=30,
+    )
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        if request_log is not None:
+            request_log.close()
+    return 0
+
+
+# --- preparation ------------------------------------------------------------------------
+
+
+def prepare(events: int, root: Path) -> dict:
+    """Lake -> features + Feast repo -> LightGBM -> registry -> export; request rows."""
+    import numpy as np
+    import pandas as pd
+
+    from kubeloop import schema
+    from kubeloop.data.generator import GeneratorConfig, generate_lake
+    from kubeloop.features.online import online_features
+    from kubeloop.features.pipeline_config import FeaturesStepConfig
+    from kubeloop.pipeline.steps import run_features, train_step
+    from kubeloop.registry import open_registry
+    from kubeloop.training.artifacts import load_model
+    from kubeloop.training.transform import model_input_columns
+    from models.transformer import join_online_features, open_feature_store
+
+    started = time.perf_counter()
+    log(f"generate_lake: {events:,} events")
+    lake = root / "lake"
+    generate_lake(GeneratorConfig(events=events), str(lake), progress=False)
+    log("run_features (ETL, Feast apply + materialize, training set)")
+    training_set = root / "training_set.parquet"
+    feature_repo = root / "feature_repo"
+    run_features(
+        str(lake), root / "features", feature_repo, training_set, FeaturesStepConfig(progress=False)
+    )
+    log("train_step lightgbm; register; export")
+    model_dir = root / "model"
+    trained = train_step("lightgbm", str(training_set), "{}", str(model_dir))
+    frame = pd.read_parquet(training_set)
+    ts = pd.to_datetime(frame["event_timestamp"], utc=True)
+    registry = open_registry(root / "registry")
+    record = registry.register(
+        MODEL_NAME,
+        model_dir,
+        {
+            "model_kind": "lightgbm",
+            "gate": {"passed": True, "reasons": ["serving benchmark"]},
+            "feature_service": schema.FEATURE_SERVICE,
+            "features": model_input_columns(),
+            "training_window": {"start": ts.min(), "end": ts.max() + pd.Timedelta(seconds=1)},
+            "data_scenario": "baseline",
+            "code_version": "serving-bench",
+        },
+    )
+    export_dir = root / "export" / record.version
+    registry.export(MODEL_NAME, record.version, export_dir)
+
+    # Request rows: impressions of the last day, as a client would send them.
+    client_cols = ["user_id", "ad_id", *schema.CONTEXT_NUMERIC, *schema.CONTEXT_CATEGORICAL]
+    last = frame[ts >= ts.max().normalize()]
+    sample = last.sample(n=POOL_ROWS, random_state=11, replace=len(last) < POOL_ROWS)
+    client_rows = [
+        {c: (str(v) if c in schema.CONTEXT_CATEGORICAL else int(v)) for c, v in row.items()}
+        for row in sample[client_cols].to_dict("records")
+    ]
+    store = open_feature_store(feature_repo)
+    joined_rows = join_online_features(client_rows, online_features(store, client_rows))
+    model = load_model(export_dir)
+    joined_frame = pd.DataFrame.from_records(joined_rows, columns=model_input_columns())
+    matrix = model.transform.transform(joined_frame).matrix()
+    if not np.isfinite(matrix).all():
+        raise RuntimeError("the transformed matrix holds non-finite values")
+    return {
+        "feature_repo": feature_repo,
+        "export_dir": export_dir,
+        "version": record.version,
+        "best_iteration": trained["best_iteration"],
+        "n_features": matrix.shape[1],
+        "training_rows": len(frame),
+        "client_rows": client_rows,
+        "joined_rows": joined_rows,
+        "matrix_rows": matrix.tolist(),
+        "expected": [float(p) for p in model.predict_proba(joined_frame)],
+        "cold_users": sum(1 for r in joined_rows if r[schema.USER_FEATURES[0]] is None),
+        "cold_ads": sum(1 for r in joined_rows if r[schema.AD_FEATURES[0]] is None),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def encode_bodies(prepared: dict) -> dict[tuple[str, int], list[bytes]]:
+    """(body kind, rows per request) -> JSON bodies over consecutive pool rows."""
+    pools = {
+        "joined": prepared["joined_rows"],
+        "matrix": prepared["matrix_rows"],
+        "client": prepared["client_rows"],
+    }
+    return {
+        (kind, size): [
+            json.dumps({"instances": pool[i : i + size]}).encode()
+            for i in range(0, len(pool) - size + 1, size)
+        ]
+        for kind, pool in pools.items()
+        for size in SIZES
+    }
+
+
+# --- the client -------------------------------------------------------------------------
+
+
+@dataclass
+class Cell:
+    target: Target
+    size: int
+    bodies: list[bytes]
+    total: int
+    latencies: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    next_body: int = 0
+    server_cpu: dict[str, float] = field(default_factory=dict)
+    client_cpu_s: float = 0.0
+    others_core_s: float = 0.0
+    round_rps: list[float] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return f"{self.target.key}/{self.size}"
+
+
+async def closed_loop(client, cell: Cell, n: int, concurrency: int) -> list[float]:
+    """`n` requests to `cell` from `concurrency` workers, each sending its next request as
+    soon as its previous answer is in; returns each request's latency (seconds)."""
+    latencies: list[float] = []
+    issued = 0
+    url = cell.target.url
+
+    async def worker() -> None:
+        nonlocal issued
+        while issued < n:
+            issued += 1
+            body = cell.bodies[cell.next_body % len(cell.bodies)]
+            cell.next_body += 1
+            started = time.perf_counter()
+            response = await client.post(url, content=body, headers=JSON_HEADERS)
+            elapsed = time.perf_counter() - started
+            if response.status_code != 200:
+                raise RuntimeError(
+                    f"{cell.key}: HTTP {response.status_code}: {response.text[:500]}"
+                )
+            latencies.append(elapsed)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies
+
+
+async def check_answers(clients: dict, cells: list[Cell], expected: list[float]) -> None:
+    """Every target must answer the pool's first rows with the in-process probabilities."""
+    for cell in cells:
+        response = await clients[cell.target.key].post(
+            cell.target.url, content=cell.bodies[0], headers=JSON_HEADERS
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"{cell.key}: HTTP {response.status_code}: {response.text[:500]}")
+        got, want = response.json()["predictions"], expected[: cell.size]
+        if len(got) != len(want) or any(
+            abs(a - b) > CHECK_TOLERANCE for a, b in zip(got, want, strict=True)
+        ):
+            raise RuntimeError(f"{cell.key}: answered {got[:4]}..., expected {want[:4]}...")
+
+
+def slices(total: int, rounds: int) -> list[int]:
+    base, extra = divmod(total, rounds)
+    return [base + (1 if r < extra else 0) for r in range(rounds)]
+
+
+async def measure(
+    targets: dict[str, Target],
+    servers: Servers,
+    prepared: dict,
+    requests: dict[int, int],
+    rounds: int,
+    warmup: int,
+    concurrency: int,
+) -> list[Cell]:
+    import httpx
+
+    bodies = encode_bodies(prepared)
+    cells = [
+        Cell(t, size, bodies[t.body_kind, size], requests[size])
+        for size in SIZES
+        for t in targets.values()
+    ]
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    clients = {key: httpx.AsyncClient(limits=limits, timeout=120.0) for key in targets}
+    leaders = servers.leaders()
+    try:
+        await check_answers(clients, cells, prepared["expected"])
+        log(f"answers checked; warmup: {warmup} requests per cell")
+        for cell in cells:
+            await closed_loop(clients[cell.target.key], cell, warmup, concurrency)
+        gc.collect()
+        gc.freeze()  # the client's setup objects: no full collection walks them again
+        plan = {cell.key: slices(cell.total, rounds) for cell in cells}
+        for r in range(rounds):
+            shift = (r * len(cells)) // rounds
+            for cell in cells[shift:] + cells[:shift]:
+                n = plan[cell.key][r]
+                if n == 0:
+                    continue
+                client = clients[cell.target.key]
+                # Reopen what the server closed while idle; untimed.
+                await closed_loop(client, cell, concurrency, concurrency)
+                cpu0, own0, busy0 = servers_cpu_s(leaders), own_cpu_s(), machine_busy_s()
+                started = time.perf_counter()
+                latencies = await closed_loop(client, cell, n, concurrency)
+                wall = time.perf_counter() - started
+                cpu1, own1, busy1 = servers_cpu_s(leaders), own_cpu_s(), machine_busy_s()
+                cell.latencies += latencies
+                cell.wall_s += wall
+                cell.round_rps.append(n / wall)
+                ours = own1 - own0
+                cell.client_cpu_s += ours
+                for name, value in cpu1.items():
+                    delta = max(0.0, value - cpu0.get(name, 0.0))
+                    cell.server_cpu[name] = cell.server_cpu.get(name, 0.0) + delta
+                    ours += delta
+                cell.others_core_s += max(0.0, (busy1 - busy0) - ours)
+            servers.check_alive()
+            done = {c.key: c for c in cells}
+            log(
+                f"round {r + 1}/{rounds} done; 1-row req/s so far: "
+                + ", ".join(
+                    f"{k} {len(done[k + '/1'].latencies) / done[k + '/1'].wall_s:.0f}"
+                    for k in ("predictor", "bentoml", "bare")
+                )
+            )
+    finally:
+        gc.unfreeze()
+        for client in clients.values():
+            await client.aclose()
+    return cells
+
+
+# --- in-process breakdown (a fresh process) ---------------------------------------------
+
+
+def time_call(fn, args_list: list, reps: int) -> float:
+    """Median CPU seconds (all threads of this process) of `fn(*args)` over `reps` calls
+    cycling through `args_list`. CPU, not wall time: on a shared machine it moves much
+    less with other load, and it is what the servers' figures are."""
+    times = []
+    for i in range(reps):
+        args = args_list[i % len(args_list)]
+        started = time.process_time()
+        fn(*args)
+        times.append(time.process_time() - started)
+    return statistics.median(times)
+
+
+def breakdown(prepared: dict, reps: dict[int, int], cores: int) -> dict[int, dict[str, float]]:
+    """Median CPU seconds of each step of one request's work, by rows per request. Runs in
+    a fresh process whose OMP_NUM_THREADS is the servers'."""
+    import numpy as np
+    import orjson
+    import pandas as pd
+
+    from kubeloop.features.online import online_features
+    from kubeloop.serving.protocol import CLIENT_FIELDS, MODEL_FIELDS, parse_request
+    from kubeloop.training.artifacts import load_model
+    from models.predictor import CTRPredictor
+    from models.transformer import join_online_features, open_feature_store
+
+    sys.path.insert(0, str(BENCH_DIR))
+    from _bare_kserve import BareLightGBM
+
+    model = load_model(prepared["export_dir"])
+    predictor = CTRPredictor(MODEL_NAME, prepared["export_dir"], model=model)
+    bare = BareLightGBM(MODEL_NAME, prepared["export_dir"])
+    bare.load()
+    store = open_feature_store(prepared["feature_repo"])
+    booster, best = model.booster, model.info.best_iteration
+    columns = MODEL_FIELDS.names
+    bodies = encode_bodies(prepared)
+    out: dict[int, dict[str, float]] = {}
+    matrices_by_size = {}
+    for size in SIZES:
+        joined = [(b,) for b in bodies["joined", size]]
+        payloads = [(orjson.loads(b),) for (b,) in joined]
+        rows = [(parse_request(p, MODEL_FIELDS).rows,) for (p,) in payloads]
+        frames = [(pd.DataFrame.from_records(r, columns=columns),) for (r,) in rows]
+        batches = [(model.transform.transform(f),) for (f,) in frames]
+        matrices = [(b.matrix(),) for (b,) in batches]
+        matrices_by_size[size] = matrices
+        scores = [(booster.predict(m, num_iteration=best),) for (m,) in matrices]
+        matrix_bodies = [(b,) for b in bodies["matrix", size]]
+        matrix_payloads = [(orjson.loads(b),) for (b,) in matrix_bodies]
+        client_payloads = [(orjson.loads(b),) for b in bodies["client", size]]
+        client_rows = [(parse_request(p, CLIENT_FIELDS).rows,) for (p,) in client_payloads]
+        online = [(r, online_features(store, r)) for (r,) in client_rows]
+        steps = {
+            "json decode (orjson), joined rows": (orjson.loads, joined),
+            "validate: parse_request(MODEL_FIELDS)": (
+                lambda p: parse_request(p, MODEL_FIELDS),
+                payloads,
+            ),
+            "DataFrame.from_records": (
+                lambda r: pd.DataFrame.from_records(r, columns=columns),
+                rows,
+            ),
+            # A fresh frame each call: transforming the same frame again would hit
+            # pandas' column cache and look cheaper than it is.
+            "DataFrame.from_records + FeatureTransform.transform": (
+                lambda r: model.transform.transform(pd.DataFrame.from_records(r, columns=columns)),
+                rows,
+            ),
+            "TransformedBatch.matrix": (lambda b: b.matrix(), batches),
+            "Booster.predict": (lambda m: booster.predict(m, num_iteration=best), matrices),
+            "floats to list": (lambda s: [float(p) for p in np.asarray(s)], scores),
+            "CTRPredictor.predict (all of the above but decode)": (predictor.predict, payloads),
+            "json decode (orjson), matrix rows": (orjson.loads, matrix_bodies),
+            "BareLightGBM.predict": (bare.predict, matrix_payloads),
+            "transformer: parse_request(CLIENT_FIELDS)": (
+                lambda p: parse_request(p, CLIENT_FIELDS),
+                client_payloads,
+            ),
+            "transformer: online_features (Feast SQLite)": (
+                lambda r: online_features(store, r),
+                client_rows,
+            ),
+            "transformer: join_online_features": (join_online_features, online),
+        }
+        out[size] = {}
+        for name, (fn, args_list) in steps.items():
+            time_call(fn, args_list, max(5, reps[size] // 10))  # warm
+            out[size][name] = time_call(fn, args_list, reps[size])
+    # Last: an explicit num_threads changes LightGBM's OpenMP setting for later calls.
+    for size in SIZES:
+        name = f"Booster.predict, num_threads={cores} (OpenMP's default here)"
+
+        def threaded(m):
+            return booster.predict(m, num_iteration=best, num_threads=cores)
+
+        time_call(threaded, matrices_by_size[size], max(5, reps[size] // 10))
+        out[size][name] = time_call(threaded, matrices_by_size[size], reps[size])
+    return out
+
+
+# --- report -----------------------------------------------------------------------------
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:,.0f}"
+
+
+def stats(cell: Cell) -> dict[str, float]:
+    n = len(cell.latencies)
+    return {
+        "n": n,
+        "rps": n / cell.wall_s,
+        "p50": percentile(cell.latencies, 50),
+        "p99": percentile(cell.latencies, 99),
+        "server_cpu": sum(cell.server_cpu.get(s, 0.0) for s in cell.target.servers) / n,
+        "client_cpu": cell.client_cpu_s / n,
+        "others": cell.others_core_s / cell.wall_s,
+        "rps_min": min(cell.round_rps),
+        "rps_max": max(cell.round_rps),
+    }
+
+
+def faster_word(ratio: float) -> str:
+    if ratio > 1.05:
+        return "faster"
+    if ratio < 1 / 1.05:
+        return "slower"
+    return "about as fast"
+
+
+def peers_section(cells: dict[str, Cell]) -> list[str]:
+    rows, sentences = [], []
+    for size in SIZES:
+        base = stats(cells[f"predictor/{size}"])
+        for key in ("predictor", "bentoml", "bare", "predictor_omp"):
+            cell = cells[f"{key}/{size}"]
+            s = stats(cell)
+            rows.append(
+                [cell.target.label, size, fmt_int(s["n"]),
+                 f"{s['rps']:,.0f} ({s['rps_min']:,.0f}–{s['rps_max']:,.0f})", ms(s["p50"]),
+                 ms(s["p99"]), ms(s["server_cpu"]), fmt_ratio(s["rps"] / base["rps"]),
+                 fmt_ratio(s["p50"] / base["p50"]), fmt_ratio(s["p99"] / base["p99"]),
+                 f"{s['others']:.2f}"]
+            )  # fmt: skip
+            if key != "predictor":
+                ratio = s["rps"] / base["rps"]
+                sentences.append(
+                    f"- {size}-row requests: {cell.target.label} serves {fmt_ratio(ratio)} the "
+                    f"predictor's requests/s ({faster_word(ratio)} than the predictor); p50 "
+                    f"{fmt_ratio(s['p50'] / base['p50'])}, server CPU per request "
+                    f"{fmt_ratio(s['server_cpu'] / base['server_cpu'])} the predictor's."
+                )
+    header = [
+        "server", "rows/req", "requests", "req/s (round min–max)", "p50 ms", "p99 ms",
+        "server CPU ms/req", "req/s vs predictor", "p50 vs predictor", "p99 vs predictor",
+        "other load (cores)",
+    ]  # fmt: skip
+    return [
+        "### 1. The predictor against its peers (same booster, same client)",
+        "",
+        markdown_table(header, rows),
+        "",
+        (
+            "Ratios are to the kubeloop predictor on the same rows per request. req/s above "
+            "1x: the peer is faster; latency above 1x: the peer is slower. *server CPU* is "
+            "the CPU time of the server's processes per request; *other load* the cores the "
+            "rest of the machine (not the client, not the servers) kept busy meanwhile."
+        ),
+        "",
+        *sentences,
+        "",
+    ]
+
+
+def overhead_section(
+    cells: dict[str, Cell], title: str, keys: list[str], hop_servers: dict[str, list[str]]
+) -> list[str]:
+    rows = []
+    for size in SIZES:
+        base_cell = cells[f"predictor/{size}"]
+        base = stats(base_cell)
+        rows.append(
+            [base_cell.target.label + ", direct", size, ms(base["p50"]), ms(base["p99"]),
+             "1.00x", "1.00x", "–", "–", f"{base['rps']:,.0f}", ms(base["server_cpu"])]
+        )  # fmt: skip
+        for key in keys:
+            cell = cells[f"{key}/{size}"]
+            s = stats(cell)
+            hop = sum(cell.server_cpu.get(n, 0.0) for n in hop_servers[key]) / s["n"]
+            rows.append(
+                [cell.target.label, size, ms(s["p50"]), ms(s["p99"]),
+                 fmt_ratio(s["p50"] / base["p50"]), fmt_ratio(s["p99"] / base["p99"]),
+                 ms(s["p50"] - base["p50"]), ms(hop), f"{s['rps']:,.0f}", ms(s["server_cpu"])]
+            )  # fmt: skip
+    header = [
+        "path", "rows/req", "p50 ms", "p99 ms", "p50 ratio", "p99 ratio", "added p50 ms",
+        "added hop CPU ms/req", "req/s", "CPU ms/req, all servers on the path",
+    ]  # fmt: skip
+    return [title, "", markdown_table(header, rows), ""]
+
+
+def breakdown_section(steps: dict[int, dict[str, float]], cells: dict[str, Cell]) -> list[str]:
+    names = list(steps[SIZES[0]])
+    rows = [[name, *(us(steps[size][name]) for size in SIZES)] for name in names]
+    lines = [
+        "### 4. Where one request's time goes (in-process, servers stopped)",
+        "",
+        (
+            "Median CPU µs per call (all threads) in a fresh process with the servers' "
+            "OMP_NUM_THREADS, on the same bodies. A server's CPU per request (section 1) minus its `predict()` is "
+            "what the serving framework costs per request (uvicorn, FastAPI or BentoML's "
+            "app, JSON both ways, KServe's DataPlane, per-request log lines, metrics)."
+        ),
+        "",
+        markdown_table(["step", *(f"{s} row{'s' if s > 1 else ''}" for s in SIZES)], rows),
+        "",
+    ]
+    for size in SIZES:
+        step = steps[size]
+        pred = stats(cells[f"predictor/{size}"])["server_cpu"]
+        bare = stats(cells[f"bare/{size}"])["server_cpu"]
+        bento = stats(cells[f"bentoml/{size}"])["server_cpu"]
+        p_call = step["CTRPredictor.predict (all of the above but decode)"]
+        b_call = step["BareLightGBM.predict"]
+        frame_s = step["DataFrame.from_records"]
+        frame_transform_s = step["DataFrame.from_records + FeatureTransform.transform"]
+        model_work = frame_transform_s + step["TransformedBatch.matrix"] + step["Booster.predict"]
+        lines.append(
+            f"- {size} row{'s' if size > 1 else ''}: predictor {ms(pred)} ms CPU/req = "
+            f"predict() {ms(p_call)} (validation "
+            f"{ms(step['validate: parse_request(MODEL_FIELDS)'])}, DataFrame "
+            f"{ms(frame_s)}, transform {ms(frame_transform_s - frame_s)}, booster "
+            f"{ms(step['Booster.predict'])}) "
+            f"+ {ms(pred - p_call)} outside predict(); bare kserve.Model {ms(bare)} = predict() "
+            f"{ms(b_call)} + {ms(bare - b_call)} outside; BentoML {ms(bento)} = DataFrame + "
+            f"transform + booster {ms(model_work)} + {ms(bento - model_work)} outside."
+        )
+    lines.append("")
+    return lines
+
+
+def render(
+    args: argparse.Namespace,
+    prepared: dict,
+    cells_list: list[Cell],
+    steps: dict,
+    load_before: str,
+    minutes: float,
+) -> str:
+    cells = {c.key: c for c in cells_list}
+    client_cpu = {size: stats(cells[f"predictor/{size}"])["client_cpu"] for size in SIZES}
+    omp = str(args.omp_threads) if args.omp_threads else "unset"
+    text = [
+        "## Serving benchmark (bench/serving_bench.py)",
+        "",
+        (
+            f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {minutes:.1f} min, command "
+            f"`{' '.join(['bench/serving_bench.py', *sys.argv[1:]])}`. Preparation (not "
+            f"timed, {prepared['seconds']:.0f}s): {args.events:,}-event lake, "
+            f"{prepared['training_rows']:,} training rows, LightGBM with "
+            f"{prepared['best_iteration']} trees over {prepared['n_features']} transformed "
+            f"features, registered and exported as {prepared['version']}. "
+            f"{len(prepared['client_rows']):,} request rows from the last day "
+            f"({prepared['cold_users']} with a user and {prepared['cold_ads']} with an ad the "
+            "online store does not hold)."
+        ),
+        "",
+        *machine_facts(PACKAGES),
+        f"- load average (1/5/15 min) before: {load_before}; after: {load_average()}",
+        (
+            f"- client: httpx.AsyncClient, closed loop, concurrency {args.concurrency}; per "
+            f"cell {args.requests_1:,} requests of 1 row or {args.requests_64:,} of 64 rows, "
+            f"in {args.rounds} interleaved rounds, after {args.warmup} warmup requests; "
+            f"client CPU {ms(client_cpu[1])} ms per 1-row request, {ms(client_cpu[64])} ms "
+            "per 64-row request"
+        ),
+        (
+            f"- servers: one process / worker each on 127.0.0.1, OMP_NUM_THREADS={omp} "
+            "(but the 'as shipped' predictor), default logging (KServe: a latency line per "
+            "request; BentoML: an access line per request)"
+        ),
+        "",
+        *peers_section(cells),
+        *overhead_section(
+            cells,
+            "### 2. The canary router's overhead (primary only, canary percent 0)",
+            ["router", "router_nolog"],
+            {"router": ["router"], "router_nolog": ["router_nolog"]},
+        ),
+        *overhead_section(
+            cells,
+            "### 3. The transformer's overhead (Feast SQLite online lookup, then the predictor)",
+            ["transformer", "stack"],
+            {"transformer": ["transformer"], "stack": ["stack", "router"]},
+        ),
+        (
+            "The direct predictor gets the already-joined rows (what the transformer sends "
+            "it); the router gets the same; the transformer gets ids and request context. "
+            "*added hop CPU* is the CPU per request of the server(s) added in front of the "
+            "predictor."
+        ),
+        "",
+        *breakdown_section(steps, cells),
+    ]
+    return "\n".join(text)
+
+
+# --- main -------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--events", type=int, default=None, help=f"lake size (default {DEFAULT_EVENTS:,})")
+    add("--quick", action="store_true", help="smoke run: small lake, few requests")
+    add("--requests-1", type=int, default=None, help="1-row requests per cell (default 1000)")
+    add("--requests-64", type=int, default=None, help="64-row requests per cell (default 300)")
+    add("--rounds", type=int, default=None, help="interleaved rounds (default 5)")
+    add("--warmup", type=int, default=None, help="untimed requests per cell first (default 50)")
+    add("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    add(
+        "--omp-threads",
+        type=int,
+        default=1,
+        help="OMP_NUM_THREADS of every server but the 'as shipped' predictor (default 1; "
+        "0 leaves it unset)",
+    )
+    add("--out", type=Path, default=DEFAULT_OUT, help=f"markdown output (default {DEFAULT_OUT})")
+    add("--tmp-dir", type=Path, default=None, help="where the temporary directory goes")
+    # The router's own process, started by the bench itself.
+    add("--serve-router", action="store_true", help=argparse.SUPPRESS)
+    add("--port", type=int, help=argparse.SUPPRESS)
+    add("--state", type=Path, help=argparse.SUPPRESS)
+    add("--backend", action="append", default=[], help=argparse.SUPPRESS)
+    add("--request-log", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_router:
+        return args
+    if args.quick and args.events:
+        parser.error("--quick and --events are exclusive")
+    quick = args.quick
+    args.events = args.events or (QUICK_EVENTS if quick else DEFAULT_EVENTS)
+    args.requests_1 = args.requests_1 or (150 if quick else 1000)
+    args.requests_64 = args.requests_64 or (40 if quick else 300)
+    args.rounds = args.rounds or (2 if quick else 5)
+    args.warmup = args.warmup if args.warmup is not None else (10 if quick else 50)
+    if min(args.requests_1, args.requests_64, args.rounds, args.concurrency) < 1:
+        parser.error("--requests-*, --rounds and --concurrency must be at least 1")
+    if args.omp_threads < 0:
+        parser.error("--omp-threads must be 0 or more")
+    return args
+
+
+def _terminate(signum, frame):
+    # SystemExit unwinds through the finally blocks: servers stopped, temp dir removed.
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def environ(key: str, value: str | None):
+    """os.environ[key] = value (None: unset) for the block."""
+    old = os.environ.get(key)
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve_router:
+        return serve_router(args)
+    signal.signal(signal.SIGTERM, _terminate)
+    started = time.perf_counter()
+    load_before = load_average()
+    omp = str(args.omp_threads) if args.omp_threads else None
+    cores = len(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory(prefix="kubeloop-servebench-", dir=args.tmp_dir) as tmp:
+        root = Path(tmp)
+        prepared = prepare(args.events, root / "prepared")
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env[OMP_ENV] = omp
+        servers = Servers(root / "logs", env)
+        try:
+            targets = start_servers(servers, prepared, root)
+            log("servers ready; measuring")
+            cells = asyncio.run(
+                measure(
+                    targets,
+                    servers,
+                    prepared,
+                    {1: args.requests_1, 64: args.requests_64},
+                    args.rounds,
+                    args.warmup,
+                    args.concurrency,
+                )
+            )
+        except BaseException:
+            for server in servers.procs.values():
+                if server.process is not None and server.process.poll() is not None:
+                    log(f"{server.died_error()}")
+            raise
+        finally:
+            log("stopping servers")
+            servers.stop()
+        log("in-process breakdown (fresh process)")
+        reps = {1: 200, 64: 40} if args.quick else {1: 2000, 64: 300}
+        with environ(OMP_ENV, omp):
+            steps = run_fresh(breakdown, prepared, reps, cores)
+        minutes = (time.perf_counter() - started) / 60
+        text = render(args, prepared, cells, steps, load_before, minutes)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    log(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
