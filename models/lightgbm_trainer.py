@@ -55,8 +55,13 @@ class LightGBMModel(TrainedModel):
     def predict_batch(self, batch: TransformedBatch) -> np.ndarray:
         if len(batch) == 0:
             return np.zeros(0, dtype=np.float64)
+        # One thread: serving batches are small, and LightGBM's default (one OpenMP thread
+        # per core) stalls each call when another process holds a core: measured 3.7x
+        # slower per request in bench/serving_bench.py on a shared 2-core machine.
         return np.asarray(
-            self.booster.predict(batch.matrix(), num_iteration=self.info.best_iteration),
+            self.booster.predict(
+                batch.matrix(), num_iteration=self.info.best_iteration, num_threads=1
+            ),
             dtype=np.float64,
         )
 
