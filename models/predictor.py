@@ -94,6 +94,12 @@ class CTRPredictor(kserve.Model):
         """Load the model directory and its metadata.json (if any); sets `ready`."""
         if self.model is None:
             self.model = load_model(self.model_dir)
+        if self.model.info.kind == "torch":
+            import torch
+
+            # Serving batches are small: one intra-op thread per request avoids the stalls
+            # that one-thread-per-core causes on a shared node (see bench/serving_bench.py).
+            torch.set_num_threads(1)
         unknown = [c for c in self.model.transform.input_columns if c not in MODEL_FIELDS.names]
         if unknown:
             raise ModelArtifactError(

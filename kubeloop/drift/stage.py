@@ -116,11 +116,14 @@ def post_labels(url: str, sent: pd.DataFrame, impressions: pd.DataFrame, chunk: 
 
 def alert_positions(alerts, sent: pd.DataFrame) -> list[int]:
     """For each alert, how many impressions had been served when its window closed."""
-    times = pd.to_datetime(sent["sent_at"], utc=True).sort_values().to_numpy()
-    return [
-        int(times.searchsorted(pd.Timestamp(a.window.end).to_datetime64(), side="right"))
-        for a in alerts
-    ]
+    # Compare as UTC nanoseconds: tz-aware pandas values turn into objects in numpy.
+    times = pd.to_datetime(sent["sent_at"], utc=True).astype("int64").sort_values().to_numpy()
+
+    def ns(moment) -> int:
+        stamp = pd.Timestamp(moment)
+        return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).value
+
+    return [int(times.searchsorted(ns(a.window.end), side="right")) for a in alerts]
 
 
 def summarize_alert(alert, position: int | None, change_position: int) -> dict[str, Any]:

@@ -22,9 +22,11 @@ class ServingStageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     canary_percent: int = Field(50, ge=0, le=100, description="an even split gets evidence fastest")
-    replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig(requests=6000, batch_size=8))
+    replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig(requests=3000, batch_size=8))
     policy: RolloutPolicy = Field(default_factory=lambda: RolloutPolicy(min_labelled=2000))
-    replay_last_days: int = Field(3, ge=1, description="impressions are drawn from the last days of the lake")
+    replay_last_days: int = Field(
+        3, ge=1, description="impressions are drawn from the last days of the lake"
+    )
 
 
 def register_challenger(
@@ -49,7 +51,9 @@ def register_challenger(
         GateConfig.model_validate(gate_config or {}),
     )
     challenger_decision = run_dir / "gate" / f"challenger-{kind}.json"
-    challenger_decision.write_text(json.dumps({"champion": kind, **verdict.model_dump(mode="json")}))
+    challenger_decision.write_text(
+        json.dumps({"champion": kind, **verdict.model_dump(mode="json")})
+    )
     if not verdict.passed:
         return None
     return register_step(
@@ -109,8 +113,11 @@ def run_serving_stage(
         "primary_version": primary,
         "canary_version": canary,
         "canary_percent": percent,
-        "requests": {"primary": int(counts.get("primary", 0)), "canary": int(counts.get("canary", 0)),
-                     "errors": int(per_request["error"].sum())},
+        "requests": {
+            "primary": int(counts.get("primary", 0)),
+            "canary": int(counts.get("canary", 0)),
+            "errors": int(per_request["error"].sum()),
+        },
         "impressions": {k: int(v) for k, v in frame["variant"].value_counts().items()},
         "batch_size": config.replay.batch_size,
         "latency_ms": {
@@ -118,7 +125,9 @@ def run_serving_stage(
             "p99": float(latencies.quantile(0.99)) if len(latencies) else None,
         },
         "ab": ab.summary(result),
-        "decision": decision.model_dump() if decision else {"action": "none", "reasons": ["no canary"]},
+        "decision": decision.model_dump()
+        if decision
+        else {"action": "none", "reasons": ["no canary"]},
         "stages_after": {v.version: v.stage.value for v in registry.list(model_name)},
         "request_log": str(stack.request_log_path),
         "seconds": round(time.perf_counter() - started, 3),
