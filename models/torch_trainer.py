@@ -12,45 +12,24 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from kubeloop import schema
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
+from models.torch_config import TorchTrainConfig
 
 WEIGHTS_FILE = "model.pt"
 _PREDICT_CHUNK = 65_536
 
 
-class TorchTrainConfig(BaseModel):
-    """Hyperparameters of `train_torch`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["torch"] = "torch"
-    embedding_dim: int = Field(8, ge=1)
-    cross_layers: int = Field(2, ge=0)
-    hidden_units: list[int] = Field(default_factory=lambda: [128, 64])
-    dropout: float = Field(0.1, ge=0, lt=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-6, ge=0)
-    batch_size: int = Field(1024, ge=1)
-    max_epochs: int = Field(20, ge=1)
-    patience: int = Field(3, ge=1, description="epochs without valid improvement before stopping")
-    min_delta: float = Field(1e-5, ge=0, description="log-loss decrease that counts as improvement")
-    seed: int = 42
-    num_threads: int = Field(2, ge=1)
-    importance_rows: int = Field(
-        5000, ge=100, description="valid rows used for permutation importance"
-    )
-
-
+# The config lives in a torch-free module so that configuring a run (and the LightGBM
+# component) does not pay torch's import; re-exported here for callers of this module.
 class DeepCrossNetwork(nn.Module):
     """Embeddings + cross network + MLP, in parallel, with a linear head (one logit)."""
 

@@ -8,7 +8,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.lightgbm_trainer import LightGBMTrainConfig
-from models.torch_trainer import TorchTrainConfig
+from models.torch_config import TorchTrainConfig
 
 
 class TrainingConfig(BaseModel):
