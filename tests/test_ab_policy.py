@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from kubeloop.serving.ab import auc_interval, calibration_interval, compare_variants
-from kubeloop.serving.policy import RolloutPolicy, decide
+from kubeloop.serving.policy import RolloutPolicy, conclude, decide
 
 
 def traffic(
@@ -83,3 +83,13 @@ def test_health_regressions_roll_back_before_labels(kwargs, word):
 def test_no_canary_traffic_waits():
     frame = traffic(1000, 0.0, 0.05)
     assert decide(compare_variants(frame), RolloutPolicy()).action == "wait"
+
+
+def test_an_experiment_that_ends_inconclusive_keeps_production():
+    frame = traffic(6000, 0.5, 0.05)
+    policy = RolloutPolicy(min_labelled=1000, logloss_margin=0.001)
+    assert decide(compare_variants(frame), policy).action == "wait"
+    final = conclude(compare_variants(frame), policy)
+    assert final.action == "rollback" and "keeping production" in final.reasons[-1]
+    # too few labels to judge: still waiting, not a verdict
+    assert conclude(compare_variants(frame), RolloutPolicy(min_labelled=10_000)).action == "wait"

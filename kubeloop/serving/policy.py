@@ -32,6 +32,20 @@ class RolloutPolicy(BaseModel):
     )
 
 
+def conclude(result: ABResult, policy: RolloutPolicy) -> RolloutDecision:
+    """The decision at the end of an experiment (no more traffic coming): as `decide`, but
+    a canary that had its labelled impressions and still did not prove itself not worse is
+    rolled back, because production is the version with the evidence behind it."""
+    decision = decide(result, policy)
+    canary = result.variants.get("canary")
+    if decision.action == "wait" and canary is not None and canary.labelled >= policy.min_labelled:
+        return RolloutDecision(
+            action="rollback",
+            reasons=[*decision.reasons, "experiment over without a conclusion: keeping production"],
+        )
+    return decision
+
+
 class RolloutDecision(BaseModel):
     """promote, rollback or wait, and why."""
 

@@ -83,7 +83,7 @@ def run_serving_stage(
     from kubeloop.registry import open_registry
     from kubeloop.serving import ab
     from kubeloop.serving.local_servers import LocalStack
-    from kubeloop.serving.policy import decide
+    from kubeloop.serving.policy import conclude
     from kubeloop.serving.replay import join_feedback, replay_through_time
     from kubeloop.serving.request_log import exchanges_frame
     from kubeloop.serving.rollout import LocalRollout
@@ -98,7 +98,7 @@ def run_serving_stage(
         exchanges = exchanges_frame(stack.request_log_path)
     frame = join_feedback(sent, exchanges, impressions)
     result = ab.compare_variants(frame[frame["variant"] != "unrouted"])
-    decision = decide(result, config.policy) if canary else None
+    decision = conclude(result, config.policy) if canary else None
 
     rollout = LocalRollout(workdir, model_name, registry)
     if decision is not None and decision.action == "promote":
