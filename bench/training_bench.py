@@ -12,8 +12,8 @@ Part 1, interleaved over --reps repetitions in a rotating order, on that trainin
   component   a two-task pipeline `dsl.importer(training set)` -> `train_lightgbm`, run by
               kfp.local's SubprocessRunner(use_venv=False) with a fresh pipeline_root;
               the train-lightgbm task is timed by wrapping kfp.local's own task dispatcher
-              (and, inside it, the subprocess), so the importer and the pipeline's
-              compilation are not in the component's figure (they are reported apart);
+              (and, inside it, the subprocess), so the importer and the DAG run are
+              not in the component's figure (they are reported apart);
   plain       in this process: `load_splits` (read + time split), `FeatureTransform.fit`
               / `transform`, `lgb.train` with the parameters of models/lightgbm_trainer.py
               (early stopping on valid), `booster.save_model`;
@@ -28,6 +28,11 @@ difference is orchestration, not model training.
 
 A "where the time goes" section times the component's cold costs apart: interpreter start,
 the imports of the executor and of the step, and the step's phases in a fresh process.
+
+On a shared machine other processes slow LightGBM's OpenMP threads a lot: every timed run
+records the cores other processes kept busy meanwhile (/proc/stat), the bench waits up to
+--quiet-wait seconds for a quiet machine before each run, and the headline ratios use the
+median of the quiet runs (the fastest run where none was quiet).
 
 Everything goes under one temporary directory, removed at the end (also on error, Ctrl-C
 or SIGTERM). The markdown goes to stdout and to --out; progress to stderr.
