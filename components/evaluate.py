@@ -22,7 +22,10 @@ def evaluate(
     figures = evaluate_step(
         training_set.path,
         {"lightgbm": lightgbm_model.path, "torch": torch_model.path},
-        registry_uri, model_name, train_config_json, evaluation.path,
+        registry_uri,
+        model_name,
+        train_config_json,
+        evaluation.path,
     )
     for name, value in figures.items():
         metrics.log_metric(name, value)

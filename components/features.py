@@ -18,6 +18,10 @@ def features(
     from kubeloop.pipeline.steps import features_step
 
     features_step(
-        lake_uri, features_uri, feature_repo, feature_config_json,
-        training_set.path, features_summary.path,
+        lake_uri,
+        features_uri,
+        feature_repo,
+        feature_config_json,
+        training_set.path,
+        features_summary.path,
     )

@@ -16,6 +16,7 @@ def register(
     model_name: str,
     scenario: str,
     run_id: str,
+    train_config_json: str,
     registration: dsl.Output[dsl.Artifact],
 ) -> str:
     """Register the gate's champion (named in `decision`) with its metrics, gate decision
@@ -25,6 +26,15 @@ def register(
     models = {"lightgbm": lightgbm_model.path, "torch": torch_model.path}
     champion = champion_of(decision.path)
     return register_step(
-        models[champion], champion, training_set.path, evaluation.path, decision.path,
-        registry_uri, model_name, scenario, run_id, registration.path,
+        models[champion],
+        champion,
+        training_set.path,
+        evaluation.path,
+        decision.path,
+        registry_uri,
+        model_name,
+        scenario,
+        run_id,
+        registration.path,
+        train_config_json,
     )

@@ -20,6 +20,7 @@ The timeline over the lake's days (defaults: 14 days, change on day 10):
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import UTC
 from typing import Any
@@ -214,6 +215,7 @@ def run_serving(config: DemoConfig, workdir: Workdir, pipeline_result) -> dict[s
         config.model_name,
         config.generator.scenario,
         config.gate_config,
+        json.dumps(config.first_training(), default=str),
     )
     replay = config.serving.replay
     impressions = replay_impressions(config, ab_days(config), replay.requests * replay.batch_size)

@@ -83,6 +83,7 @@ def training_pipeline(
             model_name=model_name,
             scenario=scenario,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+            train_config_json=train_config_json,
         ).set_display_name("register")
 
     return NamedTuple(

@@ -10,9 +10,15 @@ from rich.console import Console
 
 
 def demo(
-    workdir: Path = typer.Option(Path("runs/demo"), help="Run directory; report.json is written here."),
-    events: int | None = typer.Option(None, help="Events to generate (default: the generator's default)."),
-    scenario: str = typer.Option("baseline", help="baseline | covariate_shift | concept_drift | new_ads"),
+    workdir: Path = typer.Option(
+        Path("runs/demo"), help="Run directory; report.json is written here."
+    ),
+    events: int | None = typer.Option(
+        None, help="Events to generate (default: the generator's default)."
+    ),
+    scenario: str = typer.Option(
+        "baseline", help="baseline | covariate_shift | concept_drift | new_ads"
+    ),
     seed: int | None = typer.Option(None, help="Generator seed."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:

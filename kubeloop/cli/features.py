@@ -6,7 +6,10 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Build features, apply the Feast repo, materialize, build the training set.", no_args_is_help=True)
+app = typer.Typer(
+    help="Build features, apply the Feast repo, materialize, build the training set.",
+    no_args_is_help=True,
+)
 
 
 @app.command("build")

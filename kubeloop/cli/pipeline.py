@@ -8,13 +8,17 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-app = typer.Typer(help="Compile, run (kfp.local) and submit the Kubeflow training pipeline.", no_args_is_help=True)
+app = typer.Typer(
+    help="Compile, run (kfp.local) and submit the Kubeflow training pipeline.", no_args_is_help=True
+)
 console = Console()
 
 
 @app.command("compile")
 def compile_cmd(
-    out: Path = typer.Option(Path("build/training_pipeline.yaml"), help="Where to write the IR YAML."),
+    out: Path = typer.Option(
+        Path("build/training_pipeline.yaml"), help="Where to write the IR YAML."
+    ),
     name: str = typer.Option("training", help="Pipeline to compile."),
 ) -> None:
     """Compile a pipeline to Kubeflow's IR YAML (the package `submit` uploads)."""
@@ -26,8 +30,12 @@ def compile_cmd(
 
 @app.command("run")
 def run_cmd(
-    local: bool = typer.Option(False, "--local", help="Run with kfp.local's SubprocessRunner on this machine."),
-    workdir: Path = typer.Option(Path("runs/demo"), help="Run directory holding lake/, features/, feature_repo/, registry/."),
+    local: bool = typer.Option(
+        False, "--local", help="Run with kfp.local's SubprocessRunner on this machine."
+    ),
+    workdir: Path = typer.Option(
+        Path("runs/demo"), help="Run directory holding lake/, features/, feature_repo/, registry/."
+    ),
     generate: bool = typer.Option(False, help="Generate the lake first (otherwise it must exist)."),
     events: int | None = typer.Option(None, help="Events to generate (with --generate)."),
     scenario: str = typer.Option("baseline", help="Data scenario (with --generate)."),
@@ -35,7 +43,9 @@ def run_cmd(
 ) -> None:
     """Run the training pipeline end to end. Only --local is supported here; use `submit` for a cluster."""
     if not local:
-        raise typer.BadParameter("use --local to run here, or `kubeloop pipeline submit --host URL` for a cluster")
+        raise typer.BadParameter(
+            "use --local to run here, or `kubeloop pipeline submit --host URL` for a cluster"
+        )
     from kubeloop.pipeline.local_run import run_local
     from kubeloop.pipeline.params import TrainingRunParams
     from kubeloop.workdir import Workdir
@@ -48,23 +58,37 @@ def run_cmd(
         wd, model_name=model_name, scenario=scenario, generate=generate, generator_config=generator
     )
     result = run_local(params, wd.root / "kfp_local")
-    console.print_json(json.dumps({"decision": result.decision, "seconds": round(result.seconds, 1)}, default=str))
+    console.print_json(
+        json.dumps({"decision": result.decision, "seconds": round(result.seconds, 1)}, default=str)
+    )
 
 
 @app.command("submit")
 def submit_cmd(
-    host: str = typer.Option(..., help="KFP API URL, e.g. http://localhost:8888 (port-forwarded ml-pipeline-ui)."),
-    package: Path = typer.Option(Path("build/training_pipeline.yaml"), help="Compiled IR YAML (compiled first if missing)."),
+    host: str = typer.Option(
+        ..., help="KFP API URL, e.g. http://localhost:8888 (port-forwarded ml-pipeline-ui)."
+    ),
+    package: Path = typer.Option(
+        Path("build/training_pipeline.yaml"), help="Compiled IR YAML (compiled first if missing)."
+    ),
     namespace: str = typer.Option("kubeflow", help="Kubernetes namespace of the run."),
     experiment: str = typer.Option("kubeloop", help="KFP experiment name."),
     run_name: str | None = typer.Option(None, help="Run name (default: derived from the package)."),
-    schedule: str | None = typer.Option(None, help="Cron expression (6 fields, with seconds) for a recurring retraining run."),
+    schedule: str | None = typer.Option(
+        None, help="Cron expression (6 fields, with seconds) for a recurring retraining run."
+    ),
     lake_uri: str = typer.Option("s3://kubeloop/lake", help="Lake URI as seen from the cluster."),
     features_uri: str = typer.Option("s3://kubeloop/features", help="Offline feature tables URI."),
-    feature_repo: str = typer.Option("/feature_repo", help="Feast repo path inside the component image."),
-    registry_uri: str = typer.Option("/registry", help="Registry location inside the component pods."),
+    feature_repo: str = typer.Option(
+        "/feature_repo", help="Feast repo path inside the component image."
+    ),
+    registry_uri: str = typer.Option(
+        "/registry", help="Registry location inside the component pods."
+    ),
     model_name: str = typer.Option("ctr", help="Registry name of the model."),
-    service_account: str | None = typer.Option("kubeloop-pipeline-runner", help="Service account for the run's pods."),
+    service_account: str | None = typer.Option(
+        "kubeloop-pipeline-runner", help="Service account for the run's pods."
+    ),
 ) -> None:
     """Submit the compiled pipeline to a Kubeflow Pipelines API with kfp.Client."""
     from kubeloop.pipeline.compile import compile_pipeline
@@ -74,13 +98,22 @@ def submit_cmd(
     if not package.exists():
         compile_pipeline("training", package)
     params = TrainingRunParams(
-        lake_uri=lake_uri, features_uri=features_uri, feature_repo=feature_repo,
-        registry_uri=registry_uri, model_name=model_name,
+        lake_uri=lake_uri,
+        features_uri=features_uri,
+        feature_repo=feature_repo,
+        registry_uri=registry_uri,
+        model_name=model_name,
     )
     ids = submit(
         package,
         params.arguments(),
-        SubmitOptions(host=host, namespace=namespace, experiment=experiment, run_name=run_name,
-                      schedule=schedule, service_account=service_account),
+        SubmitOptions(
+            host=host,
+            namespace=namespace,
+            experiment=experiment,
+            run_name=run_name,
+            schedule=schedule,
+            service_account=service_account,
+        ),
     )
     console.print_json(json.dumps(ids))

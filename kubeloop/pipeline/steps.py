@@ -296,12 +296,12 @@ def gate_step(evaluation_dir: str, gate_config_json: str, decision_path: str) ->
 # --------------------------------------------------------------------------- register
 
 
-def reference_sample(train: pd.DataFrame, features: list[str], config) -> pd.DataFrame:
-    """Training features for the drift detectors, from the last `reference_days` of the
-    training window (earlier days still carry the lake's warm-up of the 7-day counts)."""
-    ts = pd.to_datetime(train["event_timestamp"], utc=True)
-    recent = train[ts >= ts.max().normalize() - pd.Timedelta(days=config.reference_days - 1)]
-    pool = recent if len(recent) >= min(config.reference_rows, len(train)) // 2 else train
+def reference_sample(rows: pd.DataFrame, features: list[str], config) -> pd.DataFrame:
+    """Model inputs for the drift detectors: a sample of `rows` from their last
+    `reference_days` (or of all of them when those days are too few)."""
+    ts = pd.to_datetime(rows["event_timestamp"], utc=True)
+    recent = rows[ts >= ts.max().normalize() - pd.Timedelta(days=config.reference_days - 1)]
+    pool = recent if len(recent) >= min(config.reference_rows, len(rows)) // 2 else rows
     return (
         pool[features]
         .sample(n=min(config.reference_rows, len(pool)), random_state=config.seed)
@@ -325,6 +325,7 @@ def register_step(
     scenario: str,
     run_id: str,
     registration_path: str,
+    train_config_json: str = "{}",
 ) -> str:
     """Register the champion as a candidate version with everything a later stage needs:
     metrics, gate decision, feature service and list, training window, run id, and a
@@ -336,10 +337,13 @@ def register_step(
     evaluation = _read_json(Path(evaluation_dir) / EVALUATION_FILE)
     decision = _read_json(decision_path)
     report = evaluation["models"][kind]
-    config = TrainingConfig()
-    train, _, _ = load_splits(training_set_path, config)
+    config = _parse(TrainingConfig, train_config_json)
+    _, valid, holdout = load_splits(training_set_path, config)
     features = model_input_columns()
-    reference = reference_sample(train, features, config)
+    # The newest rows the model did not learn from (valid + holdout: the days just before
+    # deployment) look most like what it will serve; the first days of a young lake would
+    # not (their 7-day counts are still filling up).
+    reference = reference_sample(pd.concat([valid, holdout], ignore_index=True), features, config)
     metrics = {
         key: report.get(key)
         for key in (

@@ -23,7 +23,9 @@ class SubmitOptions(BaseModel):
     enable_caching: bool = False
 
 
-def submit(package: Path, arguments: dict[str, Any], options: SubmitOptions, client=None) -> dict[str, str]:
+def submit(
+    package: Path, arguments: dict[str, Any], options: SubmitOptions, client=None
+) -> dict[str, str]:
     """Create a run (or a recurring run) from the compiled package; returns its ids.
 
     `client` may be injected (tests); by default a kfp.Client for `options.host`."""
@@ -43,7 +45,10 @@ def submit(package: Path, arguments: dict[str, Any], options: SubmitOptions, cli
             enable_caching=options.enable_caching,
             service_account=options.service_account,
         )
-        return {"recurring_run_id": recurring.recurring_run_id, "experiment_id": experiment.experiment_id}
+        return {
+            "recurring_run_id": recurring.recurring_run_id,
+            "experiment_id": experiment.experiment_id,
+        }
     result = client.create_run_from_pipeline_package(
         str(package),
         arguments=arguments,

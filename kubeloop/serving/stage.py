@@ -30,7 +30,12 @@ class ServingStageConfig(BaseModel):
 
 
 def register_challenger(
-    workdir: Workdir, run_dir: Path, model_name: str, scenario: str, gate_config: dict | None = None
+    workdir: Workdir,
+    run_dir: Path,
+    model_name: str,
+    scenario: str,
+    gate_config: dict | None = None,
+    train_config_json: str = "{}",
 ) -> str | None:
     """Register the pipeline's runner-up as a candidate, with its own gate decision against
     the base rate, so that the online A/B can test what "start simple" decided offline."""
@@ -67,6 +72,7 @@ def register_challenger(
         scenario,
         f"{run_dir.name}-challenger",
         str(run_dir / "gate" / f"challenger-{kind}-registration.json"),
+        train_config_json,
     )
 
 
