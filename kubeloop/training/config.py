@@ -36,8 +36,8 @@ class TrainingConfig(BaseModel):
         5000, ge=100, description="rows of training features kept for drift detectors"
     )
     # Window features (7-day counts) only reach their steady level a week into the lake, so
-    # the drift reference comes from the training window's last days, which look like serving.
+    # the drift reference comes from the newest held-out days, which look like serving.
     reference_days: int = Field(
-        3, ge=1, description="the reference is sampled from the last days of training"
+        2, ge=1, description="the reference is sampled from the last days before deployment"
     )
     seed: int = 42
