@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from kubeloop.errors import KubeloopError, MissingExtraError
+from kubeloop.training.transform import category_key as model_category_key
 
 log = logging.getLogger(__name__)
 
@@ -314,21 +315,10 @@ def score_reference(features: pd.DataFrame, model_dir: str | Path) -> np.ndarray
 
 
 def category_key(value: Any) -> str:
-    """Canonical text of a category: 17, 17.0 and "17" are one category; missing values
-    (None, NaN, pd.NA) are `MISSING_CATEGORY`."""
-    if value is None or value is pd.NA:
-        return MISSING_CATEGORY
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        if not math.isfinite(value):
-            return MISSING_CATEGORY
-        return str(int(value)) if float(value).is_integer() else repr(float(value))
-    return str(value)
+    """Canonical text of a category, exactly as the model's transform encodes it; missing
+    values (None, NaN, pd.NA) are `MISSING_CATEGORY`."""
+    key = model_category_key(value)
+    return MISSING_CATEGORY if key is None else key
 
 
 def _numeric(series: pd.Series) -> np.ndarray:

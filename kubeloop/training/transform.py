@@ -190,7 +190,9 @@ def _numeric_values(series: pd.Series) -> np.ndarray:
     return values
 
 
-def _category_key(value: Any) -> str | None:
+def category_key(value: Any) -> str | None:
+    """Canonical text of a category value, shared by training, serving and drift detection:
+    17, 17.0 and "17" are one category; missing values (None, NaN, pd.NA) are None."""
     if value is None or value is pd.NA:
         return None
     if isinstance(value, str):
@@ -210,8 +212,8 @@ def _category_keys(series: pd.Series) -> list[str | None]:
     """Canonical string key of every value (None where missing)."""
     if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
         values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        return [_category_key(float(v)) for v in values]
-    return [_category_key(v) for v in series.astype(object).tolist()]
+        return [category_key(float(v)) for v in values]
+    return [category_key(v) for v in series.astype(object).tolist()]
 
 
 def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
