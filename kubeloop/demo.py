@@ -226,20 +226,36 @@ def run_serving(config: DemoConfig, workdir: Workdir, pipeline_result) -> dict[s
 
 
 def run_demo(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
-    """Run every stage that exists, in order; returns the final report."""
+    """Run every stage that exists, in order; returns the final report. Its `run` section
+    gives the machine, the commit, the load average before and after and the wall time."""
+    from kubeloop.report import finish_run_section, read_report, start_run_section
+
     workdir.ensure()
     if workdir.report.exists():
         workdir.report.unlink()  # a report describes one run, never a mix of two
+    run = start_run_section()
+    public = {k: v for k, v in run.items() if k != "started_monotonic"}
+    write_section(workdir.report, "run", {**public, "complete": False})
+    complete = False
+    try:
+        _run_stages(config, workdir)
+        complete = True
+    finally:
+        # Written also when a stage fails, so a partial report still says how long it ran.
+        write_section(workdir.report, "run", {**finish_run_section(run), "complete": complete})
+    return read_report(workdir.report)
+
+
+def _run_stages(config: DemoConfig, workdir: Workdir) -> None:
+    """The stages in order; each writes its own section of the report."""
     run_data_stage(config, workdir)
     result = run_training_pipeline(config, workdir)
     if not config.serve:
-        from kubeloop.report import read_report
-
-        return read_report(workdir.report)
+        return
     report = run_serving(config, workdir, result)
     if not config.monitor or report["serving"].get("primary_version") is None:
-        return report
-    return run_drift(config, workdir)
+        return
+    run_drift(config, workdir)
 
 
 def run_drift(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:

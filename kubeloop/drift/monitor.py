@@ -77,7 +77,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from kubeloop.drift.alerts import Alert, AlertStore, AlertWindow
+from kubeloop.drift.alerts import DETECTORS, Alert, AlertStore, AlertWindow
 from kubeloop.drift.backends import AlibiDetectorConfig, DetectorConfig, make_detector
 from kubeloop.drift.detectors import (
     CheckResult,
@@ -275,6 +275,24 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+WINDOW_OUTCOMES = ("evaluated", "skipped", "failed")
+
+
+def window_counts(
+    counters: Mapping[str, float], detectors: Iterable[str] = ()
+) -> dict[str, dict[str, int]]:
+    """Per detector, closed windows evaluated, skipped (too small, reference still being
+    learned) and failed (an error), from the monitor's counters (`status()["counters"]`).
+    Each of `detectors` is listed even with no window at all (all zeros)."""
+    out: dict[str, dict[str, int]] = {d: dict.fromkeys(WINDOW_OUTCOMES, 0) for d in detectors}
+    for name, value in counters.items():
+        outcome, _, detector = name.partition(":")
+        outcome = outcome.removeprefix("windows_")
+        if outcome in WINDOW_OUTCOMES and detector:
+            out.setdefault(detector, dict.fromkeys(WINDOW_OUTCOMES, 0))[outcome] = int(value)
+    return dict(sorted(out.items()))
 
 
 class DriftMonitor:
@@ -520,7 +538,7 @@ class DriftMonitor:
             detectors = ("performance",) if window.kind == LABELS else ("feature", "prediction")
             reason = f"error: {type(exc).__name__}: {exc}"
             return [
-                self._evaluation(window, CheckResult(d, n=window.n, skipped=reason))
+                self._evaluation(window, CheckResult(d, n=window.n, skipped=reason), failed=True)
                 for d in detectors
             ]
 
@@ -590,14 +608,22 @@ class DriftMonitor:
         y = np.array([r["y"] for r in window.rows], dtype=np.float64)
         return [self._evaluation(window, self._performance_check(ref).run(p, y))]
 
-    def _evaluation(self, window: ClosedWindow, result: CheckResult) -> WindowEvaluation:
+    def _evaluation(
+        self, window: ClosedWindow, result: CheckResult, failed: bool = False
+    ) -> WindowEvaluation:
         model, version, variant = window.key
         evaluation = WindowEvaluation(
             model, version, variant, result.detector, window.index,
             _dt(window.start), _dt(window.end), window.n, result,
         )  # fmt: skip
-        if result.skipped is None:
+        # Every closed window lands in exactly one of three counters per detector, so a
+        # report can tell "tested, no alert" from "never tested" (skipped or failed).
+        if failed:
+            self.state.incr(f"windows_failed:{result.detector}")
+        elif result.skipped is None:
             self.state.incr(f"windows_evaluated:{result.detector}")
+        else:
+            self.state.incr(f"windows_skipped:{result.detector}")
         if result.is_drift:
             evaluation.alert = self._raise(window, result)
         return evaluation
@@ -720,6 +746,7 @@ class DriftMonitor:
                     if name.startswith("rows:")
                 },
                 "windows_evaluated": count("windows_evaluated:"),
+                "windows_by_detector": window_counts(counters, DETECTORS),
                 "alerts": count("alerts:"),
                 "labels": count("labels:"),
                 "open_windows": len([m for m in self.state.windows() if m.n]),

@@ -114,6 +114,18 @@ def post_labels(url: str, sent: pd.DataFrame, impressions: pd.DataFrame, chunk: 
     return len(payload)
 
 
+def service_window_counts(url: str) -> dict[str, dict[str, int]]:
+    """Per detector, the windows the drift service evaluated, skipped and failed (read from
+    its /status counters after the final flush), so "no alert" is told apart from "never
+    evaluated"."""
+    from kubeloop.drift.alerts import DETECTORS
+    from kubeloop.drift.monitor import window_counts
+
+    response = httpx.get(f"{url}/status", timeout=60)
+    response.raise_for_status()
+    return window_counts(response.json().get("counters", {}), DETECTORS)
+
+
 def alert_positions(alerts, sent: pd.DataFrame) -> list[int]:
     """For each alert, how many impressions had been served when its window closed."""
     # Compare as UTC nanoseconds: tz-aware pandas values turn into objects in numpy.
@@ -186,6 +198,7 @@ def run_drift_stage(
             stack.request_logger.flush(timeout=120)
         labelled = post_labels(service.url, sent, impressions)
         httpx.post(f"{service.url}/flush", timeout=300).raise_for_status()
+        windows = service_window_counts(service.url)
     finally:
         stop_process(service)
 
@@ -203,6 +216,7 @@ def run_drift_stage(
         "replayed_impressions": len(sent),
         "labelled_impressions": labelled,
         "change_at_impression": change_position,
+        "windows": windows,
         "alerts": [summarize_alert(a, positions.get(a.id), change_position) for a in alerts],
         "alerts_by_detector": pd.Series([a.detector for a in alerts], dtype=object)
         .value_counts()
