@@ -75,7 +75,11 @@ def git_commit(repo: Path | None = None) -> dict[str, Any]:
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(
-                ["git", "-C", str(where), *args], capture_output=True, text=True, timeout=30
+                ["git", "-C", str(where), *args],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=30,
             )
         except (OSError, subprocess.TimeoutExpired):
             return None
