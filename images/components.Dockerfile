@@ -1,8 +1,8 @@
-# kubeloop/components-python:0.1.0 -- Kubeflow component image: every pipeline step (components/*.py, lightweight components whose base_image this is) imports the installed kubeloop package.
+# kind.local/kubeloop/components-python:0.1.0 -- Kubeflow component image: every pipeline step (components/*.py, lightweight components whose base_image this is) imports the installed kubeloop package.
 #
 # Build from the repository root (the context must be the repo):
-#   docker build -f images/components.Dockerfile -t kubeloop/components-python:0.1.0 .
-# and load it into kind with: kind load docker-image kubeloop/components-python:0.1.0 --name kubeloop
+#   docker build -f images/components.Dockerfile -t kind.local/kubeloop/components-python:0.1.0 .
+# and load it into kind with: kind load docker-image kind.local/kubeloop/components-python:0.1.0 --name kubeloop
 FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -1,8 +1,8 @@
-# kubeloop/drift-detector:0.1.0 -- Drift detector: an HTTP service on :8080 receiving KServe's request-logger CloudEvents; exposes /metrics and /healthz.
+# kind.local/kubeloop/drift-detector:0.1.0 -- Drift detector: an HTTP service on :8080 receiving KServe's request-logger CloudEvents; exposes /metrics and /healthz.
 #
 # Build from the repository root (the context must be the repo):
-#   docker build -f images/drift-detector.Dockerfile -t kubeloop/drift-detector:0.1.0 .
-# and load it into kind with: kind load docker-image kubeloop/drift-detector:0.1.0 --name kubeloop
+#   docker build -f images/drift-detector.Dockerfile -t kind.local/kubeloop/drift-detector:0.1.0 .
+# and load it into kind with: kind load docker-image kind.local/kubeloop/drift-detector:0.1.0 --name kubeloop
 FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

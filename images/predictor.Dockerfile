@@ -1,8 +1,8 @@
-# kubeloop/predictor:0.1.0 -- KServe predictor: serves a directory written by `kubeloop models export` (the kubeloop-ctr ServingRuntime passes --model_name, --model_dir=/mnt/models, --http_port=8080).
+# kind.local/kubeloop/predictor:0.1.0 -- KServe predictor: serves a directory written by `kubeloop models export` (the kubeloop-ctr ServingRuntime passes --model_name, --model_dir=/mnt/models, --http_port=8080).
 #
 # Build from the repository root (the context must be the repo):
-#   docker build -f images/predictor.Dockerfile -t kubeloop/predictor:0.1.0 .
-# and load it into kind with: kind load docker-image kubeloop/predictor:0.1.0 --name kubeloop
+#   docker build -f images/predictor.Dockerfile -t kind.local/kubeloop/predictor:0.1.0 .
+# and load it into kind with: kind load docker-image kind.local/kubeloop/predictor:0.1.0 --name kubeloop
 FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -1,8 +1,8 @@
-# kubeloop/transformer:0.1.0 -- KServe transformer: looks up the Feast online features (Redis in the cluster) and calls the predictor (KServe passes --model_name, --predictor_host, --http_port=8080).
+# kind.local/kubeloop/transformer:0.1.0 -- KServe transformer: looks up the Feast online features (Redis in the cluster) and calls the predictor (KServe passes --model_name, --predictor_host, --http_port=8080).
 #
 # Build from the repository root (the context must be the repo):
-#   docker build -f images/transformer.Dockerfile -t kubeloop/transformer:0.1.0 .
-# and load it into kind with: kind load docker-image kubeloop/transformer:0.1.0 --name kubeloop
+#   docker build -f images/transformer.Dockerfile -t kind.local/kubeloop/transformer:0.1.0 .
+# and load it into kind with: kind load docker-image kind.local/kubeloop/transformer:0.1.0 --name kubeloop
 FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \

@@ -44,10 +44,10 @@ HELM_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
 CANARY_HELM_ARGS = ["--set", "canary.enabled=true"]
 
 IMAGES = {
-    "predictor": "kubeloop/predictor:0.1.0",
-    "transformer": "kubeloop/transformer:0.1.0",
-    "drift-detector": "kubeloop/drift-detector:0.1.0",
-    "components": "kubeloop/components-python:0.1.0",
+    "predictor": "kind.local/kubeloop/predictor:0.1.0",
+    "transformer": "kind.local/kubeloop/transformer:0.1.0",
+    "drift-detector": "kind.local/kubeloop/drift-detector:0.1.0",
+    "components": "kind.local/kubeloop/components-python:0.1.0",
 }
 ENTRYPOINTS = {
     "predictor": "models.predictor",
@@ -858,7 +858,7 @@ def test_mutation_manifest_change_without_regenerating_the_chart_fails(tools, tm
     # A changed value that the chart parameterises: the manifest and values.yaml disagree.
     isvc = copy_root / "manifests" / "base" / "inferenceservice.yaml"
     isvc.write_text(
-        isvc.read_text().replace("kubeloop/transformer:0.1.0", "kubeloop/transformer:0.2.0")
+        isvc.read_text().replace("kind.local/kubeloop/transformer:0.1.0", "kind.local/kubeloop/transformer:0.2.0")
     )
     proc = _run([*script, "--check"], env=env)
     assert proc.returncode != 0 and "values.yaml's images.transformer" in proc.stderr, proc.stderr
@@ -866,7 +866,7 @@ def test_mutation_manifest_change_without_regenerating_the_chart_fails(tools, tm
     # A changed literal: the templates are stale.
     isvc.write_text(
         isvc.read_text()
-        .replace("kubeloop/transformer:0.2.0", "kubeloop/transformer:0.1.0")
+        .replace("kind.local/kubeloop/transformer:0.2.0", "kind.local/kubeloop/transformer:0.1.0")
         .replace("maxReplicas: 2", "maxReplicas: 3")
     )
     proc = _run([*script, "--check"], env=env)
