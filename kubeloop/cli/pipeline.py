@@ -17,7 +17,9 @@ console = Console()
 @app.command("compile")
 def compile_cmd(
     out: Path = typer.Option(
-        Path("build/training_pipeline.yaml"), help="Where to write the IR YAML."
+        Path("build/training_pipeline.yaml"),
+        help="Where to write the IR: a .yaml (or .json) file, or a directory "
+        "(NAME_pipeline.yaml is written inside).",
     ),
     name: str = typer.Option("training", help="Pipeline to compile."),
 ) -> None:
@@ -91,10 +93,11 @@ def submit_cmd(
     ),
 ) -> None:
     """Submit the compiled pipeline to a Kubeflow Pipelines API with kfp.Client."""
-    from kubeloop.pipeline.compile import compile_pipeline
+    from kubeloop.pipeline.compile import compile_pipeline, package_path
     from kubeloop.pipeline.params import TrainingRunParams
     from kubeloop.pipeline.submit import SubmitOptions, submit
 
+    package = package_path("training", package)
     if not package.exists():
         compile_pipeline("training", package)
     params = TrainingRunParams(

@@ -16,15 +16,40 @@ def pipeline_functions() -> dict[str, Callable]:
     return {"training": training_pipeline}
 
 
+# What kfp's compiler writes: YAML (the IR package) or JSON, chosen by the suffix.
+PACKAGE_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def package_path(name: str, out: Path) -> Path:
+    """Where `compile_pipeline(name, out)` writes: `out` itself when it names a package
+    file, `out/<name>_pipeline.yaml` when it is a directory (an existing one, or a path
+    without a suffix). Raises KubeloopError for any other suffix."""
+    from kubeloop.errors import KubeloopError
+
+    out = Path(out)
+    if out.is_dir() or not out.suffix:
+        return out / f"{name}_pipeline.yaml"
+    if out.suffix.lower() not in PACKAGE_SUFFIXES:
+        raise KubeloopError(
+            f"--out {out}: a pipeline package must end with {', '.join(PACKAGE_SUFFIXES)}; "
+            f"pass e.g. --out {out.with_suffix('.yaml')} or a directory"
+        )
+    return out
+
+
 def compile_pipeline(name: str, out: Path) -> Path:
-    """Write the IR YAML of pipeline `name` to `out` and return the path."""
+    """Write the IR YAML of pipeline `name` to `out` (a file, or a directory: see
+    `package_path`) and return the path written."""
     from kfp import compiler
+
+    from kubeloop.errors import KubeloopError
 
     functions = pipeline_functions()
     if name not in functions:
-        from kubeloop.errors import KubeloopError
-
-        raise KubeloopError(f"unknown pipeline {name!r}; choose one of {sorted(functions)}")
+        raise KubeloopError(
+            f"unknown pipeline {name!r}; choose one of {', '.join(sorted(functions))} (--name)"
+        )
+    out = package_path(name, out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(functions[name], str(out))
     return out

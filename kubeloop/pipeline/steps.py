@@ -17,6 +17,9 @@ from kubeloop import schema
 
 EVALUATION_FILE = "evaluation.json"
 
+# The model kinds `train_step` can train, simplest first.
+MODEL_KINDS = ("lightgbm", "torch")
+
 
 def _write_json(path: str | Path, payload: dict[str, Any]) -> None:
     out = Path(path)
@@ -146,21 +149,29 @@ def load_splits(
 def train_step(
     kind: str, training_set_path: str, train_config_json: str, model_dir: str
 ) -> dict[str, Any]:
-    """Train one model kind on the time-ordered split and save it to `model_dir`."""
+    """Train one model kind on the time-ordered split and save it to `model_dir`.
+
+    Raises KubeloopError naming the known kinds for any other `kind`, before any data is read.
+    """
     from kubeloop.training.config import TrainingConfig
 
+    if kind not in MODEL_KINDS:
+        from kubeloop.errors import KubeloopError
+
+        raise KubeloopError(
+            f"unknown model kind {kind!r}: the trainers are {', '.join(MODEL_KINDS)}; "
+            "pass one of them as the train step's kind"
+        )
     config = _parse(TrainingConfig, train_config_json)
     train, valid, _ = load_splits(training_set_path, config)
     if kind == "lightgbm":
         from models.lightgbm_trainer import train_lightgbm
 
         model = train_lightgbm(train, valid, config.lightgbm)
-    elif kind == "torch":
+    else:
         from models.torch_trainer import train_torch
 
         model = train_torch(train, valid, config.torch)
-    else:
-        raise ValueError(f"unknown model kind {kind!r}; expected 'lightgbm' or 'torch'")
     model.save(model_dir)
     return {
         "kind": kind,
