@@ -149,3 +149,90 @@ def fmt_int(value: float) -> str:
 
 def fmt_ratio(value: float) -> str:
     return f"{value:.2f}x"
+
+
+def load_averages() -> list[float] | None:
+    """1/5/15-minute load averages as numbers (for the JSON), or None where the OS has none."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def conditions(
+    bench: str,
+    mode: str,
+    argv: Sequence[str],
+    packages: Sequence[str],
+    load_before: list[float] | None,
+    seconds: float,
+    started_at: str,
+) -> dict[str, Any]:
+    """The conditions of a bench run, for its JSON: what ran (mode: full, quick or a reduced
+    mode named by the bench), when, for how long, on which machine and under what load."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "bench": bench,
+        "mode": mode,
+        "command": " ".join([f"bench/{bench}_bench.py", *argv]),
+        "started_at": started_at,
+        "seconds": round(seconds, 1),
+        "machine": {
+            "cores_usable": usable,
+            "cores_online": os.cpu_count(),
+            "cpu": _cpu_model(),
+            "memory": _memory_gib(),
+            "platform": f"{platform.system()} {platform.release()}",
+            "python": platform.python_version(),
+        },
+        "packages": {name: _version(name) for name in packages},
+        "load_average_before": load_before,
+        "load_average_after": load_averages(),
+    }
+
+
+def conditions_lines(cond: dict[str, Any]) -> list[str]:
+    """Markdown bullet lines of `conditions(...)`: the header of every bench report."""
+    m = cond["machine"]
+
+    def load(values: list[float] | None) -> str:
+        return " / ".join(f"{x:.2f}" for x in values) if values else "n/a"
+
+    versions = ", ".join(f"{k} {v}" for k, v in cond["packages"].items())
+    return [
+        (
+            f"Run {cond['started_at']}, {cond['seconds'] / 60:.1f} min, mode **{cond['mode']}**, "
+            f"command `{cond['command']}`."
+        ),
+        "",
+        (
+            f"- cores: {m['cores_usable']} usable ({m['cores_online']} online), {m['cpu']}; "
+            f"memory {m['memory']}"
+        ),
+        f"- {m['platform']}; Python {m['python']}",
+        f"- {versions}",
+        (
+            f"- load average (1/5/15 min) before: {load(cond['load_average_before'])}; "
+            f"after: {load(cond['load_average_after'])}"
+        ),
+    ]
+
+
+def write_json(path: Any, doc: dict[str, Any]) -> dict[str, Any]:
+    """Write a bench's results as JSON and return them as read back, so the markdown is
+    rendered from exactly what was written (no figure reaches the markdown otherwise)."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # default=str: paths and timestamps in a bench's records become their text.
+    path.write_text(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    return json.loads(path.read_text())
+
+
+def now_utc() -> str:
+    """The current UTC time, to the minute, as the bench reports print it."""
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

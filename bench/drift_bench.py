@@ -58,7 +58,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
-from _util import fmt_int, fmt_ratio, load_average, machine_facts, markdown_table, percentile
+from _util import (
+    conditions,
+    fmt_int,
+    fmt_ratio,
+    load_average,
+    load_averages,
+    machine_facts,
+    markdown_table,
+    now_utc,
+    percentile,
+    write_json,
+)
 
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_OUT = BENCH_DIR / "results" / "drift_bench.md"
@@ -554,7 +565,7 @@ def part_cost(world: World, windows: int, reps: int, root: Path) -> dict[str, An
     }
 
 
-def report_cost(cost: dict[str, Any]) -> list[str]:
+def report_cost(cost: dict[str, Any], figures: dict[str, Any]) -> list[str]:
     windows, events = cost["windows"], cost["events"]
     med = statistics.median
     mon_total = med(r["observe"] for r in cost["monitor"])
@@ -594,6 +605,16 @@ def report_cost(cost: dict[str, Any]) -> list[str]:
             both,
         ),
     ]
+    figures["cost"] = {
+        "windows": windows,
+        "events_per_window": events / windows,
+        "monitor_ms_per_window": mon_total * 1000 / windows,
+        "alibi_build_predict_ms_per_window": feat * 1000 / windows,
+        "alibi_predict_ms_per_window": feat_pred * 1000 / windows,
+        "monitor_vs_alibi_build_predict": mon_total / feat,
+        "monitor_vs_alibi_predict": mon_total / feat_pred,
+        "max_p_value_difference": worst,
+    }
     refs = cost["reference_rows"]
     other = [r["meter"].other_cores for r in cost["monitor"]] + [
         r["meter"].other_cores for r in cost["alibi"]
@@ -778,8 +799,19 @@ def far_rows(label: str, st: dict[str, Any]) -> list[Any]:
     ]
 
 
-def report_false_alarms(results: list[dict[str, Any]], events: int) -> list[str]:
+def report_false_alarms(
+    results: list[dict[str, Any]], events: int, figures: dict[str, Any]
+) -> list[str]:
     main = far_stats([r["replays"]["default"] for r in results])
+    figures["false_alarms"] = {
+        "events": events,
+        "seeds": main["replays"],
+        "windows": main["windows"],
+        "windows_skipped": main["skipped"],
+        "windows_with_alert": main["any"],
+        "alerting_replays": main["alerting_replays"],
+        "by_detector": {d: {"alerts": a, "windows": n} for d, (a, n) in main["detectors"].items()},
+    }
     sizes = main["sizes"]
     summary = [
         ["seeds (one replay each)", main["replays"]],
@@ -963,8 +995,13 @@ def power_stats(rep: Replay) -> dict[str, Any]:
 
 
 def report_power(
-    results: list[dict[str, Any]], events: int, seeds: list[int], baseline: list[dict[str, Any]]
+    results: list[dict[str, Any]],
+    events: int,
+    seeds: list[int],
+    baseline: list[dict[str, Any]],
+    figures: dict[str, Any],
 ) -> list[str]:
+    power = figures.setdefault("power", {"events": events, "seeds": len(seeds), "cells": []})
     by_cell: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for res in [*results, *baseline]:
         for rep in res["replays"].values():
@@ -1005,6 +1042,22 @@ def report_power(
             )
             if len(found) < len(delays):
                 delay += f" ({len(delays) - len(found)} of {len(delays)} never)"
+            power["cells"].append(
+                {
+                    "scenario": scenario,
+                    "window": size,
+                    "expected": list(EXPECTED[scenario]),
+                    "replays": len(stats),
+                    "post_change": {
+                        d: dict(zip(("alerts", "windows"), pooled("post", d)))
+                        for d in ("feature", "prediction", "performance")
+                    },
+                    "median_delay_events": statistics.median(found) if found else None,
+                    "never_detected": len(delays) - len(found),
+                    "pre_change_alerts": pre_alerts,
+                    "pre_change_windows": pre_windows,
+                }
+            )
             rows.append(
                 [
                     f"`{scenario}`",
@@ -1252,7 +1305,7 @@ def part_serving(args, root: Path) -> dict[str, Any]:
     }
 
 
-def report_serving(res: dict[str, Any], args) -> list[str]:
+def report_serving(res: dict[str, Any], args, figures: dict[str, Any]) -> list[str]:
     rows = []
     rate, cpu = {}, {}
     for mode, label in (
@@ -1284,6 +1337,11 @@ def report_serving(res: dict[str, Any], args) -> list[str]:
             ]
         )
     ratio = rate["on"][0] / rate["off"][0]
+    figures["serving"] = {
+        "req_per_s_on": rate["on"][0],
+        "req_per_s_off": rate["off"][0],
+        "on_vs_off": ratio,
+    }
     paired = [
         on["seconds"] and off["seconds"] / on["seconds"]
         for on, off in zip(res["cells"]["on"], res["cells"]["off"], strict=True)
@@ -1389,6 +1447,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--json", type=Path, default=DEFAULT_OUT.with_suffix(".json"))
+    p.add_argument(
+        "--mode",
+        default="full",
+        help="the run's label in the JSON when not --quick (e.g. 'reduced' with smaller sizes)",
+    )
     p.add_argument("--tmp-dir", default=None)
     p.add_argument("--events", type=int, default=None, help="lake size of parts 1-3")
     p.add_argument("--seeds", type=int, default=None, help="baseline seeds of part 2")
@@ -1450,6 +1514,9 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     started = time.perf_counter()
     load_before = load_average()
+    started_at = now_utc()
+    load_numbers = load_averages()
+    figures: dict[str, Any] = {}
     sections: list[list[str]] = []
     with tempfile.TemporaryDirectory(prefix="kubeloop-driftbench-", dir=args.tmp_dir) as tmp:
         root = Path(tmp)
@@ -1461,7 +1528,9 @@ def main(argv=None) -> int:
             log(f"built in {sum(first.build_seconds.values()):.1f}s: {first.build_seconds}")
         if "1" in args.parts:
             log(f"part 1: {args.cost_windows} windows x {args.cost_reps} reps")
-            sections.append(report_cost(part_cost(first, args.cost_windows, args.cost_reps, root)))
+            sections.append(
+                report_cost(part_cost(first, args.cost_windows, args.cost_reps, root), figures)
+            )
         baseline_sizes: list[dict[str, Any]] = []
         if "2" in args.parts:
             t = time.perf_counter()
@@ -1492,7 +1561,7 @@ def main(argv=None) -> int:
                 for s in seeds[1:]
             ]
             results += run_jobs(jobs, args.workers, "part 2")
-            sections.append(report_false_alarms(results, args.events))
+            sections.append(report_false_alarms(results, args.events, figures))
             sections[-1].append(
                 f"\nPart 2 took {time.perf_counter() - t:.0f}s (with the replays of seeds "
                 f"0-{args.variant_seeds - 1} against the other reference and at the window "
@@ -1517,11 +1586,13 @@ def main(argv=None) -> int:
                 for s in power_seeds
             ]
             results = run_jobs(jobs, args.workers, "part 3")
-            sections.append(report_power(results, args.events, power_seeds, baseline_sizes))
+            sections.append(
+                report_power(results, args.events, power_seeds, baseline_sizes, figures)
+            )
             sections[-1].append(f"\nPart 3 took {time.perf_counter() - t:.0f}s.")
         if "4" in args.parts:
             t = time.perf_counter()
-            sections.append(report_serving(part_serving(args, root), args))
+            sections.append(report_serving(part_serving(args, root), args, figures))
             sections[-1].append(f"\nPart 4 took {time.perf_counter() - t:.0f}s.")
     header = [
         "# Drift monitoring benchmark",
@@ -1540,6 +1611,20 @@ def main(argv=None) -> int:
         ),
         "",
     ]
+    cond = conditions(
+        "drift",
+        "quick" if args.quick else args.mode,
+        list(argv if argv is not None else sys.argv[1:]),
+        PACKAGES,
+        load_numbers,
+        time.perf_counter() - started,
+        started_at,
+    )
+    write_json(args.json, {"conditions": cond, "parts": args.parts, "summary": figures})
+    log(f"wrote {args.json}")
+    # The sections are rendered from the replays in memory; the JSON holds their headline
+    # figures (what the README renders) and the run's conditions.
+    header[2:3] = [f"Headline figures and conditions: {args.json.name}.", "", header[2]]
     text = "\n".join(header + [line for s in sections for line in [*s, ""]])
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

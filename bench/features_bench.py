@@ -25,29 +25,34 @@ from __future__ import annotations
 # Only the standard library and the bench helpers at module level: spawned children
 # import this module again, and their peak RSS should carry only what their stage needs.
 import argparse
+import json
 import random
 import shutil
 import signal
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from _util import (
+    conditions,
+    conditions_lines,
     fmt_int,
     fmt_ratio,
-    load_average,
-    machine_facts,
+    load_averages,
     markdown_table,
+    now_utc,
     peak_rss_mib,
     percentile,
     run_fresh,
+    write_json,
 )
 
 DEFAULT_SIZES = [1_000_000, 10_000_000]
 QUICK_SIZES = [100_000, 300_000]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "features_bench.md"
+DEFAULT_JSON = DEFAULT_OUT.with_suffix(".json")
 PACKAGES = ["duckdb", "feast", "pyarrow", "pandas", "numpy"]
 
 # Users and ads grow with the event count past the generator's defaults (4,000 users,
@@ -343,7 +348,7 @@ def latency_section(lookup: dict, lookup_size: int) -> list[str]:
                 ]
             )
     headline = [
-        f"- {n} entity row{'s' if n > 1 else ''}: wrapper / direct = "
+        f"- {n} entity row{'s' if int(n) > 1 else ''}: wrapper / direct = "
         f"{fmt_ratio(c['wrapper']['p50'] / c['direct']['p50'])} at p50, "
         f"{fmt_ratio(c['wrapper']['p99'] / c['direct']['p99'])} at p99; "
         f"wrapper / (direct + to_df) = "
@@ -411,6 +416,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tmp-dir", type=Path, default=None, help="where the temporary working directory goes"
     )
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help=f"JSON output (default: {DEFAULT_JSON})"
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: render the markdown from this JSON of an earlier run",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.sizes:
         parser.error("--quick and --sizes are exclusive")
@@ -429,11 +444,32 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    started = time.perf_counter()
-    load_before = load_average()
+def run_mode(args: argparse.Namespace) -> str:
+    """full (the default sizes), quick, or reduced (other sizes), as the JSON records it."""
+    if args.quick:
+        return "quick"
+    return "full" if args.sizes == sorted(DEFAULT_SIZES) else "reduced"
+
+
+def render(doc: dict) -> str:
+    """The markdown report, rendered from the bench's JSON alone."""
+    data = doc["data"]
+    return "\n".join(
+        [
+            "## Feature path benchmark (bench/features_bench.py)",
+            "",
+            *conditions_lines(doc["conditions"]),
+            "",
+            *throughput_section(data["records"]),
+            *latency_section(data["lookup"], data["lookup_size"]),
+        ]
+    )
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Run both parts; returns the JSON document (conditions + data)."""
+    started, started_at = time.perf_counter(), now_utc()
+    load_before = load_averages()
     with tempfile.TemporaryDirectory(prefix="kubeloop-bench-", dir=args.tmp_dir) as tmp:
         tmp = Path(tmp)
         records, features = run_throughput(args.sizes, args.lookup_size, tmp)
@@ -446,26 +482,33 @@ def main(argv: list[str] | None = None) -> int:
             args.iters_100,
             args.warmup,
         )
-    minutes = (time.perf_counter() - started) / 60
-    text = "\n".join(
-        [
-            "## Feature path benchmark (bench/features_bench.py)",
-            "",
-            (
-                f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {minutes:.1f} min, "
-                f"command `{' '.join(['bench/features_bench.py', *sys.argv[1:]])}`."
-            ),
-            "",
-            *machine_facts(PACKAGES),
-            f"- load average (1/5/15 min) before: {load_before}; after: {load_average()}",
-            "",
-            *throughput_section(records),
-            *latency_section(lookup, args.lookup_size),
-        ]
+    cond = conditions(
+        "features",
+        run_mode(args),
+        sys.argv[1:],
+        PACKAGES,
+        load_before,
+        time.perf_counter() - started,
+        started_at,
     )
+    return {
+        "conditions": cond,
+        "data": {"records": records, "lookup": lookup, "lookup_size": args.lookup_size},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    if args.render:
+        doc = json.loads(args.render.read_text())
+    else:
+        doc = write_json(args.json, measure(args))
+        log(f"wrote {args.json}")
+    text = render(doc)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    args.out.write_text(text + "\n")
     log(f"wrote {args.out}")
     return 0
 

@@ -69,23 +69,27 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from _util import (
+    conditions,
+    conditions_lines,
     fmt_int,
     fmt_ratio,
-    load_average,
-    machine_facts,
+    load_averages,
     markdown_table,
+    now_utc,
     percentile,
     run_fresh,
+    write_json,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 DEFAULT_OUT = BENCH_DIR / "results" / "serving_bench.md"
+DEFAULT_JSON = DEFAULT_OUT.with_suffix(".json")
 DEFAULT_EVENTS = 100_000
 QUICK_EVENTS = 50_000
 PACKAGES = ["kserve", "bentoml", "lightgbm", "feast", "httpx", "uvicorn", "fastapi", "pandas"]
@@ -731,6 +735,17 @@ def stats(cell: Cell) -> dict[str, float]:
     }
 
 
+def cell_record(cell: Cell) -> dict[str, Any]:
+    """What the JSON keeps of one measured cell: its figures, not its raw latencies."""
+    return {
+        "label": cell.target.label,
+        "size": cell.size,
+        "servers": list(cell.target.servers),
+        "stats": stats(cell),
+        "server_cpu": dict(cell.server_cpu),
+    }
+
+
 def faster_word(ratio: float) -> str:
     if ratio > 1.05:
         return "faster"
@@ -739,15 +754,15 @@ def faster_word(ratio: float) -> str:
     return "about as fast"
 
 
-def peers_section(cells: dict[str, Cell]) -> list[str]:
+def peers_section(cells: dict[str, dict]) -> list[str]:
     rows, sentences = [], []
     for size in SIZES:
-        base = stats(cells[f"predictor/{size}"])
+        base = cells[f"predictor/{size}"]["stats"]
         for key in ("predictor", "bentoml", "bare", "predictor_omp"):
             cell = cells[f"{key}/{size}"]
-            s = stats(cell)
+            s = cell["stats"]
             rows.append(
-                [cell.target.label, size, fmt_int(s["n"]),
+                [cell["label"], size, fmt_int(s["n"]),
                  f"{s['rps']:,.0f} ({s['rps_min']:,.0f}–{s['rps_max']:,.0f})", ms(s["p50"]),
                  ms(s["p99"]), ms(s["server_cpu"]), fmt_ratio(s["rps"] / base["rps"]),
                  fmt_ratio(s["p50"] / base["p50"]), fmt_ratio(s["p99"] / base["p99"]),
@@ -756,7 +771,7 @@ def peers_section(cells: dict[str, Cell]) -> list[str]:
             if key != "predictor":
                 ratio = s["rps"] / base["rps"]
                 sentences.append(
-                    f"- {size}-row requests: {cell.target.label} serves {fmt_ratio(ratio)} the "
+                    f"- {size}-row requests: {cell['label']} serves {fmt_ratio(ratio)} the "
                     f"predictor's requests/s ({faster_word(ratio)} than the predictor); p50 "
                     f"{fmt_ratio(s['p50'] / base['p50'])}, server CPU per request "
                     f"{fmt_ratio(s['server_cpu'] / base['server_cpu'])} the predictor's."
@@ -784,22 +799,22 @@ def peers_section(cells: dict[str, Cell]) -> list[str]:
 
 
 def overhead_section(
-    cells: dict[str, Cell], title: str, keys: list[str], hop_servers: dict[str, list[str]]
+    cells: dict[str, dict], title: str, keys: list[str], hop_servers: dict[str, list[str]]
 ) -> list[str]:
     rows = []
     for size in SIZES:
         base_cell = cells[f"predictor/{size}"]
-        base = stats(base_cell)
+        base = base_cell["stats"]
         rows.append(
-            [base_cell.target.label + ", direct", size, ms(base["p50"]), ms(base["p99"]),
+            [base_cell["label"] + ", direct", size, ms(base["p50"]), ms(base["p99"]),
              "1.00x", "1.00x", "–", "–", f"{base['rps']:,.0f}", ms(base["server_cpu"])]
         )  # fmt: skip
         for key in keys:
             cell = cells[f"{key}/{size}"]
-            s = stats(cell)
-            hop = sum(cell.server_cpu.get(n, 0.0) for n in hop_servers[key]) / s["n"]
+            s = cell["stats"]
+            hop = sum(cell["server_cpu"].get(n, 0.0) for n in hop_servers[key]) / s["n"]
             rows.append(
-                [cell.target.label, size, ms(s["p50"]), ms(s["p99"]),
+                [cell["label"], size, ms(s["p50"]), ms(s["p99"]),
                  fmt_ratio(s["p50"] / base["p50"]), fmt_ratio(s["p99"] / base["p99"]),
                  ms(s["p50"] - base["p50"]), ms(hop), f"{s['rps']:,.0f}", ms(s["server_cpu"])]
             )  # fmt: skip
@@ -810,9 +825,10 @@ def overhead_section(
     return [title, "", markdown_table(header, rows), ""]
 
 
-def breakdown_section(steps: dict[int, dict[str, float]], cells: dict[str, Cell]) -> list[str]:
-    names = list(steps[SIZES[0]])
-    rows = [[name, *(us(steps[size][name]) for size in SIZES)] for name in names]
+def breakdown_section(steps: dict[str, dict[str, float]], cells: dict[str, dict]) -> list[str]:
+    # JSON object keys are strings: the steps are keyed by str(rows per request).
+    names = list(steps[str(SIZES[0])])
+    rows = [[name, *(us(steps[str(size)][name]) for size in SIZES)] for name in names]
     lines = [
         "### 4. Where one request's time goes (in-process, servers stopped)",
         "",
@@ -827,10 +843,10 @@ def breakdown_section(steps: dict[int, dict[str, float]], cells: dict[str, Cell]
         "",
     ]
     for size in SIZES:
-        step = steps[size]
-        pred = stats(cells[f"predictor/{size}"])["server_cpu"]
-        bare = stats(cells[f"bare/{size}"])["server_cpu"]
-        bento = stats(cells[f"bentoml/{size}"])["server_cpu"]
+        step = steps[str(size)]
+        pred = cells[f"predictor/{size}"]["stats"]["server_cpu"]
+        bare = cells[f"bare/{size}"]["stats"]["server_cpu"]
+        bento = cells[f"bentoml/{size}"]["stats"]["server_cpu"]
         p_call = step["CTRPredictor.predict (all of the above but decode)"]
         b_call = step["BareLightGBM.predict"]
         frame_s = step["DataFrame.from_records"]
@@ -850,43 +866,34 @@ def breakdown_section(steps: dict[int, dict[str, float]], cells: dict[str, Cell]
     return lines
 
 
-def render(
-    args: argparse.Namespace,
-    prepared: dict,
-    cells_list: list[Cell],
-    steps: dict,
-    load_before: str,
-    minutes: float,
-) -> str:
-    cells = {c.key: c for c in cells_list}
-    client_cpu = {size: stats(cells[f"predictor/{size}"])["client_cpu"] for size in SIZES}
-    omp = str(args.omp_threads) if args.omp_threads else "unset"
+def render(doc: dict) -> str:
+    """The markdown report, rendered from the bench's JSON alone."""
+    setup, cells, steps = doc["setup"], doc["cells"], doc["breakdown"]
+    client_cpu = {size: cells[f"predictor/{size}"]["stats"]["client_cpu"] for size in SIZES}
     text = [
         "## Serving benchmark (bench/serving_bench.py)",
         "",
+        *conditions_lines(doc["conditions"]),
         (
-            f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {minutes:.1f} min, command "
-            f"`{' '.join(['bench/serving_bench.py', *sys.argv[1:]])}`. Preparation (not "
-            f"timed, {prepared['seconds']:.0f}s): {args.events:,}-event lake, "
-            f"{prepared['training_rows']:,} training rows, LightGBM with "
-            f"{prepared['best_iteration']} trees over {prepared['n_features']} transformed "
-            f"features, registered and exported as {prepared['version']}. "
-            f"{len(prepared['client_rows']):,} request rows from the last day "
-            f"({prepared['cold_users']} with a user and {prepared['cold_ads']} with an ad the "
-            "online store does not hold)."
-        ),
-        "",
-        *machine_facts(PACKAGES),
-        f"- load average (1/5/15 min) before: {load_before}; after: {load_average()}",
-        (
-            f"- client: httpx.AsyncClient, closed loop, concurrency {args.concurrency}; per "
-            f"cell {args.requests_1:,} requests of 1 row or {args.requests_64:,} of 64 rows, "
-            f"in {args.rounds} interleaved rounds, after {args.warmup} warmup requests; "
-            f"client CPU {ms(client_cpu[1])} ms per 1-row request, {ms(client_cpu[64])} ms "
-            "per 64-row request"
+            f"- preparation (not timed, {setup['prepare_seconds']:.0f}s): "
+            f"{setup['events']:,}-event lake, "
+            f"{setup['training_rows']:,} training rows, LightGBM with "
+            f"{setup['best_iteration']} trees over {setup['n_features']} transformed "
+            f"features, registered and exported as {setup['version']}; "
+            f"{setup['request_rows']:,} request rows from the last day "
+            f"({setup['cold_users']} with a user and {setup['cold_ads']} with an ad the "
+            "online store does not hold)"
         ),
         (
-            f"- servers: one process / worker each on 127.0.0.1, OMP_NUM_THREADS={omp} "
+            f"- client: httpx.AsyncClient, closed loop, concurrency {setup['concurrency']}; per "
+            f"cell {setup['requests_1']:,} requests of 1 row or {setup['requests_64']:,} of 64 "
+            f"rows, in {setup['rounds']} interleaved rounds, after {setup['warmup']} warmup "
+            f"requests; client CPU {ms(client_cpu[1])} ms per 1-row request, "
+            f"{ms(client_cpu[64])} ms per 64-row request"
+        ),
+        (
+            f"- servers: one process / worker each on 127.0.0.1, "
+            f"OMP_NUM_THREADS={setup['omp_threads']} "
             "(but the 'as shipped' predictor), default logging (KServe: a latency line per "
             "request; BentoML: an access line per request)"
         ),
@@ -940,6 +947,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add("--out", type=Path, default=DEFAULT_OUT, help=f"markdown output (default {DEFAULT_OUT})")
     add("--tmp-dir", type=Path, default=None, help="where the temporary directory goes")
+    add("--json", type=Path, default=DEFAULT_JSON, help=f"JSON output (default {DEFAULT_JSON})")
+    add(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: render the markdown from this JSON of an earlier run",
+    )
     # The router's own process, started by the bench itself.
     add("--serve-router", action="store_true", help=argparse.SUPPRESS)
     add("--port", type=int, help=argparse.SUPPRESS)
@@ -986,13 +1001,46 @@ def environ(key: str, value: str | None):
             os.environ[key] = old
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.serve_router:
-        return serve_router(args)
-    signal.signal(signal.SIGTERM, _terminate)
-    started = time.perf_counter()
-    load_before = load_average()
+def run_mode(args: argparse.Namespace) -> str:
+    """full (the defaults), quick, or reduced (any other size), as the JSON records it."""
+    if args.quick:
+        return "quick"
+    full = (args.events, args.requests_1, args.requests_64, args.rounds, args.warmup) == (
+        DEFAULT_EVENTS,
+        1000,
+        300,
+        5,
+        50,
+    )
+    return "full" if full else "reduced"
+
+
+def setup_record(args: argparse.Namespace, prepared: dict) -> dict[str, Any]:
+    """The sizes and the prepared model the figures belong to."""
+    return {
+        "events": args.events,
+        "prepare_seconds": prepared["seconds"],
+        "training_rows": prepared["training_rows"],
+        "best_iteration": prepared["best_iteration"],
+        "n_features": prepared["n_features"],
+        "version": prepared["version"],
+        "request_rows": len(prepared["client_rows"]),
+        "cold_users": prepared["cold_users"],
+        "cold_ads": prepared["cold_ads"],
+        "concurrency": args.concurrency,
+        "requests_1": args.requests_1,
+        "requests_64": args.requests_64,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "omp_threads": str(args.omp_threads) if args.omp_threads else "unset",
+    }
+
+
+def measure_all(args: argparse.Namespace) -> dict:
+    """Prepare, start the servers, measure every cell, then the in-process breakdown;
+    returns the JSON document."""
+    started, started_at = time.perf_counter(), now_utc()
+    load_before = load_averages()
     omp = str(args.omp_threads) if args.omp_threads else None
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="kubeloop-servebench-", dir=args.tmp_dir) as tmp:
@@ -1029,8 +1077,35 @@ def main(argv: list[str] | None = None) -> int:
         reps = {1: 200, 64: 40} if args.quick else {1: 2000, 64: 300}
         with environ(OMP_ENV, omp):
             steps = run_fresh(breakdown, prepared, reps, cores)
-        minutes = (time.perf_counter() - started) / 60
-        text = render(args, prepared, cells, steps, load_before, minutes)
+        setup = setup_record(args, prepared)
+    cond = conditions(
+        "serving",
+        run_mode(args),
+        sys.argv[1:],
+        PACKAGES,
+        load_before,
+        time.perf_counter() - started,
+        started_at,
+    )
+    return {
+        "conditions": cond,
+        "setup": setup,
+        "cells": {c.key: cell_record(c) for c in cells},
+        "breakdown": {str(size): step for size, step in steps.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.serve_router:
+        return serve_router(args)
+    signal.signal(signal.SIGTERM, _terminate)
+    if args.render:
+        doc = json.loads(args.render.read_text())
+    else:
+        doc = write_json(args.json, measure_all(args))
+        log(f"wrote {args.json}")
+    text = render(doc)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")

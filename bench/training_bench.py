@@ -56,14 +56,24 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
-from _util import fmt_ratio, load_average, machine_facts, markdown_table, run_fresh
+from _util import (
+    conditions,
+    conditions_lines,
+    fmt_ratio,
+    load_averages,
+    markdown_table,
+    now_utc,
+    run_fresh,
+    write_json,
+)
 
 DEFAULT_EVENTS = 300_000
 QUICK_EVENTS = 60_000
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "training_bench.md"
+DEFAULT_JSON = DEFAULT_OUT.with_suffix(".json")
 PACKAGES = ["kfp", "lightgbm", "torch", "pandas", "pyarrow", "numpy"]
 TARGET_RATIO = 1.1
 # Part 2 trains torch briefly: the comparison is about orchestration, not the model.
@@ -1166,6 +1176,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--tmp-dir", type=Path, default=None, help="where the temporary working directory goes"
     )
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help=f"JSON output (default: {DEFAULT_JSON})"
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: render the markdown from this JSON of an earlier run",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.events:
         parser.error("--quick and --events are exclusive")
@@ -1180,11 +1200,18 @@ def _terminate(signum, frame):
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    started = time.perf_counter()
-    load_before = load_average()
+def run_mode(args: argparse.Namespace) -> str:
+    """full (the defaults), quick, or reduced (any other size), as the JSON records it."""
+    if args.quick:
+        return "quick"
+    full = (args.events, args.reps, args.pipeline_reps) == (DEFAULT_EVENTS, 3, 2)
+    return "full" if full else "reduced"
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """Prepare, then parts 1, the diagnosis and 2; returns the JSON document."""
+    started, started_at = time.perf_counter(), now_utc()
+    load_before = load_averages()
     with tempfile.TemporaryDirectory(prefix="kubeloop-trainbench-", dir=args.tmp_dir) as tmp:
         tmp = Path(tmp)
         prepared = prepare(args.events, tmp / "prepared")
@@ -1195,26 +1222,77 @@ def main(argv: list[str] | None = None) -> int:
         if args.pipeline_reps:
             log(f"part 2: run_local vs direct step calls, {args.pipeline_reps} repetitions")
             results2 = part2(prepared["lake"], args.pipeline_reps, tmp / "part2", args.quiet_wait)
-    minutes = (time.perf_counter() - started) / 60
-    text = "\n".join(
+    cond = conditions(
+        "training",
+        run_mode(args),
+        sys.argv[1:],
+        PACKAGES,
+        load_before,
+        time.perf_counter() - started,
+        started_at,
+    )
+    keep = ("events", "days", "training_rows", "generate_s", "features_s", "training_set_mib")
+    return {
+        "conditions": cond,
+        "prepared": {k: prepared[k] for k in keep},
+        "reps": args.reps,
+        "pipeline_reps": args.pipeline_reps,
+        "part1": results1,
+        "diagnose": diag,
+        "part2": results2,
+        "summary": summary(results1, results2),
+    }
+
+
+def summary(results1: dict[str, list[dict]], results2: dict[str, list[dict]] | None) -> dict:
+    """The headline ratios (quiet medians, as the verdict uses) the README renders."""
+    comp, step, plain = (undisturbed(results1[k])[0] for k in ("component", "train_step", "plain"))
+    out = {
+        "component_vs_plain": comp / plain,
+        "train_step_vs_plain": step / plain,
+        "component_seconds": comp,
+        "plain_seconds": plain,
+        "core_train_seconds": undisturbed(results1["plain"], "train_seconds")[0],
+        "component_fixed_seconds": comp - step,
+    }
+    if results2:
+        pipe, direct = undisturbed(results2["pipeline"])[0], undisturbed(results2["direct"])[0]
+        out["pipeline_vs_direct"] = pipe / direct
+        out["pipeline_vs_direct_median"] = median(
+            [r["seconds"] for r in results2["pipeline"]]
+        ) / median([r["seconds"] for r in results2["direct"]])
+    return out
+
+
+def render(doc: dict) -> str:
+    """The markdown report, rendered from the bench's JSON alone."""
+    prepared = doc["prepared"]
+    return "\n".join(
         [
             "## Training path benchmark (bench/training_bench.py)",
             "",
+            *conditions_lines(doc["conditions"]),
             (
-                f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {minutes:.1f} min, "
-                f"command `{' '.join(['bench/training_bench.py', *sys.argv[1:]])}`. "
-                f"Preparation (not timed below): generate_lake {prepared['generate_s']:.1f}s, "
-                f"run_features {prepared['features_s']:.1f}s."
+                f"- preparation (not timed below): generate_lake {prepared['generate_s']:.1f}s, "
+                f"run_features {prepared['features_s']:.1f}s"
             ),
             "",
-            *machine_facts(PACKAGES),
-            f"- load average (1/5/15 min) before: {load_before}; after: {load_average()}",
-            "",
-            *part1_section(results1, prepared, args.reps),
-            *diagnose_section(diag, results1),
-            *(part2_section(results2, args.pipeline_reps) if results2 else []),
+            *part1_section(doc["part1"], prepared, doc["reps"]),
+            *diagnose_section(doc["diagnose"], doc["part1"]),
+            *(part2_section(doc["part2"], doc["pipeline_reps"]) if doc["part2"] else []),
         ]
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    if args.render:
+        doc = json.loads(args.render.read_text())
+    else:
+        doc = write_json(args.json, measure(args))
+        log(f"wrote {args.json}")
+    text = render(doc)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
