@@ -19,11 +19,35 @@ rollback    ``{"spec": {"predictor": {"canaryTrafficPercent": 0}}}`` (the previo
             caller names the version to go back to
 ==========  ========================================================================  ============================
 
-After a rollback the spec still names the rejected version, and the next promote would send
-all traffic to it. To go back for good, put the old version back in the spec as well:
-``rollback(name, storage_uri=OLD)`` (or ``kubectl kubeloop canary rollback ctr --storage-uri
-OLD``) creates a new revision of OLD at 0% while the pinned revision keeps 100%; once it is
-Ready, ``promote`` sends it 100% and the spec and the running revision agree again.
+What KServe does with these fields (kserve v0.20.0; the tests replay it in a model of this
+code, tests/test_cluster_plugin.py ``KServeModel``):
+
+* ``createKnativeService`` (``pkg/controller/v1beta1/inferenceservice/reconcilers/knative/
+  ksvc_reconciler.go:132-164``): with canaryTrafficPercent set and a latest rolled-out
+  revision, the route is ``latestRevision: true`` at P% plus ``latestRolledoutRevision`` at
+  100-P% tagged ``prev``; without it, ``latestRevision: true`` at 100%. Knative resolves
+  ``latestRevision`` to the latest READY revision, not the latest created one.
+* ``PropagateStatus`` (``pkg/apis/serving/v1beta1/inference_service_status.go:582-606``): the
+  latest ready revision becomes ``latestRolledoutRevision`` (the old one becomes
+  ``previousRolledoutRevision``) once it has 100%; and when the latest ready revision already
+  IS the rolled-out one, is also the latest created one, and gets less than 100% of a split
+  over itself, ``latestRolledoutRevision`` goes back to ``previousRolledoutRevision``: that is
+  how a rollback after a promote works, and only while no newer revision exists.
+
+So, rejecting a canary:
+
+* during the canary, ``rollback`` (0%) pins the rolled-out revision at 100%;
+  ``rollback --storage-uri OLD`` in the same patch is safe too: the new revision of OLD starts
+  at 0%, and ``promote`` once it is Ready makes the spec and the running revision agree again.
+* after a promote, ``rollback`` alone works (KServe moves the pointer back, then the traffic);
+  ``rollback --storage-uri OLD`` in one patch does NOT: the new revision breaks "latest ready ==
+  latest created", so the rejected revision keeps 100%. ``rollback`` refuses that and says
+  the safe sequence: ``rollback``, wait until status shows the previous revision at 100%,
+  ``rollback --storage-uri OLD``, then ``promote`` once its revision is Ready.
+* removing canaryTrafficPercent together with the old storageUri (re-applying a manifest
+  without the canary) sends 100% to ``latestRevision``, i.e. the rejected, still latest ready
+  revision, until the new one is Ready. ``promote`` refuses the same thing: 100% to a latest
+  ready revision that is neither the latest created nor the rolled-out one.
 
 ``CustomObjectsApi.patch_namespaced_custom_object`` in kubernetes client 30.1 sends a dict body
 as ``application/merge-patch+json`` (the only patch type it declares for custom objects), so a
@@ -111,6 +135,11 @@ class CanaryPercentError(KubeloopError, ValueError):
 
 class CanaryNotSupported(ClusterError):
     """The InferenceService cannot do a canary rollout (deployment mode, spec shape)."""
+
+
+class UnsafeRolloutError(ClusterError):
+    """A verb whose effect on KServe's traffic would not be what the verb means; the message
+    says the safe sequence. Nothing was sent."""
 
 
 def validate_percent(percent: Any) -> int:
@@ -281,16 +310,46 @@ class CanaryStatus(BaseModel):
             return "full"
         return "canary"
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def pinned_revision(self) -> str | None:
-        """The revision that keeps 100 - canaryTrafficPercent: the latest rolled-out one while
-        a newer revision is ready, else (after a promote) the previous rolled-out one."""
+        """The revision holding 100 - canaryTrafficPercent NOW: the non-latest (``prev``) target
+        of the traffic KServe reports. Before KServe has written a split, the revision it will
+        pin (`expected_pinned_revision`). None when no split is set (or at 100%)."""
+        if self.canary_percent is None or self.canary_percent >= 100:
+            return None
+        for target in self.traffic:
+            if not target.latest and target.revision:
+                return target.revision
+        return self.expected_pinned_revision
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def expected_pinned_revision(self) -> str | None:
+        """The revision KServe pins once it has reconciled this spec and status: the latest
+        rolled-out one, except in PropagateStatus's rolled-back case (latest ready == latest
+        rolled out == latest created, split below 100%), where it is the previous rolled-out
+        one. None without a split (no canaryTrafficPercent, 100%, or nothing rolled out yet:
+        ksvc_reconciler.go:134 splits only with a latest rolled-out revision)."""
+        if self.canary_percent is None or self.canary_percent >= 100:
+            return None
+        rolled_out = self.latest_rolledout_revision
+        if not rolled_out:
+            return None
         if (
-            self.latest_ready_revision
-            and self.latest_ready_revision != self.latest_rolledout_revision
+            rolled_out == self.latest_ready_revision == self.latest_created_revision
+            and self.previous_rolledout_revision
         ):
-            return self.latest_rolledout_revision
-        return self.previous_rolledout_revision
+            return self.previous_rolledout_revision
+        return rolled_out
+
+    def after_patch(self, percent: int | None, *, new_revision: bool) -> CanaryStatus:
+        """This status as KServe would see it after a patch setting ``percent`` (and, with
+        ``new_revision``, a storageUri change, which makes a new, not yet ready revision)."""
+        update: dict[str, Any] = {"canary_percent": percent}
+        if new_revision:
+            update["latest_created_revision"] = "(new revision)"
+        return self.model_copy(update=update)
 
     def roles(self, revision: str | None) -> list[str]:
         """Which status pointers name ``revision`` (latest ready, latest rolled out, ...)."""
@@ -518,24 +577,37 @@ class InferenceServiceClient:
                     field="spec.predictor.model.storageUri", before=current_uri, after=storage_uri
                 )
             )
+        new_revision = "model" in predictor
+        after = before.after_patch(percent, new_revision=new_revision)
+        if verb == "rollback":
+            self._check_rollback(name, before, after, storage_uri)
         warnings = []
-        if (
-            percent > 0
-            and "model" not in predictor
-            and before.latest_ready_revision
-            and before.latest_ready_revision == before.latest_rolledout_revision
-        ):
-            warnings.append(
-                f"no new revision to split traffic with: latest ready revision "
-                f"{before.latest_ready_revision} is also the latest rolled-out one; "
-                "give --storage-uri to roll out a new model version"
-            )
+        if percent > 0 and not new_revision and before.latest_ready_revision:
+            if before.latest_ready_revision == before.latest_rolledout_revision:
+                other = after.expected_pinned_revision
+                if other and other != before.latest_ready_revision and percent < 100:
+                    warnings.append(
+                        f"no new revision: KServe splits {before.latest_ready_revision} "
+                        f"({percent}%) against the previous rolled-out revision {other}; "
+                        "give --storage-uri to roll out a new model version"
+                    )
+                else:
+                    warnings.append(
+                        f"no new revision to split traffic with: latest ready revision "
+                        f"{before.latest_ready_revision} is also the latest rolled-out one; "
+                        "give --storage-uri to roll out a new model version"
+                    )
         if percent == 0:
-            pinned = before.pinned_revision
-            if not pinned or pinned == before.latest_ready_revision:
+            pinned = after.expected_pinned_revision
+            if not pinned or pinned == before.latest_created_revision:
                 warnings.append(
                     "no earlier rolled-out revision to pin: the latest revision is the only one "
                     "that has had all the traffic"
+                )
+            elif pinned != before.pinned_revision:
+                warnings.append(
+                    f"KServe pins {pinned} at 100% once it has reconciled this change; "
+                    "check with `canary status`"
                 )
         return self._apply(verb, name, predictor, changes, warnings, dry_run)
 
@@ -556,27 +628,60 @@ class InferenceServiceClient:
                     after=None,
                 )
             )
+        created, ready = before.latest_created_revision, before.latest_ready_revision
         warnings = []
-        if (
-            before.latest_created_revision
-            and before.latest_ready_revision
-            and before.latest_created_revision != before.latest_ready_revision
-        ):
+        if created and ready and created != ready:
+            if ready != before.latest_rolledout_revision:
+                raise UnsafeRolloutError(
+                    f'refusing to promote inferenceservice "{name}": its latest created '
+                    f"revision {created} is not Ready, so 100% would go to the latest ready "
+                    f"revision {ready}, which was never rolled out (after a rollback it is the "
+                    f"rejected one); wait until `canary status` shows {created} ready, then "
+                    "promote",
+                    name=name,
+                    namespace=self.namespace,
+                    context=self.context,
+                )
             warnings.append(
-                f"latest created revision {before.latest_created_revision} is not ready; "
-                f"100% goes to the latest ready revision {before.latest_ready_revision}"
+                f"latest created revision {created} is not ready; 100% goes to the latest "
+                f"ready revision {ready} until it is, then to {created}"
             )
         return self._apply("promote", name, predictor, changes, warnings, dry_run)
 
     def rollback(
         self, name: str, storage_uri: str | None = None, *, dry_run: bool = False
     ) -> PatchResult:
-        """Set canaryTrafficPercent to 0: all traffic pinned to the previous rolled-out revision.
+        """Set canaryTrafficPercent to 0: all traffic pinned to the rolled-out revision (after
+        a promote: the previous rolled-out one, once KServe has moved its pointer back).
 
         With ``storage_uri`` (the version to go back to) the spec's model version is reverted in
-        the same patch, so a later promote rolls out that version, not the rejected one.
+        the same patch, so a later promote rolls out that version, not the rejected one. Raises
+        UnsafeRolloutError, sending nothing, where that would leave the rejected revision at
+        100% (after a promote: see the module docstring).
         """
         return self._set("rollback", name, 0, storage_uri, dry_run)
+
+    def _check_rollback(
+        self, name: str, before: CanaryStatus, after: CanaryStatus, storage_uri: str | None
+    ) -> None:
+        """Refuse a rollback that would pin the revision it is meant to reject."""
+        rejected = before.latest_created_revision
+        previous = before.previous_rolledout_revision
+        if after.latest_created_revision == rejected or not previous or not rejected:
+            return  # no new revision, or nothing earlier to go back to (a warning then)
+        if after.expected_pinned_revision != rejected:
+            return
+        raise UnsafeRolloutError(
+            f'refusing to roll back inferenceservice "{name}" with --storage-uri: {rejected} '
+            f"was promoted, and KServe pins the previous rolled-out revision {previous} only "
+            f"while no newer revision exists, so {rejected} would keep 100%; safe sequence: "
+            f"`kubectl kubeloop canary rollback {name}`, wait until `canary status` shows "
+            f"{previous} at 100%, then `canary rollback {name} --storage-uri {storage_uri}`, "
+            f"then `canary promote {name}` once its new revision is Ready",
+            name=name,
+            namespace=self.namespace,
+            context=self.context,
+        )
 
     # helpers
 

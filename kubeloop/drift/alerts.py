@@ -1,8 +1,9 @@
 """Drift alerts: the record every detector raises, and where alerts are kept.
 
 An `Alert` says what was found (detector, statistic, p-value against its threshold, the
-drifted features), on which traffic (model, version, variant) and on which window of
-events (event-time start and end, number of events). Its `id` is derived from the model,
+drifted features), on which traffic (model, version, variant, and the serving revision: the
+Knative revision in a cluster) and on which window of events (event-time start and end,
+number of events). Its `id` is derived from the model,
 version, variant, detector and window, so evaluating the same window twice (a restart
 between writing the alert and committing the window) stores it once.
 
@@ -91,6 +92,9 @@ class Alert(BaseModel):
     model: str
     version: str
     variant: str
+    revision: str | None = Field(
+        None, description="revision that served the window (Knative revision in a cluster)"
+    )
     detector: DetectorKind
     statistic: float
     p_value: float
@@ -121,6 +125,8 @@ class Alert(BaseModel):
             "threshold": min(max(float(self.threshold), 0.0), 1.0),
             "features": list(self.features),
             "variant": self.variant,
+            "version": self.version,
+            "revision": self.revision,
             "window": {"start": self.window.start, "end": self.window.end, "size": self.window.n},
             "detected_at": self.time,
         }
@@ -194,8 +200,10 @@ class AlertStore(ABC):
 _COLUMNS = (
     "id", "time", "model", "version", "variant", "detector", "statistic", "p_value",
     "threshold", "features", "window_start", "window_end", "window_n", "window_index",
-    "severity", "details",
+    "severity", "details", "revision",
 )  # fmt: skip
+# Columns added after the first release, created on stores that predate them.
+_ADDED_COLUMNS = {"revision": "TEXT"}
 
 
 def _filters(
@@ -278,8 +286,12 @@ class SQLiteAlertStore(AlertStore):
                     statistic REAL, p_value REAL, threshold REAL, features TEXT NOT NULL,
                     window_start TEXT NOT NULL, window_end TEXT NOT NULL,
                     window_n INTEGER NOT NULL, window_index INTEGER NOT NULL,
-                    severity TEXT NOT NULL, details TEXT NOT NULL)"""
+                    severity TEXT NOT NULL, details TEXT NOT NULL, revision TEXT)"""
             )
+            have = {row[1] for row in conn.execute("PRAGMA table_info(alerts)")}
+            for column, sql_type in _ADDED_COLUMNS.items():
+                if column not in have:
+                    conn.execute(f"ALTER TABLE alerts ADD COLUMN {column} {sql_type}")
             conn.execute("CREATE INDEX IF NOT EXISTS alerts_time ON alerts (time)")
             conn.execute("COMMIT")
         except BaseException:
@@ -293,7 +305,7 @@ class SQLiteAlertStore(AlertStore):
             alert.detector, _finite(alert.statistic), _finite(alert.p_value),
             _finite(alert.threshold), json.dumps(alert.features), _iso(alert.window.start),
             _iso(alert.window.end), alert.window.n, alert.window.index, alert.severity,
-            json.dumps(_json_safe(alert.details), allow_nan=False),
+            json.dumps(_json_safe(alert.details), allow_nan=False), alert.revision,
         )  # fmt: skip
 
     def add(self, alert: Alert) -> bool:
@@ -359,6 +371,7 @@ def _from_row(row: tuple, *, json_columns: bool) -> Alert:
         ),
         severity=data["severity"],
         details=load(data["details"]),
+        revision=data["revision"],
     )
 
 
@@ -407,8 +420,12 @@ class PostgresAlertStore(AlertStore):
                     threshold DOUBLE PRECISION, features JSONB NOT NULL,
                     window_start TIMESTAMPTZ NOT NULL, window_end TIMESTAMPTZ NOT NULL,
                     window_n INTEGER NOT NULL, window_index INTEGER NOT NULL,
-                    severity TEXT NOT NULL, details JSONB NOT NULL)"""
+                    severity TEXT NOT NULL, details JSONB NOT NULL, revision TEXT)"""
             )
+            for column, sql_type in _ADDED_COLUMNS.items():
+                self._conn.execute(
+                    f'ALTER TABLE {self._qualified} ADD COLUMN IF NOT EXISTS "{column}" {sql_type}'
+                )
             index = f"{self.config.table}_time"
             self._conn.execute(f'CREATE INDEX IF NOT EXISTS "{index}" ON {self._qualified} (time)')
 
@@ -420,7 +437,7 @@ class PostgresAlertStore(AlertStore):
             _finite(alert.statistic), _finite(alert.p_value), _finite(alert.threshold),
             Jsonb(alert.features), alert.window.start, alert.window.end, alert.window.n,
             alert.window.index, alert.severity,
-            Jsonb(_json_safe(alert.details)),
+            Jsonb(_json_safe(alert.details)), alert.revision,
         )  # fmt: skip
         sql = (
             f"INSERT INTO {self._qualified} ({', '.join(_COLUMNS)}) "

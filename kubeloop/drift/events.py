@@ -1,28 +1,51 @@
 """Parsing KServe inference-logger CloudEvents.
 
-KServe's logger (kserve `pkg/logger/worker.go`) POSTs every request and response of a
-logged component as a CloudEvent 1.0 in HTTP binary mode: the context attributes are
-headers, the payload is the body, unchanged.
+KServe's logger (kserve v0.20.0 `pkg/logger/worker.go:122-149`) POSTs every request and
+response of a logged component as a CloudEvent 1.0 in HTTP binary mode: the context
+attributes are headers, the payload is the body, unchanged (`handler.go:146-204`).
 
     ce-specversion           1.0
     ce-id                    the request id; the same for a request and its response
     ce-type                  org.kubeflow.serving.inference.request | .response
-    ce-source                URI of the logging component
+    ce-source                the POD NAME of the logging component (`agent_injector.go:258-259`
+                             passes `pod.Name` as --source-uri), e.g.
+                             ctr-predictor-00002-deployment-7f9c8d6b5-x2x7q
     ce-time                  when the event was made (RFC 3339); used as the event time
-    ce-inferenceservicename  the InferenceService
+    ce-inferenceservicename  the InferenceService (pod label serving.kserve.io/inferenceservice)
     ce-namespace             its namespace
-    ce-component             predictor | transformer | explainer
-    ce-endpoint              "default" or "canary": which traffic split served it
-    content-type             the payload's type (the request's, application/json for V1)
+    ce-component             predictor | transformer | explainer (pod label `component`)
+    ce-endpoint              the pod label `endpoint` (`agent_injector.go:238`), which no
+                             v0.20 controller sets: EMPTY in the cluster
+    ce-metadata              JSON of the request headers named in the logger's
+                             metadataHeaders (request headers only; no response header
+                             is ever forwarded, `handler.go:131-140`)
+    content-type             the REQUEST's content type, for both halves
 
-Two optional extension attributes are read when present: `ce-variant` (a router that
-knows its variant by name, "primary" or "canary", may send it; it wins over ce-endpoint)
-and `ce-modelversion` (the registry version that answered). Structured mode
+So KServe says nothing about the canary split. What it does say is the pod name, and Knative
+names a revision's Deployment `<revision>-deployment` (knative-v1.21.1
+`pkg/reconciler/revision/resources/names/names.go:22-24`) and a revision `<ksvc>-<5-digit
+generation>` (`pkg/reconciler/configuration/resources/revision.go:41-43`); the ksvc of a
+predictor is `<isvc>-predictor` (kserve `pkg/constants/constants.go:799-804`). A pod of that
+Deployment is `<deployment>-<pod-template-hash>-<5 chars>`, so `revision_from_source` reads
+the Knative revision off ce-source. Which revision is the canary is not in the event: the
+caller passes `revision_variant` (the drift service learns it from the InferenceService
+status, `kubeloop.cluster.traffic.RevisionVariants`).
+
+The variant of an event is, first match wins:
+  1. `ce-variant` (a router that knows its variant by name, as kubeloop's local router does);
+  2. `revision_variant(revision)`, when the caller knows the revision's role;
+  3. ce-endpoint "default" -> primary, "canary" -> canary (KServe before v1beta1);
+  4. "primary".
+
+The revision is `ce-revision` when present (the local request log sends it), else read off
+ce-source. The model version is `ce-modelversion` when present, else the response body's
+`model_version` (kubeloop's predictor adds it to its V1 response, since the logger forwards
+the response body but no response header; V2 responses carry it by protocol). Structured mode
 (`application/cloudevents+json`) is accepted too.
 
 Payloads are the V1 protocol: a request `{"instances": [{column: value, ...}, ...]}`, a
-response `{"predictions": [p, ...]}` (a number per instance; `[p0, p1]` lists take the
-last element, the positive class).
+response `{"predictions": [p, ...], "model_version": "v2"?}` (a number per instance;
+`[p0, p1]` lists take the last element, the positive class).
 
 Anything else raises `BadEventError`, whose `reason` is a short label for metrics and whose
 message says what was wrong and what was expected.
@@ -33,7 +56,8 @@ from __future__ import annotations
 import base64
 import json
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -46,9 +70,29 @@ EVENT_KINDS = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
 REQUIRED_ATTRIBUTES = ("id", "type", "source", "specversion")
 SPEC_VERSIONS = ("1.0", "0.3")
 
-# ce-endpoint values (kserve constants InferenceServiceDefault / InferenceServiceCanary).
+# ce-endpoint values of KServe before v1beta1 (pod label `endpoint`); empty in v0.20.
 ENDPOINT_VARIANTS = {"default": "primary", "canary": "canary"}
 STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
+
+# <revision>-deployment-<pod-template-hash>-<5 random chars>, the revision ending in its
+# 5-digit configuration generation (Knative names.go Deployment, revision.go MakeRevision).
+# A name too long for a pod (generateName is cut at 58 chars) does not match: no revision
+# rather than a wrong one.
+_POD_OF_REVISION = re.compile(
+    r"^(?P<revision>[a-z0-9](?:[-a-z0-9]*[a-z0-9])?-\d{5})-deployment-[a-z0-9]+-[a-z0-9]{5}$"
+)
+
+RevisionVariant = Callable[[str], "str | None"]
+
+
+def revision_from_source(source: str | None) -> str | None:
+    """The Knative revision whose pod sent the event (ce-source is the pod name), else None.
+
+    ``ctr-predictor-00002-deployment-7f9c8d6b5-x2x7q`` -> ``ctr-predictor-00002``; a URI (a
+    local logger's source) or a truncated pod name gives None.
+    """
+    match = _POD_OF_REVISION.match((source or "").strip())
+    return match.group("revision") if match else None
 
 
 class BadEventError(KubeloopError, ValueError):
@@ -64,7 +108,9 @@ class InferenceEvent:
     """One logged request or response, with its payload already validated.
 
     `instances` (requests) are the model-input rows; `predictions` (responses) one score
-    per instance. `variant` is "primary" or "canary" (or whatever a router named it).
+    per instance. `variant` is "primary" or "canary" (or whatever a router named it),
+    `revision` the Knative revision (or local revision name) that served it, None when
+    unknown; `model_version` the registry version, None when neither half says.
     """
 
     id: str
@@ -79,6 +125,7 @@ class InferenceEvent:
     model_version: str | None
     instances: list[dict[str, Any]] | None = None
     predictions: list[float] | None = None
+    revision: str | None = None
 
 
 def _media_type(content_type: str | None) -> str:
@@ -161,10 +208,39 @@ def _predictions(data: Any) -> list[float]:
     return [_score(v, i) for i, v in enumerate(values)]
 
 
-def parse_event(headers: Mapping[str, str], body: bytes) -> InferenceEvent:
+def _body_model_version(data: Any) -> str | None:
+    """`model_version` of a response body (kubeloop's V1 extension; a V2 field)."""
+    value = data.get("model_version") if isinstance(data, Mapping) else None
+    if value is None or isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value) or None
+
+
+def _variant(
+    attrs: Mapping[str, str], revision: str | None, revision_variant: RevisionVariant | None
+) -> str:
+    """The variant, first match wins: ce-variant, the revision's role, ce-endpoint, primary."""
+    if attrs.get("variant"):
+        return attrs["variant"]
+    if revision and revision_variant is not None:
+        role = revision_variant(revision)
+        if role:
+            return role
+    endpoint = attrs.get("endpoint") or ""
+    return ENDPOINT_VARIANTS.get(endpoint, endpoint or "primary")
+
+
+def parse_event(
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    revision_variant: RevisionVariant | None = None,
+) -> InferenceEvent:
     """The `InferenceEvent` of one HTTP POST (binary or structured mode).
 
-    `headers` may use any case. Raises BadEventError naming what is missing or wrong.
+    `headers` may use any case. `revision_variant(revision)` names the variant a Knative
+    revision serves ("primary", "canary"), or None when it does not know; see the module
+    docstring for the order. Raises BadEventError naming what is missing or wrong.
     """
     h = {str(k).lower(): str(v) for k, v in headers.items()}
     media = _media_type(h.get("content-type"))
@@ -219,7 +295,10 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> InferenceEvent:
         payload = _decode_json(raw, f"the {kind} body")
     time = _parse_time(attrs.get("time"))
     endpoint = attrs.get("endpoint") or None
-    variant = attrs.get("variant") or ENDPOINT_VARIANTS.get(endpoint or "", endpoint or "primary")
+    revision = attrs.get("revision") or revision_from_source(attrs["source"])
+    version = attrs.get("modelversion") or None
+    if version is None and kind == "response":
+        version = _body_model_version(payload)
     event = InferenceEvent(
         id=attrs["id"],
         kind=kind,  # type: ignore[arg-type]
@@ -229,9 +308,10 @@ def parse_event(headers: Mapping[str, str], body: bytes) -> InferenceEvent:
         namespace=attrs.get("namespace") or None,
         component=attrs.get("component") or None,
         endpoint=endpoint,
-        variant=variant,
-        model_version=attrs.get("modelversion") or None,
+        variant=_variant(attrs, revision, revision_variant),
+        model_version=version,
         instances=_instances(payload) if kind == "request" else None,
         predictions=_predictions(payload) if kind == "response" else None,
+        revision=revision,
     )
     return event
