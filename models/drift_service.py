@@ -221,8 +221,13 @@ def build_app(
     inference_service: str | None = None,
     metrics: DriftMetrics | None = None,
     kube: KubeAlertPoster | None = None,
+    revision_variant: Callable[[str], str | None] | None = None,
 ):
     """The FastAPI app serving `monitor` (a `kubeloop.drift.DriftMonitor`).
+
+    `revision_variant(revision)` names the variant a Knative revision serves (KServe's logger
+    does not say; `kubeloop.cluster.traffic.RevisionVariants` reads it off the
+    InferenceService status); None keeps ce-variant/ce-endpoint only.
 
     Registers the metrics (and `kube`, when given) as the monitor's callbacks. With
     `inference_service`, events of another InferenceService are refused.
@@ -257,7 +262,7 @@ def build_app(
 
     def ingest(headers: dict[str, str], body: bytes) -> JSONResponse:
         try:
-            event = parse_event(headers, body)
+            event = parse_event(headers, body, revision_variant=revision_variant)
             if (
                 inference_service
                 and event.inference_service
@@ -452,7 +457,18 @@ def build_from_args(args: argparse.Namespace):
     if kube_on:
         namespace = args.namespace or os.environ.get("POD_NAMESPACE") or "default"
         kube = KubeAlertPoster(namespace, args.inference_service or reference.model)
-    app = build_app(monitor, inference_service=args.inference_service, kube=kube)
+    revision_variant = None
+    if kube_on:
+        from kubeloop.cluster.traffic import RevisionVariants
+
+        # Which revision is the canary: from the InferenceService status (needs `get` on it).
+        revision_variant = RevisionVariants.for_inference_service(
+            args.inference_service or reference.model, kube.namespace
+        )
+    app = build_app(
+        monitor, inference_service=args.inference_service, kube=kube,
+        revision_variant=revision_variant,
+    )  # fmt: skip
     log.info(
         "drift detector for %s:%s (reference %d rows, scores %s), state %s, alerts %s, kube %s",
         reference.model, reference.version, len(reference.features),

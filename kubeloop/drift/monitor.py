@@ -13,10 +13,12 @@ process:
     monitor.flush()                         # close open windows (end of a replay)
 
 Traffic is keyed by (model, version, variant): the canary and the primary get separate
-windows and separate alerts. The variant comes from the event (ce-variant, else
-ce-endpoint "default" = primary / "canary"); the version from ce-modelversion when
-present, else `config.variant_versions[variant]`, else the primary reference's version for
-the primary and "unknown" for any other variant.
+windows and separate alerts. The variant comes from the event (`kubeloop.drift.events`:
+ce-variant, else the role of the event's Knative revision, else ce-endpoint); the version
+from ce-modelversion or the response body's model_version when present, else
+`config.variant_versions[variant]`, else the primary reference's version for the primary
+and "unknown" for any other variant. The revision last seen on a key (read off ce-source
+in a cluster) is put on that key's alerts.
 
 Per key and window (`kubeloop.drift.windows`), three detectors (`kubeloop.drift.detectors`):
 
@@ -396,6 +398,7 @@ class DriftMonitor:
         variant: str = "primary",
         version: str | None = None,
         event_time: datetime | float | str | None = None,
+        revision: str | None = None,
     ) -> list[Alert]:
         """Add one served request (its model-input rows and their scores). Row ids, for
         `add_labels`, are `request_id` for a single instance, else `request_id/i`."""
@@ -405,6 +408,7 @@ class DriftMonitor:
             )
         evaluations: list[WindowEvaluation] = []
         with self._lock, self.state.transaction():
+            self._note_revision(self.key(variant, version), revision)
             self._add_rows(
                 self.key(variant, version),
                 instances,
@@ -445,6 +449,7 @@ class DriftMonitor:
             else:
                 t = request["time"] if request["time"] is not None else response["time"]
                 key = self.key(request["variant"], request["version"] or response["version"])
+                self._note_revision(key, request.get("revision") or response.get("revision"))
                 self.state.incr("pairs")
                 self._add_rows(key, instances, predictions, event.id, _epoch(t), evaluations)
         if mismatch is not None:
@@ -456,9 +461,16 @@ class DriftMonitor:
             "time": event.time.timestamp() if event.time is not None else _epoch(None),
             "variant": event.variant,
             "version": event.model_version,
+            "revision": event.revision,
             "instances": event.instances,
             "predictions": event.predictions,
         }
+
+    def _note_revision(self, key: Key, revision: str | None) -> None:
+        """Remember the revision serving `key`, for its alerts (a meta row per key)."""
+        name = f"revision:{key_text(key)}"
+        if revision and self.state.get_meta(name) != revision:
+            self.state.set_meta(name, revision)
 
     def _add_rows(
         self,
@@ -645,6 +657,7 @@ class DriftMonitor:
             model=model,
             version=version,
             variant=variant,
+            revision=self.state.get_meta(f"revision:{key_text(window.key)}"),
             detector=result.detector,  # type: ignore[arg-type]
             statistic=result.statistic,
             p_value=result.p_value,
