@@ -16,7 +16,11 @@ Requests (validated by `kubeloop.serving.protocol`, every bad field named in a 4
   ``probability`` FP64 [n]
 
 Every response carries `x-request-id` (the request's, or a new one) and
-`x-model-version` (the registry version, when metadata.json names one).
+`x-model-version` (the registry version, when metadata.json names one). A v1 response
+also names that version in its body, ``{"predictions": [...], "model_version": "v0002"}``:
+KServe's logger forwards the response BODY to the drift detector but no response header
+(kserve v0.20.0 `pkg/logger/handler.go:171-201`), and the v1 endpoint returns the dict as
+is (`python/kserve/kserve/protocol/rest/v1_endpoints.py:84-100`, `dataplane.py:407-437`).
 """
 
 from __future__ import annotations
@@ -185,6 +189,9 @@ class CTRPredictor(kserve.Model):
                 request_id=request_id,
                 model_version=self.model_version,
             )
+        if self.model_version:
+            # The drift detector files the logged response under this version.
+            return {"predictions": probabilities, "model_version": self.model_version}
         return {"predictions": probabilities}
 
 
