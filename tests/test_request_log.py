@@ -39,6 +39,9 @@ EXPECTED_HEADERS = {
     "ce-namespace",
     "ce-component",
     "ce-endpoint",
+    "ce-revision",
+    "ce-modelversion",
+    "ce-variant",
     "content-type",
 }
 
@@ -90,6 +93,10 @@ def test_events_have_kserve_logger_attributes_and_types() -> None:
         assert headers["ce-namespace"] == "kubeloop"
         assert headers["ce-component"] == "predictor"
         assert headers["ce-endpoint"] == "canary"
+        # the fields the drift detector files events by, as a cluster event carries them
+        assert headers["ce-revision"] == "ctr-predictor-v0002"
+        assert headers["ce-modelversion"] == "v0002"
+        assert headers["ce-variant"] == "canary"
         assert headers["content-type"] == "application/json"
     assert req.type == REQUEST_TYPE == "org.kubeflow.serving.inference.request"
     assert resp.type == RESPONSE_TYPE == "org.kubeflow.serving.inference.response"
@@ -139,6 +146,7 @@ def test_sinks_filter_and_join(tmp_path: Path, kind: str) -> None:
         "request_id",
         "variant",
         "version",
+        "revision",
         "instances",
         "predictions",
         "status_code",
@@ -148,6 +156,8 @@ def test_sinks_filter_and_join(tmp_path: Path, kind: str) -> None:
     assert len(frame) == 7
     row = frame.set_index("request_id").loc["req-3"]
     assert (row["variant"], row["version"], row["instances"]) == ("canary", "v0002", [[3, 4]])
+    assert row["revision"] == "ctr-predictor-v0002"
+    assert {e.revision for e in sink.iter_events(variant="primary")} == {"ctr-predictor-v0001"}
     assert row["predictions"] == [0.3] and row["latency_ms"] == 1.5
     assert frame.set_index("request_id").loc["req-9", "status_code"] == 400
     assert str(frame["time"].dt.tz) == "UTC"
@@ -317,3 +327,48 @@ def test_a_failing_sink_is_counted_not_raised() -> None:
     logger.close()
     assert logger.stats.as_dict()["sink_errors"] == 1
     assert logger.stats.as_dict()["dropped"] == 2
+
+
+def test_local_events_are_filed_like_cluster_events() -> None:
+    """What the local logger sends parses to the same fields a KServe v0.20 event gives
+    (inference service, component, revision, model version, variant): no `unknown` version."""
+    from kubeloop.drift.events import parse_event
+
+    logger = CloudEventLogger(MemorySink(), inference_service="ctr")
+    exchange = _exchange(1, variant="canary")
+    exchange.request_body = json.dumps({"instances": [{"hour": 1}]}).encode()
+    req, resp = logger.events_for(exchange)
+    logger.close()
+    for event in (req, resp):
+        headers, body = to_binary(event.to_cloudevent())
+        parsed = parse_event(headers, body)
+        assert (parsed.inference_service, parsed.component) == ("ctr", "predictor")
+        assert (parsed.revision, parsed.model_version) == ("ctr-predictor-v0002", "v0002")
+        assert parsed.variant == "canary"
+
+
+def test_a_log_written_before_the_revision_column_still_opens(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, ce_id TEXT NOT NULL,"
+        " ce_type TEXT NOT NULL, ce_source TEXT NOT NULL, ce_specversion TEXT NOT NULL,"
+        " ce_time TEXT NOT NULL, ce_inferenceservicename TEXT, ce_namespace TEXT,"
+        " ce_component TEXT, ce_endpoint TEXT, content_type TEXT NOT NULL, data BLOB NOT NULL,"
+        " variant TEXT, model_version TEXT, latency_ms REAL, status_code INTEGER);"
+        "INSERT INTO events (ce_id, ce_type, ce_source, ce_specversion, ce_time, content_type,"
+        " data, variant) VALUES ('old', 'org.kubeflow.serving.inference.request', 's', '1.0',"
+        " '2023-01-01T00:00:00.000000+00:00', 'application/json', X'7B7D', 'primary');"
+    )
+    conn.commit()
+    conn.close()
+    sink = SQLiteRequestLog(path)
+    logger = CloudEventLogger(sink, inference_service="ctr", close_sink=False)
+    logger.log(_exchange(2))
+    assert logger.flush()
+    logger.close()
+    revisions = [e.revision for e in sink.iter_events()]
+    assert revisions == [None, "ctr-predictor-v0001", "ctr-predictor-v0001"]
+    sink.close()

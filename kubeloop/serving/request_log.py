@@ -1,20 +1,33 @@
 """The request/response log, in the format of KServe's inference logger.
 
 In the cluster the KServe agent beside each predictor sends every request and response as
-a CloudEvent in HTTP binary mode (kserve `pkg/logger/worker.go`, `handler.go`):
+a CloudEvent in HTTP binary mode (kserve v0.20.0 `pkg/logger/worker.go:122-149`,
+`handler.go:115-208`):
 
     ce-specversion          1.0
     ce-id                   the same for a request and its response (the incoming Ce-Id
                             header, else a new UUID)
     ce-type                 org.kubeflow.serving.inference.request | .response
-    ce-source               the logging component's URI
+    ce-source               the pod name (`agent_injector.go:258-259`), which carries the
+                            Knative revision: ctr-predictor-00002-deployment-<hash>-<id>
     ce-time                 when the event was made (RFC 3339)
     ce-inferenceservicename the InferenceService (the model name here)
     ce-namespace            its namespace
     ce-component            predictor
-    ce-endpoint             "default" or "canary" (kserve constants InferenceServiceDefault /
-                            InferenceServiceCanary, the pod's `endpoint` label)
+    ce-endpoint             the pod label `endpoint` (`agent_injector.go:238`), which no v0.20
+                            controller sets: empty
     content-type            application/json; the body is the request or response payload
+                            (kubeloop's predictor names its model version in the response body)
+
+The local logger sends the same attributes, with ce-source its URI and ce-endpoint
+"default"/"canary" (as KServe did before v1beta1), plus three extensions that say outright
+what the drift detector otherwise derives (`kubeloop.drift.events.parse_event`):
+
+    ce-revision             the revision that served: `<isvc>-<component>-<version>` locally
+                            (one predictor process per version), the Knative revision name in
+                            a cluster (read there off ce-source)
+    ce-modelversion         the registry version that answered
+    ce-variant              "primary" or "canary", the router's own routing decision
 
 Locally the router does the agent's job. `CloudEventLogger` turns one exchange (request
 body, response body, variant, version, latency, status) into that pair of events and
@@ -61,7 +74,7 @@ RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
 SPEC_VERSION = "1.0"
 JSON_CONTENT_TYPE = "application/json"
 
-# ce-endpoint per router variant (KServe: constants.InferenceServiceDefault / ...Canary).
+# ce-endpoint per router variant, as KServe before v1beta1 set it (empty in KServe v0.20).
 ENDPOINTS = {"primary": "default", "canary": "canary"}
 
 # The CloudEvents context attributes of an event, in header order (ce-<name>).
@@ -75,6 +88,9 @@ CE_ATTRIBUTES = (
     "namespace",
     "component",
     "endpoint",
+    "revision",
+    "modelversion",
+    "variant",
 )
 
 _TYPE_ALIASES = {"request": REQUEST_TYPE, "response": RESPONSE_TYPE}
@@ -107,7 +123,8 @@ class LoggedEvent:
 
     `attributes` holds the context attributes (`CE_ATTRIBUTES`, without the `ce-` prefix),
     `data` the payload bytes exactly as they crossed the router. `variant` is "primary" or
-    "canary", `model_version` the registry version that answered, `latency_ms` the
+    "canary", `model_version` the registry version that answered (both also sent as the
+    ce-variant / ce-modelversion extensions, with ce-revision), `latency_ms` the
     predictor's round trip seen by the router (responses only) and `status_code` the HTTP
     status of the response (responses only).
     """
@@ -131,6 +148,11 @@ class LoggedEvent:
     @property
     def time(self) -> str:
         return self.attributes["time"]
+
+    @property
+    def revision(self) -> str | None:
+        """The revision that served the exchange (ce-revision), None in older logs."""
+        return self.attributes.get("revision")
 
     def json(self) -> Any:
         """The payload parsed as JSON; ValueError if it is not JSON."""
@@ -163,6 +185,7 @@ class Exchange:
     request_time: float = field(default_factory=time.time)
     response_time: float = field(default_factory=time.time)
     content_type: str = JSON_CONTENT_TYPE
+    revision: str | None = None  # None: the logger names it from the model version
 
 
 # --- sinks --------------------------------------------------------------------------------
@@ -209,6 +232,7 @@ CREATE TABLE IF NOT EXISTS events (
     ce_namespace TEXT,
     ce_component TEXT,
     ce_endpoint TEXT,
+    ce_revision TEXT,
     content_type TEXT NOT NULL,
     data BLOB NOT NULL,
     variant TEXT,
@@ -223,8 +247,11 @@ CREATE INDEX IF NOT EXISTS events_id ON events (ce_id);
 _COLUMNS = (
     "ce_id, ce_type, ce_source, ce_specversion, ce_time, ce_inferenceservicename,"
     " ce_namespace, ce_component, ce_endpoint, content_type, data, variant, model_version,"
-    " latency_ms, status_code"
+    " latency_ms, status_code, ce_revision"
 )
+_N_COLUMNS = _COLUMNS.count(",") + 1
+# Columns added after the first release, created on logs that predate them.
+_ADDED_COLUMNS = {"ce_revision": "TEXT"}
 
 
 class SQLiteRequestLog(RequestLogSink):
@@ -245,11 +272,20 @@ class SQLiteRequestLog(RequestLogSink):
         for attempt in range(50):
             try:
                 conn.executescript(_SCHEMA)
+                self._add_columns(conn)
                 break
             except sqlite3.OperationalError:  # another process creating it at this moment
                 if attempt == 49:
                     raise
                 time.sleep(0.05)
+
+    @staticmethod
+    def _add_columns(conn: sqlite3.Connection) -> None:
+        """Add the columns a log written by an older kubeloop lacks."""
+        have = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+        for column, sql_type in _ADDED_COLUMNS.items():
+            if column not in have:
+                conn.execute(f"ALTER TABLE events ADD COLUMN {column} {sql_type}")
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -284,6 +320,7 @@ class SQLiteRequestLog(RequestLogSink):
                 e.model_version,
                 e.latency_ms,
                 e.status_code,
+                e.attributes.get("revision"),
             )
             for e in events
         ]
@@ -291,7 +328,7 @@ class SQLiteRequestLog(RequestLogSink):
         conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(
-                f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * 15)})", rows
+                f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * _N_COLUMNS)})", rows
             )
             conn.execute("COMMIT")
         except BaseException:
@@ -325,6 +362,9 @@ class SQLiteRequestLog(RequestLogSink):
                 "namespace": row[6],
                 "component": row[7],
                 "endpoint": row[8],
+                "revision": row[15],
+                "modelversion": row[12],
+                "variant": row[11],
             }
             yield LoggedEvent(
                 attributes={k: v for k, v in attrs.items() if v is not None},
@@ -561,8 +601,17 @@ class CloudEventLogger:
 
     # Making events ----------------------------------------------------------------------
 
-    def _attributes(self, event_type: str, ce_id: str, at: float, variant: str) -> dict[str, str]:
-        return {
+    def revision_of(self, model_version: str | None) -> str | None:
+        """The local revision name of a model version: `<isvc>-<component>-<version>` (one
+        predictor process serves one version, as one Knative revision runs one spec)."""
+        if not model_version:
+            return None
+        return f"{self.inference_service}-{self.component}-{model_version}"
+
+    def _attributes(
+        self, event_type: str, ce_id: str, at: float, exchange: Exchange
+    ) -> dict[str, str]:
+        attrs = {
             "specversion": SPEC_VERSION,
             "id": ce_id,
             "type": event_type,
@@ -571,15 +620,20 @@ class CloudEventLogger:
             "inferenceservicename": self.inference_service,
             "namespace": self.namespace,
             "component": self.component,
-            "endpoint": ENDPOINTS.get(variant, variant),
+            "endpoint": ENDPOINTS.get(exchange.variant, exchange.variant),
+            "revision": exchange.revision or self.revision_of(exchange.model_version),
+            "modelversion": exchange.model_version,
+            "variant": exchange.variant,
         }
+        # CloudEvents attributes are strings; an unknown one is left out, not sent empty.
+        return {k: v for k, v in attrs.items() if v}
 
     def events_for(self, exchange: Exchange) -> tuple[LoggedEvent, LoggedEvent]:
         """The request and response events of `exchange` (same ce-id)."""
         common = {"variant": exchange.variant, "model_version": exchange.model_version}
         request = LoggedEvent(
             attributes=self._attributes(
-                REQUEST_TYPE, exchange.request_id, exchange.request_time, exchange.variant
+                REQUEST_TYPE, exchange.request_id, exchange.request_time, exchange
             ),
             data=exchange.request_body,
             content_type=exchange.content_type,
@@ -587,7 +641,7 @@ class CloudEventLogger:
         )
         response = LoggedEvent(
             attributes=self._attributes(
-                RESPONSE_TYPE, exchange.request_id, exchange.response_time, exchange.variant
+                RESPONSE_TYPE, exchange.request_id, exchange.response_time, exchange
             ),
             data=exchange.response_body,
             latency_ms=exchange.latency_ms,
@@ -723,7 +777,7 @@ def exchanges_frame(
 ) -> pd.DataFrame:
     """One row per logged request, joined with its response (same ce-id).
 
-    Columns: request_id, variant, version, instances (v1 `instances` or v2 `inputs`),
+    Columns: request_id, variant, version, revision, instances (v1 `instances` or v2 `inputs`),
     predictions (v1 `predictions` or v2 `outputs`; None when the response is missing or
     not JSON), status_code, latency_ms, time (the request's ce-time, UTC).
     """
@@ -742,6 +796,7 @@ def exchanges_frame(
                     "request_id": event.id,
                     "variant": event.variant,
                     "version": event.model_version,
+                    "revision": event.revision,
                     "instances": _payload(event, ("instances", "inputs")),
                     "predictions": None,
                     "status_code": None,
@@ -758,6 +813,7 @@ def exchanges_frame(
         "request_id",
         "variant",
         "version",
+        "revision",
         "instances",
         "predictions",
         "status_code",
