@@ -34,7 +34,7 @@ app = typer.Typer(
 def _register() -> None:
     # Imported here, not at module top, so `kubeloop --help` stays fast and importing
     # this module has no side effects beyond building the command tree.
-    from kubeloop.cli import alerts, canary, data, demo, features, models, pipeline, serve
+    from kubeloop.cli import alerts, canary, data, demo, features, models, pipeline, report, serve
 
     app.add_typer(data.app, name="data")
     app.add_typer(features.app, name="features")
@@ -44,6 +44,7 @@ def _register() -> None:
     app.command(name="serve")(serve.serve)
     app.add_typer(canary.app, name="canary")
     app.command(name="alerts")(alerts.alerts)
+    app.command(name="report")(report.report)
 
 
 _register()

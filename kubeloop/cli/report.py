@@ -1,0 +1,73 @@
+"""`kubeloop report`: render the README's results and benchmark sections from result files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import typer
+
+from kubeloop.errors import KubeloopError
+
+
+def report(
+    readme: Path = typer.Option(Path("README.md"), help="The README whose sections to render."),
+    from_run: Path | None = typer.Option(
+        None,
+        "--from-run",
+        help="A demo's report.json to copy to docs/results/report.json first (it must be "
+        "complete); without it, the committed docs/results/report.json is rendered.",
+    ),
+    check: bool = typer.Option(
+        False, help="Change nothing; exit 1 when the README differs from the result files."
+    ),
+) -> None:
+    """Render the README's sections between `<!-- BEGIN kubeloop:NAME -->` markers from
+    docs/results/report.json and bench/results/*.json (paths relative to the README)."""
+    from kubeloop import report_render
+
+    root = readme.resolve().parent
+    if not readme.exists():
+        raise KubeloopError(
+            f"{readme} does not exist: run from the checkout's root or pass --readme"
+        )
+    if from_run is not None:
+        _adopt_run(from_run, root / report_render.REPORT_PATH)
+    if not (root / report_render.REPORT_PATH).exists():
+        raise KubeloopError(
+            f"{root / report_render.REPORT_PATH} is missing: run `make demo`, then "
+            "`kubeloop report --from-run runs/demo/report.json`"
+        )
+    text = readme.read_text()
+    sections = report_render.render_sections(root)
+    try:
+        rendered = report_render.render_readme(text, sections)
+    except ValueError as exc:
+        raise KubeloopError(f"{readme}: {exc}") from None
+    if check:
+        stale = report_render.stale_sections(text, sections)
+        if stale:
+            typer.echo(
+                f"{readme} is out of date in: {', '.join(stale)}; run `make report`", err=True
+            )
+            raise typer.Exit(1)
+        typer.echo(f"{readme} matches its result files")
+        return
+    readme.write_text(rendered)
+    typer.echo(f"rendered {len(sections)} sections of {readme}")
+
+
+def _adopt_run(source: Path, target: Path) -> None:
+    """Copy a finished demo's report.json to the committed location."""
+    try:
+        run = json.loads(source.read_text()).get("run") or {}
+    except (OSError, ValueError) as exc:
+        raise KubeloopError(f"cannot read {source}: {exc}") from None
+    if not run.get("complete"):
+        raise KubeloopError(
+            f"{source} is not a complete demo run (no run.complete): run `make demo` to the end"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    typer.echo(f"copied {source} to {target}")
