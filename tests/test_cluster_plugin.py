@@ -876,3 +876,444 @@ def test_kubectl_finds_and_runs_the_plugin(tmp_path):
         assert json.loads(server.requests[-1]["body"]) == {
             "spec": {"predictor": {"canaryTrafficPercent": 10, "model": {"storageUri": V2}}}
         }
+
+
+# --- KServe's rollout logic, replayed ----------------------------------------------------------
+
+
+class KServeModel:
+    """The predictor's traffic and rollout status as KServe v0.20.0 and Knative knative-v1.21.1
+    compute them, written from their source (not copied) to replay the plugin's verbs:
+
+    * a change of the revision template (here: ``model.storageUri``) makes a new revision
+      ``<ksvc>-<generation, 5 digits>`` (knative ``pkg/reconciler/configuration/resources/
+      revision.go:41-43``), not Ready until ``make_ready``; Knative's latest ready revision is
+      the newest Ready one, and a ``latestRevision: true`` target resolves to it;
+    * the route KServe writes (``pkg/controller/v1beta1/inferenceservice/reconcilers/knative/
+      ksvc_reconciler.go:123-164``): with canaryTrafficPercent P and a latest rolled-out
+      revision, latestRevision at P% plus the latest rolled-out revision at 100-P% tagged
+      ``prev`` (left out at P = 100); otherwise latestRevision at 100%. It reads the rolled-out
+      revision from the status BEFORE this reconcile;
+    * ``PropagateStatus`` (``pkg/apis/serving/v1beta1/inference_service_status.go:575-606``):
+      the latest ready revision, when it is the latestRevision target at 100%, becomes the
+      latest rolled-out one (the old one the previous); when it already is the latest
+      rolled-out one, equals the latest created one, has under 100% and a split over itself
+      totals 100%, the latest rolled-out revision goes back to the previous one.
+
+    One ``reconcile`` is KServe writing the ksvc, Knative creating the revision and
+    resolving the route, and KServe propagating that status. The InferenceService dict the
+    fake API serves is updated in place, so the plugin reads what the model computed.
+    """
+
+    def __init__(self, api: FakeCustomObjectsApi, path: str = ISVC_PATH):
+        self.api, self.path = api, path
+        status = self.isvc["status"]["components"]["predictor"]
+        self.ksvc = "ctr-predictor"
+        self.generation = 1
+        self.revisions = {status["latestCreatedRevision"]: {"uri": self._uri(), "ready": True}}
+
+    @property
+    def isvc(self) -> dict:
+        return self.api.responses[("GET", self.path)][1]
+
+    def _uri(self) -> str:
+        return self.isvc["spec"]["predictor"]["model"]["storageUri"]
+
+    def make_ready(self, revision: str) -> None:
+        self.revisions[revision]["ready"] = True
+        self.settle()
+
+    def latest_created(self) -> str:
+        return max(self.revisions)
+
+    def latest_ready(self) -> str:
+        return max(r for r, v in self.revisions.items() if v["ready"])
+
+    def reconcile(self) -> None:
+        isvc = self.isvc
+        comp = isvc["status"]["components"]["predictor"]
+        if self.revisions[self.latest_created()]["uri"] != self._uri():
+            self.generation += 1
+            self.revisions[f"{self.ksvc}-{self.generation:05d}"] = {
+                "uri": self._uri(),
+                "ready": False,
+            }
+        created, ready = self.latest_created(), self.latest_ready()
+        percent = isvc["spec"]["predictor"].get("canaryTrafficPercent")
+        rolled_out = comp.get("latestRolledoutRevision", "")
+        if percent is not None and rolled_out:
+            route = [{"latestRevision": True, "percent": percent}]
+            if percent < 100:
+                route.append(
+                    {
+                        "revisionName": rolled_out,
+                        "latestRevision": False,
+                        "percent": 100 - percent,
+                        "tag": "prev",
+                    }
+                )
+        else:
+            route = [{"latestRevision": True, "percent": 100}]
+        traffic = [
+            {**t, "revisionName": ready} if t["latestRevision"] else dict(t) for t in route
+        ]
+        self._propagate(comp, created, ready, traffic)
+        isvc["status"]["observedGeneration"] = isvc["metadata"]["generation"]
+
+    @staticmethod
+    def _propagate(comp: dict, created: str, ready: str, traffic: list[dict]) -> None:
+        comp["latestCreatedRevision"] = created
+        totals: dict[str, int] = {}
+        for t in traffic:
+            totals[t["revisionName"]] = totals.get(t["revisionName"], 0) + t["percent"]
+        for t in traffic:
+            if t["revisionName"] != ready or not t["latestRevision"]:
+                continue
+            if comp.get("latestRolledoutRevision") != ready:
+                if t["percent"] == 100:
+                    if comp.get("latestRolledoutRevision"):
+                        comp["previousRolledoutRevision"] = comp["latestRolledoutRevision"]
+                    comp["latestRolledoutRevision"] = ready
+            elif ready == created and t["percent"] < 100:
+                if totals.get(ready) == 100 and comp.get("previousRolledoutRevision"):
+                    comp["latestRolledoutRevision"] = comp["previousRolledoutRevision"]
+        comp["latestReadyRevision"] = ready
+        comp["traffic"] = traffic
+
+    def settle(self) -> None:
+        for _ in range(5):
+            before = json.dumps(self.isvc["status"], sort_keys=True)
+            self.reconcile()
+            if json.dumps(self.isvc["status"], sort_keys=True) == before:
+                return
+        raise AssertionError("the model did not settle")
+
+    def served(self) -> dict[str, int]:
+        """Percent of traffic per revision (revisions without traffic left out)."""
+        out: dict[str, int] = {}
+        for t in self.isvc["status"]["components"]["predictor"]["traffic"]:
+            if t["percent"]:
+                out[t["revisionName"]] = out.get(t["revisionName"], 0) + t["percent"]
+        return out
+
+
+def kserve_cluster() -> tuple[InferenceServiceClient, KServeModel]:
+    """The stable InferenceService (v1 in ctr-predictor-00001), driven by KServeModel: every
+    patch the client sends is reconciled at once."""
+    api = FakeCustomObjectsApi("recorded-isvc-ctr-stable.json")
+    model = KServeModel(api)
+    patch = api.patch_namespaced_custom_object
+
+    def patch_and_reconcile(*args, **kw):
+        result = patch(*args, **kw)
+        if not kw.get("dry_run"):
+            model.settle()
+        return result
+
+    api.patch_namespaced_custom_object = patch_and_reconcile
+    return InferenceServiceClient(context=CONTEXT, api=api, core_api=FakeCoreV1Api()), model
+
+
+def test_the_model_reproduces_the_recorded_canary_split():
+    client, model = kserve_cluster()
+    client.set_canary("ctr", 10, V2)
+    model.make_ready("ctr-predictor-00002")
+    recorded = load("recorded-isvc-ctr-canary.json")["response"]["body"]["status"]
+    ours = model.isvc["status"]["components"]["predictor"]
+    for key in ("latestCreatedRevision", "latestReadyRevision", "latestRolledoutRevision"):
+        assert ours[key] == recorded["components"]["predictor"][key]
+    strip = [{k: t[k] for k in ("revisionName", "percent", "latestRevision")} for t in ours["traffic"]]
+    assert strip == [
+        {k: t[k] for k in ("revisionName", "percent", "latestRevision")}
+        for t in recorded["components"]["predictor"]["traffic"]
+    ]
+
+
+def _promoted(client: InferenceServiceClient, model: KServeModel) -> None:
+    client.set_canary("ctr", 10, V2)
+    model.make_ready("ctr-predictor-00002")
+    client.promote("ctr")
+    assert model.served() == {"ctr-predictor-00002": 100}
+    st = client.status("ctr")
+    assert st.latest_rolledout_revision == "ctr-predictor-00002"
+    assert st.previous_rolledout_revision == "ctr-predictor-00001"
+
+
+def test_rollback_with_storage_uri_after_a_promote_is_refused_and_says_the_safe_sequence():
+    """KServe: the rolled-back case needs latest ready == latest created; a new revision of
+    OLD in the same patch breaks that and the rejected revision keeps 100%. The old plugin
+    sent that patch."""
+    client, model = kserve_cluster()
+    _promoted(client, model)
+    sent = len(client.api.patches)
+    with pytest.raises(KubeloopError, match="refusing to roll back") as info:
+        client.rollback("ctr", storage_uri=V1)
+    message = str(info.value)
+    assert "\n" not in message and "canary rollback ctr`" in message
+    assert "canary rollback ctr --storage-uri" in message and "canary promote ctr" in message
+    assert len(client.api.patches) == sent  # nothing was sent
+    assert model.served() == {"ctr-predictor-00002": 100}
+
+    # The safe sequence it names, step by step: the rejected revision loses all traffic at
+    # the first step and never gets it back.
+    client.rollback("ctr")
+    assert model.served() == {"ctr-predictor-00001": 100}
+    assert client.status("ctr").pinned_revision == "ctr-predictor-00001"
+    client.rollback("ctr", storage_uri=V1)
+    assert model.served() == {"ctr-predictor-00001": 100}
+    with pytest.raises(KubeloopError, match="refusing to promote"):
+        client.promote("ctr")  # ctr-predictor-00003 (v1 again) is not Ready yet
+    model.make_ready("ctr-predictor-00003")
+    assert model.served() == {"ctr-predictor-00001": 100}
+    client.promote("ctr")
+    assert model.served() == {"ctr-predictor-00003": 100}
+    assert model.revisions["ctr-predictor-00003"]["uri"] == V1
+
+
+def test_the_one_step_rollback_really_leaves_the_rejected_revision_at_100_percent():
+    """What the refusal protects against, in the model (the patch sent around the plugin),
+    and `pinned_revision` telling the truth about it (the old property named 00001)."""
+    client, model = kserve_cluster()
+    _promoted(client, model)
+    client.api.patch_namespaced_custom_object(
+        "serving.kserve.io", "v1beta1", "kubeloop", "inferenceservices", "ctr",
+        {"spec": {"predictor": {"canaryTrafficPercent": 0, "model": {"storageUri": V1}}}},
+    )  # fmt: skip
+    assert model.served() == {"ctr-predictor-00002": 100}
+    st = client.status("ctr")
+    assert st.pinned_revision == st.expected_pinned_revision == "ctr-predictor-00002"
+    model.make_ready("ctr-predictor-00003")
+    assert model.served() == {"ctr-predictor-00002": 100}
+    assert client.status("ctr").pinned_revision == "ctr-predictor-00002"
+
+
+def test_rejecting_a_canary_during_the_rollout_never_routes_to_it():
+    """During a canary, rollback --storage-uri OLD is safe; promoting before OLD's revision
+    is Ready would send 100% to the rejected (latest ready) revision: refused now, where
+    the old plugin only warned and sent it."""
+    client, model = kserve_cluster()
+    client.set_canary("ctr", 10, V2)
+    model.make_ready("ctr-predictor-00002")
+    assert model.served() == {"ctr-predictor-00002": 10, "ctr-predictor-00001": 90}
+    client.rollback("ctr", storage_uri=V1)
+    assert model.served() == {"ctr-predictor-00001": 100}
+    with pytest.raises(KubeloopError, match="refusing to promote") as info:
+        client.promote("ctr")
+    assert "ctr-predictor-00002" in str(info.value) and "\n" not in str(info.value)
+    assert model.served() == {"ctr-predictor-00001": 100}
+    model.make_ready("ctr-predictor-00003")
+    client.promote("ctr")
+    assert model.served() == {"ctr-predictor-00003": 100}
+
+
+def test_reapplying_the_primary_overlay_gives_the_rejected_revision_100_percent():
+    """Why the docs must not say "roll back by applying the primary overlay again": without
+    canaryTrafficPercent, latestRevision (the rejected, latest READY revision) gets 100%
+    until the new revision of v1 is Ready."""
+    client, model = kserve_cluster()
+    client.set_canary("ctr", 10, V2)
+    model.make_ready("ctr-predictor-00002")
+    client.api.patch_namespaced_custom_object(
+        "serving.kserve.io", "v1beta1", "kubeloop", "inferenceservices", "ctr",
+        {"spec": {"predictor": {"canaryTrafficPercent": None, "model": {"storageUri": V1}}}},
+    )  # fmt: skip
+    assert model.served() == {"ctr-predictor-00002": 100}
+    assert client.status("ctr").latest_rolledout_revision == "ctr-predictor-00002"
+
+
+def test_status_pending_note_and_pinned_revision_over_a_rollback_after_promote():
+    client, model = kserve_cluster()
+    _promoted(client, model)
+    # The rollback patch, seen before KServe reconciled it: traffic still 100% on 00002.
+    client.api.responses[("GET", ISVC_PATH)][1]["spec"]["predictor"]["canaryTrafficPercent"] = 0
+    st = client.status("ctr")
+    assert st.pinned_revision is None  # the latest revision still has it all
+    assert st.expected_pinned_revision == "ctr-predictor-00001"
+    model.reconcile()  # one reconcile: split over 00002 itself, pointer moved back
+    st = client.status("ctr")
+    assert st.pinned_revision == "ctr-predictor-00002"
+    assert st.expected_pinned_revision == "ctr-predictor-00001"
+    code, out, _ = run_cli(["canary", "status", "ctr"], client.api)
+    assert code == 0
+    pending = "Pending: KServe moves the pinned 100% from ctr-predictor-00002 to ctr-predictor-00001"
+    assert pending in out
+    model.settle()
+    assert client.status("ctr").pinned_revision == "ctr-predictor-00001"
+    assert "Pending" not in run_cli(["canary", "status", "ctr"], client.api)[1]
+
+
+def test_plugin_refusal_is_one_error_line_and_exit_1():
+    client, model = kserve_cluster()
+    _promoted(client, model)
+    code, out, err = run_cli(["canary", "rollback", "ctr", "--storage-uri", V1], client.api)
+    assert code == 1 and out == ""
+    assert err.startswith("error: refusing to roll back") and err.count("\n") == 1
+
+
+def test_kubeloop_canary_context_path_refuses_too(monkeypatch):
+    from typer.testing import CliRunner
+
+    from kubeloop.cli import canary
+
+    client, model = kserve_cluster()
+    _promoted(client, model)
+    monkeypatch.setattr(canary, "_cluster", lambda context, namespace: client)
+    result = CliRunner().invoke(
+        canary.app, ["rollback", "--context", CONTEXT, "--model", "ctr", "--version", "v1"]
+    )
+    assert isinstance(result.exception, KubeloopError)
+    assert "refusing to roll back" in str(result.exception)
+    assert model.served() == {"ctr-predictor-00002": 100}
+
+
+# --- variant attribution from what KServe v0.20 sends -----------------------------------------
+
+
+POD_00002 = "ctr-predictor-00002-deployment-7f9c8d6b5-x2x7q"
+
+
+def kserve_event(kind: str, event_id: str, data: dict, *, source: str = POD_00002):
+    """Binary-mode headers as KServe v0.20's logger sends them: ce-source the pod name,
+    ce-endpoint empty (pkg/logger/worker.go:122-149, agent_injector.go:238,258-259)."""
+    from kubeloop.drift.events import REQUEST_TYPE, RESPONSE_TYPE
+
+    headers = {
+        "ce-specversion": "1.0",
+        "ce-id": event_id,
+        "ce-type": REQUEST_TYPE if kind == "request" else RESPONSE_TYPE,
+        "ce-source": source,
+        "ce-time": "2026-01-15T09:00:00Z",
+        "ce-inferenceservicename": "ctr",
+        "ce-namespace": "kubeloop",
+        "ce-component": "predictor",
+        "ce-endpoint": "",
+        "ce-metadata": "{}",
+        "content-type": "application/json",
+    }
+    return headers, json.dumps(data).encode()
+
+
+def canary_variants():
+    from kubeloop.cluster.traffic import RevisionVariants
+
+    status = CanaryStatus.from_isvc(load("recorded-isvc-ctr-canary.json")["response"]["body"])
+    return RevisionVariants(lambda: status)
+
+
+def test_event_from_a_revision_pod_is_filed_under_that_revision_and_its_role():
+    from kubeloop.drift.events import parse_event, revision_from_source
+
+    assert revision_from_source(POD_00002) == "ctr-predictor-00002"
+    assert revision_from_source("http://localhost:9/predictor") is None
+    assert revision_from_source("ctr-predictor-00002-deploym") is None  # a truncated name
+    variants = canary_variants()
+    headers, body = kserve_event("response", "a", {"predictions": [0.1], "model_version": "v2"})
+    event = parse_event(headers, body, revision_variant=variants)
+    assert (event.revision, event.variant, event.model_version) == (
+        "ctr-predictor-00002",
+        "canary",
+        "v2",
+    )
+    pod_00001 = "ctr-predictor-00001-deployment-5d4c7b8f9-abcde"
+    headers, body = kserve_event("request", "b", {"instances": [{"hour": 1}]}, source=pod_00001)
+    event = parse_event(headers, body, revision_variant=variants)
+    assert (event.revision, event.variant) == ("ctr-predictor-00001", "primary")
+    # ce-variant (the local router's own decision) still wins
+    headers["ce-variant"] = "canary"
+    assert parse_event(headers, body, revision_variant=variants).variant == "canary"
+
+
+def test_revision_roles_over_a_whole_rollout():
+    from kubeloop.cluster.traffic import revision_variants
+
+    client, model = kserve_cluster()
+    assert revision_variants(client.status("ctr")) == {"ctr-predictor-00001": "primary"}
+    client.set_canary("ctr", 10, V2)  # 00002 created, not yet routed: already the canary
+    assert revision_variants(client.status("ctr")) == {
+        "ctr-predictor-00001": "primary",
+        "ctr-predictor-00002": "canary",
+    }
+    model.make_ready("ctr-predictor-00002")
+    assert revision_variants(client.status("ctr"))["ctr-predictor-00002"] == "canary"
+    client.promote("ctr")
+    assert revision_variants(client.status("ctr")) == {
+        "ctr-predictor-00002": "primary",
+        "ctr-predictor-00001": "primary",
+    }
+    client.rollback("ctr")  # after a promote: 00001 serves again as the primary
+    roles = revision_variants(client.status("ctr"))
+    assert roles["ctr-predictor-00001"] == "primary" and roles["ctr-predictor-00002"] == "canary"
+
+
+def test_revision_variants_refresh_on_a_new_revision_and_survive_api_errors():
+    from kubeloop.cluster.traffic import RevisionVariants
+
+    client, model = kserve_cluster()
+    now = [0.0]
+    calls = []
+
+    def read():
+        calls.append(now[0])
+        if now[0] >= 100:
+            raise ConnectionError("API down")
+        return client.status("ctr")
+
+    variants = RevisionVariants(read, refresh_seconds=30, miss_refresh_seconds=5, clock=lambda: now[0])
+    assert variants("ctr-predictor-00001") == "primary" and len(calls) == 1
+    client.set_canary("ctr", 10, V2)
+    assert variants("ctr-predictor-00002") is None  # read 0 s ago: no new read yet
+    now[0] = 6
+    assert variants("ctr-predictor-00002") == "canary" and len(calls) == 2
+    assert variants("ctr-predictor-00001") == "primary" and len(calls) == 2
+    now[0] = 100
+    assert variants("ctr-predictor-00001") == "primary"  # the last mapping stays
+    assert variants.errors == 1
+
+
+def test_canary_events_close_a_canary_window_with_revision_and_version(tmp_path):
+    """End to end: KServe-shaped events (empty ce-endpoint, revision in ce-source, version
+    in the response body) into the drift service; the canary's window and alert carry
+    variant canary, version v2 and revision ctr-predictor-00002, and so does the Event."""
+    import numpy as np
+    import pandas as pd
+    from fastapi.testclient import TestClient
+
+    from kubeloop.drift import DriftMonitor, MonitorConfig, Reference, open_alert_store
+    from models.drift_service import build_app
+
+    rng = np.random.default_rng(1)
+    ref = pd.DataFrame({"hour": rng.integers(0, 24, 1000), "x": rng.normal(0, 1, 1000)})
+    reference = Reference("ctr", "v1", ref, np.full(len(ref), 0.05))
+    config = MonitorConfig.model_validate(
+        {
+            "window": {"max_events": 60, "max_seconds": None, "min_events": 50},
+            "feature_detector": {"type": "scipy", "p_val": 1e-6},
+            "prediction_detector": {"type": "scipy", "p_val": 1e-4},
+            "stratify_by": None,
+        }
+    )
+    store = open_alert_store(f"sqlite:///{tmp_path / 'alerts.db'}")
+    monitor = DriftMonitor(reference, tmp_path / "state", config=config, alert_store=store)
+    app = build_app(monitor, inference_service="ctr", revision_variant=canary_variants())
+    with TestClient(app) as http:
+        for i in range(60):
+            row = {"hour": int(rng.integers(0, 24)), "x": float(rng.normal(4, 1))}  # drifted
+            for kind, data in (
+                ("request", {"instances": [row]}),
+                ("response", {"predictions": [0.05], "model_version": "v2"}),
+            ):
+                headers, body = kserve_event(kind, f"e{i}", data)
+                assert http.post("/", headers=headers, content=body).status_code == 200
+    alerts = store.list()
+    monitor.close()
+    assert alerts, "the drifted canary window raised no alert"
+    assert {(a.variant, a.version, a.revision) for a in alerts} == {
+        ("canary", "v2", "ctr-predictor-00002")
+    }
+    isvc = load("recorded-isvc-ctr-canary.json")["response"]["body"]
+    summary = ev.summarize_alert_event(ev.alert_event(alerts[0].to_cluster_alert(), isvc))
+    assert (summary["variant"], summary["revision"], summary["version"]) == (
+        "canary",
+        "ctr-predictor-00002",
+        "v2",
+    )

@@ -76,14 +76,17 @@ def alerts(
             sev = "[red]CRIT[/red]" if a.severity == "critical" else "warn"
             hours = (a.window.end - a.window.start).total_seconds() / 3600
             console.print(
-                f"{a.time:%m-%d %H:%M} {a.model}:{a.version} {a.variant} {a.detector} {sev} "
+                f"{a.time:%m-%d %H:%M} {a.model}:{a.version} {a.variant} "
+                f"{a.revision or '-'} {a.detector} {sev} "
                 f"p={a.p_value:.2g}<{a.threshold:.2g} {','.join(a.features) or '-'} "
                 f"[dim]window {a.window.start:%m-%d %H:%M} +{hours:.1f}h n={a.window.n}[/dim]",
                 highlight=False,
             )
         return
     table = Table(title=f"drift alerts ({len(found)}, oldest first)", box=box.SIMPLE_HEAD)
-    for name in ("raised (UTC)", "model", "variant", "detector", "sev", "p-value", "threshold"):
+    for name in (
+        "raised (UTC)", "model", "variant", "revision", "detector", "sev", "p-value", "threshold"
+    ):  # fmt: skip
         table.add_column(name)
     table.add_column("features", overflow="fold")
     table.add_column("window (event time)")
@@ -97,6 +100,7 @@ def alerts(
             a.time.strftime("%m-%d %H:%M"),
             f"{a.model}:{a.version}",
             a.variant,
+            a.revision or "-",
             a.detector,
             "[red]CRIT[/red]" if a.severity == "critical" else "warn",
             f"{a.p_value:.2g}",

@@ -3,7 +3,12 @@
 Without --context the verbs change the local rollout (`<workdir>/serving/rollout.json` and
 the registry's stages); a running `kubeloop serve` follows within a fraction of a second.
 With --context they patch the InferenceService in that Kubernetes context through
-`kubeloop.cluster.isvc.InferenceServiceClient` (status, set_canary, promote, rollback).
+`kubeloop.cluster.isvc.InferenceServiceClient` (status, set_canary, promote, rollback), with
+KServe's semantics: `rollback` sets canaryTrafficPercent 0 (the rolled-out revision keeps
+100%); after a promote, `rollback --version OLD` in one step is refused (KServe would keep
+the rejected revision at 100%): run `rollback`, wait for `status`, then
+`rollback --version OLD`, then `promote` once its revision is Ready. `promote` is refused
+while it would send 100% to a revision that was never rolled out.
 """
 
 from __future__ import annotations
@@ -227,7 +232,12 @@ def rollback(
     no_registry: NoRegistryOption = False,
     force: ForceOption = False,
 ) -> None:
-    """Remove the canary; all traffic back to the primary."""
+    """Remove the canary; all traffic back to the primary.
+
+    With --context: canaryTrafficPercent 0, so KServe pins the rolled-out revision (after a
+    promote, the previous one). --version/--storage-uri also reverts the spec; after a promote
+    that must be a second step, once `status --context` shows the previous revision at 100%.
+    """
     if context:
         uri = _storage_uri(storage_uri, version, storage_prefix, model)
         client = _cluster(context, namespace)

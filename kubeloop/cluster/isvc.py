@@ -314,14 +314,17 @@ class CanaryStatus(BaseModel):
     @property
     def pinned_revision(self) -> str | None:
         """The revision holding 100 - canaryTrafficPercent NOW: the non-latest (``prev``) target
-        of the traffic KServe reports. Before KServe has written a split, the revision it will
-        pin (`expected_pinned_revision`). None when no split is set (or at 100%)."""
+        of the traffic KServe reports; None while that traffic has no such target (the latest
+        revision has it all) or no split is set. With no traffic reported at all yet, the
+        revision KServe will pin (`expected_pinned_revision`)."""
         if self.canary_percent is None or self.canary_percent >= 100:
             return None
+        if not self.traffic:
+            return self.expected_pinned_revision
         for target in self.traffic:
             if not target.latest and target.revision:
                 return target.revision
-        return self.expected_pinned_revision
+        return None
 
     @computed_field  # type: ignore[prop-decorator]
     @property

@@ -183,12 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
         verbs,
         "rollback",
         "pin 100%% to the previous rolled-out revision",
-        "Set spec.predictor.canaryTrafficPercent to 0: all traffic goes to the previous "
-        "rolled-out revision. The spec still names the rejected model version; give "
+        "Set spec.predictor.canaryTrafficPercent to 0: the latest rolled-out revision keeps "
+        "all traffic (after a promote, KServe first moves that pointer back to the previous "
+        "rolled-out revision). The spec still names the rejected model version; give "
         "--storage-uri with the version to go back to (a new revision of it starts at 0%), "
-        "then `canary promote` once it is Ready.",
-        "examples:\n"
+        "then `canary promote` once it is Ready. After a promote, --storage-uri must be a "
+        "second step: in the same patch KServe would keep the rejected revision at 100%, so "
+        "that is refused.",
+        "examples (during a canary):\n"
+        "  kubectl kubeloop canary rollback ctr --storage-uri s3://mlpipeline/kubeloop/models/ctr/v1\n"
+        "  kubectl kubeloop canary promote ctr   # after the reverted revision is Ready\n"
+        "examples (after a promote):\n"
         "  kubectl kubeloop canary rollback ctr\n"
+        "  kubectl kubeloop canary status ctr    # until the previous revision has 100%\n"
         "  kubectl kubeloop canary rollback ctr --storage-uri s3://mlpipeline/kubeloop/models/ctr/v1\n"
         "  kubectl kubeloop canary promote ctr   # after the reverted revision is Ready\n",
     )
@@ -277,6 +284,14 @@ def render_status(st: CanaryStatus) -> str:
     else:
         body = "No traffic targets in status yet (KServe has not reconciled the predictor)."
     lines = [head, "", body]
+    expected = st.expected_pinned_revision
+    if expected and st.traffic and expected != st.pinned_revision:
+        # Between two reconciles (e.g. a rollback after a promote): say where traffic goes.
+        lines += [
+            "",
+            f"Pending: KServe moves the pinned {100 - (st.canary_percent or 0)}% from "
+            f"{st.pinned_revision or 'the latest revision'} to {expected} at its next reconcile.",
+        ]
     if st.ready is False:
         reason = f" {st.ready_reason}" if st.ready_reason else ""
         message = f": {st.ready_message}" if st.ready_message else ""
