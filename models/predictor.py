@@ -36,6 +36,7 @@ from kserve.errors import ModelNotReady
 from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
+from kubeloop.serving.model_server import add_server_arguments, make_model_server
 from kubeloop.serving.protocol import (
     DEFAULT_MAX_BATCH_SIZE,
     MODEL_FIELDS,
@@ -43,7 +44,6 @@ from kubeloop.serving.protocol import (
     REQUEST_ID_HEADER,
     WIRE_DATATYPE,
     lower_headers,
-    make_model_server,
     parse_request,
     resolve_request_id,
     v2_response,
@@ -127,6 +127,28 @@ class CTRPredictor(kserve.Model):
             self.metadata = metadata
         self.ready = True
         return self.ready
+
+    # --- readiness and versions ---------------------------------------------------------
+
+    async def healthy(self) -> bool:
+        """Ready and really answering: the loaded model scores a probe row (every field
+        null, which the model's transform imputes)."""
+        if not self.ready or self.model is None:
+            return False
+        try:
+            probability = self.predict_rows([dict.fromkeys(MODEL_FIELDS.names)])[0]
+        except Exception:  # noqa: BLE001 - a model that cannot score is not ready
+            return False
+        return 0.0 <= probability <= 1.0
+
+    @property
+    def local_versions(self) -> list[str]:
+        """The version served here (v2 versioned paths answer for it)."""
+        return [self.model_version] if self.model_version else []
+
+    def served_versions(self) -> list[str]:
+        """The `versions` of the v2 model metadata."""
+        return self.local_versions
 
     # --- v2 metadata endpoint (/v2/models/<name>) ---------------------------------------
 
@@ -214,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_BATCH_SIZE,
         help="largest batch (rows) one request may hold; larger ones get HTTP 413",
     )
+    add_server_arguments(parser)
     parser.set_defaults(model_name="ctr")
     return parser
 
@@ -224,7 +247,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--max_batch_size must be at least 1")
     predictor = CTRPredictor(args.model_name, args.model_dir, max_batch_size=args.max_batch_size)
     predictor.load()
-    make_model_server(args).start([predictor])
+    server = make_model_server(args, MODEL_FIELDS, max_batch_size=args.max_batch_size)
+    server.start([predictor])
 
 
 if __name__ == "__main__":

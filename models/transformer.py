@@ -42,6 +42,7 @@ from kserve.predictor_config import PredictorConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 from kubeloop import schema
+from kubeloop.serving.model_server import add_server_arguments, make_model_server
 from kubeloop.serving.protocol import (
     CLIENT_FIELDS,
     DEFAULT_MAX_BATCH_SIZE,
@@ -51,8 +52,8 @@ from kubeloop.serving.protocol import (
     WIRE_DATATYPE,
     RequestTooLarge,
     UpstreamError,
+    example_row,
     lower_headers,
-    make_model_server,
     parse_request,
     probabilities_from_response,
     resolve_request_id,
@@ -63,6 +64,8 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 PROTOCOLS = ("v1", "v2")
+# Readiness and metadata calls must answer fast, whatever the predictor timeout is.
+PROBE_TIMEOUT_SECONDS = 2.0
 ONLINE_FEATURES = [*schema.USER_FEATURES, *schema.AD_FEATURES]
 
 
@@ -213,6 +216,36 @@ class FeastTransformer(kserve.Model):
         self._lookups.shutdown(wait=False)
         super().stop()
 
+    # --- readiness and versions ---------------------------------------------------------
+
+    async def healthy(self) -> bool:
+        """Ready and really answering: one online lookup of a probe row succeeds within
+        PROBE_TIMEOUT_SECONDS (the predictor too is checked when KServe's
+        --enable_predictor_health_check is on)."""
+        if not self.ready or self.store is None:
+            return False
+        try:
+            await asyncio.wait_for(
+                self.lookup([example_row(CLIENT_FIELDS)]), timeout=PROBE_TIMEOUT_SECONDS
+            )
+        except (TimeoutError, UpstreamError, ModelNotReady, RuntimeError):
+            return False  # RuntimeError: the lookup pool is shut down (stopping)
+        return True
+
+    async def served_versions(self) -> list[str] | None:
+        """The versions the predictor hop reports in its v2 metadata (through the router:
+        the primary's), None when it does not answer."""
+        url = f"{self._predictor_config.predictor_base_url}/v2/models/{self.name}"
+        try:
+            async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_SECONDS) as client:
+                response = await client.get(url)
+            versions = response.json().get("versions") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        if isinstance(versions, list) and all(isinstance(v, str) for v in versions):
+            return versions
+        return None
+
     # --- v2 metadata endpoint ----------------------------------------------------------
 
     def get_input_types(self) -> list[dict]:
@@ -332,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_BATCH_SIZE,
         help="largest batch (rows) one request may hold; larger ones get HTTP 413",
     )
+    add_server_arguments(parser)
     parser.set_defaults(model_name="ctr")
     return parser
 
@@ -371,7 +405,10 @@ def main(argv: list[str] | None = None) -> None:
         predictor_request_retries=args.predictor_request_retries,
         predictor_health_check=args.enable_predictor_health_check,
     )
-    make_model_server(args, config).start([transformer])
+    server = make_model_server(
+        args, CLIENT_FIELDS, max_batch_size=args.max_batch_size, predictor_config=config
+    )
+    server.start([transformer])
 
 
 if __name__ == "__main__":

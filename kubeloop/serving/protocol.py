@@ -11,11 +11,9 @@ Both servers accept a batch of rows over either KServe protocol:
 `kserve.errors.InvalidInput` whose message names every bad field by its path, e.g.
 ``instances[3].hour: expected integer 0..23, got 'x'`` or
 ``inputs['hour'].data[3]: expected integer 0..23, got 25``. A batch over the limit raises
-`RequestTooLarge` (413 once `install_error_handlers` ran on the app, else KServe's 400 for
-`InvalidInput`). The parsing and validation functions are pure; the end of the module
-holds the server glue both entry points share (`make_model_server`: the 413/502 error
-handlers, a DataPlane that answers malformed binary v2 bodies with 400, ModelServer
-options from the command line).
+`RequestTooLarge` (413 with the error handlers of `kubeloop.serving.model_server`, else
+KServe's 400 for `InvalidInput`). The parsing and validation functions are pure; the
+server glue both entry points share is `kubeloop.serving.model_server`.
 
 Two field sets are defined: `CLIENT_FIELDS`, what a client sends the transformer (ids and
 request context, none nullable), and `MODEL_FIELDS`, what the predictor takes (every
@@ -34,7 +32,6 @@ from typing import Any, Literal
 import orjson
 import pyarrow as pa
 from kserve.errors import InferenceError, InvalidInput
-from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from kubeloop import schema
@@ -66,14 +63,14 @@ WIRE_DATATYPE: dict[str, str] = {"int": "INT64", "number": "FP64", "string": "BY
 
 class RequestTooLarge(InvalidInput):
     """The batch has more rows than the server's limit (HTTP 413 with the handlers of
-    `install_error_handlers`, 400 without them)."""
+    `kubeloop.serving.model_server`, 400 without them)."""
 
     status_code = 413
 
 
 class UpstreamError(InferenceError):
     """A service behind this server (the predictor, the online store) failed or answered
-    nonsense (HTTP 502 with `install_error_handlers`, 500 without them)."""
+    nonsense (HTTP 502 with `kubeloop.serving.model_server`, 500 without them)."""
 
     status_code = 502
 
@@ -438,6 +435,25 @@ def parse_request(
     return parse_v1(body, fields, max_batch_size=max_batch_size)
 
 
+EXAMPLE_STRINGS = {"device": "mobile"}
+
+
+def example_row(fields: FieldSet) -> dict[str, Any]:
+    """One valid row of `fields` (what `kubeloop serve` prints as its example): each
+    integer the smallest positive value in its range, each string an example value."""
+    row: dict[str, Any] = {}
+    for spec in fields.fields:
+        if spec.kind == "string":
+            row[spec.name] = EXAMPLE_STRINGS.get(spec.name, "unknown")
+        elif spec.kind == "number":
+            row[spec.name] = 0.0
+        else:
+            lo = INT64_MIN if spec.minimum is None else spec.minimum
+            hi = INT64_MAX if spec.maximum is None else spec.maximum
+            row[spec.name] = min(max(lo, 1), hi)
+    return row
+
+
 def lower_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
     """A private, lower-cased copy of request headers (Starlette lower-cases them already;
     in-process callers may not)."""
@@ -451,7 +467,7 @@ def resolve_request_id(body_request_id: str | None, headers: Mapping[str, str]) 
         return body_request_id
     header = headers.get(REQUEST_ID_HEADER)
     if header:
-        return header
+        return check_request_id(header, f"{REQUEST_ID_HEADER} header")
     return str(uuid.uuid4())
 
 
@@ -502,19 +518,6 @@ def v2_response(
     )
 
 
-def install_error_handlers(app: Any) -> None:
-    """Map `RequestTooLarge` to 413 and `UpstreamError` to 502 on a FastAPI app (KServe's
-    own handlers would answer 400 and 500), with KServe's body shape {"error": message}.
-    Call before the server takes its first request."""
-    from fastapi.responses import JSONResponse
-
-    async def _handler(_request: Any, exc: Exception) -> JSONResponse:
-        return JSONResponse(status_code=exc.status_code, content={"error": str(exc)})
-
-    app.add_exception_handler(RequestTooLarge, _handler)
-    app.add_exception_handler(UpstreamError, _handler)
-
-
 def model_server_options(args: Any) -> dict[str, Any]:
     """`kserve.ModelServer` keyword arguments from an argparse namespace parsed with
     `kserve.model_server.parser` as a parent (KServe's own defaults come from sys.argv,
@@ -533,45 +536,3 @@ def model_server_options(args: Any) -> dict[str, Any]:
         "event_loop": args.event_loop,
         "timeout_keep_alive": args.timeout_keep_alive,
     }
-
-
-class StrictDataPlane(DataPlane):
-    """KServe's DataPlane, except that a malformed binary v2 request (the
-    `inference-header-content-length` form) is a 400, not a 500 (kserve 0.20's
-    `InferRequest.from_bytes` lets KeyError/ValueError/TypeError escape), and a body that
-    is not JSON is reported as such, under the name `body`. Module-level so that KServe's
-    multi-worker mode can pickle it into its worker processes."""
-
-    def decode(self, body, headers, *args, **kwargs):
-        try:
-            return super().decode(body, headers, *args, **kwargs)
-        except InvalidInput as exc:
-            text = str(exc)
-            prefix = "Unrecognized request format: "
-            if text.startswith(prefix):
-                raise InvalidInput(f"body: not valid JSON ({text[len(prefix) :]})") from None
-            raise
-
-    def decode_inference_request(self, body, headers, model_name):
-        try:
-            return super().decode_inference_request(body, headers, model_name)
-        except InvalidInput:
-            raise
-        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-            raise InvalidInput(
-                f"body: malformed binary v2 request ({type(exc).__name__}: {exc})"
-            ) from None
-
-
-def make_model_server(args: Any, predictor_config: Any = None) -> Any:
-    """A `kserve.ModelServer` for a kubeloop server: options from `args` (see
-    `model_server_options`), 413/502 handlers on KServe's app, and a DataPlane that answers
-    malformed binary v2 requests with 400."""
-    import kserve
-    from kserve.model_server import app
-
-    install_error_handlers(app)
-    server = kserve.ModelServer(predictor_config=predictor_config, **model_server_options(args))
-    # start() hands self.dataplane to the REST server, so replacing it here is enough.
-    server.dataplane = StrictDataPlane(model_registry=server.registered_models)
-    return server
