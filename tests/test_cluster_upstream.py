@@ -413,3 +413,42 @@ def test_kserves_default_storage_initializer_fails_restricted(overlays):
     pod = {"containers": [{"name": "c", "securityContext": QUEUE_PROXY_CONTEXT}],
            "initContainers": [{"name": "storage-initializer", "securityContext": default}]}
     assert restricted_problems("p", pod) == ["p/storage-initializer: seccompProfile is unset"]
+
+
+# --- 5. smaller facts cluster-up relies on ---------------------------------------------------
+
+
+def test_cluster_up_reads_keys_the_kfp_secret_has():
+    text = (ROOT / "scripts" / "cluster-up").read_text()
+    used = set(re.findall(r"get secret mlpipeline-minio-artifact -o jsonpath='\{\.data\.(\w+)\}'", text))
+    assert used and used <= set(INVENTORY["kfp"]["secrets"]["mlpipeline-minio-artifact"])
+
+
+def test_kourier_node_port_patch_targets_its_http_port():
+    """cluster-up patches /spec/ports/0 of Service kourier; that must be its plain HTTP port,
+    the one kind-config.yaml maps to the host."""
+    (svc,) = [s for s in INVENTORY["net_kourier"]["services"] if s["name"] == "kourier"]
+    assert svc["namespace"] == "kourier-system"
+    assert svc["ports"][0]["name"] == "http2" and svc["ports"][0]["port"] == 80
+    text = (ROOT / "scripts" / "cluster-up").read_text()
+    assert "-n kourier-system patch service/kourier" in text and '/spec/ports/0/nodePort' in text
+    node_port = re.search(r'KOURIER_NODE_PORT="(\d+)"', text).group(1)
+    kind = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    assert int(node_port) in [m["containerPort"] for n in kind["nodes"] for m in n["extraPortMappings"]]
+
+
+def test_cluster_up_waits_on_deployments_that_exist():
+    """The namespaces cluster-up waits on hold the webhook and controllers named upstream."""
+    knative = {(d["namespace"], d["name"]) for d in INVENTORY["knative_serving"]["deployments"]}
+    kourier = {(d["namespace"], d["name"]) for d in INVENTORY["net_kourier"]["deployments"]}
+    hook = INVENTORY["knative_serving"]["configmap_webhook"]
+    assert hook["failurePolicy"] == "Fail"
+    assert (hook["service"]["namespace"], hook["service"]["name"]) in knative
+    assert ("kourier-system", "3scale-kourier-gateway") in kourier
+    # The webhook validates every ConfigMap cluster-up patches.
+    text = (ROOT / "scripts" / "cluster-up").read_text()
+    patched = set(re.findall(r"-n knative-serving patch configmap/([a-z-]+)", text))
+    assert patched
+    for name in patched:
+        labels = INVENTORY["knative_serving"]["configmaps"][name]["labels"]
+        assert selector_matches(hook["objectSelector"], labels), name
