@@ -1,6 +1,6 @@
 """The drift detector service: KServe logger CloudEvents in, drift alerts out.
 
-    python -m models.drift_service --port 8080 --reference_dir /mnt/models \\
+    python -m models.drift_service --host 127.0.0.1 --port 8080 --reference_dir /mnt/models \\
         --state_dir /tmp/kubeloop-drift --alert_store sqlite:////tmp/kubeloop-drift/alerts.db \\
         --inference_service ctr --namespace kubeloop --kube
 
@@ -9,7 +9,9 @@ Endpoints (an ASGI app from `build_app`, served by uvicorn):
     POST /         one CloudEvent (binary mode, as KServe's logger sends it; structured
                    mode accepted too). Requests and responses are paired by ce-id and fed
                    to the `DriftMonitor`. 200 with {"paired": ..., "alerts": [...]}; a bad
-                   event gets 400 with {"error": <what is wrong>, "reason": <label>}.
+                   event gets 400 with {"error": <what is wrong>, "reason": <label>}; a
+                   body over --max_body_bytes or an event of more than --max_event_rows
+                   rows gets 413, and nothing of it is stored.
     POST /labels   delayed labels {"labels": [{"request_id": "...", "click": 0|1}, ...]}.
     POST /flush    close and evaluate every open window (end of a replay).
     GET  /healthz  liveness/readiness: 200 once the reference is loaded and state is readable.
@@ -43,6 +45,8 @@ from typing import Any
 log = logging.getLogger("kubeloop.drift_service")
 
 DEFAULT_STATE_DIR = "/tmp/kubeloop-drift"
+# What one logged request may hold: the servers' --max_batch_size default.
+DEFAULT_MAX_EVENT_ROWS = 1024
 
 
 class DriftMetrics:
@@ -222,8 +226,15 @@ def build_app(
     metrics: DriftMetrics | None = None,
     kube: KubeAlertPoster | None = None,
     revision_variant: Callable[[str], str | None] | None = None,
+    max_body_bytes: int | None = None,
+    max_event_rows: int = DEFAULT_MAX_EVENT_ROWS,
 ):
     """The FastAPI app serving `monitor` (a `kubeloop.drift.DriftMonitor`).
+
+    Nothing over the limits is parsed or stored: a body over `max_body_bytes` (default
+    `kubeloop.serving.edge.DEFAULT_MAX_BODY_BYTES`) is refused with 413 at the edge, and
+    an event of more than `max_event_rows` instances or predictions with 413 before the
+    monitor sees it. A bad `ce-id` (the id of the request) is a 400 naming it.
 
     `revision_variant(revision)` names the variant a Knative revision serves (KServe's logger
     does not say; `kubeloop.cluster.traffic.RevisionVariants` reads it off the
@@ -237,6 +248,7 @@ def build_app(
     from starlette.concurrency import run_in_threadpool
 
     from kubeloop.drift.events import BadEventError, parse_event
+    from kubeloop.serving.edge import DEFAULT_MAX_BODY_BYTES, EdgeMiddleware, id_problem
 
     metrics = metrics or DriftMetrics()
     monitor.on_evaluation.append(metrics.on_evaluation)
@@ -248,10 +260,27 @@ def build_app(
     app = FastAPI(title="kubeloop drift detector", docs_url=None, redoc_url=None)
     app.state.monitor = monitor
     app.state.metrics = metrics
+    app.add_middleware(
+        EdgeMiddleware,
+        max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
+        on_reject=lambda rejection: metrics.bad_events.labels(reason=rejection.reason).inc(),
+    )
 
-    def bad(reason: str, message: str) -> JSONResponse:
+    def bad(reason: str, message: str, status: int = 400) -> JSONResponse:
         metrics.bad_events.labels(reason=reason).inc()
-        return JSONResponse({"error": message, "reason": reason}, status_code=400)
+        return JSONResponse({"error": message, "reason": reason}, status_code=status)
+
+    def check_limits(event: Any) -> None:
+        problem = id_problem(event.id.encode("utf-8"))
+        if problem is not None:
+            raise BadEventError("bad_id", f"ce-id: {problem}")
+        for name, values in (("instances", event.instances), ("predictions", event.predictions)):
+            if values is not None and len(values) > max_event_rows:
+                raise BadEventError(
+                    "too_many_rows",
+                    f"{name}: {len(values)} rows is over this detector's limit of "
+                    f"{max_event_rows} per event (--max_event_rows)",
+                )
 
     def internal(exc: BaseException) -> JSONResponse:
         log.exception("internal error")
@@ -263,6 +292,7 @@ def build_app(
     def ingest(headers: dict[str, str], body: bytes) -> JSONResponse:
         try:
             event = parse_event(headers, body, revision_variant=revision_variant)
+            check_limits(event)
             if (
                 inference_service
                 and event.inference_service
@@ -276,7 +306,9 @@ def build_app(
             metrics.events.labels(type=event.kind, variant=event.variant).inc()
             result = monitor.ingest(event)
         except BadEventError as exc:
-            return bad(exc.reason, str(exc))
+            return bad(exc.reason, str(exc), 413 if exc.reason == "too_many_rows" else 400)
+        except RecursionError:
+            return bad("undecodable_body", "body: JSON nested too deeply")
         except Exception as exc:  # noqa: BLE001 - one bad event must not take the service down
             return internal(exc)
         return JSONResponse(
@@ -300,8 +332,8 @@ def build_app(
     def labels(body: bytes) -> JSONResponse:
         try:
             data = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            return bad("bad_labels", f"the labels body is not JSON: {exc}")
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            return bad("bad_labels", f"the labels body is not JSON: {exc or 'nested too deeply'}")
         items = data.get("labels") if isinstance(data, dict) else None
         if not isinstance(items, list):
             return bad(
@@ -372,6 +404,8 @@ def build_app(
 
 
 def _parser() -> argparse.ArgumentParser:
+    from kubeloop.serving.edge import DEFAULT_HOST, DEFAULT_MAX_BODY_BYTES, positive_int
+
     p = argparse.ArgumentParser(
         prog="python -m models.drift_service",
         description="Drift detector for KServe logger CloudEvents (see the module docstring).",
@@ -382,7 +416,23 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name, **kwargs)
 
     opt("port", type=int, default=8080, help="HTTP port (default 8080)")
-    opt("host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
+    opt(
+        "host",
+        default=DEFAULT_HOST,
+        help=f"bind address (default {DEFAULT_HOST}; the cluster manifests pass 0.0.0.0)",
+    )
+    opt(
+        "max_body_bytes",
+        type=positive_int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help=f"largest request body; larger ones get 413 (default {DEFAULT_MAX_BODY_BYTES})",
+    )
+    opt(
+        "max_event_rows",
+        type=positive_int,
+        default=DEFAULT_MAX_EVENT_ROWS,
+        help=f"most instances/predictions one event may carry (default {DEFAULT_MAX_EVENT_ROWS})",
+    )
     opt("reference_dir", required=True, type=Path, help="exported model version directory")
     opt("state_dir", type=Path, default=Path(DEFAULT_STATE_DIR), help="monitor state directory")
     opt(
@@ -467,7 +517,8 @@ def build_from_args(args: argparse.Namespace):
         )
     app = build_app(
         monitor, inference_service=args.inference_service, kube=kube,
-        revision_variant=revision_variant,
+        revision_variant=revision_variant, max_body_bytes=args.max_body_bytes,
+        max_event_rows=args.max_event_rows,
     )  # fmt: skip
     log.info(
         "drift detector for %s:%s (reference %d rows, scores %s), state %s, alerts %s, kube %s",
