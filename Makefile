@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 
-.PHONY: demo test test-fast lint lock bench clean
+.PHONY: demo test test-fast lint lock bench report clean
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/features_bench.py
+
+# Render the README's results and benchmark sections from the result files. A finished
+# `make demo` (WORKDIR/report.json) is first copied to docs/results/report.json, the
+# committed source; bench/results/*.json are written by the bench scripts themselves.
+report: $(STAMP)
+	$(BIN)/kubeloop report $(if $(wildcard $(WORKDIR)/report.json),--from-run $(WORKDIR)/report.json)
 
 # Re-resolve the lock from pyproject's ranges (run by hand when dependencies change).
 lock:
