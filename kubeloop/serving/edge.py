@@ -58,6 +58,7 @@ class Rejection:
     path: str
     content_length: int | None
     limit: int
+    request_id: str | None = None  # the request's id header, when it is a valid one
 
     def record(self) -> dict[str, Any]:
         """The small JSON-able record a log keeps instead of the request body."""
@@ -114,19 +115,25 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        request_id = None
         for name in ID_HEADERS:
             value = _header(scope, name.encode())
-            if value is not None and (problem := id_problem(value)) is not None:
+            if value is None:
+                continue
+            if (problem := id_problem(value)) is not None:
                 message = f"{name} header: {problem}"
                 await self._reject(scope, receive, send, 400, "bad_request_id", message, None)
                 return
+            request_id = request_id or value.decode("ascii")
         declared = self._content_length(scope)
         if declared is not None and declared > self.max_body_bytes:
             message = (
                 f"body: {declared} bytes is over this server's limit of "
                 f"{self.max_body_bytes} bytes (--max_body_bytes)"
             )
-            await self._reject(scope, receive, send, 413, "body_too_large", message, declared)
+            await self._reject(
+                scope, receive, send, 413, "body_too_large", message, declared, request_id
+            )
             return
         body, outcome = await self._read_body(receive)
         if outcome == "gone":  # the client hung up mid-body: nobody to answer
@@ -135,7 +142,9 @@ class EdgeMiddleware:
             message = (
                 f"body: over this server's limit of {self.max_body_bytes} bytes (--max_body_bytes)"
             )
-            await self._reject(scope, receive, send, 413, "body_too_large", message, declared)
+            await self._reject(
+                scope, receive, send, 413, "body_too_large", message, declared, request_id
+            )
             return
         await self.app(scope, _replay(body, receive), send)
 
@@ -187,6 +196,7 @@ class EdgeMiddleware:
         reason: str,
         message: str,
         declared: int | None,
+        request_id: str | None = None,
     ) -> None:
         rejection = Rejection(
             status=status,
@@ -196,6 +206,7 @@ class EdgeMiddleware:
             path=scope.get("path", ""),
             content_length=declared,
             limit=self.max_body_bytes,
+            request_id=request_id,
         )
         if self.on_reject is not None:
             self.on_reject(rejection)

@@ -186,6 +186,10 @@ class Exchange:
     response_time: float = field(default_factory=time.time)
     content_type: str = JSON_CONTENT_TYPE
     revision: str | None = None  # None: the logger names it from the model version
+    # Why the request was refused (at the router's edge, or a 4xx of the predictor): its
+    # request_body is then a small record with the reason, never the body, and its events
+    # stay in the local log (the drift detector has no use for a request never scored).
+    rejected: str | None = None
 
 
 # --- sinks --------------------------------------------------------------------------------
@@ -676,8 +680,12 @@ class CloudEventLogger:
         if not exchanges:
             return
         events: list[LoggedEvent] = []
+        local_only: set[int] = set()
         for exchange in exchanges:
-            events.extend(self.events_for(exchange))
+            pair = self.events_for(exchange)
+            if exchange.rejected is not None:
+                local_only.update(id(event) for event in pair)
+            events.extend(pair)
         try:
             self.sink.write(events)
             self.stats.add("logged", len(events))
@@ -689,6 +697,8 @@ class CloudEventLogger:
             for event in events:
                 if event.type == RESPONSE_TYPE and event.status_code != 200:
                     continue  # KServe's agent logs only successful responses
+                if id(event) in local_only:
+                    continue
                 try:
                     self._send_queue.put_nowait(event)
                 except queue.Full:

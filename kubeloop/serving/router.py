@@ -32,6 +32,11 @@ Variants map to versions through the state and versions to predictor URLs throug
 that served the canary keeps serving. A canary whose version has no predictor yet gets no
 traffic (KServe does not route to a revision that is not ready) and `on_missing_backend`
 is called once for it (LocalStack starts one).
+
+Nothing unbounded is stored: `kubeloop.serving.edge.EdgeMiddleware` refuses a body over
+`max_body_bytes` (413) or a malformed request-id header (400) before routing, and a
+request the router refused, or the predictor answered with a 4xx, is logged as a small
+record with the reason (`Exchange.rejected`), never with its body.
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kubeloop.serving.edge import DEFAULT_MAX_BODY_BYTES, EdgeMiddleware, Rejection
 from kubeloop.serving.request_log import CloudEventLogger, Exchange
 from kubeloop.serving.rollout import (
     LocalRollout,
@@ -72,6 +78,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+REJECTED_VARIANT = "rejected"  # the variant of requests refused before routing
+# How much of a predictor's 4xx answer the log keeps (error messages are short).
+MAX_LOGGED_ERROR_BYTES = 4096
+# Clients that may POST /kubeloop/rollout ("testclient": Starlette's in-process client).
+LOOPBACK_CLIENTS = frozenset({"127.0.0.1", "::1", "testclient"})
 VARIANT_HEADER = "x-kubeloop-variant"
 VERSION_HEADER = "x-kubeloop-version"
 
@@ -135,6 +146,11 @@ def _body_request_id(body: bytes) -> str | None:
         if isinstance(rid, str | int) and not isinstance(rid, bool):
             return str(rid)
     return None
+
+
+def _rejection_record(reason: str, body: bytes) -> bytes:
+    """What the log keeps of a refused request instead of its body."""
+    return json.dumps({"rejected": reason, "content_length": len(body)}).encode()
 
 
 # --- where the state comes from -----------------------------------------------------------
@@ -216,6 +232,7 @@ class CanaryRouter:
     `local_rollout`, when given, is what `POST /kubeloop/rollout` changes (the state file
     and the registry); without it that endpoint changes the in-memory state. `mounts` is
     passed to `httpx.AsyncClient` (tests route backends to in-process ASGI apps with it).
+    `max_body_bytes` is the body limit at the router's edge (see the module docstring).
     """
 
     def __init__(
@@ -230,6 +247,7 @@ class CanaryRouter:
         local_rollout: LocalRollout | None = None,
         on_missing_backend: Callable[[str], None] | None = None,
         mounts: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ):
         if isinstance(rollout, RolloutState):
             rollout = StaticRollout(rollout)
@@ -248,7 +266,9 @@ class CanaryRouter:
         self.errors: Counter[str] = Counter()
         self._missing_reported: set[str] = set()
         self._client: httpx.AsyncClient | None = None
-        self.app: Starlette = self._build_app()
+        self.app = EdgeMiddleware(
+            self._build_app(), max_body_bytes=max_body_bytes, on_reject=self._log_rejection
+        )
 
     # Backends ---------------------------------------------------------------------------
 
@@ -348,11 +368,12 @@ class CanaryRouter:
         self.counts[variant] += 1
         if status >= 400:
             self.errors[variant] += 1
+        rejected = f"the {variant} predictor answered {status}" if 400 <= status < 500 else None
         if self.request_log is not None:
             self.request_log.log(
                 Exchange(
-                    request_body=body,
-                    response_body=content,
+                    request_body=body if rejected is None else _rejection_record(rejected, body),
+                    response_body=content if rejected is None else content[:MAX_LOGGED_ERROR_BYTES],
                     status_code=status,
                     variant=variant,
                     model_version=version,
@@ -361,10 +382,32 @@ class CanaryRouter:
                     request_time=started_wall,
                     response_time=started_wall + latency_ms / 1000.0,
                     content_type=headers.get("content-type") or "application/json",
+                    rejected=rejected,
                 )
             )
         out.update(marks)
         return Response(content=content, status_code=status, headers=out)
+
+    def _log_rejection(self, rejection: Rejection) -> None:
+        """Edge callback: count a refused request and log its small record."""
+        self.errors[REJECTED_VARIANT] += 1
+        if self.request_log is None:
+            return
+        now = time.time()
+        self.request_log.log(
+            Exchange(
+                request_body=json.dumps(rejection.record()).encode(),
+                response_body=json.dumps({"error": rejection.message}).encode(),
+                status_code=rejection.status,
+                variant=REJECTED_VARIANT,
+                model_version=None,
+                latency_ms=0.0,
+                request_id=rejection.request_id or str(uuid.uuid4()),
+                request_time=now,
+                response_time=now,
+                rejected=rejection.reason,
+            )
+        )
 
     async def _forward_primary(self, request: Request) -> Response:
         import httpx
@@ -460,6 +503,14 @@ class CanaryRouter:
 
         from kubeloop.errors import KubeloopError
 
+        client = request.client.host if request.client is not None else None
+        if client not in LOOPBACK_CLIENTS:
+            # With --no-transformer the router is the public endpoint: only this machine
+            # may change what is served.
+            return JSONResponse(
+                {"error": f"rollout changes are accepted from this machine only, not {client}"},
+                status_code=403,
+            )
         try:
             params = json.loads(await request.body() or b"{}")
             if not isinstance(params, dict):
