@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from kubeloop.serving.edge import DEFAULT_HOST, DEFAULT_MAX_BODY_BYTES
+
 WORKDIR_ENV = "KUBELOOP_WORKDIR"
 DEFAULT_WORKDIR = Path("runs/demo")
 
@@ -23,15 +25,13 @@ WorkdirOption = Annotated[
 ]
 
 
-def _example_body() -> str:
-    from kubeloop import schema
+def example_body(transformer: bool = True) -> str:
+    """A valid v1 body for the endpoint: the client fields for the transformer, the
+    model's columns for the router (--no-transformer)."""
+    from kubeloop.serving.protocol import CLIENT_FIELDS, MODEL_FIELDS, example_row
 
-    row: dict[str, object] = {"user_id": 1, "ad_id": 1}
-    for name in schema.CONTEXT_NUMERIC:
-        row[name] = 0
-    for name in schema.CONTEXT_CATEGORICAL:
-        row[name] = "mobile" if name == "device" else "unknown"
-    return json.dumps({"instances": [row]})
+    fields = CLIENT_FIELDS if transformer else MODEL_FIELDS
+    return json.dumps({"instances": [example_row(fields)]})
 
 
 def serve(
@@ -79,6 +79,22 @@ def serve(
     force: Annotated[
         bool, typer.Option("--force", help="Serve versions whose gate failed.")
     ] = False,
+    host: Annotated[
+        str,
+        typer.Option(
+            "--host",
+            help="Address the endpoint listens on (default 127.0.0.1: this machine only; "
+            "0.0.0.0: every interface). The other servers always listen on 127.0.0.1.",
+        ),
+    ] = DEFAULT_HOST,
+    max_body_bytes: Annotated[
+        int,
+        typer.Option(
+            "--max-body-bytes",
+            min=1,
+            help="Largest request body any server accepts; larger ones get HTTP 413.",
+        ),
+    ] = DEFAULT_MAX_BODY_BYTES,
 ) -> None:
     """Start the local serving stack and block until Ctrl+C; prints the URLs and a curl example."""
     from kubeloop.registry.backends import open_registry
@@ -142,6 +158,8 @@ def serve(
             logger_urls=log_url or (),
             ready_timeout=ready_timeout,
             force=force,
+            host=host,
+            max_body_bytes=max_body_bytes,
         ) as stack:
             state = stack.state()
             split = state.split
@@ -155,7 +173,8 @@ def serve(
             typer.echo(f"  request log {stack.request_log_path}")
             typer.echo("try:")
             typer.echo(
-                f"  curl -s -H 'content-type: application/json' {endpoint} -d '{_example_body()}'"
+                f"  curl -s -H 'content-type: application/json' {endpoint} "
+                f"-d '{example_body(transformer=not no_transformer)}'"
             )
             typer.echo(f"change the split: kubeloop canary set 50 --workdir {wd.root}")
             typer.echo("Ctrl+C to stop.")

@@ -19,7 +19,8 @@ router in this process.
 5. waits until every server answers `GET /v2/health/ready` with 200; a process that exits
    first raises `LocalStackError` naming it and the tail of its log.
 
-Free ports are picked unless given. `stop()` (also on leaving the `with` block, on
+Every server listens on loopback (127.0.0.1) except the public endpoint, which listens on
+`host` (loopback by default; `kubeloop serve --host`). Free ports are picked unless given. `stop()` (also on leaving the `with` block, on
 KeyboardInterrupt, on a failed start and at interpreter exit) stops the router and sends
 SIGTERM, then SIGKILL after a grace period, to each server's whole process group, so no
 server outlives the stack. `<workdir>/serving/stack.json` describes a running stack
@@ -50,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from kubeloop.errors import KubeloopError
+from kubeloop.serving.edge import DEFAULT_MAX_BODY_BYTES, connect_host
 from kubeloop.serving.rollout import LocalRollout, RolloutState, serving_dir
 from kubeloop.workdir import Workdir
 
@@ -109,10 +111,11 @@ class ServerProcess:
     log_path: Path
     health_path: str = "/v2/health/ready"
     process: subprocess.Popen | None = field(default=None, repr=False)
+    host: str = HOST  # the address it listens on
 
     @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
+        return f"http://{connect_host(self.host)}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -198,7 +201,10 @@ class LocalStack:
 
     `port` is the transformer's port (the stack's public URL), `router_port` the router's,
     `predictor_ports` maps versions to ports; any left out are picked free. With
-    `transformer=False` the router is the public endpoint. `predictor_module` /
+    `transformer=False` the router is the public endpoint. `host` is the address the
+    public endpoint listens on (loopback unless asked; the predictors and, behind a
+    transformer, the router always listen on loopback), `max_body_bytes` the body limit of
+    every server (`kubeloop.serving.edge`). `predictor_module` /
     `transformer_module` name the `python -m` entry points, `server_args` the arguments
     added to both, `env` extra environment (PYTHONPATH is prepended to the current one).
     `sync_registry=False` leaves the registry's stages alone. `logger_urls` receive the
@@ -232,6 +238,8 @@ class LocalStack:
         namespace: str = "kubeloop",
         sync_registry: bool = True,
         force: bool = False,
+        host: str = HOST,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ):
         self.registry = registry
         self.model_name = model_name
@@ -257,6 +265,8 @@ class LocalStack:
         self.namespace = namespace
         self.sync_registry = sync_registry
         self.force = force
+        self.host = host
+        self.max_body_bytes = max_body_bytes
 
         self.serving = serving_dir(self.workdir)
         self.log_dir = self.serving / "logs"
@@ -331,11 +341,25 @@ class LocalStack:
             str(self.models_dir / version),
             "--http_port",
             str(port),
+            *self._edge_args(HOST),
             *self.server_args,
         ]
         return ServerProcess(
             f"predictor-{version}", args, port, self.log_dir / f"predictor-{version}.log"
         )
+
+    def _edge_args(self, host: str) -> list[str]:
+        """--host and --max_body_bytes where they differ from the servers' defaults (which
+        are loopback and DEFAULT_MAX_BODY_BYTES)."""
+        args = [] if host == HOST else ["--host", host]
+        if self.max_body_bytes != DEFAULT_MAX_BODY_BYTES:
+            args += ["--max_body_bytes", str(self.max_body_bytes)]
+        return args
+
+    @property
+    def router_host(self) -> str:
+        """The router listens on `host` when it is the public endpoint, else on loopback."""
+        return HOST if self.with_transformer else self.host
 
     def _start(self) -> None:
         from kubeloop.serving.request_log import CloudEventLogger, SQLiteRequestLog, open_sink
@@ -390,6 +414,7 @@ class LocalStack:
             seed=self.seed,
             local_rollout=self.rollout,
             on_missing_backend=self._start_missing,
+            max_body_bytes=self.max_body_bytes,
         )
         self._start_router()
 
@@ -407,10 +432,11 @@ class LocalStack:
                 str(self.workdir.feature_repo),
                 "--http_port",
                 str(self.port),
+                *self._edge_args(self.host),
                 *self.server_args,
             ]
             self.transformer = ServerProcess(
-                "transformer", args, self.port, self.log_dir / "transformer.log"
+                "transformer", args, self.port, self.log_dir / "transformer.log", host=self.host
             )
             self.transformer.start(env, self.cwd)
 
@@ -432,7 +458,7 @@ class LocalStack:
         self._router_log_handler = handler
         config = uvicorn.Config(
             self.router.app,
-            host=HOST,
+            host=self.router_host,
             port=int(self.router_port),  # type: ignore[arg-type]
             log_level="warning",
             access_log=False,
@@ -519,7 +545,7 @@ class LocalStack:
 
     @property
     def router_url(self) -> str:
-        return f"http://{HOST}:{self.router_port}"
+        return f"http://{connect_host(self.router_host)}:{self.router_port}"
 
     @property
     def transformer_url(self) -> str | None:
