@@ -1317,3 +1317,37 @@ def test_canary_events_close_a_canary_window_with_revision_and_version(tmp_path)
         "ctr-predictor-00002",
         "v2",
     )
+
+
+def test_an_alert_store_from_before_the_revision_column_keeps_working(tmp_path):
+    import sqlite3
+
+    from kubeloop.drift.alerts import Alert, AlertWindow, open_alert_store
+
+    path = tmp_path / "alerts.db"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE alerts (id TEXT PRIMARY KEY, time TEXT NOT NULL, model TEXT NOT NULL,"
+        " version TEXT NOT NULL, variant TEXT NOT NULL, detector TEXT NOT NULL, statistic REAL,"
+        " p_value REAL, threshold REAL, features TEXT NOT NULL, window_start TEXT NOT NULL,"
+        " window_end TEXT NOT NULL, window_n INTEGER NOT NULL, window_index INTEGER NOT NULL,"
+        " severity TEXT NOT NULL, details TEXT NOT NULL)"
+    )
+    conn.commit()
+    conn.close()
+    window = AlertWindow(start=NOW, end=NOW + timedelta(hours=1), n=500)
+    alert = Alert(
+        id="a1", time=NOW, model="ctr", version="v2", variant="canary",
+        revision="ctr-predictor-00002", detector="feature", statistic=0.3, p_value=1e-9,
+        threshold=1e-6, window=window,
+    )  # fmt: skip
+    with open_alert_store(f"sqlite:///{path}") as store:
+        assert store.add(alert)
+        (back,) = store.list()
+    assert back.revision == "ctr-predictor-00002"
+    cluster = back.to_cluster_alert()
+    assert (cluster["variant"], cluster["version"], cluster["revision"]) == (
+        "canary",
+        "v2",
+        "ctr-predictor-00002",
+    )
