@@ -954,9 +954,7 @@ class KServeModel:
                 )
         else:
             route = [{"latestRevision": True, "percent": 100}]
-        traffic = [
-            {**t, "revisionName": ready} if t["latestRevision"] else dict(t) for t in route
-        ]
+        traffic = [{**t, "revisionName": ready} if t["latestRevision"] else dict(t) for t in route]
         self._propagate(comp, created, ready, traffic)
         isvc["status"]["observedGeneration"] = isvc["metadata"]["generation"]
 
@@ -974,9 +972,13 @@ class KServeModel:
                     if comp.get("latestRolledoutRevision"):
                         comp["previousRolledoutRevision"] = comp["latestRolledoutRevision"]
                     comp["latestRolledoutRevision"] = ready
-            elif ready == created and t["percent"] < 100:
-                if totals.get(ready) == 100 and comp.get("previousRolledoutRevision"):
-                    comp["latestRolledoutRevision"] = comp["previousRolledoutRevision"]
+            elif (
+                ready == created
+                and t["percent"] < 100
+                and totals.get(ready) == 100
+                and comp.get("previousRolledoutRevision")
+            ):
+                comp["latestRolledoutRevision"] = comp["previousRolledoutRevision"]
         comp["latestReadyRevision"] = ready
         comp["traffic"] = traffic
 
@@ -1022,7 +1024,9 @@ def test_the_model_reproduces_the_recorded_canary_split():
     ours = model.isvc["status"]["components"]["predictor"]
     for key in ("latestCreatedRevision", "latestReadyRevision", "latestRolledoutRevision"):
         assert ours[key] == recorded["components"]["predictor"][key]
-    strip = [{k: t[k] for k in ("revisionName", "percent", "latestRevision")} for t in ours["traffic"]]
+    strip = [
+        {k: t[k] for k in ("revisionName", "percent", "latestRevision")} for t in ours["traffic"]
+    ]
     assert strip == [
         {k: t[k] for k in ("revisionName", "percent", "latestRevision")}
         for t in recorded["components"]["predictor"]["traffic"]
@@ -1135,7 +1139,9 @@ def test_status_pending_note_and_pinned_revision_over_a_rollback_after_promote()
     assert st.expected_pinned_revision == "ctr-predictor-00001"
     code, out, _ = run_cli(["canary", "status", "ctr"], client.api)
     assert code == 0
-    pending = "Pending: KServe moves the pinned 100% from ctr-predictor-00002 to ctr-predictor-00001"
+    pending = (
+        "Pending: KServe moves the pinned 100% from ctr-predictor-00002 to ctr-predictor-00001"
+    )
     assert pending in out
     model.settle()
     assert client.status("ctr").pinned_revision == "ctr-predictor-00001"
@@ -1248,7 +1254,7 @@ def test_revision_roles_over_a_whole_rollout():
 def test_revision_variants_refresh_on_a_new_revision_and_survive_api_errors():
     from kubeloop.cluster.traffic import RevisionVariants
 
-    client, model = kserve_cluster()
+    client, _ = kserve_cluster()
     now = [0.0]
     calls = []
 
@@ -1258,7 +1264,9 @@ def test_revision_variants_refresh_on_a_new_revision_and_survive_api_errors():
             raise ConnectionError("API down")
         return client.status("ctr")
 
-    variants = RevisionVariants(read, refresh_seconds=30, miss_refresh_seconds=5, clock=lambda: now[0])
+    variants = RevisionVariants(
+        read, refresh_seconds=30, miss_refresh_seconds=5, clock=lambda: now[0]
+    )
     assert variants("ctr-predictor-00001") == "primary" and len(calls) == 1
     client.set_canary("ctr", 10, V2)
     assert variants("ctr-predictor-00002") is None  # read 0 s ago: no new read yet

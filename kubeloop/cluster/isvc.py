@@ -585,21 +585,21 @@ class InferenceServiceClient:
         if verb == "rollback":
             self._check_rollback(name, before, after, storage_uri)
         warnings = []
-        if percent > 0 and not new_revision and before.latest_ready_revision:
-            if before.latest_ready_revision == before.latest_rolledout_revision:
-                other = after.expected_pinned_revision
-                if other and other != before.latest_ready_revision and percent < 100:
-                    warnings.append(
-                        f"no new revision: KServe splits {before.latest_ready_revision} "
-                        f"({percent}%) against the previous rolled-out revision {other}; "
-                        "give --storage-uri to roll out a new model version"
-                    )
-                else:
-                    warnings.append(
-                        f"no new revision to split traffic with: latest ready revision "
-                        f"{before.latest_ready_revision} is also the latest rolled-out one; "
-                        "give --storage-uri to roll out a new model version"
-                    )
+        ready = before.latest_ready_revision
+        if percent > 0 and not new_revision and ready and ready == before.latest_rolledout_revision:
+            other = after.expected_pinned_revision
+            if other and other != ready and percent < 100:
+                warnings.append(
+                    f"no new revision: KServe splits {ready} ({percent}%) against the previous "
+                    f"rolled-out revision {other}; give --storage-uri to roll out a new model "
+                    "version"
+                )
+            else:
+                warnings.append(
+                    f"no new revision to split traffic with: latest ready revision {ready} is "
+                    "also the latest rolled-out one; give --storage-uri to roll out a new model "
+                    "version"
+                )
         if percent == 0:
             pinned = after.expected_pinned_revision
             if not pinned or pinned == before.latest_created_revision:

@@ -287,10 +287,12 @@ def render_status(st: CanaryStatus) -> str:
     expected = st.expected_pinned_revision
     if expected and st.traffic and expected != st.pinned_revision:
         # Between two reconciles (e.g. a rollback after a promote): say where traffic goes.
+        share = 100 - (st.canary_percent or 0)
+        source = st.pinned_revision or "the latest revision"
         lines += [
             "",
-            f"Pending: KServe moves the pinned {100 - (st.canary_percent or 0)}% from "
-            f"{st.pinned_revision or 'the latest revision'} to {expected} at its next reconcile.",
+            f"Pending: KServe moves the pinned {share}% from {source} to {expected} at its "
+            + "next reconcile.",
         ]
     if st.ready is False:
         reason = f" {st.ready_reason}" if st.ready_reason else ""
