@@ -164,6 +164,7 @@ class RecordedRequest:
     content_type: str | None
     body: bytes
     headers: dict[str, str] = field(default_factory=dict)
+    status: int | None = None  # the code the server answered
 
     def json(self) -> Any:
         """The body parsed as JSON (ValueError if it is not)."""
@@ -512,9 +513,11 @@ class KubeAPIServer:
             try:
                 if auth != f"Bearer {self.token}":
                     raise ApiError(401, "Unauthorized", "Unauthorized")
-                return 200, self._dispatch(req)
+                code, answer = 200, self._dispatch(req)
             except ApiError as exc:
-                return exc.code, exc.status()
+                code, answer = exc.code, exc.status()
+            req.status = code
+            return code, answer
 
     def _dispatch(self, req: RecordedRequest) -> dict:
         plural, ns, name, events_v1 = self._route(req.method, req.path)
