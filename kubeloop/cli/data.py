@@ -83,6 +83,7 @@ def describe(
     from rich.table import Table
 
     from kubeloop.data.lake import list_partitions
+    from kubeloop.data.reads import VERIFYING_OPEN, lake_reads
     from kubeloop.errors import LakeError
 
     partitions = list_partitions(lake)
@@ -97,12 +98,12 @@ def describe(
         true_sum = 0.0
         for path in part.files:
             fs, inner = url_to_fs(path)
-            with fs.open(inner, "rb") as fh:
-                pf = pq.ParquetFile(fh)
+            with lake_reads([path], lake), fs.open(inner, "rb") as fh:
+                pf = pq.ParquetFile(fh, **VERIFYING_OPEN)
                 # Row group by row group, and only the two columns needed: a day of any
                 # size is described in bounded memory.
                 for i in range(pf.num_row_groups):
-                    rg = pf.read_row_group(i, columns=["click", "true_ctr"])
+                    rg = pf.read_row_group(i, columns=["click", "true_ctr"], use_threads=False)
                     rows += rg.num_rows
                     clicks += pc.sum(rg["click"]).as_py() or 0
                     true_sum += pc.sum(rg["true_ctr"]).as_py() or 0.0
@@ -114,6 +115,27 @@ def describe(
     overall = f"{total_clicks / total_rows:.4f}" if total_rows else "-"
     table.add_row("total", f"{total_rows:,}", f"{total_clicks:,}", overall, "", style="bold")
     Console().print(table)
+
+
+@app.command()
+def validate(
+    lake: str = typer.Option(..., "--lake", help="Lake root: a local path or an fsspec URL."),
+    footers_only: bool = typer.Option(
+        False, "--footers-only", help="Check layout and footers only; do not decode the pages."
+    ),
+) -> None:
+    """Check the lake's layout, every file's schema and every data page; print what it holds.
+
+    A problem ends the command with one line naming the file, the column and the fix.
+    """
+    from kubeloop.data.validate import validate_lake
+
+    manifest = validate_lake(lake, pages=not footers_only)
+    days = manifest.days
+    typer.echo(
+        f"lake {lake} is valid: {manifest.rows:,} events in {len(manifest.partitions)} files, "
+        f"{len(days)} days ({days[0].isoformat()} to {days[-1].isoformat()})"
+    )
 
 
 def _validation_message(exc: ValidationError) -> str:

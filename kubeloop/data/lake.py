@@ -42,6 +42,9 @@ def _write_options(schema: pa.Schema) -> dict:
             f.name for f in schema if f.name not in ordered and not pa.types.is_floating(f.type)
         ],
         "write_statistics": ordered or False,
+        # A CRC per page: a reader that verifies it (validate_lake does) finds any flipped
+        # byte, where decompression alone lets corruption of plain-encoded floats through.
+        "write_page_checksum": True,
     }
 
 

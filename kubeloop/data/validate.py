@@ -1,8 +1,11 @@
 """Checks that a data lake can be read before any stage writes from it.
 
-Only directory listings and Parquet footers are read, so validating a lake of millions of
-events costs milliseconds per file. Every problem is raised as a LakeError naming the file,
-the column where there is one, and what to do about it.
+The layout and every Parquet footer are checked, then every data page is decoded (with
+its CRC verified where the writer wrote one), so a corrupt page is found here rather than
+half-way through a stage. Decoding is cheap next to what any stage does with the data:
+about 0.1 s for the 600k-event demo lake; `pages=False` checks footers only. Every problem
+is raised as a LakeError naming the file, the column where there is one, and what to do
+about it (see kubeloop.data.reads for the same error from the readers themselves).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
+from kubeloop.data.reads import VERIFYING_OPEN, check_pages, one_line, regenerate_hint
 from kubeloop.errors import LakeError
 from kubeloop.schema import EVENT_SCHEMA, EVENTS_DIR, PARTITION_KEY
 
@@ -68,7 +72,7 @@ class LakeManifest(BaseModel):
 
 
 def _fix_hint(lake_root: str) -> str:
-    return f"regenerate the lake with `kubeloop data generate --lake {lake_root}`"
+    return regenerate_hint(lake_root)
 
 
 def _same_type(expected: pa.DataType, found: pa.DataType) -> bool:
@@ -89,22 +93,31 @@ def _same_type(expected: pa.DataType, found: pa.DataType) -> bool:
     return False
 
 
-def _check_file(fs: Any, path: str, shown: str, lake_root: str) -> int:
-    """Validate one file's footer against EVENT_SCHEMA and return its row count."""
+def _check_file(fs: Any, path: str, shown: str, lake_root: str, pages: bool) -> int:
+    """Validate one file against EVENT_SCHEMA (and decode its pages); return its row count."""
     try:
         with fs.open(path, "rb") as fh:
-            parquet = pq.ParquetFile(fh)
+            parquet = pq.ParquetFile(fh, **VERIFYING_OPEN)
             meta = parquet.metadata
             # schema_arrow restores what the writer meant (time zone, large types) from the
             # stored Arrow schema; the bare Parquet schema would lose it.
             schema = parquet.schema_arrow
+            _check_footer(meta, schema, shown, lake_root)
+            if pages:
+                check_pages(parquet, shown, lake_root)
+    except LakeError:
+        raise
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise LakeError(
-            f"is not a readable Parquet file ({' '.join(str(exc).split())}); "
+            f"is not a readable Parquet file ({one_line(exc)}); "
             f"delete it and {_fix_hint(lake_root)}",
             path=shown,
         ) from exc
+    return meta.num_rows
 
+
+def _check_footer(meta: Any, schema: pa.Schema, shown: str, lake_root: str) -> None:
+    """The footer's schema against EVENT_SCHEMA, and its null counts of the key columns."""
     found = {field.name: field.type for field in schema}
     for field in EVENT_SCHEMA:
         if field.name not in found:
@@ -136,11 +149,11 @@ def _check_file(fs: Any, path: str, shown: str, lake_root: str) -> int:
                     path=shown,
                     column=name,
                 )
-    return meta.num_rows
 
 
-def validate_lake(lake_root: str) -> LakeManifest:
-    """Check a lake's layout and every file's schema, and list its files.
+def validate_lake(lake_root: str, *, pages: bool = True) -> LakeManifest:
+    """Check a lake's layout, every file's schema and (unless `pages` is False) every
+    data page, and list its files.
 
     `lake_root` is a local path or any fsspec URL (``memory://``, ``s3://``, ...). The
     expected layout is ``<lake_root>/events/day=YYYY-MM-DD/*.parquet`` with exactly the
@@ -150,7 +163,8 @@ def validate_lake(lake_root: str) -> LakeManifest:
 
     Raises :class:`kubeloop.errors.LakeError` naming the path (and column) for: a missing
     root or events directory, a directory that is not a day partition, a day without
-    rows, an unreadable Parquet file, a missing or mistyped column, or nulls in a key column.
+    rows, an unreadable Parquet file or page (naming its column), a missing or mistyped
+    column, or nulls in a key column.
     """
     from fsspec.core import url_to_fs
     from fsspec.implementations.local import LocalFileSystem
@@ -206,7 +220,9 @@ def validate_lake(lake_root: str) -> LakeManifest:
                 path=shown(entry["name"]),
             )
         day_parts = [
-            LakePartition(day=day, path=shown(f), rows=_check_file(fs, f, shown(f), lake_root))
+            LakePartition(
+                day=day, path=shown(f), rows=_check_file(fs, f, shown(f), lake_root, pages)
+            )
             for f in files
         ]
         if sum(p.rows for p in day_parts) == 0:

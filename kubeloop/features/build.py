@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from kubeloop.data.reads import lake_reads
 from kubeloop.data.validate import LakeManifest, validate_lake
 from kubeloop.features.sql import AD, USER, EntitySpec, feature_query
 from kubeloop.schema import (
@@ -160,6 +161,25 @@ def _publish(staging: Path, out_dir: Path, names: list[str]) -> None:
         raise
 
 
+def _run_queries(
+    con, manifest: LakeManifest, config: FeatureBuildConfig, staging: Path, step
+) -> tuple[int, int, int]:
+    """Read the lake and write both feature queries into `staging`."""
+    step("read")
+    events = _create_events_view(con, manifest)
+    if events != manifest.rows:
+        raise RuntimeError(f"read {events} events but the lake's footers count {manifest.rows}")
+    params = {
+        "prior_clicks": config.prior_strength * config.ctr_prior,
+        "prior_strength": config.prior_strength,
+    }
+    step("aggregate users")
+    user_rows = _write_query(con, USER, params, staging / USER_FEATURES_FILE, USER_FEATURE_SCHEMA)
+    step("aggregate ads")
+    ad_rows = _write_query(con, AD, params, staging / AD_FEATURES_FILE, AD_FEATURE_SCHEMA)
+    return events, user_rows, ad_rows
+
+
 def _stage_tables(
     manifest: LakeManifest, config: FeatureBuildConfig, staging: Path, step
 ) -> tuple[int, int, int]:
@@ -168,20 +188,11 @@ def _stage_tables(
     spill.mkdir()
     con = _connect(manifest, config, spill)
     try:
-        step("read")
-        events = _create_events_view(con, manifest)
-        if events != manifest.rows:
-            raise RuntimeError(f"read {events} events but the lake's footers count {manifest.rows}")
-        params = {
-            "prior_clicks": config.prior_strength * config.ctr_prior,
-            "prior_strength": config.prior_strength,
-        }
-        step("aggregate users")
-        user_rows = _write_query(
-            con, USER, params, staging / USER_FEATURES_FILE, USER_FEATURE_SCHEMA
-        )
-        step("aggregate ads")
-        ad_rows = _write_query(con, AD, params, staging / AD_FEATURES_FILE, AD_FEATURE_SCHEMA)
+        # The lake was validated, but a file can still fail under DuckDB (replaced since,
+        # or damaged in a way only DuckDB trips on): lake_reads turns that into the
+        # LakeError naming the file and column. Nothing is published: staging is discarded.
+        with lake_reads(manifest.files, manifest.lake_root):
+            events, user_rows, ad_rows = _run_queries(con, manifest, config, staging, step)
     finally:
         con.close()
     step("write")
@@ -207,7 +218,8 @@ def build_features(
     [T-24h, T) and [T-168h, T), their smoothed CTRs, the hours since its last event, and its
     static attributes as of that last event (an ad's creative age is advanced to T).
 
-    Raises LakeError (nothing written) when the lake fails :func:`validate_lake`.
+    Raises LakeError (nothing written) when the lake fails :func:`validate_lake` or a
+    file cannot be read by DuckDB (naming the file and column, see kubeloop.data.reads).
     """
     from tqdm.auto import tqdm
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -43,6 +44,7 @@ from feast.infra.offline_stores.dask import (
 )
 
 from kubeloop import schema
+from kubeloop.data.reads import external_path, lake_reads
 from kubeloop.errors import FeatureStoreError, LakeError
 
 if TYPE_CHECKING:
@@ -81,47 +83,66 @@ class TrainingSetSummary:
         return asdict(self)
 
 
-def _events_dataset(lake_root: str) -> ds.Dataset:
-    import fsspec
+class _EventLog:
+    """The lake's events as a pyarrow dataset, with the file list that lake_reads needs."""
 
-    fs, root = fsspec.core.url_to_fs(lake_root)
-    events_dir = f"{root.rstrip('/')}/{schema.EVENTS_DIR}"
-    if not fs.isdir(events_dir):
-        raise LakeError("no events directory: run `kubeloop data generate` first", path=events_dir)
-    partitioning = ds.partitioning(pa.schema([(schema.PARTITION_KEY, pa.string())]), flavor="hive")
-    try:
-        return ds.dataset(
-            events_dir,
-            filesystem=fs,
-            format="parquet",
-            partitioning=partitioning,
-            schema=schema.EVENT_SCHEMA.append(pa.field(schema.PARTITION_KEY, pa.string())),
+    def __init__(self, lake_root: str):
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(lake_root)
+        events_dir = f"{root.rstrip('/')}/{schema.EVENTS_DIR}"
+        if not fs.isdir(events_dir):
+            raise LakeError(
+                "no events directory: run `kubeloop data generate` first", path=events_dir
+            )
+        self.lake_root = lake_root
+        self._fs = fs
+        self._events_dir = events_dir
+        partitioning = ds.partitioning(
+            pa.schema([(schema.PARTITION_KEY, pa.string())]), flavor="hive"
         )
-    except (pa.ArrowException, OSError) as exc:
-        raise LakeError(f"cannot read the event log: {exc}", path=events_dir) from exc
-
-
-def _lake_days(dataset: ds.Dataset) -> list[str]:
-    found = set()
-    for fragment in dataset.get_fragments():
-        key = ds.get_partition_keys(fragment.partition_expression).get(schema.PARTITION_KEY)
-        if key is not None:
-            found.add(key)
-    return sorted(found)
-
-
-def _read_day(dataset: ds.Dataset, day: str, lake_root: str) -> pd.DataFrame:
-    try:
-        table = dataset.to_table(
-            columns=schema.ENTITY_COLUMNS, filter=ds.field(schema.PARTITION_KEY) == day
+        # Page CRCs verified (the lake's writer writes them): a flipped byte in a page is
+        # an error here, not a silently wrong value in the training set.
+        parquet = ds.ParquetFileFormat(
+            default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+                page_checksum_verification=True
+            )
         )
-    except (pa.ArrowException, OSError) as exc:
-        raise LakeError(
-            f"cannot read day {day}: {exc}", path=f"{lake_root}/{schema.EVENTS_DIR}/day={day}"
-        ) from exc
-    frame = table.to_pandas()
-    frame[EVENT_TIMESTAMP] = frame[EVENT_TIMESTAMP].astype(_NS_UTC)
-    return frame
+        with lake_reads(self.files(), lake_root):
+            self.dataset = ds.dataset(
+                events_dir,
+                filesystem=fs,
+                format=parquet,
+                partitioning=partitioning,
+                schema=schema.EVENT_SCHEMA.append(pa.field(schema.PARTITION_KEY, pa.string())),
+            )
+
+    def files(self) -> Iterator[str]:
+        """The lake's Parquet files (hidden ones skipped, as the dataset skips them), listed
+        only when a read failed: lake_reads consumes this lazily."""
+        for path in sorted(self._fs.find(self._events_dir)):
+            if path.endswith(".parquet") and not path.rsplit("/", 1)[-1].startswith((".", "_")):
+                yield external_path(self._fs, path)
+
+    def days(self) -> list[str]:
+        """The day partitions that hold files, oldest first."""
+        found = set()
+        for fragment in self.dataset.get_fragments():
+            key = ds.get_partition_keys(fragment.partition_expression).get(schema.PARTITION_KEY)
+            if key is not None:
+                found.add(key)
+        return sorted(found)
+
+    def read_day(self, day: str) -> pd.DataFrame:
+        """The entity columns of one day; a file that cannot be decoded raises the
+        LakeError naming it and its column."""
+        with lake_reads(self.files(), self.lake_root):
+            table = self.dataset.to_table(
+                columns=schema.ENTITY_COLUMNS, filter=ds.field(schema.PARTITION_KEY) == day
+            )
+        frame = table.to_pandas()
+        frame[EVENT_TIMESTAMP] = frame[EVENT_TIMESTAMP].astype(_NS_UTC)
+        return frame
 
 
 def _service_views(store: FeatureStore) -> list[tuple[str, list[str], list[str]]]:
@@ -188,8 +209,8 @@ def build_training_set(
     started = time.perf_counter()
     from tqdm import tqdm
 
-    dataset = _events_dataset(lake_root)
-    available = _lake_days(dataset)
+    log = _EventLog(lake_root)
+    available = log.days()
     if days is None:
         wanted = available
     else:
@@ -211,7 +232,7 @@ def build_training_set(
     feast_seconds = 0.0
     bar = tqdm(total=len(wanted), desc="training set", unit="day", disable=not progress)
     for batch in batches:
-        frames = [f for f in (_read_day(dataset, d, lake_root) for d in batch) if not f.empty]
+        frames = [f for f in (log.read_day(d) for d in batch) if not f.empty]
         if frames:
             events = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
             t0 = time.perf_counter()
