@@ -23,10 +23,12 @@ fsynced file. Registration builds the version in a BentoML staging directory (ou
 the store), copies it into the store, and only then commits it by rewriting the stages
 file. A failure before the commit removes the copied directory; an interruption that
 prevents even that (a killed process) leaves a directory no stages file mentions, which
-readers never look at and the next registration deletes. A stage change, including the
-archiving of the version it displaces, is one rewrite of the same file, so there is
-never a moment with two production versions or none between "archive old" and "promote
-new".
+readers never look at; a killed write of the stages file leaves a temporary
+`stages/.<name>.json.*.tmp`. Opening the registry removes both when no writer holds the
+lock (see `BentoMLRegistry.clean_stale`), and so does the next registration. A stage
+change, including the archiving of the version it displaces, is one rewrite of the same
+file, so there is never a moment with two production versions or none between "archive
+old" and "promote new".
 """
 
 from __future__ import annotations
@@ -197,6 +199,7 @@ class BentoMLRegistry(ModelRegistry):
     def __init__(self, config: BentoMLRegistryConfig):
         self.config = config
         self.root = Path(config.path).expanduser().absolute()
+        self.clean_stale()
 
     @classmethod
     def at(cls, path: str | Path) -> BentoMLRegistry:
@@ -219,6 +222,87 @@ class BentoMLRegistry(ModelRegistry):
         from bentoml._internal.models.model import ModelStore
 
         return ModelStore(self.models_dir)
+
+    # debris of killed writers
+
+    def _debris(self) -> list[Path]:
+        """Temporary files of `_atomic_write_text` (stages/.*.tmp, models/<name>/.*.tmp)."""
+        found = list(self.stages_dir.glob(".*.tmp")) if self.stages_dir.is_dir() else []
+        if self.models_dir.is_dir():
+            found += [p for d in self.models_dir.iterdir() if d.is_dir() for p in d.glob(".*.tmp")]
+        return found
+
+    def _stored_names(self) -> list[str]:
+        """Names with a stages file or a directory in the store (a first registration
+        that was killed has only the latter)."""
+        stored = set(self._names())
+        if self.models_dir.is_dir():
+            stored |= {p.name for p in self.models_dir.iterdir() if p.is_dir()}
+        return sorted(stored)
+
+    def _committed_or_none(self, name: str) -> Mapping[str, Stage] | None:
+        try:
+            return (self._read_state(name) or _NameState(name=name)).stages
+        except RegistryError:
+            return None  # a corrupt stages file is reported by whoever reads it
+
+    def _has_orphans(self) -> bool:
+        for name in self._stored_names():
+            committed = self._committed_or_none(name)
+            name_dir = self.models_dir / name
+            if committed is None or not name_dir.is_dir():
+                continue
+            if any(p.is_dir() and p.name not in committed for p in name_dir.iterdir()):
+                return True
+        return False
+
+    def clean_stale(self) -> bool:
+        """Remove what a killed writer left: temporary files and uncommitted version
+        directories. Returns whether it cleaned (False when there was nothing to clean,
+        or a writer is at work).
+
+        Every write happens under the writer lock, so a temporary file or an uncommitted
+        version directory is stale exactly when nobody holds the lock: a writer that is
+        still writing holds it, and a killed one released it with its file descriptor.
+        So this takes the lock without waiting and leaves everything alone if it is held.
+        Called when the registry is opened; cheap when there is nothing to clean (no lock
+        is taken then), and silent where the registry is read-only.
+        """
+        try:
+            if not self.root.is_dir() or not (self._debris() or self._has_orphans()):
+                return False
+            with self._try_lock() as locked:
+                if not locked:
+                    return False
+                for path in self._debris():
+                    path.unlink(missing_ok=True)
+                for name in self._stored_names():
+                    committed = self._committed_or_none(name)
+                    if committed is not None:
+                        self._collect_orphans(name, committed)
+                return True
+        except OSError:
+            # A reader without write access (serving, CI) must still be able to open it.
+            return False
+
+    @contextmanager
+    def _try_lock(self) -> Iterator[bool]:
+        """The writer lock if it is free right now (yields True), else yields False."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no way to tell a live writer, so never clean
+            yield False
+            return
+        with open(self.root / ".lock", "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
