@@ -10,12 +10,15 @@ a CloudEvent in HTTP binary mode (kserve v0.20.0 `pkg/logger/worker.go:122-149`,
     ce-type                 org.kubeflow.serving.inference.request | .response
     ce-source               the pod name (`agent_injector.go:258-259`), which carries the
                             Knative revision: ctr-predictor-00002-deployment-<hash>-<id>
-    ce-time                 when the event was made (RFC 3339)
+    ce-time                 when the request arrived / the response was received (RFC 3339)
+    ce-recordedtime         when the logger made the event (time.Now() at send time)
     ce-inferenceservicename the InferenceService (the model name here)
     ce-namespace            its namespace
     ce-component            predictor
     ce-endpoint             the pod label `endpoint` (`agent_injector.go:238`), which no v0.20
                             controller sets: empty
+    ce-metadata             JSON of the request headers named in the logger's metadataHeaders
+                            (`{}` when none; `map[string][]string` as Go marshals it)
     content-type            application/json; the body is the request or response payload
                             (kubeloop's predictor names its model version in the response body)
 
@@ -84,10 +87,12 @@ CE_ATTRIBUTES = (
     "type",
     "source",
     "time",
+    "recordedtime",
     "inferenceservicename",
     "namespace",
     "component",
     "endpoint",
+    "metadata",
     "revision",
     "modelversion",
     "variant",
@@ -190,6 +195,9 @@ class Exchange:
     # request_body is then a small record with the reason, never the body, and its events
     # stay in the local log (the drift detector has no use for a request never scored).
     rejected: str | None = None
+    # Request headers forwarded as ce-metadata, as KServe's logger does for the headers named
+    # in its metadataHeaders: {name: [values]}.
+    metadata: dict[str, list[str]] = field(default_factory=dict)
 
 
 # --- sinks --------------------------------------------------------------------------------
@@ -237,6 +245,8 @@ CREATE TABLE IF NOT EXISTS events (
     ce_component TEXT,
     ce_endpoint TEXT,
     ce_revision TEXT,
+    ce_recordedtime TEXT,
+    ce_metadata TEXT,
     content_type TEXT NOT NULL,
     data BLOB NOT NULL,
     variant TEXT,
@@ -251,11 +261,11 @@ CREATE INDEX IF NOT EXISTS events_id ON events (ce_id);
 _COLUMNS = (
     "ce_id, ce_type, ce_source, ce_specversion, ce_time, ce_inferenceservicename,"
     " ce_namespace, ce_component, ce_endpoint, content_type, data, variant, model_version,"
-    " latency_ms, status_code, ce_revision"
+    " latency_ms, status_code, ce_revision, ce_recordedtime, ce_metadata"
 )
 _N_COLUMNS = _COLUMNS.count(",") + 1
 # Columns added after the first release, created on logs that predate them.
-_ADDED_COLUMNS = {"ce_revision": "TEXT"}
+_ADDED_COLUMNS = {"ce_revision": "TEXT", "ce_recordedtime": "TEXT", "ce_metadata": "TEXT"}
 
 
 class SQLiteRequestLog(RequestLogSink):
@@ -325,6 +335,8 @@ class SQLiteRequestLog(RequestLogSink):
                 e.latency_ms,
                 e.status_code,
                 e.attributes.get("revision"),
+                e.attributes.get("recordedtime"),
+                e.attributes.get("metadata"),
             )
             for e in events
         ]
@@ -367,6 +379,8 @@ class SQLiteRequestLog(RequestLogSink):
                 "component": row[7],
                 "endpoint": row[8],
                 "revision": row[15],
+                "recordedtime": row[16],
+                "metadata": row[17],
                 "modelversion": row[12],
                 "variant": row[11],
             }
@@ -621,10 +635,12 @@ class CloudEventLogger:
             "type": event_type,
             "source": self.source,
             "time": _iso(at),
+            "recordedtime": _iso(time.time()),
             "inferenceservicename": self.inference_service,
             "namespace": self.namespace,
             "component": self.component,
             "endpoint": ENDPOINTS.get(exchange.variant, exchange.variant),
+            "metadata": json.dumps(exchange.metadata, separators=(",", ":")),
             "revision": exchange.revision or self.revision_of(exchange.model_version),
             "modelversion": exchange.model_version,
             "variant": exchange.variant,
