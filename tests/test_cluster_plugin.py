@@ -274,8 +274,8 @@ def test_status_table_like_kubectl():
     )
     assert code == 0 and err == ""
     assert out == (
-        "NAME   READY   PHASE    CANARY   URL                               STORAGEURI\n"
-        "ctr    True    canary   10%      http://ctr.kubeloop.example.com   s3://mlpipeline/kubeloop/models/ctr/v2\n"
+        "NAME   READY   PHASE    CANARY   URL                                           STORAGEURI\n"
+        "ctr    True    canary   10%      http://ctr-transformer.kubeloop.example.com   s3://mlpipeline/kubeloop/models/ctr/v2\n"
         "\n"
         "REVISION              TRAFFIC   LATEST   TAG    ROLLOUT\n"
         "ctr-predictor-00002   10%       true     -      latest created, latest ready\n"
