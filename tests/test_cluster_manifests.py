@@ -546,8 +546,8 @@ def _rules(role: dict[str, Any]) -> list[tuple]:
 
 EXPECTED_RULES = {
     (NAMESPACE, "kubeloop-drift-detector"): [
-        (("", "events.k8s.io"), ("events",), (), ("create", "patch")),
-        (("serving.kserve.io",), ("inferenceservices",), (), ("get", "list", "watch")),
+        (("",), ("events",), (), ("create", "patch")),
+        (("serving.kserve.io",), ("inferenceservices",), (), ("get",)),
     ],
     (NAMESPACE, "kubeloop-pipeline-runner"): [
         (("serving.kserve.io",), ("inferenceservices",), (), ("get", "list", "watch")),
