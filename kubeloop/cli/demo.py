@@ -4,9 +4,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
+
+
+def _read_config(path: Path | None) -> dict[str, Any]:
+    """The DemoConfig fields in a JSON or YAML file (empty without one)."""
+    if path is None:
+        return {}
+    from kubeloop.errors import KubeloopError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KubeloopError(f"--config {path}: cannot read it ({exc.strerror})") from None
+    try:
+        import yaml
+
+        # YAML is a superset of JSON: one parser reads both.
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise KubeloopError(f"--config {path} is not valid JSON or YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise KubeloopError(
+            f"--config {path} must hold a mapping of DemoConfig fields "
+            "(generator, serving, drift, train_config, ...)"
+        )
+    return data
 
 
 def demo(
@@ -16,25 +42,32 @@ def demo(
     events: int | None = typer.Option(
         None, help="Events to generate (default: the generator's default)."
     ),
-    scenario: str = typer.Option(
-        "baseline", help="baseline | covariate_shift | concept_drift | new_ads"
+    scenario: str | None = typer.Option(
+        None, help="baseline | covariate_shift | concept_drift | new_ads (default: baseline)"
     ),
     seed: int | None = typer.Option(None, help="Generator seed."),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="JSON or YAML file of DemoConfig fields (sizes of every stage: generator, "
+        "serving, drift, train_config, ...); the options above override its generator.",
+    ),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     """Run every stage of the local loop and write WORKDIR/report.json."""
-    from kubeloop.data.generator import GeneratorConfig
     from kubeloop.demo import DemoConfig, run_demo
     from kubeloop.workdir import Workdir
 
-    generator: dict = {"scenario": scenario}
-    if events is not None:
-        generator["events"] = events
-    if seed is not None:
-        generator["seed"] = seed
-    config = DemoConfig(generator=GeneratorConfig(**generator), progress=progress)
+    fields = _read_config(config)
+    generator = dict(fields.get("generator") or {})
+    for name, value in (("events", events), ("scenario", scenario), ("seed", seed)):
+        if value is not None:
+            generator[name] = value
+    demo_config = DemoConfig.model_validate(
+        {**fields, "generator": generator, "progress": progress}
+    )
     wd = Workdir.at(workdir)
-    report = run_demo(config, wd)
+    report = run_demo(demo_config, wd)
     console = Console()
     console.rule("kubeloop demo")
     console.print_json(json.dumps(report, default=str))

@@ -125,7 +125,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         # standalone_mode=False: click hands usage errors to us instead of printing its
         # multi-line panel, so they are formatted like every other error.
-        result = app(args=list(argv) if argv is not None else None, standalone_mode=False)
+        result = app(
+            args=list(argv) if argv is not None else None,
+            prog_name="kubeloop",
+            standalone_mode=False,
+        )
     except cx.NoArgsIsHelpError as exc:
         # `kubeloop models` alone asks for the help text: print it, as click would.
         exc.show()
