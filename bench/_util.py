@@ -159,6 +159,27 @@ def load_averages() -> list[float] | None:
         return None
 
 
+def git_commit() -> dict[str, Any]:
+    """HEAD of the checkout the bench runs from and whether tracked files differ from it
+    (the servers and steps a bench starts run the working tree, not HEAD)."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", root, *args], check=False, capture_output=True, text=True, timeout=30
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if sha else None
+    return {"sha": sha, "dirty": None if status is None else bool(status)}
+
+
 def conditions(
     bench: str,
     mode: str,
@@ -186,6 +207,7 @@ def conditions(
             "python": platform.python_version(),
         },
         "packages": {name: _version(name) for name in packages},
+        "commit": git_commit(),
         "load_average_before": load_before,
         "load_average_after": load_averages(),
     }
@@ -211,11 +233,20 @@ def conditions_lines(cond: dict[str, Any]) -> list[str]:
         ),
         f"- {m['platform']}; Python {m['python']}",
         f"- {versions}",
+        *_commit_line(cond.get("commit")),
         (
             f"- load average (1/5/15 min) before: {load(cond['load_average_before'])}; "
             f"after: {load(cond['load_average_after'])}"
         ),
     ]
+
+
+def _commit_line(commit: dict[str, Any] | None) -> list[str]:
+    # Runs recorded before the commit was kept have no line at all.
+    if not commit or not commit.get("sha"):
+        return []
+    dirty = " (tracked files modified)" if commit.get("dirty") else ""
+    return [f"- commit {commit['sha'][:10]}{dirty}"]
 
 
 def write_json(path: Any, doc: dict[str, Any]) -> dict[str, Any]:

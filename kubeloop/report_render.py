@@ -209,8 +209,15 @@ def bench_conditions(doc: Mapping[str, Any]) -> str:
         f"{label} of `{c['command']}` on {c['started_at']}, {c['seconds'] / 60:.1f} min, "
         f"{c['machine']['cores_usable']} usable cores, load average "
         f"{_load(c['load_average_before'])} before and {_load(c['load_average_after'])} after "
-        f"(source: bench/results/{c['bench']}_bench.json)."
+        f"{_bench_commit(c.get('commit'))} (source: bench/results/{c['bench']}_bench.json)."
     )
+
+
+def _bench_commit(commit: Mapping[str, Any] | None) -> str:
+    if not commit or not commit.get("sha"):
+        return ", commit not recorded"
+    dirty = " with tracked files modified" if commit.get("dirty") else ""
+    return f", commit `{commit['sha'][:10]}`{dirty}"
 
 
 def render_features(doc: Mapping[str, Any]) -> str:
