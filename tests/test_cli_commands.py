@@ -277,6 +277,15 @@ BAD_INPUT = [
     (["serve", "--workdir", "{d}/w"], ["production"]),
     (["canary", "set", "150", "--workdir", "{d}/w"], ["percent", "100"]),
     (["alerts", "--detector", "nosuch", "--workdir", "{d}"], ["--detector"]),
+    (["features", "apply", "--repo", "{d}/r", "--features", "{d}/nofeatures"], ["{d}/nofeatures"]),
+    (["features", "apply", "--repo", "{d}/r", "--features", "{d}", "--offline-store", "x"],
+     ["--offline-store"]),
+    (["features", "materialize", "--repo", "{d}/norepo"], ["{d}/norepo"]),
+    (["features", "online", "--repo", "{d}/norepo", "--user-id", "1", "--ad-id", "1"],
+     ["{d}/norepo"]),
+    (["models", "export", "ctr", "latest", "{d}/out", "--registry", "{d}/reg"], ["'ctr'"]),
+    (["canary", "promote", "--workdir", "{d}/w"], []),
+    (["canary", "rollback", "--workdir", "{d}/w"], []),
     (["nosuch"], ["nosuch", "kubeloop --help"]),
 ]  # fmt: skip
 
