@@ -1,7 +1,19 @@
-"""The closed loop end to end on a small covariate-shift lake: traffic replayed across the
-day of change through the served model, the drift service fed by the router's CloudEvents,
-an alert naming the features that changed, a retraining run, and a recorded canary
-decision. Slow: two pipeline runs and three sets of KServe servers."""
+"""The closed loop end to end on a small covariate-shift lake, scored against the truth.
+
+Traffic is replayed across the day of change through the served model; the drift service,
+fed by the router's CloudEvents, must alert on the features that changed (and only after the
+change); the retrain policy must start a retraining run; and the outcome must be the one the
+generator's truth supports. Slow: two pipeline runs and the KServe servers.
+
+What the truth says here. The scenario moves traffic to mobile and to Indian users while
+P(click | features) stays the same (kubeloop.data.scenarios.COVARIATE_SHIFT), so:
+- the feature detector must fire on device and user_country, after the change only;
+- retraining cannot learn anything the production model lacks: the click model did not
+  change, and the retraining run sees fewer days (retrain_window_days=6) than the first
+  training. So the retrained model must NOT clear the gate's NE margin against production on
+  the new holdout, no canary is started, and production stays the model it was. A gate that
+  let it through would be a false promotion; the old test accepted either branch.
+"""
 
 from __future__ import annotations
 
@@ -17,11 +29,9 @@ from kubeloop.serving.stage import ServingStageConfig
 from kubeloop.workdir import Workdir
 
 
-@pytest.mark.slow
-def test_covariate_shift_is_detected_and_retraining_follows(tmp_path):
-    workdir = Workdir.at(tmp_path / "run")
+def demo_config() -> DemoConfig:
     small_replay = ReplayConfig(requests=150, batch_size=8, concurrency=4)
-    config = DemoConfig(
+    return DemoConfig(
         generator=GeneratorConfig(
             events=120_000,
             days=12,
@@ -45,9 +55,16 @@ def test_covariate_shift_is_detected_and_retraining_follows(tmp_path):
         ),
         progress=False,
     )
+
+
+@pytest.mark.slow
+def test_covariate_shift_is_detected_and_production_is_kept(tmp_path):
+    config = demo_config()
+    workdir = Workdir.at(tmp_path / "run")
     report = run_demo(config, workdir)
     drift = report["drift"]
 
+    # The alarm: after the change only, soon, on the features the scenario moved.
     assert drift["false_alarms_before_change"] == 0
     assert drift["first_alert_delay_events"] is not None
     assert drift["first_alert_delay_events"] <= 4 * 2000  # within a few windows of the change
@@ -58,12 +75,17 @@ def test_covariate_shift_is_detected_and_retraining_follows(tmp_path):
     )
     assert first["detector"] == "feature" and first["variant"] == "primary"
 
+    # The retraining run on recent data: triggered by the alerts, refused by the gate, so
+    # production is kept (see the module docstring for why that is the truth's outcome).
     retrain = drift["retrain"]
-    assert retrain["triggered"] is True and retrain["gate"]["reasons"]
-    versions = {v.version: v for v in open_registry(str(workdir.registry)).list("ctr")}
-    if retrain["new_version"]:
-        assert versions[retrain["new_version"]].data_scenario == "covariate_shift"
-        assert drift["rollout"]["decision"] in {"promote", "rollback", "wait"}
-        assert drift["rollout"]["reasons"]
-    else:
-        assert retrain["gate"]["passed"] is False
+    assert retrain["triggered"] is True and retrain["run_id"]
+    gate = retrain["gate"]
+    assert gate["compared_against"] == "production" and gate["reasons"]
+    assert gate["passed"] is False, gate
+    assert retrain["new_version"] is None
+    assert drift["rollout"]["decision"] == "none"
+    # Production is the model the serving stage left in production, and nothing was added.
+    (kept,) = [v for v, st in report["serving"]["stages_after"].items() if st == "production"]
+    registry = open_registry(str(workdir.registry))
+    assert registry.production("ctr").version == kept
+    assert {v.version for v in registry.list("ctr")} == set(report["serving"]["stages_after"])
