@@ -1186,6 +1186,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="JSON",
         help="measure nothing: render the markdown from this JSON of an earlier run",
     )
+    parser.add_argument(
+        "--refresh-summary",
+        action="store_true",
+        help="with --render: recompute the JSON's summary from its recorded runs and rewrite it",
+    )
     args = parser.parse_args(argv)
     if args.quick and args.events:
         parser.error("--quick and --events are exclusive")
@@ -1247,7 +1252,18 @@ def measure(args: argparse.Namespace) -> dict:
 def summary(results1: dict[str, list[dict]], results2: dict[str, list[dict]] | None) -> dict:
     """The headline ratios (quiet medians, as the verdict uses) the README renders."""
     comp, step, plain = (undisturbed(results1[k])[0] for k in ("component", "train_step", "plain"))
+    runs = [r for k in ("component", "train_step", "plain") for r in results1[k]]
+    if results2:
+        runs += results2["pipeline"] + results2["direct"]
+    quiet = [r for r in runs if r["others"] < QUIET_CORES]
     out = {
+        # Whether the ratios are quiet medians or (no quiet run) the fastest runs: only the
+        # former are comparable between machines and runs.
+        "runs": len(runs),
+        "quiet_runs": len(quiet),
+        "quiet_cores": QUIET_CORES,
+        "median_other_load": median([r["others"] for r in runs]),
+        "how": {k: undisturbed(v)[1] for k, v in results1.items()},
         "component_vs_plain": comp / plain,
         "train_step_vs_plain": step / plain,
         "component_seconds": comp,
@@ -1258,6 +1274,7 @@ def summary(results1: dict[str, list[dict]], results2: dict[str, list[dict]] | N
     if results2:
         pipe, direct = undisturbed(results2["pipeline"])[0], undisturbed(results2["direct"])[0]
         out["pipeline_vs_direct"] = pipe / direct
+        out["how"].update({k: undisturbed(v)[1] for k, v in results2.items()})
         out["pipeline_vs_direct_median"] = median(
             [r["seconds"] for r in results2["pipeline"]]
         ) / median([r["seconds"] for r in results2["direct"]])
@@ -1289,6 +1306,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     if args.render:
         doc = json.loads(args.render.read_text())
+        if args.refresh_summary:
+            # The summary is a function of the recorded runs: recompute it after its
+            # definition changed, without measuring again.
+            doc["summary"] = summary(doc["part1"], doc["part2"])
+            doc = write_json(args.render, doc)
+            log(f"recomputed the summary of {args.render}")
     else:
         doc = write_json(args.json, measure(args))
         log(f"wrote {args.json}")

@@ -204,11 +204,13 @@ def bench_conditions(doc: Mapping[str, Any]) -> str:
     """One line: the bench's mode, date, duration, cores and load, from its JSON."""
     c = doc["conditions"]
     mode = c["mode"]
-    label = f"**{mode}** run" + ("" if mode == "full" else " (smaller than the default sizes)")
+    label = f"**{mode}** run" + (
+        "" if mode == "full" else " (not the bench's default sizes or repetitions)"
+    )
     return (
         f"{label} of `{c['command']}` on {c['started_at']}, {c['seconds'] / 60:.1f} min, "
         f"{c['machine']['cores_usable']} usable cores, load average "
-        f"{_load(c['load_average_before'])} before and {_load(c['load_average_after'])} after "
+        f"{_load(c['load_average_before'])} before and {_load(c['load_average_after'])} after"
         f"{_bench_commit(c.get('commit'))} (source: bench/results/{c['bench']}_bench.json)."
     )
 
@@ -303,6 +305,7 @@ def render_training(doc: Mapping[str, Any]) -> str:
             [
                 bench_conditions(doc),
                 "",
+                *_quiet_note(s),
                 table(
                     [f"measured ({prepared['training_rows']:,}-row training set)", "result"],
                     rows,
@@ -312,6 +315,26 @@ def render_training(doc: Mapping[str, Any]) -> str:
         )
         + "\n"
     )
+
+
+def _quiet_note(summary: Mapping[str, Any]) -> list[str]:
+    """How far to trust the ratios: quiet medians, or fastest runs of a shared machine."""
+    how = summary.get("how")
+    if how is None:
+        return ["(This JSON does not say whether its runs were quiet.)", ""]
+    per_path = ", ".join(f"{path} {kind}" for path, kind in how.items())
+    note = (
+        f"{summary['quiet_runs']} of {summary['runs']} timed runs were quiet (other load under "
+        f"{summary['quiet_cores']} cores; median other load {summary['median_other_load']:.2f}); "
+        f"each path's figure is its quiet median, else its fastest run: {per_path}."
+    )
+    if any(kind == "fastest" for kind in how.values()):
+        note += (
+            " **Some paths had no quiet run: on these shared cores LightGBM's threads stall, "
+            "so these ratios compare disturbed runs and say little about kubeloop; rerun on a "
+            "quiet machine before quoting them.**"
+        )
+    return [note, ""]
 
 
 def render_serving(doc: Mapping[str, Any]) -> str:
