@@ -52,7 +52,7 @@ TINY_DEMO = {
         "replay_last_days": 1,
     },
     "drift": {
-        "impressions_per_day": 300,
+        "impressions_per_day": 600,
         "canary_replay": {"requests": 40, "batch_size": 8, "concurrency": 4},
         "canary_policy": {"min_labelled": 50},
         "retrain_window_days": 3,
@@ -581,7 +581,8 @@ def test_serve_answers_the_printed_example_and_stops_on_ctrl_c(workdir: Path) ->
 def test_pipeline_run_local_trains_gates_and_registers(workdir: Path) -> None:
     done = kubeloop("pipeline", "run", "--local", "--workdir", str(workdir), timeout=600)
     stdout = assert_ok(done)
-    result = json.loads(stdout[stdout.index("{") :])
+    # kfp.local logs each task's outputs to stdout too; the command's JSON comes last.
+    result = json.loads(stdout[stdout.rindex('{\n  "decision"') :])
     decision = result["decision"]
     assert decision["champion"] in {"lightgbm", "torch"} and decision["reasons"]
     assert result["seconds"] > 0
