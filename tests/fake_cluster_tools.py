@@ -162,13 +162,12 @@ def helm(args: list[str]) -> int:
         print("v4.1.4+gfake")
         _log("helm", args, 0)
         return 0
-    if args[:2] == ["upgrade", "--install"] and args[2] == "kserve":
-        if not state.get("webhook-ok:cert-manager"):
-            return _fail(
-                "helm", args,
-                'Error: Internal error occurred: failed calling webhook "webhook.cert-manager.io":'
-                " x509: certificate signed by unknown authority",
-            )
+    if args[:3] == ["upgrade", "--install", "kserve"] and not state.get("webhook-ok:cert-manager"):
+        return _fail(
+            "helm", args,
+            'Error: Internal error occurred: failed calling webhook "webhook.cert-manager.io":'
+            " x509: certificate signed by unknown authority",
+        )
     _log("helm", args, 0)
     return 0
 

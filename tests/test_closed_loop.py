@@ -23,8 +23,11 @@ from kubeloop.data.generator import GeneratorConfig
 from kubeloop.demo import DemoConfig, run_demo
 from kubeloop.drift.stage import DriftStageConfig
 from kubeloop.registry import open_registry
+from kubeloop.serving.local_servers import REQUEST_LOG_FILE
 from kubeloop.serving.policy import RolloutPolicy
 from kubeloop.serving.replay import ReplayConfig
+from kubeloop.serving.request_log import exchanges_frame
+from kubeloop.serving.rollout import serving_dir
 from kubeloop.serving.stage import ServingStageConfig
 from kubeloop.workdir import Workdir
 
@@ -89,3 +92,10 @@ def test_covariate_shift_is_detected_and_production_is_kept(tmp_path):
     registry = open_registry(str(workdir.registry))
     assert registry.production("ctr").version == kept
     assert {v.version for v in registry.list("ctr")} == set(report["serving"]["stages_after"])
+
+    # The A/B, the drift replay and any canary share one request log over overlapping days:
+    # no request id may be reused across them (each is a CloudEvent id downstream).
+    log = exchanges_frame(serving_dir(workdir) / REQUEST_LOG_FILE)
+    ids = log["request_id"]
+    assert len(ids) > 0 and not ids.duplicated().any(), ids[ids.duplicated()].head().tolist()
+    assert {i.split("-", 1)[0] for i in ids} >= {"ab", "drift"}

@@ -44,7 +44,7 @@ def run_cluster_up(tmp_path: Path, script: Path = CLUSTER_UP, **env: str):
     }
     proc = subprocess.run(
         ["bash", str(script)], env=full_env, capture_output=True, text=True, timeout=120,
-        stdin=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL, check=False,
     )
     calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
     return proc, calls
@@ -101,7 +101,7 @@ def test_the_previous_ordering_fails_against_the_model(tmp_path):
     before the webhook was waited for): the fakes really encode the race."""
     old = subprocess.run(
         ["git", "-C", str(ROOT), "show", "c15a6c3:scripts/cluster-up"],
-        capture_output=True, text=True,
+        capture_output=True, text=True, check=False,
     )
     if old.returncode != 0:
         pytest.skip("the pre-fix commit c15a6c3 is not in this clone's history (shallow clone)")
@@ -163,8 +163,10 @@ def test_install_tools_pins_the_cluster_kubectl_to_the_kind_node():
     assert node.startswith("v1.")
     # The script derives the version from kind-config.yaml, the same source the test reads.
     out = subprocess.run(
-        ["bash", "-c", 'ROOT="$1"; sed -n \'s/^ *image: *kindest\\/node:\\(v[0-9.]*\\).*/\\1/p\' '
-         '"${ROOT}/kind-config.yaml" | head -1', "_", str(ROOT)],
+        ["bash", "-c", (
+            'ROOT="$1"; sed -n \'s/^ *image: *kindest\\/node:\\(v[0-9.]*\\).*/\\1/p\' '
+            '"${ROOT}/kind-config.yaml" | head -1'
+        ), "_", str(ROOT)],
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     assert out == node

@@ -194,6 +194,7 @@ def run_drift_stage(
                 impressions,
                 config.replay,
                 workdir.feature_repo,
+                id_prefix="drift-",
             )
             stack.request_logger.flush(timeout=120)
         labelled = post_labels(service.url, sent, impressions)
@@ -259,6 +260,7 @@ def run_drift_stage(
                     canary_percent=config.canary_percent,
                     replay=config.canary_replay,
                     policy=config.canary_policy,
+                    request_id_prefix="canary-",
                 ),
             )
             rollout = {

@@ -65,7 +65,7 @@ def _plain(value: Any) -> Any:
 
 
 async def _send_all(
-    url: str, impressions: pd.DataFrame, config: ReplayConfig
+    url: str, impressions: pd.DataFrame, config: ReplayConfig, id_prefix: str
 ) -> list[dict[str, Any]]:
     import httpx
 
@@ -87,7 +87,7 @@ async def _send_all(
                 except asyncio.QueueEmpty:
                     return
                 batch = batches[i]
-                request_id = f"r{_plain(batch[0]['event_id'])}"
+                request_id = f"{id_prefix}{_plain(batch[0]['event_id'])}"
                 started = time.perf_counter()
                 try:
                     response = await client.post(
@@ -116,10 +116,16 @@ async def _send_all(
     return [row for batch in results for row in batch]
 
 
-def replay(url: str, impressions: pd.DataFrame, config: ReplayConfig) -> pd.DataFrame:
+def replay(
+    url: str, impressions: pd.DataFrame, config: ReplayConfig, id_prefix: str = "r"
+) -> pd.DataFrame:
     """Send every impression to `url` (the public predict endpoint) in batches; returns one
-    row per impression: request_id, event_id, status_code, client_latency_ms, prediction."""
-    return pd.DataFrame(asyncio.run(_send_all(url, impressions, config)))
+    row per impression: request_id, event_id, status_code, client_latency_ms, prediction.
+
+    A request's id is `id_prefix` + its first impression's event id: deterministic, so a
+    seeded run reproduces, and unique within one replay. Stages that replay overlapping
+    days into one request log pass their own prefix, so no id is reused across stages."""
+    return pd.DataFrame(asyncio.run(_send_all(url, impressions, config, id_prefix)))
 
 
 def join_feedback(
@@ -142,7 +148,12 @@ def join_feedback(
 
 
 def replay_through_time(
-    url: str, impressions: pd.DataFrame, config: ReplayConfig, feature_repo, on_day=None
+    url: str,
+    impressions: pd.DataFrame,
+    config: ReplayConfig,
+    feature_repo,
+    on_day=None,
+    id_prefix: str = "r",
 ) -> pd.DataFrame:
     """Replay hour by hour with the online store as it was: the store starts as of the first
     replayed hour, and before each hour's traffic the feature rows that became available
@@ -166,7 +177,7 @@ def replay_through_time(
             day_parts = []
             for hour in sorted(hours[ts.dt.floor("D") == day].unique()):
                 feed.advance(hour.to_pydatetime())
-                day_parts.append(replay(url, impressions[hours == hour], config))
+                day_parts.append(replay(url, impressions[hours == hour], config, id_prefix))
             sent = pd.concat(day_parts, ignore_index=True)
             parts.append(sent)
             if on_day is not None:

@@ -23,6 +23,11 @@ class ServingStageConfig(BaseModel):
 
     canary_percent: int = Field(50, ge=0, le=100, description="an even split gets evidence fastest")
     replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig(requests=3000, batch_size=8))
+    request_id_prefix: str = Field(
+        "ab-",
+        pattern=r"^[a-z][a-z0-9-]*$",
+        description="prefix of this stage's request ids (stages share one request log)",
+    )
     policy: RolloutPolicy = Field(default_factory=lambda: RolloutPolicy(min_labelled=2000))
     replay_last_days: int = Field(
         3, ge=1, description="impressions are drawn from the last days of the lake"
@@ -99,7 +104,9 @@ def run_serving_stage(
     started = time.perf_counter()
     with LocalStack.start(registry, model_name, workdir, primary, canary, percent) as stack:
         url = f"{stack.url}/v1/models/{model_name}:predict"
-        sent = replay_through_time(url, impressions, config.replay, workdir.feature_repo)
+        sent = replay_through_time(
+            url, impressions, config.replay, workdir.feature_repo, id_prefix=config.request_id_prefix
+        )
         stack.request_logger.flush()
         exchanges = exchanges_frame(stack.request_log_path)
     frame = join_feedback(sent, exchanges, impressions)
