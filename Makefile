@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/features_bench.py
 
 # Render the README's results and benchmark sections from the result files. A finished
-# `make demo` (WORKDIR/report.json) is first copied to docs/results/report.json, the
+# `make demo` (WORKDIR/report.json) is first copied to bench/results/demo_report.json, the
 # committed source; bench/results/*.json are written by the bench scripts themselves.
 report: $(STAMP)
 	$(BIN)/kubeloop report $(if $(wildcard $(WORKDIR)/report.json),--from-run $(WORKDIR)/report.json)

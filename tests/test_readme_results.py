@@ -1,5 +1,5 @@
 """The README's results and benchmark sections are what the committed result files render
-to (docs/results/report.json, bench/results/*.json), and a changed figure is caught."""
+to (bench/results/demo_report.json, bench/results/*.json), and a changed figure is caught."""
 
 from __future__ import annotations
 
@@ -26,9 +26,8 @@ def _kubeloop(*args: str) -> subprocess.CompletedProcess:
 
 
 def _checkout_copy(tmp_path: Path) -> Path:
-    """README.md and the result files, copied to `tmp_path` laid out as in the checkout."""
+    """README.md and the result files (all under bench/results/), copied to `tmp_path` laid out as in the checkout."""
     shutil.copy(ROOT / "README.md", tmp_path / "README.md")
-    shutil.copytree(ROOT / "docs" / "results", tmp_path / "docs" / "results")
     shutil.copytree(ROOT / "bench" / "results", tmp_path / "bench" / "results")
     return tmp_path
 
@@ -70,8 +69,8 @@ def _mutate_first_number(node):
 @pytest.mark.parametrize(
     ("source", "where"),
     [
-        ("docs/results/report.json", ("training",)),
-        ("docs/results/report.json", ("run", "wall_seconds")),
+        ("bench/results/demo_report.json", ("training",)),
+        ("bench/results/demo_report.json", ("run", "wall_seconds")),
         ("bench/results/features_bench.json", ("data",)),
         ("bench/results/serving_bench.json", ("cells",)),
         ("bench/results/training_bench.json", ("summary",)),
@@ -101,7 +100,7 @@ def test_cli_check_and_render(tmp_path):
     readme = str(root / "README.md")
     ok = _kubeloop("report", "--readme", readme, "--check")
     assert ok.returncode == 0, ok.stderr.decode()
-    report = root / "docs" / "results" / "report.json"
+    report = root / report_render.REPORT_PATH
     doc = json.loads(report.read_text())
     doc["run"]["wall_seconds"] += 120
     report.write_text(json.dumps(doc))
@@ -116,7 +115,7 @@ def test_cli_check_and_render(tmp_path):
 def test_from_run_refuses_an_incomplete_report(tmp_path):
     root = _checkout_copy(tmp_path)
     partial = tmp_path / "partial.json"
-    doc = json.loads((root / "docs" / "results" / "report.json").read_text())
+    doc = json.loads((root / report_render.REPORT_PATH).read_text())
     doc["run"]["complete"] = False
     partial.write_text(json.dumps(doc))
     readme = str(root / "README.md")

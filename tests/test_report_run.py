@@ -50,7 +50,7 @@ def test_git_commit_outside_a_checkout_is_none(tmp_path):
 
 
 def test_committed_report_has_the_run_and_window_figures():
-    report = json.loads((ROOT / "docs" / "results" / "report.json").read_text())
+    report = json.loads((ROOT / "bench" / "results" / "demo_report.json").read_text())
     run = report["run"]
     assert run["complete"] is True
     assert run["wall_seconds"] > 0

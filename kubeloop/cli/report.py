@@ -16,15 +16,16 @@ def report(
     from_run: Path | None = typer.Option(
         None,
         "--from-run",
-        help="A demo's report.json to copy to docs/results/report.json first (it must be "
-        "complete); without it, the committed docs/results/report.json is rendered.",
+        help="A demo's report.json to copy to bench/results/demo_report.json first (it must be "
+        "complete); without it, the committed bench/results/demo_report.json is rendered.",
     ),
     check: bool = typer.Option(
         False, help="Change nothing; exit 1 when the README differs from the result files."
     ),
 ) -> None:
     """Render the README's sections between `<!-- BEGIN kubeloop:NAME -->` markers from
-    docs/results/report.json and bench/results/*.json (paths relative to the README)."""
+    bench/results/demo_report.json and the benches' bench/results/*_bench.json (paths relative
+    to the README)."""
     from kubeloop import report_render
 
     root = readme.resolve().parent
