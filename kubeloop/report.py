@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from kubeloop.atomic import atomic_write_text
 
 
 def read_report(path: Path) -> dict[str, Any]:
@@ -21,12 +22,7 @@ def write_section(path: Path, section: str, figures: dict[str, Any]) -> dict[str
     half a file, and an interrupted write leaves the previous report)."""
     report = read_report(path)
     report[section] = figures
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-", suffix=".json")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(report, fh, indent=2, sort_keys=False, default=str)
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
     return report
 
 

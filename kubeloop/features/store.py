@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
+from kubeloop.atomic import atomic_write_text
 from kubeloop.errors import FeatureStoreError
 
 if TYPE_CHECKING:
@@ -258,6 +259,4 @@ def apply_definitions(store: FeatureStore, features_dir: str | Path) -> list:
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write_text(path, text)

@@ -25,7 +25,6 @@ retrieval is a sorted as-of merge; materialization stays Feast's own.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -44,6 +43,7 @@ from feast.infra.offline_stores.dask import (
 )
 
 from kubeloop import schema
+from kubeloop.atomic import atomic_path
 from kubeloop.data.reads import external_path, lake_reads
 from kubeloop.errors import FeatureStoreError, LakeError
 
@@ -247,14 +247,8 @@ def build_training_set(
     table = pa.concat_tables(parts) if parts else target.empty_table()
     table = table.sort_by([(EVENT_TIMESTAMP, "ascending"), ("event_id", "ascending")])
 
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(out_path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
     return TrainingSetSummary(
         rows=table.num_rows,

@@ -37,7 +37,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -46,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from kubeloop.atomic import atomic_write_text
 from kubeloop.registry.backends import BentoMLRegistryConfig
 from kubeloop.registry.base import (
     DEFAULT_MODEL_FILES,
@@ -88,27 +88,9 @@ def _now() -> datetime:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` so that readers see the old or the new file, never a
-    mix, and a crash never loses both (the new file is fsynced before the rename, the
-    directory after it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates 0600; registry files are meant to be read by serving and CI users.
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Replace `path` with `text`: readers see the old or the new file, and a crash never
+    loses both (kubeloop.atomic fsyncs the file before the rename, the directory after)."""
+    atomic_write_text(path, text)
 
 
 def _without_none(value: Any) -> Any:

@@ -50,6 +50,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
+from kubeloop.atomic import atomic_write_text
 from kubeloop.errors import KubeloopError
 from kubeloop.serving.edge import DEFAULT_MAX_BODY_BYTES, connect_host
 from kubeloop.serving.rollout import LocalRollout, RolloutState, serving_dir
@@ -603,10 +604,7 @@ class LocalStack:
             "logs": str(self.log_dir),
             "request_log": str(self.request_log_path),
         }
-        path = self.serving / STACK_FILE
-        tmp = path.with_name(f".{STACK_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(self.serving / STACK_FILE, json.dumps(data, indent=2) + "\n")
 
     # Stopping ---------------------------------------------------------------------------
 

@@ -31,8 +31,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +38,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from kubeloop.atomic import atomic_write_text
 from kubeloop.errors import KubeloopError
 from kubeloop.workdir import Workdir
 
@@ -301,21 +300,7 @@ def load_state(path: str | Path) -> RolloutState | None:
 
 def save_state(state: RolloutState, path: str | Path) -> Path:
     """Write `state` to `path` atomically (temporary sibling + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(state.model_dump_json(indent=2) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, state.model_dump_json(indent=2) + "\n")
 
 
 @contextlib.contextmanager
