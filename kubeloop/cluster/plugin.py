@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
+from kubeloop import duration
 from kubeloop.cluster.isvc import (
     DEFAULT_NAMESPACE,
     RESOURCE,
@@ -39,24 +39,15 @@ from kubeloop.errors import KubeloopError
 
 PROG = "kubectl kubeloop"
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
 # --- argument types --------------------------------------------------------------------------
 
 
 def parse_duration(text: str) -> timedelta:
-    """``30s``, ``15m``, ``1h``, ``2h30m``, ``1d``: a positive duration."""
-    match = _DURATION.match(text.strip()) if text else None
-    if not match or not any(match.groups()):
-        raise argparse.ArgumentTypeError(
-            f"invalid duration {text!r}: use e.g. 30s, 15m, 1h, 2h30m or 1d"
-        )
-    d, h, m, s = (int(g or 0) for g in match.groups())
-    value = timedelta(days=d, hours=h, minutes=m, seconds=s)
-    if value <= timedelta(0):
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be more than 0")
-    return value
+    """`--since` as argparse reads it: `kubeloop.duration.parse_duration` (30s, 2h30m, 1d)."""
+    try:
+        return duration.parse_duration(text)
+    except duration.DurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _percent(text: str) -> int:

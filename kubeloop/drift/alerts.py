@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from kubeloop import duration
 from kubeloop.errors import KubeloopError
 
 if TYPE_CHECKING:
@@ -133,25 +134,11 @@ class Alert(BaseModel):
 
 
 def parse_since(value: str | datetime | timedelta | None, *, now: datetime | None = None):
-    """`1h`, `30m`, `2d`, `45s`, `1w`, an ISO time, a datetime or a timedelta -> UTC datetime."""
-    if value is None:
-        return None
-    now = _utc(now or datetime.now(UTC))
-    if isinstance(value, timedelta):
-        return now - value
-    if isinstance(value, datetime):
-        return _utc(value)
-    text = str(value).strip()
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text)
-    if match:
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[match.group(2)]
-        return now - timedelta(seconds=float(match.group(1)) * unit)
+    """`kubeloop.duration.parse_since` (the one `--since` grammar), failing as the store does."""
     try:
-        return _utc(datetime.fromisoformat(text))
-    except ValueError:
-        raise AlertStoreError(
-            f"cannot read --since {value!r}: use a duration such as 30m, 1h, 2d or an ISO time"
-        ) from None
+        return duration.parse_since(value, now=now)
+    except duration.DurationError as exc:
+        raise AlertStoreError(str(exc)) from None
 
 
 class AlertStore(ABC):
