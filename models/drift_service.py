@@ -190,10 +190,8 @@ class KubeAlertPoster:
                     isvc = found
             except Exception as exc:  # noqa: BLE001 - the event still goes out, without uid
                 log.warning("cannot read InferenceService %s: %s", self.inference_service, exc)
-        data = alert.to_cluster_alert()
-        if os.environ.get("HOSTNAME"):
-            data["instance"] = os.environ["HOSTNAME"]
-        post_alert_event(core, self.namespace, alert_event(data, isvc))
+        instance = os.environ.get("HOSTNAME") or None
+        post_alert_event(core, self.namespace, alert_event(alert, isvc, instance=instance))
 
     def _run(self) -> None:
         while True:

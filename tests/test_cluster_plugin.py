@@ -491,15 +491,19 @@ def test_importing_the_plugin_loads_no_kubernetes_client():
 
 # --- drift alerts as Events ------------------------------------------------------------------
 
-CANARY_ALERT = {
-    "detector": "ks",
+CANARY_ALERT = {  # a kubeloop.drift.alerts.Alert, as the monitor raises it
+    "id": "a-canary",
+    "time": "2025-06-02T10:00:04Z",
+    "model": "ctr",
+    "detector": "feature",
+    "statistic": 0.21,
     "variant": "canary",
     "version": "v2",
     "revision": "ctr-predictor-00002",
     "p_value": 0.00041,
     "threshold": 0.05,
     "features": ["hour", "device"],
-    "window": {"start": "2025-06-02T09:00:00Z", "end": "2025-06-02T10:00:00Z", "size": 500},
+    "window": {"start": "2025-06-02T09:00:00Z", "end": "2025-06-02T10:00:00Z", "n": 500},
 }
 
 
@@ -518,7 +522,7 @@ def test_alert_event_shape():
     assert event["metadata"]["namespace"] == "kubeloop"
     assert event["firstTimestamp"] == event["lastTimestamp"] == "2025-06-02T10:00:05Z"
     assert event["message"] == (
-        "Drift detected by ks on the canary variant (model version v2, revision ctr-predictor-00002): "
+        "Drift detected by feature on the canary variant (model version v2, revision ctr-predictor-00002): "
         "p-value 0.00041 < 0.05 for 2 features: hour, device; "
         "window 2025-06-02T09:00:00Z..2025-06-02T10:00:00Z (500 requests)"
     )
@@ -528,7 +532,7 @@ def test_alert_event_shape():
     assert name.startswith("ctr.drift-") and len(name) == len("ctr.drift-") + 16
     assert ev.alert_event(CANARY_ALERT, isvc)["metadata"]["name"] == name
     later = dict(
-        CANARY_ALERT, window={"start": "2025-06-02T10:00:00Z", "end": "2025-06-02T11:00:00Z"}
+        CANARY_ALERT, window={"start": "2025-06-02T10:00:00Z", "end": "2025-06-02T11:00:00Z", "n": 9}
     )
     assert ev.alert_event(later, isvc)["metadata"]["name"] != name
     # the recorded EventList holds exactly this Event (as the API server stores it)
@@ -542,7 +546,7 @@ def test_alert_event_shape():
 def test_invalid_alert_is_refused():
     isvc = load("recorded-isvc-ctr-canary.json")["response"]["body"]
     with pytest.raises(ev.DriftAlertError, match="pvalue"):
-        ev.alert_event({"detector": "ks", "pvalue": 0.01}, isvc)
+        ev.alert_event(dict(CANARY_ALERT, pvalue=0.01), isvc)
 
 
 def test_post_alert_event_creates_then_counts_repeats():
@@ -580,7 +584,7 @@ def test_list_alert_events_filters_and_sorts():
     everything = ev.list_alert_events(core, "kubeloop")
     assert [e["involvedObject"]["name"] for e in everything] == ["ctr-legacy", "ctr", "ctr"]
     recent = ev.list_alert_events(core, "kubeloop", since=timedelta(minutes=30), now=NOW)
-    assert [e["metadata"]["annotations"]["kubeloop.io/detector"] for e in recent] == ["ks"]
+    assert [e["metadata"]["annotations"]["kubeloop.io/detector"] for e in recent] == ["feature"]
 
 
 def test_alerts_command_table():
@@ -589,7 +593,7 @@ def test_alerts_command_table():
     assert out == (
         "LAST SEEN   INFERENCESERVICE   VARIANT   REVISION              DETECTOR   P-VALUE   FEATURES      REQUESTS   COUNT\n"
         "50m         ctr                primary   ctr-predictor-00001   mmd        0.003     -             1200       3\n"
-        "29m         ctr                canary    ctr-predictor-00002   ks         0.00041   hour,device   500        1\n"
+        "29m         ctr                canary    ctr-predictor-00002   feature    0.00041   hour,device   500        1\n"
     )
 
 
@@ -1319,7 +1323,7 @@ def test_canary_events_close_a_canary_window_with_revision_and_version(tmp_path)
         ("canary", "v2", "ctr-predictor-00002")
     }
     isvc = load("recorded-isvc-ctr-canary.json")["response"]["body"]
-    summary = ev.summarize_alert_event(ev.alert_event(alerts[0].to_cluster_alert(), isvc))
+    summary = ev.summarize_alert_event(ev.alert_event(alerts[0], isvc))
     assert (summary["variant"], summary["revision"], summary["version"]) == (
         "canary",
         "ctr-predictor-00002",
@@ -1353,8 +1357,7 @@ def test_an_alert_store_from_before_the_revision_column_keeps_working(tmp_path):
         assert store.add(alert)
         (back,) = store.list()
     assert back.revision == "ctr-predictor-00002"
-    cluster = back.to_cluster_alert()
-    assert (cluster["variant"], cluster["version"], cluster["revision"]) == (
+    assert (back.variant, back.version, back.revision) == (
         "canary",
         "v2",
         "ctr-predictor-00002",

@@ -8,15 +8,11 @@ InferenceService, so ``kubectl describe inferenceservice ctr``, ``kubectl get ev
 
     isvc = custom_api.get_namespaced_custom_object(
         "serving.kserve.io", "v1beta1", "kubeloop", "inferenceservices", "ctr")
-    event = alert_event(
-        {"detector": "ks", "variant": "canary", "revision": "ctr-predictor-00002",
-         "p_value": 0.0004, "threshold": 0.05, "features": ["hour", "device"],
-         "window": {"start": "2025-06-02T09:00:00Z", "end": "2025-06-02T10:00:00Z", "size": 500}},
-        isvc)
-    post_alert_event(core_api, "kubeloop", event)
+    post_alert_event(core_api, "kubeloop", alert_event(alert, isvc))
 
-The alert's keys are those of :class:`DriftAlert` (unknown keys are refused, so a misspelt
-optional field fails loudly instead of vanishing). The Event:
+``alert`` is the one alert model, :class:`kubeloop.drift.alerts.Alert`, that the monitor raises
+and the alert store keeps (a mapping is validated as one; unknown keys are refused, so a
+misspelt field fails loudly instead of vanishing). The Event:
 
 - ``reason: DriftDetected``, ``type: Warning``, ``source.component`` and
   ``reportingComponent``: ``kubeloop-drift-detector``;
@@ -35,12 +31,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from kubeloop.cluster.isvc import API_VERSION, KIND, api_error
+from kubeloop.drift.alerts import Alert
 from kubeloop.errors import KubeloopError
 
 REASON = "DriftDetected"
@@ -52,49 +50,25 @@ _MAX_FEATURES_SHOWN = 8
 
 
 class DriftAlertError(KubeloopError):
-    """An alert dict that does not match DriftAlert."""
+    """An alert mapping that is not a valid `kubeloop.drift.alerts.Alert`."""
 
 
-class DriftWindow(BaseModel):
-    """The requests the test was run on."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    start: datetime | None = None
-    end: datetime | None = None
-    size: int | None = Field(None, ge=0, description="number of requests in the window")
-
-
-class DriftAlert(BaseModel):
-    """What the drift detector knows when it raises an alert."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    detector: str = Field(min_length=1, description="detector short name, e.g. ks, mmd, chi2")
-    p_value: float = Field(ge=0.0, le=1.0)
-    threshold: float | None = Field(None, ge=0.0, le=1.0, description="p-value threshold")
-    features: list[str] = Field(
-        default_factory=list, description="drifted features; empty for a multivariate test"
-    )
-    variant: str = Field("primary", min_length=1, description="primary or canary")
-    version: str | None = Field(None, description="model version of the variant, e.g. v2")
-    revision: str | None = Field(None, description="Knative revision that served the window")
-    window: DriftWindow | None = None
-    detected_at: datetime | None = None
-    instance: str | None = Field(None, description="reporting pod, for reportingInstance")
-
-
-def _coerce(alert: dict | DriftAlert) -> DriftAlert:
-    if isinstance(alert, DriftAlert):
+def _coerce(alert: Mapping[str, Any] | Alert) -> Alert:
+    if isinstance(alert, Alert):
         return alert
     try:
-        return DriftAlert.model_validate(alert)
+        return Alert.model_validate(alert)
     except ValidationError as exc:
         raise DriftAlertError(f"invalid drift alert: {exc}") from None
 
 
 def _utc(ts: datetime) -> datetime:
     return ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+
+
+def _unit(p: float) -> float:
+    # A p-value or threshold outside [0, 1] (a backend's rounding) is shown as its bound.
+    return min(max(float(p), 0.0), 1.0)
 
 
 def _k8s_time(ts: datetime) -> str:
@@ -106,14 +80,13 @@ def _pvalue(p: float) -> str:
     return f"{p:.3g}"
 
 
-def alert_message(alert: dict | DriftAlert) -> str:
+def alert_message(alert: Mapping[str, Any] | Alert) -> str:
+    """The Event's one-line message: detector, variant, p-value, features and window."""
     a = _coerce(alert)
     which = [f"model version {a.version}"] if a.version else []
     which += [f"revision {a.revision}"] if a.revision else []
     variant = f"{a.variant} variant" + (f" ({', '.join(which)})" if which else "")
-    test = f"p-value {_pvalue(a.p_value)}"
-    if a.threshold is not None:
-        test += f" < {_pvalue(a.threshold)}"
+    test = f"p-value {_pvalue(_unit(a.p_value))} < {_pvalue(_unit(a.threshold))}"
     if a.features:
         shown = ", ".join(a.features[:_MAX_FEATURES_SHOWN])
         more = len(a.features) - _MAX_FEATURES_SHOWN
@@ -124,22 +97,14 @@ def alert_message(alert: dict | DriftAlert) -> str:
     else:
         feats = "the joint feature distribution"
     msg = f"Drift detected by {a.detector} on the {variant}: {test} for {feats}"
-    if a.window is not None:
-        w = a.window
-        span = ""
-        if w.start is not None or w.end is not None:
-            start = _k8s_time(w.start) if w.start else "?"
-            end = _k8s_time(w.end) if w.end else "?"
-            span = f" {start}..{end}"
-        size = f" ({w.size} requests)" if w.size is not None else ""
-        if span or size:
-            msg += f"; window{span}{size}"
+    w = a.window
+    msg += f"; window {_k8s_time(w.start)}..{_k8s_time(w.end)} ({w.n} requests)"
     if len(msg) > MAX_MESSAGE:
         msg = msg[: MAX_MESSAGE - 3] + "..."
     return msg
 
 
-def alert_event_name(alert: dict | DriftAlert, isvc: dict) -> str:
+def alert_event_name(alert: Mapping[str, Any] | Alert, isvc: dict) -> str:
     """``<isvc>.drift-<hash>``: the same alert on the same InferenceService, the same name."""
     a = _coerce(alert)
     meta = isvc.get("metadata") or {}
@@ -150,24 +115,27 @@ def alert_event_name(alert: dict | DriftAlert, isvc: dict) -> str:
         "version": a.version,
         "revision": a.revision,
         "features": sorted(a.features),
-        "window": None
-        if a.window is None
-        else [
-            _k8s_time(a.window.start) if a.window.start else None,
-            _k8s_time(a.window.end) if a.window.end else None,
-        ],
-        # Without a window, an alert is identified by when it was raised.
-        "at": None if a.window is not None or a.detected_at is None else _k8s_time(a.detected_at),
+        "window": [_k8s_time(a.window.start), _k8s_time(a.window.end)],
+        # Kept in the hash (always None now: every alert has a window) so that names of
+        # Events posted before stay the same.
+        "at": None,
     }
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return f"{meta.get('name', 'inferenceservice')}.drift-{digest}"
 
 
-def alert_event(alert: dict | DriftAlert, isvc: dict, *, now: datetime | None = None) -> dict:
+def alert_event(
+    alert: Mapping[str, Any] | Alert,
+    isvc: dict,
+    *,
+    now: datetime | None = None,
+    instance: str | None = None,
+) -> dict:
     """A core/v1 Event (as the dict the API takes) reporting ``alert`` on ``isvc``.
 
     ``isvc`` is the InferenceService as the API returns it (metadata name, namespace, uid are
-    used). The event time is the alert's ``detected_at``, else ``now``, else the current time.
+    used). The event time is ``now``, else the alert's ``time``; ``instance`` names the
+    reporting pod (reportingInstance, source.host).
     """
     a = _coerce(alert)
     meta = isvc.get("metadata") or {}
@@ -177,27 +145,21 @@ def alert_event(alert: dict | DriftAlert, isvc: dict, *, now: datetime | None = 
     involved = {"apiVersion": API_VERSION, "kind": KIND, "name": name, "namespace": namespace}
     if meta.get("uid"):
         involved["uid"] = meta["uid"]
-    when = _k8s_time(a.detected_at or now or datetime.now(UTC))
+    when = _k8s_time(now or a.time)
 
     annotations = {
         "detector": a.detector,
         "variant": a.variant,
-        "p-value": repr(float(a.p_value)),
+        "p-value": repr(_unit(a.p_value)),
         "features": ",".join(a.features),
+        "threshold": repr(_unit(a.threshold)),
+        "version": a.version,
     }
-    if a.threshold is not None:
-        annotations["threshold"] = repr(float(a.threshold))
-    if a.version:
-        annotations["version"] = a.version
     if a.revision:
         annotations["revision"] = a.revision
-    if a.window is not None:
-        if a.window.start is not None:
-            annotations["window-start"] = _k8s_time(a.window.start)
-        if a.window.end is not None:
-            annotations["window-end"] = _k8s_time(a.window.end)
-        if a.window.size is not None:
-            annotations["window-size"] = str(a.window.size)
+    annotations["window-start"] = _k8s_time(a.window.start)
+    annotations["window-end"] = _k8s_time(a.window.end)
+    annotations["window-size"] = str(a.window.n)
 
     event: dict[str, Any] = {
         "apiVersion": "v1",
@@ -221,9 +183,9 @@ def alert_event(alert: dict | DriftAlert, isvc: dict, *, now: datetime | None = 
         "lastTimestamp": when,
         "count": 1,
     }
-    if a.instance:
-        event["reportingInstance"] = a.instance
-        event["source"]["host"] = a.instance
+    if instance:
+        event["reportingInstance"] = instance
+        event["source"]["host"] = instance
     return event
 
 

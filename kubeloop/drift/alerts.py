@@ -118,20 +118,6 @@ class Alert(BaseModel):
         text = "|".join([model, version, variant, detector, str(window_index), _iso(start)])
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
-    def to_cluster_alert(self) -> dict[str, Any]:
-        """The dict `kubeloop.cluster.events.alert_event` takes (its DriftAlert keys)."""
-        return {
-            "detector": self.detector,
-            "p_value": min(max(float(self.p_value), 0.0), 1.0),
-            "threshold": min(max(float(self.threshold), 0.0), 1.0),
-            "features": list(self.features),
-            "variant": self.variant,
-            "version": self.version,
-            "revision": self.revision,
-            "window": {"start": self.window.start, "end": self.window.end, "size": self.window.n},
-            "detected_at": self.time,
-        }
-
 
 def parse_since(value: str | datetime | timedelta | None, *, now: datetime | None = None):
     """`kubeloop.duration.parse_since` (the one `--since` grammar), failing as the store does."""
