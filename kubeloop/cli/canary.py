@@ -13,13 +13,15 @@ while it would send 100% to a revision that was never rolled out.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from kubeloop.cli.serve import DEFAULT_WORKDIR, WorkdirOption
+
+if TYPE_CHECKING:
+    from kubeloop.serving.canary import CanaryResult, CanaryTarget
 
 app = typer.Typer(
     help="Canary rollout: status, set PERCENT, promote, rollback (local, or a cluster with --context).",
@@ -58,82 +60,51 @@ StoragePrefixOption = Annotated[
 ]
 
 DEFAULT_NAMESPACE = "kubeloop"
+# The same default as kubeloop.cluster.canary (not imported: the local path needs none of it).
 DEFAULT_STORAGE_PREFIX = "s3://mlpipeline/kubeloop/models"
 
 
-def _local(workdir: Path, model: str, no_registry: bool, force: bool) -> Any:
-    from kubeloop.serving.rollout import LocalRollout
-    from kubeloop.workdir import Workdir
+def _target(
+    workdir: Path,
+    model: str,
+    context: str | None,
+    namespace: str = DEFAULT_NAMESPACE,
+    *,
+    no_registry: bool = True,
+    force: bool = False,
+    storage_uri: str | None = None,
+    storage_prefix: str = DEFAULT_STORAGE_PREFIX,
+    dry_run: bool = False,
+) -> CanaryTarget:
+    """The one place that picks where the canary is: the cluster with --context, else the
+    workdir's local rollout."""
+    if context:
+        from kubeloop.cluster.canary import ClusterCanary
 
-    wd = Workdir.at(workdir)
-    registry = None
-    if not no_registry:
-        from kubeloop.registry.backends import open_registry
+        return ClusterCanary(
+            context, namespace, model, client=_cluster(context, namespace),
+            storage_uri=storage_uri, storage_prefix=storage_prefix, dry_run=dry_run,
+        )  # fmt: skip
+    from kubeloop.serving.canary import LocalCanary
 
-        registry = open_registry(wd.registry)
-    return LocalRollout(wd, model, registry, force=force)
+    return LocalCanary(workdir, model, registry=not no_registry, force=force)
 
 
 def _cluster(context: str, namespace: str) -> Any:
-    # Imported only here: the cluster module and the kubernetes client are not needed for
-    # the local rollout.
+    """The InferenceService client of a kube context (imported only here: the local path
+    needs neither the cluster module nor the kubernetes client)."""
     from kubeloop.cluster.isvc import InferenceServiceClient
 
     return InferenceServiceClient(namespace, context=context)
 
 
-def _storage_uri(
-    storage_uri: str | None, version: str | None, prefix: str, model: str
-) -> str | None:
-    if storage_uri is None and version is not None:
-        return f"{prefix.rstrip('/')}/{model}/{version}"
-    return storage_uri
+def _echo(result: CanaryResult, as_json: bool = False) -> None:
+    """Print a verb's result: its text (or JSON), then its warnings on stderr."""
+    from kubeloop.serving.canary import result_json
 
-
-def _echo_cluster(result: Any, as_json: bool = False) -> None:
-    """Print what the cluster client returned (pydantic models: a status or a patch)."""
-    if result is None:
-        return
-    data = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
-    if as_json or not hasattr(result, "summary"):
-        typer.echo(json.dumps(data, indent=2, default=str))
-        return
-    typer.echo(result.summary())
-    for warning in getattr(result, "warnings", None) or []:
+    typer.echo(result_json(result) if as_json else result.text)
+    for warning in result.warnings:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
-
-
-def _print_state(rollout: Any, as_json: bool) -> None:
-    from kubeloop.serving.local_servers import read_stack_file
-    from kubeloop.serving.rollout import state_summary
-
-    state = rollout.state()
-    stack = read_stack_file(rollout.workdir)
-    if as_json:
-        typer.echo(json.dumps({"rollout": state_summary(state), "stack": stack}, indent=2))
-        return
-    split = state.split
-    typer.echo(f"model    {state.model_name}")
-    typer.echo(f"primary  {state.primary_version}  {split['primary']}%")
-    if state.canary_version:
-        pinned = "  (pinned)" if not state.canary_percent else ""
-        typer.echo(f"canary   {state.canary_version}  {split['canary']}%{pinned}")
-    else:
-        typer.echo("canary   -")
-    typer.echo(f"routing  {'sticky by request id' if state.sticky else 'random'}")
-    typer.echo(f"updated  {state.updated_at.isoformat()}")
-    if stack:
-        typer.echo(f"serving  {stack.get('url')} (router {stack.get('router_url')})")
-    else:
-        typer.echo("serving  not running (start it with `kubeloop serve`)")
-    for d in state.history[-5:]:
-        typer.echo(f"  {d.at.isoformat(timespec='seconds')} {d.action}: {d.reason}")
-
-
-def _echo_change(state: Any) -> None:
-    split = state.split
-    canary = f", canary {state.canary_version} {split['canary']}%" if state.canary_version else ""
-    typer.echo(f"{state.model_name}: primary {state.primary_version} {split['primary']}%{canary}")
 
 
 @app.command()
@@ -145,10 +116,7 @@ def status(
     as_json: JsonOption = False,
 ) -> None:
     """Show the traffic split (and whether a local stack is serving it)."""
-    if context:
-        _echo_cluster(_cluster(context, namespace).status(model), as_json=True)
-        return
-    _print_state(_local(workdir, model, True, False), as_json)
+    _echo(_target(workdir, model, context, namespace).status(), as_json)
 
 
 @app.command("set")
@@ -179,19 +147,11 @@ def set_(
     force: ForceOption = False,
 ) -> None:
     """Send PERCENT of the traffic to the canary (a new one with --version)."""
-    if context:
-        uri = _storage_uri(storage_uri, version, storage_prefix, model)
-        client = _cluster(context, namespace)
-        _echo_cluster(client.set_canary(model, percent, storage_uri=uri, dry_run=dry_run))
-        return
-    rollout = _local(workdir, model, no_registry, force)
-    if version is not None:
-        if rollout.registry is not None:
-            version = rollout.registry.get(model, version).version  # "3", "latest", ...
-        state = rollout.set_canary(version, percent, reason=reason)
-    else:
-        state = rollout.set_percent(percent, reason=reason)
-    _echo_change(state)
+    target = _target(
+        workdir, model, context, namespace, no_registry=no_registry, force=force,
+        storage_uri=storage_uri, storage_prefix=storage_prefix, dry_run=dry_run,
+    )  # fmt: skip
+    _echo(target.set(percent, version=version, reason=reason))
 
 
 @app.command()
@@ -206,10 +166,10 @@ def promote(
     force: ForceOption = False,
 ) -> None:
     """Make the canary the primary with all of the traffic."""
-    if context:
-        _echo_cluster(_cluster(context, namespace).promote(model, dry_run=dry_run))
-        return
-    _echo_change(_local(workdir, model, no_registry, force).promote(reason=reason))
+    target = _target(
+        workdir, model, context, namespace, no_registry=no_registry, force=force, dry_run=dry_run
+    )
+    _echo(target.promote(reason=reason))
 
 
 @app.command()
@@ -238,9 +198,8 @@ def rollback(
     promote, the previous one). --version/--storage-uri also reverts the spec; after a promote
     that must be a second step, once `status --context` shows the previous revision at 100%.
     """
-    if context:
-        uri = _storage_uri(storage_uri, version, storage_prefix, model)
-        client = _cluster(context, namespace)
-        _echo_cluster(client.rollback(model, storage_uri=uri, dry_run=dry_run))
-        return
-    _echo_change(_local(workdir, model, no_registry, force).rollback(reason=reason))
+    target = _target(
+        workdir, model, context, namespace, no_registry=no_registry, force=force,
+        storage_uri=storage_uri, storage_prefix=storage_prefix, dry_run=dry_run,
+    )  # fmt: skip
+    _echo(target.rollback(version=version, reason=reason))

@@ -1,0 +1,80 @@
+"""`ClusterCanary`: the `CanaryTarget` of an InferenceService (KServe's canary semantics).
+
+It maps the protocol's verbs onto `InferenceServiceClient`: a `--version` becomes the
+storageUri `PREFIX/MODEL/VERSION` unless a storageUri is given, and every result is the
+client's status or patch (`kubectl`-style summary line, warnings, JSON data).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from kubeloop.serving.canary import CanaryResult
+
+DEFAULT_STORAGE_PREFIX = "s3://mlpipeline/kubeloop/models"
+
+
+class ClusterCanary:
+    """The canary of InferenceService `model` in `namespace` of kube context `context`."""
+
+    def __init__(
+        self,
+        context: str,
+        namespace: str,
+        model: str,
+        *,
+        storage_uri: str | None = None,
+        storage_prefix: str = DEFAULT_STORAGE_PREFIX,
+        dry_run: bool = False,
+        client: Any = None,
+    ) -> None:
+        if client is None:
+            # Imported only here: the kubernetes client is not needed for the local rollout.
+            from kubeloop.cluster.isvc import InferenceServiceClient
+
+            client = InferenceServiceClient(namespace, context=context)
+        self.client = client
+        self.model = model
+        self.storage_uri = storage_uri
+        self.storage_prefix = storage_prefix
+        self.dry_run = dry_run
+
+    def _uri(self, version: str | None) -> str | None:
+        if self.storage_uri is None and version is not None:
+            return f"{self.storage_prefix.rstrip('/')}/{self.model}/{version}"
+        return self.storage_uri
+
+    def status(self) -> CanaryResult:
+        """The InferenceService's canary status (always shown as JSON)."""
+        status = self.client.status(self.model)
+        # A CanaryStatus; a client that answers with the API's plain dict is shown as it is.
+        data = status.model_dump(mode="json") if hasattr(status, "model_dump") else dict(status)
+        return CanaryResult(text=json.dumps(data, indent=2, default=str), data=data)
+
+    def set(
+        self, percent: int, *, version: str | None = None, reason: str | None = None
+    ) -> CanaryResult:
+        """canaryTrafficPercent `percent`; with a version, that model as the new revision.
+        `reason` is not stored in the cluster."""
+        return _patched(
+            self.client.set_canary(
+                self.model, percent, storage_uri=self._uri(version), dry_run=self.dry_run
+            )
+        )
+
+    def promote(self, *, reason: str | None = None) -> CanaryResult:
+        """Remove canaryTrafficPercent: the latest ready revision gets 100%."""
+        return _patched(self.client.promote(self.model, dry_run=self.dry_run))
+
+    def rollback(self, *, version: str | None = None, reason: str | None = None) -> CanaryResult:
+        """canaryTrafficPercent 0; with a version, the spec reverted to it in the same patch."""
+        return _patched(
+            self.client.rollback(self.model, storage_uri=self._uri(version), dry_run=self.dry_run)
+        )
+
+
+def _patched(result: Any) -> CanaryResult:
+    return CanaryResult(
+        text=result.summary(), data=result.model_dump(mode="json"), warnings=list(result.warnings)
+    )
