@@ -404,6 +404,7 @@ def build_app(
 def _parser() -> argparse.ArgumentParser:
     from kubeloop.serving.edge import DEFAULT_HOST, DEFAULT_MAX_BODY_BYTES, positive_int
 
+    BACKENDS = ["alibi", "scipy"]
     p = argparse.ArgumentParser(
         prog="python -m models.drift_service",
         description="Drift detector for KServe logger CloudEvents (see the module docstring).",
@@ -450,11 +451,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-kube", "--no_kube", dest="kube", action="store_false")
     opt("config", type=Path, default=None, help="MonitorConfig as a JSON or YAML file")
     opt(
-        "detector",
-        choices=["alibi", "scipy"],
+        "backend",
+        choices=BACKENDS,
         default=None,
         help="statistical backend of both detectors (overrides --config)",
     )
+    # The earlier spelling: `--detector` names a check kind elsewhere (kubeloop alerts).
+    p.add_argument("--detector", dest="backend", choices=BACKENDS, help=argparse.SUPPRESS)
     opt("canary_version", default=None, help="version of the canary when events do not say")
     p.add_argument(
         "--no_score_reference",
@@ -486,9 +489,9 @@ def build_from_args(args: argparse.Namespace):
     from kubeloop.drift.monitor import DriftMonitor, MonitorConfig
 
     data = _load_config(args.config)
-    if args.detector:
+    if args.backend:
         for field in ("feature_detector", "prediction_detector"):
-            data[field] = {**data.get(field, {}), "type": args.detector}
+            data[field] = {**data.get(field, {}), "type": args.backend}
     if args.canary_version:
         data.setdefault("variant_versions", {})["canary"] = args.canary_version
     config = MonitorConfig.model_validate(data)

@@ -356,6 +356,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--redis_url",
+        "--redis-url",
+        dest="redis_url",
         default=None,
         help="Redis of the online store: redis://host:port/db or Feast's host:port form",
     )

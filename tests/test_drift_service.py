@@ -286,7 +286,9 @@ def test_command_line_of_the_manifest(tmp_path):
     )
     assert args.kube is None and args.score_reference is True
     args = _parser().parse_args(["--reference-dir", str(tmp_path), "--kube", "--detector", "scipy"])
-    assert args.kube is True and args.detector == "scipy"
+    assert args.kube is True and args.backend == "scipy"
+    args = _parser().parse_args(["--reference-dir", str(tmp_path), "--backend", "alibi"])
+    assert args.backend == "alibi"
 
 
 def test_reference_from_an_exported_directory(tmp_path):

@@ -68,12 +68,15 @@ def apply(
     online_store: str = typer.Option(
         "sqlite", "--online-store", help="Online store: sqlite (embedded, default) or redis."
     ),
-    redis: str | None = typer.Option(
+    redis_url: str | None = typer.Option(
         None,
-        "--redis",
-        help="Redis address for --online-store redis: redis://host:port/db or host:port "
-        "(default 127.0.0.1:6379).",
+        "--redis-url",
+        "--redis_url",
+        help="Redis of the online store, with --online-store redis: redis://host:port/db or "
+        "Feast's host:port form (default 127.0.0.1:6379).",
     ),
+    # The earlier spelling, kept for scripts (.github/workflows/kind-e2e.yaml passes it).
+    redis: str | None = typer.Option(None, "--redis", hidden=True),
     offline_store: str = typer.Option(
         "file",
         "--offline-store",
@@ -97,9 +100,11 @@ def apply(
         write_repo,
     )
 
-    if redis is not None and online_store != "redis":
-        raise FeatureStoreError("--redis is only used with --online-store redis")
-    store_config = online_store_config(online_store, connection_string=redis)
+    redis_url = redis_url if redis_url is not None else redis
+    if redis_url is not None and online_store != "redis":
+        raise FeatureStoreError("--redis-url is only used with --online-store redis")
+    # Feast calls the same setting connection_string (feature_store.yaml's key).
+    store_config = online_store_config(online_store, connection_string=redis_url)
     if offline_store not in ("file", "asof"):
         raise FeatureStoreError(f"--offline-store must be file or asof, got {offline_store!r}")
     settings = FeatureStoreSettings(

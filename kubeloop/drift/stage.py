@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from kubeloop import schema
 from kubeloop.drift.retrain import RetrainPolicy
@@ -42,12 +42,17 @@ class DriftStageConfig(BaseModel):
     )
     canary_policy: RolloutPolicy = Field(default_factory=lambda: RolloutPolicy(min_labelled=2000))
     canary_last_days: int = Field(2, ge=1, description="post-change days the canary is tried on")
-    detector: str | None = Field(None, description="'alibi' (default) or 'scipy'")
+    backend: str | None = Field(
+        None,
+        # `detector` was this field's earlier name; a check kind is a detector elsewhere.
+        validation_alias=AliasChoices("backend", "detector"),
+        description="statistical backend of the drift service: 'alibi' (default) or 'scipy'",
+    )
     ready_timeout: float = 180.0
 
 
 def start_drift_service(
-    workdir: Workdir, reference_dir, model_name: str, detector: str | None, timeout: float
+    workdir: Workdir, reference_dir, model_name: str, backend: str | None, timeout: float
 ):
     """Start `python -m models.drift_service` on a free loopback port; returns the process."""
     from kubeloop.serving.local_servers import ServerProcess, free_ports, wait_ready
@@ -74,8 +79,8 @@ def start_drift_service(
         "--log_level",
         "warning",
     ]
-    if detector:
-        args += ["--detector", detector]
+    if backend:
+        args += ["--backend", backend]
     server = ServerProcess(
         "drift-detector", args, port, drift / "drift-detector.log", health_path="/healthz"
     )
@@ -183,7 +188,7 @@ def run_drift_stage(
     if not reference_dir.exists():
         registry.export(model_name, production, reference_dir)
     service = start_drift_service(
-        workdir, reference_dir, model_name, config.detector, config.ready_timeout
+        workdir, reference_dir, model_name, config.backend, config.ready_timeout
     )
     try:
         with LocalStack.start(
