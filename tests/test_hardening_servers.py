@@ -38,6 +38,7 @@ from test_predictor import (
     free_port,
     start_server,
     tiny_data,
+    v2_inputs,
 )
 from test_router import BACKENDS, MOUNTS
 from test_transformer import build_feature_repo
@@ -217,6 +218,60 @@ def test_readiness_follows_whether_the_model_answers(tmp_path):
     assert asyncio.run(readiness()) == (False, False)
     registry.unload(MODEL_NAME)
     assert asyncio.run(plane.ready()) is False
+
+
+def test_readiness_probe_runs_for_readiness_routes_only(tmp_path):
+    """KServe asks readiness twice per inference (its endpoints' `model_ready(name, True)`
+    and `DataPlane.infer`'s `get_model`): the probing `healthy()` (a scored row) must not
+    run there, only for the readiness routes. Counts calls, no timing."""
+    from fastapi import FastAPI
+    from kserve.model_repository import ModelRepository
+    from kserve.protocol.rest.v1_endpoints import register_v1_endpoints
+    from kserve.protocol.rest.v2_endpoints import register_v2_endpoints
+
+    from kubeloop.serving.model_server import StrictDataPlane, V2RoutingMiddleware
+    from models.predictor import CTRPredictor
+
+    train, valid, _ = tiny_data()
+    predictor = CTRPredictor(MODEL_NAME, tmp_path, model=train_lightgbm(train, valid, TINY_LGB))
+    probes = []
+    probe = predictor.healthy
+
+    async def counted() -> bool:
+        probes.append(1)
+        return await probe()
+
+    predictor.healthy = counted
+    registry = ModelRepository()
+    registry.update(predictor)
+    plane = StrictDataPlane(model_registry=registry)
+    app = FastAPI()
+    register_v1_endpoints(app, plane, None)
+    register_v2_endpoints(app, plane, None)
+    app.add_middleware(V2RoutingMiddleware, dataplane=plane)
+    row = example_row(MODEL_FIELDS)
+    v2 = {"inputs": v2_inputs([row])}
+
+    async def run() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            for _ in range(3):
+                v1_answer = await client.post(
+                    f"/v1/models/{MODEL_NAME}:predict", json={"instances": [row]}
+                )
+                assert v1_answer.status_code == 200, v1_answer.text
+                v2_answer = await client.post(f"/v2/models/{MODEL_NAME}/infer", json=v2)
+                assert v2_answer.status_code == 200, v2_answer.text
+            during_inference = len(probes)
+            for path in (
+                "/v2/health/ready",
+                f"/v1/models/{MODEL_NAME}",
+                f"/v2/models/{MODEL_NAME}/ready",
+            ):
+                assert (await client.get(path)).status_code == 200
+            return [during_inference, len(probes)]
+
+    assert asyncio.run(run()) == [0, 3]
 
 
 # --- 3. size limits before anything is stored ------------------------------------------------

@@ -13,7 +13,9 @@ what KServe leaves open closed:
   extension object KServe hands to both servers refuses every call.
 * **Readiness is real.** `/v2/health/ready` is 200 only when every registered model's
   `healthy()` is true (the predictor scores a probe row, the transformer checks its
-  feature store); `/v1/models/{name}` and `/v2/models/{name}/ready` ask the same.
+  feature store); `/v1/models/{name}` and `/v2/models/{name}/ready` ask the same. The
+  probe is not run per inference request (KServe asks readiness twice per request):
+  there only the `ready` flag is asked.
 * **The edge.** `kubeloop.serving.edge.EdgeMiddleware`: the body limit (413) and the
   request-id headers (400), before KServe reads anything.
 * **Every v2 mode of the open inference protocol.** Every v2 infer body reaches
@@ -40,7 +42,7 @@ from typing import Any
 
 import kserve
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
-from kserve.errors import InferenceError, InvalidInput
+from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferInput, InferRequest
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
@@ -296,6 +298,42 @@ class StrictDataPlane(DataPlane):
             if not await self._model_registry.is_model_ready(name):
                 return False
         return True
+
+    # The probe of `healthy()` (a scored row, an online lookup) answers the readiness
+    # routes only. kserve 0.20 also asks the registry before every inference, twice: its
+    # predict/infer/explain endpoints call `model_ready(name, True)` (v1_endpoints.py
+    # predict/explain, v2_endpoints.py infer) and `DataPlane.infer` calls `get_model`, both
+    # through `ModelRepository.is_model_ready` -> `model.healthy()`. KServe's own
+    # `healthy()` is the `ready` flag; a probing one there scored two extra rows (or made
+    # two extra lookups) per request. On that path the flag is what is asked; a model that
+    # cannot answer fails the request itself (503 ModelNotReady, 502 UpstreamError).
+
+    @staticmethod
+    def _loaded(model: Any) -> bool:
+        return bool(getattr(model, "ready", False))
+
+    async def model_ready(
+        self, model_name: str, disable_predictor_health_check: bool = False
+    ) -> bool:
+        """`/v1/models/{name}`, `/v2/models/{name}/ready` and gRPC ModelReady: the model's
+        `healthy()` (KServe's). On the inference path (KServe passes
+        `disable_predictor_health_check=True` there, and only there): its `ready` flag."""
+        if not disable_predictor_health_check:
+            return await super().model_ready(model_name, disable_predictor_health_check)
+        model = self._model_registry.get_model(model_name)
+        if model is None:
+            raise ModelNotFound(model_name)
+        return self._loaded(model)
+
+    async def get_model(self, name: str) -> Any:
+        """KServe's `get_model` (the model, loaded first if it is not), asking the `ready`
+        flag instead of the readiness probe: `infer`/`explain` call it per request."""
+        model = self._model_registry.get_model(name)
+        if model is None:
+            raise ModelNotFound(name)
+        if not self._loaded(model):
+            model.load()
+        return model
 
     async def model_metadata(self, model_name: str) -> dict:
         out = await super().model_metadata(model_name)
