@@ -18,7 +18,9 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)
 	$(BIN)/kubeloop demo --workdir $(WORKDIR)
 
+# Layers and cycles first (pyproject.toml [tool.importlinter]), then the tests.
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

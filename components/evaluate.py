@@ -1,4 +1,4 @@
-"""evaluate: both candidates and the production model on the same later-in-time holdout."""
+"""evaluate: every candidate and the production model on the same later-in-time holdout."""
 
 from kfp import dsl
 
@@ -8,8 +8,7 @@ from components.image import COMPONENT_OPTIONS
 @dsl.component(**COMPONENT_OPTIONS)
 def evaluate(
     training_set: dsl.Input[dsl.Dataset],
-    lightgbm_model: dsl.Input[dsl.Model],
-    torch_model: dsl.Input[dsl.Model],
+    candidates: dsl.Input[dsl.Artifact],
     registry_uri: str,
     model_name: str,
     train_config_json: str,
@@ -17,11 +16,11 @@ def evaluate(
     metrics: dsl.Output[dsl.Metrics],
 ):
     """Write metrics, ROC, reliability and importance plots for each model."""
-    from kubeloop.pipeline.steps import evaluate_step
+    from kubeloop.pipeline.steps import candidate_dirs, evaluate_step
 
     figures = evaluate_step(
         training_set.path,
-        {"lightgbm": lightgbm_model.path, "torch": torch_model.path},
+        candidate_dirs(candidates.path),
         registry_uri,
         model_name,
         train_config_json,

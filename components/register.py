@@ -7,8 +7,7 @@ from components.image import COMPONENT_OPTIONS
 
 @dsl.component(**COMPONENT_OPTIONS)
 def register(
-    lightgbm_model: dsl.Input[dsl.Model],
-    torch_model: dsl.Input[dsl.Model],
+    candidates: dsl.Input[dsl.Artifact],
     training_set: dsl.Input[dsl.Dataset],
     evaluation: dsl.Input[dsl.Artifact],
     decision: dsl.Input[dsl.Artifact],
@@ -21,12 +20,11 @@ def register(
 ) -> str:
     """Register the gate's champion (named in `decision`) with its metrics, gate decision
     and drift reference; returns the version."""
-    from kubeloop.pipeline.steps import champion_of, register_step
+    from kubeloop.pipeline.steps import candidate_dirs, champion_of, register_step
 
-    models = {"lightgbm": lightgbm_model.path, "torch": torch_model.path}
     champion = champion_of(decision.path)
     return register_step(
-        models[champion],
+        candidate_dirs(candidates.path)[champion],
         champion,
         training_set.path,
         evaluation.path,

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop import schema
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
+from kubeloop.training.model_kind import ModelKind
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
 
 WEIGHTS_FILE = "model.txt"
@@ -164,3 +165,17 @@ def train_lightgbm(
     model = LightGBMModel(transform, info, booster)
     info.valid_log_loss = float(log_loss(_labels(valid), model.predict_batch(va)))
     return model
+
+
+# The registration (pyproject.toml `kubeloop.model_kinds`: lightgbm): the second rung of
+# the ladder. KServe's stock lgbserver looks for one `*.bst` file, which the export adds.
+KIND = ModelKind(
+    name="lightgbm",
+    rank=1,
+    config_class=LightGBMTrainConfig,
+    trainer="models.lightgbm_trainer:train_lightgbm",
+    model_class="models.lightgbm_trainer:LightGBMModel",
+    weights_file=WEIGHTS_FILE,
+    kserve_model_file="model.bst",
+    description="gradient-boosted trees (LightGBM) with native categorical splits",
+)

@@ -36,6 +36,7 @@ from kserve.errors import ModelNotReady
 from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
+from kubeloop.plugins import PluginError
 from kubeloop.serving.model_server import add_server_arguments, make_model_server
 from kubeloop.serving.protocol import (
     DEFAULT_MAX_BATCH_SIZE,
@@ -48,7 +49,8 @@ from kubeloop.serving.protocol import (
     resolve_request_id,
     v2_response,
 )
-from kubeloop.training.artifacts import ModelArtifactError, TrainedModel, load_model
+from kubeloop.training.artifacts import ModelArtifactError, TrainedModel, read_model_info
+from kubeloop.training.model_kind import model_kind
 
 METADATA_FILE = "metadata.json"
 MODEL_VERSION_HEADER = "x-model-version"
@@ -97,13 +99,16 @@ class CTRPredictor(kserve.Model):
     def load(self) -> bool:
         """Load the model directory and its metadata.json (if any); sets `ready`."""
         if self.model is None:
-            self.model = load_model(self.model_dir)
-        if self.model.info.kind == "torch":
-            import torch
-
-            # Serving batches are small: one intra-op thread per request avoids the stalls
-            # that one-thread-per-core causes on a shared node (see bench/serving_bench.py).
-            torch.set_num_threads(1)
+            # The kind's predictor hook (its spec in the plug-in table) loads and sets up
+            # the model for small online batches, whatever the kind.
+            kind = read_model_info(self.model_dir).kind
+            try:
+                spec = model_kind(kind)
+            except PluginError as exc:
+                raise ModelArtifactError(f"{self.model_dir}: {exc}") from None
+            self.model = spec.load_for_serving(self.model_dir)
+        else:
+            self.model = self.model.for_serving()
         unknown = [c for c in self.model.transform.input_columns if c not in MODEL_FIELDS.names]
         if unknown:
             raise ModelArtifactError(

@@ -1,10 +1,13 @@
-"""Hyperparameters of the PyTorch trainer, importable without importing torch."""
+"""Hyperparameters and the registration of the PyTorch model kind, importable without
+importing torch (the trainer and network live in `models.torch_trainer`)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from kubeloop.training.model_kind import ModelKind
 
 
 class TorchTrainConfig(BaseModel):
@@ -28,3 +31,16 @@ class TorchTrainConfig(BaseModel):
     importance_rows: int = Field(
         5000, ge=100, description="valid rows used for permutation importance"
     )
+
+
+# The registration (pyproject.toml `kubeloop.model_kinds`: torch): the top rung of the
+# ladder. It lives here, not beside the network, so that naming the kind imports no torch.
+KIND = ModelKind(
+    name="torch",
+    rank=2,
+    config_class=TorchTrainConfig,
+    trainer="models.torch_trainer:train_torch",
+    model_class="models.torch_trainer:TorchModel",
+    weights_file="model.pt",
+    description="Deep & Cross Network (PyTorch) with categorical embeddings",
+)

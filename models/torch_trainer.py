@@ -22,9 +22,9 @@ from torch import nn
 from kubeloop import schema
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
-from models.torch_config import TorchTrainConfig
+from models.torch_config import KIND, TorchTrainConfig
 
-WEIGHTS_FILE = "model.pt"
+WEIGHTS_FILE = KIND.weights_file
 _PREDICT_CHUNK = 65_536
 
 
@@ -99,6 +99,12 @@ class TorchModel(TrainedModel):
         if len(batch) == 0:
             return np.zeros(0, dtype=np.float64)
         return _predict(self.network, batch.numeric, batch.categorical)
+
+    def for_serving(self) -> TorchModel:
+        # Serving batches are small: one intra-op thread per request avoids the stalls
+        # that one-thread-per-core causes on a shared node (see bench/serving_bench.py).
+        torch.set_num_threads(1)
+        return self
 
     def feature_importance(self) -> dict[str, float]:
         """Permutation importance measured on a validation sample at training time: the

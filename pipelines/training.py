@@ -1,24 +1,32 @@
 """The offline loop as a Kubeflow pipeline:
-ingest -> features -> (train-lightgbm || train-torch) -> evaluate -> gate -> If(passed): register."""
+ingest -> features -> (train-<kind> for every registered model kind) -> merge-candidates
+-> evaluate -> gate -> If(passed): register.
+
+The kinds come from the plug-in table when the pipeline is compiled, simplest first; a
+new model kind needs no edit here."""
 
 from typing import NamedTuple
 
 from kfp import dsl
 
+from components.candidates import merge_candidates
 from components.evaluate import evaluate
 from components.features import features
 from components.gate import gate
 from components.ingest import ingest
 from components.register import register
-from components.train_lightgbm import train_lightgbm
-from components.train_torch import train_torch
+from components.train import train_component
+from kubeloop.training.model_kind import kind_names
 
 PIPELINE_NAME = "kubeloop-training"
 
 
 @dsl.pipeline(
     name=PIPELINE_NAME,
-    description="Data lake -> Feast features -> LightGBM and PyTorch -> evaluation gate -> model registry.",
+    description=(
+        "Data lake -> Feast features -> the model ladder (one train task per model kind)"
+        " -> evaluation gate -> model registry."
+    ),
 )
 def training_pipeline(
     lake_uri: str,
@@ -39,9 +47,11 @@ def training_pipeline(
         ("features_summary", dsl.Artifact),
         ("evaluation", dsl.Artifact),
         ("decision", dsl.Artifact),
+        ("candidates", dsl.Artifact),
     ],
 ):
-    """Train both models on the Feast training set and register the champion if it passes the gate."""
+    """Train every model kind on the Feast training set and register the ladder's champion
+    if it passes the gate."""
     ingest_task = ingest(
         lake_uri=lake_uri, generator_config_json=generator_config_json, generate=generate
     ).set_display_name("ingest")
@@ -53,17 +63,26 @@ def training_pipeline(
     ).set_display_name("features")
     training_set = features_task.outputs["training_set"]
 
-    lgb_task = train_lightgbm(
-        training_set=training_set, train_config_json=train_config_json
-    ).set_display_name("train-lightgbm")
-    torch_task = train_torch(
-        training_set=training_set, train_config_json=train_config_json
-    ).set_display_name("train-torch")
+    candidates = None
+    for kind in kind_names():
+        model = (
+            train_component(kind)(
+                kind=kind, training_set=training_set, train_config_json=train_config_json
+            )
+            .set_display_name(f"train-{kind}")
+            .outputs["model"]
+        )
+        candidates = (
+            model
+            if candidates is None
+            else merge_candidates(first=candidates, second=model)
+            .set_display_name(f"gather-{kind}")
+            .outputs["candidates"]
+        )
 
     eval_task = evaluate(
         training_set=training_set,
-        lightgbm_model=lgb_task.outputs["model"],
-        torch_model=torch_task.outputs["model"],
+        candidates=candidates,
         registry_uri=registry_uri,
         model_name=model_name,
         train_config_json=train_config_json,
@@ -74,8 +93,7 @@ def training_pipeline(
 
     with dsl.If(gate_task.outputs["Output"] == True, name="gate-passed"):
         register(
-            lightgbm_model=lgb_task.outputs["model"],
-            torch_model=torch_task.outputs["model"],
+            candidates=candidates,
             training_set=training_set,
             evaluation=eval_task.outputs["evaluation"],
             decision=gate_task.outputs["decision"],
@@ -93,10 +111,12 @@ def training_pipeline(
             ("features_summary", dsl.Artifact),
             ("evaluation", dsl.Artifact),
             ("decision", dsl.Artifact),
+            ("candidates", dsl.Artifact),
         ],
     )(
         ingest_task.outputs["data_summary"],
         features_task.outputs["features_summary"],
         eval_task.outputs["evaluation"],
         gate_task.outputs["decision"],
+        candidates,
     )

@@ -37,7 +37,7 @@ CFG = GateConfig()
 
 def test_defaults_and_strict_config():
     assert CFG.ne_margin == 0.002 and CFG.calibration_bounds == (0.9, 1.1)
-    assert CFG.deep_model_margin == 0.005 and CFG.max_ece is None
+    assert CFG.ladder_margin == 0.005 and CFG.max_ece is None
     with pytest.raises(ValueError):
         GateConfig(ne_margn=0.01)
     with pytest.raises(ValueError):
@@ -108,15 +108,35 @@ def test_gate_on_real_reports_against_the_base_rate():
 def test_champion_start_simple():
     close = choose_champion({"lightgbm": report(0.900), "torch": report(0.897)}, CFG)
     assert close.champion == "lightgbm"
-    assert any("keeping the simpler lightgbm" in r for r in close.reasons)
+    assert any(r.startswith("lightgbm (rank 1) kept: torch beats it by") for r in close.reasons)
     clear = choose_champion({"torch": report(0.890), "lightgbm": report(0.900)}, CFG)
     assert clear.champion == "torch"
-    assert any("torch is chosen" in r for r in clear.reasons)
+    assert any(r.startswith("torch (rank 2) replaces lightgbm (rank 1)") for r in clear.reasons)
     # a better simple model is kept, of course
     assert (
         choose_champion({"lightgbm": report(0.89), "torch": report(0.90)}, CFG).champion
         == "lightgbm"
     )
+
+
+def test_ladder_keeps_the_simplest_model_not_beaten_by_the_margin():
+    """logistic (rank 0) -> lightgbm (1) -> torch (2), ranks from the registered specs."""
+    close = {"logistic": report(0.9000), "lightgbm": report(0.8996), "torch": report(0.8990)}
+    decision = choose_champion(close, CFG)
+    assert decision.champion == "logistic"
+    assert decision.reasons[0].startswith(
+        "Ladder, simplest first: logistic (rank 0) -> lightgbm (rank 1) -> torch (rank 2)"
+    )
+    assert any(
+        r.startswith("logistic (rank 0) kept: lightgbm beats it by 0.00040 NE < margin 0.005")
+        for r in decision.reasons
+    )
+    # the top rung wins only by beating the champion below it, not the bottom rung
+    climb = {"logistic": report(0.900), "lightgbm": report(0.890), "torch": report(0.887)}
+    assert choose_champion(climb, CFG).champion == "lightgbm"
+    # explicit ranks override the specs' (e.g. for a kind the table does not know)
+    flipped = choose_champion(close, CFG, ranks={"torch": 0, "lightgbm": 1, "logistic": 2})
+    assert flipped.champion == "torch"
 
 
 def test_champion_skips_miscalibrated_candidates():

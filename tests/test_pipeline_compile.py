@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubeloop.pipeline.compile import compile_pipeline, load_ir, pipeline_functions
+from kubeloop.pipeline.compile import compile_pipeline, load_ir, pipeline_names
+from kubeloop.training.model_kind import kind_names
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -25,7 +26,7 @@ def _normalised(spec: dict) -> dict:
     return spec
 
 
-@pytest.mark.parametrize("name", sorted(pipeline_functions()))
+@pytest.mark.parametrize("name", pipeline_names())
 def test_compiled_ir_matches_golden(name, tmp_path):
     compiled = load_ir(compile_pipeline(name, tmp_path / f"{name}.yaml"))
     golden_path = GOLDEN / f"{name}_pipeline.yaml"
@@ -48,17 +49,28 @@ def test_training_ir_loads_back_with_dag_and_gate(tmp_path):
 
     spec = load_ir(path)
     tasks = spec["root"]["dag"]["tasks"]
-    assert set(tasks) == {
-        "ingest", "features", "train-lightgbm", "train-torch", "evaluate", "gate", "condition-1",
-    }
+    # one train task per registered model kind, named by kind, gathered pairwise
+    kinds = kind_names()
+    assert kinds[0] == "logistic" and {"lightgbm", "torch"} <= set(kinds)
+    trains = {f"train-{kind}" for kind in kinds}
+    merges = {"merge-candidates", *(f"merge-candidates-{i}" for i in range(2, len(kinds)))}
+    assert set(tasks) == {"ingest", "features", *trains, *merges, "evaluate", "gate", "condition-1"}
 
     def upstream(task: str) -> set[str]:
         return set(tasks[task].get("dependentTasks", []))
 
     assert upstream("features") == {"ingest"}
-    assert upstream("train-lightgbm") == {"features"} == upstream("train-torch")
-    assert {"train-lightgbm", "train-torch", "features"} <= upstream("evaluate")
+    for train in trains:
+        assert upstream(train) == {"features"}
+        assert tasks[train]["inputs"]["parameters"]["kind"]["runtimeValue"]["constant"] in kinds
+    assert upstream("merge-candidates") == {"train-logistic", "train-lightgbm"}
+    last_merge = max(merges, key=lambda m: (len(m), m))
+    assert {last_merge, "features"} == upstream("evaluate")
     assert upstream("gate") == {"evaluate"}
+    # every train task runs the same body: one generic component, no per-kind code
+    executors = spec["deploymentSpec"]["executors"]
+    bodies = {executors[f"exec-{train}"]["container"]["command"][-1] for train in trains}
+    assert len(bodies) == 1 and "train_step(kind," in bodies.pop()
 
     # register runs only inside the gate's dsl.If, whose trigger is the gate's `passed` output
     condition = tasks["condition-1"]
@@ -76,7 +88,7 @@ def test_every_component_runs_in_the_project_image_and_calls_kubeloop(tmp_path):
 
     spec = load_ir(compile_pipeline("training", tmp_path / "training.yaml"))
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 7
+    assert len(executors) == 5 + 2 * len(kind_names()) - 1  # a train per kind, a merge between
     for name, executor in executors.items():
         container = executor["container"]
         assert container["image"] == COMPONENT_IMAGE, name

@@ -34,6 +34,7 @@ from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 from kubeloop.registry.base import ModelVersion
 from kubeloop.registry.export import export_version
 from kubeloop.serving.protocol import MODEL_FIELDS, WIRE_DATATYPE
+from kubeloop.training.model_kind import model_kind
 from kubeloop.training.split import time_split
 from models.lightgbm_trainer import LightGBMTrainConfig, train_lightgbm
 from models.predictor import CTRPredictor
@@ -70,7 +71,7 @@ def export_model(model, root: Path, version: str = "v0001") -> Path:
         training_window={"start": "2024-03-01T00:00:00Z", "end": "2024-03-08T00:00:00Z"},
         data_scenario="baseline",
         code_version="test",
-        model_file="model.txt" if model.info.kind == "lightgbm" else "model.pt",
+        model_file=model_kind(model.info.kind).weights_file,
         files=sorted(p.name for p in model_dir.iterdir()),
     )
     reference = pd.DataFrame({"hour": [1, 2]})
@@ -390,3 +391,27 @@ def test_torch_model_through_the_predictor_equals_predict_proba(data, rows, tmp_
         np.testing.assert_array_equal(v2.outputs[0].data, expected)
     finally:
         torch.set_num_threads(previous)
+
+
+# --- logistic regression, through its spec's predictor hook ------------------------------
+
+
+def test_logistic_model_through_the_predictor_equals_predict_proba(data, rows, tmp_path):
+    from models.logistic import LogisticTrainConfig, train_logistic
+
+    train, valid, _ = data
+    model = train_logistic(train, valid, LogisticTrainConfig(c_values=[1.0]))
+    export = export_model(model, tmp_path)
+    assert not (export / "model.bst").exists()  # no stock KServe server to name a file for
+    predictor = CTRPredictor(MODEL_NAME, export)
+    predictor.load()
+    assert predictor.model_kind == "logistic"
+    records = json_records(rows, MODEL_FIELDS.names)
+
+    async def call():
+        v1, _ = await predictor({"instances": records})
+        return v1
+
+    v1 = asyncio.run(call())
+    np.testing.assert_array_equal(v1["predictions"], model.predict_proba(rows[MODEL_FIELDS.names]))
+    assert v1["model_version"] == "v0001"

@@ -1,4 +1,4 @@
-"""Time split, LightGBM and PyTorch trainers, and the saved model directory."""
+"""Time split, the logistic, LightGBM and PyTorch trainers, and the saved model directory."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from kubeloop.training.artifacts import ModelArtifactError, load_model
 from kubeloop.training.split import split_summary, time_split
 from kubeloop.training.transform import FeatureTransform, model_input_columns
 from models.lightgbm_trainer import LightGBMTrainConfig, train_lightgbm
+from models.logistic import LogisticTrainConfig, train_logistic
 from models.torch_trainer import TorchTrainConfig, train_torch
 
 LGB = LightGBMTrainConfig(num_threads=1)
@@ -41,6 +42,12 @@ def data():
 def lgb_model(data):
     train, valid, _, transform = data
     return train_lightgbm(train, valid, LGB, transform)
+
+
+@pytest.fixture(scope="module")
+def logistic_model(data):
+    train, valid, _, transform = data
+    return train_logistic(train, valid, LogisticTrainConfig(), transform)
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +151,72 @@ def test_predictions_are_the_same_on_the_serving_path(data, lgb_model):
     assert np.array_equal(one_by_one, lgb_model.predict_proba(rows))
 
 
+# --- logistic regression -----------------------------------------------------------
+
+
+def test_logistic_learns_and_matches_lightgbm(data, logistic_model, lgb_model):
+    _, _, holdout, _ = data
+    auc = roc_auc(holdout[schema.LABEL], logistic_model.predict_proba(holdout))
+    oracle = roc_auc(holdout[schema.LABEL], holdout[schema.ORACLE])
+    lgb_auc = roc_auc(holdout[schema.LABEL], lgb_model.predict_proba(holdout))
+    assert auc >= 0.9 * oracle and auc >= lgb_auc - 0.02, (auc, lgb_auc, oracle)
+    assert logistic_model.kind == "logistic" and logistic_model.best_iteration >= 1
+    arch = logistic_model.info.architecture
+    assert arch["c"] in LogisticTrainConfig().c_values and len(arch["valid_log_loss_by_c"]) == 3
+    # the transform's crosses are inputs of the model
+    assert "user_segment_x_ad_category" in logistic_model.feature_names
+
+
+def test_logistic_save_load_roundtrip_without_pickle(tmp_path, data, logistic_model):
+    _, _, holdout, _ = data
+    directory = logistic_model.save(tmp_path / "logistic")
+    assert {p.name for p in directory.iterdir()} == {"logistic.json", "model.json", "transform.json"}
+    json.loads((directory / "logistic.json").read_text())  # plain numbers, no pickle
+    loaded = load_model(directory)
+    assert np.array_equal(loaded.predict_proba(holdout), logistic_model.predict_proba(holdout))
+    imp = loaded.feature_importance()
+    assert sum(imp.values()) == pytest.approx(1.0) and imp["slot_position"] > 0
+
+
+def test_logistic_extra_crosses_exact_and_hashed(data):
+    train, valid, holdout, transform = data
+    exact = train_logistic(
+        train, valid, LogisticTrainConfig(c_values=[1.0], extra_crosses=[("device", "ad_category")]),
+        transform,
+    )
+    hashed = train_logistic(
+        train,
+        valid,
+        LogisticTrainConfig(
+            c_values=[1.0], extra_crosses=[("user_segment", "advertiser_id")], hash_buckets=16
+        ),
+        transform,
+    )
+    assert [c["hashed"] for c in exact.weights["crosses"]] == [False]
+    assert [c["hashed"] for c in hashed.weights["crosses"]] == [True]
+    assert len(hashed.weights["block_coef"][-1]) == 16
+    for model in (exact, hashed):
+        p = model.predict_proba(holdout)
+        assert np.all((p > 0) & (p < 1))
+    with pytest.raises(ValueError, match="extra_crosses"):
+        train_logistic(
+            train, valid, LogisticTrainConfig(extra_crosses=[("device", "nope")]), transform
+        )
+
+
+def test_logistic_serving_path_matches_batch(data, logistic_model):
+    _, _, holdout, _ = data
+    rows = holdout.iloc[:25]
+    records = [
+        {k: (None if pd.isna(v) else v) for k, v in r.items()}
+        for r in rows[model_input_columns()].astype(object).to_dict("records")
+    ]
+    one_by_one = np.concatenate(
+        [logistic_model.predict_batch(logistic_model.transform.transform_records([r])) for r in records]
+    )
+    assert np.allclose(one_by_one, logistic_model.predict_proba(rows), rtol=0, atol=1e-12)
+
+
 # --- PyTorch ------------------------------------------------------------------------
 
 
@@ -212,3 +285,5 @@ def test_trainer_configs_forbid_unknown_keys():
         LightGBMTrainConfig(num_leafs=10)
     with pytest.raises(ValueError):
         TorchTrainConfig(epochs=3)
+    with pytest.raises(ValueError):
+        LogisticTrainConfig(c=1.0)

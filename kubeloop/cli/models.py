@@ -167,6 +167,7 @@ def export(
     registry: RegistryOption = None,
 ) -> None:
     """Export a version as a KServe storageUri directory: model files, metadata.json, reference."""
-    reg = _open(registry)
-    written = reg.export(name, version, dest, overwrite=overwrite)
+    from kubeloop.registry.export import export as export_version_of
+
+    written = export_version_of(_open(registry), name, version, dest, overwrite=overwrite)
     typer.echo(written)

@@ -17,9 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kubeloop.evaluation.metrics import EvaluationReport
 
-# Simplest first: a later kind must earn its place by `deep_model_margin`.
-SIMPLICITY_ORDER = ["lightgbm", "torch"]
-
 
 class GateConfig(BaseModel):
     """Thresholds of `choose_champion` and `gate`."""
@@ -35,10 +32,13 @@ class GateConfig(BaseModel):
         (0.9, 1.1), description="allowed range of mean prediction / observed click rate"
     )
     max_ece: float | None = Field(None, gt=0, description="optional ceiling on the ECE")
-    deep_model_margin: float = Field(
+    ladder_margin: float = Field(
         0.005,
         ge=0,
-        description="absolute NE decrease a more complex model needs to be chosen over a simpler one",
+        description=(
+            "absolute NE decrease a model needs over the simpler champion below it on the "
+            "ladder (simplicity rank) to replace it"
+        ),
     )
 
     @model_validator(mode="after")
@@ -77,21 +77,26 @@ def _calibrated(report: EvaluationReport, config: GateConfig) -> bool:
     return ratio is not None and low <= ratio <= high
 
 
-def _order(kind: str) -> tuple[int, str]:
-    rank = SIMPLICITY_ORDER.index(kind) if kind in SIMPLICITY_ORDER else len(SIMPLICITY_ORDER)
-    return rank, kind
+def simplicity_ranks() -> dict[str, int]:
+    """Each registered model kind's rung on the ladder (0 = simplest), from its spec."""
+    from kubeloop.training.model_kind import model_kinds
+
+    return {spec.name: spec.rank for spec in model_kinds()}
 
 
 def choose_champion(
-    candidates: Mapping[str, EvaluationReport], config: GateConfig | None = None
+    candidates: Mapping[str, EvaluationReport],
+    config: GateConfig | None = None,
+    ranks: Mapping[str, int] | None = None,
 ) -> ChampionDecision:
-    """Pick the champion among candidates scored on the same holdout ("start simple").
+    """Pick the champion among candidates scored on the same holdout: the model ladder.
 
-    Candidates are visited from simplest to most complex (lightgbm, torch, then unknown
-    kinds by name); a more complex one replaces the current choice only if its NE is lower
-    by at least `deep_model_margin`. Candidates whose calibration ratio is outside
-    `calibration_bounds` are considered only when no candidate is within them, since they
-    would fail the gate anyway.
+    Candidates climb the ladder from the simplest to the most complex by simplicity rank
+    (`ranks`, default: each kind's spec; kinds without a rank come last, by name); one
+    replaces the current champion only if its NE is lower by at least `ladder_margin`,
+    so the simplest model not beaten by the margin wins. Candidates whose calibration
+    ratio is outside `calibration_bounds` are considered only when no candidate is within
+    them, since they would fail the gate anyway. Each reason names the rungs it compares.
     """
     cfg = config or GateConfig()
     if not candidates:
@@ -103,8 +108,18 @@ def choose_champion(
     if undefined:
         raise ValueError(f"NE is undefined for {undefined} (holdout with a single class)")
 
-    reasons: list[str] = []
-    kinds = sorted(candidates, key=_order)
+    rank_of = dict(simplicity_ranks() if ranks is None else ranks)
+    unranked = len(rank_of) + max(rank_of.values(), default=0)
+    kinds = sorted(candidates, key=lambda k: (rank_of.get(k, unranked), k))
+
+    def rung(kind: str) -> str:
+        rank = rank_of.get(kind)
+        return f"{kind} (rank {rank})" if rank is not None else f"{kind} (unranked)"
+
+    reasons: list[str] = [
+        "Ladder, simplest first: " + " -> ".join(rung(k) for k in kinds)
+        + f"; a model must beat the champion below it by NE margin {cfg.ladder_margin}."
+    ]
     eligible = [k for k in kinds if _calibrated(candidates[k], cfg)]
     if not eligible:
         eligible = kinds
@@ -115,7 +130,7 @@ def choose_champion(
     for kind in kinds:
         if kind not in eligible:
             reasons.append(
-                f"{kind} is not considered: calibration ratio "
+                f"{rung(kind)} is not considered: calibration ratio "
                 f"{candidates[kind].calibration_ratio} is outside {cfg.calibration_bounds}."
             )
     champion = eligible[0]
@@ -123,20 +138,19 @@ def choose_champion(
         ne_champ = candidates[champion].normalized_entropy
         ne_kind = candidates[kind].normalized_entropy
         gain = ne_champ - ne_kind
-        if gain >= cfg.deep_model_margin:
+        if gain >= cfg.ladder_margin:
             reasons.append(
-                f"{kind} (NE {ne_kind:.5f}) beats {champion} (NE {ne_champ:.5f}) by "
-                f"{gain:.5f} >= the required {cfg.deep_model_margin}; {kind} is chosen."
+                f"{rung(kind)} replaces {rung(champion)}: it beats it by {gain:.5f} NE "
+                f">= margin {cfg.ladder_margin} (NE {ne_kind:.5f} vs {ne_champ:.5f})."
             )
             champion = kind
         else:
             reasons.append(
-                f"{kind} (NE {ne_kind:.5f}) does not beat {champion} (NE {ne_champ:.5f}) by "
-                f"the required {cfg.deep_model_margin} (difference {gain:.5f}); "
-                f"keeping the simpler {champion}."
+                f"{rung(champion)} kept: {kind} beats it by {gain:.5f} NE < margin "
+                f"{cfg.ladder_margin} (NE {ne_kind:.5f} vs {ne_champ:.5f})."
             )
     if len(eligible) == 1:
-        reasons.append(f"{champion} is the only eligible candidate.")
+        reasons.append(f"{rung(champion)} is the only eligible candidate.")
     return ChampionDecision(
         champion=champion,
         reasons=reasons,

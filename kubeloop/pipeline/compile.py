@@ -10,10 +10,18 @@ import yaml
 
 
 def pipeline_functions() -> dict[str, Callable]:
-    """Every pipeline of the project by name (imported lazily: kfp is heavy)."""
-    from pipelines.training import training_pipeline
+    """Every pipeline by name, from the plug-in table (group `pipelines`; each is imported
+    here, lazily: kfp is heavy)."""
+    from kubeloop import plugins
 
-    return {"training": training_pipeline}
+    return {name: plugins.load(plugins.PIPELINES, name) for name in pipeline_names()}
+
+
+def pipeline_names() -> list[str]:
+    """The names of the registered pipelines (nothing is imported)."""
+    from kubeloop import plugins
+
+    return plugins.names(plugins.PIPELINES)
 
 
 # What kfp's compiler writes: YAML (the IR package) or JSON, chosen by the suffix.
@@ -42,16 +50,16 @@ def compile_pipeline(name: str, out: Path) -> Path:
     `package_path`) and return the path written."""
     from kfp import compiler
 
+    from kubeloop import plugins
     from kubeloop.errors import KubeloopError
 
-    functions = pipeline_functions()
-    if name not in functions:
+    if name not in pipeline_names():
         raise KubeloopError(
-            f"unknown pipeline {name!r}; choose one of {', '.join(sorted(functions))} (--name)"
+            f"unknown pipeline {name!r}; choose one of {', '.join(pipeline_names())} (--name)"
         )
     out = package_path(name, out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(functions[name], str(out))
+    compiler.Compiler().compile(plugins.load(plugins.PIPELINES, name), str(out))
     return out
 
 

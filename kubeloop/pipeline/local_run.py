@@ -13,7 +13,8 @@ from kubeloop.pipeline.params import TrainingRunParams
 
 
 class LocalRunResult(BaseModel):
-    """What a local run produced: each summary artifact's JSON, and the wall time."""
+    """What a local run produced: each summary artifact's JSON, the wall time, and where
+    its artifacts are (so no caller needs to know kfp.local's directory layout)."""
 
     data: dict[str, Any]
     features: dict[str, Any]
@@ -22,6 +23,9 @@ class LocalRunResult(BaseModel):
     seconds: float
     pipeline_root: str
     run_dir: str
+    evaluation_dir: str = ""
+    decision_path: str = ""
+    model_dirs: dict[str, str] = {}
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -39,8 +43,11 @@ def run_local(params: TrainingRunParams, pipeline_root: Path) -> LocalRunResult:
     resolves, with the gate's dsl.If honoured."""
     from kfp import local
 
+    from kubeloop import plugins
     from kubeloop.pipeline.kfp_local_compat import conditions_evaluated
-    from pipelines.training import training_pipeline
+    from kubeloop.pipeline.steps import candidate_dirs
+
+    training_pipeline = plugins.load(plugins.PIPELINES, "training")
 
     pipeline_root.mkdir(parents=True, exist_ok=True)
     local.init(
@@ -62,4 +69,7 @@ def run_local(params: TrainingRunParams, pipeline_root: Path) -> LocalRunResult:
         pipeline_root=str(pipeline_root),
         # <pipeline_root>/<run>/evaluate/evaluation: each task's artifacts live under <run>/<task>/
         run_dir=str(Path(outputs["evaluation"].path).parents[1]),
+        evaluation_dir=outputs["evaluation"].path,
+        decision_path=outputs["decision"].path,
+        model_dirs=candidate_dirs(outputs["candidates"].path),
     )

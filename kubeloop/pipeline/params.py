@@ -6,14 +6,20 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kubeloop.data.generator import GeneratorConfig
+from kubeloop.evaluation.gate import GateConfig
+from kubeloop.features.pipeline_config import FeaturesStepConfig
+from kubeloop.training.config import TrainingConfig
 from kubeloop.workdir import Workdir
 
 
 class TrainingRunParams(BaseModel):
-    """Where the run reads and writes, and the JSON-encoded configs of each step.
+    """Where the run reads and writes, and the typed config of each step.
 
-    KFP parameters must be flat scalars, so each nested config travels as JSON and is
-    parsed back into its pydantic model inside the step function."""
+    The configs are validated here, so a typo (an unknown key, a misspelt model kind)
+    fails in the CLI before a pipeline starts. KFP parameters must be flat scalars, so
+    `arguments()` sends each config as JSON (only the keys that were set, so the step's
+    own defaults apply to the rest), and the step function parses it back."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -24,10 +30,10 @@ class TrainingRunParams(BaseModel):
     model_name: str = "ctr"
     scenario: str = "baseline"
     generate: bool = False
-    generator_config: dict[str, Any] = Field(default_factory=dict)
-    feature_config: dict[str, Any] = Field(default_factory=dict)
-    train_config: dict[str, Any] = Field(default_factory=dict)
-    gate_config: dict[str, Any] = Field(default_factory=dict)
+    generator_config: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    feature_config: FeaturesStepConfig = Field(default_factory=FeaturesStepConfig)
+    train_config: TrainingConfig = Field(default_factory=TrainingConfig)
+    gate_config: GateConfig = Field(default_factory=GateConfig)
 
     @classmethod
     def for_workdir(cls, workdir: Workdir, **overrides: Any) -> TrainingRunParams:
@@ -42,7 +48,9 @@ class TrainingRunParams(BaseModel):
 
     def arguments(self) -> dict[str, Any]:
         """The pipeline's keyword arguments (see pipelines/training.py)."""
-        import json
+
+        def as_json(config: BaseModel) -> str:
+            return config.model_dump_json(exclude_unset=True)
 
         return {
             "lake_uri": self.lake_uri,
@@ -52,8 +60,8 @@ class TrainingRunParams(BaseModel):
             "model_name": self.model_name,
             "scenario": self.scenario,
             "generate": self.generate,
-            "generator_config_json": json.dumps(self.generator_config, default=str),
-            "feature_config_json": json.dumps(self.feature_config),
-            "train_config_json": json.dumps(self.train_config),
-            "gate_config_json": json.dumps(self.gate_config),
+            "generator_config_json": as_json(self.generator_config),
+            "feature_config_json": as_json(self.feature_config),
+            "train_config_json": as_json(self.train_config),
+            "gate_config_json": as_json(self.gate_config),
         }

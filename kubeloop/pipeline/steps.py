@@ -17,9 +17,6 @@ from kubeloop import schema
 
 EVALUATION_FILE = "evaluation.json"
 
-# The model kinds `train_step` can train, simplest first.
-MODEL_KINDS = ("lightgbm", "torch")
-
 
 def _write_json(path: str | Path, payload: dict[str, Any]) -> None:
     out = Path(path)
@@ -149,35 +146,59 @@ def load_splits(
 def train_step(
     kind: str, training_set_path: str, train_config_json: str, model_dir: str
 ) -> dict[str, Any]:
-    """Train one model kind on the time-ordered split and save it to `model_dir`.
+    """Train one model kind (any registered one, see `kubeloop.training.model_kind`) on the
+    time-ordered split and save it to `model_dir`.
 
     Raises KubeloopError naming the known kinds for any other `kind`, before any data is read.
     """
     from kubeloop.training.config import TrainingConfig
+    from kubeloop.training.model_kind import model_kind
 
-    if kind not in MODEL_KINDS:
-        from kubeloop.errors import KubeloopError
-
-        raise KubeloopError(
-            f"unknown model kind {kind!r}: the trainers are {', '.join(MODEL_KINDS)}; "
-            "pass one of them as the train step's kind"
-        )
+    spec = model_kind(kind)
     config = _parse(TrainingConfig, train_config_json)
     train, valid, _ = load_splits(training_set_path, config)
-    if kind == "lightgbm":
-        from models.lightgbm_trainer import train_lightgbm
-
-        model = train_lightgbm(train, valid, config.lightgbm)
-    else:
-        from models.torch_trainer import train_torch
-
-        model = train_torch(train, valid, config.torch)
+    model = spec.train(train, valid, config.kind_config(kind))
     model.save(model_dir)
     return {
         "kind": kind,
         "train_seconds": model.train_seconds,
         "best_iteration": model.best_iteration,
     }
+
+
+def candidate_dirs(candidates_path: str | Path) -> dict[str, str]:
+    """The model directories of a candidate set by kind, simplest first.
+
+    A candidate set is either one model directory (what a train step writes) or a
+    directory of them, one sub-directory per kind (what `merge_candidates_step` writes)."""
+    from kubeloop.training.artifacts import MODEL_JSON, read_model_info
+    from kubeloop.training.model_kind import kind_names
+
+    root = Path(candidates_path)
+    if (root / MODEL_JSON).is_file():
+        return {read_model_info(root).kind: str(root)}
+    found = {p.name: str(p) for p in root.iterdir() if (p / MODEL_JSON).is_file()}
+    order = {name: i for i, name in enumerate(kind_names())}
+    return dict(sorted(found.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
+
+
+def merge_candidates_step(first: str, second: str, out_dir: str) -> list[str]:
+    """Copy two candidate sets into one at `out_dir` (one sub-directory per kind); returns
+    the kinds. The pipeline chains this to gather every train task's model for evaluate."""
+    import shutil
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    kinds: list[str] = []
+    for source in (first, second):
+        for kind, directory in candidate_dirs(source).items():
+            if kind in kinds:
+                from kubeloop.errors import KubeloopError
+
+                raise KubeloopError(f"two candidates of model kind {kind!r} to merge")
+            shutil.copytree(directory, out / kind)
+            kinds.append(kind)
+    return kinds
 
 
 def evaluate_step(

@@ -5,10 +5,11 @@ stage (candidate -> canary -> production -> archived), exportable for KServe.
     registry = open_registry(workdir.registry)
     v = registry.register("ctr", model_dir, RegistrationRequest(...), reference=sample)
     registry.set_stage("ctr", v.version, "canary")
-    registry.export("ctr", "canary", "s3://bucket/models/ctr/canary")
+    export(registry, "ctr", "canary", "s3://bucket/models/ctr/canary")
 
 The default backend is a BentoML model store (`kubeloop.registry.bentoml_store`); other
-backends plug in through `kubeloop.registry.backends`.
+backends plug in through the plug-in table (`kubeloop.plugins`, group `registries`), see
+`kubeloop.registry.backends`.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from kubeloop.registry.base import (
     plan_stage_change,
     registry_summary,
 )
-from kubeloop.registry.export import export_version
+from kubeloop.registry.export import export, export_version
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -54,6 +55,7 @@ __all__ = [
     "TrainingWindow",
     "backend_names",
     "detect_code_version",
+    "export",
     "export_version",
     "make_registry",
     "open_registry",

@@ -1,22 +1,38 @@
-"""Registry backends by short name: each has a pydantic `<Name>Config` with a `Literal`
-`type` field that forbids unknown keys, and a class imported only when it is used.
+"""Registry backends by short name, through the engine's one plug-in table
+(`kubeloop.plugins`, entry-point group `kubeloop.registries`): each is a `RegistryBackend`
+with a pydantic `<Name>Config` that has a `Literal` `type` field and forbids unknown keys,
+and a class imported only when it is used.
 
 Only the BentoML model store is implemented. Another backend (a Kubeflow Model Registry,
 MLflow) is added by writing a `ModelRegistry` subclass whose constructor takes its config,
-a config class here, and one entry in `_BACKENDS`; `RegistryConfig` then becomes a union
-discriminated on `type`.
+a `RegistryBackend` naming both, and one entry point in pyproject.toml.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from kubeloop import plugins
 from kubeloop.registry.base import ModelRegistry, RegistryError
+
+
+@dataclass(frozen=True)
+class RegistryBackend:
+    """One registry backend: its config class and its `ModelRegistry` class, named as
+    "module:Class" so that naming the backend imports nothing heavy."""
+
+    config_class: type[BaseModel]
+    registry_class: str
+
+    def make(self, config: BaseModel) -> ModelRegistry:
+        module_name, _, class_name = self.registry_class.partition(":")
+        return getattr(importlib.import_module(module_name), class_name)(config)
 
 
 class BentoMLRegistryConfig(BaseModel):
@@ -41,21 +57,25 @@ class BentoMLRegistryConfig(BaseModel):
         return value
 
 
-# Extension point. A Kubeflow Model Registry backend would add e.g.
-#   class KubeflowRegistryConfig(BaseModel): type: Literal["kubeflow"]; server_address: str; ...
-# and "kubeflow": (KubeflowRegistryConfig, "kubeloop.registry.kubeflow_store.KubeflowRegistry").
+# A second backend makes this a union discriminated on `type`.
 RegistryConfig = BentoMLRegistryConfig
 
-_BACKENDS: dict[str, tuple[type[BaseModel], str]] = {
-    "bentoml": (BentoMLRegistryConfig, "kubeloop.registry.bentoml_store.BentoMLRegistry"),
-}
+# Registered in pyproject.toml as `kubeloop.registries: bentoml`.
+BENTOML = RegistryBackend(BentoMLRegistryConfig, "kubeloop.registry.bentoml_store:BentoMLRegistry")
 
 DEFAULT_BACKEND = "bentoml"
 
 
 def backend_names() -> list[str]:
     """Short names of the available registry backends."""
-    return sorted(_BACKENDS)
+    return plugins.names(plugins.REGISTRIES)
+
+
+def _backend(kind: Any) -> RegistryBackend:
+    try:
+        return plugins.load(plugins.REGISTRIES, kind)
+    except plugins.PluginError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def parse_registry_config(data: Mapping[str, Any] | BaseModel) -> BaseModel:
@@ -64,13 +84,9 @@ def parse_registry_config(data: Mapping[str, Any] | BaseModel) -> BaseModel:
     if isinstance(data, BaseModel):
         return data
     kind = data.get("type", DEFAULT_BACKEND)
-    if kind not in _BACKENDS:
-        raise RegistryError(
-            f"unknown registry type {kind!r}; available: {', '.join(backend_names())}"
-        )
-    config_cls, _ = _BACKENDS[kind]
+    backend = _backend(kind)
     try:
-        return config_cls.model_validate(dict(data))
+        return backend.config_class.model_validate(dict(data))
     except ValidationError as exc:
         raise RegistryError(f"invalid {kind} registry config: {exc}") from exc
 
@@ -78,14 +94,7 @@ def parse_registry_config(data: Mapping[str, Any] | BaseModel) -> BaseModel:
 def make_registry(config: Mapping[str, Any] | BaseModel) -> ModelRegistry:
     """Build the registry backend `config` describes (a config object or a mapping)."""
     parsed = parse_registry_config(config)
-    kind = getattr(parsed, "type", None)
-    if kind not in _BACKENDS:
-        raise RegistryError(
-            f"unknown registry type {kind!r}; available: {', '.join(backend_names())}"
-        )
-    module_name, _, class_name = _BACKENDS[kind][1].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(parsed)
+    return _backend(getattr(parsed, "type", None)).make(parsed)
 
 
 def open_registry(path: str | Path) -> ModelRegistry:

@@ -48,7 +48,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from kubeloop.atomic import atomic_write_text
 from kubeloop.registry.backends import BentoMLRegistryConfig
 from kubeloop.registry.base import (
-    DEFAULT_MODEL_FILES,
     RESERVED_FILES,
     ModelRegistry,
     ModelVersion,
@@ -56,6 +55,7 @@ from kubeloop.registry.base import (
     RegistryError,
     Stage,
     StageChange,
+    default_model_file,
     detect_code_version,
     format_version,
     plan_stage_change,
@@ -123,8 +123,9 @@ def _main_file(declared: str | None, kind: str, files: list[str], model_dir: Pat
                 f"model_file {declared!r} is not in {model_dir} (files: {', '.join(files)})"
             )
         return declared
-    if DEFAULT_MODEL_FILES.get(kind) in files:
-        return DEFAULT_MODEL_FILES[kind]
+    usual = default_model_file(kind)
+    if usual is not None and usual in files:
+        return usual
     top_level = [f for f in files if "/" not in f]
     return top_level[0] if len(top_level) == 1 else None
 
@@ -551,22 +552,11 @@ class BentoMLRegistry(ModelRegistry):
         """Every stage change of `name`'s versions, oldest first (registrations included)."""
         return list(self._require_state(name).history)
 
-    def export(
-        self, name: str, version: str | None, dest: str | Path, *, overwrite: bool = False
-    ) -> str:
-        # Same as the base class, but copies the stored Parquet file instead of
-        # round-tripping it through pandas.
-        from kubeloop.registry.export import export_version
-
-        record = self.get(name, version)
-        ref = self._reference_path(name, record.version) if record.reference_rows else None
-        return export_version(
-            record,
-            self.model_path(name, record.version),
-            dest,
-            reference=ref,
-            overwrite=overwrite,
-        )
+    def reference_file(self, name: str, version: str | None = None) -> Path | None:
+        # The export copies the stored Parquet file instead of round-tripping it.
+        if not self.get(name, version).reference_rows:
+            return None
+        return self._reference_path(name, version)
 
 
 __all__ = ["BentoMLRegistry"]

@@ -1,4 +1,6 @@
-"""Export a registered version as a KServe `storageUri` directory.
+"""Export a registered version as a KServe `storageUri` directory: `export(registry, ...)`,
+a free function over any `ModelRegistry` (the registry's `export` method calls it), and
+`export_version` for a record and its files.
 
 KServe's storage initializer downloads the directory a storageUri names into
 /mnt/models, and the model server loads from there. The stock LightGBM server (lgbserver)
@@ -7,7 +9,9 @@ with `lightgbm.Booster(model_file=...)`; a LightGBM text model (`model.txt`) loa
 way under any name. So the export is:
 
     <dest>/<the model files, as the trainer wrote them>   e.g. model.txt, or model.pt + model.json
-    <dest>/model.bst            lightgbm only: a copy of the booster file, unless one is there
+    <dest>/model.bst            a copy of the main model file under the name the kind's
+                                stock KServe server expects (its spec's `kserve_model_file`,
+                                lightgbm: model.bst), unless one is there
     <dest>/reference.parquet    the reference sample, when the version has one
     <dest>/metadata.json        the ModelVersion record (its stage as of the export), written last
 
@@ -28,17 +32,25 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kubeloop.registry.base import ModelVersion, RegistryError
+from kubeloop.registry.records import ModelVersion, RegistryError
 
 if TYPE_CHECKING:
     import pandas as pd
     from fsspec import AbstractFileSystem
 
+    from kubeloop.registry.base import ModelRegistry
+
 METADATA_FILE = "metadata.json"
 REFERENCE_FILE = "reference.parquet"
 
-# File name the stock KServe server of a model kind looks for at the top level.
-KSERVE_MODEL_FILES = {"lightgbm": "model.bst"}
+
+
+def kserve_model_file(kind: str) -> str | None:
+    """The file name the stock KServe server of `kind` looks for at the top level (its
+    spec's `kserve_model_file`), None when it has none or the kind is not registered."""
+    from kubeloop.training.model_kind import is_known, model_kind
+
+    return model_kind(kind).kserve_model_file if is_known(kind) else None
 
 
 def _fill(
@@ -49,7 +61,7 @@ def _fill(
 ) -> None:
     """Write the export layout into the existing, empty directory `staging`."""
     shutil.copytree(model_dir, staging, dirs_exist_ok=True)
-    served_name = KSERVE_MODEL_FILES.get(record.model_kind)
+    served_name = kserve_model_file(record.model_kind)
     if served_name is not None:
         suffix = Path(served_name).suffix
         present = [p.name for p in staging.iterdir() if p.is_file() and p.suffix == suffix]
@@ -174,3 +186,29 @@ def export_version(
     if isinstance(fs, LocalFileSystem):
         return _export_local(Path(root), record, Path(model_dir), reference, overwrite)
     return _export_remote(fs, root, record, Path(model_dir), reference, overwrite)
+
+
+def export(
+    registry: ModelRegistry,
+    name: str,
+    version: str | None,
+    dest: str | Path,
+    *,
+    overwrite: bool = False,
+) -> str:
+    """Write version `version` of `name` from `registry` in KServe storageUri layout to
+    `dest` (a local path or any fsspec URL) and return what was written; see
+    `export_version` for the rules on `dest`."""
+    record = registry.get(name, version)
+    reference: pd.DataFrame | Path | None = None
+    if record.reference_rows:
+        reference = registry.reference_file(name, record.version)
+        if reference is None:
+            reference = registry.reference(name, record.version)
+    return export_version(
+        record,
+        registry.model_path(name, record.version),
+        dest,
+        reference=reference,
+        overwrite=overwrite,
+    )

@@ -7,10 +7,12 @@ exactly the transform the model was trained with. On disk a model is a directory
 * `model.json` — kind, feature names, training figures, config (and, for torch, the
   architecture). Written last, so a directory without it is an incomplete save.
 * `transform.json` — the fitted feature transform (the serving transformer reads it too).
-* the weights: `model.txt` (LightGBM booster text) or `model.pt` (torch state_dict).
+* the weights: the file its model kind's spec names (`ModelKind.weights_file`), e.g.
+  `model.txt` (LightGBM booster text), `model.pt` (torch state_dict) or `logistic.json`.
 
-`load_model(dir)` reads the kind from `model.json` and imports only that kind's library,
-so a LightGBM predictor never imports torch.
+`load_model(dir)` reads the kind from `model.json`, finds its spec in the plug-in table
+(`kubeloop.training.model_kind`) and imports only that kind's library, so a LightGBM
+predictor never imports torch.
 """
 
 from __future__ import annotations
@@ -33,13 +35,6 @@ FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 TRANSFORM_JSON = "transform.json"
 
-# kind -> "module:Class"; imported on demand (the pluggable-backend pattern of the project).
-MODEL_KINDS: dict[str, str] = {
-    "lightgbm": "models.lightgbm_trainer:LightGBMModel",
-    "torch": "models.torch_trainer:TorchModel",
-}
-
-
 class ModelArtifactError(KubeloopError):
     """A model directory is missing, incomplete or of an unknown kind."""
 
@@ -54,7 +49,10 @@ class ModelInfo(BaseModel):
     numeric_features: list[str]
     categorical_features: list[str]
     best_iteration: int = Field(
-        description="LightGBM: boosting rounds kept; torch: epoch (1-based) whose weights were kept"
+        description=(
+            "LightGBM: boosting rounds kept; torch: epoch (1-based) whose weights were kept;"
+            " logistic: solver iterations of the kept fit"
+        )
     )
     epochs: int | None = Field(None, description="torch: epochs run before early stopping")
     train_seconds: float
@@ -106,6 +104,11 @@ class TrainedModel(ABC):
     def feature_names(self) -> list[str]:
         return self.info.feature_names
 
+    def for_serving(self) -> TrainedModel:
+        """This model set up for small online batches (the predictor calls it once after
+        loading); kinds whose library parallelises each call override it."""
+        return self
+
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         """Click probabilities (float64, one per row) for raw model inputs."""
         return self.predict_batch(self.transform.transform(df))
@@ -128,6 +131,15 @@ class TrainedModel(ABC):
     def _load(
         cls, directory: Path, transform: FeatureTransform, info: ModelInfo
     ) -> TrainedModel: ...
+
+    @classmethod
+    def load(cls, directory: str | Path) -> TrainedModel:
+        """Load a directory this class saved (`load_model` when the kind is not known)."""
+        directory = Path(directory)
+        info = read_model_info(directory)
+        if info.kind != cls.kind:
+            raise ModelArtifactError(f"{directory} holds a {info.kind} model, not {cls.kind}")
+        return cls._load(directory, FeatureTransform.load(directory / TRANSFORM_JSON), info)
 
     def save(self, directory: str | Path) -> Path:
         """Write the model directory (see the module docstring) and return its path."""
@@ -155,20 +167,16 @@ def read_model_info(directory: str | Path) -> ModelInfo:
 
 
 def model_class(kind: str) -> type[TrainedModel]:
-    """The `TrainedModel` subclass of `kind`, imported on demand."""
+    """The `TrainedModel` subclass of `kind` (from its spec), imported on demand."""
+    from kubeloop.plugins import PluginError
+    from kubeloop.training.model_kind import model_kind
+
     try:
-        target = MODEL_KINDS[kind]
-    except KeyError:
-        raise ModelArtifactError(
-            f"unknown model kind {kind!r}; known kinds: {sorted(MODEL_KINDS)}"
-        ) from None
-    module, _, name = target.partition(":")
-    return getattr(importlib.import_module(module), name)
+        return model_kind(kind).model_type()
+    except PluginError as exc:
+        raise ModelArtifactError(str(exc)) from None
 
 
 def load_model(directory: str | Path) -> TrainedModel:
     """Load a model directory written by `TrainedModel.save`, whatever its kind."""
-    directory = Path(directory)
-    info = read_model_info(directory)
-    transform = FeatureTransform.load(directory / TRANSFORM_JSON)
-    return model_class(info.kind)._load(directory, transform, info)
+    return model_class(read_model_info(directory).kind).load(directory)

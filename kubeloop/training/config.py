@@ -1,21 +1,30 @@
-"""Configuration of the training stage of the pipeline: the split, both trainers and
-the drift reference sample."""
+"""Configuration of the training stage of the pipeline: the split, one section per model
+kind and the drift reference sample."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.lightgbm_trainer import LightGBMTrainConfig
-from models.torch_config import TorchTrainConfig
+from kubeloop.training.model_kind import is_known, kind_names, parse_kind_config
 
 
 class TrainingConfig(BaseModel):
-    """One config for train-lightgbm, train-torch, evaluate and register, so every step
-    reproduces the same time-ordered split of the training set."""
+    """One config for every train step, evaluate and register, so every step reproduces
+    the same time-ordered split of the training set.
 
-    model_config = ConfigDict(extra="forbid")
+    Besides the fields below, a key may name a registered model kind (`logistic`,
+    `lightgbm`, `torch`, ...): its value is that kind's hyperparameters, validated by the
+    kind's own config class (`ModelKind.config_class`). Any other key fails here, at
+    config time, naming the known settings and kinds; `kind_config(name)` gives a kind's
+    typed config (its defaults when the key is absent).
+    """
+
+    # Extra keys are allowed only so that each model kind's section can sit at the top
+    # level; `_kind_sections` validates every one of them and refuses anything else.
+    model_config = ConfigDict(extra="allow")
 
     burn_in_days: int = Field(
         1, ge=0, description="first days dropped: their features have no history behind them yet"
@@ -30,8 +39,6 @@ class TrainingConfig(BaseModel):
     )
     valid_fraction: float = Field(0.1, gt=0, lt=1)
     holdout_fraction: float = Field(0.2, gt=0, lt=1)
-    lightgbm: LightGBMTrainConfig = Field(default_factory=LightGBMTrainConfig)
-    torch: TorchTrainConfig = Field(default_factory=TorchTrainConfig)
     reference_rows: int = Field(
         5000, ge=100, description="rows of training features kept for drift detectors"
     )
@@ -41,3 +48,23 @@ class TrainingConfig(BaseModel):
         2, ge=1, description="the reference is sampled from the last days before deployment"
     )
     seed: int = 42
+
+    @model_validator(mode="before")
+    @classmethod
+    def _kind_sections(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        unknown = [k for k in data if k not in cls.model_fields and not is_known(k)]
+        if unknown:
+            raise ValueError(
+                f"unknown training setting(s) {unknown}; settings: "
+                f"{', '.join(cls.model_fields)}; model kinds: {', '.join(kind_names())}"
+            )
+        return {
+            key: parse_kind_config(key, value) if key not in cls.model_fields else value
+            for key, value in data.items()
+        }
+
+    def kind_config(self, kind: str) -> BaseModel:
+        """The typed hyperparameters of model kind `kind` (its defaults when unset)."""
+        return parse_kind_config(kind, (self.model_extra or {}).get(kind))
