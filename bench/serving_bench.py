@@ -340,7 +340,8 @@ def serve_router(args: argparse.Namespace) -> int:
     runs in a thread of the otherwise idle `kubeloop serve` process)."""
     import uvicorn
 
-    from kubeloop.serving.request_log import CloudEventLogger, SQLiteRequestLog
+    from kubeloop.serving.request_log.logger import CloudEventLogger
+    from kubeloop.serving.request_log.sinks import SQLiteRequestLog
     from kubeloop.serving.router import CanaryRouter
 
     backends = dict(b.split("=", 1) for b in args.backend)

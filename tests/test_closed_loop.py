@@ -26,7 +26,7 @@ from kubeloop.registry import open_registry
 from kubeloop.serving.local_servers import REQUEST_LOG_FILE
 from kubeloop.serving.policy import RolloutPolicy
 from kubeloop.serving.replay import ReplayConfig
-from kubeloop.serving.request_log import exchanges_frame
+from kubeloop.serving.request_log.reader import exchanges_frame
 from kubeloop.serving.rollout import serving_dir
 from kubeloop.serving.stage import ServingStageConfig
 from kubeloop.workdir import Workdir

@@ -1185,7 +1185,7 @@ POD_00002 = "ctr-predictor-00002-deployment-7f9c8d6b5-x2x7q"
 def kserve_event(kind: str, event_id: str, data: dict, *, source: str = POD_00002):
     """Binary-mode headers as KServe v0.20's logger sends them: ce-source the pod name,
     ce-endpoint empty (pkg/logger/worker.go:122-149, agent_injector.go:238,258-259)."""
-    from kubeloop.drift.events import REQUEST_TYPE, RESPONSE_TYPE
+    from kubeloop.cloudevents import REQUEST_TYPE, RESPONSE_TYPE
 
     headers = {
         "ce-specversion": "1.0",

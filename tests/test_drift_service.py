@@ -17,8 +17,8 @@ from cloudevents.conversion import to_binary, to_structured
 from cloudevents.http import CloudEvent
 from fastapi.testclient import TestClient
 
+from kubeloop.cloudevents import REQUEST_TYPE, RESPONSE_TYPE
 from kubeloop.drift import DriftMonitor, MonitorConfig, Reference, open_alert_store
-from kubeloop.drift.events import REQUEST_TYPE, RESPONSE_TYPE
 from models.drift_service import DriftMetrics, KubeAlertPoster, _parser, build_app
 
 T0 = datetime(2026, 1, 15, 9, tzinfo=UTC)

@@ -34,7 +34,7 @@ from cloudevents.conversion import to_binary
 from cloudevents.http import CloudEvent
 from k8s_api_server import KubeAPIServer, inference_service, write_kubeconfig
 
-from kubeloop.drift.events import REQUEST_TYPE, RESPONSE_TYPE
+from kubeloop.cloudevents import REQUEST_TYPE, RESPONSE_TYPE
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent

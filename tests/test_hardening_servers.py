@@ -45,7 +45,8 @@ from test_transformer import build_feature_repo
 
 from kubeloop.serving.edge import DEFAULT_MAX_BODY_BYTES
 from kubeloop.serving.protocol import CLIENT_FIELDS, MODEL_FIELDS, example_row
-from kubeloop.serving.request_log import CloudEventLogger, SQLiteRequestLog
+from kubeloop.serving.request_log.logger import CloudEventLogger
+from kubeloop.serving.request_log.sinks import SQLiteRequestLog
 from kubeloop.serving.rollout import initial_state
 from kubeloop.serving.router import CanaryRouter
 from models.lightgbm_trainer import train_lightgbm

@@ -15,16 +15,14 @@ import pytest
 from cloudevents.conversion import to_binary
 from cloudevents.http import from_http
 
-from kubeloop.serving.request_log import (
-    REQUEST_TYPE,
-    RESPONSE_TYPE,
-    CloudEventLogger,
-    Exchange,
+from kubeloop.cloudevents import REQUEST_TYPE, RESPONSE_TYPE
+from kubeloop.serving.request_log.events import Exchange, LoggedEvent
+from kubeloop.serving.request_log.logger import CloudEventLogger
+from kubeloop.serving.request_log.reader import exchanges_frame
+from kubeloop.serving.request_log.sinks import (
     JSONLRequestLog,
-    LoggedEvent,
     RequestLogSink,
     SQLiteRequestLog,
-    exchanges_frame,
     iter_events,
     open_sink,
 )

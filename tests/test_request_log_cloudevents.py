@@ -26,14 +26,10 @@ import pytest
 from cloudevents.conversion import to_binary
 from cloudevents.http import from_http
 
-from kubeloop.serving.request_log import (
-    REQUEST_TYPE,
-    RESPONSE_TYPE,
-    CloudEventLogger,
-    Exchange,
-    JSONLRequestLog,
-    SQLiteRequestLog,
-)
+from kubeloop.cloudevents import REQUEST_TYPE, RESPONSE_TYPE
+from kubeloop.serving.request_log.events import Exchange
+from kubeloop.serving.request_log.logger import CloudEventLogger
+from kubeloop.serving.request_log.sinks import JSONLRequestLog, SQLiteRequestLog
 
 # Every attribute KServe v0.20.0's logger always sets (worker.go SetID/SetType/SetTime/
 # SetExtension/SetSource/SetData).

@@ -25,11 +25,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from typer.testing import CliRunner
 
-from kubeloop.serving.request_log import (
-    CloudEventLogger,
-    SQLiteRequestLog,
-    exchanges_frame,
-)
+from kubeloop.serving.request_log.logger import CloudEventLogger
+from kubeloop.serving.request_log.reader import exchanges_frame
+from kubeloop.serving.request_log.sinks import SQLiteRequestLog
 from kubeloop.serving.rollout import (
     LocalRollout,
     RolloutError,

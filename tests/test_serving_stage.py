@@ -11,7 +11,7 @@ from kubeloop.demo import DemoConfig, run_demo
 from kubeloop.registry import open_registry
 from kubeloop.serving.policy import RolloutPolicy
 from kubeloop.serving.replay import ReplayConfig
-from kubeloop.serving.request_log import exchanges_frame
+from kubeloop.serving.request_log.reader import exchanges_frame
 from kubeloop.serving.stage import ServingStageConfig
 from kubeloop.workdir import Workdir
 

@@ -3,23 +3,7 @@
 KServe's logger (kserve v0.20.0 `pkg/logger/worker.go:122-149`) POSTs every request and
 response of a logged component as a CloudEvent 1.0 in HTTP binary mode: the context
 attributes are headers, the payload is the body, unchanged (`handler.go:146-204`).
-
-    ce-specversion           1.0
-    ce-id                    the request id; the same for a request and its response
-    ce-type                  org.kubeflow.serving.inference.request | .response
-    ce-source                the POD NAME of the logging component (`agent_injector.go:258-259`
-                             passes `pod.Name` as --source-uri), e.g.
-                             ctr-predictor-00002-deployment-7f9c8d6b5-x2x7q
-    ce-time                  when the event was made (RFC 3339); used as the event time
-    ce-inferenceservicename  the InferenceService (pod label serving.kserve.io/inferenceservice)
-    ce-namespace             its namespace
-    ce-component             predictor | transformer | explainer (pod label `component`)
-    ce-endpoint              the pod label `endpoint` (`agent_injector.go:238`), which no
-                             v0.20 controller sets: EMPTY in the cluster
-    ce-metadata              JSON of the request headers named in the logger's
-                             metadataHeaders (request headers only; no response header
-                             is ever forwarded, `handler.go:131-140`)
-    content-type             the REQUEST's content type, for both halves
+`kubeloop.cloudevents` lists the attributes, one definition shared with the request log.
 
 So KServe says nothing about the canary split. What it does say is the pod name, and Knative
 names a revision's Deployment `<revision>-deployment` (knative-v1.21.1
@@ -62,17 +46,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from kubeloop.cloudevents import (
+    ENDPOINT_VARIANTS,
+    EVENT_KINDS,
+    JSON_CONTENT_TYPE,
+    REQUEST_TYPE,
+    REQUIRED_ATTRIBUTES,
+    RESPONSE_TYPE,
+    SPEC_VERSIONS,
+    STRUCTURED_CONTENT_TYPE,
+    header_attributes,
+)
 from kubeloop.errors import KubeloopError
-
-REQUEST_TYPE = "org.kubeflow.serving.inference.request"
-RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
-EVENT_KINDS = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
-REQUIRED_ATTRIBUTES = ("id", "type", "source", "specversion")
-SPEC_VERSIONS = ("1.0", "0.3")
-
-# ce-endpoint values of KServe before v1beta1 (pod label `endpoint`); empty in v0.20.
-ENDPOINT_VARIANTS = {"default": "primary", "canary": "canary"}
-STRUCTURED_CONTENT_TYPE = "application/cloudevents+json"
 
 # <revision>-deployment-<pod-template-hash>-<5 random chars>, the revision ending in its
 # 5-digit configuration generation (Knative names.go Deployment, revision.go MakeRevision).
@@ -250,7 +235,7 @@ def parse_event(
             raise BadEventError("malformed_body", "a structured CloudEvent must be a JSON object")
         attrs = {str(k).lower(): v for k, v in envelope.items() if k not in ("data", "data_base64")}
         attrs = {k: "" if v is None else str(v) for k, v in attrs.items()}
-        media = _media_type(attrs.get("datacontenttype")) or "application/json"
+        media = _media_type(attrs.get("datacontenttype")) or JSON_CONTENT_TYPE
         if "data_base64" in envelope:
             try:
                 data_bytes = base64.b64decode(str(envelope["data_base64"]), validate=True)
@@ -262,7 +247,7 @@ def parse_event(
             payload, raw = envelope.get("data"), None
         where = "attribute"
     else:
-        attrs = {k[3:]: v for k, v in h.items() if k.startswith("ce-")}
+        attrs = header_attributes(h)
         raw, payload = body, None
         where = "header"
 

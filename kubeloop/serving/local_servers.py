@@ -58,7 +58,7 @@ from kubeloop.workdir import Workdir
 
 if TYPE_CHECKING:
     from kubeloop.registry.base import ModelRegistry
-    from kubeloop.serving.request_log import CloudEventLogger
+    from kubeloop.serving.request_log.logger import CloudEventLogger
     from kubeloop.serving.router import CanaryRouter
 
 log = logging.getLogger(__name__)
@@ -363,7 +363,8 @@ class LocalStack:
         return HOST if self.with_transformer else self.host
 
     def _start(self) -> None:
-        from kubeloop.serving.request_log import CloudEventLogger, SQLiteRequestLog, open_sink
+        from kubeloop.serving.request_log.logger import CloudEventLogger
+        from kubeloop.serving.request_log.sinks import SQLiteRequestLog, open_sink
         from kubeloop.serving.router import CanaryRouter
 
         self.log_dir.mkdir(parents=True, exist_ok=True)

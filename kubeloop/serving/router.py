@@ -56,7 +56,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kubeloop.serving.edge import DEFAULT_MAX_BODY_BYTES, EdgeMiddleware, Rejection
-from kubeloop.serving.request_log import CloudEventLogger, Exchange
+from kubeloop.serving.request_log.events import Exchange
+from kubeloop.serving.request_log.logger import CloudEventLogger
 from kubeloop.serving.rollout import (
     LocalRollout,
     RolloutError,

@@ -96,7 +96,7 @@ def run_serving_stage(
     from kubeloop.serving.local_servers import LocalStack
     from kubeloop.serving.policy import conclude
     from kubeloop.serving.replay import join_feedback, replay_through_time
-    from kubeloop.serving.request_log import exchanges_frame
+    from kubeloop.serving.request_log.reader import exchanges_frame
     from kubeloop.serving.rollout import LocalRollout
 
     registry = open_registry(str(workdir.registry))
