@@ -197,14 +197,14 @@ class Servers:
     def __init__(self, log_dir: Path, env: dict[str, str]):
         self.log_dir = log_dir
         self.env = env
-        self.procs: dict[str, Any] = {}  # name -> kubeloop.serving.local_servers.ServerProcess
+        self.procs: dict[str, Any] = {}  # name -> kubeloop.serving.processes.ServerProcess
         self._stopped = False
         atexit.register(self.stop)
 
     def start(
         self, name: str, args: list[str], port: int, health: str, env: dict | None = None
     ) -> None:
-        from kubeloop.serving.local_servers import ServerProcess
+        from kubeloop.serving.processes import ServerProcess
 
         server = ServerProcess(name, args, port, self.log_dir / f"{name}.log", health_path=health)
         self.procs[name] = server
@@ -212,7 +212,7 @@ class Servers:
         server.start({k: v for k, v in server_env.items() if v is not None}, REPO_ROOT)
 
     def wait(self) -> None:
-        from kubeloop.serving.local_servers import wait_ready
+        from kubeloop.serving.processes import wait_ready
 
         wait_ready(list(self.procs.values()), READY_TIMEOUT)
 
@@ -254,7 +254,8 @@ class Servers:
 
 def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Target]:
     """Start every server, wait until all are ready; returns the measured targets."""
-    from kubeloop.serving.local_servers import DEFAULT_SERVER_ARGS, free_ports
+    from kubeloop.serving.local_servers import DEFAULT_SERVER_ARGS
+    from kubeloop.serving.processes import free_ports
     from kubeloop.serving.rollout import RolloutState, save_state
 
     python = sys.executable

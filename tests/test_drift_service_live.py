@@ -118,7 +118,7 @@ class DriftService:
     """`python -m models.drift_service` on a free loopback port, in its own process group."""
 
     def __init__(self, reference_dir: Path, state_dir: Path, store: str, env: dict, *extra):
-        from kubeloop.serving.local_servers import free_ports
+        from kubeloop.serving.processes import free_ports
 
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"

@@ -55,7 +55,7 @@ def start_drift_service(
     workdir: Workdir, reference_dir, model_name: str, backend: str | None, timeout: float
 ):
     """Start `python -m models.drift_service` on a free loopback port; returns the process."""
-    from kubeloop.serving.local_servers import ServerProcess, free_ports, wait_ready
+    from kubeloop.serving.processes import ServerProcess, free_ports, wait_ready
 
     drift = workdir.root / "drift"
     port = free_ports(1)[0]
@@ -92,13 +92,10 @@ def start_drift_service(
 
 
 def stop_process(server) -> None:
-    import signal
+    """Stop the drift service (SIGTERM, SIGKILL after 15 s)."""
+    from kubeloop.serving.processes import stop_servers
 
-    server.signal_group(signal.SIGTERM)
-    try:
-        server.process.wait(timeout=15)
-    except Exception:  # noqa: BLE001 - escalate whatever went wrong with a polite stop
-        server.signal_group(signal.SIGKILL)
+    stop_servers([server], grace=15.0)
 
 
 def post_labels(url: str, sent: pd.DataFrame, impressions: pd.DataFrame, chunk: int = 5000) -> int:
