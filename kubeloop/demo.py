@@ -94,9 +94,13 @@ def run_data_stage(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
 
 def training_section(evaluation: dict[str, Any], decision: dict[str, Any]) -> dict[str, Any]:
     """The report's `training` section from the evaluate and gate steps' outputs."""
+    from kubeloop.training.model_kind import is_known, model_kind
+
     models = {}
     for kind, report in evaluation["models"].items():
         models[kind] = {
+            # the model's rung on the ladder ("start simple"), from its kind's spec
+            "rank": model_kind(kind).rank if is_known(kind) else None,
             "auc": report["auc"],
             "logloss": report["log_loss"],
             "ne": report["normalized_entropy"],

@@ -64,3 +64,14 @@ def test_training_run_params_fail_on_a_typo_before_any_pipeline():
     params = TrainingRunParams(**base, train_config={"logistic": {"c_values": [1.0]}})
     assert '"c_values":[1.0]' in params.arguments()["train_config_json"]
     assert params.arguments()["gate_config_json"] == "{}"
+
+
+def test_import_contracts_hold():
+    """pyproject's [tool.importlinter] contracts (also run first by `make test`): the
+    engine imports no plug-in folder and has no import cycles."""
+    from pathlib import Path
+
+    lint = Path(sys.executable).with_name("lint-imports")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([str(lint)], check=False, cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]

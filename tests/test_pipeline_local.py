@@ -28,11 +28,15 @@ def test_demo_runs_pipeline_and_registers_a_model(tmp_path):
     assert report["features"]["training_rows"] == 40_000
     assert report["features"]["rows_online"] > 0
     training = report["training"]
-    assert set(training["models"]) == {"lightgbm", "torch"}
+    # every registered kind is trained and scored: the ladder starts at logistic regression
+    assert set(training["models"]) == {"logistic", "lightgbm", "torch"}
     for figures in training["models"].values():
         assert 0.5 < figures["auc"] <= 1 and figures["oracle_auc"] > figures["auc"] - 0.05
         assert {"auc", "logloss", "ne", "oracle_auc", "calibration", "train_seconds"} <= set(figures)
-    assert training["champion"] in {"lightgbm", "torch"}
+    assert training["champion"] in training["models"]
+    assert training["champion_reasons"][0].startswith(
+        "Ladder, simplest first: logistic (rank 0) -> lightgbm (rank 1) -> torch (rank 2)"
+    )
     assert training["gate"]["passed"] is True and training["gate"]["compared_against"] == "base_rate"
 
     registry = open_registry(str(workdir.registry))

@@ -467,6 +467,20 @@ def test_export_layout_for_kserve(registry, tmp_path):
     assert sorted(p.name for p in dest.parent.iterdir()) == [v.version]  # no staging left
 
 
+def test_export_is_a_free_function_over_any_registry(registry, tmp_path):
+    """`export(registry, ...)` (which the method calls) needs only the ModelRegistry
+    interface: a backend without a reference file gets its sample rewritten."""
+    from kubeloop.registry import export
+
+    v = _register(registry, tmp_path)
+    copied = Path(export(registry, "ctr", v.version, tmp_path / "copied"))
+    registry.reference_file = lambda name, version=None: None  # a backend with no local file
+    rewritten = Path(export(registry, "ctr", v.version, tmp_path / "rewritten"))
+    for dest in (copied, rewritten):
+        pd.testing.assert_frame_equal(pd.read_parquet(dest / "reference.parquet"), _reference())
+        assert (dest / "model.bst").is_file()  # lightgbm's spec names lgbserver's file
+
+
 def test_export_torch_has_no_booster_alias(registry, tmp_path):
     v = _register(registry, tmp_path, model_kind="torch")
     dest = tmp_path / "out"
@@ -557,7 +571,8 @@ def test_backend_factory(tmp_path):
     assert registry.root == tmp_path / "r"
     assert open_registry(f"file://{tmp_path}/r").root == tmp_path / "r"
     assert make_registry(BentoMLRegistryConfig(path=tmp_path)).root == tmp_path
-    with pytest.raises(RegistryError, match="unknown registry type 'mlflow'"):
+    # one-line error from the plug-in table, naming the registered backends
+    with pytest.raises(RegistryError, match="unknown registry type 'mlflow'; known: bentoml$"):
         make_registry({"type": "mlflow", "path": "x"})
     with pytest.raises(RegistryError, match="Extra inputs are not permitted"):
         make_registry({"type": "bentoml", "path": "x", "bucket": "y"})
