@@ -27,7 +27,7 @@ alarms at the same window sizes) over --power-seeds seeds, windows of 1,000 / 2,
 5,000 events (hour limit off).
 Part 4 (serving): a small demo run (`run_demo`, `serve=False`) gives the model and Feast
 repo; two `LocalStack`s of the same version run side by side, one with `logger_urls`
-pointing at `python -m models.drift_service` (started as the drift stage starts it), one
+pointing at `python -m kubeloop.drift.service` (started as the drift stage starts it), one
 without; a closed-loop httpx client in its own process sends 8-impression requests, in
 rounds that alternate the order of the two.
 

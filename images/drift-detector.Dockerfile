@@ -38,4 +38,4 @@ RUN pip install --no-deps . \
 # Numeric user, so Kubernetes can check runAsNonRoot.
 USER 1000:1000
 EXPOSE 8080
-ENTRYPOINT ["python", "-m", "models.drift_service"]
+ENTRYPOINT ["python", "-m", "kubeloop.drift.service"]

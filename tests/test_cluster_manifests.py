@@ -52,7 +52,7 @@ IMAGES = {
 ENTRYPOINTS = {
     "predictor": "models.predictor",
     "transformer": "models.transformer",
-    "drift-detector": "models.drift_service",
+    "drift-detector": "kubeloop.drift.service",
 }
 
 

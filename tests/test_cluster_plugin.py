@@ -1291,7 +1291,7 @@ def test_canary_events_close_a_canary_window_with_revision_and_version(tmp_path)
     from fastapi.testclient import TestClient
 
     from kubeloop.drift import DriftMonitor, MonitorConfig, Reference, open_alert_store
-    from models.drift_service import build_app
+    from kubeloop.drift.service import build_app
 
     rng = np.random.default_rng(1)
     ref = pd.DataFrame({"hour": rng.integers(0, 24, 1000), "x": rng.normal(0, 1, 1000)})

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 
 from kubeloop.cloudevents import REQUEST_TYPE, RESPONSE_TYPE
 from kubeloop.drift import DriftMonitor, MonitorConfig, Reference, open_alert_store
-from models.drift_service import DriftMetrics, KubeAlertPoster, _parser, build_app
+from kubeloop.drift.service import DriftMetrics, KubeAlertPoster, _parser, build_app
 
 T0 = datetime(2026, 1, 15, 9, tzinfo=UTC)
 COLUMNS = ["hour", "device", "advertiser_id", "user_ctr_7d"]

@@ -1,4 +1,4 @@
-"""The drift detector service as the cluster runs it: a real `python -m models.drift_service`
+"""The drift detector service as the cluster runs it: a real `python -m kubeloop.drift.service`
 process fed KServe-logger CloudEvents over HTTP.
 
 - With ``--kube`` it posts its alerts as Events through the REAL kubernetes client, to the
@@ -115,7 +115,7 @@ def stream(n_base: int, n_drift: int, *, prefix: str = "q") -> list[CloudEvent]:
 
 
 class DriftService:
-    """`python -m models.drift_service` on a free loopback port, in its own process group."""
+    """`python -m kubeloop.drift.service` on a free loopback port, in its own process group."""
 
     def __init__(self, reference_dir: Path, state_dir: Path, store: str, env: dict, *extra):
         from kubeloop.serving.processes import free_ports
@@ -124,7 +124,7 @@ class DriftService:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = state_dir.parent / f"drift-{state_dir.name}-{self.port}.log"
         args = [
-            sys.executable, "-m", "models.drift_service", "--host", "127.0.0.1",
+            sys.executable, "-m", "kubeloop.drift.service", "--host", "127.0.0.1",
             "--port", str(self.port), "--reference_dir", str(reference_dir),
             "--state_dir", str(state_dir), "--alert_store", store,
             "--config", str(reference_dir / "monitor.json"), "--no_score_reference",

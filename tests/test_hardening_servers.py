@@ -81,12 +81,12 @@ def non_loopback_address() -> str | None:
 
 @contextlib.contextmanager
 def start_drift_service(reference_dir: Path, root: Path, timeout: float = 90.0) -> Iterator[str]:
-    """`python -m models.drift_service` with its defaults (no --host); yields its URL."""
+    """`python -m kubeloop.drift.service` with its defaults (no --host); yields its URL."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
     env.pop("KUBERNETES_SERVICE_HOST", None)
     command = [
-        sys.executable, "-m", "models.drift_service", "--port", str(port),
+        sys.executable, "-m", "kubeloop.drift.service", "--port", str(port),
         "--reference_dir", str(reference_dir), "--state_dir", str(root / "drift-state"),
         "--no-kube", "--no_score_reference",
     ]  # fmt: skip
@@ -167,7 +167,8 @@ def test_every_entry_point_takes_host_defaulting_to_loopback():
     import inspect
 
     from kubeloop.cli.serve import serve
-    from models import drift_service, predictor, transformer
+    from kubeloop.drift import service as drift_service
+    from models import predictor, transformer
 
     parsers = [
         (predictor.build_parser(), []),

@@ -11,7 +11,7 @@ Modules: `detectors` (the `DriftDetector` interface, alibi-detect and scipy
 implementations, the feature / prediction / performance checks), `backends` (short name
 -> config and class), `windows` (tumbling count/time windows), `state` (the SQLite state
 file), `monitor` (`DriftMonitor`), `alerts` (the `Alert` record and the SQLite/PostgreSQL
-stores), `events` (KServe logger CloudEvents). The HTTP service is `models.drift_service`.
+stores), `events` (KServe logger CloudEvents). The HTTP service is `service` (`python -m kubeloop.drift.service`).
 
 alibi-detect is under the Business Source License 1.1 (since 0.11.5); it is imported only
 when the alibi detector is built. `MonitorConfig(feature_detector={"type": "scipy"}, ...)`

@@ -1,7 +1,7 @@
 """`DriftMonitor`: served traffic in, windows tested, alerts out.
 
 The monitor is a plain Python object. The drift detector service (`python -m
-models.drift_service`) feeds it KServe logger CloudEvents; the local demo calls it in
+kubeloop.drift.service`) feeds it KServe logger CloudEvents; the local demo calls it in
 process:
 
     monitor = DriftMonitor(Reference.from_dir("runs/demo/export"), "runs/demo/drift/state",

@@ -54,7 +54,7 @@ class DriftStageConfig(BaseModel):
 def start_drift_service(
     workdir: Workdir, reference_dir, model_name: str, backend: str | None, timeout: float
 ):
-    """Start `python -m models.drift_service` on a free loopback port; returns the process."""
+    """Start `python -m kubeloop.drift.service` on a free loopback port; returns the process."""
     from kubeloop.serving.processes import ServerProcess, free_ports, wait_ready
 
     drift = workdir.root / "drift"
@@ -62,7 +62,7 @@ def start_drift_service(
     args = [
         sys.executable,
         "-m",
-        "models.drift_service",
+        "kubeloop.drift.service",
         "--host",
         "127.0.0.1",
         "--port",

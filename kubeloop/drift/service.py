@@ -1,6 +1,6 @@
 """The drift detector service: KServe logger CloudEvents in, drift alerts out.
 
-    python -m models.drift_service --host 127.0.0.1 --port 8080 --reference_dir /mnt/models \\
+    python -m kubeloop.drift.service --host 127.0.0.1 --port 8080 --reference_dir /mnt/models \\
         --state_dir /tmp/kubeloop-drift --alert_store sqlite:////tmp/kubeloop-drift/alerts.db \\
         --inference_service ctr --namespace kubeloop --kube
 
@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("kubeloop.drift_service")
+log = logging.getLogger("kubeloop.drift.service")
 
 DEFAULT_STATE_DIR = "/tmp/kubeloop-drift"
 # What one logged request may hold: the servers' --max_batch_size default.
@@ -406,7 +406,7 @@ def _parser() -> argparse.ArgumentParser:
 
     BACKENDS = ["alibi", "scipy"]
     p = argparse.ArgumentParser(
-        prog="python -m models.drift_service",
+        prog="python -m kubeloop.drift.service",
         description="Drift detector for KServe logger CloudEvents (see the module docstring).",
     )
 
