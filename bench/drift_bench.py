@@ -200,7 +200,7 @@ class World:
     predictions: Any  # np.ndarray, the model's scores on them
     times: Any  # np.ndarray, event time (epoch seconds) of each impression
     clicks: Any  # np.ndarray of 0/1
-    references: dict[str, Any]  # kind -> kubeloop.drift.detectors.Reference
+    references: dict[str, Any]  # kind -> kubeloop.drift.reference.Reference
     reference_days: dict[str, str]  # kind -> the days its rows come from
     build_seconds: dict[str, float]
 
@@ -220,7 +220,7 @@ def build_world(scenario: str, seed: int, events: int, root: Path, lgb_threads: 
     from kubeloop import schema
     from kubeloop.data.generator import GeneratorConfig, generate_lake
     from kubeloop.demo import DemoConfig
-    from kubeloop.drift.detectors import Reference
+    from kubeloop.drift.reference import Reference
     from kubeloop.evaluation.metrics import evaluate_frame
     from kubeloop.features.pipeline_config import FeaturesStepConfig
     from kubeloop.pipeline.steps import load_splits, reference_sample, run_features, train_step
@@ -345,7 +345,7 @@ class Replay:
 
 
 def monitor_config(max_events: int | None, hour_limit: bool):
-    from kubeloop.drift.monitor import MonitorConfig
+    from kubeloop.drift.config import MonitorConfig
     from kubeloop.drift.windows import WindowConfig
 
     if max_events is None and hour_limit:

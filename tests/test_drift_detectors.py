@@ -22,14 +22,14 @@ from kubeloop.drift import (
     make_detector,
 )
 from kubeloop.drift.backends import DriftConfigError, parse_detector_config
-from kubeloop.drift.detectors import (
+from kubeloop.drift.checks import (
     OTHER_CODE,
     FeatureDriftCheck,
     FeatureEncoder,
-    corrected_threshold,
     matched_sample,
     strata_of,
 )
+from kubeloop.drift.detectors import corrected_threshold
 from kubeloop.errors import MissingExtraError
 from kubeloop.training.transform import CATEGORICAL_INPUTS, model_input_columns
 

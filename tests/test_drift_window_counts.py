@@ -7,7 +7,8 @@ import pytest
 from test_drift_detectors import feed, make_frame, scores_of, small_config
 
 from kubeloop.drift import DriftMonitor
-from kubeloop.drift.detectors import FeatureDriftCheck, Reference
+from kubeloop.drift.checks import FeatureDriftCheck
+from kubeloop.drift.reference import Reference
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ InferenceService, so ``kubectl describe inferenceservice ctr``, ``kubectl get ev
         "serving.kserve.io", "v1beta1", "kubeloop", "inferenceservices", "ctr")
     post_alert_event(core_api, "kubeloop", alert_event(alert, isvc))
 
-``alert`` is the one alert model, :class:`kubeloop.drift.alerts.Alert`, that the monitor raises
+``alert`` is the one alert model, :class:`kubeloop.alert.Alert`, that the monitor raises
 and the alert store keeps (a mapping is validated as one; unknown keys are refused, so a
 misspelt field fails loudly instead of vanishing). The Event:
 
@@ -37,8 +37,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kubeloop.alert import Alert
 from kubeloop.cluster.isvc import API_VERSION, KIND, api_error
-from kubeloop.drift.alerts import Alert
 from kubeloop.errors import KubeloopError
 
 REASON = "DriftDetected"
@@ -50,7 +50,7 @@ _MAX_FEATURES_SHOWN = 8
 
 
 class DriftAlertError(KubeloopError):
-    """An alert mapping that is not a valid `kubeloop.drift.alerts.Alert`."""
+    """An alert mapping that is not a valid `kubeloop.alert.Alert`."""
 
 
 def _coerce(alert: Mapping[str, Any] | Alert) -> Alert:

@@ -7,9 +7,10 @@
     monitor.observe(instances, predictions, request_id=rid, variant="canary", event_time=t)
     monitor.add_labels({rid: 1})
 
-Modules: `detectors` (the `DriftDetector` interface, alibi-detect and scipy
-implementations, the feature / prediction / performance checks), `backends` (short name
--> config and class), `windows` (tumbling count/time windows), `state` (the SQLite state
+Modules, in alibi-detect's shape: `detectors` (the front: the `DriftDetector` interface,
+one module per backend, `alibi` and `scipy`), `checks` (the feature / prediction /
+performance checks), `reference` (what traffic is compared with), `config` (the backends'
+and the monitor's configs), `backends` (short name -> config and class), `windows` (tumbling count/time windows), `state` (the SQLite state
 file), `monitor` (`DriftMonitor`), `alerts` (the `Alert` record and the SQLite/PostgreSQL
 stores), `events` (KServe logger CloudEvents). The HTTP service is `service` (`python -m kubeloop.drift.service`).
 
@@ -30,30 +31,27 @@ from kubeloop.drift.alerts import (
     open_alert_store,
 )
 from kubeloop.drift.backends import (
-    AlibiDetectorConfig,
     PostgresAlertStoreConfig,
-    ScipyDetectorConfig,
     SQLiteAlertStoreConfig,
     make_alert_store,
     make_detector,
 )
+from kubeloop.drift.checks import CheckResult
+from kubeloop.drift.config import (
+    AlibiDetectorConfig,
+    MonitorConfig,
+    PerformanceConfig,
+    ScipyDetectorConfig,
+)
 from kubeloop.drift.detectors import (
     AlibiDriftDetector,
-    CheckResult,
     DriftDetector,
     DriftError,
-    Reference,
     ScipyDriftDetector,
 )
 from kubeloop.drift.events import BadEventError, InferenceEvent, parse_event
-from kubeloop.drift.monitor import (
-    DriftMonitor,
-    IngestResult,
-    LabelResult,
-    MonitorConfig,
-    PerformanceConfig,
-    WindowEvaluation,
-)
+from kubeloop.drift.monitor import DriftMonitor, IngestResult, LabelResult, WindowEvaluation
+from kubeloop.drift.reference import Reference
 from kubeloop.drift.windows import WindowConfig
 
 __all__ = [

@@ -1,11 +1,6 @@
-"""Drift alerts: the record every detector raises, and where alerts are kept.
+"""Where drift alerts are kept: the alert stores, and `--since` as they read it.
 
-An `Alert` says what was found (detector, statistic, p-value against its threshold, the
-drifted features), on which traffic (model, version, variant, and the serving revision: the
-Knative revision in a cluster) and on which window of events (event-time start and end,
-number of events). Its `id` is derived from the model,
-version, variant, detector and window, so evaluating the same window twice (a restart
-between writing the alert and committing the window) stores it once.
+The alert itself is `kubeloop.alert.Alert` (the one model, also imported from here).
 
 Stores implement `AlertStore` (`add`, `list`, `count`):
 
@@ -20,7 +15,6 @@ Stores implement `AlertStore` (`add`, `list`, `count`):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -29,94 +23,30 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
-
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import TYPE_CHECKING, Any, Self
 
 from kubeloop import duration
+
+# Alert, AlertWindow and DETECTORS are imported from here by the store's callers too.
+from kubeloop.alert import (  # noqa: F401
+    DETECTORS,
+    Alert,
+    AlertWindow,
+    DetectorKind,
+    Severity,
+    iso_utc,
+    utc,
+)
 from kubeloop.errors import KubeloopError
 
 if TYPE_CHECKING:
     from kubeloop.drift.backends import PostgresAlertStoreConfig, SQLiteAlertStoreConfig
 
-DetectorKind = Literal["feature", "prediction", "performance"]
-Severity = Literal["warning", "critical"]
-DETECTORS: tuple[str, ...] = ("feature", "prediction", "performance")
-
 
 class AlertStoreError(KubeloopError):
     """The alert store cannot be opened, written or read."""
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _iso(value: datetime) -> str:
-    # Fixed width (microseconds, +00:00), so the text sorts like the instant it names.
-    return _utc(value).isoformat(timespec="microseconds")
-
-
-class AlertWindow(BaseModel):
-    """The window of events a detection was made on (event time)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    start: datetime
-    end: datetime
-    n: int = Field(ge=0, description="events (or labelled events) in the window")
-    index: int = Field(0, ge=0, description="0-based number of the window for its key")
-
-    @field_validator("start", "end")
-    @classmethod
-    def _as_utc(cls, value: datetime) -> datetime:
-        return _utc(value)
-
-
-class Alert(BaseModel):
-    """One detection.
-
-    `statistic` is the test statistic of the strongest finding (KS distance or chi-square
-    for the feature detector, KS distance for predictions, the calibration ratio or the
-    normalized entropy for performance); `p_value` its p-value and `threshold` the bar it
-    fell below (after the multiple-testing correction). `features` names the drifted
-    features (feature detector) or the failed metrics (performance detector). `details`
-    holds everything else the detector computed (per-feature p-values, bounds, ...).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    time: datetime = Field(description="when the alert was raised (wall clock, UTC)")
-    model: str
-    version: str
-    variant: str
-    revision: str | None = Field(
-        None, description="revision that served the window (Knative revision in a cluster)"
-    )
-    detector: DetectorKind
-    statistic: float
-    p_value: float
-    threshold: float
-    features: list[str] = Field(default_factory=list)
-    window: AlertWindow
-    severity: Severity = "warning"
-    details: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("time")
-    @classmethod
-    def _time_utc(cls, value: datetime) -> datetime:
-        return _utc(value)
-
-    @staticmethod
-    def make_id(
-        model: str, version: str, variant: str, detector: str, window_index: int, start: datetime
-    ) -> str:
-        """Deterministic id of the alert of one detector on one window of one key."""
-        text = "|".join([model, version, variant, detector, str(window_index), _iso(start)])
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def parse_since(value: str | datetime | timedelta | None, *, now: datetime | None = None):
@@ -274,10 +204,10 @@ class SQLiteAlertStore(AlertStore):
 
     def _row(self, alert: Alert) -> tuple:
         return (
-            alert.id, _iso(alert.time), alert.model, alert.version, alert.variant,
+            alert.id, iso_utc(alert.time), alert.model, alert.version, alert.variant,
             alert.detector, _finite(alert.statistic), _finite(alert.p_value),
-            _finite(alert.threshold), json.dumps(alert.features), _iso(alert.window.start),
-            _iso(alert.window.end), alert.window.n, alert.window.index, alert.severity,
+            _finite(alert.threshold), json.dumps(alert.features), iso_utc(alert.window.start),
+            iso_utc(alert.window.end), alert.window.n, alert.window.index, alert.severity,
             json.dumps(_json_safe(alert.details), allow_nan=False), alert.revision,
         )  # fmt: skip
 
@@ -289,7 +219,7 @@ class SQLiteAlertStore(AlertStore):
         return cursor.rowcount == 1
 
     def list(self, since=None, model=None, variant=None, detector=None, limit=None) -> list[Alert]:
-        where, args = _filters(since, model, variant, detector, "?", _iso)
+        where, args = _filters(since, model, variant, detector, "?", iso_utc)
         sql = f"SELECT {', '.join(_COLUMNS)} FROM alerts{where} ORDER BY time DESC, id"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
@@ -298,7 +228,7 @@ class SQLiteAlertStore(AlertStore):
         return [_from_row(r, json_columns=True) for r in reversed(rows)]
 
     def count(self, since=None, model=None, variant=None, detector=None) -> int:
-        where, args = _filters(since, model, variant, detector, "?", _iso)
+        where, args = _filters(since, model, variant, detector, "?", iso_utc)
         with self._lock:
             row = self._retry(
                 lambda: self._conn.execute(f"SELECT COUNT(*) FROM alerts{where}", args).fetchone()

@@ -2,7 +2,7 @@
 
 Each backend is a pydantic `<Name>Config` (unknown keys refused, a `Literal` `type` field)
 plus the dotted path of the class that takes it, imported only when built, so choosing
-the scipy detector never imports alibi-detect (BSL 1.1; see `kubeloop.drift.detectors`):
+the scipy detector never imports alibi-detect (BSL 1.1; see `kubeloop.drift.detectors.alibi`); the configs are in `kubeloop.drift.config`:
 
     detector:     alibi (default) | scipy
     alert store:  sqlite (default) | postgres
@@ -21,48 +21,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from kubeloop.drift.config import AlibiDetectorConfig, DetectorConfig, ScipyDetectorConfig
 from kubeloop.errors import KubeloopError
 
 
 class DriftConfigError(KubeloopError, ValueError):
     """A drift detector or alert store configuration is invalid."""
-
-
-Correction = Literal["bonferroni", "fdr"]
-
-
-class _DetectorConfigBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    p_val: float = Field(
-        1e-4,
-        gt=0.0,
-        lt=1.0,
-        description=(
-            "family-wise significance of one window's tests (for fdr: the q-value); a "
-            "feature drifts when its p-value is below the corrected threshold"
-        ),
-    )
-    correction: Correction = Field(
-        "bonferroni", description="multiple-testing correction over the features: bonferroni or fdr"
-    )
-
-
-class AlibiDetectorConfig(_DetectorConfigBase):
-    """alibi-detect's TabularDrift (KS for numeric, chi-square for categorical columns) and
-    KSDrift. Business Source License 1.1 since alibi-detect 0.11.5."""
-
-    type: Literal["alibi"] = "alibi"
-
-
-class ScipyDetectorConfig(_DetectorConfigBase):
-    """The same tests (two-sample KS, chi-square contingency) straight from scipy, with the
-    same corrections: a drop-in for users who cannot take a BSL dependency."""
-
-    type: Literal["scipy"] = "scipy"
-
-
-DetectorConfig = Annotated[AlibiDetectorConfig | ScipyDetectorConfig, Field(discriminator="type")]
 
 
 class SQLiteAlertStoreConfig(BaseModel):
@@ -91,8 +55,8 @@ AlertStoreConfig = Annotated[
 ]
 
 _DETECTORS: dict[str, tuple[type[BaseModel], str]] = {
-    "alibi": (AlibiDetectorConfig, "kubeloop.drift.detectors.AlibiDriftDetector"),
-    "scipy": (ScipyDetectorConfig, "kubeloop.drift.detectors.ScipyDriftDetector"),
+    "alibi": (AlibiDetectorConfig, "kubeloop.drift.detectors.alibi.AlibiDriftDetector"),
+    "scipy": (ScipyDetectorConfig, "kubeloop.drift.detectors.scipy.ScipyDriftDetector"),
 }
 _ALERT_STORES: dict[str, tuple[type[BaseModel], str]] = {
     "sqlite": (SQLiteAlertStoreConfig, "kubeloop.drift.alerts.SQLiteAlertStore"),

@@ -20,7 +20,8 @@ from ce-modelversion or the response body's model_version when present, else
 and "unknown" for any other variant. The revision last seen on a key (read off ce-source
 in a cluster) is put on that key's alerts.
 
-Per key and window (`kubeloop.drift.windows`), three detectors (`kubeloop.drift.detectors`):
+Per key and window (`kubeloop.drift.windows`), three checks (`kubeloop.drift.checks`, each
+on a `kubeloop.drift.detectors` backend):
 
 * feature   model inputs vs the reference sample (KS / chi-square, corrected);
 * prediction served scores vs the reference sample's scores (KS). The reference scores are
@@ -77,139 +78,28 @@ from typing import Any, Self
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from kubeloop.drift.alerts import DETECTORS, Alert, AlertStore, AlertWindow
-from kubeloop.drift.backends import AlibiDetectorConfig, DetectorConfig, make_detector
-from kubeloop.drift.detectors import (
+from kubeloop.alert import DETECTORS, Alert, AlertWindow
+from kubeloop.drift.alerts import AlertStore
+from kubeloop.drift.backends import make_detector
+from kubeloop.drift.checks import (
     CheckResult,
-    DriftError,
     FeatureDriftCheck,
     PerformanceCheck,
     PredictionDriftCheck,
-    Reference,
     strata_of,
 )
+from kubeloop.drift.config import MonitorConfig
+from kubeloop.drift.detectors.base import DriftError
 from kubeloop.drift.events import BadEventError, InferenceEvent
+from kubeloop.drift.reference import Reference
 from kubeloop.drift.state import Key, StateStore, key_text
-from kubeloop.drift.windows import ClosedWindow, TumblingWindows, WindowConfig
+from kubeloop.drift.windows import ClosedWindow, TumblingWindows
 
 log = logging.getLogger(__name__)
 
 SERVE = "serve"
 LABELS = "labels"
-
-
-def _default_categorical() -> list[str]:
-    from kubeloop.training.transform import CATEGORICAL_INPUTS
-
-    return list(CATEGORICAL_INPUTS)
-
-
-# Per-window significance of the feature and prediction tests (see the module docstring).
-DEFAULT_P_VALS = {"feature_detector": 1e-6, "prediction_detector": 1e-4}
-
-
-class PerformanceConfig(BaseModel):
-    """Performance drift on labelled predictions."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    window: WindowConfig = Field(
-        default_factory=lambda: WindowConfig(
-            max_events=10_000, max_seconds=86_400.0, min_events=1000
-        ),
-        description=(
-            "windows of labelled predictions; larger than the serving windows because a "
-            "click rate of ~5% needs thousands of events to be estimated to a few percent"
-        ),
-    )
-    calibration_bounds: tuple[float, float] = Field(
-        (0.85, 1.15), description="allowed mean prediction / observed click rate"
-    )
-    max_ne_increase: float = Field(
-        0.04, gt=0, description="allowed rise of normalized entropy over the reference's"
-    )
-    p_val: float = Field(
-        0.01,
-        gt=0,
-        lt=1,
-        description="a metric out of bounds must also be significant at this level",
-    )
-
-    @property
-    def min_events(self) -> int:
-        return self.window.min_events
-
-    @field_validator("calibration_bounds")
-    @classmethod
-    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < value[0] < value[1]:
-            raise ValueError(f"calibration_bounds {value} must satisfy 0 < low < high")
-        return value
-
-
-class MonitorConfig(BaseModel):
-    """Everything the monitor decides with. Unknown keys are refused."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    window: WindowConfig = Field(default_factory=WindowConfig)
-    feature_detector: DetectorConfig = Field(
-        default_factory=lambda: AlibiDetectorConfig(p_val=DEFAULT_P_VALS["feature_detector"])
-    )
-    prediction_detector: DetectorConfig = Field(
-        default_factory=lambda: AlibiDetectorConfig(p_val=DEFAULT_P_VALS["prediction_detector"])
-    )
-    performance: PerformanceConfig = Field(default_factory=PerformanceConfig)
-    categorical: list[str] = Field(
-        default_factory=_default_categorical,
-        description="categorical model inputs (chi-square); every other input is numeric (KS)",
-    )
-    exclude_features: list[str] = Field(
-        default_factory=lambda: ["hour", "weekday"],
-        description=(
-            "inputs not tested: calendar context differs between any window and a "
-            "reference of whole days by construction"
-        ),
-    )
-    stratify_by: str | None = Field(
-        "hour", description="reference rows are matched to each window's mix of this column"
-    )
-    min_category_count: int = Field(
-        5, ge=1, description="rarer reference categories share the 'other' code with unseen ones"
-    )
-    learned_reference_per_stratum: int = Field(
-        200, ge=10, description="reference scores learned per stratum when the model is absent"
-    )
-    variant_versions: dict[str, str] = Field(
-        default_factory=dict,
-        description="version of a variant's model when events do not carry ce-modelversion",
-    )
-    # Both caps bound the state file (the detector's /tmp is a 256Mi emptyDir): ~1.5 kB
-    # per pending half, ~100 B per awaiting prediction. The oldest go first.
-    max_pending: int = Field(10_000, ge=1, description="unpaired CloudEvent halves kept")
-    max_awaiting_labels: int = Field(
-        500_000, ge=1, description="served predictions kept waiting for their label"
-    )
-    alert_cooldown_seconds: float = Field(
-        0.0,
-        ge=0,
-        description="event time after an alert during which the same key and detector stay quiet",
-    )
-    critical_factor: float = Field(
-        1e-3, gt=0, le=1, description="p-value below threshold x this factor: severity critical"
-    )
-    seed: int = Field(0, description="seed of the reference subsampling (with the window index)")
-
-    @field_validator("feature_detector", "prediction_detector", mode="before")
-    @classmethod
-    def _monitor_defaults(cls, value: Any, info: Any) -> Any:
-        # {"type": "scipy"} swaps the backend, not the thresholds: keep the monitor's
-        # (and a bare {"p_val": ...} keeps the default backend).
-        if isinstance(value, Mapping):
-            value = {"type": "alibi", "p_val": DEFAULT_P_VALS[info.field_name], **value}
-        return value
 
 
 @dataclass

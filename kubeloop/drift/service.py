@@ -485,8 +485,9 @@ def _load_config(path: Path | None) -> dict[str, Any]:
 def build_from_args(args: argparse.Namespace):
     """The monitor, app and (optional) Kubernetes poster that `args` describe."""
     from kubeloop.drift.alerts import open_alert_store
-    from kubeloop.drift.detectors import Reference
-    from kubeloop.drift.monitor import DriftMonitor, MonitorConfig
+    from kubeloop.drift.config import MonitorConfig
+    from kubeloop.drift.monitor import DriftMonitor
+    from kubeloop.drift.reference import Reference
 
     data = _load_config(args.config)
     if args.backend:

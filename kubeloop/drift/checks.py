@@ -1,17 +1,4 @@
-"""Statistical drift detectors and the three checks built on them.
-
-The interface, `DriftDetector`, is deliberately small: given a reference matrix, a window
-matrix and which columns are categorical, run one univariate two-sample test per column
-(Kolmogorov-Smirnov for numeric columns, chi-square on the contingency table for
-categorical ones) and correct for testing several columns at once (Bonferroni, or the
-Benjamini-Hochberg false discovery rate). Two implementations:
-
-* `AlibiDriftDetector` (`type: alibi`, the default): alibi-detect's `TabularDrift`
-  (`KSDrift` for a single numeric column). alibi-detect is under the Business Source
-  License 1.1 since 0.11.5, so it is imported only when this detector is built, and a
-  user who cannot accept that licence swaps it for
-* `ScipyDriftDetector` (`type: scipy`): the same tests straight from scipy, with the same
-  corrections and the same decision rule; the tests check that both agree.
+"""The three drift checks: traffic in, the matrices a `DriftDetector` tests, a `CheckResult` out.
 
 The checks turn traffic into those matrices:
 
@@ -40,278 +27,19 @@ lake this removes the daily-cycle false alarms; `stratify_by=None` turns it off.
 
 from __future__ import annotations
 
-import logging
 import math
-from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from kubeloop.errors import KubeloopError, MissingExtraError
+from kubeloop.drift.detectors.base import DriftDetector, DriftError
 from kubeloop.training.transform import category_key as model_category_key
-
-log = logging.getLogger(__name__)
 
 OTHER_CODE = 0
 MISSING_CATEGORY = "<missing>"
-
-
-class DriftError(KubeloopError):
-    """A drift check cannot run: bad reference, missing columns, unusable configuration."""
-
-
-# -- the detector interface ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TestResult:
-    """Outcome of one batch of univariate tests.
-
-    `p_values[i]` and `statistics[i]` belong to column i (KS distance for numeric columns,
-    the chi-square statistic for categorical ones). `threshold` is the corrected bar: a
-    column drifted when its p-value is below it (`drifted`); `is_drift` when any did.
-    """
-
-    __test__: ClassVar[bool] = False  # not a pytest test class
-
-    p_values: np.ndarray
-    statistics: np.ndarray
-    threshold: float
-    drifted: np.ndarray
-    is_drift: bool
-
-
-def corrected_threshold(p_values: np.ndarray, p_val: float, correction: str) -> float:
-    """The per-column p-value bar of a batch of tests.
-
-    bonferroni: `p_val / n`. fdr (Benjamini-Hochberg, strict inequality as alibi-detect):
-    `p_val * k / n` for the largest k whose k-th smallest p-value is below it, else
-    `p_val / n` (the bar the smallest p-value missed).
-    """
-    p = np.asarray(p_values, dtype=float)
-    n = max(len(p), 1)
-    if correction == "bonferroni" or n == 1:
-        return p_val / n
-    if correction != "fdr":
-        raise DriftError(f"unknown correction {correction!r}: use bonferroni or fdr")
-    ranks = np.arange(1, n + 1)
-    bars = p_val * ranks / n
-    below = np.sort(p) < bars
-    return float(bars[np.nonzero(below)[0].max()]) if below.any() else p_val / n
-
-
-class DriftDetector(ABC):
-    """Univariate two-sample tests per column with a multiple-testing correction.
-
-    Subclasses take their pydantic config (`kubeloop.drift.backends`) and implement
-    `_scores`; the correction and the decision are shared, so every implementation
-    decides the same way on the same p-values.
-    """
-
-    name: ClassVar[str] = "abstract"
-
-    def __init__(self, config: Any = None):
-        from kubeloop.drift.backends import parse_detector_config
-
-        if config is None:
-            config = {"type": self.name}
-        self.config = parse_detector_config(config)
-        self.p_val = float(self.config.p_val)
-        self.correction = str(self.config.correction)
-
-    @abstractmethod
-    def _scores(
-        self, x_ref: np.ndarray, x: np.ndarray, categorical: Sequence[int]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """p-values and statistics per column."""
-
-    def test(self, x_ref: np.ndarray, x: np.ndarray, categorical: Sequence[int] = ()) -> TestResult:
-        """Test every column of `x` (window) against the same column of `x_ref`.
-
-        Both are 2-D float arrays with the same columns; categorical columns hold integer
-        codes. Raises DriftError on empty input or mismatched shapes.
-        """
-        x_ref = np.asarray(x_ref, dtype=np.float64)
-        x = np.asarray(x, dtype=np.float64)
-        if x_ref.ndim == 1:
-            x_ref = x_ref.reshape(-1, 1)
-        if x.ndim == 1:
-            x = x.reshape(-1, 1)
-        if x_ref.shape[1] != x.shape[1]:
-            raise DriftError(f"reference has {x_ref.shape[1]} columns, window {x.shape[1]}")
-        if len(x_ref) == 0 or len(x) == 0:
-            raise DriftError("cannot test an empty reference or window")
-        p, stat = self._scores(x_ref, x, list(categorical))
-        p = np.asarray(p, dtype=np.float64)
-        threshold = corrected_threshold(p, self.p_val, self.correction)
-        drifted = p < threshold
-        return TestResult(
-            p, np.asarray(stat, dtype=np.float64), threshold, drifted, bool(drifted.any())
-        )
-
-
-def _alibi_cd():
-    try:
-        from alibi_detect import cd
-    except ImportError as exc:
-        raise MissingExtraError(
-            "alibi_detect",
-            "the alibi drift detector (or choose the scipy detector: type: scipy)",
-            "alibi-detect==0.13.0",
-        ) from exc
-    return cd
-
-
-class AlibiDriftDetector(DriftDetector):
-    """alibi-detect TabularDrift / KSDrift behind the `DriftDetector` interface."""
-
-    name = "alibi"
-
-    def __init__(self, config: Any = None):
-        super().__init__(config)
-        self._cd = _alibi_cd()  # fail at construction, not at the first window
-
-    def _scores(self, x_ref, x, categorical):
-        if x_ref.shape[1] == 1 and not categorical:
-            det = self._cd.KSDrift(
-                x_ref, p_val=self.p_val, correction=self.correction, x_ref_preprocessed=True
-            )
-        else:
-            # {column: None}: the categories are those present in the (matched) reference;
-            # alibi adds the window's own categories to the contingency table itself.
-            det = self._cd.TabularDrift(
-                x_ref,
-                p_val=self.p_val,
-                categories_per_feature={int(i): None for i in categorical},
-                correction=self.correction,
-                x_ref_preprocessed=True,
-            )
-        out = det.predict(x, drift_type="batch", return_p_val=True, return_distance=True)
-        return out["data"]["p_val"], out["data"]["distance"]
-
-
-class ScipyDriftDetector(DriftDetector):
-    """The same tests with scipy only (no alibi-detect)."""
-
-    name = "scipy"
-
-    def _scores(self, x_ref, x, categorical):
-        from scipy.stats import chi2_contingency, ks_2samp
-
-        cats = set(categorical)
-        p = np.ones(x.shape[1])
-        stat = np.zeros(x.shape[1])
-        for j in range(x.shape[1]):
-            if j in cats:
-                values = np.union1d(np.unique(x_ref[:, j]), np.unique(x[:, j]))
-                table = np.vstack(
-                    [
-                        [(x_ref[:, j] == v).sum() for v in values],
-                        [(x[:, j] == v).sum() for v in values],
-                    ]
-                )
-                stat[j], p[j] = chi2_contingency(table)[:2]
-            else:
-                res = ks_2samp(x_ref[:, j], x[:, j], alternative="two-sided", method="asymp")
-                stat[j], p[j] = res.statistic, res.pvalue
-        return p, stat
-
-
-# -- the reference ------------------------------------------------------------------------
-
-
-@dataclass
-class Reference:
-    """What one model version's traffic is compared with.
-
-    `features` is the registered reference sample (model input columns), `predictions`
-    the model's scores on it (None when the model could not be loaded: the monitor then
-    learns reference scores from the first served windows), `metrics` the version's
-    evaluation metrics (log_loss, normalized_entropy, calibration_ratio, base_rate, ...).
-    """
-
-    model: str
-    version: str
-    features: pd.DataFrame
-    predictions: np.ndarray | None = None
-    metrics: dict[str, float | None] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if len(self.features) == 0:
-            raise DriftError(f"the reference sample of {self.model}:{self.version} is empty")
-        if self.predictions is not None:
-            self.predictions = np.asarray(self.predictions, dtype=np.float64).reshape(-1)
-            if len(self.predictions) != len(self.features):
-                raise DriftError(
-                    f"{len(self.predictions)} reference predictions for "
-                    f"{len(self.features)} reference rows"
-                )
-
-    @classmethod
-    def from_dir(cls, path: str | Path, *, score: bool = True) -> Reference:
-        """Read an exported version directory (kubeloop.registry.export): metadata.json
-        and reference.parquet; with `score`, load the model files beside them and score
-        the reference sample (falling back to no predictions, with a warning)."""
-        from kubeloop.registry.base import ModelVersion
-        from kubeloop.registry.export import METADATA_FILE, REFERENCE_FILE
-
-        root = Path(path)
-        meta_path, ref_path = root / METADATA_FILE, root / REFERENCE_FILE
-        for needed in (meta_path, ref_path):
-            if not needed.is_file():
-                raise DriftError(
-                    f"{needed} is missing: the reference directory must be an exported model "
-                    "version (kubeloop models export) with a reference sample"
-                )
-        try:
-            record = ModelVersion.model_validate_json(meta_path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise DriftError(f"{meta_path} is not a model version record: {exc}") from exc
-        features = pd.read_parquet(ref_path)
-        missing = [c for c in record.features if c not in features.columns]
-        if missing:
-            raise DriftError(f"{ref_path} lacks the model's features {missing}")
-        features = features[list(record.features)]
-        predictions = score_reference(features, root) if score else None
-        return cls(record.name, record.version, features, predictions, dict(record.metrics))
-
-    @classmethod
-    def from_registry(
-        cls, registry: Any, name: str, version: str | None = None, *, score: bool = True
-    ) -> Reference:
-        """The reference of a registered version (`registry` is a `ModelRegistry`)."""
-        record = registry.get(name, version)
-        features = registry.reference(name, record.version)
-        features = features[[c for c in record.features if c in features.columns]]
-        model_dir = registry.model_path(name, record.version)
-        predictions = score_reference(features, model_dir) if score else None
-        return cls(record.name, record.version, features, predictions, dict(record.metrics))
-
-
-def score_reference(features: pd.DataFrame, model_dir: str | Path) -> np.ndarray | None:
-    """The model's scores on the reference sample, or None (logged) when the model in
-    `model_dir` cannot be loaded or scored."""
-    try:
-        from kubeloop.training.artifacts import load_model
-
-        model = load_model(model_dir)
-        scores = np.asarray(model.predict_proba(features), dtype=np.float64).reshape(-1)
-    except Exception as exc:  # noqa: BLE001 - any failure means: learn the reference online
-        log.warning(
-            "cannot score the reference sample with the model in %s (%s); reference "
-            "predictions will be learned from the first served windows",
-            model_dir,
-            exc,
-        )
-        return None
-    return scores
-
-
-# -- encoding and matching ----------------------------------------------------------------
 
 
 def category_key(value: Any) -> str:
@@ -416,9 +144,6 @@ def matched_sample(
             parts.append(rng.choice(groups[s], size=take, replace=False))
     picked = np.sort(np.concatenate(parts)) if parts else np.array([], dtype=int)
     return picked if len(picked) >= min_rows else None
-
-
-# -- the checks ---------------------------------------------------------------------------
 
 
 @dataclass
