@@ -25,7 +25,7 @@ import logging
 from datetime import UTC
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from kubeloop.data.generator import GeneratorConfig
 from kubeloop.drift.stage import DriftStageConfig
@@ -54,6 +54,18 @@ class DemoConfig(BaseModel):
     train_until_day: int | None = Field(
         9, ge=2, description="the first training uses days before this one; None = every day"
     )
+
+    @field_validator("train_config", "gate_config")
+    @classmethod
+    def _typed(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Kept as the dicts given (stages merge keys into them), but validated now, so a
+        # typo (a misspelt model kind or setting) fails before the lake is generated.
+        from kubeloop.evaluation.gate import GateConfig
+        from kubeloop.training.config import TrainingConfig
+
+        typed = TrainingConfig if info.field_name == "train_config" else GateConfig
+        typed.model_validate(value)
+        return value
 
     def day_start(self, day: int):
         """Midnight (UTC) starting day `day` of the lake."""

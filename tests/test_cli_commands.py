@@ -290,6 +290,11 @@ BAD_INPUT = [
 ]  # fmt: skip
 
 
+def test_models_kinds_lists_the_ladder() -> None:
+    rows = json.loads(assert_ok(kubeloop("models", "kinds", "--json")))
+    assert [(r["kind"], r["rank"]) for r in rows] == [("logistic", 0), ("lightgbm", 1), ("torch", 2)]
+
+
 @pytest.mark.parametrize(
     ("args", "needles"),
     BAD_INPUT,
@@ -389,6 +394,9 @@ def test_demo_runs_every_stage_and_writes_the_report(demo_run) -> None:
     assert report["data"]["events"] == 12_000 and report["data"]["partitions"] == 6
     assert report["features"]["training_rows"] > 0
     assert report["training"]["champion"] in report["training"]["models"]
+    # the model ladder: logistic regression (rank 0) beside LightGBM and PyTorch
+    ranks = {kind: m["rank"] for kind, m in report["training"]["models"].items()}
+    assert ranks == {"logistic": 0, "lightgbm": 1, "torch": 2}
     assert report["registry"]["version"] == "v0001"
     serving = report["serving"]
     assert serving["primary_version"] == "v0001" and serving["requests"]["errors"] == 0

@@ -131,6 +131,10 @@ def test_ladder_keeps_the_simplest_model_not_beaten_by_the_margin():
         r.startswith("logistic (rank 0) kept: lightgbm beats it by 0.00040 NE < margin 0.005")
         for r in decision.reasons
     )
+    worse = choose_champion({"logistic": report(0.90), "lightgbm": report(0.95)}, CFG)
+    assert "logistic (rank 0) kept: lightgbm does not beat it (NE 0.95000 vs 0.90000)." in (
+        worse.reasons
+    )
     # the top rung wins only by beating the champion below it, not the bottom rung
     climb = {"logistic": report(0.900), "lightgbm": report(0.890), "torch": report(0.887)}
     assert choose_champion(climb, CFG).champion == "lightgbm"

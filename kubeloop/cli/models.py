@@ -1,4 +1,5 @@
-"""`kubeloop models ...`: list, show, promote and export registered model versions."""
+"""`kubeloop models ...`: list, show, promote and export registered model versions, and
+list the registered model kinds."""
 
 from __future__ import annotations
 
@@ -171,3 +172,19 @@ def export(
 
     written = export_version_of(_open(registry), name, version, dest, overwrite=overwrite)
     typer.echo(written)
+
+
+@app.command()
+def kinds(as_json: JsonOption = False) -> None:
+    """List the registered model kinds (the plug-in table), simplest first: the ladder."""
+    from kubeloop.training.model_kind import model_kinds
+
+    rows = [
+        {"kind": s.name, "rank": s.rank, "weights_file": s.weights_file, "about": s.description}
+        for s in model_kinds()
+    ]
+    if as_json:
+        _echo_json(rows)
+        return
+    for row in rows:
+        typer.echo(f"{row['rank']}  {row['kind']:<10} {row['weights_file']:<14} {row['about']}")

@@ -144,10 +144,15 @@ def choose_champion(
                 f">= margin {cfg.ladder_margin} (NE {ne_kind:.5f} vs {ne_champ:.5f})."
             )
             champion = kind
-        else:
+        elif gain > 0:
             reasons.append(
                 f"{rung(champion)} kept: {kind} beats it by {gain:.5f} NE < margin "
                 f"{cfg.ladder_margin} (NE {ne_kind:.5f} vs {ne_champ:.5f})."
+            )
+        else:
+            reasons.append(
+                f"{rung(champion)} kept: {kind} does not beat it "
+                f"(NE {ne_kind:.5f} vs {ne_champ:.5f})."
             )
     if len(eligible) == 1:
         reasons.append(f"{rung(champion)} is the only eligible candidate.")
