@@ -267,3 +267,42 @@ def now_utc() -> str:
     from datetime import UTC, datetime
 
     return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def log(message: str) -> None:
+    """A progress line on stderr, stamped with the wall-clock time (stdout is the report)."""
+    from datetime import datetime
+
+    stamp = datetime.now().strftime("%H:%M:%S")
+    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so a stopped bench unwinds through its finally blocks
+    (servers stopped, run_fresh children ended, temporary directories removed)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
+
+
+def publish(text: str, out: Any) -> None:
+    """Print a bench's rendered markdown and write it to `out`."""
+    from pathlib import Path
+
+    out = Path(out)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    log(f"wrote {out}")

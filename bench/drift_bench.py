@@ -48,7 +48,6 @@ import multiprocessing
 import os
 import resource
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -60,10 +59,13 @@ from typing import Any, Self
 
 from _util import (
     conditions,
+    exit_on_sigterm,
     fmt_int,
     fmt_ratio,
     load_average,
     load_averages,
+    log,
+    machine_busy_s,
     machine_facts,
     markdown_table,
     now_utc,
@@ -92,21 +94,9 @@ SERVE_DETECTORS = ("feature", "prediction")
 JSON_HEADERS = {"content-type": "application/json"}
 
 
-def log(message: str) -> None:
-    stamp = datetime.now().strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
-
-
 # --- CPU accounting ---------------------------------------------------------------------
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    return (sum(fields) - fields[3] - fields[4]) / CLK_TCK  # minus idle and iowait
 
 
 def pid_cpu_s(pid: int | None) -> float:
@@ -1439,10 +1429,6 @@ def report_serving(res: dict[str, Any], args, figures: dict[str, Any]) -> list[s
 # --- main --------------------------------------------------------------------------------
 
 
-def _terminate(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
@@ -1511,7 +1497,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     started = time.perf_counter()
     load_before = load_average()
     started_at = now_utc()

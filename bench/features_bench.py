@@ -28,23 +28,24 @@ import argparse
 import json
 import random
 import shutil
-import signal
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 from _util import (
     conditions,
     conditions_lines,
+    exit_on_sigterm,
     fmt_int,
     fmt_ratio,
     load_averages,
+    log,
     markdown_table,
     now_utc,
     peak_rss_mib,
     percentile,
+    publish,
     run_fresh,
     write_json,
 )
@@ -217,11 +218,6 @@ def population(events: int) -> tuple[int, int]:
     users = max(fields["users"].default, events // EVENTS_PER_USER)
     ads = max(fields["ads"].default, events // EVENTS_PER_AD)
     return users, ads
-
-
-def log(message: str) -> None:
-    stamp = datetime.now().strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
 
 
 def run_throughput(sizes: list[int], lookup_size: int, tmp: Path) -> tuple[list[dict], Path]:
@@ -439,11 +435,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum, frame):
-    # SystemExit unwinds through run_fresh (which stops its child) and the temp dir's cleanup.
-    raise SystemExit(128 + signum)
-
-
 def run_mode(args: argparse.Namespace) -> str:
     """full (the default sizes), quick, or reduced (other sizes), as the JSON records it."""
     if args.quick:
@@ -499,17 +490,13 @@ def measure(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     if args.render:
         doc = json.loads(args.render.read_text())
     else:
         doc = write_json(args.json, measure(args))
         log(f"wrote {args.json}")
-    text = render(doc)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    log(f"wrote {args.out}")
+    publish(render(doc), args.out)
     return 0
 
 

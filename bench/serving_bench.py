@@ -69,19 +69,22 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from _util import (
     conditions,
     conditions_lines,
+    exit_on_sigterm,
     fmt_int,
     fmt_ratio,
     load_averages,
+    log,
+    machine_busy_s,
     markdown_table,
     now_utc,
     percentile,
+    publish,
     run_fresh,
     write_json,
 )
@@ -104,22 +107,9 @@ CHECK_TOLERANCE = 1e-12
 OMP_ENV = "OMP_NUM_THREADS"
 
 
-def log(message: str) -> None:
-    stamp = datetime.now().strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
-
-
 # --- CPU accounting ---------------------------------------------------------------------
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields) - idle) / CLK_TCK
 
 
 def own_cpu_s() -> float:
@@ -981,11 +971,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum, frame):
-    # SystemExit unwinds through the finally blocks: servers stopped, temp dir removed.
-    raise SystemExit(128 + signum)
-
-
 @contextlib.contextmanager
 def environ(key: str, value: str | None):
     """os.environ[key] = value (None: unset) for the block."""
@@ -1101,17 +1086,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_router:
         return serve_router(args)
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     if args.render:
         doc = json.loads(args.render.read_text())
     else:
         doc = write_json(args.json, measure_all(args))
         log(f"wrote {args.json}")
-    text = render(doc)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    log(f"wrote {args.out}")
+    publish(render(doc), args.out)
     return 0
 
 

@@ -49,23 +49,25 @@ import json
 import os
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from datetime import datetime
 from pathlib import Path
 
 from _util import (
     conditions,
     conditions_lines,
+    exit_on_sigterm,
     fmt_ratio,
     load_averages,
+    log,
+    machine_busy_s,
     markdown_table,
     now_utc,
+    publish,
     run_fresh,
     write_json,
 )
@@ -104,11 +106,6 @@ PLAIN_ROUNDS = 500
 PLAIN_EARLY_STOPPING = 30
 
 
-def log(message: str) -> None:
-    stamp = datetime.now().strftime("%H:%M:%S")
-    print(f"[{stamp}] {message}", file=sys.stderr, flush=True)
-
-
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -141,14 +138,6 @@ def undisturbed(runs: list[dict], key: str = "seconds") -> tuple[float, str]:
 
 
 # --- CPU accounting ---------------------------------------------------------------------
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has been busy (all cores), from /proc/stat."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:9]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_s() -> float:
@@ -370,9 +359,8 @@ def check_plain_params() -> None:
 
 def run_component(training_set: Path, pipeline_root: Path) -> dict:
     """importer -> train_lightgbm under kfp.local; the train-lightgbm task's own time."""
-    from kfp import dsl, local
-
     from components.train_lightgbm import train_lightgbm
+    from kfp import dsl, local
 
     @dsl.pipeline(name="bench-train-lightgbm")
     def bench_pipeline():
@@ -749,9 +737,8 @@ def parse_import_times(text: str) -> dict:
 def import_profile_run(training_set: Path, pipeline_root: Path) -> dict:
     """One more component run, untimed, whose subprocess inherits PYTHONPROFILEIMPORTTIME=1:
     the import times of the real component process, read from its captured output."""
-    from kfp import dsl, local
-
     from components.train_lightgbm import train_lightgbm
+    from kfp import dsl, local
 
     @dsl.pipeline(name="bench-train-lightgbm-importtime")
     def bench_pipeline():
@@ -1200,11 +1187,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _terminate(signum, frame):
-    # SystemExit unwinds through run_fresh (which stops its child) and the temp dir's cleanup.
-    raise SystemExit(128 + signum)
-
-
 def run_mode(args: argparse.Namespace) -> str:
     """full (the defaults), quick, or reduced (any other size), as the JSON records it."""
     if args.quick:
@@ -1303,7 +1285,7 @@ def render(doc: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
+    exit_on_sigterm()
     if args.render:
         doc = json.loads(args.render.read_text())
         if args.refresh_summary:
@@ -1315,11 +1297,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         doc = write_json(args.json, measure(args))
         log(f"wrote {args.json}")
-    text = render(doc)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text + "\n")
-    log(f"wrote {args.out}")
+    publish(render(doc), args.out)
     return 0
 
 
