@@ -1178,7 +1178,7 @@ def part_serving(args, root: Path) -> dict[str, Any]:
 
     from kubeloop.data.generator import GeneratorConfig
     from kubeloop.demo import DemoConfig, replay_impressions, run_demo
-    from kubeloop.drift.stage import start_drift_service, stop_process
+    from kubeloop.demo.drift import start_drift_service, stop_process
     from kubeloop.registry import open_registry
     from kubeloop.serving.local_servers import LocalStack
     from kubeloop.serving.replay import request_body

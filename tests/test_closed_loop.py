@@ -21,14 +21,14 @@ import pytest
 
 from kubeloop.data.generator import GeneratorConfig
 from kubeloop.demo import DemoConfig, run_demo
-from kubeloop.drift.stage import DriftStageConfig
+from kubeloop.demo.drift import DriftStageConfig
+from kubeloop.demo.serving import ServingStageConfig
 from kubeloop.registry import open_registry
 from kubeloop.serving.local_servers import REQUEST_LOG_FILE
 from kubeloop.serving.policy import RolloutPolicy
 from kubeloop.serving.replay import ReplayConfig
 from kubeloop.serving.request_log.reader import exchanges_frame
 from kubeloop.serving.rollout import serving_dir
-from kubeloop.serving.stage import ServingStageConfig
 from kubeloop.workdir import Workdir
 
 

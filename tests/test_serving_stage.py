@@ -8,11 +8,11 @@ import pytest
 
 from kubeloop.data.generator import GeneratorConfig
 from kubeloop.demo import DemoConfig, run_demo
+from kubeloop.demo.serving import ServingStageConfig
 from kubeloop.registry import open_registry
 from kubeloop.serving.policy import RolloutPolicy
 from kubeloop.serving.replay import ReplayConfig
 from kubeloop.serving.request_log.reader import exchanges_frame
-from kubeloop.serving.stage import ServingStageConfig
 from kubeloop.workdir import Workdir
 
 

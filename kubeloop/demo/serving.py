@@ -105,7 +105,11 @@ def run_serving_stage(
     with LocalStack.start(registry, model_name, workdir, primary, canary, percent) as stack:
         url = f"{stack.url}/v1/models/{model_name}:predict"
         sent = replay_through_time(
-            url, impressions, config.replay, workdir.feature_repo, id_prefix=config.request_id_prefix
+            url,
+            impressions,
+            config.replay,
+            workdir.feature_repo,
+            id_prefix=config.request_id_prefix,
         )
         stack.request_logger.flush()
         exchanges = exchanges_frame(stack.request_log_path)

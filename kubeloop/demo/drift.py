@@ -250,7 +250,7 @@ def run_drift_stage(
             seconds=round(result.seconds, 3),
         )
         if new:
-            from kubeloop.serving.stage import ServingStageConfig, run_serving_stage
+            from kubeloop.demo.serving import ServingStageConfig, run_serving_stage
 
             serving = run_serving_stage(
                 workdir,

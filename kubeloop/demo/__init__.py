@@ -16,6 +16,10 @@ The timeline over the lake's days (defaults: 14 days, change on day 10):
   days [train_until_day, change_day) the champion-vs-challenger A/B
   days [change_day - 1, end)         the drift replay (one day before the change for false alarms)
   the last `canary_last_days` days  the retrained canary's A/B
+
+The stages' own modules sit beside this one: `kubeloop.demo.serving` (the serving stage)
+and `kubeloop.demo.drift` (the drift stage, the closed loop); the engine's serving and
+drift packages know nothing of the demo.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from kubeloop.data.generator import GeneratorConfig
-from kubeloop.drift.stage import DriftStageConfig
+from kubeloop.demo.drift import DriftStageConfig
+from kubeloop.demo.serving import ServingStageConfig
 from kubeloop.report import write_section
-from kubeloop.serving.stage import ServingStageConfig
 from kubeloop.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -217,7 +221,7 @@ def run_serving(config: DemoConfig, workdir: Workdir, pipeline_result) -> dict[s
     """Production = the pipeline's champion; canary = its runner-up; write `serving`."""
     from pathlib import Path
 
-    from kubeloop.serving.stage import register_challenger, run_serving_stage
+    from kubeloop.demo.serving import register_challenger, run_serving_stage
 
     registered = registry_section(workdir, config.model_name)
     if registered["version"] is None:
@@ -276,7 +280,7 @@ def _run_stages(config: DemoConfig, workdir: Workdir) -> None:
 
 def run_drift(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
     """The closed loop on the production model; writes the report's `drift` section."""
-    from kubeloop.drift.stage import change_start_of, run_drift_stage
+    from kubeloop.demo.drift import change_start_of, run_drift_stage
     from kubeloop.pipeline.params import TrainingRunParams
     from kubeloop.registry import open_registry
 
