@@ -33,17 +33,15 @@ from typing import Any
 import kserve
 import pandas as pd
 from kserve.errors import ModelNotReady
-from kserve.model import InferenceVerb
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from kubeloop.plugins import PluginError
+from kubeloop.serving.kserve_model import ServedModel
 from kubeloop.serving.model_server import add_server_arguments, make_model_server
 from kubeloop.serving.protocol import (
     DEFAULT_MAX_BATCH_SIZE,
     MODEL_FIELDS,
-    OUTPUT_NAME,
     REQUEST_ID_HEADER,
-    WIRE_DATATYPE,
     lower_headers,
     parse_request,
     resolve_request_id,
@@ -53,15 +51,16 @@ from kubeloop.training.artifacts import ModelArtifactError, TrainedModel, read_m
 from kubeloop.training.model_kind import model_kind
 
 METADATA_FILE = "metadata.json"
-MODEL_VERSION_HEADER = "x-model-version"
 
 
-class CTRPredictor(kserve.Model):
+class CTRPredictor(ServedModel):
     """Click-through-rate predictor over a kubeloop model directory.
 
     `model` injects an already loaded `TrainedModel` (tests), which makes the predictor
     ready at once; otherwise `load()` reads `model_dir`.
     """
+
+    input_fields = MODEL_FIELDS
 
     def __init__(
         self,
@@ -155,33 +154,11 @@ class CTRPredictor(kserve.Model):
         """The `versions` of the v2 model metadata."""
         return self.local_versions
 
-    # --- v2 metadata endpoint (/v2/models/<name>) ---------------------------------------
+    # --- inference (v2 metadata and request ids: ServedModel) ----------------------------
 
-    def get_input_types(self) -> list[dict]:
-        return [
-            {"name": f.name, "datatype": WIRE_DATATYPE[f.kind], "shape": [-1]}
-            for f in MODEL_FIELDS.fields
-        ]
-
-    def get_output_types(self) -> list[dict]:
-        return [{"name": OUTPUT_NAME, "datatype": "FP64", "shape": [-1]}]
-
-    # --- inference ----------------------------------------------------------------------
-
-    async def __call__(
-        self,
-        body: Any,
-        headers: dict[str, str] | None = None,
-        verb: InferenceVerb = InferenceVerb.PREDICT,
-    ):
-        headers = lower_headers(headers)
-        response, response_headers = await super().__call__(body, headers, verb)
-        request_id = headers.get(REQUEST_ID_HEADER)
-        if request_id:
-            response_headers[REQUEST_ID_HEADER] = request_id
-        if self.model_version:
-            response_headers[MODEL_VERSION_HEADER] = self.model_version
-        return response, response_headers
+    def served_version(self) -> str | None:
+        """The version named in x-model-version."""
+        return self.model_version
 
     def validate(self, payload: Any) -> Any:
         # predict() validates both protocols itself, naming every bad field.

@@ -37,17 +37,16 @@ import kserve
 import numpy as np
 import pandas as pd
 from kserve.errors import InvalidInput, ModelNotReady
-from kserve.model import InferenceVerb
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 from kubeloop import schema
+from kubeloop.serving.kserve_model import ServedModel
 from kubeloop.serving.model_server import add_server_arguments, make_model_server
 from kubeloop.serving.protocol import (
     CLIENT_FIELDS,
     DEFAULT_MAX_BATCH_SIZE,
     MODEL_FIELDS,
-    OUTPUT_NAME,
     REQUEST_ID_HEADER,
     WIRE_DATATYPE,
     RequestTooLarge,
@@ -141,7 +140,7 @@ def predictor_infer_request(
     return InferRequest(model_name=model_name, infer_inputs=inputs, request_id=request_id)
 
 
-class FeastTransformer(kserve.Model):
+class FeastTransformer(ServedModel):
     """Feast online lookup in front of the kubeloop predictor.
 
     `store` injects an opened Feast `FeatureStore` (tests), which makes the transformer
@@ -149,6 +148,8 @@ class FeastTransformer(kserve.Model):
     `redis_url` overriding its online store). `protocol` is the protocol of the
     predictor hop ("v1" or "v2"); clients may use either.
     """
+
+    input_fields = CLIENT_FIELDS
 
     def __init__(
         self,
@@ -164,6 +165,7 @@ class FeastTransformer(kserve.Model):
         predictor_use_ssl: bool = False,
         predictor_timeout_seconds: int = 60,
         predictor_retries: int = 0,
+        predictor_health_check: bool = False,
     ):
         super().__init__(name)
         if protocol not in PROTOCOLS:
@@ -183,6 +185,7 @@ class FeastTransformer(kserve.Model):
             predictor_use_ssl=predictor_use_ssl,
             predictor_request_timeout_seconds=predictor_timeout_seconds,
             predictor_request_retries=predictor_retries,
+            predictor_health_check=predictor_health_check,
         )
         # Feast's SQLite store shares one connection; lookups run one at a time, off the
         # event loop.
@@ -246,35 +249,13 @@ class FeastTransformer(kserve.Model):
             return versions
         return None
 
-    # --- v2 metadata endpoint ----------------------------------------------------------
+    # --- the request path (v2 metadata and request ids: ServedModel) ---------------------
 
-    def get_input_types(self) -> list[dict]:
-        return [
-            {"name": f.name, "datatype": WIRE_DATATYPE[f.kind], "shape": [-1]}
-            for f in CLIENT_FIELDS.fields
-        ]
-
-    def get_output_types(self) -> list[dict]:
-        return [{"name": OUTPUT_NAME, "datatype": "FP64", "shape": [-1]}]
-
-    # --- the request path --------------------------------------------------------------
-
-    async def __call__(
-        self,
-        body: Any,
-        headers: dict[str, str] | None = None,
-        verb: InferenceVerb = InferenceVerb.PREDICT,
-    ):
-        # A private lower-cased copy: preprocess writes the resolved request id into it,
-        # and KServe's predict forwards it from there.
-        headers = lower_headers(headers)
-        response, response_headers = await super().__call__(body, headers, verb)
-        request_id = headers.get(REQUEST_ID_HEADER)
+    def finish_response(self, body: Any, response: Any, request_id: str | None) -> Any:
+        """A v2 request gets a v2 answer, whatever protocol the predictor hop spoke."""
         if isinstance(body, InferRequest) and isinstance(response, dict):
-            response = v2_response(response["predictions"], body, self.name, request_id=request_id)
-        if request_id:
-            response_headers[REQUEST_ID_HEADER] = request_id
-        return response, response_headers
+            return v2_response(response["predictions"], body, self.name, request_id=request_id)
+        return response
 
     async def lookup(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """One online lookup of every user and ad feature for `rows` (input order)."""
@@ -397,18 +378,14 @@ def main(argv: list[str] | None = None) -> None:
         predictor_use_ssl=args.predictor_use_ssl,
         predictor_timeout_seconds=args.predictor_request_timeout_seconds,
         predictor_retries=args.predictor_request_retries,
-    )
-    transformer.load()
-    config = PredictorConfig(
-        predictor_host=args.predictor_host,
-        predictor_protocol=transformer.protocol,
-        predictor_use_ssl=args.predictor_use_ssl,
-        predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
-        predictor_request_retries=args.predictor_request_retries,
         predictor_health_check=args.enable_predictor_health_check,
     )
+    transformer.load()
     server = make_model_server(
-        args, CLIENT_FIELDS, max_batch_size=args.max_batch_size, predictor_config=config
+        args,
+        CLIENT_FIELDS,
+        max_batch_size=args.max_batch_size,
+        predictor_config=transformer.predictor_config,
     )
     server.start([transformer])
 

@@ -1,0 +1,77 @@
+"""The base every kubeloop KServe server shares: v2 model metadata and request-id handling.
+
+The predictor (`models/predictor.py`) and the transformer (`models/transformer.py`) are
+both `ServedModel`s: their v2 metadata (`GET /v2/models/<name>`) names their input fields
+(`input_fields`) and one FP64 output, and every answer echoes the request's `x-request-id`
+(and, where the server knows it, the model version in `x-model-version`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import kserve
+from kserve.model import InferenceVerb
+
+from kubeloop.serving.protocol import (
+    OUTPUT_NAME,
+    REQUEST_ID_HEADER,
+    WIRE_DATATYPE,
+    FieldSet,
+    lower_headers,
+)
+
+MODEL_VERSION_HEADER = "x-model-version"
+
+
+class ServedModel(kserve.Model):
+    """A `kserve.Model` with kubeloop's v2 metadata and request-id handling.
+
+    Subclasses set `input_fields` (the fields a request carries), may override
+    `served_version()` (the version named in `x-model-version`) and `finish_response`
+    (a last change to the response, knowing the request id).
+    """
+
+    input_fields: ClassVar[FieldSet]
+
+    # --- v2 metadata endpoint (/v2/models/<name>) ---------------------------------------
+
+    def get_input_types(self) -> list[dict]:
+        """One v2 tensor per input field, batch dimension only."""
+        return [
+            {"name": f.name, "datatype": WIRE_DATATYPE[f.kind], "shape": [-1]}
+            for f in self.input_fields.fields
+        ]
+
+    def get_output_types(self) -> list[dict]:
+        """The one output: the click probability of each row."""
+        return [{"name": OUTPUT_NAME, "datatype": "FP64", "shape": [-1]}]
+
+    # --- the request path ---------------------------------------------------------------
+
+    def served_version(self) -> str | None:
+        """The model version this server answers with (None: no x-model-version header)."""
+        return None
+
+    def finish_response(self, body: Any, response: Any, request_id: str | None) -> Any:
+        """The response as sent; the default leaves it as KServe made it."""
+        return response
+
+    async def __call__(
+        self,
+        body: Any,
+        headers: dict[str, str] | None = None,
+        verb: InferenceVerb = InferenceVerb.PREDICT,
+    ):
+        # A private lower-cased copy: preprocess may write the resolved request id into it,
+        # and it is read back from there.
+        headers = lower_headers(headers)
+        response, response_headers = await super().__call__(body, headers, verb)
+        request_id = headers.get(REQUEST_ID_HEADER)
+        response = self.finish_response(body, response, request_id)
+        if request_id:
+            response_headers[REQUEST_ID_HEADER] = request_id
+        version = self.served_version()
+        if version:
+            response_headers[MODEL_VERSION_HEADER] = version
+        return response, response_headers
