@@ -306,3 +306,36 @@ def publish(text: str, out: Any) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text + "\n")
     log(f"wrote {out}")
+
+
+def add_output_arguments(parser: Any, default_json: Any, default_out: Any) -> None:
+    """The options every bench takes: --out (markdown), --json, --tmp-dir and --render."""
+    from pathlib import Path
+
+    parser.add_argument(
+        "--out", type=Path, default=default_out, help=f"markdown output (default: {default_out})"
+    )
+    parser.add_argument(
+        "--tmp-dir", type=Path, default=None, help="where the temporary working directory goes"
+    )
+    parser.add_argument(
+        "--json", type=Path, default=default_json, help=f"JSON output (default: {default_json})"
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="measure nothing: render the markdown from this JSON of an earlier run",
+    )
+
+
+def measure_or_load(args: Any, measure: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """The results to render: read back from --render, or measured now and written to --json."""
+    import json
+
+    if args.render:
+        return json.loads(args.render.read_text())
+    doc = write_json(args.json, measure(args))
+    log(f"wrote {args.json}")
+    return doc

@@ -25,7 +25,6 @@ from __future__ import annotations
 # Only the standard library and the bench helpers at module level: spawned children
 # import this module again, and their peak RSS should carry only what their stage needs.
 import argparse
-import json
 import random
 import shutil
 import sys
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 
 from _util import (
+    add_output_arguments,
     conditions,
     conditions_lines,
     exit_on_sigterm,
@@ -42,12 +42,12 @@ from _util import (
     load_averages,
     log,
     markdown_table,
+    measure_or_load,
     now_utc,
     peak_rss_mib,
     percentile,
     publish,
     run_fresh,
-    write_json,
 )
 
 DEFAULT_SIZES = [1_000_000, 10_000_000]
@@ -398,9 +398,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default: 1000000 if among --sizes, else the smallest)",
     )
     parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"markdown output (default: {DEFAULT_OUT})"
-    )
-    parser.add_argument(
         "--iters-1", type=int, default=300, help="timed lookups of 1 entity row (default 300)"
     )
     parser.add_argument(
@@ -409,19 +406,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--warmup", type=int, default=20, help="untimed lookups before each series (default 20)"
     )
-    parser.add_argument(
-        "--tmp-dir", type=Path, default=None, help="where the temporary working directory goes"
-    )
-    parser.add_argument(
-        "--json", type=Path, default=DEFAULT_JSON, help=f"JSON output (default: {DEFAULT_JSON})"
-    )
-    parser.add_argument(
-        "--render",
-        type=Path,
-        default=None,
-        metavar="JSON",
-        help="measure nothing: render the markdown from this JSON of an earlier run",
-    )
+    add_output_arguments(parser, DEFAULT_JSON, DEFAULT_OUT)
     args = parser.parse_args(argv)
     if args.quick and args.sizes:
         parser.error("--quick and --sizes are exclusive")
@@ -491,12 +476,7 @@ def measure(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exit_on_sigterm()
-    if args.render:
-        doc = json.loads(args.render.read_text())
-    else:
-        doc = write_json(args.json, measure(args))
-        log(f"wrote {args.json}")
-    publish(render(doc), args.out)
+    publish(render(measure_or_load(args, measure)), args.out)
     return 0
 
 

@@ -73,6 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from _util import (
+    add_output_arguments,
     conditions,
     conditions_lines,
     exit_on_sigterm,
@@ -82,11 +83,11 @@ from _util import (
     log,
     machine_busy_s,
     markdown_table,
+    measure_or_load,
     now_utc,
     percentile,
     publish,
     run_fresh,
-    write_json,
 )
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -937,16 +938,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="OMP_NUM_THREADS of every server but the 'as shipped' predictor (default 1; "
         "0 leaves it unset)",
     )
-    add("--out", type=Path, default=DEFAULT_OUT, help=f"markdown output (default {DEFAULT_OUT})")
-    add("--tmp-dir", type=Path, default=None, help="where the temporary directory goes")
-    add("--json", type=Path, default=DEFAULT_JSON, help=f"JSON output (default {DEFAULT_JSON})")
-    add(
-        "--render",
-        type=Path,
-        default=None,
-        metavar="JSON",
-        help="measure nothing: render the markdown from this JSON of an earlier run",
-    )
+    add_output_arguments(parser, DEFAULT_JSON, DEFAULT_OUT)
     # The router's own process, started by the bench itself.
     add("--serve-router", action="store_true", help=argparse.SUPPRESS)
     add("--port", type=int, help=argparse.SUPPRESS)
@@ -1087,12 +1079,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_router:
         return serve_router(args)
     exit_on_sigterm()
-    if args.render:
-        doc = json.loads(args.render.read_text())
-    else:
-        doc = write_json(args.json, measure_all(args))
-        log(f"wrote {args.json}")
-    publish(render(doc), args.out)
+    publish(render(measure_or_load(args, measure_all)), args.out)
     return 0
 
 

@@ -58,6 +58,7 @@ import time
 from pathlib import Path
 
 from _util import (
+    add_output_arguments,
     conditions,
     conditions_lines,
     exit_on_sigterm,
@@ -1157,22 +1158,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="before each timed run, wait up to this long for other processes to use less "
         f"than {QUIET_CORES} cores (default 30; 0 disables)",
     )
-    parser.add_argument(
-        "--out", type=Path, default=DEFAULT_OUT, help=f"markdown output (default: {DEFAULT_OUT})"
-    )
-    parser.add_argument(
-        "--tmp-dir", type=Path, default=None, help="where the temporary working directory goes"
-    )
-    parser.add_argument(
-        "--json", type=Path, default=DEFAULT_JSON, help=f"JSON output (default: {DEFAULT_JSON})"
-    )
-    parser.add_argument(
-        "--render",
-        type=Path,
-        default=None,
-        metavar="JSON",
-        help="measure nothing: render the markdown from this JSON of an earlier run",
-    )
+    add_output_arguments(parser, DEFAULT_JSON, DEFAULT_OUT)
     parser.add_argument(
         "--refresh-summary",
         action="store_true",
