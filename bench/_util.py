@@ -339,3 +339,33 @@ def measure_or_load(args: Any, measure: Callable[[Any], dict[str, Any]]) -> dict
     doc = write_json(args.json, measure(args))
     log(f"wrote {args.json}")
     return doc
+
+
+def _proc_stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (from field 3, state, on)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except OSError:
+        return None
+    # The command name may hold spaces and parentheses: split after its closing ")".
+    return text[text.rfind(")") + 2 :].split()
+
+
+def _cpu_of(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def pid_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) of one live process; 0 when it is gone."""
+    fields = _proc_stat(pid) if pid is not None else None
+    return _cpu_of(fields) if fields else 0.0
+
+
+def process_table() -> dict[int, tuple[int, int, float]]:
+    """pid -> (parent pid, process group, CPU seconds user + system) of every live process."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (fields := _proc_stat(entry.name)):
+            table[int(entry.name)] = (int(fields[1]), int(fields[2]), _cpu_of(fields))
+    return table

@@ -70,6 +70,8 @@ from _util import (
     markdown_table,
     now_utc,
     percentile,
+    pid_cpu_s,
+    process_table,
     write_json,
 )
 
@@ -96,45 +98,20 @@ JSON_HEADERS = {"content-type": "application/json"}
 
 # --- CPU accounting ---------------------------------------------------------------------
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def pid_cpu_s(pid: int | None) -> float:
-    """CPU seconds (user + system) of one live process; 0 when it is gone."""
-    if pid is None:
-        return 0.0
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            text = f.read().decode("ascii", "replace")
-    except OSError:
-        return 0.0
-    rest = text[text.rfind(")") + 2 :].split()
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
-
 
 def tree_cpu_s() -> float:
     """CPU seconds of this process, its reaped children and its live descendants."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
     total = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
-    table: dict[int, tuple[int, float]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                text = f.read().decode("ascii", "replace")
-        except OSError:
-            continue
-        rest = text[text.rfind(")") + 2 :].split()
-        table[int(entry.name)] = (int(rest[1]), (int(rest[11]) + int(rest[12])) / CLK_TCK)
+    table = process_table()
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
+    for pid, (ppid, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     stack = list(children.get(os.getpid(), ()))
     while stack:
         pid = stack.pop()
-        total += table[pid][1]
+        total += table[pid][2]
         stack.extend(children.get(pid, ()))
     return total
 

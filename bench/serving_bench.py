@@ -86,6 +86,7 @@ from _util import (
     measure_or_load,
     now_utc,
     percentile,
+    process_table,
     publish,
     run_fresh,
 )
@@ -110,33 +111,10 @@ OMP_ENV = "OMP_NUM_THREADS"
 
 # --- CPU accounting ---------------------------------------------------------------------
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
 
 def own_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def process_table() -> dict[int, tuple[int, int, float]]:
-    """pid -> (parent pid, process group, CPU seconds user + system) of every live process."""
-    table = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", "rb") as f:
-                text = f.read().decode("ascii", "replace")
-        except OSError:
-            continue
-        # The fields after the ")" closing the command name, from field 3 (state) on.
-        rest = text[text.rfind(")") + 2 :].split()
-        table[int(entry.name)] = (
-            int(rest[1]),
-            int(rest[2]),
-            (int(rest[11]) + int(rest[12])) / CLK_TCK,
-        )
-    return table
 
 
 def process_trees(leaders: dict[str, int], table=None) -> dict[str, set[int]]:
