@@ -10,8 +10,13 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 # Temporary siblings are hidden and end in .tmp: dataset readers skip dot-files, and the
 # registry's recovery finds a killed writer's leftovers by this pattern (`.*.tmp`).
@@ -76,3 +81,19 @@ def _fsync(path: Path, flags: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def read_model(
+    path: str | os.PathLike[str], model: type[ModelT], error: Callable[[Path, str], Exception]
+) -> ModelT | None:
+    """Read back a pydantic `model` written here as JSON: None when `path` does not exist,
+    `error(path, why)` raised when it is not a valid `model`."""
+    target = Path(path)
+    try:
+        text = target.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    try:
+        return model.model_validate_json(text)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise error(target, str(exc)) from None

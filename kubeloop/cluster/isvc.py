@@ -476,6 +476,19 @@ class PatchResult(BaseModel):
         return f"{head} patched{dry}: " + ", ".join(parts)
 
 
+def _set_canary_percent(
+    predictor: dict[str, Any], changes: list[FieldChange], before: int | None, after: int | None
+) -> None:
+    """Add canaryTrafficPercent `after` (None: remove it) to a predictor patch, and the change
+    to `changes`, unless it is already `before`."""
+    if before == after:
+        return
+    predictor["canaryTrafficPercent"] = after
+    changes.append(
+        FieldChange(field="spec.predictor.canaryTrafficPercent", before=before, after=after)
+    )
+
+
 def _show(value: Any) -> str:
     return "(unset)" if value is None else str(value)
 
@@ -561,15 +574,7 @@ class InferenceServiceClient:
 
         predictor: dict[str, Any] = {}
         changes: list[FieldChange] = []
-        if before.canary_percent != percent:
-            predictor["canaryTrafficPercent"] = percent
-            changes.append(
-                FieldChange(
-                    field="spec.predictor.canaryTrafficPercent",
-                    before=before.canary_percent,
-                    after=percent,
-                )
-            )
+        _set_canary_percent(predictor, changes, before.canary_percent, percent)
         current_uri = (
             ((isvc.get("spec") or {}).get("predictor") or {}).get("model", {}).get("storageUri")
         )
@@ -622,15 +627,7 @@ class InferenceServiceClient:
         before = CanaryStatus.from_isvc(isvc, context=self.context)
         predictor: dict[str, Any] = {}
         changes: list[FieldChange] = []
-        if before.canary_percent is not None:
-            predictor["canaryTrafficPercent"] = None
-            changes.append(
-                FieldChange(
-                    field="spec.predictor.canaryTrafficPercent",
-                    before=before.canary_percent,
-                    after=None,
-                )
-            )
+        _set_canary_percent(predictor, changes, before.canary_percent, None)
         created, ready = before.latest_created_revision, before.latest_ready_revision
         warnings = []
         if created and ready and created != ready:

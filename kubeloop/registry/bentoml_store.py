@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from kubeloop.atomic import atomic_write_text
+from kubeloop.atomic import atomic_write_text, read_model
 from kubeloop.registry.backends import BentoMLRegistryConfig
 from kubeloop.registry.base import (
     RESERVED_FILES,
@@ -308,15 +308,11 @@ class BentoMLRegistry(ModelRegistry):
         return self.stages_dir / f"{name}.json"
 
     def _read_state(self, name: str) -> _NameState | None:
-        path = self._state_path(name)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return None
-        try:
-            return _NameState.model_validate_json(text)
-        except ValidationError as exc:
-            raise RegistryError(f"registry state file {path} is corrupt: {exc}") from exc
+        return read_model(
+            self._state_path(name),
+            _NameState,
+            lambda path, why: RegistryError(f"registry state file {path} is corrupt: {why}"),
+        )
 
     def _write_state(self, state: _NameState) -> None:
         _atomic_write_text(self._state_path(state.name), state.model_dump_json(indent=2) + "\n")

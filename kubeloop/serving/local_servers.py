@@ -168,26 +168,10 @@ class LocalStack:
     # Construction -----------------------------------------------------------------------
 
     @classmethod
-    def start(
-        cls,
-        registry: ModelRegistry,
-        model_name: str,
-        workdir: Workdir | str | Path,
-        primary_version: str,
-        canary_version: str | None = None,
-        canary_percent: int = 0,
-        **options: Any,
-    ) -> LocalStack:
-        """Start everything and wait until it is ready; see the class docstring."""
-        stack = cls(
-            registry,
-            model_name,
-            workdir,
-            primary_version,
-            canary_version,
-            canary_percent,
-            **options,
-        )
+    def start(cls, *args: Any, **options: Any) -> LocalStack:
+        """Build the stack (the constructor's arguments), start everything and wait until
+        it is ready; see the class docstring."""
+        stack = cls(*args, **options)
         try:
             stack._start()
         except BaseException:

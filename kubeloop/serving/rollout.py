@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from kubeloop.atomic import atomic_write_text
+from kubeloop.atomic import atomic_write_text, read_model
 from kubeloop.errors import KubeloopError
 from kubeloop.workdir import Workdir
 
@@ -287,15 +287,11 @@ def rollback(
 
 def load_state(path: str | Path) -> RolloutState | None:
     """The state stored at `path`, or None when there is none."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return None
-    try:
-        return RolloutState.model_validate_json(text)
-    except ValueError as exc:
-        raise RolloutError(f"rollout file {path} is not a valid rollout state: {exc}") from None
+    return read_model(
+        path,
+        RolloutState,
+        lambda p, why: RolloutError(f"rollout file {p} is not a valid rollout state: {why}"),
+    )
 
 
 def save_state(state: RolloutState, path: str | Path) -> Path:
