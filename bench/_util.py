@@ -369,3 +369,28 @@ def process_table() -> dict[int, tuple[int, int, float]]:
         if entry.name.isdigit() and (fields := _proc_stat(entry.name)):
             table[int(entry.name)] = (int(fields[1]), int(fields[2]), _cpu_of(fields))
     return table
+
+
+class RunClock:
+    """When a bench run began and the machine's load then; `conditions` closes the record."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.started = time.perf_counter()
+        self.started_at = now_utc()
+        self.load_before = load_averages()
+
+    def conditions(self, bench: str, mode: str, packages: Sequence[str]) -> dict[str, Any]:
+        """`conditions(...)` of this run, measured up to now, for the bench's JSON."""
+        import time
+
+        return conditions(
+            bench,
+            mode,
+            sys.argv[1:],
+            packages,
+            self.load_before,
+            time.perf_counter() - self.started,
+            self.started_at,
+        )

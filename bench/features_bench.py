@@ -33,17 +33,15 @@ import time
 from pathlib import Path
 
 from _util import (
+    RunClock,
     add_output_arguments,
-    conditions,
     conditions_lines,
     exit_on_sigterm,
     fmt_int,
     fmt_ratio,
-    load_averages,
     log,
     markdown_table,
     measure_or_load,
-    now_utc,
     peak_rss_mib,
     percentile,
     publish,
@@ -444,8 +442,7 @@ def render(doc: dict) -> str:
 
 def measure(args: argparse.Namespace) -> dict:
     """Run both parts; returns the JSON document (conditions + data)."""
-    started, started_at = time.perf_counter(), now_utc()
-    load_before = load_averages()
+    clock = RunClock()
     with tempfile.TemporaryDirectory(prefix="kubeloop-bench-", dir=args.tmp_dir) as tmp:
         tmp = Path(tmp)
         records, features = run_throughput(args.sizes, args.lookup_size, tmp)
@@ -458,15 +455,7 @@ def measure(args: argparse.Namespace) -> dict:
             args.iters_100,
             args.warmup,
         )
-    cond = conditions(
-        "features",
-        run_mode(args),
-        sys.argv[1:],
-        PACKAGES,
-        load_before,
-        time.perf_counter() - started,
-        started_at,
-    )
+    cond = clock.conditions("features", run_mode(args), PACKAGES)
     return {
         "conditions": cond,
         "data": {"records": records, "lookup": lookup, "lookup_size": args.lookup_size},

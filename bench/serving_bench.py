@@ -73,18 +73,16 @@ from pathlib import Path
 from typing import Any
 
 from _util import (
+    RunClock,
     add_output_arguments,
-    conditions,
     conditions_lines,
     exit_on_sigterm,
     fmt_int,
     fmt_ratio,
-    load_averages,
     log,
     machine_busy_s,
     markdown_table,
     measure_or_load,
-    now_utc,
     percentile,
     process_table,
     publish,
@@ -996,8 +994,7 @@ def setup_record(args: argparse.Namespace, prepared: dict) -> dict[str, Any]:
 def measure_all(args: argparse.Namespace) -> dict:
     """Prepare, start the servers, measure every cell, then the in-process breakdown;
     returns the JSON document."""
-    started, started_at = time.perf_counter(), now_utc()
-    load_before = load_averages()
+    clock = RunClock()
     omp = str(args.omp_threads) if args.omp_threads else None
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="kubeloop-servebench-", dir=args.tmp_dir) as tmp:
@@ -1035,15 +1032,7 @@ def measure_all(args: argparse.Namespace) -> dict:
         with environ(OMP_ENV, omp):
             steps = run_fresh(breakdown, prepared, reps, cores)
         setup = setup_record(args, prepared)
-    cond = conditions(
-        "serving",
-        run_mode(args),
-        sys.argv[1:],
-        PACKAGES,
-        load_before,
-        time.perf_counter() - started,
-        started_at,
-    )
+    cond = clock.conditions("serving", run_mode(args), PACKAGES)
     return {
         "conditions": cond,
         "setup": setup,

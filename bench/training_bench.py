@@ -58,16 +58,14 @@ import time
 from pathlib import Path
 
 from _util import (
+    RunClock,
     add_output_arguments,
-    conditions,
     conditions_lines,
     exit_on_sigterm,
     fmt_ratio,
-    load_averages,
     log,
     machine_busy_s,
     markdown_table,
-    now_utc,
     publish,
     run_fresh,
     write_json,
@@ -1183,8 +1181,7 @@ def run_mode(args: argparse.Namespace) -> str:
 
 def measure(args: argparse.Namespace) -> dict:
     """Prepare, then parts 1, the diagnosis and 2; returns the JSON document."""
-    started, started_at = time.perf_counter(), now_utc()
-    load_before = load_averages()
+    clock = RunClock()
     with tempfile.TemporaryDirectory(prefix="kubeloop-trainbench-", dir=args.tmp_dir) as tmp:
         tmp = Path(tmp)
         prepared = prepare(args.events, tmp / "prepared")
@@ -1195,15 +1192,7 @@ def measure(args: argparse.Namespace) -> dict:
         if args.pipeline_reps:
             log(f"part 2: run_local vs direct step calls, {args.pipeline_reps} repetitions")
             results2 = part2(prepared["lake"], args.pipeline_reps, tmp / "part2", args.quiet_wait)
-    cond = conditions(
-        "training",
-        run_mode(args),
-        sys.argv[1:],
-        PACKAGES,
-        load_before,
-        time.perf_counter() - started,
-        started_at,
-    )
+    cond = clock.conditions("training", run_mode(args), PACKAGES)
     keep = ("events", "days", "training_rows", "generate_s", "features_s", "training_set_mib")
     return {
         "conditions": cond,
