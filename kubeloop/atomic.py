@@ -12,11 +12,13 @@ import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from pydantic import BaseModel
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
-ModelT = TypeVar("ModelT", bound=BaseModel)
+# pydantic is named for type checkers only: writing a file must not import it.
+ModelT = TypeVar("ModelT", bound="BaseModel")
 
 # Temporary siblings are hidden and end in .tmp: dataset readers skip dot-files, and the
 # registry's recovery finds a killed writer's leftovers by this pattern (`.*.tmp`).
