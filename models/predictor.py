@@ -30,14 +30,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import kserve
 import pandas as pd
 from kserve.errors import ModelNotReady
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from kubeloop.plugins import PluginError
-from kubeloop.serving.kserve_model import ServedModel
-from kubeloop.serving.model_server import add_server_arguments, make_model_server
+from kubeloop.serving.kserve_model import ServedModel, finish_server_parser, server_parser
+from kubeloop.serving.model_server import make_model_server
 from kubeloop.serving.protocol import (
     DEFAULT_MAX_BATCH_SIZE,
     MODEL_FIELDS,
@@ -201,10 +200,9 @@ class CTRPredictor(ServedModel):
 
 def build_parser() -> argparse.ArgumentParser:
     """KServe's ModelServer arguments plus the predictor's own."""
-    parser = argparse.ArgumentParser(
-        prog="python -m models.predictor",
-        description="Serve a kubeloop model directory with KServe (v1 and v2 protocols).",
-        parents=[kserve.model_server.parser],
+    parser = server_parser(
+        "python -m models.predictor",
+        "Serve a kubeloop model directory with KServe (v1 and v2 protocols).",
     )
     parser.add_argument(
         "--model_dir",
@@ -212,15 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="exported model version directory (model files, transform.json, model.json, "
         "optional metadata.json)",
     )
-    parser.add_argument(
-        "--max_batch_size",
-        type=int,
-        default=DEFAULT_MAX_BATCH_SIZE,
-        help="largest batch (rows) one request may hold; larger ones get HTTP 413",
-    )
-    add_server_arguments(parser)
-    parser.set_defaults(model_name="ctr")
-    return parser
+    return finish_server_parser(parser)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import kserve
 import numpy as np
 import pandas as pd
 from kserve.errors import InvalidInput, ModelNotReady
@@ -41,8 +40,8 @@ from kserve.predictor_config import PredictorConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
 from kubeloop import schema
-from kubeloop.serving.kserve_model import ServedModel
-from kubeloop.serving.model_server import add_server_arguments, make_model_server
+from kubeloop.serving.kserve_model import ServedModel, finish_server_parser, server_parser
+from kubeloop.serving.model_server import make_model_server
 from kubeloop.serving.protocol import (
     CLIENT_FIELDS,
     DEFAULT_MAX_BATCH_SIZE,
@@ -319,10 +318,9 @@ class FeastTransformer(ServedModel):
 
 def build_parser() -> argparse.ArgumentParser:
     """KServe's ModelServer arguments plus the transformer's own."""
-    parser = argparse.ArgumentParser(
-        prog="python -m models.transformer",
-        description="Serve the Feast online lookup in front of the kubeloop predictor.",
-        parents=[kserve.model_server.parser],
+    parser = server_parser(
+        "python -m models.transformer",
+        "Serve the Feast online lookup in front of the kubeloop predictor.",
     )
     parser.add_argument(
         "--feature_repo",
@@ -342,15 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Redis of the online store: redis://host:port/db or Feast's host:port form",
     )
-    parser.add_argument(
-        "--max_batch_size",
-        type=int,
-        default=DEFAULT_MAX_BATCH_SIZE,
-        help="largest batch (rows) one request may hold; larger ones get HTTP 413",
-    )
-    add_server_arguments(parser)
-    parser.set_defaults(model_name="ctr")
-    return parser
+    return finish_server_parser(parser)
 
 
 def predictor_protocol(args: argparse.Namespace) -> str:

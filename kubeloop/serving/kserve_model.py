@@ -8,12 +8,14 @@ both `ServedModel`s: their v2 metadata (`GET /v2/models/<name>`) names their inp
 
 from __future__ import annotations
 
+import argparse
 from typing import Any, ClassVar
 
 import kserve
 from kserve.model import InferenceVerb
 
 from kubeloop.serving.protocol import (
+    DEFAULT_MAX_BATCH_SIZE,
     OUTPUT_NAME,
     REQUEST_ID_HEADER,
     WIRE_DATATYPE,
@@ -75,3 +77,27 @@ class ServedModel(kserve.Model):
         if version:
             response_headers[MODEL_VERSION_HEADER] = version
         return response, response_headers
+
+
+def server_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The command line of a kubeloop KServe server: KServe's ModelServer arguments, then
+    the server's own (added by the caller), then `finish_server_parser`."""
+    return argparse.ArgumentParser(
+        prog=prog, description=description, parents=[kserve.model_server.parser]
+    )
+
+
+def finish_server_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add what every kubeloop server takes: --max_batch_size and the edge's arguments
+    (bind address, body limit); the model name defaults to ctr."""
+    from kubeloop.serving.model_server import add_server_arguments
+
+    parser.add_argument(
+        "--max_batch_size",
+        type=int,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help="largest batch (rows) one request may hold; larger ones get HTTP 413",
+    )
+    add_server_arguments(parser)
+    parser.set_defaults(model_name="ctr")
+    return parser
