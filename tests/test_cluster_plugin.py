@@ -532,7 +532,8 @@ def test_alert_event_shape():
     assert name.startswith("ctr.drift-") and len(name) == len("ctr.drift-") + 16
     assert ev.alert_event(CANARY_ALERT, isvc)["metadata"]["name"] == name
     later = dict(
-        CANARY_ALERT, window={"start": "2025-06-02T10:00:00Z", "end": "2025-06-02T11:00:00Z", "n": 9}
+        CANARY_ALERT,
+        window={"start": "2025-06-02T10:00:00Z", "end": "2025-06-02T11:00:00Z", "n": 9},
     )
     assert ev.alert_event(later, isvc)["metadata"]["name"] != name
     # the recorded EventList holds exactly this Event (as the API server stores it)
