@@ -300,6 +300,30 @@ def test_materialize_up_to_end_loads_rows_before_it(tmp_path):
     assert got.loc[1, schema.USER_FEATURES].isna().all()
 
 
+def test_reset_is_seen_by_a_server_that_already_reads_the_store(tmp_path):
+    """A transformer opens its online-store connection when it is first probed for
+    readiness, before a replay resets the store to an earlier time. Feast's SQLite teardown
+    unlinks the database file, and a connection opened before keeps reading the unlinked
+    file: the server then serves the newest rows instead of the state as of the reset's
+    time (the training/serving skew behind the closed loop's false alarm). The reset must
+    be visible to that reader."""
+    from kubeloop.features.materialize import reset_online_store
+
+    writer, _ = make_store(tmp_path)  # fully materialized: the newest rows
+    reader = open_store(tmp_path / "repo")  # the server's own FeatureStore
+    newest = online_features(reader, [{"user_id": 1, "ad_id": 11}])
+    end = day(4)
+    reset_online_store(writer)
+    materialize(writer, end, progress=False)
+    got = online_features(reader, [{"user_id": 1, "ad_id": 11}, {"user_id": 3, "ad_id": 10}])
+    users = latest_offline(
+        feature_table(schema.USER_FEATURE_SCHEMA, "user_id", USER_ROWS), "user_id", end
+    )
+    assert_same_values(got.iloc[0], users.loc[1, schema.USER_FEATURES], "user 1 after reset")
+    assert got.loc[1, schema.USER_FEATURES].isna().all()  # user 3 first appears at day 4
+    assert not newest.iloc[0][schema.USER_FEATURES].equals(got.iloc[0][schema.USER_FEATURES])
+
+
 # --- point-in-time join ----------------------------------------------------------------
 
 

@@ -203,12 +203,27 @@ def reset_online_store(store: FeatureStore) -> None:
 
     Replaying past traffic needs this: a plain materialize with an earlier `end` would
     leave entities that only appear after T with their later values, and Redis keeps the
-    newest row anyway. Feast has no public "truncate", so the provider's own teardown and
-    re-creation of the tables are used."""
+    newest row anyway. Feast has no public "truncate", so the provider's own table
+    maintenance is used.
+
+    The reset must be visible to servers that already hold a connection (a transformer
+    started, and probed for readiness, before the replay). Feast's SQLite teardown unlinks
+    the database file, and an open connection keeps reading the unlinked file forever, so
+    for SQLite the tables are dropped and re-created inside the same file instead."""
     views = store.list_feature_views()
     entities = store.list_entities()
     provider = store._get_provider()
-    provider.teardown_infra(store.project, views, entities)
+    if str(store.config.online_store.type).split(".")[-1] in ("sqlite", "SqliteOnlineStore"):
+        provider.update_infra(
+            store.project,
+            tables_to_delete=views,
+            tables_to_keep=[],
+            entities_to_delete=[],
+            entities_to_keep=entities,
+            partial=False,
+        )
+    else:
+        provider.teardown_infra(store.project, views, entities)
     provider.update_infra(
         store.project,
         tables_to_delete=[],
