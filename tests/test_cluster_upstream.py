@@ -452,3 +452,24 @@ def test_cluster_up_waits_on_deployments_that_exist():
     for name in patched:
         labels = INVENTORY["knative_serving"]["configmaps"][name]["labels"]
         assert selector_matches(hook["objectSelector"], labels), name
+
+
+# --- 6. the detector keeps its alerts across restarts -----------------------------------------
+
+
+def test_detector_state_and_alerts_live_on_a_persistent_volume(all_renders):
+    """An emptyDir under the detector's state loses every alert and half-filled window when
+    the pod restarts: its --state_dir (where the SQLite alert store and windows live) must be
+    on a PersistentVolumeClaim the render creates, with one writer at a time (Recreate)."""
+    for name, objs in all_renders.items():
+        dep = find(objs, "Deployment", "kubeloop-drift-detector")
+        spec = dep["spec"]["template"]["spec"]
+        (container,) = [c for c in spec["containers"] if c["name"] == "drift-detector"]
+        (state_dir,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--state_dir=")]
+        assert not any(a.startswith("--alert_store=") for a in container["args"]), name
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == state_dir]
+        (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+        claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+        assert claim, f"{name}: {state_dir} is on {sorted(set(volume) - {'name'})}, not a PVC"
+        find(objs, "PersistentVolumeClaim", claim)
+        assert dep["spec"]["strategy"]["type"] == "Recreate", name
