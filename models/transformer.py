@@ -318,6 +318,8 @@ class FeastTransformer(ServedModel):
 
 def build_parser() -> argparse.ArgumentParser:
     """KServe's ModelServer arguments plus the transformer's own."""
+    from kubeloop.features.store import online_store_names
+
     parser = server_parser(
         "python -m models.transformer",
         "Serve the Feast online lookup in front of the kubeloop predictor.",
@@ -329,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--online_store",
-        choices=["sqlite", "redis"],
+        choices=online_store_names(),
         default=None,
         help="online store to read (default: the one feature_store.yaml names)",
     )

@@ -91,6 +91,7 @@ def apply(
     feature views over the tables in --features and the ctr_model feature service.
     """
     # Feast is imported lazily by these modules: `kubeloop --help` stays fast.
+    from kubeloop import plugins
     from kubeloop.errors import FeatureStoreError
     from kubeloop.features.store import (
         FeatureStoreSettings,
@@ -105,8 +106,11 @@ def apply(
         raise FeatureStoreError("--redis-url is only used with --online-store redis")
     # Feast calls the same setting connection_string (feature_store.yaml's key).
     store_config = online_store_config(online_store, connection_string=redis_url)
-    if offline_store not in ("file", "asof"):
-        raise FeatureStoreError(f"--offline-store must be file or asof, got {offline_store!r}")
+    offline_stores = plugins.names(plugins.OFFLINE_STORES)
+    if offline_store not in offline_stores:
+        raise FeatureStoreError(
+            f"--offline-store must be {' or '.join(offline_stores)}, got {offline_store!r}"
+        )
     settings = FeatureStoreSettings(
         project=project, online_store=store_config, offline_store=offline_store
     )

@@ -1,32 +1,48 @@
 """Pluggable drift backends by short name: the statistical detector and the alert store.
 
-Each backend is a pydantic `<Name>Config` (unknown keys refused, a `Literal` `type` field)
-plus the dotted path of the class that takes it, imported only when built, so choosing
-the scipy detector never imports alibi-detect (BSL 1.1; see `kubeloop.drift.detectors.alibi`); the configs are in `kubeloop.drift.config`:
+Both are found through the engine's one plug-in table (`kubeloop.plugins`, entry-point
+groups `kubeloop.drift_detectors` and `kubeloop.alert_stores`). Each backend is a
+`plugins.Backend`: a pydantic `<Name>Config` (unknown keys refused, a `Literal` `type`
+field) plus the "module:Class" that takes it, imported only when built, so choosing the
+scipy detector never imports alibi-detect (BSL 1.1; see `kubeloop.drift.detectors.alibi`);
+the detector configs are in `kubeloop.drift.config`:
 
     detector:     alibi (default) | scipy
     alert store:  sqlite (default) | postgres
 
     make_detector({"type": "scipy", "p_val": 1e-4})
     make_alert_store({"type": "postgres", "dsn": "postgresql://...", "table": "drift_alerts"})
+
+Another backend is one module with its config, its class and a `plugins.Backend` naming
+both, plus one entry point in pyproject.toml.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    TypeAdapter,
+)
 
-from kubeloop.drift.config import AlibiDetectorConfig, DetectorConfig, ScipyDetectorConfig
-from kubeloop.errors import KubeloopError
-
-
-class DriftConfigError(KubeloopError, ValueError):
-    """A drift detector or alert store configuration is invalid."""
+from kubeloop import plugins
+from kubeloop.drift.config import (
+    AlibiDetectorConfig,
+    DetectorConfig,
+    DriftConfigError,
+    ScipyDetectorConfig,
+    backend,
+    parse_backend_config,
+    parse_detector_config,
+)
 
 
 class SQLiteAlertStoreConfig(BaseModel):
@@ -50,77 +66,47 @@ class PostgresAlertStoreConfig(BaseModel):
     db_schema: str | None = Field(None, alias="schema", description="schema of the table")
 
 
-AlertStoreConfig = Annotated[
-    SQLiteAlertStoreConfig | PostgresAlertStoreConfig, Field(discriminator="type")
-]
+# Registered in pyproject.toml as `kubeloop.drift_detectors: alibi, scipy` and
+# `kubeloop.alert_stores: sqlite, postgres`.
+ALIBI = plugins.Backend(AlibiDetectorConfig, "kubeloop.drift.detectors.alibi:AlibiDriftDetector")
+SCIPY = plugins.Backend(ScipyDetectorConfig, "kubeloop.drift.detectors.scipy:ScipyDriftDetector")
+SQLITE = plugins.Backend(SQLiteAlertStoreConfig, "kubeloop.drift.alerts:SQLiteAlertStore")
+POSTGRES = plugins.Backend(PostgresAlertStoreConfig, "kubeloop.drift.alerts:PostgresAlertStore")
 
-_DETECTORS: dict[str, tuple[type[BaseModel], str]] = {
-    "alibi": (AlibiDetectorConfig, "kubeloop.drift.detectors.alibi.AlibiDriftDetector"),
-    "scipy": (ScipyDetectorConfig, "kubeloop.drift.detectors.scipy.ScipyDriftDetector"),
-}
-_ALERT_STORES: dict[str, tuple[type[BaseModel], str]] = {
-    "sqlite": (SQLiteAlertStoreConfig, "kubeloop.drift.alerts.SQLiteAlertStore"),
-    "postgres": (PostgresAlertStoreConfig, "kubeloop.drift.alerts.PostgresAlertStore"),
-}
-
-DEFAULT_DETECTOR = "alibi"
 DEFAULT_ALERT_STORE = "sqlite"
 
 
 def detector_names() -> list[str]:
     """Short names of the available detector backends."""
-    return sorted(_DETECTORS)
+    return plugins.names(plugins.DRIFT_DETECTORS)
 
 
 def alert_store_names() -> list[str]:
     """Short names of the available alert stores."""
-    return sorted(_ALERT_STORES)
+    return plugins.names(plugins.ALERT_STORES)
 
 
-def _parse(
-    what: str, table: dict[str, tuple[type[BaseModel], str]], default: str, data: Any
-) -> BaseModel:
-    if isinstance(data, BaseModel):
-        kind = getattr(data, "type", None)
-        if kind in table and isinstance(data, table[kind][0]):
-            return data
-        raise DriftConfigError(f"{type(data).__name__} is not a {what} config")
-    if not isinstance(data, Mapping):
-        raise DriftConfigError(f"a {what} config must be a mapping, not {type(data).__name__}")
-    kind = data.get("type", default)
-    if kind not in table:
-        raise DriftConfigError(
-            f"unknown {what} type {kind!r}; available: {', '.join(sorted(table))}"
-        )
-    try:
-        return table[kind][0].model_validate({**data, "type": kind})
-    except ValidationError as exc:
-        raise DriftConfigError(f"invalid {kind} {what} config: {exc}") from exc
-
-
-def _build(table: dict[str, tuple[type[BaseModel], str]], config: BaseModel) -> Any:
-    module_name, _, class_name = table[config.type][1].rpartition(".")  # type: ignore[attr-defined]
-    return getattr(importlib.import_module(module_name), class_name)(config)
-
-
-def parse_detector_config(data: Mapping[str, Any] | BaseModel | None = None) -> BaseModel:
-    """Validate a detector config (`type` defaults to alibi)."""
-    return _parse("drift detector", _DETECTORS, DEFAULT_DETECTOR, data or {})
-
-
-def make_detector(config: Mapping[str, Any] | BaseModel | None = None):
-    """The `DriftDetector` that `config` describes."""
-    return _build(_DETECTORS, parse_detector_config(config))
+def _build(group: plugins.PluginGroup, config: BaseModel) -> Any:
+    return backend(group, config.type).make(config)  # type: ignore[attr-defined]
 
 
 def parse_alert_store_config(data: Mapping[str, Any] | BaseModel) -> BaseModel:
     """Validate an alert-store config (`type` defaults to sqlite)."""
-    return _parse("alert store", _ALERT_STORES, DEFAULT_ALERT_STORE, data)
+    return parse_backend_config("alert store", plugins.ALERT_STORES, DEFAULT_ALERT_STORE, data)
+
+
+def make_detector(config: Mapping[str, Any] | BaseModel | None = None):
+    """The `DriftDetector` that `config` describes."""
+    return _build(plugins.DRIFT_DETECTORS, parse_detector_config(config))
 
 
 def make_alert_store(config: Mapping[str, Any] | BaseModel):
     """The `AlertStore` that `config` describes."""
-    return _build(_ALERT_STORES, parse_alert_store_config(config))
+    return _build(plugins.ALERT_STORES, parse_alert_store_config(config))
+
+
+# Any registered alert store's config, for fields of other configs (pydantic).
+AlertStoreConfig = Annotated[SerializeAsAny[BaseModel], BeforeValidator(parse_alert_store_config)]
 
 
 def alert_store_config_from_url(url: str) -> BaseModel:

@@ -6,9 +6,56 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+)
 
+from kubeloop import plugins
 from kubeloop.drift.windows import WindowConfig
+from kubeloop.errors import KubeloopError
+
+
+class DriftConfigError(KubeloopError, ValueError):
+    """A drift detector or alert store configuration is invalid."""
+
+
+def backend(group: plugins.PluginGroup, kind: Any) -> plugins.Backend:
+    """The backend `kind` of `group` from the plug-in table (DriftConfigError if none)."""
+    try:
+        return plugins.load(group, kind)
+    except plugins.PluginError as exc:
+        raise DriftConfigError(str(exc)) from None
+
+
+def parse_backend_config(
+    what: str, group: plugins.PluginGroup, default: str, data: Any
+) -> BaseModel:
+    """Validate the config of a backend of `group` (a mapping whose `type`, defaulting to
+    `default`, names the backend, or a config object of a registered backend)."""
+    if isinstance(data, BaseModel):
+        kind = getattr(data, "type", None)
+        if (
+            isinstance(kind, str)
+            and kind in plugins.names(group)
+            and isinstance(data, backend(group, kind).config_class)
+        ):
+            return data
+        raise DriftConfigError(f"{type(data).__name__} is not a {what} config")
+    if not isinstance(data, Mapping):
+        raise DriftConfigError(f"a {what} config must be a mapping, not {type(data).__name__}")
+    kind = data.get("type", default)
+    config_class = backend(group, kind).config_class
+    try:
+        return config_class.model_validate({**data, "type": kind})
+    except ValidationError as exc:
+        raise DriftConfigError(f"invalid {kind} {what} config: {exc}") from exc
+
 
 Correction = Literal["bonferroni", "fdr"]
 
@@ -44,7 +91,18 @@ class ScipyDetectorConfig(_DetectorConfigBase):
     type: Literal["scipy"] = "scipy"
 
 
-DetectorConfig = Annotated[AlibiDetectorConfig | ScipyDetectorConfig, Field(discriminator="type")]
+DEFAULT_DETECTOR = "alibi"
+
+
+def parse_detector_config(data: Mapping[str, Any] | BaseModel | None = None) -> BaseModel:
+    """Validate a detector config (`type` defaults to alibi)."""
+    return parse_backend_config(
+        "drift detector", plugins.DRIFT_DETECTORS, DEFAULT_DETECTOR, data or {}
+    )
+
+
+DetectorConfig = Annotated[SerializeAsAny[BaseModel], BeforeValidator(parse_detector_config)]
+"""Any registered detector's config (entry-point group `kubeloop.drift_detectors`)."""
 
 
 def _default_categorical() -> list[str]:

@@ -402,9 +402,10 @@ def build_app(
 
 
 def _parser() -> argparse.ArgumentParser:
+    from kubeloop.drift.backends import detector_names
     from kubeloop.serving.edge import DEFAULT_HOST, DEFAULT_MAX_BODY_BYTES, positive_int
 
-    BACKENDS = ["alibi", "scipy"]
+    BACKENDS = detector_names()
     p = argparse.ArgumentParser(
         prog="python -m kubeloop.drift.service",
         description="Drift detector for KServe logger CloudEvents (see the module docstring).",

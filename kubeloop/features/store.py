@@ -2,22 +2,36 @@
 
 Online stores are pluggable by short name, each with a typed config that forbids unknown
 keys (the pattern of feast's own `repo_config.py`): SQLite is the embedded default and
-needs no service; Redis is what the cluster runs. The repository directory holds
-`feature_store.yaml`, the file registry and (for SQLite) the online database, so the
-real `feast -c DIR ...` command works on it as well.
+needs no service; Redis is what the cluster runs. Online and offline stores are found
+through the engine's one plug-in table (`kubeloop.plugins`, entry-point groups
+`kubeloop.online_stores` and `kubeloop.offline_stores`): another online store is one
+config class with a `Literal` `type` and `feast_config()`, plus one entry point. The
+repository directory holds `feature_store.yaml`, the file registry and (for SQLite) the
+online database, so the real `feast -c DIR ...` command works on it as well.
 """
 
 from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+)
 
+from kubeloop import plugins
 from kubeloop.atomic import atomic_write_text
 from kubeloop.errors import FeatureStoreError
 
@@ -31,14 +45,11 @@ FEATURE_STORE_YAML = "feature_store.yaml"
 # module-level objects.
 REPO_DEFINITIONS_PY = "kubeloop_definitions.py"
 
-# Feast offline store types by kubeloop name. "file" is Feast's own Dask store; "asof"
-# is the same store with kubeloop's as-of merge for historical retrieval (see
-# kubeloop/features/training_set.py: Feast 0.47's Dask join drops and merges rows and
-# is slow at demo scale).
-OFFLINE_STORES: dict[str, str] = {
-    "file": "file",
-    "asof": "kubeloop.features.training_set.AsofFileOfflineStore",
-}
+# Offline stores are the plug-in group `kubeloop.offline_stores`. "file" is Feast's own
+# Dask store; "asof" is the same store with kubeloop's as-of merge for historical
+# retrieval (see kubeloop/features/training_set.py: Feast 0.47's Dask join drops and
+# merges rows and is slow at demo scale). feature_store.yaml names each as Feast does
+# (`plugins.feast_type`): "file", or the custom store's dotted class path.
 
 # v1 (Feast's default) mis-serialises int64 keys and makes Feast warn; v2 is the
 # version Feast recommends for new projects and both backends below read it.
@@ -109,31 +120,60 @@ class RedisStoreConfig(BaseModel):
         return out
 
 
-OnlineStoreConfig = Annotated[SqliteStoreConfig | RedisStoreConfig, Field(discriminator="type")]
-
-ONLINE_STORES: dict[str, type[BaseModel]] = {
-    "sqlite": SqliteStoreConfig,
-    "redis": RedisStoreConfig,
-}
-"""Short name -> config class of each supported online store."""
+def online_store_names() -> list[str]:
+    """Short names of the registered online stores."""
+    return plugins.names(plugins.ONLINE_STORES)
 
 
-def online_store_config(name: str, **options: Any) -> SqliteStoreConfig | RedisStoreConfig:
+def _online_store_class(name: Any, error: type[Exception] = FeatureStoreError) -> type[BaseModel]:
+    try:
+        return plugins.load(plugins.ONLINE_STORES, name)
+    except plugins.PluginError as exc:
+        raise error(str(exc)) from None
+
+
+def _parse_online_store(value: Any) -> Any:
+    # A config object of a registered store passes; a mapping is validated by the config
+    # class its `type` names. A ValueError is what pydantic reports as a ValidationError.
+    if isinstance(value, BaseModel):
+        kind = getattr(value, "type", None)
+        if not (
+            isinstance(kind, str)
+            and kind in online_store_names()
+            and isinstance(value, _online_store_class(kind, ValueError))
+        ):
+            raise ValueError(f"{type(value).__name__} is not an online store config")
+        return value
+    if not isinstance(value, Mapping):
+        # pydantic turns a ValueError, not a TypeError, into a ValidationError.
+        raise ValueError(f"an online store config must be a mapping, not {type(value).__name__}")  # noqa: TRY004
+    return _online_store_class(value.get("type"), ValueError).model_validate(dict(value))
+
+
+OnlineStoreConfig = Annotated[SerializeAsAny[BaseModel], BeforeValidator(_parse_online_store)]
+"""The config of any registered online store, chosen by its `type`."""
+
+
+def online_store_config(name: str, **options: Any) -> BaseModel:
     """Build the config of the online store called `name` ("sqlite" or "redis").
 
     Options that are None are left at their defaults, so CLI flags can be passed straight.
     """
-    try:
-        cls = ONLINE_STORES[name]
-    except KeyError:
-        raise FeatureStoreError(
-            f"unknown online store {name!r}; choose one of: {', '.join(sorted(ONLINE_STORES))}"
-        ) from None
+    cls = _online_store_class(name)
     given = {k: v for k, v in options.items() if v is not None}
     try:
-        return cls(**given)  # type: ignore[return-value]
+        return cls(**given)
     except ValidationError as exc:
         raise FeatureStoreError(f"invalid {name} online store options: {exc}") from exc
+
+
+def _offline_store(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            plugins.check_name(plugins.OFFLINE_STORES, value)
+        except plugins.PluginError as exc:
+            raise ValueError(str(exc)) from None
+    return value
 
 
 class FeatureStoreSettings(BaseModel):
@@ -150,7 +190,8 @@ class FeatureStoreSettings(BaseModel):
     online_store: OnlineStoreConfig = Field(default_factory=SqliteStoreConfig)
     registry: str = "registry.db"
     """Registry file, relative to the repository directory (or absolute)."""
-    offline_store: Literal["file", "asof"] = "file"
+    offline_store: Annotated[str, BeforeValidator(_offline_store)] = "file"
+    """A registered offline store (entry-point group `kubeloop.offline_stores`)."""
 
     @field_validator("project")
     @classmethod
@@ -169,7 +210,7 @@ class FeatureStoreSettings(BaseModel):
             "provider": "local",
             "registry": self.registry,
             "online_store": self.online_store.feast_config(),
-            "offline_store": {"type": OFFLINE_STORES[self.offline_store]},
+            "offline_store": {"type": plugins.feast_type(self.offline_store)},
             "entity_key_serialization_version": ENTITY_KEY_SERIALIZATION_VERSION,
         }
 
@@ -217,12 +258,11 @@ def read_settings(repo_dir: str | Path) -> FeatureStoreSettings:
     raw = yaml.safe_load(path.read_text()) or {}
     try:
         offline_type = (raw.get("offline_store") or {}).get("type", "file")
-        by_type = {feast_type: name for name, feast_type in OFFLINE_STORES.items()}
         return FeatureStoreSettings(
             project=raw["project"],
             registry=raw.get("registry", "registry.db"),
             online_store=raw.get("online_store", {"type": "sqlite"}),
-            offline_store=by_type.get(offline_type, offline_type),
+            offline_store=plugins.offline_store_name(offline_type) or offline_type,
         )
     except (KeyError, ValidationError, AttributeError) as exc:
         raise FeatureStoreError(f"{path} is not a kubeloop feature repository: {exc}") from exc

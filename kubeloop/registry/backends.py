@@ -1,7 +1,7 @@
 """Registry backends by short name, through the engine's one plug-in table
 (`kubeloop.plugins`, entry-point group `kubeloop.registries`): each is a `RegistryBackend`
-with a pydantic `<Name>Config` that has a `Literal` `type` field and forbids unknown keys,
-and a class imported only when it is used.
+(a `plugins.Backend`) with a pydantic `<Name>Config` that has a `Literal` `type` field and
+forbids unknown keys, and a class imported only when it is used.
 
 Only the BentoML model store is implemented. Another backend (a Kubeflow Model Registry,
 MLflow) is added by writing a `ModelRegistry` subclass whose constructor takes its config,
@@ -10,9 +10,7 @@ a `RegistryBackend` naming both, and one entry point in pyproject.toml.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,18 +19,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from kubeloop import plugins
 from kubeloop.registry.base import ModelRegistry, RegistryError
 
-
-@dataclass(frozen=True)
-class RegistryBackend:
-    """One registry backend: its config class and its `ModelRegistry` class, named as
-    "module:Class" so that naming the backend imports nothing heavy."""
-
-    config_class: type[BaseModel]
-    registry_class: str
-
-    def make(self, config: BaseModel) -> ModelRegistry:
-        module_name, _, class_name = self.registry_class.partition(":")
-        return getattr(importlib.import_module(module_name), class_name)(config)
+# One registry backend: its config class and its `ModelRegistry` class, named as
+# "module:Class" so that naming the backend imports nothing heavy.
+RegistryBackend = plugins.Backend
 
 
 class BentoMLRegistryConfig(BaseModel):

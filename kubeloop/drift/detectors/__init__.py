@@ -15,7 +15,8 @@ Benjamini-Hochberg false discovery rate). Two implementations:
 
 Modules: `base` (the interface, `TestResult`, `corrected_threshold`), `alibi` and `scipy`
 (one backend each). `make_detector(config)` builds the backend a config names
-(`kubeloop.drift.backends` holds the table); the checks that use a detector are in
+(by `type`, from the engine's plug-in table `kubeloop.plugins`, entry-point group
+`kubeloop.drift_detectors`); the checks that use a detector are in
 `kubeloop.drift.checks`, the reference in `kubeloop.drift.reference` and the configs in
 `kubeloop.drift.config`.
 """
