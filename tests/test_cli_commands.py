@@ -412,7 +412,12 @@ def test_demo_runs_every_stage_and_writes_the_report(demo_run) -> None:
 def test_models_list_show_promote_export(workdir: Path, tmp_path: Path) -> None:
     registry = str(workdir / "registry")
     listed = json.loads(assert_ok(kubeloop("models", "list", "--json", "--registry", registry)))
-    assert [(v["version"], v["stage"]) for v in listed] == [("v0001", "production")]
+    # The first training's champion is production; a canary the demo's A/B rolled back
+    # (there is one when a second rung passes the gate) is archived, never left staged.
+    stages = {v["version"]: v["stage"] for v in listed}
+    assert stages["v0001"] == "production"
+    assert [v for v, st in stages.items() if st == "production"] == ["v0001"]
+    assert set(stages.values()) <= {"production", "archived"}
     table = assert_ok(kubeloop("models", "list", "--registry", registry))
     assert "v0001" in table and "production" in table
 
@@ -587,17 +592,20 @@ def test_serve_answers_the_printed_example_and_stops_on_ctrl_c(workdir: Path) ->
 
 @pytest.mark.slow
 def test_pipeline_run_local_trains_gates_and_registers(workdir: Path) -> None:
+    from kubeloop.registry import open_registry
+
+    before = [v.version for v in open_registry(workdir / "registry").list("ctr")]
     done = kubeloop("pipeline", "run", "--local", "--workdir", str(workdir), timeout=600)
     stdout = assert_ok(done)
     # kfp.local logs each task's outputs to stdout too; the command's JSON comes last.
     result = json.loads(stdout[stdout.rindex('{\n  "decision"') :])
     decision = result["decision"]
-    assert decision["champion"] in {"lightgbm", "torch"} and decision["reasons"]
+    assert decision["champion"] in {"logistic", "lightgbm", "torch"} and decision["reasons"]
     assert result["seconds"] > 0
-    from kubeloop.registry import open_registry
 
     versions = [v.version for v in open_registry(workdir / "registry").list("ctr")]
     # A passed gate registers the champion as the next version; a failed one registers nothing.
-    assert versions == (["v0001", "v0002"] if decision["passed"] else ["v0001"])
+    following = f"v{len(before) + 1:04d}"
+    assert versions == ([*before, following] if decision["passed"] else before)
     runs = list((workdir / "kfp_local").iterdir())
     assert len(runs) == 2  # the demo's run and this one
