@@ -390,6 +390,11 @@ def test_demo_runs_every_stage_and_writes_the_report(demo_run) -> None:
     assert f"report: {workdir / 'report.json'}" in stdout.replace("\n", "")
     report = json.loads((workdir / "report.json").read_text())
     assert SECTIONS <= set(report)
+    # Quiet by default: a summary, not kfp.local's executor logs (those go to a file).
+    assert "KFP Executor" not in stdout + done.stderr
+    assert '"training"' not in stdout  # nor the whole report as JSON
+    assert any(line.startswith("training: ") and "(champion)" in line for line in stdout.splitlines())
+    assert "KFP Executor" in (workdir / "kfp_local" / "pipeline.log").read_text()
     assert report["run"]["complete"] is True and report["run"]["wall_seconds"] > 0
     assert report["data"]["events"] == 12_000 and report["data"]["partitions"] == 6
     assert report["features"]["training_rows"] > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +52,11 @@ def demo(
         "serving, drift, train_config, ...); the options above override its generator.",
     ),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    executor_logs: bool = typer.Option(
+        False,
+        help="Stream every pipeline task's executor log (by default they go to "
+        "WORKDIR/kfp_local*/pipeline.log).",
+    ),
 ) -> None:
     """Run every stage of the local loop and write WORKDIR/report.json."""
     from kubeloop.demo import DemoConfig, run_demo
@@ -64,11 +68,49 @@ def demo(
         if value is not None:
             generator[name] = value
     demo_config = DemoConfig.model_validate(
-        {**fields, "generator": generator, "progress": progress}
+        {**fields, "generator": generator, "progress": progress, "executor_logs": executor_logs}
     )
     wd = Workdir.at(workdir)
     report = run_demo(demo_config, wd)
     console = Console()
     console.rule("kubeloop demo")
-    console.print_json(json.dumps(report, default=str))
+    for line in summary_lines(report):
+        console.print(line)
     console.print(f"report: {wd.report}")
+
+
+def _num(value, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, int | float) else "-"
+
+
+def summary_lines(report: dict) -> list[str]:
+    """A few lines a person reads after a demo: the champion, the serving decision, the
+    drift outcome and the wall time (the whole report is in report.json)."""
+    lines = []
+    training = report.get("training") or {}
+    models = training.get("models") or {}
+    champion = training.get("champion")
+    if models:
+        ranked = ", ".join(
+            f"{kind} NE {_num(m.get('ne'))} AUC {_num(m.get('auc'))}"
+            + (" (champion)" if kind == champion else "")
+            for kind, m in sorted(models.items(), key=lambda kv: kv[1].get("rank", 0))
+        )
+        lines.append(f"training: {ranked}")
+    serving = report.get("serving") or {}
+    decision = serving.get("decision") or {}
+    if decision:
+        reasons = "; ".join(decision.get("reasons") or [])[:160]
+        lines.append(f"serving: {decision.get('action', '-')} ({reasons})")
+    drift = report.get("drift") or {}
+    if drift:
+        alerts = drift.get("alerts") or []
+        retrain = (drift.get("retrain") or {}).get("triggered")
+        lines.append(
+            f"drift: {len(alerts)} alert(s), {drift.get('false_alarms_before_change', 0)} before the"
+            f" change; retraining {'triggered' if retrain else 'not triggered'}"
+        )
+    run = report.get("run") or {}
+    if isinstance(run.get("wall_seconds"), int | float):
+        lines.append(f"wall time: {run['wall_seconds'] / 60:.1f} min")
+    return lines

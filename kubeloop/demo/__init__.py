@@ -85,6 +85,10 @@ class DemoConfig(BaseModel):
         return train
 
     progress: bool = True
+    executor_logs: bool = Field(
+        False,
+        description="stream each pipeline task's executor log; else it goes to <run>/pipeline.log",
+    )
 
 
 def run_data_stage(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
@@ -178,7 +182,7 @@ def run_training_pipeline(config: DemoConfig, workdir: Workdir):
         gate_config=config.gate_config,
         feature_config={"progress": False},
     )
-    result = run_local(params, workdir.root / "kfp_local")
+    result = run_local(params, workdir.root / "kfp_local", quiet=not config.executor_logs)
     write_section(workdir.report, "features", result.features)
     write_section(
         workdir.report,
@@ -312,7 +316,7 @@ def run_drift(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
         impressions,
         change_start_of(gen),
         gen.scenario,
-        config.drift,
+        config.drift.model_copy(update={"executor_logs": config.executor_logs}),
         retrain_params,
         canary_impressions,
     )

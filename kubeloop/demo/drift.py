@@ -37,6 +37,9 @@ class DriftStageConfig(BaseModel):
         8, ge=2, description="recent days the retraining run learns from"
     )
     canary_percent: int = Field(50, ge=1, le=100)
+    executor_logs: bool = Field(
+        False, description="stream the retraining run's executor logs; else <run>/pipeline.log"
+    )
     canary_replay: ReplayConfig = Field(
         default_factory=lambda: ReplayConfig(requests=3000, batch_size=8)
     )
@@ -238,7 +241,9 @@ def run_drift_stage(
     rollout: dict[str, Any] = {"decision": "none", "reasons": ["no retraining"]}
     if decision.trigger:
         before = {v.version for v in registry.list(model_name)}
-        result = trigger_local(retrain_params, workdir.root / "kfp_local_retrain")
+        result = trigger_local(
+            retrain_params, workdir.root / "kfp_local_retrain", quiet=not config.executor_logs
+        )
         new = sorted({v.version for v in registry.list(model_name)} - before)
         retrain.update(
             run_id=result.run_dir.rsplit("/", 1)[-1],

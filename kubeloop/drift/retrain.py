@@ -84,11 +84,12 @@ def decide_retrain(
     return RetrainDecision(trigger=True, reasons=reasons, alert_ids=[a.id for a in qualifying])
 
 
-def trigger_local(params, pipeline_root) -> Any:
-    """Run the training pipeline here with kfp.local (the embedded path)."""
+def trigger_local(params, pipeline_root, *, quiet: bool = False) -> Any:
+    """Run the training pipeline here with kfp.local (the embedded path); `quiet` sends the
+    executor logs to a file (see `kubeloop.pipeline.local_run.run_local`)."""
     from kubeloop.pipeline.local_run import run_local
 
-    return run_local(params, pipeline_root)
+    return run_local(params, pipeline_root, quiet=quiet)
 
 
 def trigger_cluster(package, params, options, client=None) -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -9,7 +10,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from kubeloop.errors import KubeloopError
 from kubeloop.pipeline.params import TrainingRunParams
+
+LOG_FILE = "pipeline.log"
 
 
 class LocalRunResult(BaseModel):
@@ -37,10 +41,16 @@ def _read_json(path: str) -> dict[str, Any]:
     return json.loads(target.read_text())
 
 
-def run_local(params: TrainingRunParams, pipeline_root: Path) -> LocalRunResult:
+def run_local(
+    params: TrainingRunParams, pipeline_root: Path, *, quiet: bool = False
+) -> LocalRunResult:
     """Run every component as a subprocess of this interpreter (use_venv=False: the
     installed kubeloop package is what the components import), in the DAG order KFP
-    resolves, with the gate's dsl.If honoured."""
+    resolves, with the gate's dsl.If honoured.
+
+    kfp.local prints every task's executor log to stdout. With `quiet` those pages go to
+    `<pipeline_root>/pipeline.log` instead (a demo shows progress and a summary, not
+    executor logs), and a failed run says where the log is."""
     from kfp import local
 
     from kubeloop import plugins
@@ -56,8 +66,24 @@ def run_local(params: TrainingRunParams, pipeline_root: Path) -> LocalRunResult:
         raise_on_error=True,
     )
     started = time.perf_counter()
-    with conditions_evaluated():
-        task = training_pipeline(**params.arguments())
+    log_path = pipeline_root / LOG_FILE
+    with contextlib.ExitStack() as stack:
+        if quiet:
+            # kfp.local prints through sys.stdout (its log handler is made per run), so a
+            # redirect for the run's duration catches the tasks' streamed output too.
+            log = stack.enter_context(log_path.open("a"))
+            stack.enter_context(contextlib.redirect_stdout(log))
+            stack.enter_context(contextlib.redirect_stderr(log))
+        stack.enter_context(conditions_evaluated())
+        try:
+            task = training_pipeline(**params.arguments())
+        except Exception as exc:
+            if not quiet:
+                raise
+            raise KubeloopError(
+                f"local pipeline run failed ({type(exc).__name__}: {exc}); the executor logs"
+                f" are in {log_path}"
+            ) from exc
     seconds = time.perf_counter() - started
     outputs = task.outputs
     return LocalRunResult(
