@@ -612,5 +612,5 @@ def test_pipeline_run_local_trains_gates_and_registers(workdir: Path) -> None:
     # A passed gate registers the champion as the next version; a failed one registers nothing.
     following = f"v{len(before) + 1:04d}"
     assert versions == ([*before, following] if decision["passed"] else before)
-    runs = list((workdir / "kfp_local").iterdir())
+    runs = [p for p in (workdir / "kfp_local").iterdir() if p.is_dir()]  # not pipeline.log
     assert len(runs) == 2  # the demo's run and this one
