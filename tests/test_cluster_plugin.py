@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from k8s_api_server import merge_patch  # the one RFC 7386 implementation of the tests
 from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
@@ -58,19 +59,6 @@ NOW = datetime(2025, 6, 2, 10, 30, tzinfo=UTC)
 
 def load(name: str) -> dict:
     return json.loads((FIXTURES / name).read_text())
-
-
-def merge_patch(target, patch):
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = merge_patch(result.get(key), value)
-    return result
 
 
 class _Response:
