@@ -88,7 +88,10 @@ class LocalStack:
     `transformer_module` name the `python -m` entry points, `server_args` the arguments
     added to both, `env` extra environment (PYTHONPATH is prepended to the current one).
     `sync_registry=False` leaves the registry's stages alone. `logger_urls` receive the
-    request log as CloudEvents (the drift detector).
+    request log as CloudEvents (the drift detector). With `mirror` (the default), the
+    router scores a copy of every request with the non-serving version while there is a
+    canary (`kubeloop.serving.shadow`): logged as variant "shadow" in the local log only (the
+    drift detector gets the served answers); `shadow_queue_size` bounds the copies waiting.
     """
 
     def __init__(
@@ -120,6 +123,8 @@ class LocalStack:
         force: bool = False,
         host: str = HOST,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        mirror: bool = True,
+        shadow_queue_size: int = 1024,
     ):
         self.registry = registry
         self.model_name = model_name
@@ -147,6 +152,9 @@ class LocalStack:
         self.force = force
         self.host = host
         self.max_body_bytes = max_body_bytes
+        self.mirror = mirror
+        self.shadow_queue_size = shadow_queue_size
+        self.shadow_logger: CloudEventLogger | None = None
 
         self.serving = serving_dir(self.workdir)
         self.log_dir = self.serving / "logs"
@@ -272,6 +280,28 @@ class LocalStack:
             source=f"http://localhost:{self.router_port}/predictor",
             urls=self.logger_urls,
         )
+        shadow, metrics = None, None
+        if self.mirror:
+            from prometheus_client import CollectorRegistry
+
+            from kubeloop.serving.shadow import HTTPSender, ShadowMirror
+
+            # Shadow answers go to the same log but are never POSTed on: the drift detector
+            # pairs a request's halves by id, and a shadow answer shares the served one's id.
+            self.shadow_logger = CloudEventLogger(
+                sink,
+                inference_service=self.model_name,
+                namespace=self.namespace,
+                source=f"http://localhost:{self.router_port}/shadow",
+                close_sink=False,
+            )
+            metrics = CollectorRegistry()
+            shadow = ShadowMirror(
+                HTTPSender(),
+                request_log=self.shadow_logger,
+                queue_size=self.shadow_queue_size,
+                registry=metrics,
+            )
         self.router = CanaryRouter(
             self.rollout.path,
             {v: s.url for v, s in self.predictors.items()},
@@ -280,6 +310,8 @@ class LocalStack:
             local_rollout=self.rollout,
             on_missing_backend=self._start_missing,
             max_body_bytes=self.max_body_bytes,
+            shadow=shadow,
+            metrics_registry=metrics,
         )
         self._start_router()
 
@@ -488,6 +520,8 @@ class LocalStack:
         stop_servers([s for s in servers if s is not None], grace)
         if self._thread is not None:
             self._thread.join(10)
+        if self.shadow_logger is not None:
+            self.shadow_logger.close()  # before the sink it shares is closed
         if self.request_logger is not None:
             self.request_logger.close()
         if self._router_log_handler is not None:

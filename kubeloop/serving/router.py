@@ -10,6 +10,7 @@ it:
                                          forwarded to the primary predictor
     GET  /v2/health/live, /              the router itself
     GET  /kubeloop/rollout               the rollout state, backends and counters
+    GET  /metrics                        Prometheus text: kubeloop_shadow_* counters
     POST /kubeloop/rollout               change the rollout: {"action": "set_percent",
                                          "percent": 20} (also set_canary with "version",
                                          promote, rollback, set_sticky with "sticky")
@@ -21,6 +22,12 @@ variant (`choose_variant`), forwards the body unchanged over a keep-alive
 unchanged (status code, body, content type) with the header `x-kubeloop-variant:
 primary|canary` (and `x-kubeloop-version`). Each exchange is handed to a
 `CloudEventLogger`, which logs it off the request path.
+
+With a `shadow` mirror (`kubeloop.serving.shadow.ShadowMirror`), every request served while
+the rollout has a canary is also scored by the other variant's model (the shadow stage at
+0%, and the non-serving model during the canary steps), after the caller's answer is in
+hand and off its path; the copy's answer is logged with the same request id, variant
+"shadow" and its own version.
 
 A request's id is its `Ce-Id` header (as KServe's logger agent takes it), else its
 `x-request-id` header (which KServe's transformer forwards to the predictor), else the
@@ -70,6 +77,7 @@ from kubeloop.serving.rollout import (
     set_sticky,
     state_summary,
 )
+from kubeloop.serving.shadow import ShadowMirror, ShadowRequest
 
 if TYPE_CHECKING:
     import httpx
@@ -234,6 +242,8 @@ class CanaryRouter:
     and the registry); without it that endpoint changes the in-memory state. `mounts` is
     passed to `httpx.AsyncClient` (tests route backends to in-process ASGI apps with it).
     `max_body_bytes` is the body limit at the router's edge (see the module docstring).
+    `shadow` mirrors each request to the non-serving variant (`mirror_target`);
+    `metrics_registry` (a prometheus_client registry) is what `GET /metrics` serves.
     """
 
     def __init__(
@@ -249,6 +259,8 @@ class CanaryRouter:
         on_missing_backend: Callable[[str], None] | None = None,
         mounts: Mapping[str, httpx.AsyncBaseTransport] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        shadow: ShadowMirror | None = None,
+        metrics_registry: Any = None,
     ):
         if isinstance(rollout, RolloutState):
             rollout = StaticRollout(rollout)
@@ -267,6 +279,8 @@ class CanaryRouter:
         self.errors: Counter[str] = Counter()
         self._missing_reported: set[str] = set()
         self._client: httpx.AsyncClient | None = None
+        self.shadow = shadow
+        self.metrics_registry = metrics_registry
         self.app = EdgeMiddleware(
             self._build_app(), max_body_bytes=max_body_bytes, on_reject=self._log_rejection
         )
@@ -296,6 +310,8 @@ class CanaryRouter:
         return self._client
 
     async def aclose(self) -> None:
+        if self.shadow is not None:
+            await self.shadow.aclose()
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
@@ -324,6 +340,39 @@ class CanaryRouter:
             url = self.backends.get(version)
         return variant, version, url
 
+    def mirror_target(self, state: RolloutState, served: str) -> tuple[str, str] | None:
+        """(version, base URL) of the model that scores `served`'s request in shadow: the
+        other variant's, while the state has a canary and that version has a predictor."""
+        if state.canary_version is None:
+            return None
+        version = state.version_of("primary" if served == "canary" else "canary")
+        url = self.backends.get(version) if version is not None else None
+        return (version, url) if version is not None and url is not None else None
+
+    def _mirror(
+        self, state: RolloutState, served: str, request: Request, body: bytes, request_id: str
+    ) -> None:
+        """Hand a copy to the shadow mirror (a put_nowait: the caller's answer is already
+        decided and nothing here waits)."""
+        target = self.shadow and self.mirror_target(state, served)
+        if not target:
+            return
+        version, base = target
+        url = base + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        assert self.shadow is not None
+        self.shadow.submit(
+            ShadowRequest(
+                request_id=request_id,
+                version=version,
+                url=url,
+                body=body,
+                content_type=request.headers.get("content-type") or "application/json",
+                served_variant=served,
+            )
+        )
+
     # Handlers ---------------------------------------------------------------------------
 
     async def _infer(self, request: Request) -> Response:
@@ -338,6 +387,7 @@ class CanaryRouter:
         # else the body's request_id / id.
         request_id = headers.get("ce-id") or headers.get("x-request-id") or _body_request_id(body)
         variant, version, base = self.route(state, request_id)
+        log_id = request_id or str(uuid.uuid4())
         marks = {VARIANT_HEADER: variant, VERSION_HEADER: version or ""}
         if base is None:
             self.errors[variant] += 1
@@ -379,13 +429,15 @@ class CanaryRouter:
                     variant=variant,
                     model_version=version,
                     latency_ms=latency_ms,
-                    request_id=request_id or str(uuid.uuid4()),
+                    request_id=log_id,
                     request_time=started_wall,
                     response_time=started_wall + latency_ms / 1000.0,
                     content_type=headers.get("content-type") or "application/json",
                     rejected=rejected,
                 )
             )
+        if rejected is None:
+            self._mirror(state, variant, request, body, log_id)
         out.update(marks)
         return Response(content=content, status_code=status, headers=out)
 
@@ -453,7 +505,18 @@ class CanaryRouter:
         }
         if self.request_log is not None:
             out["request_log"] = self.request_log.stats.as_dict()
+        if self.shadow is not None:
+            out["shadow"] = self.shadow.status()
         return out
+
+    async def _metrics(self, request: Request) -> Response:
+        from starlette.responses import Response
+
+        if self.metrics_registry is None:
+            return Response(b"", media_type="text/plain; version=0.0.4")
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(self.metrics_registry), media_type=CONTENT_TYPE_LATEST)
 
     async def _get_rollout(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
@@ -541,6 +604,7 @@ class CanaryRouter:
             Route("/v2/models/{name}/versions/{version}/infer", self._infer, methods=["POST"]),
             Route("/kubeloop/rollout", self._get_rollout, methods=["GET"]),
             Route("/kubeloop/rollout", self._post_rollout, methods=["POST"]),
+            Route("/metrics", self._metrics, methods=["GET"]),
             Route("/", self._live, methods=["GET"]),
             Route("/v2/health/live", self._live, methods=["GET"]),
             Route("/{path:path}", self._forward_primary, methods=["GET"]),

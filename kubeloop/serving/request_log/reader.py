@@ -48,13 +48,15 @@ def exchanges_frame(
     import pandas as pd
 
     # Events come in write order, and a request's response is written after it: pair each
-    # response with the earliest unanswered request of its ce-id, so ids that clients
-    # reuse (sticky routing by user, say) still pair correctly.
+    # response with the earliest unanswered request of its ce-id and variant, so ids that
+    # clients reuse (sticky routing by user, say) still pair correctly, and so does a shadow
+    # answer logged under the served request's id (variant "shadow").
     rows: list[dict[str, Any]] = []
-    unanswered: dict[str, deque[int]] = {}
+    unanswered: dict[tuple[str, str | None], deque[int]] = {}
     for event in iter_events(sink, since=since, variant=variant):
+        key = (event.id, event.variant)
         if event.type == REQUEST_TYPE:
-            unanswered.setdefault(event.id, deque()).append(len(rows))
+            unanswered.setdefault(key, deque()).append(len(rows))
             rows.append(
                 {
                     "request_id": event.id,
@@ -68,8 +70,8 @@ def exchanges_frame(
                     "time": event.time,
                 }
             )
-        elif event.type == RESPONSE_TYPE and unanswered.get(event.id):
-            row = rows[unanswered[event.id].popleft()]
+        elif event.type == RESPONSE_TYPE and unanswered.get(key):
+            row = rows[unanswered[key].popleft()]
             row["predictions"] = _payload(event, ("predictions", "outputs"))
             row["status_code"] = event.status_code
             row["latency_ms"] = event.latency_ms

@@ -1,0 +1,329 @@
+"""The shadow stage: a second model scores a copy of every request, off the caller's path.
+
+KServe has no traffic mirroring (kserve/kserve#2240), so kubeloop mirrors itself: locally the
+canary router (`kubeloop.serving.router.CanaryRouter`), in the cluster the transformer
+(`models/transformer.py`, to a shadow predictor URL). Both hand each copy to a
+`ShadowMirror`:
+
+    mirror = ShadowMirror(HTTPSender(), request_log=logger)
+    ...
+    mirror.submit(ShadowRequest(...))   # on the request path: a put_nowait, nothing else
+
+What the caller gets is decided before the copy exists: `submit` only puts the copy on a
+bounded `asyncio.Queue` (`put_nowait`; a full queue drops the copy and counts it) and never
+awaits, so a shadow model that is slow, hung or down cannot delay or change the caller's
+answer. Worker tasks on the same event loop take copies off the queue, POST them to the
+shadow model and log its answer through a `CloudEventLogger` (the request log of
+`kubeloop.serving.request_log`) with the caller's request id, variant ``shadow`` and the
+shadow model's own version, so the rollout's paired comparison finds both scores of every
+impression under one id. The served answer keeps its own variant (``primary``/``canary``).
+
+Counters (`ShadowStats`, and Prometheus counters `kubeloop_shadow_requests_total{result}` on
+the registry given) say how many copies were mirrored (answered), failed (the shadow model
+errored or was unreachable) and dropped (queue full, or the mirror closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kubeloop.serving.request_log.events import Exchange
+from kubeloop.serving.request_log.sinks import RequestLogSink
+
+if TYPE_CHECKING:
+    import httpx
+
+    from kubeloop.serving.request_log.logger import CloudEventLogger
+
+log = logging.getLogger(__name__)
+
+SHADOW_VARIANT = "shadow"
+DEFAULT_QUEUE_SIZE = 1024
+DEFAULT_WORKERS = 4
+# How much of a shadow model's error answer the log keeps (messages are short).
+MAX_LOGGED_ERROR_BYTES = 4096
+RESULTS = ("mirrored", "failed", "dropped")
+
+
+@dataclass(frozen=True)
+class ShadowRequest:
+    """One copy to score: the body exactly as the served model got it, where to send it
+    (`url`, the shadow model's full inference URL), the caller's `request_id`, the shadow
+    model's `version` and the `served_variant` that answered the caller."""
+
+    request_id: str
+    version: str | None
+    url: str
+    body: bytes
+    headers: Sequence[tuple[str, str]] = ()
+    content_type: str = "application/json"
+    served_variant: str = "primary"
+    request_time: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class ShadowAnswer:
+    """What the shadow model answered: status, body and (when it names one) its version."""
+
+    status_code: int
+    body: bytes
+    model_version: str | None = None
+
+
+Sender = Callable[[ShadowRequest], Awaitable[ShadowAnswer]]
+
+
+class ShadowStats:
+    """Thread-safe counters of a mirror: `submitted`, `mirrored` (answered with 2xx),
+    `failed` (an error answer or no answer) and `dropped` (never sent: queue full or closed).
+    With a Prometheus `registry`, the same counts are `kubeloop_shadow_requests_total{result}`
+    there (plus `kubeloop_shadow_queue_depth`)."""
+
+    def __init__(self, registry: Any = None, *, queue_depth: Callable[[], int] | None = None):
+        self._lock = threading.Lock()
+        self.counts = dict.fromkeys(("submitted", *RESULTS), 0)
+        self._counter = None
+        if registry is not None:
+            from prometheus_client import Counter, Gauge
+
+            self._counter = Counter(
+                "shadow_requests_total",
+                "copies of requests scored by the shadow model, by result",
+                ["result"],
+                namespace="kubeloop",
+                registry=registry,
+            )
+            for result in RESULTS:
+                self._counter.labels(result=result)
+            if queue_depth is not None:
+                gauge = Gauge(
+                    "shadow_queue_depth",
+                    "copies waiting for the shadow model",
+                    namespace="kubeloop",
+                    registry=registry,
+                )
+                gauge.set_function(queue_depth)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self.counts[name] += n
+        if self._counter is not None and name in RESULTS:
+            self._counter.labels(result=name).inc(n)
+
+    def as_dict(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
+
+def version_of_answer(headers: Any, body: bytes) -> str | None:
+    """The version a kubeloop predictor answered with: its `x-model-version` header, else
+    the V1 body's `model_version` (the predictor adds it), else the V2 `model_version`."""
+    version = headers.get("x-model-version") if headers is not None else None
+    if version:
+        return str(version)
+    if b'"model_version"' not in body:
+        return None
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    found = value.get("model_version") if isinstance(value, dict) else None
+    return str(found) if isinstance(found, str | int) and not isinstance(found, bool) else None
+
+
+class HTTPSender:
+    """A `Sender` that POSTs each copy over its own keep-alive httpx pool, never the served
+    path's: copies waiting for a connection must not take one a caller needs. The client is
+    made in the worker's loop on first use (`mounts` routes URLs to in-process apps in tests,
+    `client` injects one outright); `aclose()` closes it."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 30.0,
+        max_connections: int = DEFAULT_WORKERS,
+        mounts: Any = None,
+        client: httpx.AsyncClient | None = None,
+    ):
+        self.timeout = timeout
+        self.max_connections = max_connections
+        self.mounts = mounts
+        self._client = client
+
+    def client(self) -> httpx.AsyncClient:
+        import httpx
+
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=self.timeout,
+                limits=httpx.Limits(
+                    max_connections=self.max_connections,
+                    max_keepalive_connections=self.max_connections,
+                ),
+                mounts=self.mounts,
+            )
+        return self._client
+
+    async def __call__(self, request: ShadowRequest) -> ShadowAnswer:
+        headers = [*request.headers, ("content-type", request.content_type)]
+        headers.append(("x-request-id", request.request_id))
+        response = await self.client().post(request.url, content=request.body, headers=headers)
+        return ShadowAnswer(
+            response.status_code,
+            response.content,
+            version_of_answer(response.headers, response.content),
+        )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            await client.aclose()
+
+
+class ShadowMirror:
+    """Scores copies of requests with a shadow model, off the request path (module docstring).
+
+    `send` scores one copy (`HTTPSender`, or any coroutine function in tests). Answers are
+    logged through `request_log` as variant ``shadow``. `queue_size` bounds the copies waiting;
+    `workers` is how many are in flight at once. The queue and workers belong to the event
+    loop of the first `submit`; `aclose()` stops them.
+    """
+
+    def __init__(
+        self,
+        send: Sender,
+        *,
+        request_log: CloudEventLogger | None = None,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        workers: int = DEFAULT_WORKERS,
+        registry: Any = None,
+    ):
+        if queue_size < 1 or workers < 1:
+            raise ValueError("a shadow mirror needs queue_size >= 1 and workers >= 1")
+        self.send = send
+        self.request_log = request_log
+        self.queue_size = queue_size
+        self.workers = workers
+        self._queue: asyncio.Queue[ShadowRequest] | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._closed = False
+        self.stats = ShadowStats(registry, queue_depth=self.depth)
+
+    def depth(self) -> int:
+        """Copies waiting now."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def _start(self) -> asyncio.Queue[ShadowRequest]:
+        if self._queue is None:
+            self._queue = asyncio.Queue(maxsize=self.queue_size)
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._work(), name=f"kubeloop-shadow-{i}")
+                for i in range(self.workers)
+            ]
+        return self._queue
+
+    def submit(self, request: ShadowRequest) -> bool:
+        """Queue one copy; never waits. False (and counted as dropped) when the queue is full
+        or the mirror is closed. Call it from the event loop that serves the requests."""
+        self.stats.add("submitted")
+        if self._closed:
+            self.stats.add("dropped")
+            return False
+        try:
+            self._start().put_nowait(request)
+        except asyncio.QueueFull:
+            self.stats.add("dropped")
+            return False
+        return True
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            request = await self._queue.get()
+            try:
+                await self._score(request)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad copy must not stop the worker
+                log.exception("shadow: scoring request %s failed", request.request_id)
+            finally:
+                self._queue.task_done()
+
+    async def _score(self, request: ShadowRequest) -> None:
+        started_wall = time.time()
+        started = time.perf_counter()
+        try:
+            answer = await self.send(request)
+        except Exception as exc:  # noqa: BLE001 - unreachable, timeout: counted, logged
+            answer = ShadowAnswer(
+                502,
+                json.dumps({"error": f"shadow {request.version} failed: {exc!r}"}).encode(),
+            )
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        ok = 200 <= answer.status_code < 300
+        self.stats.add("mirrored" if ok else "failed")
+        if self.request_log is None:
+            return
+        body = answer.body if ok else answer.body[:MAX_LOGGED_ERROR_BYTES]
+        self.request_log.log(
+            Exchange(
+                request_body=request.body,
+                response_body=body,
+                status_code=answer.status_code,
+                variant=SHADOW_VARIANT,
+                model_version=answer.model_version or request.version,
+                latency_ms=latency_ms,
+                request_id=request.request_id,
+                request_time=started_wall,
+                response_time=started_wall + latency_ms / 1000.0,
+                content_type=request.content_type,
+            )
+        )
+
+    async def join(self) -> None:
+        """Wait until every queued copy has been scored (tests, and the end of a replay)."""
+        if self._queue is not None:
+            await self._queue.join()
+
+    async def aclose(self) -> None:
+        """Stop taking copies and cancel the workers (copies still queued are dropped)."""
+        self._closed = True
+        if self._queue is not None:
+            left = self._queue.qsize()
+            if left:
+                self.stats.add("dropped", left)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, RuntimeError):
+                pass  # RuntimeError: the task's loop is already closed
+        self._tasks = []
+        self._queue = None
+        close = getattr(self.send, "aclose", None)
+        if close is not None:
+            await close()
+
+    def status(self) -> dict[str, int]:
+        """The counters plus the queue's depth and size (the stack's status shows them)."""
+        return {**self.stats.as_dict(), "queued": self.depth(), "queue_size": self.queue_size}
+
+
+class PostOnlySink(RequestLogSink):
+    """A sink that keeps nothing: for a `CloudEventLogger` whose only job is to POST events
+    (the transformer in the cluster posts the shadow's answers to the request-log service)."""
+
+    def write(self, events) -> None:
+        return None
+
+    def iter_events(self, since=None, variant=None, type=None):
+        return iter(())
