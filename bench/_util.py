@@ -1,17 +1,20 @@
 """Helpers shared by the bench scripts: machine facts, percentiles, fresh-process runs,
-markdown tables. Standard library only, so importing it costs a child process nothing."""
+markdown tables. Standard library and `kubeloop.machine` only, so importing it costs a child
+process nothing."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
-import platform
 import resource
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from importlib import metadata
+from pathlib import Path
 from typing import Any
+
+from kubeloop import machine
 
 
 def peak_rss_mib() -> float:
@@ -99,47 +102,26 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _memory_gib() -> str:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return f"{int(line.split()[1]) / 1024**2:.1f} GiB"
-    except OSError:
-        pass
-    return "unknown"
-
-
 def load_average() -> str:
     """1/5/15-minute load averages, or 'n/a' where the OS has none."""
-    try:
-        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
+    values = machine.load_average()
+    return " / ".join(f"{x:.2f}" for x in values) if values else "n/a"
 
 
 def machine_facts(packages: Sequence[str]) -> list[str]:
     """Markdown bullet lines: cores, CPU, memory, OS, Python and `packages`' versions."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    m = machine.machine_facts()
     versions = ", ".join(f"{name} {_version(name)}" for name in packages)
+    return [*_machine_lines(m), f"- {versions}"]
+
+
+def _machine_lines(m: dict[str, Any]) -> list[str]:
     return [
         (
-            f"- cores: {usable} usable ({os.cpu_count()} online), {_cpu_model()}; "
-            f"memory {_memory_gib()}"
+            f"- cores: {m['cores_usable']} usable ({m['cores_online']} online), "
+            f"{m['cpu'] or 'unknown CPU'}; memory {m['memory'] or 'unknown'}"
         ),
-        f"- {platform.system()} {platform.release()}; Python {platform.python_version()}",
-        f"- {versions}",
+        f"- {m['platform']}; Python {m['python']}",
     ]
 
 
@@ -153,31 +135,12 @@ def fmt_ratio(value: float) -> str:
 
 def load_averages() -> list[float] | None:
     """1/5/15-minute load averages as numbers (for the JSON), or None where the OS has none."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
+    return machine.load_average()
 
 
 def git_commit() -> dict[str, Any]:
-    """HEAD of the checkout the bench runs from and whether tracked files differ from it
-    (the servers and steps a bench starts run the working tree, not HEAD)."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", "-C", root, *args], check=False, capture_output=True, text=True, timeout=30
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    sha = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if sha else None
-    return {"sha": sha, "dirty": None if status is None else bool(status)}
+    """HEAD of the checkout the bench runs from and whether tracked files differ from it."""
+    return machine.git_commit(Path(__file__).resolve().parent.parent)
 
 
 def conditions(
@@ -191,21 +154,13 @@ def conditions(
 ) -> dict[str, Any]:
     """The conditions of a bench run, for its JSON: what ran (mode: full, quick or a reduced
     mode named by the bench), when, for how long, on which machine and under what load."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
         "bench": bench,
         "mode": mode,
         "command": " ".join([f"bench/{bench}_bench.py", *argv]),
         "started_at": started_at,
         "seconds": round(seconds, 1),
-        "machine": {
-            "cores_usable": usable,
-            "cores_online": os.cpu_count(),
-            "cpu": _cpu_model(),
-            "memory": _memory_gib(),
-            "platform": f"{platform.system()} {platform.release()}",
-            "python": platform.python_version(),
-        },
+        "machine": machine.machine_facts(),
         "packages": {name: _version(name) for name in packages},
         "commit": git_commit(),
         "load_average_before": load_before,
@@ -227,11 +182,7 @@ def conditions_lines(cond: dict[str, Any]) -> list[str]:
             f"command `{cond['command']}`."
         ),
         "",
-        (
-            f"- cores: {m['cores_usable']} usable ({m['cores_online']} online), {m['cpu']}; "
-            f"memory {m['memory']}"
-        ),
-        f"- {m['platform']}; Python {m['python']}",
+        *_machine_lines(m),
         f"- {versions}",
         *_commit_line(cond.get("commit")),
         (

@@ -292,7 +292,7 @@ def test_command_line_of_the_manifest(tmp_path):
 
 
 def test_reference_from_an_exported_directory(tmp_path):
-    from kubeloop.registry.base import ModelVersion
+    from kubeloop.registry.records import ModelVersion
 
     features = frame(300, seed=2)
     features.to_parquet(tmp_path / "reference.parquet")

@@ -65,7 +65,7 @@ def frame(n: int, seed: int, drift: bool = False) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def reference_dir(tmp_path_factory) -> Path:
     """An exported model version without model files (scores are learned online)."""
-    from kubeloop.registry.base import ModelVersion
+    from kubeloop.registry.records import ModelVersion
 
     path = tmp_path_factory.mktemp("reference")
     features = frame(2000, seed=1)

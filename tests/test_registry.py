@@ -26,7 +26,7 @@ from kubeloop.registry import (
     plan_stage_change,
     registry_summary,
 )
-from kubeloop.registry.base import detect_code_version
+from kubeloop.registry.records import detect_code_version
 from kubeloop.registry.bentoml_store import BentoMLRegistry
 
 FEATURES = ["hour", "device", "user_ctr_7d"]

@@ -10,7 +10,8 @@ from typing import Annotated
 
 import typer
 
-from kubeloop.registry.base import ModelRegistry, ModelVersion
+from kubeloop.registry.base import ModelRegistry
+from kubeloop.registry.records import ModelVersion
 
 app = typer.Typer(
     help="Inspect, promote and export versions in the model registry.", no_args_is_help=True

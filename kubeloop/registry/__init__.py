@@ -24,10 +24,11 @@ from kubeloop.registry.backends import (
     open_registry,
     parse_registry_config,
 )
-from kubeloop.registry.base import (
+from kubeloop.registry.base import ModelRegistry, registry_summary
+from kubeloop.registry.export import export, export_version
+from kubeloop.registry.records import (
     ALLOWED_TRANSITIONS,
     GateDecision,
-    ModelRegistry,
     ModelVersion,
     RegistrationRequest,
     RegistryError,
@@ -36,9 +37,7 @@ from kubeloop.registry.base import (
     TrainingWindow,
     detect_code_version,
     plan_stage_change,
-    registry_summary,
 )
-from kubeloop.registry.export import export, export_version
 
 __all__ = [
     "ALLOWED_TRANSITIONS",

@@ -17,7 +17,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from kubeloop import plugins
-from kubeloop.registry.base import ModelRegistry, RegistryError
+from kubeloop.registry.base import ModelRegistry
+from kubeloop.registry.records import RegistryError
 
 # One registry backend: its config class and its `ModelRegistry` class, named as
 # "module:Class" so that naming the backend imports nothing heavy.

@@ -1,6 +1,6 @@
 """The interface every registry backend implements (`ModelRegistry`), and the run
-report's registry summary. The records and stage rules live in `kubeloop.registry.records`
-and are re-exported here."""
+report's registry summary. The records and stage rules live in `kubeloop.registry.records`;
+import them from there."""
 
 from __future__ import annotations
 
@@ -10,51 +10,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubeloop.registry.records import (
-    ALLOWED_TRANSITIONS,
-    RESERVED_FILES,
     SINGLE_SLOT_STAGES,
-    VERSION_ALIASES,
-    GateDecision,
     ModelVersion,
     RegistrationRequest,
-    RegistryError,
     Stage,
-    StageChange,
-    TrainingWindow,
-    default_model_file,
-    detect_code_version,
-    format_version,
-    plan_stage_change,
-    resolve_ref,
-    validate_name,
-    version_number,
 )
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = [
-    "ALLOWED_TRANSITIONS",
-    "RESERVED_FILES",
-    "SINGLE_SLOT_STAGES",
-    "VERSION_ALIASES",
-    "GateDecision",
-    "ModelRegistry",
-    "ModelVersion",
-    "RegistrationRequest",
-    "RegistryError",
-    "Stage",
-    "StageChange",
-    "TrainingWindow",
-    "default_model_file",
-    "detect_code_version",
-    "format_version",
-    "plan_stage_change",
-    "registry_summary",
-    "resolve_ref",
-    "validate_name",
-    "version_number",
-]
+__all__ = ["ModelRegistry", "registry_summary"]
 
 
 class ModelRegistry(ABC):

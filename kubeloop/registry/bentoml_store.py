@@ -47,9 +47,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kubeloop.atomic import atomic_write_text, read_model
 from kubeloop.registry.backends import BentoMLRegistryConfig
-from kubeloop.registry.base import (
+from kubeloop.registry.base import ModelRegistry
+from kubeloop.registry.records import (
     RESERVED_FILES,
-    ModelRegistry,
     ModelVersion,
     RegistrationRequest,
     RegistryError,
