@@ -14,6 +14,11 @@ Endpoints (an ASGI app from `build_app`, served by uvicorn):
                    rows gets 413, and nothing of it is stored.
     POST /labels   delayed labels {"labels": [{"request_id": "...", "click": 0|1}, ...]}.
     POST /flush    close and evaluate every open window (end of a replay).
+    POST /feedback, POST /requestlog, GET /requestlog/records
+                   with --request_log: the label CloudEvents, the shadow answers and the
+                   records the rollout controller reads
+                   (`kubeloop.serving.request_log.feedback`); every accepted logger event is
+                   kept in that log too.
     GET  /healthz  liveness/readiness: 200 once the reference is loaded and state is readable.
     GET  /status   open windows, pending halves, counters (JSON).
     GET  /metrics  Prometheus text format (kubeloop_drift_* series, see `DriftMetrics`).
@@ -226,8 +231,12 @@ def build_app(
     revision_variant: Callable[[str], str | None] | None = None,
     max_body_bytes: int | None = None,
     max_event_rows: int = DEFAULT_MAX_EVENT_ROWS,
+    feedback: Any = None,
 ):
     """The FastAPI app serving `monitor` (a `kubeloop.drift.DriftMonitor`).
+
+    `feedback` (a `kubeloop.serving.request_log.feedback.FeedbackService`) mounts the label
+    endpoint and the request log's routes, and keeps every accepted logger event.
 
     Nothing over the limits is parsed or stored: a body over `max_body_bytes` (default
     `kubeloop.serving.edge.DEFAULT_MAX_BODY_BYTES`) is refused with 413 at the edge, and
@@ -303,6 +312,10 @@ def build_app(
                 )
             metrics.events.labels(type=event.kind, variant=event.variant).inc()
             result = monitor.ingest(event)
+            if feedback is not None:
+                feedback.tap(
+                    headers, body, variant=event.variant, model_version=event.model_version
+                )
         except BadEventError as exc:
             return bad(exc.reason, str(exc), 413 if exc.reason == "too_many_rows" else 400)
         except RecursionError:
@@ -398,6 +411,8 @@ def build_app(
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
+    if feedback is not None:
+        feedback.mount(app)
     return app
 
 
@@ -460,6 +475,12 @@ def _parser() -> argparse.ArgumentParser:
     # The earlier spelling: `--detector` names a check kind elsewhere (kubeloop alerts).
     p.add_argument("--detector", dest="backend", choices=BACKENDS, help=argparse.SUPPRESS)
     opt("canary_version", default=None, help="version of the canary when events do not say")
+    opt(
+        "request_log",
+        type=Path,
+        default=None,
+        help="SQLite request log kept beside the monitor: mounts /feedback and /requestlog",
+    )
     p.add_argument(
         "--no_score_reference",
         "--no-score-reference",
@@ -518,10 +539,18 @@ def build_from_args(args: argparse.Namespace):
         revision_variant = RevisionVariants.for_inference_service(
             args.inference_service or reference.model, kube.namespace
         )
+    feedback = None
+    if args.request_log is not None:
+        from kubeloop.serving.request_log.feedback import FeedbackService
+        from kubeloop.serving.request_log.sinks import SQLiteRequestLog
+
+        feedback = FeedbackService(
+            SQLiteRequestLog(args.request_log), on_labels=monitor.add_labels
+        )
     app = build_app(
         monitor, inference_service=args.inference_service, kube=kube,
         revision_variant=revision_variant, max_body_bytes=args.max_body_bytes,
-        max_event_rows=args.max_event_rows,
+        max_event_rows=args.max_event_rows, feedback=feedback,
     )  # fmt: skip
     log.info(
         "drift detector for %s:%s (reference %d rows, scores %s), state %s, alerts %s, kube %s",

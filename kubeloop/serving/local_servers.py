@@ -155,6 +155,7 @@ class LocalStack:
         self.mirror = mirror
         self.shadow_queue_size = shadow_queue_size
         self.shadow_logger: CloudEventLogger | None = None
+        self.feedback: Any = None
 
         self.serving = serving_dir(self.workdir)
         self.log_dir = self.serving / "logs"
@@ -312,6 +313,7 @@ class LocalStack:
             max_body_bytes=self.max_body_bytes,
             shadow=shadow,
             metrics_registry=metrics,
+            feedback=self._feedback(sink),
         )
         self._start_router()
 
@@ -343,6 +345,19 @@ class LocalStack:
             servers.append(self.transformer)
         wait_ready(servers, self.ready_timeout, extra_check=self._check_router)
         self._write_stack_file()
+
+    def _feedback(self, sink: Any) -> Any:
+        """The label endpoint over the stack's request log (labels in the same SQLite file,
+        or beside a JSON Lines log)."""
+        from kubeloop.serving.request_log.feedback import FeedbackService
+
+        self.feedback = FeedbackService(sink)
+        return self.feedback
+
+    @property
+    def feedback_url(self) -> str:
+        """Where delayed labels go: the router's `POST /kubeloop/feedback`."""
+        return f"{self.router_url}/kubeloop/feedback"
 
     def _start_router(self) -> None:
         import uvicorn
@@ -499,6 +514,7 @@ class LocalStack:
             "pids": {s.name: s.pid for s in [*self.predictors.values(), self.transformer] if s},
             "logs": str(self.log_dir),
             "request_log": str(self.request_log_path),
+            "feedback_url": self.feedback_url,
         }
         atomic_write_text(self.serving / STACK_FILE, json.dumps(data, indent=2) + "\n")
 
@@ -522,6 +538,8 @@ class LocalStack:
             self._thread.join(10)
         if self.shadow_logger is not None:
             self.shadow_logger.close()  # before the sink it shares is closed
+        if self.feedback is not None:
+            self.feedback.close()
         if self.request_logger is not None:
             self.request_logger.close()
         if self._router_log_handler is not None:

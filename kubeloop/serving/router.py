@@ -11,6 +11,9 @@ it:
     GET  /v2/health/live, /              the router itself
     GET  /kubeloop/rollout               the rollout state, backends and counters
     GET  /metrics                        Prometheus text: kubeloop_shadow_* counters
+    POST /kubeloop/feedback              a delayed label as a CloudEvent, and
+    GET  /kubeloop/requestlog/records    the answers and labels, with a `feedback` service
+                                         (`kubeloop.serving.request_log.feedback`)
     POST /kubeloop/rollout               change the rollout: {"action": "set_percent",
                                          "percent": 20} (also set_canary with "version",
                                          promote, rollback, set_sticky with "sticky")
@@ -84,6 +87,8 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
+
+    from kubeloop.serving.request_log.feedback import FeedbackService
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +248,8 @@ class CanaryRouter:
     passed to `httpx.AsyncClient` (tests route backends to in-process ASGI apps with it).
     `max_body_bytes` is the body limit at the router's edge (see the module docstring).
     `shadow` mirrors each request to the non-serving variant (`mirror_target`);
-    `metrics_registry` (a prometheus_client registry) is what `GET /metrics` serves.
+    `metrics_registry` (a prometheus_client registry) is what `GET /metrics` serves;
+    `feedback` mounts the label endpoint under /kubeloop.
     """
 
     def __init__(
@@ -261,6 +267,7 @@ class CanaryRouter:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         shadow: ShadowMirror | None = None,
         metrics_registry: Any = None,
+        feedback: FeedbackService | None = None,
     ):
         if isinstance(rollout, RolloutState):
             rollout = StaticRollout(rollout)
@@ -281,6 +288,7 @@ class CanaryRouter:
         self._client: httpx.AsyncClient | None = None
         self.shadow = shadow
         self.metrics_registry = metrics_registry
+        self.feedback = feedback
         self.app = EdgeMiddleware(
             self._build_app(), max_body_bytes=max_body_bytes, on_reject=self._log_rejection
         )
@@ -507,6 +515,8 @@ class CanaryRouter:
             out["request_log"] = self.request_log.stats.as_dict()
         if self.shadow is not None:
             out["shadow"] = self.shadow.status()
+        if self.feedback is not None:
+            out["feedback"] = self.feedback.status()
         return out
 
     async def _metrics(self, request: Request) -> Response:
@@ -605,6 +615,7 @@ class CanaryRouter:
             Route("/kubeloop/rollout", self._get_rollout, methods=["GET"]),
             Route("/kubeloop/rollout", self._post_rollout, methods=["POST"]),
             Route("/metrics", self._metrics, methods=["GET"]),
+            *(self.feedback.routes("/kubeloop") if self.feedback is not None else []),
             Route("/", self._live, methods=["GET"]),
             Route("/v2/health/live", self._live, methods=["GET"]),
             Route("/{path:path}", self._forward_primary, methods=["GET"]),
