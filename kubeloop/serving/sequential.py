@@ -158,20 +158,22 @@ class SRMResult(BaseModel):
 
 
 def srm_log_bayes_factor(
-    candidate: Any, total: Any, share: float, concentration: float = 100.0
+    candidate: Any, total: Any, share: Any, concentration: float = 100.0
 ) -> np.ndarray:
     """log BF of "share != `share`" (a Beta(c*share, c*(1-share)) mixture over the share)
     against "share == `share`" after `candidate` of `total` requests went to the candidate.
-    Vectorised. `concentration` c sets the mixture's spread: at c = 100 its prior sd of the
-    share is ~0.05 at an even split, so it is most sensitive to mismatches of a few points,
-    the size a broken router or a crashing variant produces."""
+    Vectorised (also over `share`, for 0 < share < 1). `concentration` c sets the mixture's
+    spread: at c = 100 its prior sd of the share is ~0.05 at an even split, so it is most
+    sensitive to mismatches of a few points, the size a broken router or a crashing
+    variant produces."""
     from scipy.special import betaln
 
     k = np.asarray(candidate, dtype=np.float64)
     n = np.asarray(total, dtype=np.float64)
+    share = np.asarray(share, dtype=np.float64)
     a, b = concentration * share, concentration * (1 - share)
     log_mixture = betaln(a + k, b + n - k) - betaln(a, b)
-    log_null = k * math.log(share) + (n - k) * math.log1p(-share)
+    log_null = k * np.log(share) + (n - k) * np.log1p(-share)
     return log_mixture - log_null
 
 
