@@ -32,6 +32,9 @@ What it serves, and how strictly (each rule is what the real API server does):
   no lists merged by key). Lists take ``fieldSelector`` (the Event field labels, ``=``,
   ``==``, ``!=``; an unknown label is a 400), ``labelSelector`` (equality), and ``limit``
   with ``continue`` tokens.
+- ``v1`` ConfigMaps, namespaced: create, get, list, patch (merge or strategic merge: for a
+  ConfigMap's ``data`` the two are the same), with the same resourceVersion precondition as
+  above (the rollout controller keeps its state in one).
 - Every error is a ``Status`` object (``kind: Status``, ``reason``, ``details``, ``code``).
   An unknown path is the API server's bare 404, which is how a client tells "KServe is not
   installed" from "this InferenceService does not exist". A request without the bearer
@@ -67,6 +70,8 @@ _ISVC_PATH = re.compile(
     r"(?:/(?P<name>[^/]+))?$"
 )
 _CORE_EVENTS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/events(?:/(?P<name>[^/]+))?$")
+_CONFIGMAPS = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/configmaps(?:/(?P<name>[^/]+))?$")
+_KINDS = {ISVC_PLURAL: "InferenceService", "events": "Event", "configmaps": "ConfigMap"}
 _EVENTS_V1 = re.compile(
     r"^/apis/events\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/events(?:/(?P<name>[^/]+))?$"
 )
@@ -274,6 +279,18 @@ class KubeAPIServer:
         with self._lock:
             return copy.deepcopy(self._objects[(ISVC_PLURAL, namespace, name)])
 
+    def object(self, plural: str, namespace: str, name: str) -> dict | None:
+        """Any stored object (a copy), None if there is none."""
+        with self._lock:
+            obj = self._objects.get((plural, namespace, name))
+            return copy.deepcopy(obj) if obj is not None else None
+
+    def add_object(self, plural: str, obj: dict) -> dict:
+        """Store any served object as a create would (a ConfigMap, say)."""
+        meta = obj.get("metadata") or {}
+        with self._lock:
+            return self._create(plural, meta.get("namespace", "default"), obj)
+
     def events(self, namespace: str | None = None) -> list[dict]:
         """Stored Events (core/v1 form, copies), by name."""
         with self._lock:
@@ -368,7 +385,7 @@ class KubeAPIServer:
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
         name = meta.get("name")
-        kind = "InferenceService" if plural == ISVC_PLURAL else "Event"
+        kind = _KINDS[plural]
         group = "serving.kserve.io" if plural == ISVC_PLURAL else ""
         if not name:
             raise _invalid(kind, plural, group, "", [("metadata.name", "Required value")])
@@ -486,7 +503,7 @@ class KubeAPIServer:
         shown = [to_events_v1(o) if events_v1 else copy.deepcopy(o) for o in page]
         return {
             "apiVersion": "events.k8s.io/v1" if events_v1 else "v1",
-            "kind": "EventList",
+            "kind": f"{_KINDS[plural]}List",
             "metadata": meta,
             "items": shown,
         }
@@ -499,6 +516,7 @@ class KubeAPIServer:
             (_ISVC_PATH, ISVC_PLURAL, False),
             (_CORE_EVENTS, "events", False),
             (_EVENTS_V1, "events", True),
+            (_CONFIGMAPS, "configmaps", False),
         ):
             match = pattern.match(path)
             if match and (plural != ISVC_PLURAL or self.kserve_installed):
@@ -619,6 +637,7 @@ def _check_kind(body: dict, plural: str, events_v1: bool) -> None:
     want = {
         ISVC_PLURAL: (KSERVE, "InferenceService"),
         "events": ("events.k8s.io/v1" if events_v1 else "v1", "Event"),
+        "configmaps": ("v1", "ConfigMap"),
     }[plural]
     got = (body.get("apiVersion", want[0]), body.get("kind", want[1]))
     if got != want:
@@ -675,6 +694,19 @@ def _validate(plural: str, obj: dict) -> None:
                 causes.append(("spec.predictor.model.storageUri", "must be of type string"))
         if causes:
             raise _invalid("InferenceService", ISVC_PLURAL, "serving.kserve.io", name, causes)
+        return
+    if plural == "configmaps":
+        data = obj.get("data") or {}
+        if not isinstance(data, dict):
+            causes.append(("data", "must be an object"))
+        else:
+            causes += [
+                (f"data[{k}]", "must be a string")
+                for k, v in data.items()
+                if not isinstance(v, str)
+            ]
+        if causes:
+            raise _invalid("ConfigMap", "configmaps", "", name, causes)
         return
     involved = obj.get("involvedObject")
     if not isinstance(involved, dict):

@@ -2,7 +2,9 @@
 
 It maps the protocol's verbs onto `InferenceServiceClient`: a `--version` becomes the
 storageUri `PREFIX/MODEL/VERSION` unless a storageUri is given, and every result is the
-client's status or patch (`kubectl`-style summary line, warnings, JSON data).
+client's status or patch (`kubectl`-style summary line, warnings, JSON data). `progress` and
+`abort` read and end the rollout controller's progressive rollout (its record is in the
+ConfigMap `state_configmap`, `kubeloop.cluster.controller`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from kubeloop.cluster.isvc import RESOURCE
 from kubeloop.serving.canary import CanaryResult
 
 DEFAULT_STORAGE_PREFIX = "s3://mlpipeline/kubeloop/models"
@@ -28,6 +31,7 @@ class ClusterCanary:
         storage_prefix: str = DEFAULT_STORAGE_PREFIX,
         dry_run: bool = False,
         client: Any = None,
+        state_configmap: str | None = None,
     ) -> None:
         if client is None:
             # Imported only here: the kubernetes client is not needed for the local rollout.
@@ -39,6 +43,7 @@ class ClusterCanary:
         self.storage_uri = storage_uri
         self.storage_prefix = storage_prefix
         self.dry_run = dry_run
+        self.state_configmap = state_configmap
 
     def _uri(self, version: str | None) -> str | None:
         if self.storage_uri is None and version is not None:
@@ -71,6 +76,40 @@ class ClusterCanary:
         """canaryTrafficPercent 0; with a version, the spec reverted to it in the same patch."""
         return _patched(
             self.client.rollback(self.model, storage_uri=self._uri(version), dry_run=self.dry_run)
+        )
+
+    def _loop(self) -> Any:
+        from kubeloop.cluster.controller import DEFAULT_STATE_CONFIGMAP, build_loop
+
+        return build_loop(
+            self.client,
+            self.model,
+            self,
+            records=None,  # status and abort read no request log
+            state_configmap=self.state_configmap or DEFAULT_STATE_CONFIGMAP,
+        )
+
+    def progress(self) -> CanaryResult:
+        """The progressive rollout: step, percent, the last decision's statistics, reasons."""
+        from kubeloop.serving.rollout_loop import record_summary, render_record
+
+        record = self._loop().store.load()
+        status = self.client.status(self.model)
+        data = record_summary(record)
+        data["canaryTrafficPercent"] = status.canary_percent
+        text = render_record(record)
+        text += f"\ncluster     canaryTrafficPercent {status.canary_percent}, phase {status.phase}"
+        return CanaryResult(text=text, data=data)
+
+    def abort(self, *, reason: str | None = None) -> CanaryResult:
+        """Roll back now (canaryTrafficPercent 0) and end the rollout, as an Event too."""
+        from kubeloop.serving.rollout_loop import record_summary
+
+        record = self._loop().abort(reason or "aborted with `rollout abort`")
+        return CanaryResult(
+            text=f"{RESOURCE}/{self.model} rollout of {record.candidate} aborted: "
+            "canaryTrafficPercent 0",
+            data=record_summary(record),
         )
 
 

@@ -9,6 +9,9 @@ kubeloop puts the console script ``kubectl-kubeloop`` into the environment's bin
     kubectl kubeloop canary rollback ctr               # previous rolled-out revision gets 100%
     kubectl kubeloop status ctr                        # = canary status
     kubectl kubeloop alerts [ctr] [--since 1h]         # DriftDetected Events
+    kubectl kubeloop rollout status ctr                # the progressive rollout: step,
+                                                       # statistics, reasons
+    kubectl kubeloop rollout abort ctr                 # roll back now and end the rollout
 
 Options valid anywhere on the line: ``--context``, ``--kubeconfig``, ``-n/--namespace``
 (default ``kubeloop``, not the context's namespace), ``-o/--output json|table``. kubectl passes
@@ -108,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  kubectl kubeloop canary set ctr 20 --storage-uri s3://mlpipeline/kubeloop/models/ctr/v2\n"
         "  kubectl kubeloop canary promote ctr\n"
         "  kubectl kubeloop canary rollback ctr\n"
-        "  kubectl kubeloop alerts ctr --since 1h\n",
+        "  kubectl kubeloop alerts ctr --since 1h\n"
+        "  kubectl kubeloop rollout status ctr\n"
+        "  kubectl kubeloop rollout abort ctr\n",
     )
     commands = root.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -193,6 +198,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", help="InferenceService name")
     p.add_argument("--storage-uri", help="also revert spec.predictor.model.storageUri to this")
     p.add_argument("--dry-run", action="store_true", help="server-side dry run")
+
+    rollout = add(
+        commands,
+        "rollout",
+        "the rollout controller's progressive rollout: status, abort",
+        "The progressive rollout the rollout controller drives (shadow -> 5% -> 25% -> 50% -> "
+        "100%), from its record in a ConfigMap.",
+    )
+    steps = rollout.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for verb, help_, description in (
+        (
+            "status",
+            "show the step, the statistics and the reasons",
+            (
+                "Show the rollout's step and percent, the last decision's paired statistics "
+                "(delta log loss and its confidence sequence, NE, SRM, guardrails) and its reasons."
+            ),
+        ),
+        (
+            "abort",
+            "roll back now (canaryTrafficPercent 0) and end the rollout",
+            (
+                "Merge-patch canaryTrafficPercent 0 (the rolled-out revision gets all traffic), "
+                "mark the rollout aborted so the controller leaves it, and record an Event."
+            ),
+        ),
+    ):
+        p = add(
+            steps, verb, help_, description, f"example:\n  kubectl kubeloop rollout {verb} ctr\n"
+        )
+        p.add_argument("name", metavar="NAME", help="InferenceService name")
+        p.add_argument(
+            "--state-configmap",
+            default=None,
+            help="ConfigMap holding the rollout record (default: kubeloop-rollout-NAME)",
+        )
+        if verb == "abort":
+            p.add_argument("--reason", default=None, help="why (in the Event and the record)")
 
     p = add(
         commands,
@@ -371,6 +414,22 @@ def run(
         else:
             result = client.rollback(args.name, args.storage_uri, dry_run=args.dry_run)
         _print_result(result, args.output, out, err)
+        return 0
+    if command == "rollout":
+        from kubeloop.cluster.canary import ClusterCanary
+
+        target = ClusterCanary(
+            client.context or "",
+            client.namespace,
+            args.name,
+            client=client,
+            state_configmap=args.state_configmap or f"kubeloop-rollout-{args.name}",
+        )
+        result = target.progress() if verb == "status" else target.abort(reason=args.reason)
+        if args.output == "json":
+            print(json.dumps(result.data, indent=2, default=str), file=out)
+        else:
+            print(result.text, file=out)
         return 0
     if command == "alerts":
         from kubeloop.cluster.events import list_alert_events, summarize_alert_event

@@ -4,6 +4,10 @@
 where the canary runs: `LocalCanary` (here) changes `<workdir>/serving/rollout.json` and the
 registry's stages; `kubeloop.cluster.canary.ClusterCanary` patches the InferenceService.
 Each verb returns a `CanaryResult`: the text a user reads and the data `--json` prints.
+
+`progress` and `abort` are the progressive rollout's (`kubeloop.serving.rollout_loop`): its
+step, statistics and reasons, and "roll back now and end it". Locally its record is
+`<workdir>/serving/progressive.json`; in the cluster the controller's ConfigMap.
 """
 
 from __future__ import annotations
@@ -45,6 +49,12 @@ class CanaryTarget(Protocol):
 
     def rollback(self, *, version: str | None = None, reason: str | None = None) -> CanaryResult:
         """All traffic back to the primary (`version`: where the target can, revert to it)."""
+
+    def progress(self) -> CanaryResult:
+        """The progressive rollout: step, statistics and reasons."""
+
+    def abort(self, *, reason: str | None = None) -> CanaryResult:
+        """Roll the progressive rollout back now and end it."""
 
 
 class LocalCanary:
@@ -92,6 +102,57 @@ class LocalCanary:
     def rollback(self, *, version: str | None = None, reason: str | None = None) -> CanaryResult:
         """The canary is removed; `version` is not used locally (the primary is kept)."""
         return _change(self.rollout.rollback(reason=reason))
+
+    def loop(self, *, policy: Any = None, sink: Any = None, labels: Any = None) -> Any:
+        """The progressive rollout of this workdir (`RolloutLoop`): the record in
+        serving/progressive.json, answers and labels from the stack's request log (`sink`,
+        `labels`: the local stack's, else opened from serving/requests.sqlite)."""
+        from kubeloop.serving.rollout import serving_dir
+        from kubeloop.serving.rollout_loop import PROGRESS_FILE, FileStore, RolloutLoop, SinkRecords
+
+        serving = serving_dir(self.rollout.workdir)
+        records = None
+        if sink is not None or (serving / "requests.sqlite").exists():
+            from kubeloop.serving.request_log.feedback import LabelStore
+            from kubeloop.serving.request_log.sinks import SQLiteRequestLog
+
+            sink = sink or SQLiteRequestLog(serving / "requests.sqlite")
+            labels = labels or LabelStore(serving / "requests.sqlite")
+            records = SinkRecords(sink, labels)
+
+        def candidate() -> str | None:
+            return self.rollout.state().canary_version if self.rollout.exists() else None
+
+        return RolloutLoop(
+            self.rollout.model_name,
+            self,
+            FileStore(serving / PROGRESS_FILE),
+            records,  # type: ignore[arg-type]
+            current_candidate=candidate,
+            policy=policy,
+            production_version=self.rollout.state().primary_version
+            if self.rollout.exists()
+            else None,
+            shadow_at_full=True,
+        )
+
+    def progress(self) -> CanaryResult:
+        """The progressive rollout's record (serving/progressive.json)."""
+        from kubeloop.serving.rollout_loop import record_summary, render_record
+
+        record = self.loop().store.load()
+        return CanaryResult(text=render_record(record), data=record_summary(record))
+
+    def abort(self, *, reason: str | None = None) -> CanaryResult:
+        """Roll back now (the canary is removed) and end the progressive rollout."""
+        from kubeloop.serving.rollout_loop import record_summary
+
+        record = self.loop().abort(reason or "aborted with `kubeloop canary abort`")
+        return CanaryResult(
+            text=f"{record.model}: rollout of {record.candidate} aborted; "
+            f"{self.rollout.state().primary_version} serves all",
+            data=record_summary(record),
+        )
 
 
 def _change(state: RolloutState) -> CanaryResult:
