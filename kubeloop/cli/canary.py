@@ -203,3 +203,81 @@ def rollback(
         storage_uri=storage_uri, storage_prefix=storage_prefix, dry_run=dry_run,
     )  # fmt: skip
     _echo(target.rollback(version=version, reason=reason))
+
+
+@app.command()
+def progress(
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    model: ModelOption = "ctr",
+    context: ContextOption = None,
+    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the progressive rollout: its step, the statistics and the reasons.
+
+    Locally from <workdir>/serving/progressive.json; with --context from the rollout
+    controller's ConfigMap (as `kubectl kubeloop rollout status`).
+    """
+    _echo(_target(workdir, model, context, namespace).progress(), as_json)
+
+
+@app.command()
+def abort(
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    model: ModelOption = "ctr",
+    context: ContextOption = None,
+    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+    reason: ReasonOption = None,
+    no_registry: NoRegistryOption = False,
+    force: ForceOption = False,
+) -> None:
+    """Roll the progressive rollout back now and end it (the controller leaves it alone)."""
+    target = _target(workdir, model, context, namespace, no_registry=no_registry, force=force)
+    _echo(target.abort(reason=reason))
+
+
+@app.command()
+def controller(
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
+    model: ModelOption = "ctr",
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, help="Seconds between passes.")
+    ] = 5.0,
+    once: Annotated[bool, typer.Option("--once", help="One pass, then exit.")] = False,
+    policy: Annotated[
+        Path | None, typer.Option("--policy", help="ProgressivePolicy as a JSON or YAML file.")
+    ] = None,
+    no_registry: NoRegistryOption = False,
+) -> None:
+    """Run the progressive rollout over the local stack (what the cluster's controller does):
+    shadow -> 5% -> 25% -> 50% -> 100% -> promote, or back at once, on the request log's
+    paired answers and the labels posted to the stack's /kubeloop/feedback."""
+    import time
+
+    from kubeloop.cluster.controller_cli import load_policy
+    from kubeloop.serving.canary import LocalCanary
+    from kubeloop.serving.rollout_loop import render_record
+
+    loop = LocalCanary(workdir, model, registry=not no_registry).loop(
+        policy=load_policy(str(policy) if policy else None)
+    )
+    if loop.source is None:
+        from kubeloop.errors import KubeloopError
+
+        raise KubeloopError(
+            f"no request log in {workdir}/serving: start the stack with `kubeloop serve`"
+        )
+    while True:
+        record = loop.reconcile_once()
+        typer.echo(render_record(record) if once else _one_line(record))
+        if once or (record is not None and record.done):
+            return
+        time.sleep(interval)
+
+
+def _one_line(record: Any) -> str:
+    if record is None:
+        return "no canary to roll out"
+    last = record.last
+    why = f": {last.reasons[-1]}" if last is not None and last.reasons else ""
+    return f"{record.phase} step {record.state.step} at {record.state.percent}%{why}"

@@ -45,7 +45,7 @@ def run_forever(loop: Any, interval: float, stop: threading.Event) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="kubeloop rollout-controller",
+        prog="kubeloop-rollout-controller",
         description="Progressive rollout of one InferenceService: shadow -> 5% -> 25% -> 50% -> "
         "100%, decided on paired, anytime-valid statistics from the request log.",
     )
@@ -86,7 +86,7 @@ def load_policy(path: str | None) -> Any:
 
 
 def main(argv: list[str] | None = None, *, api: Any = None, core_api: Any = None) -> int:
-    """Entry point of `kubeloop rollout-controller`; returns the exit status."""
+    """Entry point of `kubeloop-rollout-controller`; returns the exit status."""
     import os
 
     from kubeloop.cluster.canary import ClusterCanary

@@ -81,9 +81,18 @@ class LocalCanary:
 
         state = self.rollout.state()
         stack = read_stack_file(self.rollout.workdir)
-        return CanaryResult(
-            text=_state_text(state, stack), data={"rollout": state_summary(state), "stack": stack}
-        )
+        live = _router_status(stack)
+        text = _state_text(state, stack)
+        shadow = (live or {}).get("shadow")
+        if shadow:
+            text += (
+                f"\nshadow   mirrored {shadow['mirrored']}, failed {shadow['failed']}, "
+                f"dropped {shadow['dropped']} (queue {shadow['queued']}/{shadow['queue_size']})"
+            )
+        data = {"rollout": state_summary(state), "stack": stack}
+        if live is not None:
+            data["router"] = live
+        return CanaryResult(text=text, data=data)
 
     def set(
         self, percent: int, *, version: str | None = None, reason: str | None = None
@@ -153,6 +162,21 @@ class LocalCanary:
             f"{self.rollout.state().primary_version} serves all",
             data=record_summary(record),
         )
+
+
+def _router_status(stack: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The running router's counters (requests, shadow mirror, feedback), None when no
+    stack answers."""
+    url = (stack or {}).get("router_url")
+    if not url:
+        return None
+    import httpx
+
+    try:
+        response = httpx.get(f"{url}/kubeloop/rollout", timeout=2.0)
+        return response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
 
 
 def _change(state: RolloutState) -> CanaryResult:
