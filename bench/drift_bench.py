@@ -184,8 +184,8 @@ def build_world(scenario: str, seed: int, events: int, root: Path, lgb_threads: 
     import numpy as np
     import pandas as pd
 
-    from kubeloop import schema
-    from kubeloop.data.generator import GeneratorConfig, generate_lake
+    from usecases.ctr import schema
+    from usecases.ctr.generator import GeneratorConfig, generate_lake
     from kubeloop.demo import DemoConfig
     from kubeloop.drift.reference import Reference
     from kubeloop.evaluation.metrics import evaluate_frame
@@ -1153,7 +1153,7 @@ def part_serving(args, root: Path) -> dict[str, Any]:
 
     import httpx
 
-    from kubeloop.data.generator import GeneratorConfig
+    from usecases.ctr.generator import GeneratorConfig
     from kubeloop.demo import DemoConfig, replay_impressions, run_demo
     from kubeloop.demo.drift import start_drift_service, stop_process
     from kubeloop.registry import open_registry

@@ -69,7 +69,7 @@ SEED = 20260105
 
 
 def stage_generate(events: int, users: int, ads: int, lake: str) -> dict:
-    from kubeloop.data.generator import GeneratorConfig, generate_lake
+    from usecases.ctr.generator import GeneratorConfig, generate_lake
 
     rss_imports = peak_rss_mib()
     config = GeneratorConfig(events=events, users=users, ads=ads)
@@ -96,7 +96,7 @@ def stage_build(lake: str, out: str) -> dict:
     return {
         "seconds": seconds,
         "events": summary.events,
-        "detail": f"{summary.user_rows:,} user rows, {summary.ad_rows:,} ad rows",
+        "detail": f"{summary.rows['user']:,} user rows, {summary.rows['ad']:,} ad rows",
         "rss_imports_mib": rss_imports,
         "peak_rss_mib": peak_rss_mib(),
         "threads": config.threads,
@@ -110,7 +110,7 @@ def stage_lookup(features: str, repo: str, iters_1: int, iters_100: int, warmup:
 
     import pyarrow.parquet as pq
 
-    from kubeloop import schema
+    from usecases.ctr import schema
     from kubeloop.features.materialize import materialize
     from kubeloop.features.online import online_features
     from kubeloop.features.store import (
@@ -197,8 +197,8 @@ def stage_lookup(features: str, repo: str, iters_1: int, iters_100: int, warmup:
         }
     return {
         "latency": results,
-        "users_online": summary.users,
-        "ads_online": summary.ads,
+        "users_online": summary.entities["user"],
+        "ads_online": summary.entities["ad"],
         "materialize_seconds": summary.seconds,
         "online_store": summary.online_store,
         "peak_rss_mib": peak_rss_mib(),
@@ -210,7 +210,7 @@ def stage_lookup(features: str, repo: str, iters_1: int, iters_100: int, warmup:
 
 def population(events: int) -> tuple[int, int]:
     """(users, ads) for a lake of `events`: the generator's defaults, scaled up past them."""
-    from kubeloop.data.generator import GeneratorConfig
+    from usecases.ctr.generator import GeneratorConfig
 
     fields = GeneratorConfig.model_fields
     users = max(fields["users"].default, events // EVENTS_PER_USER)

@@ -111,7 +111,7 @@ def _generator():
     try:
         from usecases.ctr.generator import GeneratorConfig, generate_lake
     except ImportError:  # before the CTR use case moved out of the engine
-        from kubeloop.data.generator import GeneratorConfig, generate_lake
+        from usecases.ctr.generator import GeneratorConfig, generate_lake
     return GeneratorConfig, generate_lake
 
 

@@ -347,8 +347,8 @@ def prepare(events: int, root: Path) -> dict:
     import numpy as np
     import pandas as pd
 
-    from kubeloop import schema
-    from kubeloop.data.generator import GeneratorConfig, generate_lake
+    from usecases.ctr import schema
+    from usecases.ctr.generator import GeneratorConfig, generate_lake
     from kubeloop.features.online import online_features
     from kubeloop.features.pipeline_config import FeaturesStepConfig
     from kubeloop.pipeline.steps import run_features, train_step

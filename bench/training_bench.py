@@ -273,7 +273,7 @@ def task_by_name(records: list[dict], component: str) -> dict:
 def prepare(events: int, root: Path) -> dict:
     """Generate the lake and build the training set once; import what the in-process
     paths need so that no timed call pays an import."""
-    from kubeloop.data.generator import GeneratorConfig, generate_lake
+    from usecases.ctr.generator import GeneratorConfig, generate_lake
     from kubeloop.features.pipeline_config import FeaturesStepConfig
     from kubeloop.pipeline.steps import run_features
 
@@ -398,7 +398,7 @@ def run_plain(training_set: Path, model_dir: Path) -> dict:
     import lightgbm as lgb
     import numpy as np
 
-    from kubeloop import schema
+    from usecases.ctr import schema
     from kubeloop.pipeline.steps import load_splits
     from kubeloop.training.config import TrainingConfig
     from kubeloop.training.transform import FeatureTransform

@@ -12,6 +12,7 @@ def evaluate(
     registry_uri: str,
     model_name: str,
     train_config_json: str,
+    use_case: str,
     evaluation: dsl.Output[dsl.Artifact],
     metrics: dsl.Output[dsl.Metrics],
 ):
@@ -25,6 +26,7 @@ def evaluate(
         model_name,
         train_config_json,
         evaluation.path,
+        use_case,
     )
     for name, value in figures.items():
         metrics.log_metric(name, value)

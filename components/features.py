@@ -11,6 +11,7 @@ def features(
     features_uri: str,
     feature_repo: str,
     feature_config_json: str,
+    use_case: str,
     training_set: dsl.Output[dsl.Dataset],
     features_summary: dsl.Output[dsl.Artifact],
 ):
@@ -24,4 +25,5 @@ def features(
         feature_config_json,
         training_set.path,
         features_summary.path,
+        use_case,
     )

@@ -9,6 +9,7 @@ from components.image import COMPONENT_OPTIONS
 def gate(
     evaluation: dsl.Input[dsl.Artifact],
     gate_config_json: str,
+    use_case: str,
     decision: dsl.Output[dsl.Artifact],
 ) -> bool:
     """Record the decision, champion and reasons; the returned `passed` drives the dsl.If.
@@ -17,5 +18,5 @@ def gate(
     `Output` but mistakes a named output's channel ("gate-passed") for a pipeline input."""
     from kubeloop.pipeline.steps import gate_step
 
-    passed, _ = gate_step(evaluation.path, gate_config_json, decision.path)
+    passed, _ = gate_step(evaluation.path, gate_config_json, decision.path, use_case)
     return passed

@@ -16,6 +16,7 @@ def register(
     scenario: str,
     run_id: str,
     train_config_json: str,
+    use_case: str,
     registration: dsl.Output[dsl.Artifact],
 ) -> str:
     """Register the gate's champion (named in `decision`) with its metrics, gate decision
@@ -35,4 +36,5 @@ def register(
         run_id,
         registration.path,
         train_config_json,
+        use_case,
     )

@@ -17,12 +17,13 @@ def train(
     kind: str,
     training_set: dsl.Input[dsl.Dataset],
     train_config_json: str,
+    use_case: str,
     model: dsl.Output[dsl.Model],
 ):
     """Train model kind `kind` with early stopping on a time-ordered validation split."""
     from kubeloop.pipeline.steps import train_step
 
-    train_step(kind, training_set.path, train_config_json, model.path)
+    train_step(kind, training_set.path, train_config_json, model.path, use_case)
 
 
 def train_component(kind: str) -> PythonComponent:

@@ -18,6 +18,7 @@ Groups (`GROUPS`) name what a plug-in of that group must be:
                      (the `online_store:` section of feature_store.yaml)
     offline_stores   a Feast `OfflineStore` class; `feast_type` gives the
                      `offline_store.type` that selects it in feature_store.yaml
+    usecases         a `kubeloop.usecase.UseCase` (a problem: schema, features, source)
 
 An entry point is loaded (its module imported) only when its name is asked for, so listing
 the names of a group imports nothing. A name nobody declared raises `PluginError` with one
@@ -65,6 +66,7 @@ DRIFT_DETECTORS = PluginGroup("drift_detectors", "drift detector type")
 ALERT_STORES = PluginGroup("alert_stores", "alert store type")
 ONLINE_STORES = PluginGroup("online_stores", "online store")
 OFFLINE_STORES = PluginGroup("offline_stores", "offline store")
+USECASES = PluginGroup("usecases", "use case")
 
 GROUPS = {
     group.name: group
@@ -76,6 +78,7 @@ GROUPS = {
         ALERT_STORES,
         ONLINE_STORES,
         OFFLINE_STORES,
+        USECASES,
     )
 }
 

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from kubeloop import schema
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
 from kubeloop.training.model_kind import ModelKind
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
@@ -87,8 +86,8 @@ class LightGBMModel(TrainedModel):
         return cls(transform, info, lgb.Booster(model_file=str(directory / WEIGHTS_FILE)))
 
 
-def _labels(frame: pd.DataFrame) -> np.ndarray:
-    return frame[schema.LABEL].to_numpy(dtype=np.float64)
+def _labels(frame: pd.DataFrame, transform: FeatureTransform) -> np.ndarray:
+    return frame[transform.label].to_numpy(dtype=np.float64)
 
 
 def train_lightgbm(
@@ -131,13 +130,16 @@ def train_lightgbm(
     }
     dtrain = lgb.Dataset(
         tr.matrix(),
-        label=_labels(train),
+        label=_labels(train, transform),
         feature_name=tr.names,
         categorical_feature=categorical,
         free_raw_data=True,
     )
     dvalid = lgb.Dataset(
-        va.matrix(), label=_labels(valid), reference=dtrain, categorical_feature=categorical
+        va.matrix(),
+        label=_labels(valid, transform),
+        reference=dtrain,
+        categorical_feature=categorical,
     )
     booster = lgb.train(
         params,
@@ -163,7 +165,7 @@ def train_lightgbm(
         versions=library_versions("lightgbm", "numpy"),
     )
     model = LightGBMModel(transform, info, booster)
-    info.valid_log_loss = float(log_loss(_labels(valid), model.predict_batch(va)))
+    info.valid_log_loss = float(log_loss(_labels(valid, transform), model.predict_batch(va)))
     return model
 
 

@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from kubeloop import schema
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
 from kubeloop.training.model_kind import ModelKind
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
@@ -195,8 +194,8 @@ def train_logistic(
     started = time.perf_counter()
     transform = transform or FeatureTransform.fit(train)
     tr, va = transform.transform(train), transform.transform(valid)
-    y_train = train[schema.LABEL].to_numpy(dtype=np.int64)
-    y_valid = valid[schema.LABEL].to_numpy(dtype=np.float64)
+    y_train = train[transform.label].to_numpy(dtype=np.int64)
+    y_valid = valid[transform.label].to_numpy(dtype=np.float64)
     if len(np.unique(y_train)) < 2:
         raise ValueError("train_logistic needs both classes in the training frame")
 

@@ -39,9 +39,9 @@ from kubeloop.serving.kserve_model import ServedModel, finish_server_parser, ser
 from kubeloop.serving.model_server import make_model_server
 from kubeloop.serving.protocol import (
     DEFAULT_MAX_BATCH_SIZE,
-    MODEL_FIELDS,
     REQUEST_ID_HEADER,
     lower_headers,
+    model_fields,
     parse_request,
     resolve_request_id,
     v2_response,
@@ -56,10 +56,9 @@ class CTRPredictor(ServedModel):
     """Click-through-rate predictor over a kubeloop model directory.
 
     `model` injects an already loaded `TrainedModel` (tests), which makes the predictor
-    ready at once; otherwise `load()` reads `model_dir`.
+    ready at once; otherwise `load()` reads `model_dir`. `use_case` (a spec, a registered
+    name, or None for the default) gives the request fields (its model inputs).
     """
-
-    input_fields = MODEL_FIELDS
 
     def __init__(
         self,
@@ -68,8 +67,10 @@ class CTRPredictor(ServedModel):
         model: TrainedModel | None = None,
         *,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        use_case: Any = None,
     ):
         super().__init__(name)
+        self.input_fields = model_fields(use_case)
         self.model_dir = Path(model_dir)
         self.max_batch_size = max_batch_size
         self.model: TrainedModel | None = model
@@ -107,7 +108,7 @@ class CTRPredictor(ServedModel):
             self.model = spec.load_for_serving(self.model_dir)
         else:
             self.model = self.model.for_serving()
-        unknown = [c for c in self.model.transform.input_columns if c not in MODEL_FIELDS.names]
+        unknown = [c for c in self.model.transform.input_columns if c not in self.input_fields.names]
         if unknown:
             raise ModelArtifactError(
                 f"{self.model_dir}: the model reads columns {unknown} that requests cannot "
@@ -139,7 +140,7 @@ class CTRPredictor(ServedModel):
         if not self.ready or self.model is None:
             return False
         try:
-            probability = self.predict_rows([dict.fromkeys(MODEL_FIELDS.names)])[0]
+            probability = self.predict_rows([dict.fromkeys(self.input_fields.names)])[0]
         except Exception:  # noqa: BLE001 - a model that cannot score is not ready
             return False
         return 0.0 <= probability <= 1.0
@@ -169,7 +170,7 @@ class CTRPredictor(ServedModel):
             raise ModelNotReady(self.name, "the model is not loaded")
         if not rows:
             return []
-        frame = pd.DataFrame.from_records(rows, columns=MODEL_FIELDS.names)
+        frame = pd.DataFrame.from_records(rows, columns=self.input_fields.names)
         return [float(p) for p in self.model.predict_proba(frame)]
 
     def predict(
@@ -178,7 +179,7 @@ class CTRPredictor(ServedModel):
         headers: dict[str, str] | None = None,
     ) -> dict | InferResponse:
         """Score a v1 body or a v2 InferRequest (see the module docstring)."""
-        parsed = parse_request(payload, MODEL_FIELDS, max_batch_size=self.max_batch_size)
+        parsed = parse_request(payload, self.input_fields, max_batch_size=self.max_batch_size)
         request_id = resolve_request_id(parsed.request_id, lower_headers(headers))
         if headers is not None:
             # __call__ echoes it in the response headers.
@@ -210,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="exported model version directory (model files, transform.json, model.json, "
         "optional metadata.json)",
     )
+    parser.add_argument(
+        "--use_case",
+        "--use-case",
+        dest="use_case",
+        default=None,
+        help="use case whose model inputs the requests carry (default: the engine's default)",
+    )
     return finish_server_parser(parser)
 
 
@@ -217,9 +225,14 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.max_batch_size < 1:
         raise SystemExit("--max_batch_size must be at least 1")
-    predictor = CTRPredictor(args.model_name, args.model_dir, max_batch_size=args.max_batch_size)
+    predictor = CTRPredictor(
+        args.model_name,
+        args.model_dir,
+        max_batch_size=args.max_batch_size,
+        use_case=args.use_case,
+    )
     predictor.load()
-    server = make_model_server(args, MODEL_FIELDS, max_batch_size=args.max_batch_size)
+    server = make_model_server(args, predictor.input_fields, max_batch_size=args.max_batch_size)
     server.start([predictor])
 
 

@@ -19,7 +19,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from kubeloop import schema
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
 from models.torch_config import KIND, TorchTrainConfig
@@ -172,8 +171,8 @@ def train_torch(
         rng = np.random.default_rng(cfg.seed)
         transform = transform or FeatureTransform.fit(train)
         tr, va = transform.transform(train), transform.transform(valid)
-        y_train = train[schema.LABEL].to_numpy(dtype=np.float32)
-        y_valid = valid[schema.LABEL].to_numpy(dtype=np.float64)
+        y_train = train[transform.label].to_numpy(dtype=np.float32)
+        y_valid = valid[transform.label].to_numpy(dtype=np.float64)
 
         architecture = {
             "n_numeric": len(tr.numeric_names),

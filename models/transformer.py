@@ -1,14 +1,15 @@
 """The KServe transformer: request context + one Feast online lookup -> predictor request.
 
     python -m models.transformer --model_name ctr --predictor_host HOST:PORT \\
-        --feature_repo DIR --http_port 8080 [--online_store sqlite|redis --redis_url URL]
+        --feature_repo DIR --http_port 8080 [--use_case NAME]
+        [--online_store sqlite|redis --redis_url URL]
 
-A client sends ids and request context, v1 ``{"instances": [{"user_id", "ad_id", "hour",
-"weekday", "device", "slot_position"}, ...], "request_id": optional}`` or the same fields as
-v2 inputs. `preprocess` validates them (`kubeloop.serving.protocol.CLIENT_FIELDS`), looks
-up every user and ad feature of the batch in ONE call to the feature service
-`schema.FEATURE_SERVICE`, and builds the predictor request: one row per instance with
-every column of `model_input_columns()`. A user or ad the online store does not hold gets
+A client sends the use case's request fields (entity ids and request context), v1
+``{"instances": [{<field>: value, ...}, ...], "request_id": optional}`` or the same fields
+as v2 inputs. `preprocess` validates them (`kubeloop.serving.protocol.client_fields`), looks
+up every entity feature of the batch in ONE call to the use case's feature service, and
+builds the predictor request: one row per instance with every column of the use case's
+`model_input_columns()`. An entity the online store does not hold gets
 nulls, which the model's feature transform imputes exactly as in training (a cold-start
 entity in the training set has no feature row either). KServe's `predict` posts that to
 `<predictor_host>/v1/models/<model_name>:predict` (or the v2 infer path with
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import math
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -39,24 +41,24 @@ from kserve.errors import InvalidInput, ModelNotReady
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
-from kubeloop import schema
 from kubeloop.serving.kserve_model import ServedModel, finish_server_parser, server_parser
 from kubeloop.serving.model_server import make_model_server
 from kubeloop.serving.protocol import (
-    CLIENT_FIELDS,
     DEFAULT_MAX_BATCH_SIZE,
-    MODEL_FIELDS,
     REQUEST_ID_HEADER,
     WIRE_DATATYPE,
     RequestTooLarge,
     UpstreamError,
+    client_fields,
     example_row,
     lower_headers,
+    model_fields,
     parse_request,
     probabilities_from_response,
     resolve_request_id,
     v2_response,
 )
+from kubeloop.usecase import UseCase, resolve_use_case
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -64,7 +66,6 @@ if TYPE_CHECKING:
 PROTOCOLS = ("v1", "v2")
 # Readiness and metadata calls must answer fast, whatever the predictor timeout is.
 PROBE_TIMEOUT_SECONDS = 2.0
-ONLINE_FEATURES = [*schema.USER_FEATURES, *schema.AD_FEATURES]
 
 
 def open_feature_store(
@@ -106,25 +107,34 @@ def _json_scalar(value: Any) -> Any:
     return value
 
 
-def join_online_features(rows: list[dict[str, Any]], online: pd.DataFrame) -> list[dict[str, Any]]:
+def join_online_features(
+    rows: list[dict[str, Any]], online: pd.DataFrame, *, use_case: UseCase | str | None = None
+) -> list[dict[str, Any]]:
     """Predictor rows: the request context of `rows[i]` plus the features of `online`'s
-    row i, keyed by `model_input_columns()` in its order."""
+    row i, keyed by the use case's `model_input_columns()` in its order."""
+    spec = resolve_use_case(use_case)
     if len(online) != len(rows):
         raise UpstreamError(
             f"the online store answered {len(online)} rows for {len(rows)} entity rows"
         )
-    features = {name: [_json_scalar(v) for v in online[name].tolist()] for name in ONLINE_FEATURES}
+    features = {
+        name: [_json_scalar(v) for v in online[name].tolist()] for name in spec.feature_columns
+    }
     out = []
     for i, row in enumerate(rows):
         joined = {}
-        for name in MODEL_FIELDS.names:
+        for name in model_fields(spec).names:
             joined[name] = features[name][i] if name in features else row[name]
         out.append(joined)
     return out
 
 
 def predictor_infer_request(
-    rows: list[dict[str, Any]], model_name: str, request_id: str | None
+    rows: list[dict[str, Any]],
+    model_name: str,
+    request_id: str | None,
+    *,
+    use_case: UseCase | str | None = None,
 ) -> InferRequest:
     """The v2 form of a predictor request: one input per model column, shape [n]."""
     inputs = [
@@ -134,7 +144,7 @@ def predictor_infer_request(
             datatype=WIRE_DATATYPE[spec.kind],
             data=[row[spec.name] for row in rows],
         )
-        for spec in MODEL_FIELDS.fields
+        for spec in model_fields(use_case).fields
     ]
     return InferRequest(model_name=model_name, infer_inputs=inputs, request_id=request_id)
 
@@ -145,10 +155,9 @@ class FeastTransformer(ServedModel):
     `store` injects an opened Feast `FeatureStore` (tests), which makes the transformer
     ready at once; otherwise `load()` opens `feature_repo` (with `online_store` /
     `redis_url` overriding its online store). `protocol` is the protocol of the
-    predictor hop ("v1" or "v2"); clients may use either.
+    predictor hop ("v1" or "v2"); clients may use either. `use_case` (a spec, a registered
+    name, or None for the default) gives the request fields and the feature service.
     """
-
-    input_fields = CLIENT_FIELDS
 
     def __init__(
         self,
@@ -165,8 +174,11 @@ class FeastTransformer(ServedModel):
         predictor_timeout_seconds: int = 60,
         predictor_retries: int = 0,
         predictor_health_check: bool = False,
+        use_case: UseCase | str | None = None,
     ):
         super().__init__(name)
+        self.use_case = resolve_use_case(use_case)
+        self.input_fields = client_fields(self.use_case)
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol {protocol!r} is not one of {PROTOCOLS}")
         self.predictor_host = predictor_host
@@ -205,10 +217,10 @@ class FeastTransformer(ServedModel):
                 raise FeatureStoreError("no feature repository: pass feature_repo or a store")
             self.store = open_feature_store(self.feature_repo, self.online_store, self.redis_url)
         try:
-            self.store.get_feature_service(schema.FEATURE_SERVICE)
+            self.store.get_feature_service(self.use_case.feature_service)
         except Exception as exc:  # Feast's FeatureServiceNotFoundException and kin
             raise FeatureStoreError(
-                f"feature service {schema.FEATURE_SERVICE!r} is not registered in the "
+                f"feature service {self.use_case.feature_service!r} is not registered in the "
                 f"repository {self.feature_repo}: run `kubeloop features apply` ({exc})"
             ) from exc
         self.ready = True
@@ -228,7 +240,7 @@ class FeastTransformer(ServedModel):
             return False
         try:
             await asyncio.wait_for(
-                self.lookup([example_row(CLIENT_FIELDS)]), timeout=PROBE_TIMEOUT_SECONDS
+                self.lookup([example_row(self.input_fields)]), timeout=PROBE_TIMEOUT_SECONDS
             )
         except (TimeoutError, UpstreamError, ModelNotReady, RuntimeError):
             return False  # RuntimeError: the lookup pool is shut down (stopping)
@@ -264,7 +276,12 @@ class FeastTransformer(ServedModel):
             raise ModelNotReady(self.name, "the feature store is not open")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._lookups, online_features, self.store, rows)
+            return await loop.run_in_executor(
+                self._lookups,
+                functools.partial(online_features, use_case=self.use_case),
+                self.store,
+                rows,
+            )
         except Exception as exc:  # Redis down, Feast errors: not the client's fault
             raise UpstreamError(
                 f"online feature lookup failed: {type(exc).__name__}: {exc}"
@@ -274,14 +291,14 @@ class FeastTransformer(ServedModel):
         self, payload: dict | InferRequest | bytes, headers: dict[str, str] | None = None
     ) -> dict | InferRequest:
         """Validate the client request, look up its features, build the predictor request."""
-        parsed = parse_request(payload, CLIENT_FIELDS, max_batch_size=self.max_batch_size)
+        parsed = parse_request(payload, self.input_fields, max_batch_size=self.max_batch_size)
         request_id = resolve_request_id(parsed.request_id, lower_headers(headers))
         if headers is not None:
             headers[REQUEST_ID_HEADER] = request_id
         online = await self.lookup(parsed.rows)
-        rows = join_online_features(parsed.rows, online)
+        rows = join_online_features(parsed.rows, online, use_case=self.use_case)
         if self.protocol == "v2":
-            return predictor_infer_request(rows, self.name, request_id)
+            return predictor_infer_request(rows, self.name, request_id, use_case=self.use_case)
         return {"instances": rows}
 
     async def predict(
@@ -330,6 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Feast repository (feature_store.yaml + registry) written by kubeloop",
     )
     parser.add_argument(
+        "--use_case",
+        "--use-case",
+        dest="use_case",
+        default=None,
+        help="use case whose request fields and feature service to serve (default: the "
+        "engine's default use case)",
+    )
+    parser.add_argument(
         "--online_store",
         choices=online_store_names(),
         default=None,
@@ -371,11 +396,12 @@ def main(argv: list[str] | None = None) -> None:
         predictor_timeout_seconds=args.predictor_request_timeout_seconds,
         predictor_retries=args.predictor_request_retries,
         predictor_health_check=args.enable_predictor_health_check,
+        use_case=args.use_case,
     )
     transformer.load()
     server = make_model_server(
         args,
-        CLIENT_FIELDS,
+        transformer.input_fields,
         max_batch_size=args.max_batch_size,
         predictor_config=transformer.predictor_config,
     )

@@ -17,6 +17,7 @@ from components.ingest import ingest
 from components.register import register
 from components.train import train_component
 from kubeloop.training.model_kind import kind_names
+from kubeloop.usecase import DEFAULT_USE_CASE
 
 PIPELINE_NAME = "kubeloop-training"
 
@@ -33,7 +34,8 @@ def training_pipeline(
     features_uri: str,
     feature_repo: str,
     registry_uri: str,
-    model_name: str = "ctr",
+    use_case: str = DEFAULT_USE_CASE,
+    model_name: str = "",
     scenario: str = "baseline",
     generate: bool = False,
     generator_config_json: str = "{}",
@@ -51,15 +53,20 @@ def training_pipeline(
     ],
 ):
     """Train every model kind on the Feast training set and register the ladder's champion
-    if it passes the gate."""
+    if it passes the gate. Every step resolves `use_case` by name (entry-point group
+    `kubeloop.usecases`); an empty `model_name` is the use case's default."""
     ingest_task = ingest(
-        lake_uri=lake_uri, generator_config_json=generator_config_json, generate=generate
+        lake_uri=lake_uri,
+        generator_config_json=generator_config_json,
+        generate=generate,
+        use_case=use_case,
     ).set_display_name("ingest")
     features_task = features(
         lake_uri=ingest_task.outputs["Output"],
         features_uri=features_uri,
         feature_repo=feature_repo,
         feature_config_json=feature_config_json,
+        use_case=use_case,
     ).set_display_name("features")
     training_set = features_task.outputs["training_set"]
 
@@ -67,7 +74,10 @@ def training_pipeline(
     for kind in kind_names():
         model = (
             train_component(kind)(
-                kind=kind, training_set=training_set, train_config_json=train_config_json
+                kind=kind,
+                training_set=training_set,
+                train_config_json=train_config_json,
+                use_case=use_case,
             )
             .set_display_name(f"train-{kind}")
             .outputs["model"]
@@ -86,9 +96,12 @@ def training_pipeline(
         registry_uri=registry_uri,
         model_name=model_name,
         train_config_json=train_config_json,
+        use_case=use_case,
     ).set_display_name("evaluate")
     gate_task = gate(
-        evaluation=eval_task.outputs["evaluation"], gate_config_json=gate_config_json
+        evaluation=eval_task.outputs["evaluation"],
+        gate_config_json=gate_config_json,
+        use_case=use_case,
     ).set_display_name("gate")
 
     with dsl.If(gate_task.outputs["Output"] == True, name="gate-passed"):
@@ -102,6 +115,7 @@ def training_pipeline(
             scenario=scenario,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
             train_config_json=train_config_json,
+            use_case=use_case,
         ).set_display_name("register")
 
     return NamedTuple(

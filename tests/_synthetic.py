@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kubeloop import schema
+from usecases.ctr import schema
 
 DEVICES = ["mobile", "desktop", "tablet"]
 COUNTRIES = ["US", "DE", "FR", "IN", "BR"]

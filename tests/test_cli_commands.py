@@ -281,7 +281,7 @@ BAD_INPUT = [
     (["features", "apply", "--repo", "{d}/r", "--features", "{d}", "--offline-store", "x"],
      ["--offline-store"]),
     (["features", "materialize", "--repo", "{d}/norepo"], ["{d}/norepo"]),
-    (["features", "online", "--repo", "{d}/norepo", "--user-id", "1", "--ad-id", "1"],
+    (["features", "online", "--repo", "{d}/norepo", "--key", "user_id=1", "--key", "ad_id=1"],
      ["{d}/norepo"]),
     (["models", "export", "ctr", "latest", "{d}/out", "--registry", "{d}/reg"], ["'ctr'"]),
     (["canary", "promote", "--workdir", "{d}/w"], []),

@@ -6,7 +6,7 @@ change); the retrain policy must start a retraining run; and the outcome must be
 generator's truth supports. Slow: two pipeline runs and the KServe servers.
 
 What the truth says here. The scenario moves traffic to mobile and to Indian users while
-P(click | features) stays the same (kubeloop.data.scenarios.COVARIATE_SHIFT), so:
+P(click | features) stays the same (usecases.ctr.scenarios.COVARIATE_SHIFT), so:
 - the feature detector must fire on device and user_country, after the change only;
 - retraining cannot learn anything the production model lacks: the click model did not
   change, and the retraining run sees fewer days (retrain_window_days=6) than the first
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import pytest
 
-from kubeloop.data.generator import GeneratorConfig
 from kubeloop.demo import DemoConfig, run_demo
 from kubeloop.demo.drift import DriftStageConfig
 from kubeloop.demo.serving import ServingStageConfig
@@ -30,6 +29,7 @@ from kubeloop.serving.replay import ReplayConfig
 from kubeloop.serving.request_log.reader import exchanges_frame
 from kubeloop.serving.rollout import serving_dir
 from kubeloop.workdir import Workdir
+from usecases.ctr.generator import GeneratorConfig
 
 
 def demo_config() -> DemoConfig:

@@ -81,7 +81,7 @@ def test_equal_mass_bins_hold_similar_counts():
 def test_oracle_metrics_are_those_of_true_ctr():
     y, true_ctr = _sample()
     noisy = np.clip(true_ctr + np.random.default_rng(1).normal(0, 0.05, len(y)), 0.001, 0.999)
-    report = evaluate(y, noisy, true_ctr=true_ctr)
+    report = evaluate(y, noisy, oracle=true_ctr)
     oracle = evaluate(y, true_ctr)
     assert report.oracle_auc == pytest.approx(oracle.auc)
     assert report.oracle_log_loss == pytest.approx(oracle.log_loss)
@@ -94,7 +94,7 @@ def test_degenerate_sets_report_null_instead_of_crashing():
     y = np.array([0, 0, 1, 1, 0, 1])
     p = np.array([0.2, 0.3, 0.6, 0.7, 0.1, 0.8])
     slices = {"device": np.array(["a", "a", "b", "b", None, "b"], dtype=object)}
-    report = evaluate(y, p, true_ctr=p, slices=slices)
+    report = evaluate(y, p, oracle=p, slices=slices)
     assert report.slices["device"]["a"].auc is None  # only negatives
     assert report.slices["device"]["b"].auc is None  # only positives
     assert report.slices["device"]["a"].calibration_ratio is None
@@ -181,7 +181,7 @@ def test_plots_are_valid_pngs(tmp_path):
         y,
         predictions,
         tmp_path,
-        true_ctr=true_ctr,
+        oracle=true_ctr,
         feature_importance={"slot_position": 0.5, "device": 0.3, "hour": 0.2},
     )
     assert [p.name for p in paths] == ["roc.png", "reliability.png", "feature_importance.png"]

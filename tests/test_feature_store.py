@@ -15,11 +15,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from kubeloop import schema
 from kubeloop.errors import FeatureStoreError, LakeError
 from kubeloop.features.definitions import DEFAULT_TTL, build_definitions
 from kubeloop.features.materialize import FeatureTableError, materialize
-from kubeloop.features.online import ONLINE_COLUMNS, online_features
+from kubeloop.features.online import online_columns, online_features
 from kubeloop.features.store import (
     FEATURE_STORE_YAML,
     FeatureStoreSettings,
@@ -35,6 +34,7 @@ from kubeloop.features.training_set import (
     point_in_time_join,
     training_schema,
 )
+from usecases.ctr import schema
 
 pytestmark = [
     # Feast and its dependencies warn about their own internals on import and apply.
@@ -252,7 +252,7 @@ def test_definitions():
 
 def test_materialize_counts_entities(store_and_summary):
     _, summary = store_and_summary
-    assert (summary.users, summary.ads, summary.rows_online) == (3, 2, 5)
+    assert (summary.entities, summary.rows_online) == ({"user": 3, "ad": 2}, 5)
     assert summary.end == day(6) + timedelta(seconds=1)
     assert summary.start < day(1)
     assert summary.online_store == "sqlite"
@@ -266,7 +266,7 @@ def test_online_features_equal_latest_offline_values(store):
     pairs = [(u, a) for u in USER_ROWS for a in AD_ROWS]
     got = online_features(store, [{"user_id": u, "ad_id": a} for u, a in pairs])
 
-    assert list(got.columns) == ONLINE_COLUMNS
+    assert list(got.columns) == online_columns()
     assert len(got) == len(pairs)
     for (user_id, ad_id), (_, row) in zip(pairs, got.iterrows()):
         assert (row["user_id"], row["ad_id"]) == (user_id, ad_id)
@@ -288,7 +288,7 @@ def test_online_features_of_unknown_entities_are_null(store):
 def test_materialize_up_to_end_loads_rows_before_it(tmp_path):
     end = day(4)
     store, summary = make_store(tmp_path, end=end)
-    assert (summary.users, summary.ads) == (2, 2)  # user 3's first row is at day 4: excluded
+    assert summary.entities == {"user": 2, "ad": 2}  # user 3's first row is at day 4: excluded
     assert summary.end == end
     users = latest_offline(
         feature_table(schema.USER_FEATURE_SCHEMA, "user_id", USER_ROWS), "user_id", end
@@ -612,9 +612,9 @@ def test_cli_apply_materialize_online_training_set(tmp_path, engine):
 
     result = runner.invoke(app, ["materialize", "--repo", repo, "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert "3 users and 2 ads" in result.output
+    assert "3 user keys and 2 ad keys" in result.output
 
-    result = runner.invoke(app, ["online", "--repo", repo, "--user-id", "1", "--ad-id", "404"])
+    result = runner.invoke(app, ["online", "--repo", repo, "--key", "user_id=1", "--key", "ad_id=404"])
     assert result.exit_code == 0, result.output
     lines = dict(line.split(None, 1) for line in result.output.strip().splitlines())
     assert lines["user_segment"] == "user_segment-13"

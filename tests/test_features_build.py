@@ -13,7 +13,7 @@ import pytest
 
 from kubeloop.features import build as build_mod
 from kubeloop.features.build import FeatureBuildConfig, build_features
-from kubeloop.schema import (
+from usecases.ctr.schema import (
     AD_FEATURE_SCHEMA,
     AD_FEATURES_FILE,
     EVENT_SCHEMA,
@@ -253,11 +253,11 @@ def test_failure_mid_write_keeps_previous_tables(tmp_path: Path, monkeypatch) ->
     write_lake(tmp_path / "lake", random_events(seed=2, n=300))  # new data, new tables
     real = build_mod._write_query
 
-    def fail_on_ads(con, spec, params, path, schema):
-        if spec.key == "ad_id":
+    def fail_on_ads(con, spec, params, path):
+        if spec.join_key == "ad_id":
             path.write_bytes(b"half a file")
             raise OSError("disk full")
-        return real(con, spec, params, path, schema)
+        return real(con, spec, params, path)
 
     monkeypatch.setattr(build_mod, "_write_query", fail_on_ads)
     with pytest.raises(OSError, match="disk full"):

@@ -19,22 +19,21 @@ from scipy.stats import chi2_contingency
 from typer.testing import CliRunner
 
 from kubeloop.cli import data as data_cli
-from kubeloop.data import (
+from kubeloop.data import list_partitions, staged_events, write_day
+from kubeloop.data.lake import PART_FILE
+from kubeloop.errors import LakeError
+from usecases.ctr.generator import (
     GeneratorConfig,
+    ScenarioName,
     build_population,
     click_model_on,
     generate_lake,
     iter_day_tables,
-    list_partitions,
-    staged_events,
     true_click_probability,
-    write_day,
 )
-from kubeloop.data.generator import ScenarioName
-from kubeloop.data.lake import PART_FILE
-from kubeloop.data.scenarios import BASELINE_CLICK_MODEL, SCENARIOS
-from kubeloop.errors import LakeError
-from kubeloop.schema import EVENT_SCHEMA, EVENTS_DIR, PARTITION_KEY
+from usecases.ctr.scenarios import BASELINE_CLICK_MODEL, SCENARIOS
+from usecases.ctr.schema import EVENT_SCHEMA, EVENTS_DIR, PARTITION_KEY
+from usecases.ctr.usecase import USE_CASE
 
 SMALL = {
     "events": 20_000,
@@ -253,7 +252,7 @@ def test_a_failed_write_leaves_no_part_file_and_the_old_lake_intact(tmp_path):
         raise RuntimeError("disk full")
 
     with pytest.raises(RuntimeError, match="disk full"), staged_events(fs, root) as staging:
-        write_day(fs, staging, SMALL_START, crashing())
+        write_day(fs, staging, SMALL_START, crashing(), schema=EVENT_SCHEMA)
     # the half-written day never got its final name, and the swap never happened
     assert {p.day: p.files for p in list_partitions(str(tmp_path))} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [EVENTS_DIR]
@@ -264,7 +263,7 @@ def test_write_day_rejects_a_foreign_schema(tmp_path):
     fs, root = fsspec.core.url_to_fs(str(tmp_path))
     bad = pa.table({"event_id": pa.array([1], pa.int64())})
     with pytest.raises(LakeError, match="schema"):
-        write_day(fs, root, SMALL_START, [bad])
+        write_day(fs, root, SMALL_START, [bad], schema=EVENT_SCHEMA)
     assert not list(tmp_path.rglob("*.parquet"))
 
 
@@ -341,7 +340,8 @@ def test_true_ctr_depends_on_observable_features():
 
 def test_registry_config_and_cli_agree_on_scenario_names():
     names = {"baseline", "covariate_shift", "concept_drift", "new_ads"}
-    assert set(SCENARIOS) == set(get_args(ScenarioName)) == set(data_cli._SCENARIOS) == names
+    declared = set(USE_CASE.synthetic.scenarios)
+    assert set(SCENARIOS) == set(get_args(ScenarioName)) == declared == names
     assert all(SCENARIOS[name].name == name for name in names)
 
 

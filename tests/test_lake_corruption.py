@@ -15,12 +15,12 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 import pytest
 
-from kubeloop.data.generator import GeneratorConfig, generate_lake
 from kubeloop.data.validate import validate_lake
 from kubeloop.errors import LakeError
 from kubeloop.features.build import FeatureBuildConfig, build_features
 from kubeloop.features.training_set import build_training_set
-from kubeloop.schema import AD_FEATURES_FILE, USER_FEATURES_FILE
+from usecases.ctr.generator import GeneratorConfig, generate_lake
+from usecases.ctr.schema import AD_FEATURES_FILE, USER_FEATURES_FILE
 
 KUBELOOP = str(Path(sys.executable).with_name("kubeloop"))
 CONFIG = FeatureBuildConfig(threads=1, memory_limit="256MB")

@@ -15,7 +15,7 @@ import pytest
 from kubeloop.data.validate import validate_lake
 from kubeloop.errors import LakeError
 from kubeloop.features.build import FeatureBuildConfig, build_features
-from kubeloop.schema import AD_FEATURES_FILE, EVENT_SCHEMA, USER_FEATURES_FILE
+from usecases.ctr.schema import AD_FEATURES_FILE, EVENT_SCHEMA, USER_FEATURES_FILE
 
 UTC = dt.UTC
 DAYS = ["2024-03-01", "2024-03-02"]

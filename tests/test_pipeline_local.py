@@ -7,10 +7,10 @@ import json
 
 import pytest
 
-from kubeloop.data.generator import GeneratorConfig
 from kubeloop.demo import DemoConfig, run_demo
 from kubeloop.registry import open_registry
 from kubeloop.workdir import Workdir
+from usecases.ctr.generator import GeneratorConfig
 
 SMALL = GeneratorConfig(events=40_000, days=6, users=800, ads=150, seed=3)
 FAST_TRAINING = {"torch": {"max_epochs": 2, "importance_rows": 500}, "lightgbm": {"max_rounds": 60}}

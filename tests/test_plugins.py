@@ -37,6 +37,7 @@ def test_every_group_declares_names_and_every_entry_point_loads():
         "alert_stores",
         "online_stores",
         "offline_stores",
+        "usecases",
     }
     for group in plugins.GROUPS.values():
         assert plugins.names(group), f"{group.entry_point_group} declares nothing"
@@ -60,6 +61,10 @@ def test_every_group_declares_names_and_every_entry_point_loads():
                 from feast.infra.offline_stores.offline_store import OfflineStore
 
                 assert issubclass(obj, OfflineStore)
+            elif group is plugins.USECASES:
+                from kubeloop.usecase import UseCase
+
+                assert isinstance(obj, UseCase) and obj.name == name
             else:
                 assert callable(obj)
 

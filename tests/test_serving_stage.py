@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-from kubeloop.data.generator import GeneratorConfig
 from kubeloop.demo import DemoConfig, run_demo
 from kubeloop.demo.serving import ServingStageConfig
 from kubeloop.registry import open_registry
@@ -14,6 +13,7 @@ from kubeloop.serving.policy import RolloutPolicy
 from kubeloop.serving.replay import ReplayConfig
 from kubeloop.serving.request_log.reader import exchanges_frame
 from kubeloop.workdir import Workdir
+from usecases.ctr.generator import GeneratorConfig
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ import pytest
 import torch
 from _synthetic import make_training_frame
 
-from kubeloop import schema
 from kubeloop.evaluation.metrics import roc_auc
 from kubeloop.training.artifacts import ModelArtifactError, load_model
 from kubeloop.training.split import split_summary, time_split
@@ -18,6 +17,7 @@ from kubeloop.training.transform import FeatureTransform, model_input_columns
 from models.lightgbm_trainer import LightGBMTrainConfig, train_lightgbm
 from models.logistic import LogisticTrainConfig, train_logistic
 from models.torch_trainer import TorchTrainConfig, train_torch
+from usecases.ctr import schema
 
 LGB = LightGBMTrainConfig(num_threads=1)
 TORCH = TorchTrainConfig(num_threads=1, max_epochs=5, patience=2)

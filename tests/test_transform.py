@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 from _synthetic import make_training_frame
 
-from kubeloop import schema
 from kubeloop.training.transform import (
     UNKNOWN_INDEX,
     FeatureTransform,
@@ -18,6 +17,7 @@ from kubeloop.training.transform import (
     TransformError,
     model_input_columns,
 )
+from usecases.ctr import schema
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,8 @@ def test_crossed_columns(frame, fitted):
     assert fitted.vocabularies[name][code - 1] == expected
     # one missing side makes the cross unknown
     assert fitted.transform(row.assign(user_segment=None)).categorical[0, col] == UNKNOWN_INDEX
-    with pytest.raises(ValueError):
-        TransformConfig(crosses=[("user_segment", "user_id")])
+    # a cross must pair two of the use case's categorical inputs (an entity key is none)
+    with pytest.raises(TransformError, match="user_id"):
+        FeatureTransform.fit(frame, TransformConfig(crosses=[("user_segment", "user_id")]))
     plain = FeatureTransform.fit(frame, TransformConfig(crosses=[]))
     assert name not in plain.categorical_names

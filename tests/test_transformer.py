@@ -1,6 +1,6 @@
 """The KServe transformer (models/transformer.py): Feast online lookup -> predictor request.
 
-A tiny Feast repository (hand-built offline tables in the kubeloop.schema schemas, applied
+A tiny Feast repository (hand-built offline tables in the usecases.ctr.schema schemas, applied
 and materialized into the embedded SQLite online store) backs both the in-process tests
 of `preprocess` and the end-to-end test, which runs the real entry points as
 subprocesses: client -> `python -m models.transformer` -> a recording proxy (the place of
@@ -33,13 +33,13 @@ from test_predictor import (
     v2_inputs,
 )
 
-from kubeloop import schema
 from kubeloop.errors import FeatureStoreError
 from kubeloop.features.materialize import materialize
 from kubeloop.features.store import FeatureStoreSettings, apply_definitions, open_store, write_repo
 from kubeloop.serving.protocol import CLIENT_FIELDS, MODEL_FIELDS
 from models.lightgbm_trainer import train_lightgbm
 from models.transformer import FeastTransformer, open_feature_store
+from usecases.ctr import schema
 
 pytestmark = [
     # Feast warns about its own internals on import, apply and materialize.

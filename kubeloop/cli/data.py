@@ -5,9 +5,9 @@ from __future__ import annotations
 import typer
 from pydantic import ValidationError
 
-app = typer.Typer(help="Generate and inspect the impression data lake.", no_args_is_help=True)
+from kubeloop.cli.options import DEFAULT_USE_CASE, UseCaseOption
 
-_SCENARIOS = ("baseline", "covariate_shift", "concept_drift", "new_ads")
+app = typer.Typer(help="Generate and inspect the event data lake.", no_args_is_help=True)
 
 
 @app.command()
@@ -17,43 +17,49 @@ def generate(
         "--lake",
         help="Lake root: a local path or an fsspec URL (e.g. memory://lake, s3://bucket/lake).",
     ),
-    events: int = typer.Option(600_000, help="Total impressions over all days."),
-    days: int = typer.Option(14, help="Number of daily partitions."),
-    users: int = typer.Option(4_000, help="Size of the user population."),
-    ads: int = typer.Option(600, help="Number of ads running from the first day."),
-    seed: int = typer.Option(7, help="Seed: the same seed and options give identical data."),
-    scenario: str = typer.Option(
-        "baseline",
-        help="Change applied from --change-day on: " + ", ".join(_SCENARIOS) + ".",
+    use_case: UseCaseOption = DEFAULT_USE_CASE,
+    events: int | None = typer.Option(None, help="Total events over all days."),
+    days: int | None = typer.Option(None, help="Number of daily partitions."),
+    users: int | None = typer.Option(None, help="Size of the user population (ctr)."),
+    ads: int | None = typer.Option(None, help="Number of ads running from the first day (ctr)."),
+    seed: int | None = typer.Option(
+        None, help="Seed: the same seed and options give identical data."
     ),
-    change_day: int = typer.Option(
-        10, help="0-based index of the first changed day (0 < K < days)."
+    scenario: str | None = typer.Option(
+        None, help="Change applied from --change-day on (one of the use case's scenarios)."
     ),
-    new_ads: int = typer.Option(150, help="Size of the new-ads wave (scenario new_ads)."),
+    change_day: int | None = typer.Option(
+        None, help="0-based index of the first changed day (0 < K < days)."
+    ),
+    new_ads: int | None = typer.Option(None, help="Size of the new-ads wave (ctr, new_ads)."),
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Show a progress bar on stderr."
     ),
 ) -> None:
-    """Generate a seeded lake of ad impressions, partitioned by day (replaces LAKE/events/)."""
+    """Generate a seeded lake with the use case's generator, partitioned by day (replaces
+    LAKE/events/). Options left out take the generator's defaults."""
     from rich.console import Console
     from rich.table import Table
 
-    from kubeloop.data.generator import GeneratorConfig, generate_lake
+    from kubeloop.usecase import load_use_case
 
+    spec = load_use_case(use_case)
+    source = spec.synthetic
+    given = {
+        "events": events,
+        "days": days,
+        "users": users,
+        "ads": ads,
+        "seed": seed,
+        "scenario": scenario,
+        "change_day": change_day,
+        "new_ads": new_ads,
+    }
     try:
-        config = GeneratorConfig(
-            events=events,
-            days=days,
-            users=users,
-            ads=ads,
-            seed=seed,
-            scenario=scenario,
-            change_day=change_day,
-            new_ads=new_ads,
-        )
+        config = spec.generator_config({k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
         raise typer.BadParameter(_validation_message(exc)) from None
-    summary = generate_lake(config, lake, progress=progress)
+    summary = source.generate(config, lake, progress)
 
     table = Table(title="kubeloop data generate", show_header=False)
     table.add_column("field", style="bold")
@@ -65,8 +71,8 @@ def generate(
     )
     table.add_row("events", f"{summary.events:,}")
     table.add_row("partitions", str(summary.partitions))
-    table.add_row("click rate", f"{summary.click_rate:.4f}")
-    table.add_row("mean true_ctr", f"{summary.mean_true_ctr:.4f}")
+    for name, value in summary.label_stats().items():
+        table.add_row(name.replace("_", " "), f"{value:.4f}")
     table.add_row("seconds", f"{summary.seconds:.2f} ({summary.events_per_second:,.0f} events/s)")
     Console().print(table)
 
@@ -74,8 +80,10 @@ def generate(
 @app.command()
 def describe(
     lake: str = typer.Option(..., "--lake", help="Lake root: a local path or an fsspec URL."),
+    use_case: UseCaseOption = DEFAULT_USE_CASE,
 ) -> None:
-    """Print each day partition's row count, clicks, click rate and mean true_ctr."""
+    """Print each day partition's row count, positive labels, label rate and (when the use
+    case has an oracle column) its mean."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from fsspec.core import url_to_fs
@@ -85,12 +93,17 @@ def describe(
     from kubeloop.data.lake import list_partitions
     from kubeloop.data.reads import VERIFYING_OPEN, lake_reads
     from kubeloop.errors import LakeError
+    from kubeloop.usecase import load_use_case
 
+    events = load_use_case(use_case).events
+    label, oracle = events.label, events.oracle
+    columns = [label, *([oracle] if oracle else [])]
     partitions = list_partitions(lake)
     if not partitions:
         raise LakeError("the lake has no day partitions", path=lake)
     table = Table(title=f"lake {lake}")
-    for name in ("day", "rows", "clicks", "CTR", "mean true_ctr"):
+    names = ["day", "rows", f"{label} = 1", f"{label} rate"]
+    for name in [*names, *([f"mean {oracle}"] if oracle else [])]:
         table.add_column(name, justify="left" if name == "day" else "right")
     total_rows = total_clicks = 0
     for part in partitions:
@@ -103,17 +116,21 @@ def describe(
                 # Row group by row group, and only the two columns needed: a day of any
                 # size is described in bounded memory.
                 for i in range(pf.num_row_groups):
-                    rg = pf.read_row_group(i, columns=["click", "true_ctr"], use_threads=False)
+                    rg = pf.read_row_group(i, columns=columns, use_threads=False)
                     rows += rg.num_rows
-                    clicks += pc.sum(rg["click"]).as_py() or 0
-                    true_sum += pc.sum(rg["true_ctr"]).as_py() or 0.0
+                    clicks += pc.sum(rg[label]).as_py() or 0
+                    if oracle:
+                        true_sum += pc.sum(rg[oracle]).as_py() or 0.0
         total_rows += rows
         total_clicks += clicks
-        ctr = f"{clicks / rows:.4f}" if rows else "-"
-        mean_true = f"{true_sum / rows:.4f}" if rows else "-"
-        table.add_row(part.day.isoformat(), f"{rows:,}", f"{clicks:,}", ctr, mean_true)
+        rate = f"{clicks / rows:.4f}" if rows else "-"
+        cells = [part.day.isoformat(), f"{rows:,}", f"{clicks:,}", rate]
+        if oracle:
+            cells.append(f"{true_sum / rows:.4f}" if rows else "-")
+        table.add_row(*cells)
     overall = f"{total_clicks / total_rows:.4f}" if total_rows else "-"
-    table.add_row("total", f"{total_rows:,}", f"{total_clicks:,}", overall, "", style="bold")
+    totals = ["total", f"{total_rows:,}", f"{total_clicks:,}", overall, *([""] if oracle else [])]
+    table.add_row(*totals, style="bold")
     Console().print(table)
 
 
@@ -123,6 +140,7 @@ def validate(
     footers_only: bool = typer.Option(
         False, "--footers-only", help="Check layout and footers only; do not decode the pages."
     ),
+    use_case: UseCaseOption = DEFAULT_USE_CASE,
 ) -> None:
     """Check the lake's layout, every file's schema and every data page; print what it holds.
 
@@ -130,7 +148,7 @@ def validate(
     """
     from kubeloop.data.validate import validate_lake
 
-    manifest = validate_lake(lake, pages=not footers_only)
+    manifest = validate_lake(lake, pages=not footers_only, use_case=use_case)
     days = manifest.days
     typer.echo(
         f"lake {lake} is valid: {manifest.rows:,} events in {len(manifest.partitions)} files, "

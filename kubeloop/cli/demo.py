@@ -45,6 +45,12 @@ def demo(
         None, help="baseline | covariate_shift | concept_drift | new_ads (default: baseline)"
     ),
     seed: int | None = typer.Option(None, help="Generator seed."),
+    use_case: str | None = typer.Option(
+        None,
+        "--use-case",
+        envvar="KUBELOOP_USE_CASE",
+        help="Use case to run (default: the config's, else kubeloop.usecase.DEFAULT_USE_CASE).",
+    ),
     config: Path | None = typer.Option(
         None,
         "--config",
@@ -67,6 +73,8 @@ def demo(
     for name, value in (("events", events), ("scenario", scenario), ("seed", seed)):
         if value is not None:
             generator[name] = value
+    if use_case is not None:
+        fields["use_case"] = use_case
     demo_config = DemoConfig.model_validate(
         {**fields, "generator": generator, "progress": progress, "executor_logs": executor_logs}
     )

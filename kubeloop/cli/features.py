@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from kubeloop.cli.options import DEFAULT_USE_CASE, UseCaseOption
+
 app = typer.Typer(
     help="Build features, apply the Feast repo, materialize, build the training set.",
     no_args_is_help=True,
@@ -16,13 +18,14 @@ app = typer.Typer(
 def build(
     lake: str = typer.Option(..., "--lake", help="Lake root: a local path or an fsspec URL."),
     out: Path = typer.Option(
-        ..., "--out", help="Directory for user_features.parquet and ad_features.parquet."
+        ..., "--out", help="Directory for the offline tables (<feature view>.parquet each)."
     ),
+    use_case: UseCaseOption = DEFAULT_USE_CASE,
     ctr_prior: float = typer.Option(
-        0.04, "--ctr-prior", help="Prior click-through rate of the smoothed CTRs."
+        0.04, "--ctr-prior", help="Prior rate of the label in the use case's smoothed rates."
     ),
     prior_strength: float = typer.Option(
-        20.0, "--prior-strength", help="Weight of the prior, in impressions."
+        20.0, "--prior-strength", help="Weight of the prior, in events."
     ),
     memory_limit: str = typer.Option(
         "2GB", "--memory-limit", help="DuckDB memory limit; beyond it DuckDB spills to disk."
@@ -30,7 +33,7 @@ def build(
     threads: int = typer.Option(2, "--threads", help="DuckDB worker threads."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not show per-step progress."),
 ) -> None:
-    """Build the point-in-time user and ad feature tables from the event lake."""
+    """Build the use case's point-in-time feature tables (one per entity) from the lake."""
     # Imported here so that `kubeloop --help` does not pay for the ETL's imports.
     from rich.console import Console
     from rich.table import Table
@@ -43,12 +46,12 @@ def build(
         memory_limit=memory_limit,
         threads=threads,
     )
-    summary = build_features(lake, out, config, progress=not no_progress)
+    summary = build_features(lake, out, config, progress=not no_progress, use_case=use_case)
 
     table = Table(title=f"features written to {out}", show_header=False)
     table.add_row("events read", f"{summary.events:,}")
-    table.add_row("user feature rows", f"{summary.user_rows:,}")
-    table.add_row("ad feature rows", f"{summary.ad_rows:,}")
+    for entity, rows in summary.rows.items():
+        table.add_row(f"{entity} feature rows", f"{rows:,}")
     table.add_row("seconds", f"{summary.seconds:.2f}")
     table.add_row("events/s", f"{summary.events_per_second:,.0f}")
     Console().print(table)
@@ -63,8 +66,9 @@ def apply(
         ..., "--repo", help="Feast repository directory (created if missing)."
     ),
     features: Path = typer.Option(
-        ..., "--features", help="Directory holding user_features.parquet and ad_features.parquet."
+        ..., "--features", help="Directory holding the offline tables `features build` wrote."
     ),
+    use_case: UseCaseOption = DEFAULT_USE_CASE,
     online_store: str = typer.Option(
         "sqlite", "--online-store", help="Online store: sqlite (embedded, default) or redis."
     ),
@@ -87,8 +91,8 @@ def apply(
 ) -> None:
     """Write the Feast repository and register the feature definitions (feast apply).
 
-    Writes --repo/feature_store.yaml and registers the user and ad entities, both
-    feature views over the tables in --features and the ctr_model feature service.
+    Writes --repo/feature_store.yaml and registers the use case's entities, one feature
+    view per entity over the tables in --features, and its feature service.
     """
     # Feast is imported lazily by these modules: `kubeloop --help` stays fast.
     from kubeloop import plugins
@@ -114,9 +118,9 @@ def apply(
     settings = FeatureStoreSettings(
         project=project, online_store=store_config, offline_store=offline_store
     )
-    yaml_path = write_repo(repo, settings, features)
+    yaml_path = write_repo(repo, settings, features, use_case=use_case)
     store = open_store(repo)
-    objects = apply_definitions(store, features)
+    objects = apply_definitions(store, features, use_case=use_case)
     typer.echo(f"wrote {yaml_path}")
     typer.echo(
         f"applied {len(objects)} objects to project {project!r} "
@@ -137,11 +141,12 @@ def materialize(
     no_progress: bool = typer.Option(
         False, "--no-progress", help="Silence Feast's progress output."
     ),
+    use_case: UseCaseOption = DEFAULT_USE_CASE,
 ) -> None:
-    """Load each user's and ad's latest feature row into the online store.
+    """Load each entity's latest feature row into the online store.
 
-    Both offline tables are checked against kubeloop.schema first; a bad table is
-    reported by file and column and the online store is left as it was.
+    Every offline table is checked against the use case's feature schema first; a bad
+    table is reported by file and column and the online store is left as it was.
     """
     from datetime import datetime
 
@@ -155,9 +160,12 @@ def materialize(
             end_at = datetime.fromisoformat(end)
         except ValueError:
             raise FeatureStoreError(f"--end {end!r} is not an ISO date or time") from None
-    summary = run_materialize(open_store(repo), end_at, progress=not no_progress)
+    summary = run_materialize(
+        open_store(repo), end_at, progress=not no_progress, use_case=use_case
+    )
+    counts = " and ".join(f"{n:,} {entity} keys" for entity, n in summary.entities.items())
     typer.echo(
-        f"materialized {summary.users:,} users and {summary.ads:,} ads "
+        f"materialized {counts} "
         f"({summary.rows_online:,} entity keys) into {summary.online_store} "
         f"up to {summary.end.isoformat()} in {summary.seconds:.2f}s"
     )
@@ -172,11 +180,12 @@ def training_set(
         None, "--day", help="Only this day (YYYY-MM-DD); repeat for several (default: every day)."
     ),
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not show per-day progress."),
+    use_case: UseCaseOption = DEFAULT_USE_CASE,
 ) -> None:
     """Write the training set: every event joined point-in-time with the features.
 
-    The join is Feast's get_historical_features over the ctr_model feature service;
-    the output has kubeloop.schema.TRAINING_COLUMNS, sorted by event time.
+    The join is Feast's get_historical_features over the use case's feature service; the
+    output has the use case's training columns, sorted by event time.
     """
     from datetime import date
 
@@ -190,7 +199,9 @@ def training_set(
             days = [date.fromisoformat(d) for d in day]
         except ValueError as exc:
             raise FeatureStoreError(f"--day: {exc}") from None
-    summary = build_training_set(open_store(repo), lake, out, days=days, progress=not no_progress)
+    summary = build_training_set(
+        open_store(repo), lake, out, days=days, progress=not no_progress, use_case=use_case
+    )
     typer.echo(
         f"wrote {summary.rows:,} rows x {len(summary.columns)} columns to {out} "
         f"in {summary.seconds:.2f}s (Feast join {summary.seconds_feast:.2f}s)"
@@ -200,19 +211,38 @@ def training_set(
 @app.command("online")
 def online(
     repo: Path = typer.Option(..., "--repo", help="Feast repository directory written by `apply`."),
-    user_id: int = typer.Option(..., "--user-id", help="User to look up."),
-    ad_id: int = typer.Option(..., "--ad-id", help="Ad to look up."),
+    key: list[str] = typer.Option(
+        ...,
+        "--key",
+        help="An entity key as JOIN_KEY=ID; one per entity of the use case (e.g. "
+        "--key user_id=1 --key <other key>=2).",
+    ),
+    use_case: UseCaseOption = DEFAULT_USE_CASE,
 ) -> None:
-    """Print the online feature vector of one (user, ad) pair, as serving would fetch it."""
+    """Print the online feature vector of one entity-key row, as serving would fetch it."""
     import pandas as pd
 
+    from kubeloop.errors import FeatureStoreError
     from kubeloop.features.online import online_features
     from kubeloop.features.store import open_store
+    from kubeloop.usecase import load_use_case
 
-    frame = online_features(open_store(repo), [{"user_id": user_id, "ad_id": ad_id}])
+    join_keys = load_use_case(use_case).join_keys
+    row: dict[str, int] = {}
+    for item in key:
+        name, sep, value = item.partition("=")
+        if not sep or name not in join_keys or not value.lstrip("-").isdigit():
+            raise FeatureStoreError(
+                f"--key {item!r} must be JOIN_KEY=INTEGER with JOIN_KEY one of {join_keys}"
+            )
+        row[name] = int(value)
+    missing = [k for k in join_keys if k not in row]
+    if missing:
+        raise FeatureStoreError(f"--key is missing {', '.join(missing)} (one --key per entity)")
+    frame = online_features(open_store(repo), [row], use_case=use_case)
 
-    row = frame.iloc[0]
+    found = frame.iloc[0]
     width = max(len(name) for name in frame.columns)
     for name in frame.columns:
-        value = row[name]
+        value = found[name]
         typer.echo(f"{name:<{width}}  {'null' if pd.isna(value) else value}")

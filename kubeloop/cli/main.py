@@ -43,8 +43,19 @@ def _register() -> None:
     app.command(name="demo")(demo.demo)
     app.command(name="serve")(serve.serve)
     app.add_typer(canary.app, name="canary")
-    app.command(name="alerts")(alerts.alerts)
+    app.add_typer(alerts.app, name="alerts")
     app.command(name="report")(report.report)
+    app.command(name="usecases")(usecases)
+
+
+def usecases() -> None:
+    """List the registered use cases (entry-point group kubeloop.usecases); every stage
+    takes one with --use-case."""
+    from kubeloop.usecase import DEFAULT_USE_CASE, load_use_case, use_case_names
+
+    for name in use_case_names():
+        mark = " (default)" if name == DEFAULT_USE_CASE else ""
+        typer.echo(f"{name}{mark}: {load_use_case(name).description}")
 
 
 _register()

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from kubeloop.cli.options import DEFAULT_USE_CASE, UseCaseOption
+
 app = typer.Typer(
     help="Compile, run (kfp.local) and submit the Kubeflow training pipeline.", no_args_is_help=True
 )
@@ -41,7 +43,10 @@ def run_cmd(
     generate: bool = typer.Option(False, help="Generate the lake first (otherwise it must exist)."),
     events: int | None = typer.Option(None, help="Events to generate (with --generate)."),
     scenario: str = typer.Option("baseline", help="Data scenario (with --generate)."),
-    model_name: str = typer.Option("ctr", help="Registry name of the model."),
+    use_case: UseCaseOption = DEFAULT_USE_CASE,
+    model_name: str = typer.Option(
+        "", help="Registry name of the model (default: the use case's)."
+    ),
 ) -> None:
     """Run the training pipeline end to end. Only --local is supported here; use `submit` for a cluster."""
     if not local:
@@ -57,7 +62,12 @@ def run_cmd(
     if events:
         generator["events"] = events
     params = TrainingRunParams.for_workdir(
-        wd, model_name=model_name, scenario=scenario, generate=generate, generator_config=generator
+        wd,
+        use_case=use_case,
+        model_name=model_name,
+        scenario=scenario,
+        generate=generate,
+        generator_config=generator,
     )
     result = run_local(params, wd.root / "kfp_local")
     console.print_json(
@@ -87,7 +97,10 @@ def submit_cmd(
     registry_uri: str = typer.Option(
         "/registry", help="Registry location inside the component pods."
     ),
-    model_name: str = typer.Option("ctr", help="Registry name of the model."),
+    use_case: UseCaseOption = DEFAULT_USE_CASE,
+    model_name: str = typer.Option(
+        "", help="Registry name of the model (default: the use case's)."
+    ),
     service_account: str | None = typer.Option(
         "kubeloop-pipeline-runner", help="Service account for the run's pods."
     ),
@@ -105,6 +118,7 @@ def submit_cmd(
         features_uri=features_uri,
         feature_repo=feature_repo,
         registry_uri=registry_uri,
+        use_case=use_case,
         model_name=model_name,
     )
     ids = submit(

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from kubeloop.cli.options import DEFAULT_USE_CASE, UseCaseOption
 from kubeloop.serving.edge import DEFAULT_HOST, DEFAULT_MAX_BODY_BYTES
 
 WORKDIR_ENV = "KUBELOOP_WORKDIR"
@@ -25,18 +26,21 @@ WorkdirOption = Annotated[
 ]
 
 
-def example_body(transformer: bool = True) -> str:
-    """A valid v1 body for the endpoint: the client fields for the transformer, the
-    model's columns for the router (--no-transformer)."""
-    from kubeloop.serving.protocol import CLIENT_FIELDS, MODEL_FIELDS, example_row
+def example_body(transformer: bool = True, use_case: str | None = None) -> str:
+    """A valid v1 body for the endpoint: the use case's client fields for the transformer,
+    its model columns for the router (--no-transformer)."""
+    from kubeloop.serving.protocol import client_fields, example_row, model_fields
 
-    fields = CLIENT_FIELDS if transformer else MODEL_FIELDS
+    fields = client_fields(use_case) if transformer else model_fields(use_case)
     return json.dumps({"instances": [example_row(fields)]})
 
 
 def serve(
     workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: Annotated[str, typer.Option("--model", help="Model name.")] = "ctr",
+    use_case: UseCaseOption = DEFAULT_USE_CASE,
+    model: Annotated[
+        str, typer.Option("--model", help="Model name (default: the use case's).")
+    ] = "",
     port: Annotated[
         int, typer.Option("--port", help="Port of the endpoint (the transformer; 0: a free one).")
     ] = 8080,
@@ -98,10 +102,12 @@ def serve(
 ) -> None:
     """Start the local serving stack and block until Ctrl+C; prints the URLs and a curl example."""
     from kubeloop.registry.backends import open_registry
-    from kubeloop.serving.local_servers import LocalStack
+    from kubeloop.serving.local_servers import DEFAULT_SERVER_ARGS, LocalStack
     from kubeloop.serving.rollout import RolloutError, load_state, rollout_path
+    from kubeloop.usecase import load_use_case
     from kubeloop.workdir import Workdir
 
+    model = model or load_use_case(use_case).defaults.model_name
     wd = Workdir.at(workdir)
     registry = open_registry(wd.registry)
     saved = load_state(rollout_path(wd))
@@ -160,6 +166,9 @@ def serve(
             force=force,
             host=host,
             max_body_bytes=max_body_bytes,
+            # Both servers read the use case's request fields (and the transformer its
+            # feature service) by name.
+            server_args=[*DEFAULT_SERVER_ARGS, "--use_case", use_case],
         ) as stack:
             state = stack.state()
             split = state.split
@@ -174,7 +183,7 @@ def serve(
             typer.echo("try:")
             typer.echo(
                 f"  curl -s -H 'content-type: application/json' {endpoint} "
-                f"-d '{example_body(transformer=not no_transformer)}'"
+                f"-d '{example_body(transformer=not no_transformer, use_case=use_case)}'"
             )
             typer.echo(f"change the split: kubeloop canary set 50 --workdir {wd.root}")
             typer.echo("Ctrl+C to stop.")

@@ -26,7 +26,7 @@ from fsspec.core import url_to_fs
 from pydantic import BaseModel, ConfigDict
 
 from kubeloop.errors import LakeError
-from kubeloop.schema import EVENT_SCHEMA, EVENTS_DIR, PARTITION_KEY
+from kubeloop.usecase import EVENTS_DIR, PARTITION_KEY
 
 PART_FILE = "part-00000.parquet"
 
@@ -90,14 +90,14 @@ def write_day(
     day: date,
     tables: Iterable[pa.Table | pa.RecordBatch],
     *,
-    schema: pa.Schema = EVENT_SCHEMA,
+    schema: pa.Schema,
 ) -> DayFile:
     """Write one day's events as `<events_path>/day=YYYY-MM-DD/part-00000.parquet`.
 
     `events_path` is the filesystem-internal path of an events directory (the lake's
     `events/`, or the staging directory given by `staged_events`). `tables` is consumed
     lazily and each item becomes its own row group(s), so peak memory is one item, not the
-    day. Every item must have exactly `schema` (the partition column `day` is not part of
+    day. Every item must have exactly `schema` (the use case's event schema; the partition column `day` is not part of
     it). The file appears under its final name only once complete; an existing file of
     that name is replaced.
     """

@@ -22,11 +22,10 @@ from pydantic import BaseModel, ConfigDict
 
 from kubeloop.data.reads import VERIFYING_OPEN, check_pages, one_line, regenerate_hint
 from kubeloop.errors import LakeError
-from kubeloop.schema import EVENT_SCHEMA, EVENTS_DIR, PARTITION_KEY
+from kubeloop.usecase import EVENTS_DIR, PARTITION_KEY, EventSchema, UseCase, resolve_use_case
 
 # Columns the feature build groups or counts by: a null there would silently create a
 # phantom entity or under-count clicks, so the footer's null counts are checked for them.
-NON_NULL_COLUMNS = ("event_id", "event_timestamp", "user_id", "ad_id", "click")
 
 _DAY_DIR = re.compile(rf"^{PARTITION_KEY}=(\d{{4}}-\d{{2}}-\d{{2}})$")
 _UTC_NAMES = {"UTC", "Etc/UTC", "+00:00", "Z"}
@@ -93,8 +92,10 @@ def _same_type(expected: pa.DataType, found: pa.DataType) -> bool:
     return False
 
 
-def _check_file(fs: Any, path: str, shown: str, lake_root: str, pages: bool) -> int:
-    """Validate one file against EVENT_SCHEMA (and decode its pages); return its row count."""
+def _check_file(
+    fs: Any, path: str, shown: str, lake_root: str, pages: bool, events: EventSchema
+) -> int:
+    """Validate one file against the event schema (and decode its pages); return its rows."""
     try:
         with fs.open(path, "rb") as fh:
             parquet = pq.ParquetFile(fh, **VERIFYING_OPEN)
@@ -102,7 +103,7 @@ def _check_file(fs: Any, path: str, shown: str, lake_root: str, pages: bool) -> 
             # schema_arrow restores what the writer meant (time zone, large types) from the
             # stored Arrow schema; the bare Parquet schema would lose it.
             schema = parquet.schema_arrow
-            _check_footer(meta, schema, shown, lake_root)
+            _check_footer(meta, schema, shown, lake_root, events)
             if pages:
                 check_pages(parquet, shown, lake_root)
     except LakeError:
@@ -116,13 +117,15 @@ def _check_file(fs: Any, path: str, shown: str, lake_root: str, pages: bool) -> 
     return meta.num_rows
 
 
-def _check_footer(meta: Any, schema: pa.Schema, shown: str, lake_root: str) -> None:
-    """The footer's schema against EVENT_SCHEMA, and its null counts of the key columns."""
+def _check_footer(
+    meta: Any, schema: pa.Schema, shown: str, lake_root: str, events: EventSchema
+) -> None:
+    """The footer's schema against the event schema, and the null counts of its key columns."""
     found = {field.name: field.type for field in schema}
-    for field in EVENT_SCHEMA:
+    for field in events.columns:
         if field.name not in found:
             raise LakeError(
-                f"is missing (expected type {field.type}, see kubeloop.schema.EVENT_SCHEMA; "
+                f"is missing (expected type {field.type}, see the use case's event schema; "
                 f"the file has {sorted(found)}); {_fix_hint(lake_root)}",
                 path=shown,
                 column=field.name,
@@ -130,7 +133,7 @@ def _check_footer(meta: Any, schema: pa.Schema, shown: str, lake_root: str) -> N
         if not _same_type(field.type, found[field.name]):
             raise LakeError(
                 f"has type {found[field.name]}, expected {field.type} "
-                f"(kubeloop.schema.EVENT_SCHEMA); {_fix_hint(lake_root)}",
+                f"(the use case's event schema); {_fix_hint(lake_root)}",
                 path=shown,
                 column=field.name,
             )
@@ -138,7 +141,7 @@ def _check_footer(meta: Any, schema: pa.Schema, shown: str, lake_root: str) -> N
     # Parquet leaf columns are indexed apart from Arrow fields (nested extras would shift
     # them), so look the key columns up by their Parquet path.
     leaf = {meta.schema.column(i).path: i for i in range(meta.num_columns)}
-    for name in NON_NULL_COLUMNS:
+    for name in events.non_null:
         index = leaf[name]
         for rg in range(meta.num_row_groups):
             stats = meta.row_group(rg).column(index).statistics
@@ -151,13 +154,16 @@ def _check_footer(meta: Any, schema: pa.Schema, shown: str, lake_root: str) -> N
                 )
 
 
-def validate_lake(lake_root: str, *, pages: bool = True) -> LakeManifest:
+def validate_lake(
+    lake_root: str, *, pages: bool = True, use_case: UseCase | str | None = None
+) -> LakeManifest:
     """Check a lake's layout, every file's schema and (unless `pages` is False) every
     data page, and list its files.
 
     `lake_root` is a local path or any fsspec URL (``memory://``, ``s3://``, ...). The
     expected layout is ``<lake_root>/events/day=YYYY-MM-DD/*.parquet`` with exactly the
-    columns of :data:`kubeloop.schema.EVENT_SCHEMA` in each file (extra columns are
+    columns of the use case's event schema in each file (`use_case`: a spec, a registered
+    name, or None for the default; extra columns are
     ignored). Hidden files (``.x``, ``_x``) and files not ending in ``.parquet`` are
     skipped, so a writer's leftovers do not count as data.
 
@@ -169,6 +175,7 @@ def validate_lake(lake_root: str, *, pages: bool = True) -> LakeManifest:
     from fsspec.core import url_to_fs
     from fsspec.implementations.local import LocalFileSystem
 
+    events = resolve_use_case(use_case).events
     if "://" not in lake_root:
         lake_root = os.path.expanduser(lake_root)
     fs, root = url_to_fs(lake_root)
@@ -221,7 +228,7 @@ def validate_lake(lake_root: str, *, pages: bool = True) -> LakeManifest:
             )
         day_parts = [
             LakePartition(
-                day=day, path=shown(f), rows=_check_file(fs, f, shown(f), lake_root, pages)
+                day=day, path=shown(f), rows=_check_file(fs, f, shown(f), lake_root, pages, events)
             )
             for f in files
         ]

@@ -29,12 +29,20 @@ import logging
 from datetime import UTC
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from kubeloop.data.generator import GeneratorConfig
 from kubeloop.demo.drift import DriftStageConfig
 from kubeloop.demo.serving import ServingStageConfig
 from kubeloop.report import write_section
+from kubeloop.usecase import DEFAULT_USE_CASE, SyntheticConfig, load_use_case
 from kubeloop.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -45,8 +53,12 @@ class DemoConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
-    model_name: str = "ctr"
+    use_case: str = Field(
+        DEFAULT_USE_CASE, description="the use case (entry-point group kubeloop.usecases)"
+    )
+    # Validated by the use case's own generator config class (see _use_case_defaults).
+    generator: SerializeAsAny[SyntheticConfig]
+    model_name: str = Field("", description="registry name; empty: the use case's default")
     train_config: dict[str, Any] = Field(default_factory=dict)
     gate_config: dict[str, Any] = Field(default_factory=dict)
     serving: ServingStageConfig = Field(default_factory=ServingStageConfig)
@@ -58,6 +70,19 @@ class DemoConfig(BaseModel):
     train_until_day: int | None = Field(
         9, ge=2, description="the first training uses days before this one; None = every day"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _use_case_defaults(cls, data: Any) -> Any:
+        # The demo generates its lake, so the use case must be synthetic; its generator
+        # config class and default model name fill what the config leaves out.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        spec = load_use_case(data.get("use_case") or DEFAULT_USE_CASE)
+        data["generator"] = spec.generator_config(data.get("generator"))
+        data["model_name"] = data.get("model_name") or spec.defaults.model_name
+        return data
 
     @field_validator("train_config", "gate_config")
     @classmethod
@@ -92,10 +117,9 @@ class DemoConfig(BaseModel):
 
 
 def run_data_stage(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
-    """Generate the lake and write the report's `data` section."""
-    from kubeloop.data.generator import generate_lake
-
-    summary = generate_lake(config.generator, str(workdir.lake), progress=config.progress)
+    """Generate the lake with the use case's generator; write the report's `data` section."""
+    source = load_use_case(config.use_case).synthetic
+    summary = source.generate(config.generator, str(workdir.lake), config.progress)
     section = {
         "events": summary.events,
         "days": summary.days,
@@ -104,8 +128,7 @@ def run_data_stage(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
         "seconds": round(summary.seconds, 3),
         "seed": summary.seed,
         "change_day": summary.change_day,
-        "click_rate": summary.click_rate,
-        "mean_true_ctr": summary.mean_true_ctr,
+        **summary.label_stats(),
         "lake": str(workdir.lake),
     }
     write_section(workdir.report, "data", section)
@@ -175,6 +198,7 @@ def run_training_pipeline(config: DemoConfig, workdir: Workdir):
 
     params = TrainingRunParams.for_workdir(
         workdir,
+        use_case=config.use_case,
         model_name=config.model_name,
         scenario=config.generator.scenario,
         generate=False,
@@ -199,12 +223,12 @@ def run_training_pipeline(config: DemoConfig, workdir: Workdir):
 def replay_impressions(config: DemoConfig, days: list[int], n: int):
     """Impressions of the given lake days (regenerated from the same seed, so they are the
     lake's own rows), sampled down to `n`."""
-    from kubeloop.data.generator import iter_day_tables
     from kubeloop.serving.replay import impressions_from_days, sample_impressions
 
+    source = load_use_case(config.use_case).synthetic
     dates = config.generator.day_dates()
     chosen = {dates[d] for d in days if 0 <= d < len(dates)}
-    frames = impressions_from_days(iter_day_tables(config.generator), chosen)
+    frames = impressions_from_days(source.iter_day_tables(config.generator), chosen)
     return sample_impressions(frames, n, seed=config.serving.replay.sample_seed)
 
 
@@ -296,6 +320,7 @@ def run_drift(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
     impressions = replay_impressions(config, days, per_day * len(days))
     retrain_params = TrainingRunParams.for_workdir(
         workdir,
+        use_case=config.use_case,
         model_name=config.model_name,
         scenario=gen.scenario,
         generate=False,

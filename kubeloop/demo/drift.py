@@ -16,10 +16,10 @@ import httpx
 import pandas as pd
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
-from kubeloop import schema
 from kubeloop.drift.retrain import RetrainPolicy
 from kubeloop.serving.policy import RolloutPolicy
 from kubeloop.serving.replay import ReplayConfig
+from kubeloop.usecase import UseCase, resolve_use_case
 from kubeloop.workdir import Workdir
 
 SERVE_DETECTORS = ("feature", "prediction")
@@ -101,18 +101,27 @@ def stop_process(server) -> None:
     stop_servers([server], grace=15.0)
 
 
-def post_labels(url: str, sent: pd.DataFrame, impressions: pd.DataFrame, chunk: int = 5000) -> int:
-    """Delayed feedback: the clicks of every served impression, keyed as the monitor keys
-    rows (`<request id>/<position>` for batched requests)."""
+def post_labels(
+    url: str,
+    sent: pd.DataFrame,
+    impressions: pd.DataFrame,
+    chunk: int = 5000,
+    *,
+    use_case: UseCase | str | None = None,
+) -> int:
+    """Delayed feedback: the label (the use case's label column) of every served
+    impression, keyed as the monitor keys rows (`<request id>/<position>` for batched
+    requests)."""
+    label = resolve_use_case(use_case).events.label
     labels = impressions.assign(event_id=impressions["event_id"].astype(str))[
-        ["event_id", schema.LABEL]
+        ["event_id", label]
     ]
     joined = sent[sent["status_code"] == 200].merge(labels, on="event_id")
     sizes = joined.groupby("request_id")["event_id"].transform("size")
     keys = joined["request_id"].where(
         sizes == 1, joined["request_id"] + "/" + joined["position"].astype(str)
     )
-    payload = [{"request_id": k, "click": int(c)} for k, c in zip(keys, joined[schema.LABEL])]
+    payload = [{"request_id": k, "click": int(c)} for k, c in zip(keys, joined[label])]
     with httpx.Client(timeout=60) as client:
         for i in range(0, len(payload), chunk):
             client.post(f"{url}/labels", json={"labels": payload[i : i + chunk]}).raise_for_status()

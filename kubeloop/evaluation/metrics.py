@@ -14,8 +14,8 @@ Definitions used throughout (they are also recorded in every report):
   about the same number of rows; tied predictions stay in one bin), the row-weighted mean
   of |mean prediction - observed rate| per bin. Equal-mass, because CTR predictions crowd
   near 0 and equal-width bins would leave most bins empty.
-* oracle metrics: the same scores for the generator's true click probability, the best any
-  model can do on this set.
+* oracle metrics: the same scores for the use case's oracle column (a synthetic source's
+  true probability), the best any model can do on this set.
 
 A metric that is undefined for the data (AUC of a set with one class, NE with a base rate
 of 0 or 1) is reported as null instead of raising.
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
-from kubeloop import schema
+from kubeloop.usecase import UseCase, resolve_use_case
 
 EPS = 1e-15
 DEFAULT_ECE_BINS = 10
@@ -204,7 +204,7 @@ def _slice_metrics(y: np.ndarray, p: np.ndarray, oracle: np.ndarray | None) -> S
 def evaluate(
     y_true: object,
     p_pred: object,
-    true_ctr: object | None = None,
+    oracle: object | None = None,
     slices: Mapping[str, object] | None = None,
     *,
     n_bins: int = DEFAULT_ECE_BINS,
@@ -213,14 +213,14 @@ def evaluate(
     """Score predicted click probabilities against labels (see the module docstring).
 
     `slices` maps a slice name (e.g. "device") to one value per row; each distinct value
-    gets its own `SliceMetrics` (missing values are grouped as "(missing)"). `true_ctr`
-    adds the oracle's scores overall and per slice.
+    gets its own `SliceMetrics` (missing values are grouped as "(missing)"). `oracle`
+    (true probabilities) adds the oracle's scores overall and per slice.
     """
     y = _as_labels(y_true)
     if len(y) == 0:
         raise ValueError("cannot evaluate an empty set")
     p = _as_probs(p_pred, len(y), "p_pred")
-    oracle = _as_probs(true_ctr, len(y), "true_ctr") if true_ctr is not None else None
+    oracle = _as_probs(oracle, len(y), "oracle") if oracle is not None else None
     rate = float(y.mean())
     loss = log_loss(y, p)
     report = EvaluationReport(
@@ -261,24 +261,29 @@ def evaluate(
 def base_rate_report(
     train_labels: object,
     holdout_labels: object,
-    true_ctr: object | None = None,
+    oracle: object | None = None,
     slices: Mapping[str, object] | None = None,
 ) -> EvaluationReport:
-    """Scores of the base-rate model: every holdout row predicted at the training click
+    """Scores of the base-rate model: every holdout row predicted at the training label
     rate. The reference a first model must beat when nothing is in production."""
     train_rate = float(_as_labels(train_labels).mean())
     y = _as_labels(holdout_labels)
-    return evaluate(y, np.full(len(y), train_rate), true_ctr, slices, name="base_rate")
+    return evaluate(y, np.full(len(y), train_rate), oracle, slices, name="base_rate")
 
 
-def slice_columns(holdout: pd.DataFrame, train: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Slice values per holdout row: device, user_country, and whether the ad / user
-    appears in the training set ("seen") or not ("new")."""
+def slice_columns(
+    holdout: pd.DataFrame, train: pd.DataFrame, *, use_case: UseCase | str | None = None
+) -> dict[str, np.ndarray]:
+    """Slice values per holdout row: the use case's slice columns (`MetricsSpec.slices`),
+    and for each of its `seen_entities` whether the entity appears in the training set
+    ("seen") or not ("new")."""
+    use_case = resolve_use_case(use_case)
     out: dict[str, np.ndarray] = {}
-    for column in ("device", "user_country"):
+    for column in use_case.metrics.slices:
         if column in holdout.columns:
             out[column] = holdout[column].astype(object).to_numpy()
-    for entity, key in (("ad", "ad_id"), ("user", "user_id")):
+    for entity in use_case.metrics.seen_entities:
+        key = use_case.entity(entity).join_key
         if key in holdout.columns and key in train.columns:
             seen = holdout[key].isin(set(train[key].dropna().unique())).to_numpy()
             out[entity] = np.where(seen, "seen", "new").astype(object)
@@ -292,13 +297,17 @@ def evaluate_frame(
     *,
     n_bins: int = DEFAULT_ECE_BINS,
     name: str | None = None,
+    use_case: UseCase | str | None = None,
 ) -> EvaluationReport:
-    """`evaluate` on a holdout frame: labels from `schema.LABEL`, the oracle from
-    `schema.ORACLE` when present, and `slice_columns(holdout, train)` when `train` is given."""
-    oracle = holdout[schema.ORACLE].to_numpy() if schema.ORACLE in holdout.columns else None
-    slices = slice_columns(holdout, train) if train is not None else None
+    """`evaluate` on a holdout frame: labels from the use case's label column, the oracle
+    from its oracle column when it has one and the frame holds it, and
+    `slice_columns(holdout, train)` when `train` is given."""
+    use_case = resolve_use_case(use_case)
+    column = use_case.events.oracle
+    oracle = holdout[column].to_numpy() if column and column in holdout.columns else None
+    slices = slice_columns(holdout, train, use_case=use_case) if train is not None else None
     return evaluate(
-        holdout[schema.LABEL].to_numpy(), p_pred, oracle, slices, n_bins=n_bins, name=name
+        holdout[use_case.events.label].to_numpy(), p_pred, oracle, slices, n_bins=n_bins, name=name
     )
 
 

@@ -37,7 +37,8 @@ def save_plots(
     predictions: Mapping[str, object] | object,
     out_dir: str | Path,
     *,
-    true_ctr: object | None = None,
+    oracle: object | None = None,
+    oracle_name: str = "oracle",
     feature_importance: Mapping[str, float] | None = None,
     importance_title: str = "Feature importance",
     n_bins: int = DEFAULT_ECE_BINS,
@@ -47,7 +48,8 @@ def save_plots(
     feature_importance.png into `out_dir`; return their paths.
 
     `predictions` is one array of probabilities or a mapping name -> array (e.g. both
-    candidates), drawn on the same axes. `true_ctr` adds the oracle to both curves plots.
+    candidates), drawn on the same axes. `oracle` (true probabilities) adds the oracle to both
+    curves plots, labelled "oracle (<oracle_name>)".
     Reliability uses the same equal-mass bins as the ECE in metrics.json.
     """
     from sklearn.metrics import roc_curve
@@ -56,8 +58,8 @@ def save_plots(
     out.mkdir(parents=True, exist_ok=True)
     y = np.asarray(y_true, dtype=np.float64).ravel()
     curves = _as_mapping(predictions)
-    if true_ctr is not None:
-        curves["oracle (true_ctr)"] = np.asarray(true_ctr, dtype=np.float64).ravel()
+    if oracle is not None:
+        curves[f"oracle ({oracle_name})"] = np.asarray(oracle, dtype=np.float64).ravel()
     written: list[Path] = []
 
     fig = _figure()

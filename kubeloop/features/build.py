@@ -3,7 +3,8 @@
 A row of a feature table for entity E at feature_timestamp T summarises only events of E
 with event_timestamp < T. Rows are emitted at the end of every hour in which E had an
 event, so Feast's point-in-time join (latest row with T <= t) never lets an event see
-itself or anything after it. See kubeloop/features/sql.py for the query.
+itself or anything after it. The queries are the use case's (`EntitySpec.query`, e.g.
+usecases/ctr/features.py); this module runs them, one offline table per entity.
 
 The build is all-or-nothing: the lake is validated before anything is written, both tables
 are written into a staging directory next to the output, checked against the schemas, and
@@ -24,16 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.data.reads import lake_reads
 from kubeloop.data.validate import LakeManifest, validate_lake
-from kubeloop.features.sql import AD, USER, EntitySpec, feature_query
-from kubeloop.schema import (
-    AD_FEATURE_SCHEMA,
-    AD_FEATURES_FILE,
-    EVENT_SCHEMA,
-    USER_FEATURE_SCHEMA,
-    USER_FEATURES_FILE,
-)
-
-STEPS = ("validate", "read", "aggregate users", "aggregate ads", "write")
+from kubeloop.usecase import EntitySpec, UseCase, resolve_use_case
 
 # Rows per Arrow batch (and Parquet row group): bounds the Python side's memory whatever
 # the table size, while DuckDB spills its own state under memory_limit.
@@ -43,15 +35,16 @@ BATCH_ROWS = 131_072
 class FeatureBuildConfig(BaseModel):
     """Settings of the feature build.
 
-    The smoothed click-through rate of a window is
-    ``(clicks + prior_strength * ctr_prior) / (impressions + prior_strength)``. The prior is
-    a fixed setting rather than a rate estimated from the data, so no information from
-    after a row's timestamp can reach it.
+    A use case's SQL may smooth a rate of the label with this prior, as
+    ``(positives + $prior_positives) / (events + $prior_strength)`` where
+    ``$prior_positives = prior_strength * ctr_prior``. The prior is a fixed setting rather
+    than a rate estimated from the data, so no information from after a row's timestamp
+    can reach it.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    ctr_prior: float = Field(0.04, ge=0.0, le=1.0, description="prior click-through rate")
+    ctr_prior: float = Field(0.04, ge=0.0, le=1.0, description="prior rate of the label")
     prior_strength: float = Field(20.0, ge=0.0, description="weight of the prior, in impressions")
     memory_limit: str = Field(
         "2GB", description="DuckDB memory_limit; beyond it DuckDB spills to disk"
@@ -65,9 +58,13 @@ class FeatureBuildSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     events: int
-    user_rows: int
-    ad_rows: int
+    rows: dict[str, int] = Field(description="rows written per entity, by entity name")
     seconds: float
+
+    @property
+    def total_rows(self) -> int:
+        """Rows of every offline table together."""
+        return sum(self.rows.values())
 
     @property
     def events_per_second(self) -> float:
@@ -101,8 +98,12 @@ def _connect(manifest: LakeManifest, config: FeatureBuildConfig, spill_dir: Path
     return con
 
 
-def _create_events_view(con, manifest: LakeManifest) -> int:
-    columns = ", ".join(f.name for f in EVENT_SCHEMA)
+def _steps(use_case: UseCase) -> tuple[str, ...]:
+    return ("validate", "read", *(f"aggregate {e.name}" for e in use_case.entities), "write")
+
+
+def _create_events_view(con, manifest: LakeManifest, schema: pa.Schema) -> int:
+    columns = ", ".join(f.name for f in schema)
     # The validated file list is read, not a glob, so files that validation skipped
     # (hidden, not .parquet) cannot slip in; the day column is not needed.
     con.read_parquet(manifest.files, hive_partitioning=False).select(columns).create_view("events")
@@ -110,9 +111,17 @@ def _create_events_view(con, manifest: LakeManifest) -> int:
     return con.execute("SELECT count(*) FROM events").fetchall()[0][0]
 
 
-def _write_query(con, spec: EntitySpec, params: dict, path: Path, schema: pa.Schema) -> int:
-    """Stream one feature query into a Parquet file with exactly `schema`; return its rows."""
-    reader = con.sql(feature_query(spec), params=params).to_arrow_reader(BATCH_ROWS)
+def _query_params(query: str, params: dict) -> dict:
+    # DuckDB refuses named parameters the query does not use.
+    return {k: v for k, v in params.items() if f"${k}" in query}
+
+
+def _write_query(con, spec: EntitySpec, params: dict, path: Path) -> int:
+    """Stream one entity's query into a Parquet file with exactly its feature schema;
+    return its rows."""
+    schema = spec.feature_schema
+    query = spec.query
+    reader = con.sql(query, params=_query_params(query, params)).to_arrow_reader(BATCH_ROWS)
     rows = 0
     with pq.ParquetWriter(path, schema) as writer:
         for batch in reader:
@@ -134,7 +143,7 @@ def _publish(staging: Path, out_dir: Path, names: list[str]) -> None:
     """Move the staged files into out_dir; if any move fails, put the previous ones back.
 
     Each os.replace is atomic; the rollback covers a failure between them, so a failed
-    build never leaves a new user table next to an old ad table.
+    build never leaves one entity's new table next to another's old one.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     backups: dict[str, Path] = {}
@@ -162,28 +171,33 @@ def _publish(staging: Path, out_dir: Path, names: list[str]) -> None:
 
 
 def _run_queries(
-    con, manifest: LakeManifest, config: FeatureBuildConfig, staging: Path, step
-) -> tuple[int, int, int]:
-    """Read the lake and write both feature queries into `staging`."""
+    con,
+    manifest: LakeManifest,
+    config: FeatureBuildConfig,
+    staging: Path,
+    step,
+    use_case: UseCase,
+) -> tuple[int, dict[str, int]]:
+    """Read the lake and write every entity's feature query into `staging`."""
     step("read")
-    events = _create_events_view(con, manifest)
+    events = _create_events_view(con, manifest, use_case.events.columns)
     if events != manifest.rows:
         raise RuntimeError(f"read {events} events but the lake's footers count {manifest.rows}")
     params = {
-        "prior_clicks": config.prior_strength * config.ctr_prior,
+        "prior_positives": config.prior_strength * config.ctr_prior,
         "prior_strength": config.prior_strength,
     }
-    step("aggregate users")
-    user_rows = _write_query(con, USER, params, staging / USER_FEATURES_FILE, USER_FEATURE_SCHEMA)
-    step("aggregate ads")
-    ad_rows = _write_query(con, AD, params, staging / AD_FEATURES_FILE, AD_FEATURE_SCHEMA)
-    return events, user_rows, ad_rows
+    rows: dict[str, int] = {}
+    for spec in use_case.entities:
+        step(f"aggregate {spec.name}")
+        rows[spec.name] = _write_query(con, spec, params, staging / spec.features_file)
+    return events, rows
 
 
 def _stage_tables(
-    manifest: LakeManifest, config: FeatureBuildConfig, staging: Path, step
-) -> tuple[int, int, int]:
-    """Write both tables into `staging` and check them; return (events, user rows, ad rows)."""
+    manifest: LakeManifest, config: FeatureBuildConfig, staging: Path, step, use_case: UseCase
+) -> tuple[int, dict[str, int]]:
+    """Write every table into `staging` and check them; return (events, rows per entity)."""
     spill = staging / "duckdb_tmp"
     spill.mkdir()
     con = _connect(manifest, config, spill)
@@ -192,13 +206,13 @@ def _stage_tables(
         # or damaged in a way only DuckDB trips on): lake_reads turns that into the
         # LakeError naming the file and column. Nothing is published: staging is discarded.
         with lake_reads(manifest.files, manifest.lake_root):
-            events, user_rows, ad_rows = _run_queries(con, manifest, config, staging, step)
+            events, rows = _run_queries(con, manifest, config, staging, step, use_case)
     finally:
         con.close()
     step("write")
-    _check_output(staging / USER_FEATURES_FILE, USER_FEATURE_SCHEMA, user_rows)
-    _check_output(staging / AD_FEATURES_FILE, AD_FEATURE_SCHEMA, ad_rows)
-    return events, user_rows, ad_rows
+    for spec in use_case.entities:
+        _check_output(staging / spec.features_file, spec.feature_schema, rows[spec.name])
+    return events, rows
 
 
 def build_features(
@@ -206,17 +220,16 @@ def build_features(
     out_dir: Path,
     config: FeatureBuildConfig,
     progress: bool = True,
+    *,
+    use_case: UseCase | str | None = None,
 ) -> FeatureBuildSummary:
-    """Build the offline user and ad feature tables from the lake at `lake_root`.
+    """Build the use case's offline feature tables from the lake at `lake_root`.
 
-    Writes ``out_dir/user_features.parquet`` (USER_FEATURE_SCHEMA) and
-    ``out_dir/ad_features.parquet`` (AD_FEATURE_SCHEMA), replacing earlier ones only if the
-    whole build succeeds. `lake_root` is a local path or an fsspec URL.
-
-    Point in time: for each entity and each UTC hour h in which it had an event, one row at
-    T = h + 1h with, over its events strictly before T, impressions and clicks in
-    [T-24h, T) and [T-168h, T), their smoothed CTRs, the hours since its last event, and its
-    static attributes as of that last event (an ad's creative age is advanced to T).
+    Writes ``out_dir/<feature view>.parquet`` for every entity of `use_case` (a spec, a
+    registered name, or None for the default), with exactly the entity's feature schema,
+    replacing earlier ones only if the whole build succeeds. `lake_root` is a local path or
+    an fsspec URL. What a row holds is the entity's query's (see `EntitySpec.query`: a row
+    at T summarises only events strictly before T).
 
     Raises LakeError (nothing written) when the lake fails :func:`validate_lake` or a
     file cannot be read by DuckDB (naming the file and column, see kubeloop.data.reads).
@@ -224,23 +237,25 @@ def build_features(
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
+    use_case = resolve_use_case(use_case)
+    steps = _steps(use_case)
     out_dir = Path(out_dir).expanduser().resolve()
-    bar = tqdm(total=len(STEPS), unit="step", disable=not progress)
+    bar = tqdm(total=len(steps), unit="step", disable=not progress)
 
     def step(name: str) -> None:
         # A step starting means the one before it is done.
-        if STEPS.index(name) > 0:
+        if steps.index(name) > 0:
             bar.update()
         bar.set_description(f"features: {name}")
 
     try:
         step("validate")
-        manifest = validate_lake(lake_root)
+        manifest = validate_lake(lake_root, use_case=use_case)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
         try:
-            events, user_rows, ad_rows = _stage_tables(manifest, config, staging, step)
-            _publish(staging, out_dir, [USER_FEATURES_FILE, AD_FEATURES_FILE])
+            events, rows = _stage_tables(manifest, config, staging, step, use_case)
+            _publish(staging, out_dir, [e.features_file for e in use_case.entities])
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         bar.update()
@@ -253,7 +268,6 @@ def build_features(
 
     return FeatureBuildSummary(
         events=events,
-        user_rows=user_rows,
-        ad_rows=ad_rows,
+        rows=rows,
         seconds=time.perf_counter() - started,
     )

@@ -1,4 +1,5 @@
-"""The Feast objects of the project: two entities, two feature views and one service.
+"""The Feast objects of a use case: one entity and one feature view per `EntitySpec`, and
+the feature service over every view.
 
 They are built by a function, not declared at module level, because the offline tables'
 location is only known at run time (a workdir, a pipeline artifact), and a module-level
@@ -12,10 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from kubeloop import schema
-
-USER_ENTITY = "user"
-AD_ENTITY = "ad"
+from kubeloop.usecase import FEATURE_TIMESTAMP, UseCase, resolve_use_case
 
 # A feature row summarises up to 7 days of history and the ETL writes one row per
 # entity per day, so a row older than 8 days is stale; the extra day covers an event
@@ -35,6 +33,16 @@ def _feast_dtype(arrow_type: pa.DataType):
     raise TypeError(f"no Feast type for Arrow type {arrow_type}")
 
 
+def _value_type(arrow_type: pa.DataType):
+    from feast import ValueType
+
+    if pa.types.is_int64(arrow_type):
+        return ValueType.INT64
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return ValueType.STRING
+    raise TypeError(f"no Feast join-key type for Arrow type {arrow_type}")
+
+
 def _fields(table_schema: pa.Schema) -> list:
     from feast import Field
 
@@ -43,69 +51,60 @@ def _fields(table_schema: pa.Schema) -> list:
     return [
         Field(name=f.name, dtype=_feast_dtype(f.type))
         for f in table_schema
-        if f.name != schema.FEATURE_TIMESTAMP
+        if f.name != FEATURE_TIMESTAMP
     ]
 
 
-def build_definitions(features_dir: str | Path, ttl: timedelta = DEFAULT_TTL) -> list:
-    """Build the Feast objects over the offline tables in `features_dir`.
+def build_definitions(
+    features_dir: str | Path,
+    ttl: timedelta = DEFAULT_TTL,
+    *,
+    use_case: UseCase | str | None = None,
+) -> list:
+    """Build the Feast objects of `use_case` (a spec, a registered name, or None for the
+    default) over the offline tables in `features_dir`.
 
-    Returns, in this order: the `user` entity (join key `user_id`), the `ad` entity
-    (join key `ad_id`), the feature views `schema.USER_FEATURE_VIEW` and
-    `schema.AD_FEATURE_VIEW` over `user_features.parquet` / `ad_features.parquet`
-    (timestamp field `schema.FEATURE_TIMESTAMP`), and the feature service
-    `schema.FEATURE_SERVICE` with every feature of both views. Paths are stored
-    absolute, so the registry works from any current directory.
+    Returns, in this order: every entity (its `join_key`), then every feature view
+    (`feature_view`, over `<feature_view>.parquet`, timestamp field `FEATURE_TIMESTAMP`),
+    then the feature service `use_case.feature_service` with every feature of every
+    view. Paths are stored absolute, so the registry works from any current directory.
     """
-    from feast import Entity, FeatureService, FeatureView, FileSource, ValueType
+    from feast import Entity, FeatureService, FeatureView, FileSource
 
     if ttl < timedelta(days=8):
         raise ValueError(f"ttl must be at least 8 days (a 7-day window plus a day), got {ttl}")
+    use_case = resolve_use_case(use_case)
     root = Path(features_dir).expanduser().resolve()
 
-    user = Entity(
-        name=USER_ENTITY,
-        join_keys=["user_id"],
-        value_type=ValueType.INT64,
-        description="A user who is shown ads.",
-    )
-    ad = Entity(
-        name=AD_ENTITY,
-        join_keys=["ad_id"],
-        value_type=ValueType.INT64,
-        description="An ad creative.",
-    )
-    user_source = FileSource(
-        name=f"{schema.USER_FEATURE_VIEW}_source",
-        path=str(root / schema.USER_FEATURES_FILE),
-        timestamp_field=schema.FEATURE_TIMESTAMP,
-    )
-    ad_source = FileSource(
-        name=f"{schema.AD_FEATURE_VIEW}_source",
-        path=str(root / schema.AD_FEATURES_FILE),
-        timestamp_field=schema.FEATURE_TIMESTAMP,
-    )
-    user_view = FeatureView(
-        name=schema.USER_FEATURE_VIEW,
-        entities=[user],
-        ttl=ttl,
-        schema=_fields(schema.USER_FEATURE_SCHEMA),
-        source=user_source,
-        online=True,
-        description="User profile and 1-day / 7-day impression, click and CTR history.",
-    )
-    ad_view = FeatureView(
-        name=schema.AD_FEATURE_VIEW,
-        entities=[ad],
-        ttl=ttl,
-        schema=_fields(schema.AD_FEATURE_SCHEMA),
-        source=ad_source,
-        online=True,
-        description="Ad attributes and 1-day / 7-day impression, click and CTR history.",
-    )
+    entities = []
+    views = []
+    for spec in use_case.entities:
+        entity = Entity(
+            name=spec.name,
+            join_keys=[spec.join_key],
+            value_type=_value_type(spec.feature_schema.field(spec.join_key).type),
+            description=spec.description,
+        )
+        source = FileSource(
+            name=f"{spec.feature_view}_source",
+            path=str(root / spec.features_file),
+            timestamp_field=FEATURE_TIMESTAMP,
+        )
+        views.append(
+            FeatureView(
+                name=spec.feature_view,
+                entities=[entity],
+                ttl=ttl,
+                schema=_fields(spec.feature_schema),
+                source=source,
+                online=True,
+                description=spec.view_description,
+            )
+        )
+        entities.append(entity)
     service = FeatureService(
-        name=schema.FEATURE_SERVICE,
-        features=[user_view, ad_view],
-        description="Every feature the CTR model reads.",
+        name=use_case.feature_service,
+        features=views,
+        description=f"Every feature the {use_case.name} model reads.",
     )
-    return [user, ad, user_view, ad_view, service]
+    return [*entities, *views, service]

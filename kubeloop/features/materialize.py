@@ -14,21 +14,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from kubeloop import schema
 from kubeloop.errors import FeatureStoreError
+from kubeloop.usecase import FEATURE_TIMESTAMP, TIMESTAMP, UseCase, resolve_use_case
 
 if TYPE_CHECKING:
     from feast import FeatureStore
 
-# (file name, expected schema, join key) of each offline table, in feature-view order.
-OFFLINE_TABLES: dict[str, tuple[str, pa.Schema, str]] = {
-    schema.USER_FEATURE_VIEW: (schema.USER_FEATURES_FILE, schema.USER_FEATURE_SCHEMA, "user_id"),
-    schema.AD_FEATURE_VIEW: (schema.AD_FEATURES_FILE, schema.AD_FEATURE_SCHEMA, "ad_id"),
-}
+
+def offline_tables(use_case: UseCase | str | None = None) -> dict[str, tuple[str, pa.Schema, str]]:
+    """(file name, expected schema, join key) of each offline table of `use_case`, by
+    feature view, in entity order."""
+    return {
+        e.feature_view: (e.features_file, e.feature_schema, e.join_key)
+        for e in resolve_use_case(use_case).entities
+    }
 
 
 class FeatureTableError(FeatureStoreError):
-    """An offline feature table is missing, unreadable or does not match kubeloop.schema."""
+    """An offline feature table is missing, unreadable or does not match its use case's
+    feature schema."""
 
     def __init__(self, message: str, *, path: str | Path, column: str | None = None):
         self.path = str(path)
@@ -69,26 +73,26 @@ def validate_table(path: str | Path, expected: pa.Schema, key: str) -> TableStat
         got = actual.field(field.name).type
         if got != field.type:
             raise FeatureTableError(
-                f"has type {got}, expected {field.type} (see kubeloop/schema.py)",
+                f"has type {got}, expected {field.type} (see the use case's feature schema)",
                 path=path,
                 column=field.name,
             )
     extra = [name for name in actual.names if name not in expected.names]
     if extra:
         raise FeatureTableError(
-            "is not in kubeloop.schema; the table must have exactly the schema's columns",
+            "is not in the use case's feature schema; the table must have exactly its columns",
             path=path,
             column=extra[0],
         )
 
-    table = pq.read_table(path, columns=[key, schema.FEATURE_TIMESTAMP])
-    for name in (key, schema.FEATURE_TIMESTAMP):
+    table = pq.read_table(path, columns=[key, FEATURE_TIMESTAMP])
+    for name in (key, FEATURE_TIMESTAMP):
         nulls = table.column(name).null_count
         if nulls:
             raise FeatureTableError(f"has {nulls} null values", path=path, column=name)
     if table.num_rows == 0:
         raise FeatureTableError("has no rows", path=path)
-    bounds = pc.min_max(table.column(schema.FEATURE_TIMESTAMP))
+    bounds = pc.min_max(table.column(FEATURE_TIMESTAMP))
     return TableStats(
         path=str(path),
         rows=table.num_rows,
@@ -98,12 +102,15 @@ def validate_table(path: str | Path, expected: pa.Schema, key: str) -> TableStat
     )
 
 
-def validate_offline_tables(features_dir: str | Path) -> dict[str, TableStats]:
-    """Validate both offline tables in `features_dir`; returns stats by feature view name."""
+def validate_offline_tables(
+    features_dir: str | Path, *, use_case: UseCase | str | None = None
+) -> dict[str, TableStats]:
+    """Validate every offline table of `use_case` in `features_dir`; returns stats by
+    feature view name."""
     root = Path(features_dir)
     return {
         view: validate_table(root / file, expected, key)
-        for view, (file, expected, key) in OFFLINE_TABLES.items()
+        for view, (file, expected, key) in offline_tables(use_case).items()
     }
 
 
@@ -112,9 +119,9 @@ class MaterializeSummary:
     """What a materialization loaded into the online store."""
 
     rows_online: int
-    """Entity keys now in the online store (users + ads)."""
-    users: int
-    ads: int
+    """Entity keys now in the online store (every entity together)."""
+    entities: dict[str, int]
+    """Entity keys now in the online store, by entity name."""
     start: datetime
     end: datetime
     seconds: float
@@ -135,29 +142,36 @@ def _as_utc(value: datetime) -> datetime:
 
 def _entities_before(path: str, key: str, start: datetime, end: datetime) -> int:
     # Mirrors the window Feast's file offline store uses: start <= ts < end.
-    table = pq.read_table(path, columns=[key, schema.FEATURE_TIMESTAMP])
-    ts = table.column(schema.FEATURE_TIMESTAMP)
+    table = pq.read_table(path, columns=[key, FEATURE_TIMESTAMP])
+    ts = table.column(FEATURE_TIMESTAMP)
     mask = pc.and_(
-        pc.greater_equal(ts, pa.scalar(start, schema.TIMESTAMP)),
-        pc.less(ts, pa.scalar(end, schema.TIMESTAMP)),
+        pc.greater_equal(ts, pa.scalar(start, TIMESTAMP)),
+        pc.less(ts, pa.scalar(end, TIMESTAMP)),
     )
     return len(pc.unique(table.filter(mask).column(key)))
 
 
 def materialize(
-    store: FeatureStore, end: datetime | None = None, *, progress: bool = True
+    store: FeatureStore,
+    end: datetime | None = None,
+    *,
+    progress: bool = True,
+    use_case: UseCase | str | None = None,
 ) -> MaterializeSummary:
-    """Load, for every user and ad, its latest feature row before `end` into the online store.
+    """Load, for every entity key of `use_case`, its latest feature row before `end` into
+    the online store.
 
     `end` defaults to one second after the newest feature_timestamp, so every row is
     included (Feast's window excludes its end). The start is one second before the
-    oldest row, so nothing is cut off by it. Both offline tables (at the paths the
+    oldest row, so nothing is cut off by it. Every offline table (at the paths the
     registry holds) are validated first: a bad table raises FeatureTableError and the
     online store is not touched. `progress=False` silences Feast's own output.
     """
     started = time.perf_counter()
+    use_case = resolve_use_case(use_case)
+    tables = offline_tables(use_case)
     stats: dict[str, TableStats] = {}
-    for view_name, (_, expected, key) in OFFLINE_TABLES.items():
+    for view_name, (_, expected, key) in tables.items():
         try:
             view = store.get_feature_view(view_name)
         except Exception as exc:  # Feast raises its own FeatureViewNotFoundException
@@ -182,14 +196,11 @@ def materialize(
 
     counts = {
         view_name: _entities_before(stats[view_name].path, key, start, end)
-        for view_name, (_, _, key) in OFFLINE_TABLES.items()
+        for view_name, (_, _, key) in tables.items()
     }
-    users = counts[schema.USER_FEATURE_VIEW]
-    ads = counts[schema.AD_FEATURE_VIEW]
     return MaterializeSummary(
-        rows_online=users + ads,
-        users=users,
-        ads=ads,
+        rows_online=sum(counts.values()),
+        entities={e.name: counts[e.feature_view] for e in use_case.entities},
         start=start,
         end=end,
         seconds=round(time.perf_counter() - started, 3),
@@ -243,16 +254,18 @@ class OnlineFeed:
     would pick (the newest row at or before the hour the request falls in), so served
     inputs have the same freshness as the training set. The offline tables are read once."""
 
-    def __init__(self, store: FeatureStore, start: datetime):
+    def __init__(
+        self, store: FeatureStore, start: datetime, *, use_case: UseCase | str | None = None
+    ):
         import pandas as pd
 
         self.store = store
         self.tables = {}
-        for view_name, (_, expected, key) in OFFLINE_TABLES.items():
+        for view_name, (_, expected, key) in offline_tables(use_case).items():
             view = store.get_feature_view(view_name)
             validate_table(view.batch_source.path, expected, key)
             frame = pd.read_parquet(view.batch_source.path)
-            self.tables[view_name] = frame.sort_values(schema.FEATURE_TIMESTAMP).reset_index(
+            self.tables[view_name] = frame.sort_values(FEATURE_TIMESTAMP).reset_index(
                 drop=True
             )
         self.position = _as_utc(start)
@@ -267,7 +280,7 @@ class OnlineFeed:
         written = 0
         low, high = pd.Timestamp(self.position), pd.Timestamp(until)
         for view_name, frame in self.tables.items():
-            ts = frame[schema.FEATURE_TIMESTAMP]
+            ts = frame[FEATURE_TIMESTAMP]
             rows = frame[(ts > low) & (ts <= high)]
             if len(rows):
                 self.store.write_to_online_store(view_name, rows)

@@ -42,10 +42,17 @@ from feast.infra.offline_stores.dask import (
     DaskRetrievalJob,
 )
 
-from kubeloop import schema
 from kubeloop.atomic import atomic_path
 from kubeloop.data.reads import external_path, lake_reads
 from kubeloop.errors import FeatureStoreError, LakeError
+from kubeloop.usecase import (
+    EVENT_ID,
+    EVENT_TIMESTAMP,
+    EVENTS_DIR,
+    PARTITION_KEY,
+    UseCase,
+    resolve_use_case,
+)
 
 if TYPE_CHECKING:
     from feast import FeatureStore
@@ -54,16 +61,12 @@ if TYPE_CHECKING:
     from feast.infra.registry.base_registry import BaseRegistry
     from feast.repo_config import RepoConfig
 
-EVENT_TIMESTAMP = "event_timestamp"
 _NS_UTC = "datetime64[ns, UTC]"
 
 
-def training_schema() -> pa.Schema:
-    """Arrow schema of the training set: schema.TRAINING_COLUMNS with their contract types."""
-    types = {f.name: f.type for f in schema.EVENT_SCHEMA}
-    for table_schema in (schema.USER_FEATURE_SCHEMA, schema.AD_FEATURE_SCHEMA):
-        types.update({f.name: f.type for f in table_schema})
-    return pa.schema([(name, types[name]) for name in schema.TRAINING_COLUMNS])
+def training_schema(use_case: UseCase | str | None = None) -> pa.Schema:
+    """Arrow schema of the training set: the use case's training columns with their types."""
+    return resolve_use_case(use_case).training_schema()
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,12 @@ class TrainingSetSummary:
 class _EventLog:
     """The lake's events as a pyarrow dataset, with the file list that lake_reads needs."""
 
-    def __init__(self, lake_root: str):
+    def __init__(self, lake_root: str, use_case: UseCase):
         import fsspec
 
         fs, root = fsspec.core.url_to_fs(lake_root)
-        events_dir = f"{root.rstrip('/')}/{schema.EVENTS_DIR}"
+        events_dir = f"{root.rstrip('/')}/{EVENTS_DIR}"
+        self.use_case = use_case
         if not fs.isdir(events_dir):
             raise LakeError(
                 "no events directory: run `kubeloop data generate` first", path=events_dir
@@ -99,7 +103,7 @@ class _EventLog:
         self._fs = fs
         self._events_dir = events_dir
         partitioning = ds.partitioning(
-            pa.schema([(schema.PARTITION_KEY, pa.string())]), flavor="hive"
+            pa.schema([(PARTITION_KEY, pa.string())]), flavor="hive"
         )
         # Page CRCs verified (the lake's writer writes them): a flipped byte in a page is
         # an error here, not a silently wrong value in the training set.
@@ -114,7 +118,7 @@ class _EventLog:
                 filesystem=fs,
                 format=parquet,
                 partitioning=partitioning,
-                schema=schema.EVENT_SCHEMA.append(pa.field(schema.PARTITION_KEY, pa.string())),
+                schema=use_case.events.columns.append(pa.field(PARTITION_KEY, pa.string())),
             )
 
     def files(self) -> Iterator[str]:
@@ -128,7 +132,7 @@ class _EventLog:
         """The day partitions that hold files, oldest first."""
         found = set()
         for fragment in self.dataset.get_fragments():
-            key = ds.get_partition_keys(fragment.partition_expression).get(schema.PARTITION_KEY)
+            key = ds.get_partition_keys(fragment.partition_expression).get(PARTITION_KEY)
             if key is not None:
                 found.add(key)
         return sorted(found)
@@ -138,16 +142,19 @@ class _EventLog:
         LakeError naming it and its column."""
         with lake_reads(self.files(), self.lake_root):
             table = self.dataset.to_table(
-                columns=schema.ENTITY_COLUMNS, filter=ds.field(schema.PARTITION_KEY) == day
+                columns=self.use_case.events.entity_columns,
+                filter=ds.field(PARTITION_KEY) == day,
             )
         frame = table.to_pandas()
         frame[EVENT_TIMESTAMP] = frame[EVENT_TIMESTAMP].astype(_NS_UTC)
         return frame
 
 
-def _service_views(store: FeatureStore) -> list[tuple[str, list[str], list[str]]]:
+def _service_views(
+    store: FeatureStore, use_case: UseCase
+) -> list[tuple[str, list[str], list[str]]]:
     """(view name, join keys, feature names) of each view in the feature service."""
-    service = store.get_feature_service(schema.FEATURE_SERVICE)
+    service = store.get_feature_service(use_case.feature_service)
     out = []
     for projection in service.feature_view_projections:
         view = store.get_feature_view(projection.name)
@@ -162,9 +169,11 @@ def uses_asof_engine(store: FeatureStore) -> bool:
     return isinstance(store.config.offline_store, AsofFileOfflineStoreConfig)
 
 
-def point_in_time_join(store: FeatureStore, events: pd.DataFrame) -> pd.DataFrame:
-    """Join `events` (with event_timestamp and both join keys) with every feature of the
-    feature service, point in time; one output row per input row, in input order.
+def point_in_time_join(
+    store: FeatureStore, events: pd.DataFrame, *, use_case: UseCase | str | None = None
+) -> pd.DataFrame:
+    """Join `events` (with event_timestamp and every join key) with every feature of the
+    use case's feature service, point in time; one output row per input row, in input order.
 
     Calls Feast once per feature view with the distinct (key, event_timestamp) pairs;
     see the module docstring for why the service is not passed to Feast in one call.
@@ -172,7 +181,7 @@ def point_in_time_join(store: FeatureStore, events: pd.DataFrame) -> pd.DataFram
     events = events.copy()
     events[EVENT_TIMESTAMP] = pd.to_datetime(events[EVENT_TIMESTAMP], utc=True).astype(_NS_UTC)
     out = events
-    for view_name, keys, features in _service_views(store):
+    for view_name, keys, features in _service_views(store, resolve_use_case(use_case)):
         on = [*keys, EVENT_TIMESTAMP]
         entity_df = events[on].drop_duplicates(ignore_index=True)
         refs = [f"{view_name}:{name}" for name in features]
@@ -195,21 +204,24 @@ def build_training_set(
     out_path: Path,
     days: list[date] | None = None,
     progress: bool = True,
+    *,
+    use_case: UseCase | str | None = None,
 ) -> TrainingSetSummary:
     """Write the training set of the events in `lake_root` (all days, or `days`).
 
-    Reads the event log (schema.ENTITY_COLUMNS) day by day from the hive-partitioned
-    lake, joins every feature of the feature service point in time (Feast
+    Reads the event log (the use case's `events.entity_columns`) day by day from the
+    hive-partitioned lake, joins every feature of the feature service point in time (Feast
     get_historical_features; one day per call on Feast's Dask engine, all days in one
     call on the as-of engine), and writes Parquet at `out_path` with columns
-    schema.TRAINING_COLUMNS in that order and their contract types, sorted by
+    `use_case.training_columns` in that order and their contract types, sorted by
     event_timestamp then event_id. The file is written to a temporary name and renamed,
     so a reader never sees half a file. Raises LakeError for a missing lake or day.
     """
     started = time.perf_counter()
     from tqdm import tqdm
 
-    log = _EventLog(lake_root)
+    use_case = resolve_use_case(use_case)
+    log = _EventLog(lake_root, use_case)
     available = log.days()
     if days is None:
         wanted = available
@@ -219,12 +231,12 @@ def build_training_set(
         if missing:
             raise LakeError(
                 f"no events for day(s) {', '.join(missing)}",
-                path=f"{lake_root}/{schema.EVENTS_DIR}",
+                path=f"{lake_root}/{EVENTS_DIR}",
             )
     if not wanted:
-        raise LakeError("the event log is empty", path=f"{lake_root}/{schema.EVENTS_DIR}")
+        raise LakeError("the event log is empty", path=f"{lake_root}/{EVENTS_DIR}")
 
-    target = training_schema()
+    target = use_case.training_schema()
     # Feast's Dask join needs memory per event x feature rows of its entity: one day at a
     # time keeps a 300k-event lake under 2 GB. The as-of engine is linear, so one batch.
     batches = [[day] for day in wanted] if not uses_asof_engine(store) else [wanted]
@@ -236,7 +248,7 @@ def build_training_set(
         if frames:
             events = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
             t0 = time.perf_counter()
-            joined = point_in_time_join(store, events)
+            joined = point_in_time_join(store, events, use_case=use_case)
             feast_seconds += time.perf_counter() - t0
             parts.append(
                 pa.Table.from_pandas(joined[target.names], schema=target, preserve_index=False)
@@ -245,7 +257,7 @@ def build_training_set(
     bar.close()
 
     table = pa.concat_tables(parts) if parts else target.empty_table()
-    table = table.sort_by([(EVENT_TIMESTAMP, "ascending"), ("event_id", "ascending")])
+    table = table.sort_by([(EVENT_TIMESTAMP, "ascending"), (EVENT_ID, "ascending")])
 
     with atomic_path(out_path) as tmp:
         pq.write_table(table, tmp)

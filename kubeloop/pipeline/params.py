@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
-from kubeloop.data.generator import GeneratorConfig
 from kubeloop.evaluation.gate import GateConfig
 from kubeloop.features.pipeline_config import FeaturesStepConfig
 from kubeloop.training.config import TrainingConfig
+from kubeloop.usecase import DEFAULT_USE_CASE, SyntheticConfig, load_use_case
 from kubeloop.workdir import Workdir
 
 
@@ -17,7 +17,8 @@ class TrainingRunParams(BaseModel):
     """Where the run reads and writes, and the typed config of each step.
 
     The configs are validated here, so a typo (an unknown key, a misspelt model kind)
-    fails in the CLI before a pipeline starts. KFP parameters must be flat scalars, so
+    fails in the CLI before a pipeline starts; `generator_config` is validated by the use
+    case's own generator config class. KFP parameters must be flat scalars, so
     `arguments()` sends each config as JSON (only the keys that were set, so the step's
     own defaults apply to the rest), and the step function parses it back."""
 
@@ -27,13 +28,27 @@ class TrainingRunParams(BaseModel):
     features_uri: str
     feature_repo: str
     registry_uri: str
-    model_name: str = "ctr"
+    use_case: str = DEFAULT_USE_CASE
+    model_name: str = ""
     scenario: str = "baseline"
     generate: bool = False
-    generator_config: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    generator_config: SerializeAsAny[SyntheticConfig] | None = None
     feature_config: FeaturesStepConfig = Field(default_factory=FeaturesStepConfig)
     train_config: TrainingConfig = Field(default_factory=TrainingConfig)
     gate_config: GateConfig = Field(default_factory=GateConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _use_case_defaults(cls, data: Any) -> Any:
+        # The generator config's class, and the model name's default, are the use case's.
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        spec = load_use_case(data.get("use_case") or DEFAULT_USE_CASE)
+        data["model_name"] = data.get("model_name") or spec.defaults.model_name
+        if data.get("generate") or data.get("generator_config") is not None:
+            data["generator_config"] = spec.generator_config(data.get("generator_config"))
+        return data
 
     @classmethod
     def for_workdir(cls, workdir: Workdir, **overrides: Any) -> TrainingRunParams:
@@ -57,10 +72,13 @@ class TrainingRunParams(BaseModel):
             "features_uri": self.features_uri,
             "feature_repo": self.feature_repo,
             "registry_uri": self.registry_uri,
+            "use_case": self.use_case,
             "model_name": self.model_name,
             "scenario": self.scenario,
             "generate": self.generate,
-            "generator_config_json": as_json(self.generator_config),
+            "generator_config_json": (
+                as_json(self.generator_config) if self.generator_config is not None else "{}"
+            ),
             "feature_config_json": as_json(self.feature_config),
             "train_config_json": as_json(self.train_config),
             "gate_config_json": as_json(self.gate_config),

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from kubeloop import schema
+from kubeloop.usecase import UseCase, resolve_use_case
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -36,26 +36,32 @@ def _parse(model_cls, config_json: str):
 
 
 def ingest_step(
-    lake_uri: str, generator_config_json: str, generate: bool, summary_path: str
+    lake_uri: str,
+    generator_config_json: str,
+    generate: bool,
+    summary_path: str,
+    use_case: str | None = None,
 ) -> str:
-    """Generate the lake when `generate` is set, then validate it; returns the lake URI.
+    """Generate the lake when `generate` is set (with the use case's generator), then
+    validate it against the use case's event schema; returns the lake URI.
 
     Validation failing here stops the pipeline before any feature table is touched."""
-    from kubeloop.data.generator import GeneratorConfig, generate_lake
     from kubeloop.data.validate import validate_lake
 
     started = time.perf_counter()
-    generator = _parse(GeneratorConfig, generator_config_json)
+    spec = resolve_use_case(use_case)
+    generator = None
     if generate:
-        generate_lake(generator, lake_uri, progress=False)
-    manifest = validate_lake(lake_uri)
+        generator = spec.generator_config(json.loads(generator_config_json or "{}"))
+        spec.synthetic.generate(generator, lake_uri, False)
+    manifest = validate_lake(lake_uri, use_case=spec)
     _write_json(
         summary_path,
         {
             "events": manifest.rows,
             "days": len(manifest.days),
             "partitions": len(manifest.partitions),
-            "scenario": generator.scenario if generate else None,
+            "scenario": generator.scenario if generator is not None else None,
             "seconds": round(time.perf_counter() - started, 3),
             "lake": lake_uri,
         },
@@ -73,20 +79,32 @@ def features_step(
     feature_config_json: str,
     training_set_path: str,
     summary_path: str,
+    use_case: str | None = None,
 ) -> dict[str, Any]:
     """ETL -> Feast apply -> materialize -> point-in-time training set."""
     from kubeloop.features.pipeline_config import FeaturesStepConfig
 
     config = _parse(FeaturesStepConfig, feature_config_json)
     summary = run_features(
-        lake_uri, Path(features_uri), Path(feature_repo), Path(training_set_path), config
+        lake_uri,
+        Path(features_uri),
+        Path(feature_repo),
+        Path(training_set_path),
+        config,
+        use_case=use_case,
     )
     _write_json(summary_path, summary)
     return summary
 
 
 def run_features(
-    lake_uri: str, features_dir: Path, repo_dir: Path, training_set: Path, config
+    lake_uri: str,
+    features_dir: Path,
+    repo_dir: Path,
+    training_set: Path,
+    config,
+    *,
+    use_case: UseCase | str | None = None,
 ) -> dict[str, Any]:
     """The features stage as one function (also called directly by benchmarks and tests)."""
     from kubeloop.features.build import build_features
@@ -95,15 +113,20 @@ def run_features(
     from kubeloop.features.training_set import build_training_set
 
     started = time.perf_counter()
-    built = build_features(lake_uri, features_dir, config.build, progress=config.progress)
-    write_repo(repo_dir, config.store, features_dir)
+    spec = resolve_use_case(use_case)
+    built = build_features(
+        lake_uri, features_dir, config.build, progress=config.progress, use_case=spec
+    )
+    write_repo(repo_dir, config.store, features_dir, use_case=spec.name)
     store = open_store(repo_dir)
-    views = apply_definitions(store, features_dir)
-    materialized = materialize(store, progress=config.progress)
-    training = build_training_set(store, lake_uri, training_set, progress=config.progress)
+    views = apply_definitions(store, features_dir, use_case=spec)
+    materialized = materialize(store, progress=config.progress, use_case=spec)
+    training = build_training_set(
+        store, lake_uri, training_set, progress=config.progress, use_case=spec
+    )
     return {
         "feature_views": sorted(obj.name for obj in views if type(obj).__name__ == "FeatureView"),
-        "rows_offline": built.user_rows + built.ad_rows,
+        "rows_offline": built.total_rows,
         "rows_online": materialized.rows_online,
         "training_rows": training.rows,
         "online_store": config.store.online_store.type,
@@ -144,20 +167,28 @@ def load_splits(
 
 
 def train_step(
-    kind: str, training_set_path: str, train_config_json: str, model_dir: str
+    kind: str,
+    training_set_path: str,
+    train_config_json: str,
+    model_dir: str,
+    use_case: str | None = None,
 ) -> dict[str, Any]:
     """Train one model kind (any registered one, see `kubeloop.training.model_kind`) on the
-    time-ordered split and save it to `model_dir`.
+    time-ordered split and save it to `model_dir`. The feature transform is fitted here,
+    on the train split, with the use case's rules.
 
     Raises KubeloopError naming the known kinds for any other `kind`, before any data is read.
     """
     from kubeloop.training.config import TrainingConfig
     from kubeloop.training.model_kind import model_kind
+    from kubeloop.training.transform import FeatureTransform
 
     spec = model_kind(kind)
+    problem = resolve_use_case(use_case)
     config = _parse(TrainingConfig, train_config_json)
     train, valid, _ = load_splits(training_set_path, config)
-    model = spec.train(train, valid, config.kind_config(kind))
+    transform = FeatureTransform.fit(train, use_case=problem)
+    model = spec.train(train, valid, config.kind_config(kind), transform)
     model.save(model_dir)
     return {
         "kind": kind,
@@ -208,6 +239,7 @@ def evaluate_step(
     model_name: str,
     train_config_json: str,
     out_dir: str,
+    use_case: str | None = None,
 ) -> dict[str, float]:
     """Score each candidate, the base rate and the production model (if any) on the same
     holdout; write evaluation.json, metrics.json and the plots into `out_dir`.
@@ -219,34 +251,35 @@ def evaluate_step(
     from kubeloop.training.config import TrainingConfig
     from kubeloop.training.split import split_summary
 
+    spec = resolve_use_case(use_case)
+    model_name = model_name or spec.defaults.model_name
+    label, oracle_column = spec.events.label, spec.events.oracle
     config = _parse(TrainingConfig, train_config_json)
     train, valid, holdout = load_splits(training_set_path, config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    oracle = holdout[oracle_column].to_numpy() if oracle_column else None
+    oracle_name = oracle_column or "oracle"
 
     reports, predictions, train_seconds = {}, {}, {}
     for kind, directory in model_dirs.items():
         model = load_model(directory)
         predictions[kind] = model.predict_proba(holdout)
-        reports[kind] = evaluate_frame(holdout, predictions[kind], train, name=kind)
+        reports[kind] = evaluate_frame(holdout, predictions[kind], train, name=kind, use_case=spec)
         train_seconds[kind] = model.train_seconds
         save_plots(
-            holdout[schema.LABEL].to_numpy(),
+            holdout[label].to_numpy(),
             {kind: predictions[kind]},
             out / kind,
-            true_ctr=holdout[schema.ORACLE].to_numpy(),
+            oracle=oracle,
+            oracle_name=oracle_name,
             feature_importance=model.feature_importance(),
             importance_title=f"{kind} feature importance",
         )
-    save_plots(
-        holdout[schema.LABEL].to_numpy(),
-        predictions,
-        out,
-        true_ctr=holdout[schema.ORACLE].to_numpy(),
-    )
+    save_plots(holdout[label].to_numpy(), predictions, out, oracle=oracle, oracle_name=oracle_name)
 
-    base = base_rate_report(train[schema.LABEL], holdout[schema.LABEL], holdout[schema.ORACLE])
-    production = _score_production(registry_uri, model_name, holdout, train)
+    base = base_rate_report(train[label], holdout[label], oracle)
+    production = _score_production(registry_uri, model_name, holdout, train, spec)
     write_metrics(reports, out)
     ts = pd.to_datetime(train["event_timestamp"], utc=True)
     _write_json(
@@ -256,7 +289,7 @@ def evaluate_step(
             "train_seconds": train_seconds,
             "base_rate": base.model_dump(mode="json"),
             "production": production,
-            "split": split_summary(train, valid, holdout),
+            "split": split_summary(train, valid, holdout, use_case=spec),
             "training_window": {"start": ts.min().isoformat(), "end": ts.max().isoformat()},
         },
     )
@@ -274,7 +307,11 @@ def evaluate_step(
 
 
 def _score_production(
-    registry_uri: str, model_name: str, holdout: pd.DataFrame, train: pd.DataFrame
+    registry_uri: str,
+    model_name: str,
+    holdout: pd.DataFrame,
+    train: pd.DataFrame,
+    use_case: UseCase,
 ):
     """The production version's report on this holdout, so the gate compares like with like."""
     from kubeloop.evaluation.metrics import evaluate_frame
@@ -289,7 +326,11 @@ def _score_production(
         return None
     model = load_model(registry.model_path(model_name, version.version))
     report = evaluate_frame(
-        holdout, model.predict_proba(holdout), train, name=f"production {version.version}"
+        holdout,
+        model.predict_proba(holdout),
+        train,
+        name=f"production {version.version}",
+        use_case=use_case,
     )
     return {"version": version.version, "report": report.model_dump(mode="json")}
 
@@ -297,12 +338,17 @@ def _score_production(
 # --------------------------------------------------------------------------- gate
 
 
-def gate_step(evaluation_dir: str, gate_config_json: str, decision_path: str) -> tuple[bool, str]:
-    """Choose the champion (start simple), then gate it against production or the base rate."""
+def gate_step(
+    evaluation_dir: str, gate_config_json: str, decision_path: str, use_case: str | None = None
+) -> tuple[bool, str]:
+    """Choose the champion (start simple), then gate it against production or the base rate.
+
+    The gate config is the use case's gate defaults (`MetricsSpec.gate`) under the run's."""
     from kubeloop.evaluation.gate import GateConfig, choose_champion, gate
     from kubeloop.evaluation.metrics import EvaluationReport
 
-    config = _parse(GateConfig, gate_config_json)
+    defaults = dict(resolve_use_case(use_case).metrics.gate)
+    config = GateConfig.model_validate({**defaults, **json.loads(gate_config_json or "{}")})
     evaluation = _read_json(Path(evaluation_dir) / EVALUATION_FILE)
     reports = {k: EvaluationReport.model_validate(v) for k, v in evaluation["models"].items()}
     champion = choose_champion(reports, config)
@@ -358,6 +404,7 @@ def register_step(
     run_id: str,
     registration_path: str,
     train_config_json: str = "{}",
+    use_case: str | None = None,
 ) -> str:
     """Register the champion as a candidate version with everything a later stage needs:
     metrics, gate decision, feature service and list, training window, run id, and a
@@ -366,12 +413,14 @@ def register_step(
     from kubeloop.training.config import TrainingConfig
     from kubeloop.training.transform import model_input_columns
 
+    spec = resolve_use_case(use_case)
+    model_name = model_name or spec.defaults.model_name
     evaluation = _read_json(Path(evaluation_dir) / EVALUATION_FILE)
     decision = _read_json(decision_path)
     report = evaluation["models"][kind]
     config = _parse(TrainingConfig, train_config_json)
     _, valid, holdout = load_splits(training_set_path, config)
-    features = model_input_columns()
+    features = model_input_columns(spec)
     # The newest rows the model did not learn from (valid + holdout: the days just before
     # deployment) look most like what it will serve; the first days of a young lake would
     # not (their 7-day counts are still filling up).
@@ -398,7 +447,7 @@ def register_step(
             "model_kind": kind,
             "metrics": metrics,
             "gate": {k: decision[k] for k in ("passed", "reasons")},
-            "feature_service": schema.FEATURE_SERVICE,
+            "feature_service": spec.feature_service,
             "features": features,
             "training_window": evaluation["training_window"],
             "data_scenario": scenario,

@@ -15,14 +15,17 @@ Both servers accept a batch of rows over either KServe protocol:
 KServe's 400 for `InvalidInput`). The parsing and validation functions are pure; the
 server glue both entry points share is `kubeloop.serving.model_server`.
 
-Two field sets are defined: `CLIENT_FIELDS`, what a client sends the transformer (ids and
-request context, none nullable), and `MODEL_FIELDS`, what the predictor takes (every
-column of `model_input_columns()`, each nullable: the model's feature transform imputes a
-missing value exactly as in training).
+Two field sets come from a use case (`kubeloop.usecase.UseCase`): `client_fields(use_case)`,
+what a client sends the transformer (entity ids and request context, none nullable), and
+`model_fields(use_case)`, what the predictor takes (every column of the use case's
+`model_input_columns()`, each nullable: the model's feature transform imputes a missing
+value exactly as in training). `CLIENT_FIELDS` and `MODEL_FIELDS` are the default use
+case's, resolved on first access.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import uuid
 from collections.abc import Mapping, Sequence
@@ -34,8 +37,7 @@ import pyarrow as pa
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-from kubeloop import schema
-from kubeloop.training.transform import model_input_columns
+from kubeloop.usecase import UseCase, resolve_use_case
 
 DEFAULT_MAX_BATCH_SIZE = 1024
 MAX_STRING_LENGTH = 256
@@ -138,56 +140,61 @@ class FieldSet:
 
 
 _ENTITY_ID = {"minimum": 0, "maximum": INT64_MAX}
-# Ranges of the request context (kubeloop.data.scenarios draws slots 1..5; a page may
-# have more slots, so the limit only rejects nonsense).
-CONTEXT_RANGES: dict[str, tuple[int, int]] = {
-    "hour": (0, 23),
-    "weekday": (0, 6),
-    "slot_position": (1, 100),
-}
 
 
-def _context_fields(nullable: bool) -> list[FieldSpec]:
+def _context_fields(use_case: UseCase, nullable: bool) -> list[FieldSpec]:
+    events = use_case.events
     out = [
-        FieldSpec(name, "int", *CONTEXT_RANGES[name], nullable=nullable)
-        for name in schema.CONTEXT_NUMERIC
+        FieldSpec(name, "int", *events.context_ranges[name], nullable=nullable)
+        for name in events.context_numeric
     ]
-    out += [FieldSpec(name, "string", nullable=nullable) for name in schema.CONTEXT_CATEGORICAL]
+    out += [FieldSpec(name, "string", nullable=nullable) for name in events.context_categorical]
     return out
 
 
-def _model_fields() -> FieldSet:
-    context = {f.name: f for f in _context_fields(nullable=True)}
-    arrow_types = {
-        f.name: f.type
-        for table in (schema.USER_FEATURE_SCHEMA, schema.AD_FEATURE_SCHEMA)
-        for f in table
-    }
+@functools.cache
+def _model_fields(use_case: UseCase) -> FieldSet:
+    context = {f.name: f for f in _context_fields(use_case, nullable=True)}
+    arrow_types = use_case.column_types()
     specs = []
-    for name in model_input_columns():
+    for name in use_case.model_input_columns():
         if name in context:
             specs.append(context[name])
         elif pa.types.is_string(arrow_types[name]):
             specs.append(FieldSpec(name, "string", nullable=True))
         else:
-            # Counts are int64 in the tables but float after a join with missing rows;
-            # advertiser_id is a category keyed by its integer value (17 == 17.0).
+            # Counts are int64 in the tables but float after a join with missing rows; an
+            # integer-valued category is keyed by its value (17 == 17.0).
             specs.append(FieldSpec(name, "number", nullable=True))
     return FieldSet(tuple(specs), "model_input_columns()")
 
 
-CLIENT_FIELDS = FieldSet(
-    (
-        FieldSpec("user_id", "int", **_ENTITY_ID),
-        FieldSpec("ad_id", "int", **_ENTITY_ID),
-        *_context_fields(nullable=False),
-    ),
-    "the client request fields",
-)
-"""What a client sends the transformer per row: entity ids and the request context."""
+@functools.cache
+def _client_fields(use_case: UseCase) -> FieldSet:
+    ids = [FieldSpec(key, "int", **_ENTITY_ID) for key in use_case.join_keys]
+    return FieldSet(
+        (*ids, *_context_fields(use_case, nullable=False)), "the client request fields"
+    )
 
-MODEL_FIELDS = _model_fields()
-"""What the predictor takes per row: every column of `model_input_columns()`, nullable."""
+
+def client_fields(use_case: UseCase | str | None = None) -> FieldSet:
+    """What a client sends the transformer per row: entity ids and the request context."""
+    return _client_fields(resolve_use_case(use_case))
+
+
+def model_fields(use_case: UseCase | str | None = None) -> FieldSet:
+    """What the predictor takes per row: every column of `model_input_columns()`, nullable."""
+    return _model_fields(resolve_use_case(use_case))
+
+
+def __getattr__(name: str) -> FieldSet:
+    # CLIENT_FIELDS / MODEL_FIELDS: the default use case's, looked up on first access rather
+    # than at import (the use case is a plug-in).
+    if name == "CLIENT_FIELDS":
+        return client_fields()
+    if name == "MODEL_FIELDS":
+        return model_fields()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from kubeloop import schema
-
-REQUEST_FIELDS = ["user_id", "ad_id", "hour", "weekday", "device", "slot_position"]
+from kubeloop.usecase import EVENT_ID, EVENT_TIMESTAMP, UseCase, resolve_use_case
 
 
 class ReplayConfig(BaseModel):
@@ -39,7 +37,7 @@ class ReplayConfig(BaseModel):
 def impressions_from_days(
     tables: Iterable[tuple[date, pa.Table]], days: set[date] | None = None
 ) -> Iterator[pd.DataFrame]:
-    """Generated events (kubeloop.data.generator.iter_day_tables) as frames, optionally
+    """Generated events (a synthetic source's `iter_day_tables`) as frames, optionally
     only for `days`."""
     for day, table in tables:
         if days is None or day in days:
@@ -51,13 +49,16 @@ def sample_impressions(frames: Iterable[pd.DataFrame], n: int, seed: int) -> pd.
     frame = pd.concat(list(frames), ignore_index=True)
     if len(frame) > n:
         frame = frame.sample(n=n, random_state=seed)
-    return frame.sort_values(["event_timestamp", "event_id"]).reset_index(drop=True)
+    return frame.sort_values([EVENT_TIMESTAMP, EVENT_ID]).reset_index(drop=True)
 
 
-def request_body(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The client request for a batch of impressions: ids and context only (features are
-    looked up by the transformer)."""
-    return {"instances": [{field: _plain(row[field]) for field in REQUEST_FIELDS} for row in rows]}
+def request_body(
+    rows: list[dict[str, Any]], *, use_case: UseCase | str | None = None
+) -> dict[str, Any]:
+    """The client request for a batch of impressions: the use case's request fields (entity
+    ids and context) only; features are looked up by the transformer."""
+    fields = resolve_use_case(use_case).request_fields
+    return {"instances": [{field: _plain(row[field]) for field in fields} for row in rows]}
 
 
 def _plain(value: Any) -> Any:
@@ -65,11 +66,11 @@ def _plain(value: Any) -> Any:
 
 
 async def _send_all(
-    url: str, impressions: pd.DataFrame, config: ReplayConfig, id_prefix: str
+    url: str, impressions: pd.DataFrame, config: ReplayConfig, id_prefix: str, use_case: UseCase
 ) -> list[dict[str, Any]]:
     import httpx
 
-    rows = impressions[[*REQUEST_FIELDS, "event_id"]].to_dict("records")
+    rows = impressions[[*use_case.request_fields, EVENT_ID]].to_dict("records")
     batches = [rows[i : i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
     results: list[list[dict[str, Any]]] = [[] for _ in batches]
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -91,7 +92,9 @@ async def _send_all(
                 started = time.perf_counter()
                 try:
                     response = await client.post(
-                        url, json=request_body(batch), headers={"x-request-id": request_id}
+                        url,
+                        json=request_body(batch, use_case=use_case),
+                        headers={"x-request-id": request_id},
                     )
                     status = response.status_code
                     predictions = response.json().get("predictions") if status == 200 else None
@@ -117,7 +120,12 @@ async def _send_all(
 
 
 def replay(
-    url: str, impressions: pd.DataFrame, config: ReplayConfig, id_prefix: str = "r"
+    url: str,
+    impressions: pd.DataFrame,
+    config: ReplayConfig,
+    id_prefix: str = "r",
+    *,
+    use_case: UseCase | str | None = None,
 ) -> pd.DataFrame:
     """Send every impression to `url` (the public predict endpoint) in batches; returns one
     row per impression: request_id, event_id, status_code, client_latency_ms, prediction.
@@ -125,26 +133,35 @@ def replay(
     A request's id is `id_prefix` + its first impression's event id: deterministic, so a
     seeded run reproduces, and unique within one replay. Stages that replay overlapping
     days into one request log pass their own prefix, so no id is reused across stages."""
-    return pd.DataFrame(asyncio.run(_send_all(url, impressions, config, id_prefix)))
+    spec = resolve_use_case(use_case)
+    return pd.DataFrame(asyncio.run(_send_all(url, impressions, config, id_prefix, spec)))
 
 
 def join_feedback(
-    sent: pd.DataFrame, exchanges: pd.DataFrame, impressions: pd.DataFrame
+    sent: pd.DataFrame,
+    exchanges: pd.DataFrame,
+    impressions: pd.DataFrame,
+    *,
+    use_case: UseCase | str | None = None,
 ) -> pd.DataFrame:
     """Served requests with their variant (from the request log) and, later, their label.
 
     Returns the frame `kubeloop.serving.ab.compare_variants` reads: variant, version,
-    prediction, label, latency_ms (client side, end to end), error."""
+    prediction, label, latency_ms (client side, end to end), error, and `oracle` when the
+    use case has an oracle column."""
+    events = resolve_use_case(use_case).events
     served = exchanges.drop_duplicates("request_id", keep="last")[
         ["request_id", "variant", "version"]
     ]
-    labels = impressions.assign(event_id=impressions["event_id"].astype(str))[
-        ["event_id", schema.LABEL, schema.ORACLE]
-    ]
-    frame = sent.merge(served, on="request_id", how="left").merge(labels, on="event_id", how="left")
+    columns = [EVENT_ID, events.label, *([events.oracle] if events.oracle else [])]
+    labels = impressions.assign(**{EVENT_ID: impressions[EVENT_ID].astype(str)})[columns]
+    frame = sent.merge(served, on="request_id", how="left").merge(labels, on=EVENT_ID, how="left")
     frame["error"] = frame["status_code"] != 200
     frame["variant"] = frame["variant"].fillna("unrouted")
-    return frame.rename(columns={schema.LABEL: "label", "client_latency_ms": "latency_ms"})
+    renames = {events.label: "label", "client_latency_ms": "latency_ms"}
+    if events.oracle:
+        renames[events.oracle] = "oracle"
+    return frame.rename(columns=renames)
 
 
 def replay_through_time(
@@ -154,6 +171,8 @@ def replay_through_time(
     feature_repo,
     on_day=None,
     id_prefix: str = "r",
+    *,
+    use_case: UseCase | str | None = None,
 ) -> pd.DataFrame:
     """Replay hour by hour with the online store as it was: the store starts as of the first
     replayed hour, and before each hour's traffic the feature rows that became available
@@ -164,24 +183,27 @@ def replay_through_time(
     from kubeloop.features.materialize import OnlineFeed, materialize, reset_online_store
     from kubeloop.features.store import open_store
 
+    spec = resolve_use_case(use_case)
     store = open_store(feature_repo)
-    ts = pd.to_datetime(impressions["event_timestamp"], utc=True)
+    ts = pd.to_datetime(impressions[EVENT_TIMESTAMP], utc=True)
     hours = ts.dt.floor("h")
     first = hours.min().to_pydatetime()
     reset_online_store(store)
     parts = []
     try:
-        materialize(store, end=first, progress=False)
-        feed = OnlineFeed(store, first - timedelta(seconds=1))
+        materialize(store, end=first, progress=False, use_case=spec)
+        feed = OnlineFeed(store, first - timedelta(seconds=1), use_case=spec)
         for day in sorted(ts.dt.floor("D").unique()):
             day_parts = []
             for hour in sorted(hours[ts.dt.floor("D") == day].unique()):
                 feed.advance(hour.to_pydatetime())
-                day_parts.append(replay(url, impressions[hours == hour], config, id_prefix))
+                day_parts.append(
+                    replay(url, impressions[hours == hour], config, id_prefix, use_case=spec)
+                )
             sent = pd.concat(day_parts, ignore_index=True)
             parts.append(sent)
             if on_day is not None:
                 on_day(day, sent)
     finally:
-        materialize(store, progress=False)
+        materialize(store, progress=False, use_case=spec)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()

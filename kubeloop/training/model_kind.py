@@ -6,8 +6,8 @@ stage reads the spec instead of listing kinds:
 
 * config: `config_class`, a pydantic model with `extra="forbid"` and a `Literal` `kind`
   field (TrainingConfig validates each kind's section through it);
-* trainer: `trainer`, "module:function" taking (train, valid, config) and returning a
-  `TrainedModel`;
+* trainer: `trainer`, "module:function" taking (train, valid, config, transform) and
+  returning a `TrainedModel` (`transform` None: fit one on train);
 * saved-artifact layout: `model_class` ("module:Class", a `TrainedModel` subclass that
   saves and loads the directory) and `weights_file`, the main file of that directory
   (the registry records it; `kserve_model_file` is the name a stock KServe server
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from kubeloop.training.artifacts import TrainedModel
+    from kubeloop.training.transform import FeatureTransform
 
 
 def _import(target: str) -> Any:
@@ -73,10 +74,16 @@ class ModelKind:
         return self.config_class.model_validate({"kind": self.name, **(data or {})})
 
     def train(
-        self, train: pd.DataFrame, valid: pd.DataFrame, config: BaseModel | None = None
+        self,
+        train: pd.DataFrame,
+        valid: pd.DataFrame,
+        config: BaseModel | None = None,
+        transform: FeatureTransform | None = None,
     ) -> TrainedModel:
-        """Train this kind on (train, valid) with `config` (default: the defaults)."""
-        return _import(self.trainer)(train, valid, self.parse_config(config))
+        """Train this kind on (train, valid) with `config` (default: the defaults) and the
+        fitted `transform` (default: one the trainer fits on `train` for the default use
+        case; the pipeline passes the one its use case fitted)."""
+        return _import(self.trainer)(train, valid, self.parse_config(config), transform)
 
     def model_type(self) -> type[TrainedModel]:
         """The `TrainedModel` subclass that saves and loads this kind's directory."""

@@ -1,6 +1,6 @@
 """Time-ordered train / validation / holdout split.
 
-A CTR model is always used on traffic that comes after the data it learnt from, so the
+A model is always used on traffic that comes after the data it learnt from, so the
 offline evaluation must look the same: train on the oldest period, stop early on the next,
 and report on the latest one (the holdout), which no training decision has seen.
 A random split would leak the future (feature values and ad popularity move over time) and
@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kubeloop import schema
+from kubeloop.usecase import EVENT_TIMESTAMP, UseCase, resolve_use_case
 
 # How far (absolute share of rows) a day-aligned part may drift from the requested share
 # before the split falls back to exact timestamp cuts.
@@ -95,15 +95,20 @@ def time_split(
 
 
 def split_summary(
-    train: pd.DataFrame, valid: pd.DataFrame, holdout: pd.DataFrame
+    train: pd.DataFrame,
+    valid: pd.DataFrame,
+    holdout: pd.DataFrame,
+    *,
+    use_case: UseCase | str | None = None,
 ) -> dict[str, dict[str, object]]:
-    """Rows, click rate and time range of each part, for the run report."""
+    """Rows, label rate (`click_rate`) and time range of each part, for the run report."""
+    label = resolve_use_case(use_case).events.label
     out: dict[str, dict[str, object]] = {}
     for name, part in (("train", train), ("valid", valid), ("holdout", holdout)):
-        ts = pd.to_datetime(part["event_timestamp"], utc=True) if len(part) else None
+        ts = pd.to_datetime(part[EVENT_TIMESTAMP], utc=True) if len(part) else None
         out[name] = {
             "rows": len(part),
-            "click_rate": float(part[schema.LABEL].mean()) if len(part) else None,
+            "click_rate": float(part[label].mean()) if len(part) else None,
             "start": ts.min().isoformat() if ts is not None else None,
             "end": ts.max().isoformat() if ts is not None else None,
         }

@@ -9,22 +9,25 @@ bit-identical arrays.
 
 Rules (fitted values are stored in the JSON, so serving never recomputes them):
 
-* categorical columns (`schema.CATEGORICAL_FEATURES` plus `advertiser_id`) become integer
-  codes from a vocabulary of the training set; index 0 is reserved for unknown, rare
+The use case says which columns are categorical and which numeric rule each column takes
+(`kubeloop.usecase.TransformRules`); `fit` reads it and the fitted transform stores every
+resolved rule, so serving needs no use case.
+
+* categorical columns (`TransformRules.categorical`) become integer codes from a vocabulary of the training set; index 0 is reserved for unknown, rare
   (below `min_count`) and missing values, so a new category at serving time is never an
   error. Integer-valued ids are keyed by their decimal string, so `17`, `17.0` (an id column
   that became float after a join with missing rows) and `"17"` are the same category.
-* count columns (`*_impressions_*`, `*_clicks_*`) take log1p; missing means the entity had
-  no history, which is a count of zero.
-* rate columns (`*_ctr_*`) are undefined without impressions: missing is filled with the
-  training click rate and flagged by a `<name>_missing` indicator.
-* recency columns (`*_hours_since_last`) are filled with `hours_since_default` (longer than
-  any feature window), take log1p, and are flagged by a `<name>_missing` indicator.
+* count columns (kind `log1p`) take log1p; missing means the entity had no history, which
+  is a count of zero.
+* rate columns (kind `rate`) are undefined without events: missing is filled with the
+  training label rate and flagged by a `<name>_missing` indicator.
+* recency columns (kind `hours`) are filled with `hours_since_default` (longer than any
+  feature window), take log1p, and are flagged by a `<name>_missing` indicator.
 * every other numeric column is filled with its training median.
-* `hour` is kept and also encoded as sin/cos so a model sees 23:00 next to 00:00.
+* an hour-of-day column (`TransformRules.cyclic_hours`) is kept and also encoded as sin/cos
+  so a model sees 23:00 next to 00:00.
 * configured pairs of categorical inputs are crossed into extra categorical columns
-  (`user_segment_x_ad_category`, `device_x_user_device_pref` by default): affinity of a
-  segment for a category and use of the preferred device are pair effects, which an
+  (`<a>_x_<b>`; the use case's `TransformRules.crosses` by default): a pair effect that an
   embedding model or a tree otherwise has to assemble from two separate columns.
 """
 
@@ -41,42 +44,42 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from kubeloop import schema
 from kubeloop.errors import KubeloopError
+from kubeloop.usecase import UseCase, resolve_use_case
 
-FORMAT_VERSION = 1
+# 2: the label and the hour-of-day columns are stored (`label`, `cyclic_hours`) instead of
+# implied by the ad-CTR names.
+FORMAT_VERSION = 2
 UNKNOWN_INDEX = 0
-
-# advertiser_id is an attribute of the ad (few values, shared by many ads), unlike the
-# user_id/ad_id entity keys which are never model inputs.
-CATEGORICAL_INPUTS = [*schema.CATEGORICAL_FEATURES, "advertiser_id"]
 
 
 class TransformError(KubeloopError, ValueError):
     """The input frame cannot be transformed (a required column is absent)."""
 
 
-def model_input_columns() -> list[str]:
-    """Raw columns a model needs, in a fixed order.
+def model_input_columns(use_case: UseCase | str | None = None) -> list[str]:
+    """Raw columns a model needs, in a fixed order (`UseCase.model_input_columns`).
 
-    Request context, then user features, then ad features. Ids, label, oracle
-    probability and timestamps are never inputs. The serving transformer asks Feast for
-    exactly the user/ad part of this list and takes the context part from the request.
+    Request context, then each entity's features. Ids, label, oracle probability and
+    timestamps are never inputs. The serving transformer asks Feast for exactly the
+    feature part of this list and takes the context part from the request.
     """
-    return [
-        *schema.CONTEXT_NUMERIC,
-        *schema.CONTEXT_CATEGORICAL,
-        *schema.USER_FEATURES,
-        *schema.AD_FEATURES,
-    ]
+    return resolve_use_case(use_case).model_input_columns()
 
 
-def _categorical_columns() -> list[str]:
-    return [c for c in model_input_columns() if c in CATEGORICAL_INPUTS]
+def categorical_inputs(use_case: UseCase | str | None = None) -> list[str]:
+    """The model inputs the use case declares categorical."""
+    return list(resolve_use_case(use_case).transform.categorical)
 
 
-def _numeric_columns() -> list[str]:
-    return [c for c in model_input_columns() if c not in CATEGORICAL_INPUTS]
+def _categorical_columns(use_case: UseCase) -> list[str]:
+    categorical = use_case.transform.categorical
+    return [c for c in use_case.model_input_columns() if c in categorical]
+
+
+def _numeric_columns(use_case: UseCase) -> list[str]:
+    categorical = use_case.transform.categorical
+    return [c for c in use_case.model_input_columns() if c not in categorical]
 
 
 class TransformConfig(BaseModel):
@@ -90,22 +93,38 @@ class TransformConfig(BaseModel):
         24.0 * 30, gt=0, description="recency filled in for an entity with no history"
     )
     hour_cyclic: bool = True
-    crosses: list[tuple[str, str]] = Field(
-        default_factory=lambda: [("user_segment", "ad_category"), ("device", "user_device_pref")],
+    crosses: list[tuple[str, str]] | None = Field(
+        None,
         description=(
             "pairs of categorical inputs crossed into one extra categorical column "
-            "'<a>_x_<b>' (its own vocabulary; missing if either side is missing)"
+            "'<a>_x_<b>' (its own vocabulary; missing if either side is missing); None: "
+            "the use case's default crosses (a fitted transform stores the pairs it used)"
         ),
     )
 
     @field_validator("crosses")
     @classmethod
-    def _crosses_of_categoricals(cls, value: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        for pair in value:
-            unknown = [c for c in pair if c not in CATEGORICAL_INPUTS]
-            if unknown:
-                raise ValueError(f"crosses name {unknown}, not among {CATEGORICAL_INPUTS}")
+    def _pairs(cls, value: list[tuple[str, str]] | None) -> list[tuple[str, str]] | None:
+        for pair in value or []:
+            if pair[0] == pair[1]:
+                raise ValueError(f"a cross needs two different columns, got {pair}")
         return value
+
+    def resolved(self, use_case: UseCase) -> TransformConfig:
+        """This config with the use case's default crosses filled in, checked against its
+        categorical inputs (a one-line error naming the unknown column)."""
+        crosses = (
+            [tuple(p) for p in use_case.transform.crosses] if self.crosses is None else self.crosses
+        )
+        categorical = list(use_case.transform.categorical)
+        for pair in crosses:
+            unknown = [c for c in pair if c not in categorical]
+            if unknown:
+                raise TransformError(
+                    f"transform config: crosses name {unknown}, not among the categorical "
+                    f"inputs of use case {use_case.name!r}: {categorical}"
+                )
+        return self.model_copy(update={"crosses": crosses})
 
 
 def cross_name(a: str, b: str) -> str:
@@ -168,13 +187,14 @@ class TransformedBatch:
 
 
 def _rule_for(
-    column: str, frame: pd.DataFrame, base_rate: float, cfg: TransformConfig
+    column: str, frame: pd.DataFrame, base_rate: float, cfg: TransformConfig, use_case: UseCase
 ) -> NumericRule:
-    if "_impressions_" in column or "_clicks_" in column:
+    kind = use_case.transform.numeric_kind(column)
+    if kind == "log1p":
         return NumericRule(kind="log1p", fill=0.0)
-    if "_ctr_" in column:
+    if kind == "rate":
         return NumericRule(kind="rate", fill=base_rate, indicator=True)
-    if column.endswith("_hours_since_last"):
+    if kind == "hours":
         return NumericRule(kind="hours", fill=cfg.hours_since_default, indicator=True)
     values = _numeric_values(frame[column])
     finite = values[np.isfinite(values)]
@@ -221,14 +241,14 @@ def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
     if missing:
         raise TransformError(
             f"the feature transform needs columns {missing} which the input lacks; "
-            f"the model inputs are kubeloop.training.transform.model_input_columns()"
+            f"the model inputs are the use case's model_input_columns()"
         )
 
 
 class FeatureTransform(BaseModel):
     """A fitted feature transformation (see the module docstring for its rules).
 
-    Build it with `FeatureTransform.fit(train_df)`, apply it with `transform(df)` or
+    Build it with `FeatureTransform.fit(train_df, use_case=...)`, apply it with `transform(df)` or
     `transform_records(dicts)`, persist it with `save(path)` / `FeatureTransform.load(path)`.
     """
 
@@ -239,6 +259,9 @@ class FeatureTransform(BaseModel):
     numeric_rules: dict[str, NumericRule]
     vocabularies: dict[str, list[str]]
     base_rate: float
+    label: str
+    """The use case's label column (what a trainer learns; `base_rate` is its mean)."""
+    cyclic_hours: list[str] = Field(default_factory=list)
 
     _index: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)
 
@@ -249,32 +272,49 @@ class FeatureTransform(BaseModel):
         }
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, config: TransformConfig | None = None) -> FeatureTransform:
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        config: TransformConfig | None = None,
+        *,
+        use_case: UseCase | str | None = None,
+    ) -> FeatureTransform:
         """Learn vocabularies, fill values and the base rate from a training frame.
 
-        `frame` needs every column of `model_input_columns()`; the label is used, when
-        present, only as the fill value of missing rates.
+        `frame` needs every column of the use case's `model_input_columns()` (`use_case`: a
+        spec, a registered name, or None for the default); the label is used, when present,
+        only as the fill value of missing rates.
         """
-        cfg = config or TransformConfig()
-        _check_columns(frame, model_input_columns())
+        use_case = resolve_use_case(use_case)
+        cfg = (config or TransformConfig()).resolved(use_case)
+        _check_columns(frame, use_case.model_input_columns())
         if len(frame) == 0:
             raise TransformError("cannot fit the feature transform on an empty frame")
         base_rate = 0.0
-        if schema.LABEL in frame.columns:
-            labels = _numeric_values(frame[schema.LABEL])
+        label = use_case.events.label
+        if label in frame.columns:
+            labels = _numeric_values(frame[label])
             if np.isfinite(labels).any():
                 base_rate = float(np.nanmean(labels))
-        rules = {c: _rule_for(c, frame, base_rate, cfg) for c in _numeric_columns()}
+        rules = {c: _rule_for(c, frame, base_rate, cfg, use_case) for c in _numeric_columns(use_case)}
         vocabularies: dict[str, list[str]] = {}
-        crosses = {cross_name(a, b): (a, b) for a, b in cfg.crosses}
-        for col in [*_categorical_columns(), *crosses]:
+        crosses = {cross_name(a, b): (a, b) for a, b in cfg.crosses or []}
+        for col in [*_categorical_columns(use_case), *crosses]:
             keys = _output_keys(frame, col, crosses)
             counts = pd.Series(keys, dtype=object).dropna().value_counts()
             kept = [(key, int(n)) for key, n in counts.items() if n >= cfg.min_count]
             # Frequency order, ties broken by key, so refitting on the same data is stable.
             kept.sort(key=lambda kv: (-kv[1], kv[0]))
             vocabularies[col] = [key for key, _ in kept[: cfg.max_vocab]]
-        return cls(config=cfg, numeric_rules=rules, vocabularies=vocabularies, base_rate=base_rate)
+        cyclic = [c for c in use_case.transform.cyclic_hours if c in rules] if cfg.hour_cyclic else []
+        return cls(
+            config=cfg,
+            numeric_rules=rules,
+            vocabularies=vocabularies,
+            base_rate=base_rate,
+            label=label,
+            cyclic_hours=cyclic,
+        )
 
     @property
     def numeric_names(self) -> list[str]:
@@ -282,15 +322,15 @@ class FeatureTransform(BaseModel):
         names: list[str] = []
         for col, rule in self.numeric_rules.items():
             names.append(col)
-            if col == "hour" and self.config.hour_cyclic:
-                names += ["hour_sin", "hour_cos"]
+            if col in self.cyclic_hours:
+                names += [f"{col}_sin", f"{col}_cos"]
             if rule.indicator:
                 names.append(f"{col}_missing")
         return names
 
     @property
     def _crosses(self) -> dict[str, tuple[str, str]]:
-        return {cross_name(a, b): (a, b) for a, b in self.config.crosses}
+        return {cross_name(a, b): (a, b) for a, b in self.config.crosses or []}
 
     @property
     def input_columns(self) -> list[str]:
@@ -324,7 +364,7 @@ class FeatureTransform(BaseModel):
             if rule.kind in ("log1p", "hours"):
                 value = np.log1p(np.clip(value, 0.0, None))
             numeric_out.append(value)
-            if col == "hour" and self.config.hour_cyclic:
+            if col in self.cyclic_hours:
                 angle = value * (2.0 * np.pi / 24.0)
                 numeric_out += [np.sin(angle), np.cos(angle)]
             if rule.indicator:

@@ -30,10 +30,12 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from kubeloop.data.lake import resolve, staged_events, write_day
-from kubeloop.data.scenarios import (
+from kubeloop.usecase import GenerationSummary as BaseGenerationSummary
+from kubeloop.usecase import SyntheticConfig
+from usecases.ctr.scenarios import (
     BASELINE_CLICK_MODEL,
     BASELINE_POPULATION,
     CATEGORIES,
@@ -47,7 +49,7 @@ from kubeloop.data.scenarios import (
     Scenario,
     Traffic,
 )
-from kubeloop.schema import EVENT_SCHEMA, TIMESTAMP
+from usecases.ctr.schema import EVENT_SCHEMA, TIMESTAMP
 
 ScenarioName = Literal["baseline", "covariate_shift", "concept_drift", "new_ads"]
 
@@ -57,8 +59,8 @@ HOUR_US = 60 * MINUTE_US
 DAY_US = 24 * HOUR_US
 
 
-class GeneratorConfig(BaseModel):
-    """What to generate. Every field has a default; the defaults make a ~300k-event lake."""
+class GeneratorConfig(SyntheticConfig):
+    """What to generate. Every field has a default; the defaults make a ~600k-event lake."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -103,32 +105,23 @@ class GeneratorConfig(BaseModel):
             )
         return self
 
-    def day_dates(self) -> list[date]:
-        """The date of every partition, in order."""
-        return [self.start_date + timedelta(days=i) for i in range(self.days)]
-
     def day_sizes(self) -> list[int]:
         """Impressions per day: an even split, the remainder going to the first days."""
         base, extra = divmod(self.events, self.days)
         return [base + (1 if i < extra else 0) for i in range(self.days)]
 
 
-class GenerationSummary(BaseModel):
-    """What `generate_lake` did; `model_dump()` is the `data` section of report.json."""
+class GenerationSummary(BaseGenerationSummary):
+    """What `generate_lake` did, with the lake's click rate and mean true click
+    probability (the run report's `data` section shows both)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    events: int
-    days: int
-    partitions: int
-    scenario: str
-    seconds: float
-    lake: str
-    seed: int
-    change_day: int | None = Field(description="First changed day; None for baseline.")
     click_rate: float
     mean_true_ctr: float
-    events_per_second: float
+
+    def label_stats(self) -> dict[str, float]:
+        return {"click_rate": self.click_rate, "mean_true_ctr": self.mean_true_ctr}
 
 
 @dataclass(frozen=True)
@@ -136,7 +129,7 @@ class Population:
     """Users and ads drawn once from the seed; ids are indices into these arrays.
 
     Categorical attributes are integer codes into the vocabularies of
-    `kubeloop.data.scenarios`. Ads `[0, base_ads)` run from the first day; ads
+    `usecases.ctr.scenarios`. Ads `[0, base_ads)` run from the first day; ads
     `[base_ads, base_ads + new_ads)` are the new-ads wave, launched at `change_day`
     (drawn for every scenario, shown only by `new_ads`). Latent effects are in logit units.
     A creative's age is the time since `ad_launch_us` modulo `creative_refresh_days`.
@@ -606,7 +599,13 @@ def generate_lake(
         with staged_events(fs, root) as staging:
             for plan in _iter_plans(config, population):
                 bar.set_description(f"day {plan.day.isoformat()}")
-                write_day(fs, staging, plan.day, counted(_day_tables(config, population, plan)))
+                write_day(
+                    fs,
+                    staging,
+                    plan.day,
+                    counted(_day_tables(config, population, plan)),
+                    schema=EVENT_SCHEMA,
+                )
                 partitions += 1
 
     seconds = time.perf_counter() - started

@@ -1,12 +1,15 @@
-"""Column contracts shared by every stage: the lake's events, the offline feature tables
+"""The ad-CTR use case's column contracts: the lake's events, the offline feature tables
 and the model's inputs. One place, so that generator, ETL, Feast, trainers and servers
-cannot disagree on a name or a type."""
+cannot disagree on a name or a type. The engine reads them only through the use case
+spec (`usecases.ctr.usecase.USE_CASE`)."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 
-TIMESTAMP = pa.timestamp("us", tz="UTC")
+from kubeloop.usecase import EVENTS_DIR, FEATURE_TIMESTAMP, PARTITION_KEY, TIMESTAMP
+
+__all__ = ["EVENTS_DIR", "FEATURE_TIMESTAMP", "PARTITION_KEY", "TIMESTAMP"]
 
 # One row per ad impression, as written to the lake (Parquet, hive-partitioned by `day`).
 EVENT_SCHEMA = pa.schema(
@@ -34,19 +37,18 @@ EVENT_SCHEMA = pa.schema(
     ]
 )
 
-EVENTS_DIR = "events"  # <lake root>/events/day=YYYY-MM-DD/part-00000.parquet
-PARTITION_KEY = "day"
-
 LABEL = "click"
 ORACLE = "true_ctr"
 
 # Context that arrives with a request and is never looked up.
 CONTEXT_NUMERIC = ["hour", "weekday", "slot_position"]
 CONTEXT_CATEGORICAL = ["device"]
+# Ranges a request's context may carry (the generator draws slots 1..5; a page may have
+# more slots, so the limit only rejects nonsense).
+CONTEXT_RANGES = {"hour": (0, 23), "weekday": (0, 6), "slot_position": (1, 100)}
 
-# Offline feature tables: one row per entity per feature timestamp. A row at time T
-# aggregates only events with event_timestamp < T (strictly before).
-FEATURE_TIMESTAMP = "feature_timestamp"
+# Offline feature tables: one row per entity per feature timestamp (FEATURE_TIMESTAMP).
+# A row at time T aggregates only events with event_timestamp < T (strictly before).
 
 USER_FEATURE_SCHEMA = pa.schema(
     [
@@ -119,3 +121,6 @@ CATEGORICAL_FEATURES = [
     "user_device_pref",
     "ad_category",
 ]
+# advertiser_id is an attribute of the ad (few values, shared by many ads), unlike the
+# user_id/ad_id entity keys which are never model inputs.
+CATEGORICAL_INPUTS = [*CATEGORICAL_FEATURES, "advertiser_id"]

@@ -1,4 +1,6 @@
-"""SQL text of the point-in-time feature build, kept apart from the orchestration.
+"""The ad-CTR use case's entities and features: the SQL of the point-in-time feature
+build (the engine runs it, kubeloop/features/build.py) and the entity specs with their
+Feast feature views.
 
 Both tables come from one template. Events are first summed into (entity, hour) buckets;
 the row of bucket h is stamped T = h + 1 hour, and because buckets are whole UTC hours,
@@ -8,7 +10,7 @@ rolling windows are then RANGE frames over the bucket start:
 * 1 day  = [T - 24h, T)  = buckets h - 23h .. h  -> ``INTERVAL 23 HOURS PRECEDING``
 * 7 days = [T - 168h, T) = buckets h - 167h .. h -> ``INTERVAL 167 HOURS PRECEDING``
 
-The query reads a view named ``events`` and two parameters, ``$prior_clicks``
+The query reads a view named ``events`` and two parameters, ``$prior_positives``
 (prior_strength * ctr_prior) and ``$prior_strength``.
 """
 
@@ -16,11 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kubeloop.usecase import EntitySpec
+from usecases.ctr import schema
+
 HOUR_US = 3_600_000_000
 
 
 @dataclass(frozen=True)
-class EntitySpec:
+class EntitySql:
     """What differs between the user and the ad table: key, column prefix, static attributes."""
 
     key: str
@@ -31,12 +36,12 @@ class EntitySpec:
     creative_age: bool = False
 
 
-USER = EntitySpec(
+USER = EntitySql(
     key="user_id",
     prefix="user",
     attributes=("user_segment", "user_country", "user_device_pref"),
 )
-AD = EntitySpec(
+AD = EntitySql(
     key="ad_id",
     prefix="ad",
     attributes=("advertiser_id", "ad_category"),
@@ -44,7 +49,7 @@ AD = EntitySpec(
 )
 
 
-def feature_query(spec: EntitySpec) -> str:
+def feature_query(spec: EntitySql) -> str:
     """The SELECT that yields one feature table, ordered by key and feature_timestamp.
 
     Output columns carry the final names; types are cast to the schema by the writer.
@@ -94,11 +99,32 @@ SELECT
     {", ".join(out_attrs)},
     impressions_1d AS {p}_impressions_1d,
     clicks_1d AS {p}_clicks_1d,
-    (clicks_1d + $prior_clicks) / (impressions_1d + $prior_strength) AS {p}_ctr_1d,
+    (clicks_1d + $prior_positives) / (impressions_1d + $prior_strength) AS {p}_ctr_1d,
     impressions_7d AS {p}_impressions_7d,
     clicks_7d AS {p}_clicks_7d,
-    (clicks_7d + $prior_clicks) / (impressions_7d + $prior_strength) AS {p}_ctr_7d,
+    (clicks_7d + $prior_positives) / (impressions_7d + $prior_strength) AS {p}_ctr_7d,
     {hours_since_last} AS {p}_hours_since_last
 FROM windows
 ORDER BY {spec.key}, feature_timestamp
 """
+
+
+USER_ENTITY = EntitySpec(
+    name="user",
+    join_key=USER.key,
+    feature_view=schema.USER_FEATURE_VIEW,
+    feature_schema=schema.USER_FEATURE_SCHEMA,
+    query=feature_query(USER),
+    description="A user who is shown ads.",
+    view_description="User profile and 1-day / 7-day impression, click and CTR history.",
+)
+AD_ENTITY = EntitySpec(
+    name="ad",
+    join_key=AD.key,
+    feature_view=schema.AD_FEATURE_VIEW,
+    feature_schema=schema.AD_FEATURE_SCHEMA,
+    query=feature_query(AD),
+    description="An ad creative.",
+    view_description="Ad attributes and 1-day / 7-day impression, click and CTR history.",
+)
+ENTITIES = (USER_ENTITY, AD_ENTITY)

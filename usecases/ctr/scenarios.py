@@ -2,7 +2,7 @@
 scenarios that change one of them from a given day on.
 
 Everything here is plain, frozen data so a reader can see the whole ground truth in one
-screen. The generator (`kubeloop.data.generator`) turns it into numpy arrays; nothing in
+screen. The generator (`usecases.ctr.generator`) turns it into numpy arrays; nothing in
 this module draws random numbers.
 """
 

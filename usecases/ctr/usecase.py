@@ -1,0 +1,60 @@
+"""The ad-CTR use case as the engine's spec (`kubeloop.usecase.UseCase`)."""
+
+from __future__ import annotations
+
+from kubeloop.usecase import (
+    Defaults,
+    EventSchema,
+    MetricsSpec,
+    SyntheticSource,
+    TransformRules,
+    UseCase,
+)
+from usecases.ctr import schema
+from usecases.ctr.features import ENTITIES
+from usecases.ctr.generator import GeneratorConfig, generate_lake, iter_day_tables
+
+EVENTS = EventSchema(
+    columns=schema.EVENT_SCHEMA,
+    entity_keys=tuple(e.join_key for e in ENTITIES),
+    label=schema.LABEL,
+    oracle=schema.ORACLE,
+    context_numeric=tuple(schema.CONTEXT_NUMERIC),
+    context_categorical=tuple(schema.CONTEXT_CATEGORICAL),
+    context_ranges=schema.CONTEXT_RANGES,
+)
+
+# Name rules of the ETL's columns (usecases/ctr/features.py): counts take log1p, smoothed
+# rates are undefined without impressions (filled with the training click rate, flagged),
+# and recency is filled with "longer than any window" (flagged).
+TRANSFORM = TransformRules(
+    categorical=tuple(schema.CATEGORICAL_INPUTS),
+    numeric=(
+        ("*_impressions_*", "log1p"),
+        ("*_clicks_*", "log1p"),
+        ("*_ctr_*", "rate"),
+        ("*_hours_since_last", "hours"),
+    ),
+    cyclic_hours=("hour",),
+    # Affinity of a segment for a category and use of the preferred device are pair
+    # effects, which an embedding model or a tree otherwise assembles from two columns.
+    crosses=(("user_segment", "ad_category"), ("device", "user_device_pref")),
+)
+
+USE_CASE = UseCase(
+    name="ctr",
+    description="Ad click-through-rate prediction on a seeded impression log.",
+    events=EVENTS,
+    entities=ENTITIES,
+    feature_service=schema.FEATURE_SERVICE,
+    transform=TRANSFORM,
+    source=SyntheticSource(
+        config_class=GeneratorConfig,
+        generate=generate_lake,
+        iter_day_tables=iter_day_tables,
+        scenarios=("baseline", "covariate_shift", "concept_drift", "new_ads"),
+    ),
+    defaults=Defaults(model_name="ctr", scenario="baseline"),
+    metrics=MetricsSpec(slices=("device", "user_country"), seen_entities=("ad", "user")),
+    request_fields=("user_id", "ad_id", "hour", "weekday", "device", "slot_position"),
+)
