@@ -1,6 +1,7 @@
 """The demo's serving stage end to end on a small lake: real KServe predictor and
-transformer processes, the canary router, replayed traffic moving through time, delayed
-labels, and a policy decision that changes the registry's stages."""
+transformer processes, the canary router mirroring to the non-serving version, replayed
+traffic moving through time, delayed labels, and a progressive rollout whose decision
+changes the registry's stages and is checked against the oracle."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from kubeloop.demo import DemoConfig, run_demo
 from kubeloop.demo.serving import ServingStageConfig
 from kubeloop.registry import open_registry
-from kubeloop.serving.policy import RolloutPolicy
+from kubeloop.serving.progressive import ProgressivePolicy
 from kubeloop.serving.replay import ReplayConfig
 from kubeloop.serving.request_log.reader import exchanges_frame
 from kubeloop.workdir import Workdir
@@ -26,9 +27,11 @@ def test_demo_serves_replays_and_decides_on_the_canary(tmp_path):
         # this test is about serving, so the gate is loosened rather than the data enlarged
         gate_config={"calibration_bounds": [0.8, 1.25]},
         serving=ServingStageConfig(
-            canary_percent=50,
             replay=ReplayConfig(requests=600, batch_size=4, concurrency=4),
-            policy=RolloutPolicy(min_labelled=100, min_requests_for_health=50),
+            policy=ProgressivePolicy(
+                requires="superiority", min_labelled=100, min_requests=10, budget_labelled=2000
+            ),
+            check_every=200,
             replay_last_days=2,
         ),
         progress=False,
@@ -41,23 +44,43 @@ def test_demo_serves_replays_and_decides_on_the_canary(tmp_path):
     requests = serving["requests"]
     assert requests["errors"] == 0
     total = requests["primary"] + requests["canary"]
-    assert 600 <= total <= 600 + 48  # batches restart at each replayed hour (2 days)
-    # a 50% split: within 4.5 sigma (sigma ~12)
-    assert abs(requests["canary"] - total / 2) < 55
+    assert total <= 600 + 48  # batches restart at each replayed hour (2 days)
     assert serving["latency_ms"]["p50"] > 0
-    assert serving["ab"]["variants"]["canary"]["labelled"] == serving["impressions"]["canary"]
-    assert sum(serving["impressions"].values()) == 2400
-    assert serving["decision"]["action"] in {"promote", "rollback", "wait"}
+
+    # every served request was mirrored to the other version, nothing dropped, and every
+    # labelled impression scored by both is in the paired comparison
+    shadow = serving["shadow"]
+    assert shadow["dropped"] == 0 and shadow["mirrored"] == total
+    assert (
+        shadow["paired"] == serving["paired"]["impressions"] == sum(serving["impressions"].values())
+    )
+    cs = serving["paired"]["delta_logloss"]
+    assert cs["low"] <= cs["estimate"] <= cs["high"]
+    assert 0 <= serving["srm"]["p_value"] <= 1
+    expected = serving["oracle"]["expected_logloss"]
+    assert 0 < expected["production"] < 1 and 0 < expected["candidate"] < 1
+    assert serving["oracle"]["agrees"] is True
+
+    action = serving["decision"]["action"]
+    assert action in {"promote", "rollback", "inconclusive"}
     assert serving["decision"]["reasons"]
+    assert serving["steps"] and serving["steps"][-1]["action"] == action
+    for step in serving["steps"]:
+        assert {"percent", "dwell", "statistics", "reasons"} <= set(step)
+    # only a candidate proven better moves on: every advance carries that proof
+    for step in serving["steps"]:
+        if step["action"] == "advance":
+            assert step["statistics"]["delta_logloss"]["high"] < 0
 
     stages = {v.version: v.stage.value for v in open_registry(str(workdir.registry)).list("ctr")}
-    expected = {
+    expected_stages = {
         "promote": {"v0001": "archived", "v0002": "production"},
         "rollback": {"v0001": "production", "v0002": "archived"},
-        "wait": {"v0001": "production", "v0002": "canary"},
-    }[serving["decision"]["action"]]
-    assert stages == expected == serving["stages_after"]
+        "inconclusive": {"v0001": "production", "v0002": "archived"},
+    }[action]
+    assert stages == expected_stages == serving["stages_after"]
 
     logged = exchanges_frame(serving["request_log"])
-    assert set(logged["variant"]) == {"primary", "canary"}
-    assert logged["request_id"].nunique() == total
+    served = logged[logged["variant"] != "shadow"]
+    assert set(logged["variant"]) <= {"primary", "canary", "shadow"}
+    assert served["request_id"].nunique() == total

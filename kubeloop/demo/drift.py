@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from kubeloop.drift.retrain import RetrainPolicy
-from kubeloop.serving.policy import RolloutPolicy
+from kubeloop.serving.progressive import ProgressivePolicy
 from kubeloop.serving.replay import ReplayConfig
 from kubeloop.usecase import UseCase, resolve_use_case
 from kubeloop.workdir import Workdir
@@ -36,14 +36,17 @@ class DriftStageConfig(BaseModel):
     retrain_window_days: int = Field(
         8, ge=2, description="recent days the retraining run learns from"
     )
-    canary_percent: int = Field(50, ge=1, le=100)
     executor_logs: bool = Field(
         False, description="stream the retraining run's executor logs; else <run>/pipeline.log"
     )
     canary_replay: ReplayConfig = Field(
         default_factory=lambda: ReplayConfig(requests=3000, batch_size=8)
     )
-    canary_policy: RolloutPolicy = Field(default_factory=lambda: RolloutPolicy(min_labelled=2000))
+    # The retrained model passed the offline gate: online it must prove non-inferiority,
+    # not superiority a second time.
+    canary_policy: ProgressivePolicy = Field(
+        default_factory=lambda: ProgressivePolicy(requires="non_inferiority")
+    )
     canary_last_days: int = Field(2, ge=1, description="post-change days the canary is tried on")
     backend: str | None = Field(
         None,
@@ -273,7 +276,6 @@ def run_drift_stage(
                 new[-1],
                 canary_impressions_fn(),
                 ServingStageConfig(
-                    canary_percent=config.canary_percent,
                     replay=config.canary_replay,
                     policy=config.canary_policy,
                     request_id_prefix="canary-",
@@ -284,7 +286,10 @@ def run_drift_stage(
                 "canary_version": new[-1],
                 "decision": serving["decision"]["action"],
                 "reasons": serving["decision"]["reasons"],
-                "ab": serving["ab"]["deltas"],
+                **{
+                    key: serving.get(key)
+                    for key in ("requires", "shadow", "steps", "srm", "paired", "oracle")
+                },
                 "stages_after": serving["stages_after"],
             }
         else:

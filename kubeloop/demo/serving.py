@@ -1,37 +1,68 @@
-"""The demo's serving stage: production + canary served by real KServe processes, traffic
-replayed through them, labels joined later, and the canary promoted or rolled back by the
-rollout policy on what was measured."""
+"""The demo's serving stage: production and a candidate served by real KServe processes,
+traffic replayed through them hour by hour, and a progressive rollout
+(`kubeloop.serving.progressive`) deciding step by step on what was measured.
+
+The candidate starts in shadow (canary 0%: the router mirrors every request to it and logs
+its answer as variant "shadow" under the same request id); at each step the non-serving
+version keeps answering in shadow, so every labelled impression is scored by both. After
+each replayed hour whose labels bring at least `check_every` new labelled impressions, the
+stage joins the labels (delayed feedback: an hour late), builds the paired frame from the
+request log (`kubeloop.serving.paired`) and calls `evaluate_step`; an advance moves the
+canary percent (the router follows the rollout file), a promote, rollback or inconclusive
+ends the experiment and the rest of the traffic is not replayed.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kubeloop.serving.policy import RolloutPolicy
+from kubeloop.serving.progressive import ProgressivePolicy
 from kubeloop.serving.replay import ReplayConfig
 from kubeloop.workdir import Workdir
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 
 class ServingStageConfig(BaseModel):
-    """Canary share, traffic and policy of the demo's online experiment."""
+    """Traffic, policy and check cadence of the demo's online experiment."""
 
     model_config = ConfigDict(extra="forbid")
 
-    canary_percent: int = Field(50, ge=0, le=100, description="an even split gets evidence fastest")
     replay: ReplayConfig = Field(default_factory=lambda: ReplayConfig(requests=3000, batch_size=8))
     request_id_prefix: str = Field(
         "ab-",
         pattern=r"^[a-z][a-z0-9-]*$",
         description="prefix of this stage's request ids (stages share one request log)",
     )
-    policy: RolloutPolicy = Field(default_factory=lambda: RolloutPolicy(min_labelled=2000))
+    # The pipeline's runner-up never passed the ladder's promotion rule against the
+    # champion, so online it has to prove it is better: superiority.
+    policy: ProgressivePolicy = Field(
+        default_factory=lambda: ProgressivePolicy(requires="superiority")
+    )
+    check_every: int = Field(
+        500, ge=1, description="new labelled impressions between two policy checks"
+    )
     replay_last_days: int = Field(
         3, ge=1, description="impressions are drawn from the last days of the lake"
     )
+    shadow_drain_s: float = Field(
+        30.0, gt=0, description="longest wait for the mirror's queue before a check"
+    )
+
+
+def _label_columns() -> tuple[str, str | None]:
+    """The label and oracle columns of the events (the default use case's)."""
+    from kubeloop.usecase import resolve_use_case
+
+    events = resolve_use_case(None).events
+    return events.label, events.oracle
 
 
 def register_challenger(
@@ -42,8 +73,10 @@ def register_challenger(
     gate_config: dict | None = None,
     train_config_json: str = "{}",
 ) -> str | None:
-    """Register the pipeline's runner-up as a candidate, with its own gate decision against
-    the base rate, so that the online A/B can test what "start simple" decided offline."""
+    """Register the pipeline's runner-up as a candidate: of the models the champion was
+    chosen over, the one with the best holdout NE that passes its own gate against the
+    base rate (a runner-up that fails it, say on calibration, is not servable), so that
+    the online experiment tests what the ladder decided offline."""
     from kubeloop.evaluation.gate import GateConfig, gate
     from kubeloop.evaluation.metrics import EvaluationReport
     from kubeloop.pipeline.steps import EVALUATION_FILE, register_step
@@ -51,34 +84,190 @@ def register_challenger(
     decision = json.loads((run_dir / "gate" / "decision").read_text())
     evaluation = json.loads((run_dir / "evaluate" / "evaluation" / EVALUATION_FILE).read_text())
     others = [kind for kind in evaluation["models"] if kind != decision["champion"]]
-    if not others:
-        return None
-    kind = others[0]
-    verdict = gate(
-        EvaluationReport.model_validate(evaluation["models"][kind]),
-        None,
-        EvaluationReport.model_validate(evaluation["base_rate"]),
-        GateConfig.model_validate(gate_config or {}),
-    )
-    challenger_decision = run_dir / "gate" / f"challenger-{kind}.json"
-    challenger_decision.write_text(
-        json.dumps({"champion": kind, **verdict.model_dump(mode="json")})
-    )
-    if not verdict.passed:
-        return None
-    return register_step(
-        str(run_dir / f"train-{kind}" / "model"),
-        kind,
-        str(run_dir / "features" / "training_set"),
-        str(run_dir / "evaluate" / "evaluation"),
-        str(challenger_decision),
-        str(workdir.registry),
-        model_name,
-        scenario,
-        f"{run_dir.name}-challenger",
-        str(run_dir / "gate" / f"challenger-{kind}-registration.json"),
-        train_config_json,
-    )
+
+    def ne(kind: str) -> float:
+        value = evaluation["models"][kind].get("normalized_entropy")
+        return float("inf") if value is None else float(value)
+
+    for kind in sorted(others, key=ne):
+        verdict = gate(
+            EvaluationReport.model_validate(evaluation["models"][kind]),
+            None,
+            EvaluationReport.model_validate(evaluation["base_rate"]),
+            GateConfig.model_validate(gate_config or {}),
+        )
+        challenger_decision = run_dir / "gate" / f"challenger-{kind}.json"
+        challenger_decision.write_text(
+            json.dumps({"champion": kind, **verdict.model_dump(mode="json")})
+        )
+        if not verdict.passed:
+            continue
+        return register_step(
+            str(run_dir / f"train-{kind}" / "model"),
+            kind,
+            str(run_dir / "features" / "training_set"),
+            str(run_dir / "evaluate" / "evaluation"),
+            str(challenger_decision),
+            str(workdir.registry),
+            model_name,
+            scenario,
+            f"{run_dir.name}-challenger",
+            str(run_dir / "gate" / f"challenger-{kind}-registration.json"),
+            train_config_json,
+        )
+    return None
+
+
+def replay_hours(url: str, impressions, config: ReplayConfig, feature_repo, id_prefix, after_hour):
+    """`kubeloop.serving.replay.replay_through_time`, hour by hour, with `after_hour(sent)`
+    called after each hour's traffic; a true return stops the replay (the experiment
+    decided). The online store is fed forward as there, and left fully materialized."""
+    import pandas as pd
+
+    from kubeloop.features.materialize import OnlineFeed, materialize, reset_online_store
+    from kubeloop.features.store import open_store
+    from kubeloop.serving.replay import replay
+
+    store = open_store(feature_repo)
+    ts = pd.to_datetime(impressions["event_timestamp"], utc=True)
+    hours = ts.dt.floor("h")
+    first = hours.min().to_pydatetime()
+    reset_online_store(store)
+    parts = []
+    try:
+        materialize(store, end=first, progress=False)
+        feed = OnlineFeed(store, first - timedelta(seconds=1))
+        for hour in sorted(hours.unique()):
+            feed.advance(hour.to_pydatetime())
+            sent = replay(url, impressions[hours == hour], config, id_prefix)
+            parts.append(sent)
+            if after_hour(sent):
+                break
+    finally:
+        materialize(store, progress=False)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def impression_labels(sent: pd.DataFrame, impressions: pd.DataFrame) -> pd.DataFrame:
+    """The delayed labels of served impressions, keyed as the label feed keys them
+    (`<request id>/<position>` for batched requests): request_id, label, oracle."""
+    import pandas as pd
+
+    label, oracle = _label_columns()
+    columns = [label] + ([oracle] if oracle and oracle in impressions else [])
+    truth = impressions.assign(event_id=impressions["event_id"].astype(str))[["event_id", *columns]]
+    ok = sent[sent["status_code"] == 200].merge(truth, on="event_id")
+    if ok.empty:
+        return pd.DataFrame(columns=["request_id", "label", "oracle"])
+    sizes = ok.groupby("request_id")["event_id"].transform("size")
+    keys = ok["request_id"].where(sizes == 1, ok["request_id"] + "/" + ok["position"].astype(str))
+    out = pd.DataFrame({"request_id": keys, "label": ok[label].astype(float)})
+    if len(columns) > 1:
+        out["oracle"] = ok[oracle].astype(float).to_numpy()
+    return out
+
+
+class _Experiment:
+    """The progressive experiment's loop state between replayed hours."""
+
+    def __init__(self, stack, rollout, primary, canary, impressions, config, started_at):
+        from kubeloop.serving.progressive import initial_state
+
+        self.stack, self.rollout = stack, rollout
+        self.primary, self.canary = primary, canary
+        self.impressions, self.config = impressions, config
+        self.started_at = started_at
+        self.state = initial_state(config.policy)
+        self.sent: list[pd.DataFrame] = []
+        self.step_ids: set[str] = set()
+        self.labelled_at_check = 0
+        self.steps: list[dict[str, Any]] = []
+        self.last = None
+        self.checks = 0
+
+    def _drain(self) -> None:
+        """Wait (bounded) until every mirrored copy was answered, then flush the log."""
+        shadow = getattr(self.stack.router, "shadow", None)
+        deadline = time.monotonic() + self.config.shadow_drain_s
+        while shadow is not None and time.monotonic() < deadline:
+            s = shadow.status()
+            if s["submitted"] <= s["mirrored"] + s["failed"] + s["dropped"]:
+                break
+            time.sleep(0.02)
+        for logger in (self.stack.request_logger, getattr(self.stack, "shadow_logger", None)):
+            if logger is not None:
+                logger.flush(timeout=60)
+
+    def events(self):
+        from kubeloop.serving.request_log.sinks import iter_events
+
+        prefix = self.config.request_id_prefix
+        return [
+            e
+            for e in iter_events(self.stack.request_log_path, since=self.started_at)
+            if e.id.startswith(prefix)
+        ]
+
+    def after_hour(self, sent: pd.DataFrame) -> bool:
+        import pandas as pd
+
+        self.sent.append(sent)
+        self.step_ids.update(sent["request_id"])
+        labelled = sum(len(s) for s in self.sent)
+        if labelled - self.labelled_at_check < self.config.check_every:
+            return False
+        self.labelled_at_check = labelled
+        return self.check(pd.concat(self.sent, ignore_index=True))
+
+    def check(self, sent: pd.DataFrame) -> bool:
+        """One policy check on everything known now; True when the experiment is over."""
+        from kubeloop.serving.paired import health_stats, paired_frame
+        from kubeloop.serving.progressive import evaluate_step
+
+        self._drain()
+        self.checks += 1
+        events = self.events()
+        labels = impression_labels(sent, self.impressions)
+        paired = paired_frame(events, labels, self.primary, self.canary)
+        step_events = [e for e in events if e.id in self.step_ids]
+        health = health_stats(step_events, self.primary, self.canary)
+        decision = evaluate_step(self.state, paired, health, self.config.policy)
+        self.last = decision
+        reason = "; ".join(decision.reasons)
+        if decision.action != "hold":
+            self.steps.append(
+                {
+                    "step": self.state.step,
+                    "percent": self.state.percent,
+                    "action": decision.action,
+                    "next_percent": decision.percent,
+                    "dwell": {
+                        "requests": health.served_total,
+                        "labelled": len(paired) - self.state.step_started_labelled,
+                    },
+                    "paired": len(paired),
+                    "statistics": decision.statistics.model_dump(mode="json"),
+                    "reasons": decision.reasons,
+                }
+            )
+        if decision.action == "advance":
+            self.rollout.set_percent(decision.percent, reason=reason)
+            self._follow()
+            self.step_ids = set()
+        elif decision.action == "promote":
+            self.rollout.promote(reason=reason)
+        elif decision.action in ("rollback", "inconclusive"):
+            self.rollout.rollback(reason=reason)
+        if decision.action in ("promote", "rollback", "inconclusive"):
+            self._follow()
+        self.state = decision.state
+        return self.state.done
+
+    def _follow(self) -> None:
+        """Make the in-process router read the new rollout file before the next request."""
+        follower = getattr(self.stack.router, "rollout", None)
+        if follower is not None and hasattr(follower, "reload"):
+            follower.reload()
 
 
 def run_serving_stage(
@@ -89,47 +278,57 @@ def run_serving_stage(
     impressions,
     config: ServingStageConfig,
 ) -> dict[str, Any]:
-    """Serve `primary` (and `canary` at the configured percent), replay `impressions`,
-    evaluate per variant, apply the policy's decision; returns the report's `serving` section."""
+    """Serve `primary` (and `canary` in a progressive rollout), replay `impressions` hour by
+    hour, decide with `config.policy`; returns the report's `serving` section."""
+    from datetime import UTC, datetime
+
     from kubeloop.registry import open_registry
-    from kubeloop.serving import ab
     from kubeloop.serving.local_servers import LocalStack
-    from kubeloop.serving.policy import conclude
-    from kubeloop.serving.replay import join_feedback, replay_through_time
+    from kubeloop.serving.replay import join_feedback
     from kubeloop.serving.request_log.reader import exchanges_frame
-    from kubeloop.serving.rollout import LocalRollout
 
     registry = open_registry(str(workdir.registry))
-    percent = config.canary_percent if canary else 0
     started = time.perf_counter()
-    with LocalStack.start(registry, model_name, workdir, primary, canary, percent) as stack:
+    started_at = datetime.now(UTC) - timedelta(seconds=1)
+    experiment = None
+    with LocalStack.start(registry, model_name, workdir, primary, canary, 0) as stack:
         url = f"{stack.url}/v1/models/{model_name}:predict"
-        sent = replay_through_time(
-            url,
-            impressions,
-            config.replay,
-            workdir.feature_repo,
-            id_prefix=config.request_id_prefix,
-        )
+        if canary is not None:
+            experiment = _Experiment(
+                stack, stack.rollout, primary, canary, impressions, config, started_at
+            )
+            sent = replay_hours(
+                url,
+                impressions,
+                config.replay,
+                workdir.feature_repo,
+                config.request_id_prefix,
+                experiment.after_hour,
+            )
+            if not experiment.state.done:  # the traffic ran out first: one last look
+                experiment.check(sent)
+            shadow = stack.router.shadow.status() if stack.router.shadow is not None else {}
+        else:
+            sent = replay_hours(
+                url,
+                impressions,
+                config.replay,
+                workdir.feature_repo,
+                config.request_id_prefix,
+                lambda _: False,
+            )
+            shadow = {}
         stack.request_logger.flush()
-        exchanges = exchanges_frame(stack.request_log_path)
-    frame = join_feedback(sent, exchanges, impressions)
-    result = ab.compare_variants(frame[frame["variant"] != "unrouted"])
-    decision = conclude(result, config.policy) if canary else None
-
-    rollout = LocalRollout(workdir, model_name, registry)
-    if decision is not None and decision.action == "promote":
-        rollout.promote(reason="; ".join(decision.reasons))
-    elif decision is not None and decision.action == "rollback":
-        rollout.rollback(reason="; ".join(decision.reasons))
-
+        exchanges = exchanges_frame(stack.request_log_path, since=started_at)
+    exchanges = exchanges[exchanges["request_id"].str.startswith(config.request_id_prefix)]
+    served = exchanges[exchanges["variant"] != "shadow"]
+    frame = join_feedback(sent, served, impressions)
     per_request = frame.drop_duplicates("request_id")
     latencies = per_request.loc[~per_request["error"], "latency_ms"]
     counts = per_request["variant"].value_counts().to_dict()
-    return {
+    section: dict[str, Any] = {
         "primary_version": primary,
         "canary_version": canary,
-        "canary_percent": percent,
         "requests": {
             "primary": int(counts.get("primary", 0)),
             "canary": int(counts.get("canary", 0)),
@@ -141,11 +340,81 @@ def run_serving_stage(
             "p50": float(latencies.quantile(0.5)) if len(latencies) else None,
             "p99": float(latencies.quantile(0.99)) if len(latencies) else None,
         },
-        "ab": ab.summary(result),
-        "decision": decision.model_dump()
-        if decision
-        else {"action": "none", "reasons": ["no canary"]},
-        "stages_after": {v.version: v.stage.value for v in registry.list(model_name)},
-        "request_log": str(stack.request_log_path),
-        "seconds": round(time.perf_counter() - started, 3),
+    }
+    if experiment is None or experiment.last is None:
+        reasons = ["no canary"] if canary is None else ["no check was made"]
+        section["decision"] = {"action": "none", "reasons": reasons}
+    else:
+        section.update(_experiment_summary(experiment, shadow, config))
+    section["stages_after"] = {v.version: v.stage.value for v in registry.list(model_name)}
+    section["request_log"] = str(stack.request_log_path)
+    section["seconds"] = round(time.perf_counter() - started, 3)
+    return section
+
+
+def _experiment_summary(experiment: _Experiment, shadow: dict, config) -> dict[str, Any]:
+    """The report's view of the progressive experiment: shadow counts, steps, SRM, paired
+    deltas with their confidence sequence, and the oracle's expected log loss."""
+    last = experiment.last
+    stats = last.statistics
+    return {
+        "requires": config.policy.requires,
+        "policy": config.policy.model_dump(mode="json"),
+        "shadow": {
+            "mirrored": shadow.get("mirrored"),
+            "failed": shadow.get("failed"),
+            "dropped": shadow.get("dropped"),
+            "paired": stats.paired,
+        },
+        "checks": experiment.checks,
+        "steps": experiment.steps,
+        "srm": stats.srm.model_dump(mode="json") if stats.srm is not None else None,
+        "paired": {
+            "impressions": stats.paired,
+            "delta_logloss": stats.delta_logloss.model_dump(mode="json"),
+            "margin_logloss": stats.margin_logloss,
+            "relative_delta": stats.relative_delta,
+            "production": stats.production.model_dump(mode="json"),
+            "candidate": stats.candidate.model_dump(mode="json"),
+        },
+        "oracle": {
+            "expected_logloss": {
+                "production": stats.production.expected_logloss,
+                "candidate": stats.candidate.expected_logloss,
+            },
+            "delta": stats.oracle_delta_logloss,
+            "relative_gap": (
+                stats.oracle_delta_logloss / stats.production.expected_logloss
+                if stats.oracle_delta_logloss is not None and stats.production.expected_logloss
+                else None
+            ),
+            "on": "the paired labelled impressions (every served impression both versions scored)",
+            **oracle_verdict(last.action, stats.oracle_delta_logloss, stats.production, config),
+        },
+        "decision": {"action": last.action, "percent": last.percent, "reasons": last.reasons},
+    }
+
+
+def oracle_verdict(action: str, delta: float | None, production, config) -> dict[str, Any]:
+    """Whether the decision agrees with the oracle at the margin: never promote a candidate
+    truly worse than production by more than the margin; a gated candidate (non-inferiority)
+    truly better by more than the margin should be promoted."""
+    if delta is None or not production.expected_logloss:
+        return {"agrees": None, "verdict": "no oracle"}
+    gap = delta / production.expected_logloss
+    margin = config.policy.ne_margin
+    if gap > margin and action == "promote":
+        return {"agrees": False, "verdict": f"promoted a candidate truly worse by {gap:+.2%}"}
+    if (
+        gap < -margin
+        and config.policy.requires == "non_inferiority"
+        and action in ("rollback", "inconclusive")
+    ):
+        return {
+            "agrees": False,
+            "verdict": f"kept production, the candidate truly better by {gap:+.2%}",
+        }
+    return {
+        "agrees": True,
+        "verdict": f"{action} with a true gap of {gap:+.2%} (margin {margin:.2%})",
     }
