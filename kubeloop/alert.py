@@ -19,9 +19,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-DetectorKind = Literal["feature", "prediction", "performance"]
+DetectorKind = Literal[
+    "feature", "prediction", "performance", "estimated_performance", "data_quality"
+]
 Severity = Literal["warning", "critical"]
-DETECTORS: tuple[str, ...] = ("feature", "prediction", "performance")
+DETECTORS: tuple[str, ...] = (
+    "feature",
+    "prediction",
+    "performance",
+    "estimated_performance",
+    "data_quality",
+)
 
 
 def utc(value: datetime) -> datetime:

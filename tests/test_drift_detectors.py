@@ -30,8 +30,11 @@ from kubeloop.drift.checks import (
     strata_of,
 )
 from kubeloop.drift.detectors import corrected_threshold
+from kubeloop.drift.estimate import estimate
 from kubeloop.errors import MissingExtraError
-from kubeloop.training.transform import CATEGORICAL_INPUTS, model_input_columns
+from kubeloop.training.transform import model_input_columns
+
+CATEGORICAL_INPUTS = MonitorConfig().categorical
 
 T0 = datetime(2026, 1, 15, tzinfo=UTC).timestamp()
 DEVICES = ["mobile", "desktop", "tablet"]
@@ -104,8 +107,11 @@ def records(frame: pd.DataFrame) -> list[dict]:
 @pytest.fixture(scope="module")
 def reference() -> Reference:
     features = make_frame(4000, seed=1)
-    metrics = {"normalized_entropy": 0.9, "log_loss": 0.18, "calibration_ratio": 1.0}
-    return Reference("ctr", "v0001", features, scores_of(features), metrics)
+    scores = scores_of(features)
+    # The metrics a calibrated model with these scores has on its holdout.
+    ne = estimate(scores).normalized_entropy
+    metrics = {"normalized_entropy": ne, "log_loss": 0.18, "calibration_ratio": 1.0}
+    return Reference("ctr", "v0001", features, scores, metrics)
 
 
 def feed(monitor: DriftMonitor, frame: pd.DataFrame, scores, *, variant="primary", start=T0,
@@ -145,7 +151,8 @@ def test_feature_drift_names_the_shifted_columns(reference):
     assert drifted.is_drift
     assert set(drifted.features) == {"device", "ad_creative_age_days"}
     assert drifted.p_value < drifted.threshold
-    assert drifted.threshold == pytest.approx(1e-6 / len(check.columns))
+    share = MonitorConfig().false_alarm_budget()["feature"]
+    assert drifted.threshold == pytest.approx(share / len(check.columns))
     assert "hour" not in check.columns  # the stratification column is matched, not tested
 
     same = check.run(make_frame(1000, seed=8), rng)
@@ -211,10 +218,18 @@ def test_backend_configs_refuse_unknown_keys_and_types():
     assert parse_detector_config({"type": "scipy"}).p_val == 1e-4
     # Swapping the backend of the monitor keeps the monitor's thresholds.
     swapped = MonitorConfig(
-        feature_detector={"type": "scipy"}, prediction_detector={"type": "scipy"}
+        feature_detector={"type": "scipy"},
+        prediction_detector={"type": "scipy"},
+        windows_between_false_alarms=None,
     )
     assert (swapped.feature_detector.type, swapped.feature_detector.p_val) == ("scipy", 1e-6)
     assert swapped.prediction_detector.p_val == 1e-4
+    # With the false-alarm budget (the default) the budget sets the thresholds.
+    budgeted = MonitorConfig(feature_detector={"type": "scipy"})
+    assert budgeted.feature_detector.type == "scipy"
+    assert budgeted.false_alarm_budget()["expected_windows_between_false_alarms"] == (
+        pytest.approx(budgeted.windows_between_false_alarms)
+    )
     assert MonitorConfig(feature_detector={"p_val": 0.01}).feature_detector.type == "alibi"
     with pytest.raises(DriftConfigError, match="unknown drift detector type 'mmd'"):
         parse_detector_config({"type": "mmd"})
@@ -240,11 +255,20 @@ def test_unchanged_data_stays_quiet_over_20_windows(reference, tmp_path):
         frame = make_frame(20 * 500, seed=11)
         feed(monitor, frame, scores_of(frame))
         tested = [e for e in evaluations if e.result.skipped is None]
-        assert len(tested) == 40  # 20 windows x (feature, prediction)
+        # 20 windows x (feature, prediction, estimated performance, data quality)
+        assert len(tested) == 80
         assert [e.alert for e in evaluations if e.alert] == []
         report = monitor.report()
-        assert report["windows_evaluated"] == {"feature": 20, "prediction": 20}
-        assert report["alerts"] == {} and report["thresholds"]["feature_p_val"] == 1e-6
+        assert report["windows_evaluated"] == {
+            "feature": 20,
+            "prediction": 20,
+            "estimated_performance": 20,
+            "data_quality": 20,
+        }
+        budget = monitor.config.false_alarm_budget()
+        assert report["alerts"] == {}
+        assert report["thresholds"]["feature_p_val"] == budget["feature"]
+        assert len(report["performance_by_window"]) == 20
 
 
 def test_drift_raises_alerts_naming_features(reference, tmp_path):
@@ -255,7 +279,9 @@ def test_drift_raises_alerts_naming_features(reference, tmp_path):
         frame = make_frame(1000, seed=12, drift=True)
         feed(m, frame, scores_of(frame, shift=0.8))
     by_detector = {a.detector: a for a in alerts}
-    assert set(by_detector) == {"feature", "prediction"}
+    # Creative ages moved 25 days past the reference's oldest: out of range too.
+    assert set(by_detector) == {"feature", "prediction", "data_quality"}
+    assert "ad_creative_age_days:out_of_range" in by_detector["data_quality"].features
     feature = by_detector["feature"]
     assert set(feature.features) == {"device", "ad_creative_age_days"}
     assert (feature.model, feature.version, feature.variant) == ("ctr", "v0001", "primary")
@@ -379,7 +405,9 @@ def test_delayed_labels_drive_performance_drift(reference, tmp_path):
     (alert,) = result.alerts
     assert alert.detector == "performance" and "calibration_ratio" in alert.features
     assert alert.statistic > 1.5 and alert.window.n == 2000
-    assert alert.details["reference_normalized_entropy"] == 0.9
+    assert alert.details["reference_normalized_entropy"] == pytest.approx(
+        estimate(reference.predictions).normalized_entropy
+    )
 
 
 def test_labels_must_be_binary(reference, tmp_path):

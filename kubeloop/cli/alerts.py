@@ -1,4 +1,6 @@
-"""`kubeloop alerts`: list drift alerts from the alert store."""
+"""`kubeloop alerts`: list drift alerts from the alert store; `kubeloop alerts show ID`
+prints one (window, detector, p-values, what moved with reference and window summaries)
+and `--html FILE` writes its self-contained page."""
 
 from __future__ import annotations
 
@@ -10,6 +12,13 @@ import typer
 
 DRIFT_DIR = "drift"
 ALERTS_FILE = "alerts.db"
+STATE_DIR = "state"
+
+app = typer.Typer(
+    invoke_without_command=True,
+    no_args_is_help=False,
+    help="List drift alerts (oldest first), or `show ID` one of them.",
+)
 
 
 def default_store(workdir: Path) -> str:
@@ -17,7 +26,9 @@ def default_store(workdir: Path) -> str:
     return f"sqlite:///{(Path(workdir).expanduser().resolve() / DRIFT_DIR / ALERTS_FILE)}"
 
 
+@app.callback()
 def alerts(
+    ctx: typer.Context,
     since: Annotated[
         str | None,
         typer.Option("--since", help="Only alerts raised since: 30m, 1h, 2d or an ISO time."),
@@ -45,6 +56,8 @@ def alerts(
     ] = Path("runs/demo"),
 ) -> None:
     """List drift alerts (oldest first), as a table or JSON."""
+    if ctx.invoked_subcommand is not None:
+        return
     from kubeloop.drift.alerts import DETECTORS, AlertStoreError, open_alert_store, parse_since
 
     if detector is not None and detector not in DETECTORS:
@@ -110,3 +123,84 @@ def alerts(
             str(a.window.n),
         )
     console.print(table)
+
+
+@app.command("show")
+def show(
+    alert_id: Annotated[str, typer.Argument(help="The alert's id (or a unique prefix).")],
+    html_file: Annotated[
+        Path | None, typer.Option("--html", help="Also write a self-contained HTML page here.")
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option("--store", help="sqlite:///path.db or postgresql://... (default: WORKDIR's)."),
+    ] = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--state-dir",
+            help="The monitor's state directory, for performance over time "
+            "(default: WORKDIR/drift/state when present).",
+        ),
+    ] = None,
+    workdir: Annotated[
+        Path, typer.Option("--workdir", help="Run directory whose alert store is read.")
+    ] = Path("runs/demo"),
+) -> None:
+    """Print one alert as a person reads it; with --html, write its page."""
+    from kubeloop.drift.alert_report import alert_html, alert_text
+    from kubeloop.drift.alerts import AlertStoreError, open_alert_store
+
+    url = store or default_store(workdir)
+    if store is None and not (Path(workdir) / DRIFT_DIR / ALERTS_FILE).exists():
+        raise AlertStoreError(
+            f"no alert store at {Path(workdir) / DRIFT_DIR / ALERTS_FILE}: pass --store or --workdir"
+        )
+    with open_alert_store(url) as opened:
+        every = opened.list()
+    found = [a for a in every if a.id == alert_id] or [
+        a for a in every if a.id.startswith(alert_id)
+    ]
+    if len(found) != 1:
+        what = "no alert" if not found else f"{len(found)} alerts"
+        raise AlertStoreError(
+            f"{what} with id {alert_id!r} in {url}: list them with `kubeloop alerts`"
+        )
+    alert = found[0]
+    typer.echo(alert_text(alert))
+    if html_file is None:
+        return
+    state = state_dir or Path(workdir) / DRIFT_DIR / STATE_DIR
+    timeline = read_timeline(state)
+    history = [
+        a
+        for a in every
+        if (a.model, a.version, a.variant) == (alert.model, alert.version, alert.variant)
+    ]
+    html_file.parent.mkdir(parents=True, exist_ok=True)
+    html_file.write_text(alert_html(alert, history, timeline), encoding="utf-8")
+    typer.echo(f"wrote {html_file}")
+
+
+def read_timeline(state_dir: Path) -> list[dict]:
+    """The monitor's per-window records in `state_dir`, or [] when there is no state there
+    (read-only: the file is opened as a SQLite URI in mode=ro)."""
+    import json
+    import sqlite3
+
+    from kubeloop.drift.state import STATE_FILE
+
+    path = Path(state_dir) / STATE_FILE
+    if not path.is_file():
+        return []
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        try:
+            rows = conn.execute(
+                'SELECT key, detector, idx, start, "end", payload FROM timeline ORDER BY start'
+            ).fetchall()
+        except sqlite3.OperationalError:  # a state file from before the timeline
+            return []
+    return [
+        {"key": json.loads(k), "detector": d, "index": i, "start": a, "end": b, **json.loads(p)}
+        for k, d, i, a, b, p in rows
+    ]

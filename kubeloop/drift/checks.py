@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kubeloop.drift.detectors.base import DriftDetector, DriftError
+from kubeloop.drift.detectors.base import DriftDetector, DriftError, corrected_threshold
+from kubeloop.drift.estimate import binary_entropy, estimate, realized
 from kubeloop.training.transform import category_key as model_category_key
 
 OTHER_CODE = 0
@@ -110,11 +111,106 @@ class FeatureEncoder:
         return out
 
 
-def strata_of(frame: pd.DataFrame, column: str | None) -> np.ndarray:
-    """The stratum (text) of every row: the value of `column`, or one stratum for all."""
+def strata_of(
+    frame: pd.DataFrame,
+    column: str | None,
+    season_by: str | None = None,
+    weekend: Sequence[int] = (),
+) -> np.ndarray:
+    """The stratum (text) of every row: the value of `column`, or one stratum for all; with
+    `season_by` (a weekday column, 0 = Monday), the day type is appended ("|we" for the
+    `weekend` days, "|wd" otherwise), so a Tuesday hour is matched with weekday rows."""
     if column is None or column not in frame.columns:
-        return np.full(len(frame), "*", dtype=object)
-    return np.array([category_key(v) for v in frame[column].tolist()], dtype=object)
+        out = np.full(len(frame), "*", dtype=object)
+    else:
+        out = np.array([category_key(v) for v in frame[column].tolist()], dtype=object)
+    if season_by is not None and season_by in frame.columns:
+        days = pd.to_numeric(frame[season_by], errors="coerce").to_numpy()
+        tag = np.where(np.isin(days, list(weekend)), "|we", "|wd")
+        out = np.array([f"{a}{b}" for a, b in zip(out.tolist(), tag.tolist())], dtype=object)
+    return out
+
+
+@dataclass(frozen=True)
+class Season:
+    """How windows are matched to the reference: by `stratify_by` (hour of day) and, when
+    the reference holds rows of the window's day type, by weekday vs weekend too."""
+
+    stratify_by: str | None = "hour"
+    season_by: str | None = "weekday"
+    weekend: tuple[int, ...] = (5, 6)
+
+    def strata(self, frame: pd.DataFrame, seasonal: bool) -> np.ndarray:
+        """Strata of `frame`'s rows, with the day type when `seasonal`."""
+        if seasonal and self.season_by:
+            return strata_of(frame, self.stratify_by, self.season_by, self.weekend)
+        return strata_of(frame, self.stratify_by)
+
+
+def season_matched_sample(
+    season: Season,
+    reference: pd.DataFrame,
+    window: pd.DataFrame,
+    rng: np.random.Generator,
+    *,
+    min_rows: int = 50,
+    ref_strata: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray | None, bool]:
+    """Reference rows matched to the window's hour (and day-type) mix; (indices, whether
+    the day type was matched). Falls back to the hour alone when the reference holds no
+    rows of a day type the window has (a weekday-only reference and a Sunday window)."""
+    fine, coarse = ref_strata or (season.strata(reference, True), season.strata(reference, False))
+    if season.season_by:
+        index = matched_sample(fine, season.strata(window, True), rng, min_rows=min_rows)
+        if index is not None:
+            return index, True
+    return matched_sample(coarse, season.strata(window, False), rng, min_rows=min_rows), False
+
+
+def stratum_weights(ref_strata: np.ndarray, window_strata: np.ndarray) -> np.ndarray | None:
+    """Weights that give the reference rows the window's stratum mix (every reference row
+    kept: weight = window share / reference share of its stratum, 0 for strata the window
+    lacks); None when a window stratum is absent from the reference."""
+    ref_strata = np.asarray(ref_strata, dtype=object)
+    values, counts = np.unique(np.asarray(window_strata, dtype=object), return_counts=True)
+    weights = np.zeros(len(ref_strata), dtype=np.float64)
+    for s, c in zip(values, counts, strict=True):
+        rows = ref_strata == s
+        k = int(rows.sum())
+        if k == 0:
+            return None
+        weights[rows] = c / k
+    return weights
+
+
+def tolerance_p_value(distance: float, n: int, m: int, tolerance: float) -> float:
+    """p-value of H0 "the two distributions differ by at most `tolerance` in KS distance"
+    given an observed KS distance between samples of n and m rows: the Dvoretzky-Kiefer-
+    Wolfowitz-Massart bound 2 exp(-2 nm/(n+m) (D - tolerance)^2), 1 when D <= tolerance.
+    With tolerance 0 it is the first term of the asymptotic KS p-value."""
+    excess = distance - tolerance
+    if excess <= 0 or n <= 0 or m <= 0:
+        return 1.0
+    return float(min(1.0, 2.0 * math.exp(-2.0 * n * m / (n + m) * excess * excess)))
+
+
+def distinct_rows(x: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the first occurrence of every distinct row of `x` (sorted), plus every
+    row flagged in `keep` (kept as is, never merged)."""
+    if len(x) == 0:
+        return np.array([], dtype=int)
+    keep = np.zeros(len(x), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    rest = np.nonzero(~keep)[0]
+    first = rest[np.unique(x[rest], axis=0, return_index=True)[1]] if rest.size else rest
+    return np.sort(np.concatenate([first, np.nonzero(keep)[0]]))
+
+
+def _lacks(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """Rows of `frame` missing every one of `columns` present in it."""
+    present = [c for c in columns if c in frame.columns]
+    if not present:
+        return np.ones(len(frame), dtype=bool)
+    return frame[present].isna().all(axis=1).to_numpy()
 
 
 def matched_sample(
@@ -167,8 +263,66 @@ class CheckResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def _column_summary(values: np.ndarray, categorical: bool, vocab: Mapping[str, int] | None):
+    """A small, JSON-able picture of one column for a person: a histogram on shared bins
+    (numeric) or the category counts (categorical); the caller adds the other side."""
+    finite = values[np.isfinite(values)]
+    if categorical:
+        names = {code: name for name, code in (vocab or {}).items()}
+        codes, counts = np.unique(finite, return_counts=True)
+        return {
+            "kind": "categorical",
+            "counts": {names.get(int(c), "other"): int(n) for c, n in zip(codes, counts)},
+        }
+    return {
+        "kind": "numeric",
+        "mean": float(finite.mean()) if finite.size else None,
+        "quantiles": [float(q) for q in np.quantile(finite, [0.05, 0.5, 0.95])]
+        if finite.size
+        else [],
+    }
+
+
+def compare_summary(
+    ref: np.ndarray,
+    win: np.ndarray,
+    categorical: bool,
+    vocab: Mapping[str, int] | None,
+    bins: int = 20,
+) -> dict[str, Any]:
+    """Reference and window summaries of one column, on shared histogram bins when numeric
+    (what `kubeloop alerts show` prints and the HTML report plots)."""
+    out = {
+        "reference": _column_summary(ref, categorical, vocab),
+        "window": _column_summary(win, categorical, vocab),
+    }
+    if not categorical:
+        both = np.concatenate([ref[np.isfinite(ref)], win[np.isfinite(win)]])
+        if both.size:
+            lo, hi = np.quantile(both, [0.005, 0.995])
+            if hi <= lo:
+                lo, hi = float(both.min()), float(both.max()) + 1e-9
+            edges = np.linspace(lo, hi, bins + 1)
+            out["bins"] = [float(e) for e in edges]
+            out["reference"]["hist"] = [
+                int(c) for c in np.histogram(np.clip(ref, lo, hi), edges)[0]
+            ]
+            out["window"]["hist"] = [int(c) for c in np.histogram(np.clip(win, lo, hi), edges)[0]]
+    return out
+
+
 class FeatureDriftCheck:
-    """Feature drift of model inputs against the reference sample."""
+    """Feature drift of model inputs against the reference sample.
+
+    Per window: reference rows matched on the window's hour and day-type mix (`Season`);
+    then, per group of columns, the detector's tests. Columns of an entity group (the
+    features looked up for one user or one ad) are tested over the distinct rows of the
+    group on each side: an ad shown 30 times in a window is one sample, not 30 (impressions
+    cluster on entities, so their feature values are not independent draws). Numeric
+    columns are then judged against `ks_tolerance`: a shift smaller than that KS distance
+    (normal day-to-day and weekly variation) is not drift (`tolerance_p_value`). One
+    correction over all columns decides.
+    """
 
     def __init__(
         self,
@@ -180,9 +334,21 @@ class FeatureDriftCheck:
         stratify_by: str | None = "hour",
         min_category_count: int = 5,
         min_reference_rows: int = 50,
+        season: Season | None = None,
+        entity_groups: Mapping[str, Sequence[str]] | None = None,
+        ks_tolerance: float = 0.0,
+        summary_features: int = 6,
     ):
-        self.stratify_by = stratify_by if stratify_by in reference.columns else None
+        season = season or Season(stratify_by=stratify_by, season_by=None)
+        self.stratify_by = season.stratify_by if season.stratify_by in reference.columns else None
+        self.season = Season(
+            self.stratify_by,
+            season.season_by if season.season_by in reference.columns else None,
+            tuple(season.weekend),
+        )
         skip = set(exclude) | ({self.stratify_by} if self.stratify_by else set())
+        if self.season.season_by:
+            skip.add(self.season.season_by)
         columns = [c for c in reference.columns if c not in skip]
         if not columns:
             raise DriftError("no feature left to test after exclusions")
@@ -191,9 +357,25 @@ class FeatureDriftCheck:
             reference, columns, categorical, min_category_count=min_category_count
         )
         self.reference = self.encoder.encode(reference)
-        self.ref_strata = strata_of(reference, self.stratify_by)
+        self.ref_strata = (
+            self.season.strata(reference, True),
+            self.season.strata(reference, False),
+        )
+        self._ref_frame = reference
         self.min_reference_rows = min_reference_rows
         self.min_category_count = min_category_count
+        self.ks_tolerance = float(ks_tolerance)
+        self.summary_features = summary_features
+        grouped: set[str] = set()
+        self.groups: list[tuple[str, list[int]]] = []
+        for name, cols in (entity_groups or {}).items():
+            idx = [self.columns.index(c) for c in cols if c in self.columns and c not in grouped]
+            grouped.update(self.columns[i] for i in idx)
+            if idx:
+                self.groups.append((name, idx))
+        rest = [i for i, c in enumerate(self.columns) if c not in grouped]
+        if rest:
+            self.groups.append(("", rest))
 
     @property
     def columns(self) -> list[str]:
@@ -214,11 +396,13 @@ class FeatureDriftCheck:
 
     def run(self, window: pd.DataFrame, rng: np.random.Generator) -> CheckResult:
         result = CheckResult("feature", n=len(window))
-        index = matched_sample(
-            self.ref_strata,
-            strata_of(window, self.stratify_by),
+        index, seasonal = season_matched_sample(
+            self.season,
+            self._ref_frame,
+            window,
             rng,
             min_rows=self.min_reference_rows,
+            ref_strata=self.ref_strata,
         )
         if index is None:
             result.skipped = (
@@ -228,59 +412,125 @@ class FeatureDriftCheck:
             )
             return result
         x_ref, x = self.reference[index], self.encoder.encode(window)
+        x_ref_raw = x_ref.copy()
         self._pool_sparse_categories(x_ref, x)
-        test = self.detector.test(x_ref, x, self.encoder.categorical_index)
-        best = int(np.argmin(test.p_values))
-        result.is_drift = test.is_drift
-        result.p_value = float(test.p_values[best])
-        result.statistic = float(test.statistics[best])
-        result.threshold = float(test.threshold)
-        order = np.argsort(test.p_values, kind="stable")
-        result.features = [self.columns[i] for i in order if test.drifted[i]]
+        k = len(self.columns)
+        p, stat = np.ones(k), np.zeros(k)
+        n_ref, n_win = np.zeros(k, dtype=int), np.zeros(k, dtype=int)
+        cats = set(self.encoder.categorical_index)
+        ref_rows = self._ref_frame.iloc[index]
+        for name, cols in self.groups:
+            if name:
+                # Rows whose entity has no features (a never-seen ad) are not one entity:
+                # each stays a sample of its own.
+                names = [self.columns[j] for j in cols]
+                ri = distinct_rows(x_ref[:, cols], _lacks(ref_rows, names))
+                wi = distinct_rows(x[:, cols], _lacks(window, names))
+            else:
+                ri, wi = np.arange(len(x_ref)), np.arange(len(x))
+            test = self.detector.test(
+                x_ref[np.ix_(ri, cols)],
+                x[np.ix_(wi, cols)],
+                [j for j, c in enumerate(cols) if c in cats],
+            )
+            p[cols], stat[cols] = test.p_values, test.statistics
+            n_ref[cols], n_win[cols] = len(ri), len(wi)
+        if self.ks_tolerance > 0:
+            for j in range(k):
+                if j not in cats:
+                    p[j] = tolerance_p_value(stat[j], n_ref[j], n_win[j], self.ks_tolerance)
+        threshold = corrected_threshold(p, self.detector.p_val, self.detector.correction)
+        drifted = p < threshold
+        best = int(np.argmin(p))
+        result.is_drift = bool(drifted.any())
+        result.p_value = float(p[best])
+        result.statistic = float(stat[best])
+        result.threshold = float(threshold)
+        order = np.argsort(p, kind="stable")
+        result.features = [self.columns[i] for i in order if drifted[i]]
         result.n_reference = len(index)
+        shown = [self.columns[i] for i in order[: max(self.summary_features, len(result.features))]]
+        raw_window = self.encoder.encode(window)
         result.details = {
-            "p_values": {c: float(p) for c, p in zip(self.columns, test.p_values, strict=True)},
-            "statistics": {c: float(s) for c, s in zip(self.columns, test.statistics, strict=True)},
+            "p_values": {c: float(v) for c, v in zip(self.columns, p, strict=True)},
+            "statistics": {c: float(s) for c, s in zip(self.columns, stat, strict=True)},
+            "distinct_rows": {
+                c: [int(a), int(b)] for c, a, b in zip(self.columns, n_ref, n_win, strict=True)
+            },
             "correction": self.detector.correction,
             "p_val": self.detector.p_val,
+            "ks_tolerance": self.ks_tolerance,
             "strongest": self.columns[best],
+            "season_matched": seasonal,
+            "summaries": {
+                c: compare_summary(
+                    x_ref_raw[:, self.columns.index(c)],
+                    raw_window[:, self.columns.index(c)],
+                    self.columns.index(c) in cats,
+                    self.encoder.vocab.get(c),
+                )
+                for c in shown
+            },
         }
         return result
 
 
 class PredictionDriftCheck:
-    """KS test of served scores against reference scores (context-matched)."""
+    """KS test of served scores against reference scores (context-matched, with the same
+    KS tolerance as the features)."""
 
-    def __init__(self, detector: DriftDetector, *, min_reference_rows: int = 50):
+    def __init__(
+        self, detector: DriftDetector, *, min_reference_rows: int = 50, ks_tolerance: float = 0.0
+    ):
         self.detector = detector
         self.min_reference_rows = min_reference_rows
+        self.ks_tolerance = float(ks_tolerance)
 
     def run(
         self,
         ref_scores: np.ndarray,
-        ref_strata: np.ndarray,
+        ref_strata: np.ndarray | tuple[np.ndarray, np.ndarray],
         scores: np.ndarray,
-        strata: np.ndarray,
+        strata: np.ndarray | tuple[np.ndarray, np.ndarray],
         rng: np.random.Generator,
     ) -> CheckResult:
+        """`ref_strata`/`strata` are one array, or (with day type, without) to try both."""
         result = CheckResult("prediction", n=len(scores))
-        index = matched_sample(ref_strata, strata, rng, min_rows=self.min_reference_rows)
+        pairs = (
+            list(zip(ref_strata, strata, strict=True))
+            if isinstance(ref_strata, tuple) and isinstance(strata, tuple)
+            else [(ref_strata, strata)]
+        )
+        index, seasonal = None, False
+        for level, (rs, ws) in enumerate(pairs):
+            index = matched_sample(rs, ws, rng, min_rows=self.min_reference_rows)
+            if index is not None:
+                seasonal = level == 0 and len(pairs) > 1
+                break
         if index is None:
             result.skipped = "the reference predictions do not cover this window's mix"
             return result
-        test = self.detector.test(
-            np.asarray(ref_scores, dtype=np.float64)[index].reshape(-1, 1),
-            np.asarray(scores, dtype=np.float64).reshape(-1, 1),
+        ref = np.asarray(ref_scores, dtype=np.float64)[index]
+        win = np.asarray(scores, dtype=np.float64)
+        test = self.detector.test(ref.reshape(-1, 1), win.reshape(-1, 1))
+        p = float(test.p_values[0])
+        if self.ks_tolerance > 0:
+            p = tolerance_p_value(float(test.statistics[0]), len(ref), len(win), self.ks_tolerance)
+        threshold = corrected_threshold(
+            np.array([p]), self.detector.p_val, self.detector.correction
         )
-        result.is_drift = test.is_drift
-        result.p_value = float(test.p_values[0])
+        result.is_drift = p < threshold
+        result.p_value = p
         result.statistic = float(test.statistics[0])
-        result.threshold = float(test.threshold)
-        result.features = ["prediction"] if test.is_drift else []
+        result.threshold = float(threshold)
+        result.features = ["prediction"] if result.is_drift else []
         result.n_reference = len(index)
         result.details = {
-            "window_mean": float(np.mean(scores)),
-            "reference_mean": float(np.mean(np.asarray(ref_scores)[index])),
+            "window_mean": float(np.mean(win)),
+            "reference_mean": float(np.mean(ref)),
+            "ks_tolerance": self.ks_tolerance,
+            "season_matched": seasonal,
+            "summaries": {"prediction": compare_summary(ref, win, False, None)},
         }
         return result
 
@@ -341,13 +591,28 @@ class PerformanceCheck:
         if not (low <= ratio <= high) and p_cal < cfg.p_val:
             findings.append(("calibration_ratio", ratio, p_cal))
         if self.reference_ne is not None and h > 0:
-            expected_loss = self.reference_ne * h
-            se = float(row_loss.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
-            z_ne = (log_loss - expected_loss) / se if se > 0 else 0.0
+            # The standard error of NE itself (delta method on log loss / H(click rate)):
+            # a window with more clicks has both a higher loss and a higher entropy, so the
+            # ratio is far steadier than the loss alone.
+            rate = clicks / n
+            slope = math.log((1 - rate) / rate)
+            psi = (row_loss - log_loss) / h - (log_loss / h**2) * slope * (y - rate)
+            se = float(psi.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf
+            z_ne = (ne - self.reference_ne) / se if se > 0 else 0.0
             p_ne = _normal_sf(z_ne)  # one-sided: only a worse model is drift
+            details["normalized_entropy_se"] = se
             details["normalized_entropy_p_value"] = p_ne
             if ne - self.reference_ne > cfg.max_ne_increase and p_ne < cfg.p_val:
                 findings.append(("normalized_entropy", ne, p_ne))
+        # What the label-free estimate said about these very rows, beside what the labels
+        # say: its error is the price of assuming the scores are still calibrated.
+        est = estimate(p)
+        real = realized(p, y)
+        details.update(
+            estimated=est.as_dict(),
+            realized=real.as_dict(),
+            estimate_error_ne=real.normalized_entropy - est.normalized_entropy,
+        )
         result.details = details
         if findings:
             findings.sort(key=lambda f: f[2])
@@ -357,4 +622,75 @@ class PerformanceCheck:
         else:
             result.statistic = ratio
             result.p_value = p_cal
+        return result
+
+
+class EstimatedPerformanceCheck:
+    """Label-free performance of a serving window (`kubeloop.drift.estimate`): the
+    expected normalized entropy and AUC of its scores against those of the reference
+    scores reweighted to the window's hour (and day-type) mix. A rise of the expected NE
+    or a fall of the expected AUC beyond the config's margins, significant at `p_val`,
+    alerts before any label has arrived."""
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    def run(
+        self,
+        ref_scores: np.ndarray,
+        ref_strata: tuple[np.ndarray, np.ndarray],
+        scores: np.ndarray,
+        strata: tuple[np.ndarray, np.ndarray],
+    ) -> CheckResult:
+        cfg = self.config
+        result = CheckResult("estimated_performance", n=len(scores), threshold=cfg.p_val)
+        weights, seasonal = stratum_weights(ref_strata[0], strata[0]), True
+        if weights is None:
+            weights, seasonal = stratum_weights(ref_strata[1], strata[1]), False
+        if weights is None:
+            result.skipped = "the reference predictions do not cover this window's mix"
+            return result
+        keep = weights > 0
+        ref_p = np.asarray(ref_scores, dtype=np.float64)[keep]
+        ref_w = weights[keep]
+        ref = estimate(ref_p, ref_w)
+        win = estimate(scores)
+        ne_increase = win.normalized_entropy - ref.normalized_entropy
+        auc_drop = (ref.auc - win.auc) if ref.auc is not None and win.auc is not None else 0.0
+        # Standard error of the window's expected NE (a mean of H(p) over its rows) and of
+        # the reweighted reference's (effective size (sum w)^2 / sum w^2).
+        h_win = binary_entropy(np.clip(scores, 1e-7, 1 - 1e-7))
+        h_ref = binary_entropy(np.clip(ref_p, 1e-7, 1 - 1e-7))
+        n_eff_ref = float(ref_w.sum() ** 2 / (ref_w**2).sum())
+        denom = float(binary_entropy(ref.base_rate)) or 1.0
+        se = (
+            math.sqrt(
+                float(h_win.var(ddof=1)) / max(len(h_win), 1)
+                + float(h_ref.var()) / max(n_eff_ref, 1)
+            )
+            / denom
+        )
+        z = (ne_increase - cfg.max_ne_increase) / se if se > 0 else 0.0
+        p_ne = _normal_sf(z) if ne_increase > cfg.max_ne_increase else 1.0
+        result.details = {
+            "estimated": win.as_dict(),
+            "reference_estimated": ref.as_dict(),
+            "ne_increase": ne_increase,
+            "auc_drop": auc_drop,
+            "max_ne_increase": cfg.max_ne_increase,
+            "max_auc_drop": cfg.max_auc_drop,
+            "season_matched": seasonal,
+        }
+        findings = []
+        if p_ne < cfg.p_val:
+            findings.append(("estimated_normalized_entropy", ne_increase, p_ne))
+        if auc_drop > cfg.max_auc_drop:
+            findings.append(("estimated_auc", auc_drop, min(p_ne, cfg.p_val / 10)))
+        result.n_reference = int(keep.sum())
+        if findings:
+            result.is_drift = True
+            result.features = [f[0] for f in findings]
+            result.statistic, result.p_value = findings[0][1], findings[0][2]
+        else:
+            result.statistic, result.p_value = ne_increase, p_ne
         return result

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -14,6 +15,7 @@ from pydantic import (
     SerializeAsAny,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from kubeloop import plugins
@@ -92,6 +94,7 @@ class ScipyDetectorConfig(_DetectorConfigBase):
 
 
 DEFAULT_DETECTOR = "alibi"
+SERVE_DETECTOR_KINDS = ("feature", "prediction", "estimated_performance", "data_quality")
 
 
 def parse_detector_config(data: Mapping[str, Any] | BaseModel | None = None) -> BaseModel:
@@ -105,10 +108,65 @@ DetectorConfig = Annotated[SerializeAsAny[BaseModel], BeforeValidator(parse_dete
 """Any registered detector's config (entry-point group `kubeloop.drift_detectors`)."""
 
 
-def _default_categorical() -> list[str]:
-    from kubeloop.training.transform import CATEGORICAL_INPUTS
+def _use_case_inputs() -> tuple[list[str], dict[str, list[str]]]:
+    """(categorical inputs, entity name -> its looked-up features) of the default use case."""
+    from kubeloop.usecase import resolve_use_case
 
-    return list(CATEGORICAL_INPUTS)
+    use_case = resolve_use_case(None)
+    return list(use_case.transform.categorical), {
+        e.name: list(e.features) for e in use_case.entities
+    }
+
+
+def _default_categorical() -> list[str]:
+    return _use_case_inputs()[0]
+
+
+def _default_entity_groups() -> dict[str, list[str]]:
+    return _use_case_inputs()[1]
+
+
+class DataQualityConfig(BaseModel):
+    """Tolerances of the data-quality checks (rates per window and feature;
+    `kubeloop.drift.quality`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_unseen_rate: float = Field(
+        0.1, ge=0, le=1, description="categorical values absent from the reference"
+    )
+    max_null_increase: float = Field(
+        0.02, ge=0, le=1, description="missing rate above the reference's own"
+    )
+    max_out_of_range_rate: float = Field(
+        0.05, ge=0, le=1, description="numeric values outside the reference's [min, max]"
+    )
+    max_schema_violation_rate: float = Field(
+        0.01, ge=0, le=1, description="rows whose request lacked the input or had a bad type"
+    )
+    p_val: float = Field(
+        1e-6, gt=0, lt=1, description="one-sided binomial p-value a rate must also reach"
+    )
+
+
+class EstimateConfig(BaseModel):
+    """Label-free performance estimate of every serving window (`kubeloop.drift.estimate`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_ne_increase: float = Field(
+        0.05,
+        gt=0,
+        description="allowed rise of the expected normalized entropy over the reference's",
+    )
+    max_auc_drop: float = Field(
+        0.05, gt=0, description="allowed fall of the expected AUC below the reference's"
+    )
+    p_val: float = Field(
+        1e-4, gt=0, lt=1, description="the NE rise must also be significant at this level"
+    )
 
 
 # Per-window significance of the feature and prediction tests (see the module docstring).
@@ -130,13 +188,13 @@ class PerformanceConfig(BaseModel):
         ),
     )
     calibration_bounds: tuple[float, float] = Field(
-        (0.85, 1.15), description="allowed mean prediction / observed click rate"
+        (0.8, 1.25), description="allowed mean prediction / observed click rate"
     )
     max_ne_increase: float = Field(
         0.04, gt=0, description="allowed rise of normalized entropy over the reference's"
     )
     p_val: float = Field(
-        0.01,
+        1e-3,
         gt=0,
         lt=1,
         description="a metric out of bounds must also be significant at this level",
@@ -181,6 +239,51 @@ class MonitorConfig(BaseModel):
     stratify_by: str | None = Field(
         "hour", description="reference rows are matched to each window's mix of this column"
     )
+    season_by: str | None = Field(
+        "weekday",
+        description=(
+            "weekday column (0 = Monday): windows are also matched on weekday vs weekend "
+            "when the reference holds rows of the window's day type; null: hour only"
+        ),
+    )
+    weekend_days: list[int] = Field(default_factory=lambda: [5, 6])
+    entity_groups: dict[str, list[str]] = Field(
+        default_factory=_default_entity_groups,
+        description=(
+            "features looked up per entity (one user, one ad): tested over the distinct "
+            "rows of the group in a window, since an entity shown 30 times is one sample"
+        ),
+    )
+    ks_tolerance: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description=(
+            "KS distance a numeric input or the score may move without being drift "
+            "(normal day-to-day and weekly variation); the test is of a larger shift"
+        ),
+    )
+    windows_between_false_alarms: float | None = Field(
+        100_000.0,
+        gt=1,
+        description=(
+            "the false-alarm budget: expected serving windows between two false alarms "
+            "of the feature, prediction, estimate and data-quality detectors together "
+            "(family-wise over features, split as `budget_split`); it sets those "
+            "detectors' p_val. null: each detector's own p_val"
+        ),
+    )
+    budget_split: dict[str, float] = Field(
+        default_factory=lambda: {
+            "feature": 0.4,
+            "prediction": 0.2,
+            "estimated_performance": 0.2,
+            "data_quality": 0.2,
+        },
+        description="share of the false-alarm budget per serving detector",
+    )
+    estimate: EstimateConfig = Field(default_factory=EstimateConfig)
+    data_quality: DataQualityConfig = Field(default_factory=DataQualityConfig)
     min_category_count: int = Field(
         5, ge=1, description="rarer reference categories share the 'other' code with unseen ones"
     )
@@ -206,6 +309,40 @@ class MonitorConfig(BaseModel):
         1e-3, gt=0, le=1, description="p-value below threshold x this factor: severity critical"
     )
     seed: int = Field(0, description="seed of the reference subsampling (with the window index)")
+
+    @model_validator(mode="after")
+    def _apply_budget(self) -> MonitorConfig:
+        budget = self.windows_between_false_alarms
+        if budget is None:
+            return self
+        unknown = set(self.budget_split) - set(SERVE_DETECTOR_KINDS)
+        if unknown:
+            raise ValueError(
+                f"budget_split: unknown detector(s) {sorted(unknown)}; use {SERVE_DETECTOR_KINDS}"
+            )
+        total = sum(self.budget_split.values())
+        if total <= 0:
+            raise ValueError("budget_split: the shares must sum to more than 0")
+        share = {k: v / total / budget for k, v in self.budget_split.items()}
+        # A false alarm is any alert on normal traffic; one window's tests are family-wise
+        # (Bonferroni over the features) at the detector's share of 1 / budget.
+        self.feature_detector.p_val = share.get("feature", self.feature_detector.p_val)
+        self.prediction_detector.p_val = share.get("prediction", self.prediction_detector.p_val)
+        self.estimate.p_val = share.get("estimated_performance", self.estimate.p_val)
+        self.data_quality.p_val = share.get("data_quality", self.data_quality.p_val)
+        return self
+
+    def false_alarm_budget(self) -> dict[str, float]:
+        """Each serving detector's per-window false-alarm probability and the expected
+        windows between false alarms they give together (the budget, when set)."""
+        alphas = {
+            "feature": self.feature_detector.p_val,
+            "prediction": self.prediction_detector.p_val,
+            "estimated_performance": self.estimate.p_val if self.estimate.enabled else 0.0,
+            "data_quality": self.data_quality.p_val if self.data_quality.enabled else 0.0,
+        }
+        total = sum(alphas.values())
+        return {**alphas, "expected_windows_between_false_alarms": 1 / total if total else math.inf}
 
     @field_validator("feature_detector", "prediction_detector", mode="before")
     @classmethod

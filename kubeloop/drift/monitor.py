@@ -84,14 +84,16 @@ from kubeloop.drift.alerts import AlertStore
 from kubeloop.drift.backends import make_detector
 from kubeloop.drift.checks import (
     CheckResult,
+    EstimatedPerformanceCheck,
     FeatureDriftCheck,
     PerformanceCheck,
     PredictionDriftCheck,
-    strata_of,
+    Season,
 )
 from kubeloop.drift.config import MonitorConfig
 from kubeloop.drift.detectors.base import DriftError
 from kubeloop.drift.events import BadEventError, InferenceEvent
+from kubeloop.drift.quality import DataQualityCheck, schema_violations
 from kubeloop.drift.reference import Reference
 from kubeloop.drift.state import Key, StateStore, key_text
 from kubeloop.drift.windows import ClosedWindow, TumblingWindows
@@ -99,6 +101,7 @@ from kubeloop.drift.windows import ClosedWindow, TumblingWindows
 log = logging.getLogger(__name__)
 
 SERVE = "serve"
+SERVE_KINDS = ("feature", "prediction", "estimated_performance", "data_quality")
 LABELS = "labels"
 
 
@@ -135,6 +138,41 @@ class LabelResult:
     matched: int
     unknown: int
     alerts: list[Alert] = field(default_factory=list)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def timeline_record(result: CheckResult) -> dict[str, Any]:
+    """The compact figures of one evaluated window that reports plot over time."""
+    d = result.details
+    out: dict[str, Any] = {
+        "n": result.n,
+        "drift": bool(result.is_drift),
+        "p_value": _finite(float(result.p_value)),
+        "threshold": _finite(float(result.threshold)),
+        "features": list(result.features),
+    }
+    if result.detector == "estimated_performance":
+        out["estimated"] = d.get("estimated")
+        out["reference_estimated"] = d.get("reference_estimated")
+    elif result.detector == "performance":
+        out["estimated"] = d.get("estimated")
+        out["realized"] = d.get("realized")
+        out["estimate_error_ne"] = d.get("estimate_error_ne")
+    elif result.detector == "data_quality":
+        out["failed"] = d.get("failed", [])
+        worst: dict[str, float] = {}
+        for c in d.get("checks", []):
+            worst[c["check"]] = max(worst.get(c["check"], 0.0), c["rate"])
+        out["worst_rate"] = worst
+    for k in ("estimated", "reference_estimated", "realized"):
+        if isinstance(out.get(k), dict):
+            out[k] = {n: _finite(v) for n, v in out[k].items()}
+    return out
 
 
 def _epoch(value: datetime | float | str | None) -> float:
@@ -226,10 +264,19 @@ class DriftMonitor:
         self._prediction_detector = make_detector(self.config.prediction_detector)
         self._feature_checks: dict[str, FeatureDriftCheck] = {}
         self._performance_checks: dict[str, PerformanceCheck] = {}
-        self._prediction_check = PredictionDriftCheck(self._prediction_detector)
+        self._quality_checks: dict[str, DataQualityCheck] = {}
+        self.season = Season(
+            self.config.stratify_by, self.config.season_by, tuple(self.config.weekend_days)
+        )
+        self._prediction_check = PredictionDriftCheck(
+            self._prediction_detector, ks_tolerance=self.config.ks_tolerance
+        )
+        self._estimate_check = EstimatedPerformanceCheck(self.config.estimate)
         for ref in refs:
             self._feature_check(ref)  # validate every reference up front
         self.columns = list(self.default.features.columns)
+        cats = set(self.config.categorical)
+        self._numeric_columns = {c for c in self.columns if c not in cats}
         self.state = StateStore(state_dir)
         self._serve = TumblingWindows(self.state, SERVE, self.config.window)
         self._labels = TumblingWindows(self.state, LABELS, self.config.performance.window)
@@ -266,8 +313,21 @@ class DriftMonitor:
                 exclude=cfg.exclude_features,
                 stratify_by=cfg.stratify_by,
                 min_category_count=cfg.min_category_count,
+                season=self.season,
+                entity_groups=cfg.entity_groups,
+                ks_tolerance=cfg.ks_tolerance,
             )
             self._feature_checks[ref.version] = check
+        return check
+
+    def _quality_check(self, ref: Reference) -> DataQualityCheck:
+        check = self._quality_checks.get(ref.version)
+        if check is None:
+            cfg = self.config
+            # Calendar inputs differ from a reference of whole days by construction.
+            calendar = [*cfg.exclude_features, *(c for c in (cfg.stratify_by, cfg.season_by) if c)]
+            check = DataQualityCheck(ref.features, cfg.categorical, cfg.data_quality, calendar)
+            self._quality_checks[ref.version] = check
         return check
 
     def _performance_check(self, ref: Reference) -> PerformanceCheck:
@@ -377,10 +437,13 @@ class DriftMonitor:
             if len(instances) == 1
             else [f"{request_id}/{i}" for i in range(len(instances))]
         )
-        rows = [
-            (t, {"id": rid, "x": {c: _clean(inst.get(c)) for c in keep}, "p": float(p)})
-            for rid, inst, p in zip(ids, instances, predictions, strict=True)
-        ]
+        rows = []
+        for rid, inst, p in zip(ids, instances, predictions, strict=True):
+            row = {"id": rid, "x": {c: _clean(inst.get(c)) for c in keep}, "p": float(p)}
+            bad = schema_violations(inst, keep, self._numeric_columns)
+            if bad:  # kept only when there is one: most rows have none
+                row["s"] = bad
+            rows.append((t, row))
         self.state.incr(f"rows:{key_text(key)}", len(rows))
         evicted = self.state.put_awaiting(
             key, [(r["id"], t, r["p"]) for _, r in rows], self.config.max_awaiting_labels
@@ -437,7 +500,7 @@ class DriftMonitor:
         except Exception as exc:
             log.exception("evaluating window %d of %s failed", window.index, window.key)
             self.state.incr("evaluation_errors")
-            detectors = ("performance",) if window.kind == LABELS else ("feature", "prediction")
+            detectors = ("performance",) if window.kind == LABELS else SERVE_KINDS
             reason = f"error: {type(exc).__name__}: {exc}"
             return [
                 self._evaluation(window, CheckResult(d, n=window.n, skipped=reason), failed=True)
@@ -452,31 +515,66 @@ class DriftMonitor:
             reason = f"{window.n} events, fewer than {self.config.window.min_events}"
             return [
                 self._evaluation(window, CheckResult(d, n=window.n, skipped=reason))
-                for d in ("feature", "prediction")
+                for d in SERVE_KINDS
             ]
         ref = self._reference_for(version)
         frame = pd.DataFrame.from_records([r["x"] for r in window.rows], columns=self.columns)
         scores = np.array([r["p"] for r in window.rows], dtype=np.float64)
         rng = self._rng(window)
         out = [self._evaluation(window, self._feature_check(ref).run(frame, rng))]
-        strata = strata_of(frame, self.config.stratify_by)
+        strata = (self.season.strata(frame, True), self.season.strata(frame, False))
         out.append(
             self._evaluation(window, self._prediction_result(window, ref, scores, strata, rng))
         )
+        out.append(self._evaluation(window, self._estimate_result(window, ref, scores, strata)))
+        if self.config.data_quality.enabled:
+            violations: dict[str, int] = defaultdict(int)
+            for r in window.rows:
+                for c in r.get("s", ()):
+                    violations[c] += 1
+            result = self._quality_check(ref).run(frame, violations)
+        else:
+            result = CheckResult("data_quality", n=window.n, skipped="data_quality disabled")
+        out.append(self._evaluation(window, result))
         return out
+
+    def _estimate_result(
+        self,
+        window: ClosedWindow,
+        ref: Reference,
+        scores: np.ndarray,
+        strata: tuple[np.ndarray, np.ndarray],
+    ) -> CheckResult:
+        if not self.config.estimate.enabled:
+            return CheckResult("estimated_performance", n=len(scores), skipped="estimate disabled")
+        if ref.predictions is None or ref.version != window.key[1]:
+            return CheckResult(
+                "estimated_performance",
+                n=len(scores),
+                skipped="no model scores on this version's reference",
+            )
+        ref_strata = (
+            self.season.strata(ref.features, True),
+            self.season.strata(ref.features, False),
+        )
+        return self._estimate_check.run(ref.predictions, ref_strata, scores, strata)
 
     def _prediction_result(
         self,
         window: ClosedWindow,
         ref: Reference,
         scores: np.ndarray,
-        strata: np.ndarray,
+        strata_pair: tuple[np.ndarray, np.ndarray],
         rng: np.random.Generator,
     ) -> CheckResult:
         version = window.key[1]
         if ref.predictions is not None and ref.version == version:
-            ref_strata = strata_of(ref.features, self.config.stratify_by)
-            return self._prediction_check.run(ref.predictions, ref_strata, scores, strata, rng)
+            ref_strata = (
+                self.season.strata(ref.features, True),
+                self.season.strata(ref.features, False),
+            )
+            return self._prediction_check.run(ref.predictions, ref_strata, scores, strata_pair, rng)
+        strata = strata_pair[1]  # learned scores are kept per hour only
         # No model scores for this version: learn per-stratum reference scores first.
         cap = self.config.learned_reference_per_stratum
         learned = self.state.learned(window.key)
@@ -526,6 +624,11 @@ class DriftMonitor:
             self.state.incr(f"windows_evaluated:{result.detector}")
         else:
             self.state.incr(f"windows_skipped:{result.detector}")
+        if result.skipped is None and not failed:
+            self.state.put_timeline(
+                window.key, result.detector, window.index, window.start, window.end,
+                timeline_record(result),
+            )  # fmt: skip
         if result.is_drift:
             evaluation.alert = self._raise(window, result)
         return evaluation
@@ -635,7 +738,10 @@ class DriftMonitor:
                 if self.default.predictions is not None
                 else "learned",
                 "detector_backend": cfg.feature_detector.type,
+                "false_alarm_budget": cfg.false_alarm_budget(),
                 "thresholds": {
+                    "ks_tolerance": cfg.ks_tolerance,
+                    "estimate_max_ne_increase": cfg.estimate.max_ne_increase,
                     "feature_p_val": cfg.feature_detector.p_val,
                     "feature_correction": cfg.feature_detector.correction,
                     "prediction_p_val": cfg.prediction_detector.p_val,
@@ -653,7 +759,57 @@ class DriftMonitor:
                 "alerts": count("alerts:"),
                 "labels": count("labels:"),
                 "open_windows": len([m for m in self.state.windows() if m.n]),
+                "performance_by_window": self.performance_timeline(),
+                "data_quality_by_window": [
+                    {
+                        k: r[k]
+                        for k in (
+                            "key",
+                            "index",
+                            "start",
+                            "end",
+                            "n",
+                            "drift",
+                            "failed",
+                            "worst_rate",
+                        )
+                    }
+                    for r in self.state.timeline(detector="data_quality")
+                ],
             }
+
+    def timeline(self, key: Key | None = None) -> list[dict[str, Any]]:
+        """Every evaluated window's compact record (`timeline_record`), oldest first."""
+        with self._lock:
+            return self.state.timeline(key)
+
+    def performance_timeline(self, key: Key | None = None) -> list[dict[str, Any]]:
+        """Per window: the label-free estimate (serving windows) and, per labelled window,
+        the estimate beside the realized figures."""
+        with self._lock:
+            rows = self.state.timeline(key)
+        out = []
+        for r in rows:
+            if r["detector"] == "estimated_performance":
+                out.append(
+                    {
+                        "kind": "serve", "key": r["key"], "index": r["index"],
+                        "start": r["start"], "end": r["end"], "n": r["n"],
+                        "estimated": r.get("estimated"),
+                        "reference_estimated": r.get("reference_estimated"),
+                        "alert": r["drift"],
+                    }
+                )  # fmt: skip
+            elif r["detector"] == "performance":
+                out.append(
+                    {
+                        "kind": "labels", "key": r["key"], "index": r["index"],
+                        "start": r["start"], "end": r["end"], "n": r["n"],
+                        "estimated": r.get("estimated"), "realized": r.get("realized"),
+                        "alert": r["drift"],
+                    }
+                )  # fmt: skip
+        return out
 
     def close(self) -> None:
         """Release the state file and the alert store."""

@@ -24,8 +24,13 @@ class RetrainPolicy(BaseModel):
     min_severity: Literal["warning", "critical"] = "warning"
     min_window_events: int = Field(500, ge=1, description="alerts from smaller windows are ignored")
     min_alerts: int = Field(1, ge=1, description="qualifying alerts needed")
-    detectors: list[Literal["feature", "prediction", "performance"]] = Field(
-        default_factory=lambda: ["feature", "prediction", "performance"]
+    detectors: list[
+        Literal["feature", "prediction", "performance", "estimated_performance", "data_quality"]
+    ] = Field(
+        # data_quality is left out: broken inputs are fixed upstream, and a model retrained
+        # on them would learn the breakage.
+        default_factory=lambda: ["feature", "prediction", "performance", "estimated_performance"],
+        description="alert kinds that may trigger a run (add data_quality to retrain on it)",
     )
     variants: list[str] = Field(
         default_factory=lambda: ["primary"],

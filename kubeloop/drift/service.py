@@ -39,6 +39,7 @@ monitor then learns reference scores from the first served windows).
 import argparse
 import json
 import logging
+import math
 import os
 import queue
 import sys
@@ -66,6 +67,8 @@ class DriftMetrics:
     kubeloop_drift_last_p_value{detector,variant,version}   p-value of the latest test
     kubeloop_drift_labels_total{result}                matched | unknown
     kubeloop_drift_kube_events_total{result}           posted | failed | dropped
+    kubeloop_drift_performance{source,metric,variant,version}  latest window's normalized
+        entropy / AUC: source estimated (label-free, serving windows) or realized (labels)
     """
 
     def __init__(self, registry: Any = None):
@@ -108,6 +111,13 @@ class DriftMetrics:
             namespace=ns,
             registry=r,
         )
+        self.performance = Gauge(
+            "performance",
+            "latest window's normalized entropy or AUC (estimated from scores, or realized)",
+            ["source", "metric", "variant", "version"],
+            namespace=ns,
+            registry=r,
+        )
         for result in ("posted", "failed", "dropped"):
             self.kube_events.labels(result=result)
         self.errors.inc(0)
@@ -119,6 +129,19 @@ class DriftMetrics:
             self.last_p.labels(evaluation.detector, evaluation.variant, evaluation.version).set(
                 evaluation.result.p_value
             )
+            details = evaluation.result.details
+            for source in ("estimated", "realized"):
+                figures = details.get(source)
+                if evaluation.detector == "performance" and source == "estimated":
+                    continue  # the serving windows' estimate is the one to watch
+                if not isinstance(figures, dict):
+                    continue
+                for metric, name in (("normalized_entropy", "ne"), ("auc", "auc")):
+                    value = figures.get(metric)
+                    if isinstance(value, float) and math.isfinite(value):
+                        self.performance.labels(
+                            source, name, evaluation.variant, evaluation.version
+                        ).set(value)
 
     def on_alert(self, alert: Any) -> None:
         self.alerts.labels(alert.detector, alert.variant).inc()
@@ -405,6 +428,33 @@ def build_app(
     @app.get("/status")
     async def get_status() -> Response:
         return JSONResponse(await run_in_threadpool(monitor.status))
+
+    @app.get("/timeline")
+    async def get_timeline() -> Response:
+        """Every evaluated window's figures (estimates, realized, data quality), oldest first."""
+        return JSONResponse(await run_in_threadpool(monitor.timeline))
+
+    def alert_page(alert_id: str) -> Response:
+        from fastapi.responses import HTMLResponse
+
+        from kubeloop.drift.alert_report import alert_html
+
+        store = monitor.alert_store
+        if store is None:
+            return bad("no_alert_store", "this detector keeps no alert store", 404)
+        every = store.list()
+        found = [a for a in every if a.id == alert_id]
+        if not found:
+            return bad("unknown_alert", f"no alert with id {alert_id!r}", 404)
+        alert = found[0]
+        key = (alert.model, alert.version, alert.variant)
+        history = [a for a in every if (a.model, a.version, a.variant) == key]
+        return HTMLResponse(alert_html(alert, history, monitor.timeline(key)))
+
+    @app.get("/alerts/{alert_id}/report")
+    async def get_alert_report(alert_id: str) -> Response:
+        """The alert's self-contained HTML page (as `kubeloop alerts show ID --html`)."""
+        return await run_in_threadpool(alert_page, alert_id)
 
     @app.get("/metrics")
     async def get_metrics() -> Response:

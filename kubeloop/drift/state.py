@@ -10,6 +10,8 @@ event that changed it:
     learned    reference predictions learned from served traffic (when the model is absent)
     counters   running totals (events, windows, alerts, labels, ...)
     last_alert when each (key, detector) last alerted (for the cooldown)
+    timeline   one compact record per evaluated window and detector (estimated and
+               realized performance, data-quality rates, p-values): what reports plot
 
 A key is (model, version, variant), stored as its JSON list. The file uses WAL with
 synchronous=NORMAL: a committed transaction survives a crash of the process (what a pod
@@ -76,6 +78,9 @@ CREATE TABLE IF NOT EXISTS learned (
     seq INTEGER PRIMARY KEY AUTOINCREMENT);
 CREATE INDEX IF NOT EXISTS learned_key ON learned (key, stratum);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS timeline (
+    key TEXT NOT NULL, detector TEXT NOT NULL, idx INTEGER NOT NULL, start REAL NOT NULL,
+    "end" REAL NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (key, detector, idx));
 CREATE TABLE IF NOT EXISTS last_alert (
     key TEXT NOT NULL, detector TEXT NOT NULL, t REAL NOT NULL, PRIMARY KEY (key, detector));
 """
@@ -333,6 +338,40 @@ class StateStore:
 
     def set_last_alert(self, key: Key, detector: str, t: float) -> None:
         self._x("INSERT OR REPLACE INTO last_alert VALUES (?, ?, ?)", (key_text(key), detector, t))
+
+    def put_timeline(
+        self, key: Key, detector: str, index: int, start: float, end: float, payload: dict
+    ) -> None:
+        """Record (or replace, when a window is re-evaluated) one window's figures."""
+        self._x(
+            "INSERT OR REPLACE INTO timeline VALUES (?, ?, ?, ?, ?, ?)",
+            (key_text(key), detector, index, start, end, json.dumps(payload, default=float)),
+        )
+
+    def timeline(self, key: Key | None = None, detector: str | None = None) -> list[dict]:
+        """The recorded windows, oldest first: {key, detector, index, start, end, **payload}."""
+        sql, args = 'SELECT key, detector, idx, start, "end", payload FROM timeline', []
+        where = []
+        if key is not None:
+            where.append("key = ?")
+            args.append(key_text(key))
+        if detector is not None:
+            where.append("detector = ?")
+            args.append(detector)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY start, detector"
+        return [
+            {
+                "key": list(key_of(k)),
+                "detector": d,
+                "index": int(i),
+                "start": float(a),
+                "end": float(b),
+                **json.loads(payload),
+            }
+            for k, d, i, a, b, payload in self._x(sql, args)
+        ]
 
     def close(self) -> None:
         with self._lock:
