@@ -22,7 +22,7 @@ from kubeloop.serving.replay import ReplayConfig
 from kubeloop.usecase import UseCase, resolve_use_case
 from kubeloop.workdir import Workdir
 
-SERVE_DETECTORS = ("feature", "prediction")
+SERVE_DETECTORS = ("feature", "prediction", "estimated_performance", "data_quality")
 
 
 class DriftStageConfig(BaseModel):
@@ -116,9 +116,7 @@ def post_labels(
     impression, keyed as the monitor keys rows (`<request id>/<position>` for batched
     requests)."""
     label = resolve_use_case(use_case).events.label
-    labels = impressions.assign(event_id=impressions["event_id"].astype(str))[
-        ["event_id", label]
-    ]
+    labels = impressions.assign(event_id=impressions["event_id"].astype(str))[["event_id", label]]
     joined = sent[sent["status_code"] == 200].merge(labels, on="event_id")
     sizes = joined.groupby("request_id")["event_id"].transform("size")
     keys = joined["request_id"].where(
@@ -141,6 +139,68 @@ def service_window_counts(url: str) -> dict[str, dict[str, int]]:
     response = httpx.get(f"{url}/status", timeout=60)
     response.raise_for_status()
     return window_counts(response.json().get("counters", {}), DETECTORS)
+
+
+def service_timeline(url: str) -> list[dict[str, Any]]:
+    """Every window the drift service evaluated, with its figures (GET /timeline)."""
+    response = httpx.get(f"{url}/timeline", timeout=60)
+    response.raise_for_status()
+    return response.json()
+
+
+def _iso(t: float) -> str:
+    return pd.Timestamp(t, unit="s", tz="UTC").isoformat()
+
+
+def performance_by_window(timeline: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The primary's label-free estimate per serving window, and estimate beside realized
+    per labelled window (what the report's `drift.performance` carries)."""
+    serve, labelled = [], []
+    for r in timeline:
+        if r["key"][2] != "primary":
+            continue
+        base = {"window": r["index"], "start": _iso(r["start"]), "end": _iso(r["end"]), "n": r["n"]}
+        if r["detector"] == "estimated_performance":
+            serve.append(
+                {
+                    **base,
+                    "estimated": r.get("estimated"),
+                    "reference_estimated": r.get("reference_estimated"),
+                    "alert": r["drift"],
+                }
+            )
+        elif r["detector"] == "performance":
+            labelled.append(
+                {
+                    **base,
+                    "estimated": r.get("estimated"),
+                    "realized": r.get("realized"),
+                    "estimate_error_ne": r.get("estimate_error_ne"),
+                    "alert": r["drift"],
+                }
+            )
+    return {"serving_windows": serve, "labelled_windows": labelled}
+
+
+def data_quality_by_window(timeline: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The primary's data-quality verdict per serving window: the worst rate per check
+    kind and the checks that failed."""
+    return [
+        {
+            "window": r["index"],
+            "start": _iso(r["start"]),
+            "end": _iso(r["end"]),
+            "n": r["n"],
+            "alert": r["drift"],
+            "worst_rate": r.get("worst_rate", {}),
+            "failed": [
+                {k: c[k] for k in ("feature", "check", "rate", "tolerance", "p_value")}
+                for c in r.get("failed", [])
+            ],
+        }
+        for r in timeline
+        if r["detector"] == "data_quality" and r["key"][2] == "primary"
+    ]
 
 
 def alert_positions(alerts, sent: pd.DataFrame) -> list[int]:
@@ -217,6 +277,7 @@ def run_drift_stage(
         labelled = post_labels(service.url, sent, impressions)
         httpx.post(f"{service.url}/flush", timeout=300).raise_for_status()
         windows = service_window_counts(service.url)
+        timeline = service_timeline(service.url)
     finally:
         stop_process(service)
 
@@ -246,6 +307,8 @@ def run_drift_stage(
         "false_alarms_before_change": sum(
             1 for a in serve_alerts if positions[a.id] <= change_position
         ),
+        "performance": performance_by_window(timeline),
+        "data_quality": data_quality_by_window(timeline),
     }
 
     decision = decide_retrain(alerts, config.retrain)
