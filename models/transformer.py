@@ -20,7 +20,18 @@ Request ids: the body's `request_id` (v2: the request `id`), else the client's
 `x-request-id` header, else a new UUID, is sent to the predictor hop as `x-request-id`
 (with KServe's other forwarded headers, `x-b3-traceid` and `authorization`) and echoed in
 the response's `x-request-id`. The router between transformer and predictors routes and
-logs by it.
+logs by it. It also goes as `ce-id`: KServe's logger on the predictor takes a request's
+CloudEvent id from that header and makes a new UUID without it (kserve v0.20.0
+`pkg/logger/handler.go:142,210-216`), and KServe's own client forwards only x-request-id,
+x-b3-traceid and authorization; without it, labels and shadow answers could not be joined
+to the logged answer.
+
+Shadow (issue 12): with `--shadow_hosts` (the predictor's `latest-`/`prev-` route tags) and
+`--request_log_url`, every predictor request is also scored, off the caller's path, by the
+shadow host that serves the other version (`kubeloop.serving.shadow`), and its answer is
+POSTed to the request log with variant "shadow" and the same request id. The caller's
+answer never depends on it; `kubeloop_shadow_requests_total{result}` on /metrics counts
+mirrored, failed and dropped copies.
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
+import orjson
 import pandas as pd
 from kserve.errors import InvalidInput, ModelNotReady
 from kserve.predictor_config import PredictorConfig
@@ -175,8 +187,13 @@ class FeastTransformer(ServedModel):
         predictor_retries: int = 0,
         predictor_health_check: bool = False,
         use_case: UseCase | str | None = None,
+        shadow: Any = None,
+        shadow_targets: Any = None,
     ):
         super().__init__(name)
+        # kubeloop.serving.shadow.ShadowMirror and ShadowTargets (None: no shadow stage).
+        self.shadow = shadow
+        self.shadow_targets = shadow_targets
         self.use_case = resolve_use_case(use_case)
         self.input_fields = client_fields(self.use_case)
         if protocol not in PROTOCOLS:
@@ -301,6 +318,53 @@ class FeastTransformer(ServedModel):
             return predictor_infer_request(rows, self.name, request_id, use_case=self.use_case)
         return {"instances": rows}
 
+    async def _http_predict(
+        self,
+        payload: dict | InferRequest,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ):
+        """KServe's HTTP hop to the predictor, plus `ce-id`: the id KServe's logger gives the
+        logged request and response (see the module docstring)."""
+        given = headers or {}
+        predict_headers = {"Content-Type": "application/json"}
+        for key in ("x-request-id", "x-b3-traceid", "authorization"):
+            if key in given:
+                predict_headers[key] = given[key]
+        if given.get(REQUEST_ID_HEADER):
+            predict_headers["ce-id"] = given[REQUEST_ID_HEADER]
+        return await self._http_client.infer(
+            self.predictor_config.predictor_base_url,
+            model_name=self.name,
+            data=payload,
+            headers=predict_headers,
+            response_headers=response_headers,
+        )
+
+    def _mirror(self, payload: dict | InferRequest, headers: dict | None, result: Any) -> None:
+        """Hand a copy of the predictor request to the shadow mirror (never waits; the
+        caller's answer is already in hand)."""
+        if self.shadow is None or self.shadow_targets is None:
+            return
+        served = result.get("model_version") if isinstance(result, dict) else None
+        target = self.shadow_targets.pick(str(served) if served is not None else None)
+        request_id = (headers or {}).get(REQUEST_ID_HEADER)
+        if target is None or not request_id:
+            return
+        from kubeloop.serving.shadow import ShadowRequest
+
+        body = payload if isinstance(payload, dict) else payload.to_rest()
+        url, version = target
+        self.shadow.submit(
+            ShadowRequest(
+                request_id=request_id,
+                version=version,
+                url=url,
+                body=orjson.dumps(body),
+                served_variant=str(served),
+            )
+        )
+
     async def predict(
         self,
         payload: dict | InferRequest,
@@ -308,9 +372,12 @@ class FeastTransformer(ServedModel):
         response_headers: dict[str, str] | None = None,
     ):
         """KServe's forwarding to predictor_host, with its failures turned into answers
-        that say whose fault they are (4xx from the predictor stay 4xx, the rest 502)."""
+        that say whose fault they are (4xx from the predictor stay 4xx, the rest 502); a
+        copy goes to the shadow model when one is configured."""
         try:
-            return await super().predict(payload, headers, response_headers)
+            result = await super().predict(payload, headers, response_headers)
+            self._mirror(payload, headers, result)
+            return result
         except httpx.HTTPStatusError as exc:
             status = exc.response.status_code
             if status == 413:
@@ -367,6 +434,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Redis of the online store: redis://host:port/db or Feast's host:port form",
     )
+    parser.add_argument(
+        "--shadow_hosts",
+        default=None,
+        help="comma-separated predictor hosts to score copies in shadow (the route tags "
+        "latest-<isvc>-predictor.<ns>,prev-<isvc>-predictor.<ns>); needs --request_log_url",
+    )
+    parser.add_argument(
+        "--request_log_url",
+        default=None,
+        help="where shadow answers are POSTed as CloudEvents (the request log's /requestlog)",
+    )
+    parser.add_argument(
+        "--shadow_queue_size", type=int, default=1024, help="copies waiting before drops"
+    )
     return finish_server_parser(parser)
 
 
@@ -384,6 +465,26 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--predictor_host HOST:PORT is required")
     if args.max_batch_size < 1:
         raise SystemExit("--max_batch_size must be at least 1")
+    shadow = targets = None
+    if args.shadow_hosts:
+        if not args.request_log_url:
+            raise SystemExit("--shadow_hosts needs --request_log_url (where shadow answers go)")
+        import os
+
+        from prometheus_client import REGISTRY
+
+        from kubeloop.serving.shadow import transformer_mirror
+
+        shadow, targets = transformer_mirror(
+            args.model_name,
+            [h.strip() for h in args.shadow_hosts.split(",") if h.strip()],
+            args.request_log_url,
+            namespace=os.environ.get("POD_NAMESPACE", "kubeloop"),
+            source=os.environ.get("POD_NAME"),
+            protocol=predictor_protocol(args),
+            queue_size=args.shadow_queue_size,
+            registry=REGISTRY,  # what KServe's /metrics serves
+        )
     transformer = FeastTransformer(
         args.model_name,
         args.predictor_host,
@@ -397,6 +498,8 @@ def main(argv: list[str] | None = None) -> None:
         predictor_retries=args.predictor_request_retries,
         predictor_health_check=args.enable_predictor_health_check,
         use_case=args.use_case,
+        shadow=shadow,
+        shadow_targets=targets,
     )
     transformer.load()
     server = make_model_server(

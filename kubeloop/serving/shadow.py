@@ -26,6 +26,7 @@ errored or was unreachable) and dropped (queue full, or the mirror closed).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -318,6 +319,83 @@ class ShadowMirror:
         return {**self.stats.as_dict(), "queued": self.depth(), "queue_size": self.queue_size}
 
 
+class ShadowTargets:
+    """Shadow predictors by base URL, each serving one model version; `pick(served)` names
+    one that serves another version than the one that answered the caller.
+
+    In the cluster these are the InferenceService predictor's Knative route tags, which
+    KServe adds with `serving.kserve.io/enable-tag-routing: "true"`: `latest-<isvc>-predictor`
+    (the newest revision) and `prev-<isvc>-predictor` (the pinned, rolled-out one while
+    canaryTrafficPercent < 100). Which version each serves is read from its v2 model metadata
+    (`GET /v2/models/<name>`: `versions`) by `refresh()`, never on the request path: `pick`
+    answers from that cache and schedules a refresh when it is older than `refresh_seconds`
+    (the split moves, and a tag may point at another revision after a promote).
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        model_name: str,
+        *,
+        protocol: str = "v1",
+        refresh_seconds: float = 30.0,
+        timeout: float = 2.0,
+        mounts: Any = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.urls = [u.rstrip("/") if "://" in u else f"http://{u.rstrip('/')}" for u in urls]
+        self.model_name = model_name
+        self.protocol = protocol
+        self.refresh_seconds = refresh_seconds
+        self.timeout = timeout
+        self.mounts = mounts
+        self.clock = clock
+        self.versions: dict[str, str | None] = {}
+        self._read_at: float | None = None
+        self._refreshing: asyncio.Task | None = None
+
+    def infer_url(self, base: str) -> str:
+        """The inference URL of a predictor base URL, in the predictor hop's protocol."""
+        if self.protocol == "v2":
+            return f"{base}/v2/models/{self.model_name}/infer"
+        return f"{base}/v1/models/{self.model_name}:predict"
+
+    async def refresh(self) -> dict[str, str | None]:
+        """Read each target's served version now (None where it does not answer)."""
+        import httpx
+
+        found: dict[str, str | None] = {}
+        async with httpx.AsyncClient(timeout=self.timeout, mounts=self.mounts) as client:
+            for url in self.urls:
+                try:
+                    response = await client.get(f"{url}/v2/models/{self.model_name}")
+                    versions = response.json().get("versions") if response.is_success else None
+                except (httpx.HTTPError, ValueError, AttributeError):
+                    versions = None
+                ok = isinstance(versions, list) and versions and isinstance(versions[0], str)
+                found[url] = versions[0] if ok else None
+        self.versions = found
+        self._read_at = self.clock()
+        return found
+
+    def _due(self) -> bool:
+        return self._read_at is None or self.clock() - self._read_at >= self.refresh_seconds
+
+    def pick(self, served_version: str | None) -> tuple[str, str] | None:
+        """(inference URL, version) of a target serving another version than
+        `served_version`, from the cache; None when none is known (then no copy is made).
+        Call from the event loop: a stale cache schedules `refresh()` as a task."""
+        if self._due() and (self._refreshing is None or self._refreshing.done()):
+            with contextlib.suppress(RuntimeError):  # no running loop: refresh() is explicit
+                self._refreshing = asyncio.get_running_loop().create_task(self.refresh())
+        if served_version is None:
+            return None
+        for url, version in self.versions.items():
+            if version is not None and version != served_version:
+                return self.infer_url(url), version
+        return None
+
+
 class PostOnlySink(RequestLogSink):
     """A sink that keeps nothing: for a `CloudEventLogger` whose only job is to POST events
     (the transformer in the cluster posts the shadow's answers to the request-log service)."""
@@ -327,3 +405,34 @@ class PostOnlySink(RequestLogSink):
 
     def iter_events(self, since=None, variant=None, type=None):
         return iter(())
+
+
+def transformer_mirror(
+    model_name: str,
+    shadow_hosts: Sequence[str],
+    request_log_url: str,
+    *,
+    namespace: str = "kubeloop",
+    source: str | None = None,
+    protocol: str = "v1",
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    registry: Any = None,
+) -> tuple[ShadowMirror, ShadowTargets]:
+    """The transformer's mirror in the cluster: copies go to whichever of `shadow_hosts`
+    serves the other version, and the shadow's answers are POSTed as KServe-logger
+    CloudEvents (variant shadow, the shadow's model version) to `request_log_url` (the
+    request log's `POST /requestlog` beside the drift detector)."""
+    from kubeloop.serving.request_log.logger import CloudEventLogger
+
+    logger = CloudEventLogger(
+        PostOnlySink(),
+        inference_service=model_name,
+        namespace=namespace,
+        source=source or f"http://{model_name}-transformer/shadow",
+        urls=[request_log_url],
+        close_sink=False,
+    )
+    mirror = ShadowMirror(
+        HTTPSender(), request_log=logger, queue_size=queue_size, registry=registry
+    )
+    return mirror, ShadowTargets(shadow_hosts, model_name, protocol=protocol)
