@@ -107,11 +107,9 @@ POLICY_LABELS = {
 
 
 def _generator():
-    """The generator's config and writer, wherever the use case keeps them."""
-    try:
-        from usecases.ctr.generator import GeneratorConfig, generate_lake
-    except ImportError:  # before the CTR use case moved out of the engine
-        from usecases.ctr.generator import GeneratorConfig, generate_lake
+    """The CTR use case's generator config and writer."""
+    from usecases.ctr.generator import GeneratorConfig, generate_lake
+
     return GeneratorConfig, generate_lake
 
 
@@ -156,7 +154,9 @@ def train_pool(
             config["window_days"] = spec["window_days"]
         train_step(spec["kind"], str(training_set), json.dumps(config), str(work / name))
         predictions[name] = np.asarray(load_model(work / name).predict_proba(pool), np.float64)
-    q = pool["true_ctr"].to_numpy(dtype=np.float64)
+    from kubeloop.usecase import resolve_use_case
+
+    q = pool[resolve_use_case("ctr").events.oracle].to_numpy(dtype=np.float64)
     shutil.rmtree(work, ignore_errors=True)
     return q, predictions, time.perf_counter() - started
 

@@ -75,6 +75,7 @@ def _mutate_first_number(node):
         ("bench/results/serving_bench.json", ("cells",)),
         ("bench/results/training_bench.json", ("summary",)),
         ("bench/results/drift_bench.json", ("summary", "cost", "monitor_ms_per_window")),
+        ("bench/results/rollout_bench.json", ("summary", "aa", "true_gap")),
     ],
 )
 def test_changed_figure_fails_the_check(tmp_path, source, where):
