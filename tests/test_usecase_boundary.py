@@ -389,6 +389,47 @@ def test_commands_take_the_use_case_by_name(registered, tmp_path, capsys):
     assert len(lines) == 1 and "no generator" in lines[0]
 
 
+def test_pipeline_steps_resolve_the_use_case_by_name(registered, tmp_path):
+    """What each KFP component does, with the use case as its string parameter."""
+    from kubeloop.pipeline import steps
+    from kubeloop.pipeline.params import TrainingRunParams
+    from kubeloop.workdir import Workdir
+
+    params = TrainingRunParams.for_workdir(Workdir.at(tmp_path / "run"), use_case="tiny_fraud")
+    assert params.lake_uri == registered.source.path  # a LakeSource is read where it is
+    assert params.model_name == "fraud" and params.arguments()["use_case"] == "tiny_fraud"
+
+    name, out = "tiny_fraud", tmp_path / "steps"
+    lake = steps.ingest_step(params.lake_uri, "{}", False, str(out / "data.json"), name)
+    features = steps.features_step(
+        lake,
+        str(out / "features"),
+        str(out / "repo"),
+        '{"store": {"offline_store": "asof"}, "progress": false}',
+        str(out / "training.parquet"),
+        str(out / "features.json"),
+        name,
+    )
+    assert features["feature_views"] == ["card_stats", "merchant_stats"]
+    trained = steps.train_step(
+        "logistic", str(out / "training.parquet"), "{}", str(out / "m"), name
+    )
+    assert trained["kind"] == "logistic"
+    flat = steps.evaluate_step(
+        str(out / "training.parquet"),
+        {"logistic": str(out / "m")},
+        str(out / "registry"),
+        "",
+        "{}",
+        str(out / "eval"),
+        name,
+    )
+    assert "logistic_auc" in flat and "oracle_auc" not in flat  # no oracle column
+    assert (out / "eval" / "roc.png").exists()
+    _, champion = steps.gate_step(str(out / "eval"), "{}", str(out / "decision.json"), name)
+    assert champion == "logistic"
+
+
 def _main_error(argv: list[str], capsys) -> list[str]:
     from kubeloop.cli.main import main
 

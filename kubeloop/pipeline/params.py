@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validat
 from kubeloop.evaluation.gate import GateConfig
 from kubeloop.features.pipeline_config import FeaturesStepConfig
 from kubeloop.training.config import TrainingConfig
-from kubeloop.usecase import DEFAULT_USE_CASE, SyntheticConfig, load_use_case
+from kubeloop.usecase import DEFAULT_USE_CASE, LakeSource, SyntheticConfig, load_use_case
 from kubeloop.workdir import Workdir
 
 
@@ -52,9 +52,15 @@ class TrainingRunParams(BaseModel):
 
     @classmethod
     def for_workdir(cls, workdir: Workdir, **overrides: Any) -> TrainingRunParams:
-        """Parameters that point every step at the embedded layout of a local run."""
+        """Parameters that point every step at the embedded layout of a local run. A use
+        case that reads a real lake (`LakeSource`) is read where it is, unless the run
+        generates its lake."""
+        spec = load_use_case(overrides.get("use_case") or DEFAULT_USE_CASE)
+        lake = str(workdir.lake)
+        if isinstance(spec.source, LakeSource) and not overrides.get("generate"):
+            lake = spec.source.path
+        overrides.setdefault("lake_uri", lake)
         return cls(
-            lake_uri=str(workdir.lake),
             features_uri=str(workdir.features),
             feature_repo=str(workdir.feature_repo),
             registry_uri=str(workdir.registry),
