@@ -5,8 +5,9 @@ Stages, each writing its section of report.json as soon as it ends:
   features  \\
   training   > the Kubeflow training pipeline, run by kfp.local's SubprocessRunner:
   registry  /  ingest -> features -> train x2 -> evaluate -> gate -> register
-  serving   production + canary on real KServe servers, replayed traffic, online A/B,
-            the canary promoted or rolled back by the rollout policy
+  serving   production + the ladder's runner-up on real KServe servers, a progressive
+            rollout (shadow -> 5 -> 25 -> 50 -> 100%) on paired, anytime-valid statistics:
+            promoted, rolled back or inconclusive (kubeloop.serving.progressive)
   drift     traffic replayed across the day of change through production, the drift
             detector service fed by the request log, delayed labels, retrain policy,
             retraining run on recent data, canary, promote or roll back
