@@ -526,7 +526,7 @@ def test_every_pod_spec_meets_the_security_invariants(all_renders):
     problems = []
     for render, objs in all_renders.items():
         specs = pod_specs(objs)
-        assert len(specs) == 4, f"{render}: expected 4 pod specs, got {[s[0] for s in specs]}"
+        assert len(specs) == 5, f"{render}: expected 5 pod specs, got {[s[0] for s in specs]}"
         for label, pod in specs:
             problems += [f"{render}: {p}" for p in security_problems(label, pod)]
     assert not problems, "\n".join(problems)
@@ -548,6 +548,14 @@ EXPECTED_RULES = {
     (NAMESPACE, "kubeloop-drift-detector"): [
         (("",), ("events",), (), ("create", "patch")),
         (("serving.kserve.io",), ("inferenceservices",), (), ("get",)),
+    ],
+    # The rollout controller: its one InferenceService and its one ConfigMap, by name, and
+    # Events (create cannot be limited by name); tests/test_controller.py replays a whole
+    # rollout and checks every request it makes against this Role.
+    (NAMESPACE, "kubeloop-rollout-controller"): [
+        (("",), ("configmaps",), ("kubeloop-rollout-ctr",), ("get", "patch")),
+        (("",), ("events",), (), ("create",)),
+        (("serving.kserve.io",), ("inferenceservices",), ("ctr",), ("get", "patch")),
     ],
     (NAMESPACE, "kubeloop-pipeline-runner"): [
         (("serving.kserve.io",), ("inferenceservices",), (), ("get", "list", "watch")),
@@ -594,6 +602,64 @@ def test_rbac_roles_have_exactly_the_intended_rules(all_renders):
             assert isvc[component]["serviceAccountName"] == "kubeloop-model-server"
         model_sa = find(objs, "ServiceAccount", "kubeloop-model-server")
         assert model_sa["automountServiceAccountToken"] is False
+        assert rollout_controller_problems(objs) == [], render
+
+
+# Verbs that read or change more than one named object, or everything.
+_BROAD_VERBS = {"list", "watch", "delete", "deletecollection", "update", "*"}
+
+
+def rollout_controller_problems(objs: list[dict[str, Any]]) -> list[str]:
+    """Least privilege of the rollout controller: its Role names the InferenceService and the
+    ConfigMap the Deployment is told to use, both exist in the render, and it grants no
+    broad verb, no wildcard and nothing on secrets or pods."""
+    problems = []
+    role = find(objs, "Role", "kubeloop-rollout-controller")
+    pod = find(objs, "Deployment", "kubeloop-rollout-controller")["spec"]["template"]["spec"]
+    if pod["serviceAccountName"] != "kubeloop-rollout-controller":
+        problems.append(f"serviceAccountName {pod['serviceAccountName']}")
+    if pod.get("automountServiceAccountToken") is False:
+        problems.append("the controller needs its token")
+    (container,) = pod["containers"]
+    args = dict(a.split("=", 1) for a in container["args"])
+    isvcs = {o["metadata"]["name"] for o in objs if o["kind"] == "InferenceService"}
+    configmaps = {o["metadata"]["name"] for o in objs if o["kind"] == "ConfigMap"}
+    for rule in role["rules"]:
+        verbs, resources = set(rule["verbs"]), set(rule["resources"])
+        if verbs & _BROAD_VERBS or "*" in resources or "*" in rule["apiGroups"]:
+            problems.append(f"broad rule {rule}")
+        if resources & {"secrets", "pods", "pods/exec", "serviceaccounts", "roles"}:
+            problems.append(f"rule on {sorted(resources)}")
+        names = set(rule.get("resourceNames", []))
+        if resources == {"inferenceservices"} and names != {args["--name"]} | set():
+            problems.append(f"InferenceService names {names} != --name {args['--name']}")
+        if resources == {"inferenceservices"} and not names <= isvcs:
+            problems.append(f"InferenceService {names} not in the render")
+        if resources == {"configmaps"} and names != {args["--state-configmap"]}:
+            problems.append(f"ConfigMap names {names} != --state-configmap")
+        if resources == {"configmaps"} and not names <= configmaps:
+            problems.append(f"ConfigMap {names} not in the render")
+        if resources != {"events"} and not names:
+            problems.append(f"rule on {sorted(resources)} without resourceNames")
+        if resources == {"events"} and verbs != {"create"}:
+            problems.append(f"events verbs {sorted(verbs)}")
+    return problems
+
+
+def test_the_least_privilege_check_catches_a_broader_role(all_renders):
+    """The check above can fail: widen the controller's Role in a copy of a render."""
+    import copy
+
+    objs = copy.deepcopy(next(iter(all_renders.values())))
+    role = find(objs, "Role", "kubeloop-rollout-controller")
+    role["rules"][0]["verbs"].append("list")
+    role["rules"][1].pop("resourceNames")
+    role["rules"].append({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]})
+    problems = rollout_controller_problems(objs)
+    assert any("broad rule" in p for p in problems)
+    assert any("without resourceNames" in p for p in problems)
+    assert any("secrets" in p for p in problems)
+    assert rbac_problems(objs)
 
 
 def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -616,6 +682,18 @@ def test_network_policies_admit_only_the_intended_peers(overlays):
             "ports": port(8080),
         },
         {
+            # The rollout controller reads /requestlog/records; label feeders post /feedback.
+            "from": [
+                {
+                    "podSelector": {
+                        "matchLabels": {"app.kubernetes.io/name": "kubeloop-rollout-controller"}
+                    }
+                },
+                {"podSelector": {"matchLabels": {"kubeloop.io/feedback": "true"}}},
+            ],
+            "ports": port(8080),
+        },
+        {
             "from": [
                 {
                     "namespaceSelector": {
@@ -626,6 +704,8 @@ def test_network_policies_admit_only_the_intended_peers(overlays):
             "ports": port(8080),
         },
     ]
+    controller = find(objs, "NetworkPolicy", "kubeloop-rollout-controller")["spec"]
+    assert controller["policyTypes"] == ["Ingress"] and controller["ingress"] == []
     redis = find(objs, "NetworkPolicy", "kubeloop-redis")["spec"]
     assert redis["policyTypes"] == ["Ingress"]
     assert redis["ingress"] == [
@@ -858,7 +938,9 @@ def test_mutation_manifest_change_without_regenerating_the_chart_fails(tools, tm
     # A changed value that the chart parameterises: the manifest and values.yaml disagree.
     isvc = copy_root / "manifests" / "base" / "inferenceservice.yaml"
     isvc.write_text(
-        isvc.read_text().replace("kind.local/kubeloop/transformer:0.1.0", "kind.local/kubeloop/transformer:0.2.0")
+        isvc.read_text().replace(
+            "kind.local/kubeloop/transformer:0.1.0", "kind.local/kubeloop/transformer:0.2.0"
+        )
     )
     proc = _run([*script, "--check"], env=env)
     assert proc.returncode != 0 and "values.yaml's images.transformer" in proc.stderr, proc.stderr

@@ -55,12 +55,19 @@ def knative_served_images(objs: list[dict[str, Any]]) -> list[tuple[str, str]]:
     out = []
     for o in objs:
         if o["kind"] == "ServingRuntime":
-            out += [(f"ServingRuntime/{o['metadata']['name']}/{c['name']}", c["image"])
-                    for c in o["spec"]["containers"]]
+            out += [
+                (f"ServingRuntime/{o['metadata']['name']}/{c['name']}", c["image"])
+                for c in o["spec"]["containers"]
+            ]
         if o["kind"] == "InferenceService":
             for component in ("predictor", "transformer", "explainer"):
                 for c in (o["spec"].get(component) or {}).get("containers", []):
-                    out.append((f"InferenceService/{o['metadata']['name']}/{component}/{c['name']}", c["image"]))
+                    out.append(
+                        (
+                            f"InferenceService/{o['metadata']['name']}/{component}/{c['name']}",
+                            c["image"],
+                        )
+                    )
     return out
 
 
@@ -111,7 +118,31 @@ def known_services(objs: list[dict[str, Any]]) -> dict[tuple[str, str], set[int]
             known[(o["metadata"]["namespace"], o["metadata"]["name"])] = {
                 p["port"] for p in o["spec"]["ports"]
             }
+    known.update(route_tag_services(objs))
     return known
+
+
+TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+
+
+def route_tag_services(objs: list[dict[str, Any]]) -> dict[tuple[str, str], set[int]]:
+    """The Services Knative makes for the route tags KServe sets on a predictor when an
+    InferenceService has `serving.kserve.io/enable-tag-routing: "true"`: tags `latest` and
+    `prev` (kserve v0.20.0 ksvc_reconciler.go:139-152) on the ksvc `<isvc>-predictor`, one
+    Service per tag named by the default tag template `{{.Tag}}-{{.Name}}` on port 80
+    (knative-v1.21.1 reconcile_resources.go:151-175, resources/service.go:45-69,
+    networking config.go:60). They exist only once KServe has reconciled, so no install
+    inventory lists them."""
+    out: dict[tuple[str, str], set[int]] = {}
+    for o in objs:
+        meta = o["metadata"]
+        if (
+            o["kind"] == "InferenceService"
+            and (meta.get("annotations") or {}).get(TAG_ROUTING) == "true"
+        ):
+            for tag in ("latest", "prev"):
+                out[(meta["namespace"], f"{tag}-{meta['name']}-predictor")] = {80}
+    return out
 
 
 def dangling_services(text: str, known: dict[tuple[str, str], set[int]], where: str) -> list[str]:
@@ -119,7 +150,9 @@ def dangling_services(text: str, known: dict[tuple[str, str], set[int]], where: 
     for name, ns, port in SVC_HOST.findall(text):
         ports = known.get((ns, name))
         if ports is None:
-            problems.append(f"{where}: {name}.{ns}.svc.cluster.local is a Service no install creates")
+            problems.append(
+                f"{where}: {name}.{ns}.svc.cluster.local is a Service no install creates"
+            )
         elif port and int(port) not in ports:
             problems.append(f"{where}: {name}.{ns} has no port {port} (it has {sorted(ports)})")
     return problems
@@ -130,14 +163,21 @@ def test_no_object_or_script_refers_to_a_service_that_is_not_installed(all_rende
         known = known_services(objs)
         assert dangling_services(yaml.safe_dump_all(objs), known, name) == []
     known = known_services(all_renders["kustomize/primary"])
-    for path in ("scripts/cluster-up", "helm/kubeloop/values.yaml", "README.md",
-                 ".github/workflows/kind-e2e.yaml", "docs/cluster-assumptions.md"):
+    for path in (
+        "scripts/cluster-up",
+        "helm/kubeloop/values.yaml",
+        "README.md",
+        ".github/workflows/kind-e2e.yaml",
+        "docs/cluster-assumptions.md",
+    ):
         assert dangling_services((ROOT / path).read_text(), known, path) == []
 
 
 def test_mutation_minio_service_is_caught(overlays):
     known = known_services(overlays["primary"])
-    (problem,) = dangling_services("http://minio-service.kubeflow.svc.cluster.local:9000", known, "x")
+    (problem,) = dangling_services(
+        "http://minio-service.kubeflow.svc.cluster.local:9000", known, "x"
+    )
     assert "no install creates" in problem
 
 
@@ -177,8 +217,10 @@ def ingress_allowed(
     src_ns, src_labels = src
     dst_ns, dst_labels = dst
     selecting = [
-        p for p in policies
-        if p["namespace"] == dst_ns and selector_matches(p["spec"]["podSelector"], dst_labels)
+        p
+        for p in policies
+        if p["namespace"] == dst_ns
+        and selector_matches(p["spec"]["podSelector"], dst_labels)
         and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
     ]
     if not selecting:
@@ -186,16 +228,20 @@ def ingress_allowed(
     for p in selecting:
         for rule in p["spec"].get("ingress") or []:
             ports = rule.get("ports")
-            if ports and not any(q.get("port") in (None, port) and q.get("protocol", "TCP") == "TCP"
-                                 for q in ports):
+            if ports and not any(
+                q.get("port") in (None, port) and q.get("protocol", "TCP") == "TCP" for q in ports
+            ):
                 continue
             peers = rule.get("from")
             if not peers:
                 return True
             for peer in peers:
                 ns_sel, pod_sel = peer.get("namespaceSelector"), peer.get("podSelector")
-                ns_ok = (selector_matches(ns_sel, namespaces.get(src_ns, {})) if ns_sel is not None
-                         else src_ns == p["namespace"])
+                ns_ok = (
+                    selector_matches(ns_sel, namespaces.get(src_ns, {}))
+                    if ns_sel is not None
+                    else src_ns == p["namespace"]
+                )
                 pod_ok = selector_matches(pod_sel, src_labels) if pod_sel is not None else True
                 if ns_ok and pod_ok:
                     return True
@@ -203,7 +249,9 @@ def ingress_allowed(
 
 
 def _namespace_labels(objs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
-    labels = {ns: {"kubernetes.io/metadata.name": ns} for ns in ("kubeflow", "default", "kube-system")}
+    labels = {
+        ns: {"kubernetes.io/metadata.name": ns} for ns in ("kubeflow", "default", "kube-system")
+    }
     for o in objs:
         if o["kind"] == "Namespace":
             name = o["metadata"]["name"]
@@ -213,8 +261,19 @@ def _namespace_labels(objs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
 
 def _policies(objs: list[dict[str, Any]], ours: bool = True) -> list[dict[str, Any]]:
     upstream = [dict(p) for p in INVENTORY["kfp"]["network_policies"]]
-    mine = [{"namespace": o["metadata"]["namespace"], "name": o["metadata"]["name"], "spec": o["spec"]}
-            for o in objs if o["kind"] == "NetworkPolicy"] if ours else []
+    mine = (
+        [
+            {
+                "namespace": o["metadata"]["namespace"],
+                "name": o["metadata"]["name"],
+                "spec": o["spec"],
+            }
+            for o in objs
+            if o["kind"] == "NetworkPolicy"
+        ]
+        if ours
+        else []
+    )
     return upstream + mine
 
 
@@ -224,8 +283,14 @@ def _pods(objs: list[dict[str, Any]]) -> dict[str, tuple[str, dict[str, str]]]:
     redis = find(objs, "Deployment", "kubeloop-redis")["spec"]["template"]["metadata"]
     isvc = find(objs, "InferenceService", "ctr")["metadata"]["name"]
     return {
-        "predictor": ("kubeloop", {"serving.kserve.io/inferenceservice": isvc, "component": "predictor"}),
-        "transformer": ("kubeloop", {"serving.kserve.io/inferenceservice": isvc, "component": "transformer"}),
+        "predictor": (
+            "kubeloop",
+            {"serving.kserve.io/inferenceservice": isvc, "component": "predictor"},
+        ),
+        "transformer": (
+            "kubeloop",
+            {"serving.kserve.io/inferenceservice": isvc, "component": "transformer"},
+        ),
         "detector": ("kubeloop", detector["labels"]),
         "redis": ("kubeloop", redis["labels"]),
         "pipeline step": ("kubeflow", {"pipelines.kubeflow.org/v2_component": "true"}),
@@ -237,8 +302,12 @@ def _object_store(objs: list[dict[str, Any]]) -> tuple[tuple[str, dict[str, str]
     """The seaweedfs pod and the container port behind the Service port our URLs use."""
     (svc,) = [s for s in INVENTORY["kfp"]["services"] if s["name"] == "seaweedfs"]
     url = find(objs, "Deployment", "kubeloop-drift-detector")["spec"]["template"]["spec"]
-    (endpoint,) = [e["value"] for c in url["initContainers"] for e in c.get("env", [])
-                   if e["name"] == "AWS_ENDPOINT_URL"]
+    (endpoint,) = [
+        e["value"]
+        for c in url["initContainers"]
+        for e in c.get("env", [])
+        if e["name"] == "AWS_ENDPOINT_URL"
+    ]
     service_port = int(endpoint.rsplit(":", 1)[1])
     (target,) = [p["targetPort"] for p in svc["ports"] if p["port"] == service_port]
     return ("kubeflow", INVENTORY["kfp"]["pod_labels"]["seaweedfs"]), int(target)
@@ -276,10 +345,20 @@ def test_without_our_policy_kfps_own_policy_drops_the_storage_initializers(overl
 
 def test_network_policy_evaluator_semantics():
     ns = {"a": {"kubernetes.io/metadata.name": "a"}, "b": {"kubernetes.io/metadata.name": "b"}}
-    policy = {"namespace": "a", "name": "p", "spec": {
-        "podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
-        "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "api"}}}],
-                     "ports": [{"port": 5432}]}]}}
+    policy = {
+        "namespace": "a",
+        "name": "p",
+        "spec": {
+            "podSelector": {"matchLabels": {"app": "db"}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [{"podSelector": {"matchLabels": {"role": "api"}}}],
+                    "ports": [{"port": 5432}],
+                }
+            ],
+        },
+    }
     db = ("a", {"app": "db"})
     assert ingress_allowed([policy], ns, ("a", {"role": "api"}), db, 5432)
     assert not ingress_allowed([policy], ns, ("b", {"role": "api"}), db, 5432)  # other namespace
@@ -318,7 +397,9 @@ QUEUE_PROXY_CONTEXT = {
 }
 
 
-def with_injected_containers(label: str, pod: dict[str, Any], component: dict[str, Any]) -> dict[str, Any]:
+def with_injected_containers(
+    label: str, pod: dict[str, Any], component: dict[str, Any]
+) -> dict[str, Any]:
     """The pod KServe and Knative really run for an InferenceService component: queue-proxy
     (Knative), agent (KServe's logger, a copy of the first container's securityContext:
     agent_injector.go) and storage-initializer (KServe's pod webhook, when the component has a
@@ -327,17 +408,31 @@ def with_injected_containers(label: str, pod: dict[str, Any], component: dict[st
     first = pod["containers"][0]
     pod["containers"].append({"name": "queue-proxy", "securityContext": QUEUE_PROXY_CONTEXT})
     if component.get("logger"):
-        pod["containers"].append({"name": "agent", "securityContext": copy.deepcopy(first.get("securityContext"))})
+        pod["containers"].append(
+            {"name": "agent", "securityContext": copy.deepcopy(first.get("securityContext"))}
+        )
     has_uri = bool((component.get("model") or {}).get("storageUri")) or any(
-        e.get("name") == "STORAGE_URI" for c in component.get("containers", []) for e in c.get("env", []))
+        e.get("name") == "STORAGE_URI"
+        for c in component.get("containers", [])
+        for e in c.get("env", [])
+    )
     if has_uri:
         pod.setdefault("initContainers", []).append(
-            {"name": "storage-initializer", "securityContext": storage_initializer_context()})
+            {"name": "storage-initializer", "securityContext": storage_initializer_context()}
+        )
     return pod
 
 
-RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
-                      "persistentVolumeClaim", "projected", "secret"}
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
 
 
 def restricted_problems(label: str, pod: dict[str, Any]) -> list[str]:
@@ -401,7 +496,9 @@ def test_namespace_enforces_restricted(all_renders):
 def test_every_pod_with_its_injected_containers_meets_restricted(all_renders):
     for name, objs in all_renders.items():
         pods = full_pods(objs)
-        injected = {c["name"] for _, p in pods for c in p.get("initContainers", []) + p["containers"]}
+        injected = {
+            c["name"] for _, p in pods for c in p.get("initContainers", []) + p["containers"]
+        }
         assert {"queue-proxy", "agent", "storage-initializer"} <= injected, name
         problems = [p for label, pod in pods for p in restricted_problems(label, pod)]
         assert problems == [], name
@@ -410,8 +507,10 @@ def test_every_pod_with_its_injected_containers_meets_restricted(all_renders):
 def test_kserves_default_storage_initializer_fails_restricted(overlays):
     """The defect itself: without our values the storage-initializer has no seccompProfile."""
     default = INVENTORY["kserve"]["storage_values"]["containerSecurityContext"]
-    pod = {"containers": [{"name": "c", "securityContext": QUEUE_PROXY_CONTEXT}],
-           "initContainers": [{"name": "storage-initializer", "securityContext": default}]}
+    pod = {
+        "containers": [{"name": "c", "securityContext": QUEUE_PROXY_CONTEXT}],
+        "initContainers": [{"name": "storage-initializer", "securityContext": default}],
+    }
     assert restricted_problems("p", pod) == ["p/storage-initializer: seccompProfile is unset"]
 
 
@@ -420,7 +519,9 @@ def test_kserves_default_storage_initializer_fails_restricted(overlays):
 
 def test_cluster_up_reads_keys_the_kfp_secret_has():
     text = (ROOT / "scripts" / "cluster-up").read_text()
-    used = set(re.findall(r"get secret mlpipeline-minio-artifact -o jsonpath='\{\.data\.(\w+)\}'", text))
+    used = set(
+        re.findall(r"get secret mlpipeline-minio-artifact -o jsonpath='\{\.data\.(\w+)\}'", text)
+    )
     assert used and used <= set(INVENTORY["kfp"]["secrets"]["mlpipeline-minio-artifact"])
 
 
@@ -431,10 +532,12 @@ def test_kourier_node_port_patch_targets_its_http_port():
     assert svc["namespace"] == "kourier-system"
     assert svc["ports"][0]["name"] == "http2" and svc["ports"][0]["port"] == 80
     text = (ROOT / "scripts" / "cluster-up").read_text()
-    assert "-n kourier-system patch service/kourier" in text and '/spec/ports/0/nodePort' in text
+    assert "-n kourier-system patch service/kourier" in text and "/spec/ports/0/nodePort" in text
     node_port = re.search(r'KOURIER_NODE_PORT="(\d+)"', text).group(1)
     kind = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
-    assert int(node_port) in [m["containerPort"] for n in kind["nodes"] for m in n["extraPortMappings"]]
+    assert int(node_port) in [
+        m["containerPort"] for n in kind["nodes"] for m in n["extraPortMappings"]
+    ]
 
 
 def test_cluster_up_waits_on_deployments_that_exist():
@@ -465,7 +568,9 @@ def test_detector_state_and_alerts_live_on_a_persistent_volume(all_renders):
         dep = find(objs, "Deployment", "kubeloop-drift-detector")
         spec = dep["spec"]["template"]["spec"]
         (container,) = [c for c in spec["containers"] if c["name"] == "drift-detector"]
-        (state_dir,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--state_dir=")]
+        (state_dir,) = [
+            a.split("=", 1)[1] for a in container["args"] if a.startswith("--state_dir=")
+        ]
         assert not any(a.startswith("--alert_store=") for a in container["args"]), name
         (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == state_dir]
         (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]

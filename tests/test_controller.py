@@ -330,3 +330,33 @@ def test_rollout_event_names_are_unique_per_step(cluster) -> None:
     isvc = client.get("ctr")
     names = {rollout_event(record, step, isvc)["metadata"]["name"] for step in record.history}
     assert len(names) == len(record.history)
+
+
+def test_the_heartbeat_follows_the_passes(tmp_path) -> None:
+    import threading
+
+    from kubeloop.cluster.controller_cli import run_forever
+    from kubeloop.errors import KubeloopError
+
+    beat = tmp_path / "heartbeat"
+    stop = threading.Event()
+    outcomes = iter([KubeloopError("the request log is away"), RuntimeError("bug")])
+
+    class Loop:
+        passes = 0
+
+        def reconcile_once(self):
+            self.passes += 1
+            outcome = next(outcomes, None)
+            if outcome is None:
+                stop.set()
+                return
+            if isinstance(outcome, RuntimeError) and beat.exists():
+                beat.unlink()  # see whether a crashing pass touches it
+            raise outcome
+
+    loop = Loop()
+    run_forever(loop, 0, stop, str(beat))
+    assert loop.passes == 3
+    # The crashing pass left it alone, the clean last pass touched it again.
+    assert beat.exists()

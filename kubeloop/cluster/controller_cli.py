@@ -23,9 +23,23 @@ from kubeloop.errors import KubeloopError
 log = logging.getLogger("kubeloop.cluster.controller")
 
 
-def run_forever(loop: Any, interval: float, stop: threading.Event) -> None:
+def beat(path: str | None) -> None:
+    """Touch the heartbeat file: the pod's exec probes check its age (the controller serves
+    no HTTP, and its NetworkPolicy admits no ingress)."""
+    if path:
+        from pathlib import Path
+
+        Path(path).touch()
+
+
+def run_forever(
+    loop: Any, interval: float, stop: threading.Event, heartbeat: str | None = None
+) -> None:
     """Reconcile every `interval` seconds until `stop`; a failed pass is logged and retried
-    at the next interval (the API or the request log may be briefly away)."""
+    at the next interval (the API or the request log may be briefly away). The heartbeat is
+    touched after every pass that ended, even with a reported error (a one-line
+    KubeloopError); an unexpected exception leaves it alone, so a controller that keeps
+    crashing in its pass goes stale and the liveness probe restarts it."""
     while not stop.is_set():
         try:
             record = loop.reconcile_once()
@@ -36,8 +50,10 @@ def run_forever(loop: Any, interval: float, stop: threading.Event) -> None:
                     record.candidate, record.phase, record.state.step, record.state.percent,
                     f", {last.action}: {last.reasons[-1]}" if last and last.reasons else "",
                 )  # fmt: skip
+            beat(heartbeat)
         except KubeloopError as exc:
             log.warning("rollout: %s", exc)
+            beat(heartbeat)
         except Exception:  # the controller must keep running
             log.exception("rollout: reconcile failed")
         stop.wait(interval)
@@ -60,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--production-version", default=None, help="default: read off the log")
     p.add_argument("--candidate-version", default=None, help="default: read off the log")
     p.add_argument("--once", action="store_true", help="one pass, then exit")
+    p.add_argument(
+        "--heartbeat",
+        default=None,
+        help="file touched after every pass (the Deployment's exec probes check its age)",
+    )
     p.add_argument("--log-level", default="info")
     return p
 
@@ -123,7 +144,7 @@ def main(argv: list[str] | None = None, *, api: Any = None, core_api: Any = None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    run_forever(loop, args.interval, stop)
+    run_forever(loop, args.interval, stop, args.heartbeat)
     return 0
 
 
