@@ -11,6 +11,7 @@ the shared transform, the protocol's request fields, evaluation and the CLI with
 from __future__ import annotations
 
 import re
+import runpy
 from datetime import UTC, date, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
@@ -227,7 +228,7 @@ def test_a_use_case_spec_checks_itself():
         _ = make_use_case("/nowhere").synthetic
 
 
-def test_second_use_case_runs_validation_etl_feast_and_training_set(fraud, tmp_path):
+def test_second_use_case_runs_validation_etl_feast_and_training_set(fraud, registered, tmp_path):
     from kubeloop.data.validate import validate_lake
     from kubeloop.evaluation.metrics import evaluate_frame
     from kubeloop.features.build import FeatureBuildConfig, build_features
@@ -276,6 +277,10 @@ def test_second_use_case_runs_validation_etl_feast_and_training_set(fraud, tmp_p
 
     repo = tmp_path / "repo"
     write_repo(repo, FeatureStoreSettings(offline_store="asof"), features, use_case=use_case.name)
+    # The generated module that `feast -c repo apply` imports builds the same objects (it
+    # names the use case, resolved through its entry point: the `registered` fixture).
+    module = runpy.run_path(str(repo / "kubeloop_definitions.py"))
+    assert {"card", "merchant", "card_stats", "merchant_stats", "fraud_model"} <= set(module)
     store = open_store(repo)
     objects = apply_definitions(store, features, use_case=use_case)
     assert [o.name for o in objects] == [
