@@ -28,6 +28,9 @@ from kubeloop.cluster.isvc import InferenceServiceClient
 from kubeloop.serving.progressive import ProgressivePolicy
 from kubeloop.serving.rollout_loop import records_frame
 
+# Offline checks of the cluster path: the kind workflow's offline job runs them too.
+pytestmark = pytest.mark.cluster
+
 ROOT = Path(__file__).resolve().parents[1]
 NS = "kubeloop"
 CONTEXT = "kind-kubeloop"

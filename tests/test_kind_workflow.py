@@ -149,3 +149,84 @@ def test_workflow_reaches_only_services_that_exist():
     for ns, name in forwards:
         ns = "kubeloop" if ns == '"${NAMESPACE}"' else ns
         assert (ns, name) in kfp | ours, f"svc/{name} in {ns} is not created by any install"
+
+
+# --- the rollout controller's checks ----------------------------------------------------------
+
+
+def _records(pairs: int, *, same_version: bool = False, shadow_only: int = 0) -> dict:
+    rows = []
+    for i in range(pairs):
+        rows.append({"request_id": f"r{i}", "variant": "primary", "version": "v1",
+                     "predictions": [0.1], "status_code": 200})
+        rows.append({"request_id": f"r{i}", "variant": "shadow",
+                     "version": "v1" if same_version else "v2",
+                     "predictions": [0.2], "status_code": 200})
+    for i in range(shadow_only):
+        rows.append({"request_id": f"s{i}", "variant": "shadow", "version": "v2",
+                     "predictions": [0.2], "status_code": 200})
+    return {"records": rows, "labels": {}}
+
+
+def test_paired_check_needs_both_answers_of_two_versions():
+    assert e2e_checks.check_paired(_records(30), 30) == "30 paired request ids"
+    with pytest.raises(CheckFailed, match="expected at least 30"):
+        e2e_checks.check_paired(_records(29, shadow_only=5), 30)
+    with pytest.raises(CheckFailed, match="shadowed by the version that served"):
+        e2e_checks.check_paired(_records(30, same_version=True), 30)
+    failed = _records(30)
+    for row in failed["records"]:
+        if row["variant"] == "shadow":
+            row["status_code"] = 502
+    with pytest.raises(CheckFailed, match="0 request id"):
+        e2e_checks.check_paired(failed, 1)
+
+
+def test_rollout_check_reads_the_status_json():
+    running = {"phase": "running", "step": 0, "percent": 0, "history": [{"action": "start"}]}
+    assert "running" in e2e_checks.check_rollout(running, "running", 0)
+    with pytest.raises(CheckFailed, match="expected 'aborted'"):
+        e2e_checks.check_rollout(running, "aborted", 0)
+    with pytest.raises(CheckFailed, match="expected 5%"):
+        e2e_checks.check_rollout(running, "running", 5)
+    with pytest.raises(CheckFailed, match="phase is 'none'"):
+        e2e_checks.check_rollout({"phase": "none"}, "running", 0)
+    with pytest.raises(CheckFailed, match="without any recorded step"):
+        e2e_checks.check_rollout({**running, "history": []}, "running", 0)
+
+
+def test_events_check_needs_the_reason_on_the_inferenceservice():
+    events = [
+        {"reason": "RolloutStarted", "involvedObject": {"kind": "InferenceService", "name": "ctr"}},
+        {"reason": "RolloutAborted", "involvedObject": {"kind": "Pod", "name": "x"}},
+    ]
+    assert "1 RolloutStarted" in e2e_checks.check_events(events, "RolloutStarted")
+    with pytest.raises(CheckFailed, match="no RolloutAborted Event"):
+        e2e_checks.check_events(events, "RolloutAborted")
+
+
+def test_the_rollout_step_runs_the_checks_on_what_the_controller_did():
+    deploy = step("Deploy kubeloop")
+    assert "rollout status deployment/kubeloop-rollout-controller" in deploy
+    # The controller waits while the plugin's manual split is checked...
+    assert deploy.index("rollout status deployment/kubeloop-rollout-controller") < deploy.index(
+        "scale deployment/kubeloop-rollout-controller --replicas=0"
+    )
+    run = step("Rollout controller")
+    # ...and takes over afterwards.
+    assert "scale deployment/kubeloop-rollout-controller --replicas=1" in run
+    assert "e2e_checks.py rollout /tmp/rollout.json --phase running --percent 0" in run
+    assert "e2e_checks.py events /tmp/events.json --reason RolloutStarted" in run
+    assert "e2e_checks.py paired /tmp/records.json --min 30" in run
+    assert "/requestlog/records" in run and "/feedback" in run
+    assert 'test "$(label never-served 1)" = 404' in run
+    assert 'test "$(label e2e-2 2)" = 422' in run
+    assert "kubectl kubeloop -n \"${NAMESPACE}\" rollout abort ctr" in run
+    assert "e2e_checks.py rollout /tmp/rollout.json --phase aborted --percent 0" in run
+    assert "e2e_checks.py events /tmp/events.json --reason RolloutAborted" in run
+    requests = int(re.search(r"for i in \$\(seq 1 (\d+)\)", run).group(1))
+    assert requests >= 30  # enough to pair 30 ids at the shadow stage (all served by v1)
+    steps = list(e2e_steps())
+    assert steps.index(next(n for n in steps if "Rollout controller" in n)) > steps.index(
+        next(n for n in steps if "Drive drifted traffic" in n)
+    )
