@@ -160,9 +160,7 @@ def materialize(
             end_at = datetime.fromisoformat(end)
         except ValueError:
             raise FeatureStoreError(f"--end {end!r} is not an ISO date or time") from None
-    summary = run_materialize(
-        open_store(repo), end_at, progress=not no_progress, use_case=use_case
-    )
+    summary = run_materialize(open_store(repo), end_at, progress=not no_progress, use_case=use_case)
     counts = " and ".join(f"{n:,} {entity} keys" for entity, n in summary.entities.items())
     typer.echo(
         f"materialized {counts} "

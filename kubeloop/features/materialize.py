@@ -265,9 +265,7 @@ class OnlineFeed:
             view = store.get_feature_view(view_name)
             validate_table(view.batch_source.path, expected, key)
             frame = pd.read_parquet(view.batch_source.path)
-            self.tables[view_name] = frame.sort_values(FEATURE_TIMESTAMP).reset_index(
-                drop=True
-            )
+            self.tables[view_name] = frame.sort_values(FEATURE_TIMESTAMP).reset_index(drop=True)
         self.position = _as_utc(start)
 
     def advance(self, until: datetime) -> int:

@@ -102,9 +102,7 @@ class _EventLog:
         self.lake_root = lake_root
         self._fs = fs
         self._events_dir = events_dir
-        partitioning = ds.partitioning(
-            pa.schema([(PARTITION_KEY, pa.string())]), flavor="hive"
-        )
+        partitioning = ds.partitioning(pa.schema([(PARTITION_KEY, pa.string())]), flavor="hive")
         # Page CRCs verified (the lake's writer writes them): a flipped byte in a page is
         # an error here, not a silently wrong value in the training set.
         parquet = ds.ParquetFileFormat(

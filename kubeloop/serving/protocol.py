@@ -172,9 +172,7 @@ def _model_fields(use_case: UseCase) -> FieldSet:
 @functools.cache
 def _client_fields(use_case: UseCase) -> FieldSet:
     ids = [FieldSpec(key, "int", **_ENTITY_ID) for key in use_case.join_keys]
-    return FieldSet(
-        (*ids, *_context_fields(use_case, nullable=False)), "the client request fields"
-    )
+    return FieldSet((*ids, *_context_fields(use_case, nullable=False)), "the client request fields")
 
 
 def client_fields(use_case: UseCase | str | None = None) -> FieldSet:

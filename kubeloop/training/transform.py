@@ -296,7 +296,9 @@ class FeatureTransform(BaseModel):
             labels = _numeric_values(frame[label])
             if np.isfinite(labels).any():
                 base_rate = float(np.nanmean(labels))
-        rules = {c: _rule_for(c, frame, base_rate, cfg, use_case) for c in _numeric_columns(use_case)}
+        rules = {
+            c: _rule_for(c, frame, base_rate, cfg, use_case) for c in _numeric_columns(use_case)
+        }
         vocabularies: dict[str, list[str]] = {}
         crosses = {cross_name(a, b): (a, b) for a, b in cfg.crosses or []}
         for col in [*_categorical_columns(use_case), *crosses]:
@@ -306,7 +308,9 @@ class FeatureTransform(BaseModel):
             # Frequency order, ties broken by key, so refitting on the same data is stable.
             kept.sort(key=lambda kv: (-kv[1], kv[0]))
             vocabularies[col] = [key for key, _ in kept[: cfg.max_vocab]]
-        cyclic = [c for c in use_case.transform.cyclic_hours if c in rules] if cfg.hour_cyclic else []
+        cyclic = (
+            [c for c in use_case.transform.cyclic_hours if c in rules] if cfg.hour_cyclic else []
+        )
         return cls(
             config=cfg,
             numeric_rules=rules,
