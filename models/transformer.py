@@ -22,7 +22,7 @@ Request ids: the body's `request_id` (v2: the request `id`), else the client's
 the response's `x-request-id`. The router between transformer and predictors routes and
 logs by it. It also goes as `ce-id`: KServe's logger on the predictor takes a request's
 CloudEvent id from that header and makes a new UUID without it (kserve v0.20.0
-`pkg/logger/handler.go:142,210-216`), and KServe's own client forwards only x-request-id,
+`pkg/logger/handler.go:143,210-216`), and KServe's own client forwards only x-request-id,
 x-b3-traceid and authorization; without it, labels and shadow answers could not be joined
 to the logged answer.
 
