@@ -313,3 +313,18 @@ def test_the_router_takes_labels_for_what_it_served(tmp_path) -> None:
     logger.close()
     feedback.close()
     sink.close()
+
+
+def test_post_label_events_sends_batches_all_or_nothing(service) -> None:
+    from kubeloop.serving.request_log.feedback import FeedbackError, post_label_events
+
+    client = client_for(service)
+    assert (
+        post_label_events("/feedback", [("r1", 1), ("b1/0", 0)], source="t", chunk=1, client=client)
+        == 2
+    )
+    assert service.labels.labels() == {"r1": 1, "b1/0": 0}
+    with pytest.raises(FeedbackError, match="no such request") as info:
+        post_label_events("/feedback", [("b1/1", 1), ("ghost", 1)], source="t", client=client)
+    assert info.value.status == 404
+    assert "b1/1" not in service.labels.labels()  # the batch was refused as a whole

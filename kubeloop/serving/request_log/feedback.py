@@ -657,3 +657,46 @@ def label_event(
         "datacontenttype": "application/json",
         "data": data,
     }
+
+
+def post_label_events(
+    url: str,
+    labels: Iterable[tuple[str, int]],
+    *,
+    source: str,
+    chunk: int = 5000,
+    client: Any = None,
+) -> int:
+    """POST `(impression key, 0/1)` labels to a feedback endpoint (`url`: the local stack's
+    `feedback_url`, or the drift detector's `/feedback`) as CloudEvent batches of `chunk`;
+    raises `FeedbackError` with the endpoint's own message on a refused batch (which is
+    stored all or nothing). Returns how many were stored."""
+    import httpx
+
+    items = [label_event(key, int(value), source=source) for key, value in labels]
+    size = max(1, min(chunk, MAX_BATCH))
+    own = client is None
+    http = client or httpx.Client(timeout=60)
+    stored = 0
+    try:
+        for i in range(0, len(items), size):
+            response = http.post(
+                url,
+                content=json.dumps(items[i : i + size]),
+                headers={"content-type": BATCH_CONTENT_TYPE},
+            )
+            if response.status_code != 200:
+                try:
+                    answer = response.json()
+                except ValueError:
+                    answer = {"error": response.text, "reason": "http"}
+                raise FeedbackError(
+                    response.status_code,
+                    str(answer.get("reason", "http")),
+                    f"{url}: {answer.get('error', response.text)}",
+                )
+            stored += int(response.json().get("stored", 0))
+    finally:
+        if own:
+            http.close()
+    return stored
