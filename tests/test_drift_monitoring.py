@@ -257,3 +257,23 @@ def test_cli_show_and_the_service_serve_the_page(reference, tmp_path):
     assert 'data-name="realized NE (labelled windows)"' in page.read_text()
     missing = runner.invoke(app, ["alerts", "show", "nosuch", "--workdir", str(workdir)])
     assert missing.exit_code != 0 and "nosuch" in str(missing.exception)  # one line, by main()
+
+
+def test_estimate_alerts_when_scores_lose_their_spread(reference, tmp_path):
+    # The model's scores collapse to the base rate (a broken feature upstream, say): with
+    # calibrated scores that means an uninformative model, seen before any label.
+    alerts, seen = [], []
+    frame = make_frame(1000, seed=51)
+    flat = np.full(len(frame), float(np.mean(scores_of(frame))))
+    with DriftMonitor(
+        reference, tmp_path / "s", config=small_config(), on_alert=[alerts.append],
+        on_evaluation=[seen.append],
+    ) as m:  # fmt: skip
+        feed(m, frame[:500], scores_of(frame[:500]))
+        feed(m, frame[500:], flat[500:], start=T0 + 1000, prefix="f")
+    est = [e for e in seen if e.detector == "estimated_performance"]
+    assert [e.result.is_drift for e in est] == [False, True]
+    (alert,) = [a for a in alerts if a.detector == "estimated_performance"]
+    assert "estimated_auc" in alert.features
+    assert alert.details["estimated"]["auc"] == pytest.approx(0.5)
+    assert alert.details["reference_estimated"]["auc"] > 0.55

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from kubeloop.drift.detectors.base import DriftDetector, DriftError, corrected_threshold
-from kubeloop.drift.estimate import binary_entropy, estimate, realized
+from kubeloop.drift.estimate import binary_entropy, estimate, expected_auc, realized
 from kubeloop.training.transform import category_key as model_category_key
 
 OTHER_CODE = 0
@@ -684,8 +684,22 @@ class EstimatedPerformanceCheck:
         findings = []
         if p_ne < cfg.p_val:
             findings.append(("estimated_normalized_entropy", ne_increase, p_ne))
-        if auc_drop > cfg.max_auc_drop:
-            findings.append(("estimated_auc", auc_drop, min(p_ne, cfg.p_val / 10)))
+        if auc_drop > cfg.max_auc_drop and win.auc is not None:
+            # The expected AUC is a function of the window's scores, so its uncertainty is
+            # that of the rows the window happened to draw: a small bootstrap (only run
+            # when the margin is crossed), deterministic per window size.
+            rng = np.random.default_rng(len(scores))
+            n = len(scores)
+            boot = [
+                expected_auc(np.asarray(scores)[rng.integers(0, n, n)]) for _ in range(30)
+            ]
+            boot = [b for b in boot if b is not None]
+            se_auc = float(np.std(boot, ddof=1)) if len(boot) > 2 else 0.0
+            z = (auc_drop - cfg.max_auc_drop) / se_auc if se_auc > 0 else math.inf
+            p_auc = _normal_sf(z)
+            result.details["auc_drop_p_value"] = p_auc
+            if p_auc < cfg.p_val:
+                findings.append(("estimated_auc", auc_drop, p_auc))
         result.n_reference = int(keep.sum())
         if findings:
             result.is_drift = True
