@@ -209,3 +209,16 @@ def test_policy_is_typed():
         ProgressivePolicy(schedule=[0, 5, 50])
     with pytest.raises(ValidationError):
         ProgressivePolicy(margin=0.01)
+
+
+def test_traffic_running_out_is_inconclusive_and_keeps_production():
+    from kubeloop.serving.progressive import end_of_traffic
+
+    policy = ProgressivePolicy(requires="superiority")
+    decisions = run_rollout(simulated_pairs(3000, 0.05, seed=8), policy)
+    assert decisions[-1].action == "hold"
+    ended = end_of_traffic(decisions[-1], policy)
+    assert ended.action == "inconclusive" and ended.percent == 0 and ended.state.done
+    assert "traffic ran out at 3000 paired" in ended.reasons[-1]
+    assert "superiority test" in ended.reasons[-1]
+    assert end_of_traffic(ended, policy) is ended

@@ -219,10 +219,11 @@ class _Experiment:
         self.labelled_at_check = labelled
         return self.check(pd.concat(self.sent, ignore_index=True))
 
-    def check(self, sent: pd.DataFrame) -> bool:
-        """One policy check on everything known now; True when the experiment is over."""
+    def check(self, sent: pd.DataFrame, last: bool = False) -> bool:
+        """One policy check on everything known now; True when the experiment is over.
+        `last`: no more traffic will come, so a rollout still running ends inconclusive."""
         from kubeloop.serving.paired import health_stats, paired_frame
-        from kubeloop.serving.progressive import evaluate_step
+        from kubeloop.serving.progressive import end_of_traffic, evaluate_step
 
         self._drain()
         self.checks += 1
@@ -232,6 +233,8 @@ class _Experiment:
         step_events = [e for e in events if e.id in self.step_ids]
         health = health_stats(step_events, self.primary, self.canary)
         decision = evaluate_step(self.state, paired, health, self.config.policy)
+        if last:
+            decision = end_of_traffic(decision, self.config.policy)
         self.last = decision
         reason = "; ".join(decision.reasons)
         if decision.action != "hold":
@@ -306,7 +309,7 @@ def run_serving_stage(
                 experiment.after_hour,
             )
             if not experiment.state.done:  # the traffic ran out first: one last look
-                experiment.check(sent)
+                experiment.check(sent, last=True)
             shadow = stack.router.shadow.status() if stack.router.shadow is not None else {}
         else:
             sent = replay_hours(

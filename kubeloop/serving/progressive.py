@@ -401,3 +401,29 @@ def evaluate_step(
 def initial_state(policy: ProgressivePolicy) -> StepState:
     """The state at the start of a rollout: the first step of the schedule (shadow)."""
     return StepState(step=0, percent=policy.schedule[0])
+
+
+def end_of_traffic(decision: StepDecision, policy: ProgressivePolicy) -> StepDecision:
+    """The decision when no more traffic will come (a replay that ran out before the
+    budget): a rollout that has not ended is inconclusive and keeps production, with the
+    reason naming what was missing. A finished decision is returned as it is."""
+    if decision.state.done:
+        return decision
+    state = decision.state.model_copy(update={"done": True})
+    n = decision.statistics.paired
+    if decision.state.quality == "passed":
+        missing = f"the dwell of step {decision.state.step} ({decision.state.percent}%)"
+    else:
+        missing = f"a conclusion of the {policy.requires.replace('_', '-')} test"
+    reason = (
+        f"inconclusive, keeping production: the traffic ran out at {n} paired labelled "
+        f"impressions (budget {policy.budget_labelled}) before {missing}"
+    )
+    return decision.model_copy(
+        update={
+            "action": "inconclusive",
+            "percent": 0,
+            "state": state,
+            "reasons": [*decision.reasons, reason],
+        }
+    )
