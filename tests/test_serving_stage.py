@@ -84,3 +84,12 @@ def test_demo_serves_replays_and_decides_on_the_canary(tmp_path):
     served = logged[logged["variant"] != "shadow"]
     assert set(logged["variant"]) <= {"primary", "canary", "shadow"}
     assert served["request_id"].nunique() == total
+
+
+def test_the_challenger_needs_superiority_unless_told_otherwise():
+    assert ServingStageConfig().policy.requires == "superiority"
+    # settings given without `requires` keep the challenger's requirement
+    partial = ServingStageConfig.model_validate({"policy": {"min_labelled": 50}})
+    assert partial.policy.requires == "superiority" and partial.policy.min_labelled == 50
+    gated = ServingStageConfig.model_validate({"policy": {"requires": "non_inferiority"}})
+    assert gated.policy.requires == "non_inferiority"

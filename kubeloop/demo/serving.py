@@ -20,7 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kubeloop.serving.progressive import ProgressivePolicy
 from kubeloop.serving.replay import ReplayConfig
@@ -55,6 +55,15 @@ class ServingStageConfig(BaseModel):
     shadow_drain_s: float = Field(
         30.0, gt=0, description="longest wait for the mirror's queue before a check"
     )
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _challenger_needs_superiority(cls, value: Any) -> Any:
+        # A policy given as settings without `requires` (say only min_labelled) is still
+        # the challenger's: superiority, not the policy class's non-inferiority default.
+        if isinstance(value, dict) and "requires" not in value:
+            return {**value, "requires": "superiority"}
+        return value
 
 
 def _label_columns() -> tuple[str, str | None]:
