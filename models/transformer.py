@@ -346,7 +346,12 @@ class FeastTransformer(ServedModel):
         caller's answer is already in hand)."""
         if self.shadow is None or self.shadow_targets is None:
             return
-        served = result.get("model_version") if isinstance(result, dict) else None
+        # The version that answered: kubeloop's v1 body field, or the v2 response's own.
+        served = (
+            result.get("model_version")
+            if isinstance(result, dict)
+            else getattr(result, "model_version", None)
+        )
         target = self.shadow_targets.pick(str(served) if served is not None else None)
         request_id = (headers or {}).get(REQUEST_ID_HEADER)
         if target is None or not request_id:

@@ -201,6 +201,13 @@ def test_requestlog_keeps_cluster_events_and_records_pair_them(tmp_path) -> None
     assert rows["shadow"]["version"] == "v2"
     later = client.get("/requestlog/records", params={"since": "2026-12-01T10:00:00.5+00:00"})
     assert [r["variant"] for r in later.json()["records"]] == ["shadow"]
+    assert later.json()["labels"] == {"k1": 1}  # k1 still has an answer in the window
+    # Labels of requests outside the window are not sent.
+    assert svc.records(since="2026-12-02T00:00:00+00:00") == {
+        "since": "2026-12-02T00:00:00.000000+00:00",
+        "records": [],
+        "labels": {},
+    }
     assert client.get("/requestlog/records", params={"since": "yesterday"}).status_code == 400
     # Not an inference event: refused, nothing kept.
     headers, body = binary({"request_id": "k1", "label": 1})

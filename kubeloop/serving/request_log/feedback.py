@@ -576,12 +576,14 @@ class FeedbackService:
         return True
 
     def records(self, since: str | None = None) -> dict[str, Any]:
-        """GET /requestlog/records: every answer since `since` and every label."""
-        return {
-            "since": since_iso(since) if since else None,
-            "records": answer_records(self.sink, since=since),
-            "labels": self.labels.labels(),
+        """GET /requestlog/records: every answer since `since` and the labels of those
+        requests (a batched request's impressions `<id>/<position>` included)."""
+        records = answer_records(self.sink, since=since)
+        ids = {r["request_id"] for r in records}
+        labels = {
+            k: v for k, v in self.labels.labels().items() if k in ids or k.rpartition("/")[0] in ids
         }
+        return {"since": since_iso(since) if since else None, "records": records, "labels": labels}
 
     def status(self) -> dict[str, Any]:
         with self._lock:
