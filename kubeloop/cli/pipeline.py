@@ -67,7 +67,8 @@ def run_cmd(
         model_name=model_name,
         scenario=scenario,
         generate=generate,
-        generator_config=generator,
+        # Only a generating run has a generator config (a LakeSource use case has none).
+        generator_config=generator if generate else None,
     )
     result = run_local(params, wd.root / "kfp_local")
     console.print_json(
