@@ -32,6 +32,7 @@ COPY kubeloop ./kubeloop
 COPY models ./models
 COPY components ./components
 COPY pipelines ./pipelines
+COPY usecases ./usecases
 RUN pip install --no-deps . \
     && rm -rf build *.egg-info
 

@@ -80,6 +80,25 @@ def test_the_scan_would_see_a_ctr_column(tmp_path):
     assert not pattern.search('raise BadEventError("bad_id", ...)')
 
 
+def test_every_image_ships_every_package():
+    """A use case is found by name inside the images too (KFP components, servers, drift
+    detector): each Dockerfile that installs the project copies every package that
+    pyproject.toml's package discovery includes."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in config["tool"]["setuptools"]["packages"]["find"]["include"]]
+    assert "usecases" in packages
+    dockerfiles = sorted((REPO / "images").glob("*.Dockerfile"))
+    assert dockerfiles
+    for path in dockerfiles:
+        text = path.read_text()
+        if "pip install --no-deps ." not in text:
+            continue
+        missing = [p for p in packages if f"COPY {p} ./{p}" not in text]
+        assert missing == [], f"{path.name} does not copy {missing}"
+
+
 # --- a second use case, defined here ---------------------------------------------------
 
 EVENTS = pa.schema(
