@@ -363,3 +363,28 @@ def test_the_heartbeat_follows_the_passes(tmp_path) -> None:
     assert loop.passes == 3
     # The crashing pass left it alone, the clean last pass touched it again.
     assert beat.exists()
+
+
+def test_a_step_waits_until_kserve_serves_its_split(cluster) -> None:
+    api, client, _ = cluster
+    traffic = Traffic(api, seed=8)
+    loop = controller(client, traffic)
+    record = loop.reconcile_once()  # start: canaryTrafficPercent 10 -> 0, not reconciled yet
+    assert record.settled is False
+    api.clear_requests()
+    for _ in range(2):
+        record = loop.reconcile_once()
+    # KServe still reports the old 10% split: nothing is judged or patched meanwhile.
+    assert record.settled is False and record.last is None
+    assert api.requests_for("PATCH") == []
+    assert "waiting for the split" in ClusterCanary(CONTEXT, NS, "ctr", client=client).progress().text
+    api.reconcile(NS, "ctr")
+    record = loop.reconcile_once()
+    # Settled, judged (one batch: the shadow stage passed) and moved on to 5%, whose split
+    # KServe has yet to serve.
+    assert record.last is not None and record.history[-1].action == "advance"
+    assert record.state.percent == 5 and record.settled is False
+    # Nothing was read while settling (one batch in all), and the SRM test of the step saw
+    # exactly the requests served once the 0% split was in place.
+    assert traffic.n == 600
+    assert record.last.statistics.srm.total == 600

@@ -12,6 +12,9 @@ InferenceService `--name`:
   `kubeloop.cluster.isvc.InferenceServiceClient` that `kubectl kubeloop canary` sends:
   `{"spec": {"predictor": {"canaryTrafficPercent": P}}}` to move a step, `null` to promote,
   `0` to roll back;
+- a moved percent counts only once KServe has reconciled it (`cluster_split_ready`: the
+  status's traffic shows it on the latest revision), so the step's SRM test and dwell never
+  see answers served at the previous split;
 - every step is a core/v1 Event on the InferenceService (`rollout_event`, reason
   `RolloutStarted|RolloutAdvanced|RolloutPromoted|RolloutRolledBack|RolloutInconclusive|
   RolloutAborted`), created once under a unique name (the Role grants `create` only);
@@ -273,6 +276,21 @@ def cluster_candidate(client: Any, name: str) -> Any:
     return current
 
 
+def cluster_split_ready(client: Any, name: str) -> Any:
+    """`split_ready` for an InferenceService: KServe has reconciled the current spec and its
+    status reports `percent` on the latest revision and the rest on the pinned one."""
+
+    def ready(percent: int) -> bool:
+        status = client.status(name)
+        if not status.up_to_date or status.canary_percent != percent:
+            return False
+        latest = sum(t.percent for t in status.traffic if t.latest)
+        pinned = sum(t.percent for t in status.traffic if not t.latest)
+        return bool(status.traffic) and latest == percent and pinned == 100 - percent
+
+    return ready
+
+
 def build_loop(
     client: Any,
     name: str,
@@ -301,6 +319,7 @@ def build_loop(
         store,
         records,
         current_candidate=cluster_candidate(client, name),
+        split_ready=cluster_split_ready(client, name),
         recorder=EventRecorder(client, name, instance=instance),
         policy=policy,
         production_version=production_version,

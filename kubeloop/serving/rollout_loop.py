@@ -17,6 +17,12 @@
    inconclusive, abort) through a `Recorder` (Kubernetes Events in the cluster) and save
    the record.
 
+A moved percent takes effect only once the target serves it (KServe reconciles the route;
+the router re-reads rollout.json): until `split_ready(percent)` says so, the step is
+"settling", nothing is judged, and the step's window (its requests, its SRM test) starts
+when the split is in place, so answers served at the old split never count against the new
+one.
+
 A hold changes nothing and records nothing but the record's `last` decision, so
 `rollout status` shows the current statistics and reasons. The record is small (bounded
 history) so it fits a ConfigMap.
@@ -84,6 +90,9 @@ class RolloutRecord(BaseModel):
     phase: Phase = "running"
     started_at: datetime
     step_started_at: datetime
+    settled: bool = Field(
+        True, description="the target serves the step's percent (the step's window is open)"
+    )
     state: StepState
     policy: ProgressivePolicy
     last: StepDecision | None = None
@@ -165,6 +174,7 @@ class RolloutLoop:
         production_version: str | None = None,
         candidate_version: str | None = None,
         shadow_at_full: bool = True,
+        split_ready: Callable[[int], bool] | None = None,
         clock: Callable[[], datetime] = _now,
     ):
         self.model = model
@@ -177,6 +187,7 @@ class RolloutLoop:
         self.production_version = production_version
         self.candidate_version = candidate_version
         self.shadow_at_full = shadow_at_full
+        self.split_ready = split_ready
         self.clock = clock
 
     # --- the steps ----------------------------------------------------------------------
@@ -209,6 +220,7 @@ class RolloutLoop:
             candidate_version=self.candidate_version,
             started_at=now,
             step_started_at=now,
+            settled=self.split_ready is None,
             state=state,
             policy=self.policy,
         )
@@ -234,8 +246,22 @@ class RolloutLoop:
             return record
         return self._evaluate(record)
 
+    def _settle(self, record: RolloutRecord) -> bool:
+        """True once the target serves the step's percent; the step's window opens then."""
+        if record.settled:
+            return True
+        assert self.split_ready is not None
+        if not self.split_ready(record.state.percent):
+            return False
+        record.settled = True
+        record.step_started_at = self.clock()
+        return True
+
     def _evaluate(self, record: RolloutRecord) -> RolloutRecord:
         from kubeloop.serving.paired import health_stats, paired_frame
+
+        if not self._settle(record):
+            return record  # nothing changed: no write
 
         answers, labels = self.source.fetch(record.started_at)
         if record.production_version is None or record.candidate_version is None:
@@ -262,6 +288,7 @@ class RolloutLoop:
             self.target.set(decision.percent, reason="; ".join(decision.reasons))
             record.state = decision.state
             record.step_started_at = self.clock()
+            record.settled = self.split_ready is None
         elif action == "promote":
             self.target.promote(reason="; ".join(decision.reasons))
             record.state = decision.state.model_copy(update={"percent": 100})
@@ -317,6 +344,7 @@ def record_summary(record: RolloutRecord | None) -> dict[str, Any]:
         "schedule": record.policy.schedule,
         "started_at": record.started_at.isoformat(),
         "step_started_at": record.step_started_at.isoformat(),
+        "settled": record.settled,
         "decision": last.model_dump(mode="json", exclude={"state"}) if last else None,
         "history": [s.model_dump(mode="json") for s in record.history],
     }
@@ -337,7 +365,8 @@ def render_record(record: RolloutRecord | None) -> str:
             f"{record.production_version or '?'}"
         ),
         f"phase       {record.phase}",
-        f"step        {record.state.step} at {record.state.percent}%   {schedule}",
+        f"step        {record.state.step} at {record.state.percent}%   {schedule}"
+        + ("" if record.settled or record.done else "   (waiting for the split)"),
         f"started     {record.started_at.isoformat(timespec='seconds')}",
     ]
     last = record.last
