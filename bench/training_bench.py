@@ -334,18 +334,10 @@ def check_plain_params() -> None:
     from models.lightgbm_trainer import LightGBMTrainConfig
 
     cfg = LightGBMTrainConfig()
-    expected = {
-        "num_leaves": cfg.num_leaves,
-        "learning_rate": cfg.learning_rate,
-        "min_data_in_leaf": cfg.min_data_in_leaf,
-        "feature_fraction": cfg.feature_fraction,
-        "lambda_l2": cfg.lambda_l2,
-        "min_data_per_group": cfg.min_data_per_group,
-        "max_bin": cfg.max_bin,
-        "seed": cfg.seed,
-        "num_threads": cfg.num_threads,
+    expected = cfg.booster_params()
+    differ = {
+        k: (PLAIN_PARAMS.get(k), v) for k, v in expected.items() if PLAIN_PARAMS.get(k) != v
     }
-    differ = {k: (PLAIN_PARAMS[k], v) for k, v in expected.items() if PLAIN_PARAMS[k] != v}
     if differ or (cfg.max_rounds, cfg.early_stopping_rounds) != (
         PLAIN_ROUNDS,
         PLAIN_EARLY_STOPPING,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -41,6 +41,26 @@ class LightGBMTrainConfig(BaseModel):
     max_bin: int = Field(255, ge=2)
     seed: int = 42
     num_threads: int = Field(2, ge=1)
+
+    def booster_params(self) -> dict[str, Any]:
+        """The `lgb.train` parameters this config stands for (rounds and early stopping are
+        arguments of the call, not parameters). Deterministic: row-wise, seeded."""
+        return {
+            "objective": "binary",
+            "metric": "binary_logloss",
+            "num_leaves": self.num_leaves,
+            "learning_rate": self.learning_rate,
+            "min_data_in_leaf": self.min_data_in_leaf,
+            "feature_fraction": self.feature_fraction,
+            "lambda_l2": self.lambda_l2,
+            "min_data_per_group": self.min_data_per_group,
+            "max_bin": self.max_bin,
+            "seed": self.seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": self.num_threads,
+            "verbosity": -1,
+        }
 
 
 class LightGBMModel(TrainedModel):
@@ -112,22 +132,7 @@ def train_lightgbm(
     started = time.perf_counter()
     tr, va = transform.transform(train), transform.transform(valid)
     categorical = list(range(len(tr.numeric_names), len(tr.names)))
-    params = {
-        "objective": "binary",
-        "metric": "binary_logloss",
-        "num_leaves": cfg.num_leaves,
-        "learning_rate": cfg.learning_rate,
-        "min_data_in_leaf": cfg.min_data_in_leaf,
-        "feature_fraction": cfg.feature_fraction,
-        "lambda_l2": cfg.lambda_l2,
-        "min_data_per_group": cfg.min_data_per_group,
-        "max_bin": cfg.max_bin,
-        "seed": cfg.seed,
-        "deterministic": True,
-        "force_row_wise": True,
-        "num_threads": cfg.num_threads,
-        "verbosity": -1,
-    }
+    params = cfg.booster_params()
     dtrain = lgb.Dataset(
         tr.matrix(),
         label=_labels(train, transform),

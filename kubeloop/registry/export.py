@@ -44,7 +44,6 @@ METADATA_FILE = "metadata.json"
 REFERENCE_FILE = "reference.parquet"
 
 
-
 def kserve_model_file(kind: str) -> str | None:
     """The file name the stock KServe server of `kind` looks for at the top level (its
     spec's `kserve_model_file`), None when it has none or the kind is not registered."""

@@ -67,13 +67,13 @@ SINGLE_SLOT_STAGES = (Stage.PRODUCTION, Stage.CANARY)
 VERSION_ALIASES = ("latest", "production", "canary")
 
 
-
 def default_model_file(kind: str) -> str | None:
     """The main file of a `kind` model directory (its spec's `weights_file`), used when a
     registration does not name one; None for a kind nobody registered."""
     from kubeloop.training.model_kind import is_known, model_kind
 
     return model_kind(kind).weights_file if is_known(kind) else None
+
 
 # BentoML tag rules, narrowed to lowercase: KServe and file systems both cope with these.
 _NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,61}[a-z0-9])?$")
