@@ -335,3 +335,35 @@ def test_post_label_events_sends_batches_all_or_nothing(service) -> None:
         post_label_events("/feedback", [("b1/1", 1), ("ghost", 1)], source="t", client=client)
     assert info.value.status == 404
     assert "b1/1" not in service.labels.labels()  # the batch was refused as a whole
+
+
+def test_the_log_keeps_only_its_retention(tmp_path) -> None:
+    import time
+
+    sink = SQLiteRequestLog(tmp_path / "requests.sqlite")
+    logger = CloudEventLogger(sink, inference_service="ctr", close_sink=False)
+    logger.log(_exchange("old", "primary", "v1"))
+    logger.close()
+    now = [time.time()]
+    svc = FeedbackService(
+        sink, retention_seconds=3600, prune_every_seconds=60, clock=lambda: now[0]
+    )
+    headers, body = binary({"request_id": "old", "label": 1})
+    assert client_for(svc).post("/feedback", headers=headers, content=body).status_code == 200
+    assert sink.count() == 2 and svc.labels.count() == 1
+    # Within the retention nothing goes; two hours later the next write prunes both.
+    now[0] += 120
+    svc.tap(
+        {"ce-id": "n1", "ce-type": REQUEST_TYPE, "ce-source": "s", "ce-specversion": "1.0"}, b"{}"
+    )
+    assert sink.count() == 3
+    now[0] += 2 * 3600
+    svc.tap(
+        {"ce-id": "n2", "ce-type": REQUEST_TYPE, "ce-source": "s", "ce-specversion": "1.0"}, b"{}"
+    )
+    # The events logged "now" (ce-time is real time) are older than the shifted clock's
+    # cutoff too: only the one written after the prune is left.
+    assert sink.count() == 1 and svc.labels.count() == 0
+    assert svc.status()["counters"]["pruned"] == 3
+    svc.close()
+    sink.close()

@@ -147,6 +147,12 @@ class LabelStore:
     def count(self) -> int:
         return int(self._conn().execute("SELECT COUNT(*) FROM labels").fetchone()[0])
 
+    def prune(self, before: float) -> int:
+        """Delete labels received before `before` (epoch seconds); returns how many."""
+        return int(
+            self._conn().execute("DELETE FROM labels WHERE received_at < ?", (before,)).rowcount
+        )
+
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
@@ -496,6 +502,11 @@ class FeedbackService:
     called with `[(key, label), ...]` after each stored POST (the drift service passes its
     monitor's `add_labels`, so labels reach the monitor through this one endpoint too).
     `counters` counts outcomes by reason (`status()`).
+
+    `retention_seconds` bounds the log on its volume: at most every `prune_every_seconds`,
+    a write first deletes events (and labels) older than that from a SQLite log. A rollout
+    reads only its own window, so the default (two days) is longer than any experiment's
+    traffic budget at the demo's rates. None keeps everything.
     """
 
     def __init__(
@@ -504,8 +515,15 @@ class FeedbackService:
         labels: LabelStore | None = None,
         *,
         on_labels: Callable[[list[tuple[str, int]]], Any] | None = None,
+        retention_seconds: float | None = 2 * 24 * 3600.0,
+        prune_every_seconds: float = 600.0,
+        clock: Callable[[], float] = time.time,
     ):
         self.sink = sink
+        self.retention_seconds = retention_seconds
+        self.prune_every_seconds = prune_every_seconds
+        self.clock = clock
+        self._pruned_at = clock()
         if labels is None:
             path = getattr(sink, "path", None)
             if path is None:
@@ -538,8 +556,39 @@ class FeedbackService:
             self.on_labels([(x.key, x.label) for x in labels])
         return 200, {"stored": stored, "keys": [x.key for x in labels][:100]}
 
+    def prune(self, now: float | None = None) -> int:
+        """Delete events and labels older than the retention from a SQLite log; returns
+        how many events went (0 for other sinks, or without a retention)."""
+        path = getattr(self.sink, "path", None)
+        if (
+            self.retention_seconds is None
+            or path is None
+            or not isinstance(self.sink, SQLiteRequestLog)
+        ):
+            return 0
+        now = self.clock() if now is None else now
+        cutoff = now - self.retention_seconds
+        conn = sqlite3.connect(path, timeout=30.0)
+        try:
+            with conn:
+                gone = conn.execute(
+                    "DELETE FROM events WHERE ce_time < ?", (iso_time(cutoff),)
+                ).rowcount
+        finally:
+            conn.close()
+        self.labels.prune(cutoff)
+        self._count("pruned", gone)
+        return gone
+
+    def _maybe_prune(self) -> None:
+        now = self.clock()
+        if now - self._pruned_at >= self.prune_every_seconds:
+            self._pruned_at = now
+            self.prune(now)
+
     def receive_event(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict]:
         """Keep one inference CloudEvent in the log (POST /requestlog)."""
+        self._maybe_prune()
         try:
             event = logged_event(headers, body)
         except FeedbackError as exc:
@@ -567,6 +616,7 @@ class FeedbackService:
         version it resolved. Never raises: the drift path must not fail because of the log
         (a failure is counted as `tap_failed`)."""
         try:
+            self._maybe_prune()
             event = logged_event(headers, body, variant=variant, model_version=model_version)
             self.sink.write([event])
         except Exception:  # noqa: BLE001 - counted; the caller's answer does not depend on it
