@@ -461,6 +461,19 @@ def test_helm_values_change_what_they_name(tools):
     assert not [o for o in objs if o["metadata"]["name"] == "kubeloop-redis"]
 
 
+def test_helm_rollout_controller_values(tools):
+    off = helm_template(tools, ["--set", "rolloutController.enabled=false"])
+    assert not [o for o in off if "rollout" in o["metadata"]["name"]]
+    on = helm_template(
+        tools, ["--set", "rolloutController.intervalSeconds=5", "--set", "modelName=ads"]
+    )
+    pod = find(on, "Deployment", "kubeloop-rollout-controller")["spec"]["template"]["spec"]
+    args = pod["containers"][0]["args"]
+    assert "--interval=5" in args and "--name=ads" in args
+    role = find(on, "Role", "kubeloop-rollout-controller")
+    assert role["rules"][0]["resourceNames"] == ["ads"]
+
+
 # --------------------------------------------------------------------------------------
 # schemas
 
