@@ -393,6 +393,9 @@ def test_commands_take_the_use_case_by_name(registered, tmp_path, capsys):
     result = runner.invoke(app, ["data", "validate", "--lake", lake, "--use-case", "tiny_fraud"])
     assert result.exit_code == 0, result.output
     assert "is valid" in result.output
+    # Without --lake, the lake the use case names (its LakeSource).
+    result = runner.invoke(app, ["data", "validate", "--use-case", "tiny_fraud"])
+    assert result.exit_code == 0 and f"lake {lake} is valid" in result.output, result.output
     out = tmp_path / "features"
     result = runner.invoke(
         app,
@@ -411,6 +414,9 @@ def test_commands_take_the_use_case_by_name(registered, tmp_path, capsys):
         ["data", "generate", "--lake", str(tmp_path / "x"), "--use-case", "tiny_fraud"], capsys
     )
     assert len(lines) == 1 and "no generator" in lines[0]
+    # A generated use case has no lake of its own to default to.
+    lines = _main_error(["data", "validate"], capsys)
+    assert len(lines) == 1 and "--lake is required" in lines[0]
 
 
 def test_pipeline_steps_resolve_the_use_case_by_name(registered, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from pydantic import ValidationError
 
-from kubeloop.cli.options import DEFAULT_USE_CASE, UseCaseOption
+from kubeloop.cli.options import DEFAULT_USE_CASE, LakeOption, UseCaseOption, lake_of
 
 app = typer.Typer(help="Generate and inspect the event data lake.", no_args_is_help=True)
 
@@ -79,7 +79,7 @@ def generate(
 
 @app.command()
 def describe(
-    lake: str = typer.Option(..., "--lake", help="Lake root: a local path or an fsspec URL."),
+    lake: LakeOption = None,
     use_case: UseCaseOption = DEFAULT_USE_CASE,
 ) -> None:
     """Print each day partition's row count, positive labels, label rate and (when the use
@@ -95,6 +95,7 @@ def describe(
     from kubeloop.errors import LakeError
     from kubeloop.usecase import load_use_case
 
+    lake = lake_of(lake, use_case)
     events = load_use_case(use_case).events
     label, oracle = events.label, events.oracle
     columns = [label, *([oracle] if oracle else [])]
@@ -136,7 +137,7 @@ def describe(
 
 @app.command()
 def validate(
-    lake: str = typer.Option(..., "--lake", help="Lake root: a local path or an fsspec URL."),
+    lake: LakeOption = None,
     footers_only: bool = typer.Option(
         False, "--footers-only", help="Check layout and footers only; do not decode the pages."
     ),
@@ -148,6 +149,7 @@ def validate(
     """
     from kubeloop.data.validate import validate_lake
 
+    lake = lake_of(lake, use_case)
     manifest = validate_lake(lake, pages=not footers_only, use_case=use_case)
     days = manifest.days
     typer.echo(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from kubeloop.cli.options import DEFAULT_USE_CASE, UseCaseOption
+from kubeloop.cli.options import DEFAULT_USE_CASE, LakeOption, UseCaseOption, lake_of
 
 app = typer.Typer(
     help="Build features, apply the Feast repo, materialize, build the training set.",
@@ -16,7 +16,7 @@ app = typer.Typer(
 
 @app.command("build")
 def build(
-    lake: str = typer.Option(..., "--lake", help="Lake root: a local path or an fsspec URL."),
+    lake: LakeOption = None,
     out: Path = typer.Option(
         ..., "--out", help="Directory for the offline tables (<feature view>.parquet each)."
     ),
@@ -46,7 +46,9 @@ def build(
         memory_limit=memory_limit,
         threads=threads,
     )
-    summary = build_features(lake, out, config, progress=not no_progress, use_case=use_case)
+    summary = build_features(
+        lake_of(lake, use_case), out, config, progress=not no_progress, use_case=use_case
+    )
 
     table = Table(title=f"features written to {out}", show_header=False)
     table.add_row("events read", f"{summary.events:,}")
@@ -172,7 +174,7 @@ def materialize(
 @app.command("training-set")
 def training_set(
     repo: Path = typer.Option(..., "--repo", help="Feast repository directory written by `apply`."),
-    lake: str = typer.Option(..., "--lake", help="Lake root: a local path or an fsspec URL."),
+    lake: LakeOption = None,
     out: Path = typer.Option(..., "--out", help="Parquet file to write."),
     day: list[str] | None = typer.Option(
         None, "--day", help="Only this day (YYYY-MM-DD); repeat for several (default: every day)."
@@ -198,7 +200,12 @@ def training_set(
         except ValueError as exc:
             raise FeatureStoreError(f"--day: {exc}") from None
     summary = build_training_set(
-        open_store(repo), lake, out, days=days, progress=not no_progress, use_case=use_case
+        open_store(repo),
+        lake_of(lake, use_case),
+        out,
+        days=days,
+        progress=not no_progress,
+        use_case=use_case,
     )
     typer.echo(
         f"wrote {summary.rows:,} rows x {len(summary.columns)} columns to {out} "
