@@ -14,6 +14,7 @@ and declares, in one `UseCase` object registered under the entry-point group
 * how the shared transform treats each column (`TransformRules`);
 * the data source: a generator (`SyntheticSource`) or a lake path (`LakeSource`);
 * the metrics' slices and the gate's defaults (`MetricsSpec`);
+* the request fields a client sends the transformer (`request_fields`);
 * the defaults (`Defaults`): registry model name and scenario.
 
 Every stage takes the use case as configuration (`--use-case NAME`, default
