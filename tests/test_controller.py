@@ -377,7 +377,9 @@ def test_a_step_waits_until_kserve_serves_its_split(cluster) -> None:
     # KServe still reports the old 10% split: nothing is judged or patched meanwhile.
     assert record.settled is False and record.last is None
     assert api.requests_for("PATCH") == []
-    assert "waiting for the split" in ClusterCanary(CONTEXT, NS, "ctr", client=client).progress().text
+    assert (
+        "waiting for the split" in ClusterCanary(CONTEXT, NS, "ctr", client=client).progress().text
+    )
     api.reconcile(NS, "ctr")
     record = loop.reconcile_once()
     # Settled, judged (one batch: the shadow stage passed) and moved on to 5%, whose split
@@ -388,3 +390,34 @@ def test_a_step_waits_until_kserve_serves_its_split(cluster) -> None:
     # exactly the requests served once the 0% split was in place.
     assert traffic.n == 600
     assert record.last.statistics.srm.total == 600
+
+
+def test_reverting_the_spec_after_a_rollback_is_not_a_new_rollout(tmp_path) -> None:
+    with KubeAPIServer() as api:
+        api.add_inferenceservice(inference_service("ctr", V1))
+        api.reconcile(NS, "ctr")
+        api.add_object(
+            "configmaps",
+            {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CM, "namespace": NS}},
+        )
+        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", {CONTEXT: api})
+        client = InferenceServiceClient(NS, context=CONTEXT, kubeconfig=str(kubeconfig))
+        loop = controller(client, Traffic(api, seed=9, failing=True))
+        assert loop.reconcile_once() is None  # idle: v1 serves everything, remembered
+        client.set_canary("ctr", 10, V2)  # a person rolls out v2
+        api.reconcile(NS, "ctr")
+        seen = run(api, loop, 5)
+        assert seen[-1]["phase"] == "rolled_back"
+        assert record_of(api)["production"] == V1
+        # The second step of rejecting it: the spec back to v1 (KServe: a new v1 revision at 0%).
+        client.rollback("ctr", V1)
+        api.reconcile(NS, "ctr")
+        api.clear_requests()
+        record = loop.reconcile_once()
+        assert record.candidate == V2 and record.phase == "rolled_back"
+        assert api.requests_for("PATCH") == [] and api.requests_for("POST") == []
+        # A new version after that is a new rollout again, against v1.
+        client.set_canary("ctr", 0, "s3://mlpipeline/kubeloop/models/ctr/v3")
+        api.reconcile(NS, "ctr")
+        record = loop.reconcile_once()
+        assert record.candidate.endswith("/v3") and record.production == V1

@@ -276,6 +276,17 @@ def cluster_candidate(client: Any, name: str) -> Any:
     return current
 
 
+def cluster_production(client: Any, name: str) -> Any:
+    """`current_production` for an InferenceService: its predictor storageUri while no
+    canaryTrafficPercent is set (what every request is served by)."""
+
+    def current() -> str | None:
+        status = client.status(name)
+        return status.storage_uri if status.canary_percent is None else None
+
+    return current
+
+
 def cluster_split_ready(client: Any, name: str) -> Any:
     """`split_ready` for an InferenceService: KServe has reconciled the current spec and its
     status reports `percent` on the latest revision and the rest on the pinned one."""
@@ -320,6 +331,7 @@ def build_loop(
         records,
         current_candidate=cluster_candidate(client, name),
         split_ready=cluster_split_ready(client, name),
+        current_production=cluster_production(client, name),
         recorder=EventRecorder(client, name, instance=instance),
         policy=policy,
         production_version=production_version,

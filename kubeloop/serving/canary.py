@@ -139,9 +139,10 @@ class LocalCanary:
             records,  # type: ignore[arg-type]
             current_candidate=candidate,
             policy=policy,
-            production_version=self.rollout.state().primary_version
-            if self.rollout.exists()
-            else None,
+            current_production=lambda: (
+                self.rollout.state().primary_version if self.rollout.exists() else None
+            ),
+            names_are_versions=True,
             shadow_at_full=True,
         )
 

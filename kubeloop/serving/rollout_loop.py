@@ -85,6 +85,9 @@ class RolloutRecord(BaseModel):
 
     model: str
     candidate: str = Field(description="what the rollout rolls out: storage URI or version")
+    production: str | None = Field(
+        None, description="what served before it (same kind of name), when known"
+    )
     production_version: str | None = None
     candidate_version: str | None = None
     phase: Phase = "running"
@@ -157,7 +160,10 @@ class RolloutLoop:
     """One progressive rollout driven over a `CanaryTarget` (module docstring).
 
     `current_candidate()` names the canary the target has now (None: no canary), so a new
-    one starts a new rollout. `shadow_at_full` says whether production keeps scoring in
+    one starts a new rollout; `current_production()` names what serves while there is no
+    canary (remembered from idle passes, so a spec reverted to it after a rejection is not
+    taken for a new candidate). With `names_are_versions` (locally) those names are the
+    model versions; otherwise (storage URIs) the versions are read off the log. `shadow_at_full` says whether production keeps scoring in
     shadow at 100% (locally yes; KServe: no). `clock` is injectable for tests.
     """
 
@@ -175,6 +181,8 @@ class RolloutLoop:
         candidate_version: str | None = None,
         shadow_at_full: bool = True,
         split_ready: Callable[[int], bool] | None = None,
+        current_production: Callable[[], str | None] | None = None,
+        names_are_versions: bool = False,
         clock: Callable[[], datetime] = _now,
     ):
         self.model = model
@@ -188,6 +196,9 @@ class RolloutLoop:
         self.candidate_version = candidate_version
         self.shadow_at_full = shadow_at_full
         self.split_ready = split_ready
+        self.current_production = current_production
+        self.names_are_versions = names_are_versions
+        self._stable: str | None = None  # what served with no canary, seen on an idle pass
         self.clock = clock
 
     # --- the steps ----------------------------------------------------------------------
@@ -209,15 +220,18 @@ class RolloutLoop:
         record.history = [*record.history, step][-MAX_HISTORY:]
         return step
 
-    def start(self, candidate: str) -> RolloutRecord:
+    def start(self, candidate: str, production: str | None = None) -> RolloutRecord:
         """Begin a rollout of `candidate` at the schedule's first step (the shadow stage)."""
         now = self.clock()
         state = initial_state(self.policy)
         record = RolloutRecord(
             model=self.model,
             candidate=candidate,
-            production_version=self.production_version,
-            candidate_version=self.candidate_version,
+            production=production,
+            production_version=self.production_version
+            or (production if self.names_are_versions else None),
+            candidate_version=self.candidate_version
+            or (candidate if self.names_are_versions else None),
             started_at=now,
             step_started_at=now,
             settled=self.split_ready is None,
@@ -239,9 +253,20 @@ class RolloutLoop:
         record = self.store.load()
         candidate = self.current_candidate()
         if candidate is None:
+            if self.current_production is not None:
+                self._stable = self.current_production()
             return record
         if record is None or record.candidate != candidate:
-            return self.start(candidate)
+            production = self._stable
+            if record is not None and record.done:
+                production = record.candidate if record.phase == "promoted" else record.production
+                if candidate == production:
+                    # The spec went back to what served before (the second step of rejecting
+                    # a canary: `canary rollback --storage-uri OLD`): nothing to roll out.
+                    return record
+            if production is None and self.current_production is not None:
+                production = self._stable or self.current_production()
+            return self.start(candidate, production=production or self._stable)
         if record.done:
             return record
         return self._evaluate(record)
@@ -336,6 +361,7 @@ def record_summary(record: RolloutRecord | None) -> dict[str, Any]:
     return {
         "model": record.model,
         "candidate": record.candidate,
+        "production": record.production,
         "production_version": record.production_version,
         "candidate_version": record.candidate_version,
         "phase": record.phase,
