@@ -324,7 +324,7 @@ def sync_registry(
     canary (if any) in canary, and versions that `previous` served but `state` does not
     archived. Returns a line per stage changed. Raises RegistryError when a change is
     refused (e.g. a version that did not pass its gate, unless `force`)."""
-    from kubeloop.registry.base import Stage
+    from kubeloop.registry.records import Stage
 
     name = state.model_name
     stages = {v.version: v.stage for v in registry.list(name)}
