@@ -48,3 +48,18 @@ def postgres_dsn() -> str:
     except psycopg.Error as exc:
         _skip_or_fail(f"PostgreSQL is not reachable at {POSTGRES_DSN}: {exc}")
     return POSTGRES_DSN
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local SparkSession for the whole test session (a JVM start costs many seconds);
+    skips (fails under CI=true) when no Java runtime is installed. The feature build's Spark
+    engine reuses it as the active session."""
+    from kubeloop.features.spark_job import SparkSettings, java_available, session_builder
+
+    if not java_available():
+        _skip_or_fail("engine spark needs a Java runtime (java on PATH or JAVA_HOME); none found")
+    session = session_builder(SparkSettings(master="local[2]", shuffle_partitions=2)).getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

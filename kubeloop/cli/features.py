@@ -31,6 +31,12 @@ def build(
         "2GB", "--memory-limit", help="DuckDB memory limit; beyond it DuckDB spills to disk."
     ),
     threads: int = typer.Option(2, "--threads", help="DuckDB worker threads."),
+    engine: str = typer.Option(
+        "duckdb",
+        "--engine",
+        help="duckdb (in this process) or spark (PySpark in local mode: the same SQL, "
+        "compiled by SQLGlot; needs Java 17+). Both write the same tables.",
+    ),
     no_progress: bool = typer.Option(False, "--no-progress", help="Do not show per-step progress."),
 ) -> None:
     """Build the use case's point-in-time feature tables (one per entity) from the lake."""
@@ -45,6 +51,7 @@ def build(
         prior_strength=prior_strength,
         memory_limit=memory_limit,
         threads=threads,
+        engine=engine,
     )
     summary = build_features(
         lake_of(lake, use_case), out, config, progress=not no_progress, use_case=use_case

@@ -18,6 +18,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,6 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.data.reads import lake_reads
 from kubeloop.data.validate import LakeManifest, validate_lake
+from kubeloop.features import spark_job
+from kubeloop.features.spark_job import SparkSettings
 from kubeloop.usecase import EntitySpec, UseCase, resolve_use_case
 
 # Rows per Arrow batch (and Parquet row group): bounds the Python side's memory whatever
@@ -50,6 +53,12 @@ class FeatureBuildConfig(BaseModel):
         "2GB", description="DuckDB memory_limit; beyond it DuckDB spills to disk"
     )
     threads: int = Field(2, ge=1, description="DuckDB worker threads")
+    engine: Literal["duckdb", "spark"] = Field(
+        "duckdb",
+        description="who runs the use case's SQL: DuckDB in this process, or Spark (the same "
+        "SQL compiled by SQLGlot, kubeloop.features.spark_job); both write the same tables",
+    )
+    spark: SparkSettings = Field(default_factory=SparkSettings, description="engine spark only")
 
 
 class FeatureBuildSummary(BaseModel):
@@ -254,7 +263,8 @@ def build_features(
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
         try:
-            events, rows = _stage_tables(manifest, config, staging, step, use_case)
+            stage = _stage_tables if config.engine == "duckdb" else spark_job.stage_tables
+            events, rows = stage(manifest, config, staging, step, use_case)
             _publish(staging, out_dir, [e.features_file for e in use_case.entities])
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,176 @@
+"""The feature build on Spark: the same tables as the DuckDB job, from the same SQL.
+
+`kubeloop features build --engine spark` (and the pipeline's features step with
+`engine: spark`) runs this instead of DuckDB. Everything around the queries is the build's
+own (`kubeloop.features.build`): the lake is validated first, tables are staged and checked
+against the feature schemas, and published all-or-nothing. What differs is who runs the
+SQL: each entity's `EntitySpec.query`, compiled to Spark SQL by
+`kubeloop.features.spark_sql`, runs in a SparkSession (local mode by default; in the
+cluster, the driver of the SparkApplication the pipeline creates), Spark writes it as
+Parquet part files in query order, and those are streamed into the one file per entity the
+feature store reads, cast to exactly the entity's schema.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kubeloop.errors import KubeloopError
+
+LOG4J2_PROPERTIES = Path(__file__).with_name("spark-log4j2.properties")
+# Rows per Arrow batch and Parquet row group, as the DuckDB engine writes them
+# (kubeloop.features.build.BATCH_ROWS; not imported: build imports this module).
+BATCH_ROWS = 131_072
+
+
+class SparkEngineError(KubeloopError):
+    """The Spark engine cannot run here (no Java, a lake Spark cannot read)."""
+
+
+class SparkSettings(BaseModel):
+    """How the feature build's SparkSession is made (`engine: spark`).
+
+    The defaults suit one machine: two local cores, a handful of shuffle partitions (the
+    aggregated tables are small next to the events), no web UI. In the cluster, the
+    SparkApplication's driver passes its own master and sizes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    master: str = Field("local[2]", description="Spark master URL; local[N] runs in this process")
+    shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions")
+    driver_memory: str = Field("1g", description="spark.driver.memory (local mode: all of Spark)")
+
+
+def java_available() -> bool:
+    """Whether a Java runtime is on PATH or under JAVA_HOME (PySpark starts a JVM)."""
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return True
+    return shutil.which("java") is not None
+
+
+def session_builder(settings: SparkSettings):
+    """A SparkSession builder with the engine's fixed settings: UTC session time zone (hour
+    buckets are UTC, as in DuckDB), Parquet timestamps as INT64 microseconds (the schema's
+    type; Spark's default INT96 is not), no UI, logs at WARN and above."""
+    from pyspark.sql import SparkSession
+
+    if settings.master.startswith("local"):
+        # Spark otherwise warns that the host name resolves to loopback, on every start.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    quiet = f"-Dlog4j2.configurationFile=file:{LOG4J2_PROPERTIES}"
+    builder = (
+        SparkSession.builder.master(settings.master)
+        .appName("kubeloop-features")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
+        .config("spark.default.parallelism", str(settings.shuffle_partitions))
+        .config("spark.driver.memory", settings.driver_memory)
+        .config("spark.driver.extraJavaOptions", quiet)
+        .config("spark.executor.extraJavaOptions", quiet)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        # Spark's _SUCCESS and .crc files are not Parquet; the merge reads part files only.
+        .config("spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs", "false")
+    )
+    return builder
+
+
+@contextmanager
+def spark_session(settings: SparkSettings):
+    """The active SparkSession if there is one (a test's, a SparkApplication driver's), else
+    a new one that is stopped on exit."""
+    if not java_available():
+        raise SparkEngineError(
+            "engine spark needs Java 17+ (PySpark starts a JVM): install a JDK or set "
+            "JAVA_HOME, or build with --engine duckdb"
+        )
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        yield active
+        return
+    session = session_builder(settings).getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+def _spark_path(path: str) -> str:
+    # Hadoop's S3 connector is s3a://; fsspec's s3:// names the same objects.
+    return "s3a://" + path[len("s3://") :] if path.startswith("s3://") else path
+
+
+def _merge_parts(parts_dir: Path, schema, path: Path) -> int:
+    """Stream Spark's part files (in name order, which is the query's order) into one
+    Parquet file with exactly `schema`; return its rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts = sorted(p for p in parts_dir.glob("part-*") if p.name.endswith(".parquet"))
+    rows = 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for part in parts:
+            for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS):
+                table = pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+                writer.write_table(table)
+                rows += table.num_rows
+    return rows
+
+
+def _check_output(path: Path, schema, rows: int) -> None:
+    import pyarrow.parquet as pq
+
+    found = pq.read_schema(path).remove_metadata()
+    if not found.equals(schema):
+        raise RuntimeError(f"{path} has schema {found}, expected {schema}")
+    if pq.ParquetFile(path).metadata.num_rows != rows:
+        raise RuntimeError(f"{path} holds a different number of rows than were written")
+
+
+def stage_tables(manifest, config, staging: Path, step, use_case) -> tuple[int, dict[str, int]]:
+    """Write every entity's table into `staging` with Spark (the DuckDB engine's
+    `_stage_tables` counterpart); return (events, rows per entity)."""
+    from kubeloop.features.spark_sql import to_spark_sql
+
+    params = {
+        "prior_positives": config.prior_strength * config.ctr_prior,
+        "prior_strength": config.prior_strength,
+    }
+    # Compile before starting a JVM: a query Spark cannot run fails in a second.
+    queries = {spec.name: to_spark_sql(spec, params) for spec in use_case.entities}
+    if not manifest.local and not manifest.lake_root.startswith(("s3://", "s3a://", "gs://")):
+        raise SparkEngineError(
+            f"engine spark reads local, s3:// and gs:// lakes, not {manifest.lake_root}; "
+            "use --engine duckdb for other fsspec filesystems"
+        )
+    rows: dict[str, int] = {}
+    with spark_session(config.spark) as spark:
+        step("read")
+        columns = use_case.events.columns.names
+        # The validated file list is read, not the directory, as in the DuckDB engine.
+        events_df = spark.read.parquet(*(_spark_path(f) for f in manifest.files)).select(*columns)
+        events_df.createOrReplaceTempView("events")
+        events = events_df.count()
+        if events != manifest.rows:
+            raise RuntimeError(f"read {events} events but the lake's footers count {manifest.rows}")
+        for spec in use_case.entities:
+            step(f"aggregate {spec.name}")
+            parts = staging / f"{spec.name}.spark-parts"
+            spark.sql(queries[spec.name]).write.parquet(str(parts))
+            rows[spec.name] = _merge_parts(parts, spec.feature_schema, staging / spec.features_file)
+            shutil.rmtree(parts)
+        spark.catalog.dropTempView("events")
+    step("write")
+    for spec in use_case.entities:
+        _check_output(staging / spec.features_file, spec.feature_schema, rows[spec.name])
+    return events, rows
