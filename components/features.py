@@ -12,6 +12,7 @@ def features(
     feature_repo: str,
     feature_config_json: str,
     use_case: str,
+    engine: str,
     training_set: dsl.Output[dsl.Dataset],
     features_summary: dsl.Output[dsl.Artifact],
 ):
@@ -26,4 +27,5 @@ def features(
         training_set.path,
         features_summary.path,
         use_case,
+        engine=engine,
     )

@@ -40,6 +40,7 @@ def training_pipeline(
     generate: bool = False,
     generator_config_json: str = "{}",
     feature_config_json: str = "{}",
+    engine: str = "",
     train_config_json: str = "{}",
     gate_config_json: str = "{}",
 ) -> NamedTuple(
@@ -54,7 +55,8 @@ def training_pipeline(
 ):
     """Train every model kind on the Feast training set and register the ladder's champion
     if it passes the gate. Every step resolves `use_case` by name (entry-point group
-    `kubeloop.usecases`); an empty `model_name` is the use case's default."""
+    `kubeloop.usecases`); an empty `model_name` is the use case's default. `engine` (duckdb
+    or spark) runs the feature build's SQL; empty: the feature config's (duckdb)."""
     ingest_task = ingest(
         lake_uri=lake_uri,
         generator_config_json=generator_config_json,
@@ -67,6 +69,7 @@ def training_pipeline(
         feature_repo=feature_repo,
         feature_config_json=feature_config_json,
         use_case=use_case,
+        engine=engine,
     ).set_display_name("features")
     training_set = features_task.outputs["training_set"]
 

@@ -240,3 +240,54 @@ def test_cli_builds_with_engine_spark(spark, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     build_features(str(lake), tmp_path / "d", CONFIG, progress=False)
     assert_same_tables(load_use_case("ctr"), tmp_path / "d", tmp_path / "s")
+
+
+# --- the pipeline's and the demo's engine ------------------------------------------------
+
+
+def test_the_demo_passes_its_features_engine_to_the_pipeline(tmp_path: Path) -> None:
+    from kubeloop.demo import DemoConfig
+    from kubeloop.pipeline.params import TrainingRunParams
+
+    config = DemoConfig.model_validate({"generator": {}, "features_engine": "spark"})
+    assert DemoConfig.model_validate({"generator": {}}).features_engine == "duckdb"
+    params = TrainingRunParams(
+        lake_uri="l", features_uri="f", feature_repo="r", registry_uri="g",
+        feature_config={"build": {"engine": config.features_engine}},
+    )
+    assert params.arguments()["engine"] == "spark"
+    with pytest.raises(ValueError, match="engine"):
+        DemoConfig.model_validate({"generator": {}, "features_engine": "flink"})
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_the_features_step_with_engine_spark_gives_the_same_training_set(
+    spark, tmp_path: Path
+) -> None:
+    """The pipeline's `engine` parameter reaches the build; the training set the models
+    are fitted on is the same file content, so the same seed gives the same metrics."""
+    import json
+
+    from kubeloop.pipeline.steps import features_step
+
+    use_case = load_use_case("ctr")
+    config = use_case.generator_config({"events": 20_000, "days": 3, "seed": 5})
+    use_case.synthetic.generate(config, str(tmp_path / "lake"), False)
+    sets = {}
+    for engine in ("duckdb", "spark"):
+        run = tmp_path / engine
+        summary = features_step(
+            str(tmp_path / "lake"), str(run / "features"), str(run / "repo"),
+            json.dumps({"progress": False}), str(run / "training.parquet"),
+            str(run / "summary.json"), "ctr", engine=engine,
+        )
+        assert summary["rows_offline"] > 0
+        sets[engine] = pq.read_table(run / "training.parquet")
+    assert sets["duckdb"].schema == sets["spark"].schema
+    assert sets["duckdb"].to_pylist() == sets["spark"].to_pylist()
+    with pytest.raises(ValueError, match="engine"):
+        features_step(
+            str(tmp_path / "lake"), str(tmp_path / "x"), str(tmp_path / "xr"), "{}",
+            str(tmp_path / "x.parquet"), str(tmp_path / "x.json"), "ctr", engine="flink",
+        )

@@ -57,6 +57,11 @@ def demo(
         help="JSON or YAML file of DemoConfig fields (sizes of every stage: generator, "
         "serving, drift, train_config, ...); the options above override its generator.",
     ),
+    features_engine: str | None = typer.Option(
+        None,
+        "--features-engine",
+        help="duckdb (default) or spark: who runs the feature build (the same SQL and tables).",
+    ),
     progress: bool = typer.Option(True, help="Show progress bars."),
     executor_logs: bool = typer.Option(
         False,
@@ -75,6 +80,8 @@ def demo(
             generator[name] = value
     if use_case is not None:
         fields["use_case"] = use_case
+    if features_engine is not None:
+        fields["features_engine"] = features_engine
     demo_config = DemoConfig.model_validate(
         {**fields, "generator": generator, "progress": progress, "executor_logs": executor_logs}
     )

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import UTC
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -68,6 +68,11 @@ class DemoConfig(BaseModel):
     )
     drift: DriftStageConfig = Field(default_factory=DriftStageConfig)
     monitor: bool = Field(True, description="run the drift stage (needs `serve`)")
+    features_engine: Literal["duckdb", "spark"] = Field(
+        "duckdb",
+        description="who runs the feature build's SQL (the pipeline's `engine`); both give "
+        "the same tables, so the same metrics on the same seed",
+    )
     train_until_day: int | None = Field(
         9, ge=2, description="the first training uses days before this one; None = every day"
     )
@@ -205,7 +210,7 @@ def run_training_pipeline(config: DemoConfig, workdir: Workdir):
         generate=False,
         train_config=config.first_training(),
         gate_config=config.gate_config,
-        feature_config={"progress": False},
+        feature_config={"progress": False, "build": {"engine": config.features_engine}},
     )
     result = run_local(params, workdir.root / "kfp_local", quiet=not config.executor_logs)
     write_section(workdir.report, "features", result.features)
@@ -327,7 +332,7 @@ def run_drift(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
         generate=False,
         train_config={**config.train_config, "window_days": config.drift.retrain_window_days},
         gate_config=config.gate_config,
-        feature_config={"progress": False},
+        feature_config={"progress": False, "build": {"engine": config.features_engine}},
     )
     canary = config.drift.canary_replay
 

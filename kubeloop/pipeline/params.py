@@ -86,6 +86,7 @@ class TrainingRunParams(BaseModel):
                 as_json(self.generator_config) if self.generator_config is not None else "{}"
             ),
             "feature_config_json": as_json(self.feature_config),
+            "engine": self.feature_config.build.engine,
             "train_config_json": as_json(self.train_config),
             "gate_config_json": as_json(self.gate_config),
         }

@@ -80,11 +80,18 @@ def features_step(
     training_set_path: str,
     summary_path: str,
     use_case: str | None = None,
+    *,
+    engine: str = "",
 ) -> dict[str, Any]:
-    """ETL -> Feast apply -> materialize -> point-in-time training set."""
+    """ETL -> Feast apply -> materialize -> point-in-time training set. A non-empty
+    `engine` (the pipeline's parameter: duckdb or spark) replaces the config's."""
     from kubeloop.features.pipeline_config import FeaturesStepConfig
 
     config = _parse(FeaturesStepConfig, feature_config_json)
+    if engine:
+        # Validated like the config's own field: a misspelt engine is a one-line error.
+        build = type(config.build).model_validate({**config.build.model_dump(), "engine": engine})
+        config = config.model_copy(update={"build": build})
     summary = run_features(
         lake_uri,
         Path(features_uri),
