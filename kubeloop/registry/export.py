@@ -12,6 +12,8 @@ way under any name. So the export is:
     <dest>/model.bst            a copy of the main model file under the name the kind's
                                 stock KServe server expects (its spec's `kserve_model_file`,
                                 lightgbm: model.bst), unless one is there
+    <dest>/<what the kind's export hook adds>   its spec's `export_hook`; lightgbm:
+                                model.compiled.so + .json, the trees compiled by lleaves
     <dest>/reference.parquet    the reference sample, when the version has one
     <dest>/metadata.json        the ModelVersion record (its stage as of the export), written last
 
@@ -52,6 +54,15 @@ def kserve_model_file(kind: str) -> str | None:
     return model_kind(kind).kserve_model_file if is_known(kind) else None
 
 
+def prepare_for_kind(kind: str, staging: Path) -> None:
+    """The kind's export hook (its spec's `export_hook`, e.g. LightGBM's compiled trees)
+    on the staging directory; nothing for an unregistered kind."""
+    from kubeloop.training.model_kind import is_known, model_kind
+
+    if is_known(kind):
+        model_kind(kind).prepare_export(staging)
+
+
 def _fill(
     staging: Path,
     record: ModelVersion,
@@ -60,6 +71,7 @@ def _fill(
 ) -> None:
     """Write the export layout into the existing, empty directory `staging`."""
     shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+    prepare_for_kind(record.model_kind, staging)
     served_name = kserve_model_file(record.model_kind)
     if served_name is not None:
         suffix = Path(served_name).suffix

@@ -12,6 +12,8 @@ stage reads the spec instead of listing kinds:
   saves and loads the directory) and `weights_file`, the main file of that directory
   (the registry records it; `kserve_model_file` is the name a stock KServe server
   expects, when there is one, which the export adds as a copy);
+* export hook: `export_hook`, "module:function" run on the export directory (e.g.
+  LightGBM's trees compiled once, stored with the exported version);
 * predictor hook: `load_for_serving(dir)`, an object with `predict_proba(frame)` set up
   for small online batches;
 * simplicity rank: `rank`, 0 for the simplest; the ladder ("start simple") visits kinds
@@ -56,6 +58,10 @@ class ModelKind:
     model_class: str
     weights_file: str
     kserve_model_file: str | None = None
+    export_hook: str | None = None
+    """"module:function" the export calls on the directory it is about to publish (the
+    model files already copied there), to add what serving wants built once, e.g.
+    LightGBM's compiled trees; None: nothing to add."""
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -88,6 +94,12 @@ class ModelKind:
     def model_type(self) -> type[TrainedModel]:
         """The `TrainedModel` subclass that saves and loads this kind's directory."""
         return _import(self.model_class)
+
+    def prepare_export(self, directory: str | Path) -> None:
+        """Run the kind's export hook on an export directory being built (no-op without
+        one)."""
+        if self.export_hook is not None:
+            _import(self.export_hook)(Path(directory))
 
     def load_for_serving(self, directory: str | Path) -> TrainedModel:
         """The predictor hook: the model in `directory`, set up for online batches."""

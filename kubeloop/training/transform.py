@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -133,16 +133,23 @@ def cross_name(a: str, b: str) -> str:
 
 
 def _output_keys(
-    frame: pd.DataFrame, column: str, crosses: Mapping[str, tuple[str, str]]
+    keys_of: Callable[[str], list[str | None]],
+    column: str,
+    crosses: Mapping[str, tuple[str, str]],
 ) -> list[str | None]:
-    """Category keys of one categorical output column (a raw input or a cross)."""
+    """Category keys of one categorical output column (a raw input or a cross);
+    `keys_of(name)` gives the keys of a raw input column."""
     if column not in crosses:
-        return _category_keys(frame[column])
+        return keys_of(column)
     a, b = crosses[column]
     return [
         f"{x}|{y}" if x is not None and y is not None else None
-        for x, y in zip(_category_keys(frame[a]), _category_keys(frame[b]))
+        for x, y in zip(keys_of(a), keys_of(b))
     ]
+
+
+def _frame_keys(frame: pd.DataFrame) -> Callable[[str], list[str | None]]:
+    return lambda column: _category_keys(frame[column])
 
 
 class NumericRule(BaseModel):
@@ -236,6 +243,42 @@ def _category_keys(series: pd.Series) -> list[str | None]:
     return [category_key(v) for v in series.astype(object).tolist()]
 
 
+# Python types a JSON number decodes to; a column of only these (and None) is the float64
+# column pandas would build, so the fast path reads it with numpy directly.
+_FLOAT_TYPES = (int, float)
+
+
+def _plain_numbers(values: Sequence[Any]) -> bool:
+    """Every value None or an int/float (bools, strings and others are left to pandas)."""
+    return all(v is None or (type(v) in _FLOAT_TYPES) for v in values)
+
+
+def _fast_numeric(values: Sequence[Any] | np.ndarray) -> np.ndarray:
+    """`_numeric_values` of the column pandas would build from `values`, without pandas
+    for plain numbers (the request path)."""
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
+        out = values.astype(np.float64)
+    elif not isinstance(values, np.ndarray) and _plain_numbers(values):
+        # numpy reads None as NaN in a float64 array.
+        out = np.array(values, dtype=np.float64)
+    else:
+        return _numeric_values(pd.Series(list(values)))
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _fast_keys(values: Sequence[Any] | np.ndarray) -> list[str | None]:
+    """`_category_keys` of the column pandas would build from `values`: a column of
+    plain numbers is float64 there (ints included), anything else object."""
+    if isinstance(values, np.ndarray):
+        if values.dtype.kind in "fiu":
+            return [category_key(v) for v in values.astype(np.float64).tolist()]
+        return [category_key(v) for v in values.tolist()]
+    if _plain_numbers(values) and not all(v is None for v in values):
+        return [None if v is None else category_key(float(v)) for v in values]
+    return [category_key(v) for v in values]
+
+
 def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
@@ -302,7 +345,7 @@ class FeatureTransform(BaseModel):
         vocabularies: dict[str, list[str]] = {}
         crosses = {cross_name(a, b): (a, b) for a, b in cfg.crosses or []}
         for col in [*_categorical_columns(use_case), *crosses]:
-            keys = _output_keys(frame, col, crosses)
+            keys = _output_keys(_frame_keys(frame), col, crosses)
             counts = pd.Series(keys, dtype=object).dropna().value_counts()
             kept = [(key, int(n)) for key, n in counts.items() if n >= cfg.min_count]
             # Frequency order, ties broken by key, so refitting on the same data is stable.
@@ -359,10 +402,45 @@ class FeatureTransform(BaseModel):
         the batch (the serving path sends one row at a time).
         """
         _check_columns(frame, self.input_columns)
-        n = len(frame)
+        return self._assemble(
+            len(frame), lambda column: _numeric_values(frame[column]), _frame_keys(frame)
+        )
+
+    def transform_columns(
+        self, columns: Mapping[str, Sequence[Any] | np.ndarray], n: int | None = None
+    ) -> TransformedBatch:
+        """The serving fast path: raw values per input column (lists of JSON values, or
+        numpy arrays from v2 binary tensors), no DataFrame.
+
+        Gives exactly what `transform(pd.DataFrame(columns))` gives (the tests check it
+        on random rows with nulls, NaN and unseen categories): each column's values are
+        read the way pandas would type that column, then the same `_assemble` runs.
+        """
+        missing = [c for c in self.input_columns if c not in columns]
+        if missing:
+            _check_columns(pd.DataFrame(columns={c: [] for c in columns}), self.input_columns)
+        if n is None:
+            n = len(columns[self.input_columns[0]]) if self.input_columns else 0
+        keys: dict[str, list[str | None]] = {}
+
+        def keys_of(column: str) -> list[str | None]:
+            if column not in keys:
+                keys[column] = _fast_keys(columns[column])
+            return keys[column]
+
+        return self._assemble(n, lambda column: _fast_numeric(columns[column]), keys_of)
+
+    def _assemble(
+        self,
+        n: int,
+        numeric_of: Callable[[str], np.ndarray],
+        keys_of: Callable[[str], list[str | None]],
+    ) -> TransformedBatch:
+        """The rules of the module docstring over already read columns: `numeric_of(name)`
+        gives float64 values with NaN for missing, `keys_of(name)` category keys."""
         numeric_out: list[np.ndarray] = []
         for col, rule in self.numeric_rules.items():
-            raw = _numeric_values(frame[col])
+            raw = numeric_of(col)
             missing = np.isnan(raw)
             value = np.where(missing, rule.fill, raw)
             if rule.kind in ("log1p", "hours"):
@@ -384,18 +462,26 @@ class FeatureTransform(BaseModel):
             index = self._index[col]
             categorical[:, j] = [
                 index.get(key, UNKNOWN_INDEX) if key is not None else UNKNOWN_INDEX
-                for key in _output_keys(frame, col, crosses)
+                for key in _output_keys(keys_of, col, crosses)
             ]
         return TransformedBatch(
             numeric, categorical, tuple(self.numeric_names), tuple(self.categorical_names)
         )
 
     def transform_records(self, records: Sequence[Mapping[str, Any]]) -> TransformedBatch:
-        """Transform JSON-like dicts (a request joined with online features).
+        """Transform JSON-like dicts (a request joined with online features), through the
+        fast path (`transform_columns`).
 
         Every input column must be a key of at least one record; None means missing.
         """
-        return self.transform(pd.DataFrame.from_records(list(records)))
+        records = list(records)
+        present = {key for record in records for key in record}
+        columns = {
+            c: [record.get(c) for record in records] for c in self.input_columns if c in present
+        }
+        if len(columns) < len(self.input_columns):
+            _check_columns(pd.DataFrame(columns=sorted(present)), self.input_columns)
+        return self.transform_columns(columns, len(records))
 
     def save(self, path: str | Path) -> Path:
         """Write the transform as JSON to `path` (a file)."""
