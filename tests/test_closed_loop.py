@@ -25,7 +25,7 @@ from kubeloop.demo.drift import DriftStageConfig
 from kubeloop.demo.serving import ServingStageConfig
 from kubeloop.registry import open_registry
 from kubeloop.serving.local_servers import REQUEST_LOG_FILE
-from kubeloop.serving.policy import RolloutPolicy
+from kubeloop.serving.progressive import ProgressivePolicy
 from kubeloop.serving.replay import ReplayConfig
 from kubeloop.serving.request_log.reader import exchanges_frame
 from kubeloop.serving.rollout import serving_dir
@@ -49,12 +49,12 @@ def demo_config() -> DemoConfig:
         train_config={"torch": {"importance_rows": 500}},
         gate_config={"calibration_bounds": [0.8, 1.25]},
         serving=ServingStageConfig(
-            replay=small_replay, policy=RolloutPolicy(min_labelled=200), replay_last_days=1
+            replay=small_replay, policy={"min_labelled": 200}, replay_last_days=1
         ),
         drift=DriftStageConfig(
             impressions_per_day=2500,
             canary_replay=small_replay,
-            canary_policy=RolloutPolicy(min_labelled=200),
+            canary_policy=ProgressivePolicy(requires="non_inferiority", min_labelled=200),
             retrain_window_days=6,
         ),
         progress=False,
@@ -131,8 +131,10 @@ def test_covariate_shift_is_detected_and_production_is_kept(tmp_path):
     assert {v.version for v in registry.list("ctr")} == set(report["serving"]["stages_after"])
 
     # The A/B, the drift replay and any canary share one request log over overlapping days:
-    # no request id may be reused across them (each is a CloudEvent id downstream).
+    # no request id may be reused across them (each is a CloudEvent id downstream). A
+    # shadow copy's answer is logged under the served request's id as variant "shadow".
     log = exchanges_frame(serving_dir(workdir) / REQUEST_LOG_FILE)
-    ids = log["request_id"]
+    served = log[log["variant"] != "shadow"]
+    ids = served["request_id"]
     assert len(ids) > 0 and not ids.duplicated().any(), ids[ids.duplicated()].head().tolist()
     assert {i.split("-", 1)[0] for i in ids} >= {"ab", "drift"}
