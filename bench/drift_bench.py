@@ -1454,7 +1454,7 @@ def main(argv=None) -> int:
         root = Path(tmp)
         seeds = list(range(args.seeds))
         first = None
-        if "1" in args.parts or "2" in args.parts:
+        if "1" in args.parts:  # part 2 replays this world too (seed 0)
             log(f"building baseline world seed 0 ({args.events:,} events)")
             first = build_world("baseline", 0, args.events, root, args.lgb_threads)
             log(f"built in {sum(first.build_seconds.values()):.1f}s: {first.build_seconds}")
