@@ -43,6 +43,11 @@ from kubeloop.errors import KubeloopError
 DEFAULT_USE_CASE = "ctr"
 """The use case every command runs when `--use-case` is not given (the one place)."""
 
+DEFAULT_MODEL_NAME = DEFAULT_USE_CASE
+"""The model (and InferenceService) a serving or rollout command acts on when none is
+named: the default use case's model, which is named after it (a test keeps them equal).
+A constant rather than a lookup, so that `--help` needs no plug-in loaded."""
+
 TIMESTAMP = pa.timestamp("us", tz="UTC")
 EVENTS_DIR = "events"  # <lake root>/events/day=YYYY-MM-DD/part-00000.parquet
 PARTITION_KEY = "day"
@@ -171,17 +176,42 @@ class TransformRules:
 
 
 @dataclass(frozen=True)
+class DecisionPolicy:
+    """A use case that acts on a score (alerts, blocks) sets how its decision threshold is
+    chosen and what a decision costs.
+
+    The threshold is chosen offline, on the validation split, so that a share
+    `alert_budget` of rows score at or above it, and is stored with the model version.
+    Evaluation reports, at that threshold, precision, recall and the expected cost: each
+    missed positive costs its `value_column` (or 1 without one) and each alert costs
+    `review_cost`; and the recall at `min_precision` (the best threshold that keeps
+    precision at least that)."""
+
+    alert_budget: float
+    min_precision: float = 0.5
+    value_column: str | None = None
+    review_cost: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.alert_budget < 1:
+            raise UseCaseError(f"decision policy: alert_budget {self.alert_budget} not in (0, 1)")
+        if not 0 < self.min_precision <= 1:
+            raise UseCaseError(f"decision policy: min_precision {self.min_precision} not in (0, 1]")
+
+
+@dataclass(frozen=True)
 class MetricsSpec:
     """What evaluation slices by, and the gate's defaults for this use case.
 
     `slices` are columns of the holdout whose values each get their own scores;
     `seen_entities` name entities whose holdout rows are sliced into "seen" (the key is in
     the training split) and "new". `gate` holds `GateConfig` keys applied under the run's
-    own gate config."""
+    own gate config. `decision`, when set, adds a decision threshold and its figures."""
 
     slices: tuple[str, ...] = ()
     seen_entities: tuple[str, ...] = ()
     gate: Mapping[str, Any] = field(default_factory=dict)
+    decision: DecisionPolicy | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gate", _frozen(self.gate))
@@ -290,6 +320,12 @@ class UseCase:
         unknown += [c for pair in self.transform.crosses for c in pair if c not in names]
         if unknown:
             raise UseCaseError(f"use case {self.name!r}: transform names unknown columns {unknown}")
+        decision = self.metrics.decision
+        if decision is not None and decision.value_column not in (None, *self.events.columns.names):
+            raise UseCaseError(
+                f"use case {self.name!r}: decision value_column {decision.value_column!r} "
+                "is not an event column"
+            )
 
     def entity(self, name: str) -> EntitySpec:
         """The entity called `name`."""

@@ -472,3 +472,12 @@ def _main_error(argv: list[str], capsys) -> list[str]:
 def test_an_unknown_use_case_is_one_line(tmp_path, capsys):
     lines = _main_error(["data", "validate", "--lake", str(tmp_path), "--use-case", "nope"], capsys)
     assert len(lines) == 1 and "unknown use case 'nope'; known: ctr" in lines[0]
+
+
+def test_default_model_name_is_the_default_use_cases_model():
+    # Serving and rollout commands default to DEFAULT_MODEL_NAME without loading a plug-in;
+    # it must stay the model the default use case trains, or `kubeloop canary status`
+    # would look for a model the demo never registered.
+    from kubeloop.usecase import DEFAULT_MODEL_NAME, DEFAULT_USE_CASE, load_use_case
+
+    assert load_use_case(DEFAULT_USE_CASE).defaults.model_name == DEFAULT_MODEL_NAME

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from kubeloop.cli.serve import DEFAULT_WORKDIR, WorkdirOption
+from kubeloop.usecase import DEFAULT_MODEL_NAME
 
 if TYPE_CHECKING:
     from kubeloop.serving.canary import CanaryResult, CanaryTarget
@@ -110,7 +111,7 @@ def _echo(result: CanaryResult, as_json: bool = False) -> None:
 @app.command()
 def status(
     workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: ModelOption = "ctr",
+    model: ModelOption = DEFAULT_MODEL_NAME,
     context: ContextOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
     as_json: JsonOption = False,
@@ -131,7 +132,7 @@ def set_(
         ),
     ] = None,
     workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: ModelOption = "ctr",
+    model: ModelOption = DEFAULT_MODEL_NAME,
     context: ContextOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
     storage_uri: Annotated[
@@ -157,7 +158,7 @@ def set_(
 @app.command()
 def promote(
     workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: ModelOption = "ctr",
+    model: ModelOption = DEFAULT_MODEL_NAME,
     context: ContextOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
     dry_run: DryRunOption = False,
@@ -175,7 +176,7 @@ def promote(
 @app.command()
 def rollback(
     workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: ModelOption = "ctr",
+    model: ModelOption = DEFAULT_MODEL_NAME,
     context: ContextOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
     version: Annotated[
@@ -208,7 +209,7 @@ def rollback(
 @app.command()
 def progress(
     workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: ModelOption = "ctr",
+    model: ModelOption = DEFAULT_MODEL_NAME,
     context: ContextOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
     as_json: JsonOption = False,
@@ -224,7 +225,7 @@ def progress(
 @app.command()
 def abort(
     workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: ModelOption = "ctr",
+    model: ModelOption = DEFAULT_MODEL_NAME,
     context: ContextOption = None,
     namespace: NamespaceOption = DEFAULT_NAMESPACE,
     reason: ReasonOption = None,
@@ -239,7 +240,7 @@ def abort(
 @app.command()
 def controller(
     workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: ModelOption = "ctr",
+    model: ModelOption = DEFAULT_MODEL_NAME,
     interval: Annotated[
         float, typer.Option("--interval", min=0.1, help="Seconds between passes.")
     ] = 5.0,

@@ -19,6 +19,7 @@ from kubeloop.cluster.controller import (
 )
 from kubeloop.cluster.isvc import DEFAULT_NAMESPACE
 from kubeloop.errors import KubeloopError
+from kubeloop.usecase import DEFAULT_MODEL_NAME
 
 log = logging.getLogger("kubeloop.cluster.controller")
 
@@ -65,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Progressive rollout of one InferenceService: shadow -> 5% -> 25% -> 50% -> "
         "100%, decided on paired, anytime-valid statistics from the request log.",
     )
-    p.add_argument("--name", default="ctr", help="InferenceService (default ctr)")
+    p.add_argument(
+        "--name",
+        default=DEFAULT_MODEL_NAME,
+        help=f"InferenceService (default {DEFAULT_MODEL_NAME})",
+    )
     p.add_argument("-n", "--namespace", default=None, help="namespace (default: the pod's)")
     p.add_argument("--context", default=None, help="kubeconfig context (outside a pod)")
     p.add_argument("--kubeconfig", default=None, help="kubeconfig file (outside a pod)")

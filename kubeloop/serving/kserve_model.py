@@ -22,6 +22,7 @@ from kubeloop.serving.protocol import (
     FieldSet,
     lower_headers,
 )
+from kubeloop.usecase import DEFAULT_MODEL_NAME
 
 MODEL_VERSION_HEADER = "x-model-version"
 
@@ -99,5 +100,5 @@ def finish_server_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
         help="largest batch (rows) one request may hold; larger ones get HTTP 413",
     )
     add_server_arguments(parser)
-    parser.set_defaults(model_name="ctr")
+    parser.set_defaults(model_name=DEFAULT_MODEL_NAME)
     return parser

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from kubeloop.atomic import atomic_write_text, read_model
 from kubeloop.errors import KubeloopError
+from kubeloop.usecase import DEFAULT_MODEL_NAME
 from kubeloop.workdir import Workdir
 
 if TYPE_CHECKING:
@@ -373,7 +374,7 @@ class LocalRollout:
     def __init__(
         self,
         workdir: Workdir | str | Path,
-        model_name: str = "ctr",
+        model_name: str = DEFAULT_MODEL_NAME,
         registry: ModelRegistry | None = None,
         *,
         path: str | Path | None = None,
