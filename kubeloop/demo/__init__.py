@@ -160,6 +160,14 @@ def training_section(evaluation: dict[str, Any], decision: dict[str, Any]) -> di
                 else None
             ),
             "oracle_logloss": report["oracle_log_loss"],
+            "pr_auc": report.get("pr_auc"),
+            "oracle_pr_auc": report.get("oracle_pr_auc"),
+            "pr_auc_vs_oracle": (
+                report["pr_auc"] / report["oracle_pr_auc"]
+                if report.get("pr_auc") and report.get("oracle_pr_auc")
+                else None
+            ),
+            "decision": report.get("decision"),
             "calibration": {"ratio": report["calibration_ratio"], "ece": report["ece"]},
             "train_seconds": evaluation["train_seconds"].get(kind),
         }

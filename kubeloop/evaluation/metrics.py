@@ -14,6 +14,12 @@ Definitions used throughout (they are also recorded in every report):
   about the same number of rows; tied predictions stay in one bin), the row-weighted mean
   of |mean prediction - observed rate| per bin. Equal-mass, because CTR predictions crowd
   near 0 and equal-width bins would leave most bins empty.
+* PR-AUC: average precision (the mean of precision at each positive's rank), the summary
+  of precision against recall that stays informative when positives are rare.
+* decision figures (a use case with a `DecisionPolicy`): at a threshold chosen elsewhere
+  (the validation split's score quantile for the alert budget), the alert rate, precision,
+  recall and expected cost (the value of missed positives plus a review cost per alert),
+  and the best recall at the policy's minimum precision.
 * oracle metrics: the same scores for the use case's oracle column (a synthetic source's
   true probability), the best any model can do on this set.
 
@@ -27,7 +33,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -68,6 +74,26 @@ class SliceMetrics(BaseModel):
     oracle_auc: float | None = None
 
 
+class DecisionMetrics(BaseModel):
+    """A decision threshold's figures on the evaluated set (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float
+    alert_budget: float
+    alert_rate: float
+    alerts: int
+    precision: float | None
+    recall: float | None
+    min_precision: float
+    recall_at_min_precision: float | None
+    missed_value: float
+    review_cost: float
+    expected_cost: float
+    expected_cost_per_row: float
+    oracle_expected_cost: float | None = None
+
+
 class EvaluationReport(BaseModel):
     """Every offline figure of one model on one evaluation set (JSON via model_dump)."""
 
@@ -91,6 +117,9 @@ class EvaluationReport(BaseModel):
     oracle_auc: float | None = None
     oracle_log_loss: float | None = None
     oracle_normalized_entropy: float | None = None
+    pr_auc: float | None = None
+    oracle_pr_auc: float | None = None
+    decision: DecisionMetrics | None = None
     slices: dict[str, dict[str, SliceMetrics]] = {}
 
 
@@ -134,6 +163,84 @@ def roc_auc(y_true: object, p_pred: object) -> float | None:
     if len(np.unique(y)) < 2:
         return None
     return float(roc_auc_score(y, _as_probs(p_pred, len(y), "p_pred")))
+
+
+def pr_auc(y_true: object, p_pred: object) -> float | None:
+    """Average precision (area under the precision-recall curve, step-wise), or None
+    without a positive."""
+    from sklearn.metrics import average_precision_score
+
+    y = _as_labels(y_true)
+    if y.sum() == 0:
+        return None
+    return float(average_precision_score(y, _as_probs(p_pred, len(y), "p_pred")))
+
+
+def recall_at_precision(y_true: object, p_pred: object, min_precision: float) -> float | None:
+    """The highest recall of any threshold whose precision is at least `min_precision`
+    (0 when none reaches it), or None without a positive."""
+    from sklearn.metrics import precision_recall_curve
+
+    y = _as_labels(y_true)
+    if y.sum() == 0:
+        return None
+    precision, recall, _ = precision_recall_curve(y, _as_probs(p_pred, len(y), "p_pred"))
+    ok = precision >= min_precision
+    return float(recall[ok].max()) if ok.any() else 0.0
+
+
+def threshold_for_budget(p_pred: object, alert_budget: float) -> float:
+    """The score at or above which a share `alert_budget` of `p_pred` falls (the decision
+    threshold a fixed review capacity affords)."""
+    p = np.asarray(p_pred, dtype=np.float64).ravel()
+    if len(p) == 0:
+        raise ValueError("a threshold needs scores")
+    k = max(int(np.ceil(alert_budget * len(p))), 1)
+    return float(np.partition(p, len(p) - k)[len(p) - k])
+
+
+def decision_metrics(
+    y_true: object,
+    p_pred: object,
+    threshold: float,
+    policy: Any,
+    values: object | None = None,
+    oracle: object | None = None,
+) -> DecisionMetrics:
+    """Figures of alerting on `p_pred >= threshold` under `policy` (a
+    `kubeloop.usecase.DecisionPolicy`); `values` are what each missed positive costs
+    (1 each when None). `oracle` adds the oracle's expected cost at its own threshold for
+    the same alert rate."""
+    y = _as_labels(y_true)
+    p = _as_probs(p_pred, len(y), "p_pred")
+    v = np.ones(len(y)) if values is None else np.asarray(values, dtype=np.float64).ravel()
+
+    def cost(alert: np.ndarray) -> float:
+        return float((v * y * ~alert).sum() + policy.review_cost * alert.sum())
+
+    alert = p >= threshold
+    alerts, hits, positives = int(alert.sum()), float((y * alert).sum()), float(y.sum())
+    total = cost(alert)
+    oracle_cost = None
+    if oracle is not None:
+        o = _as_probs(oracle, len(y), "oracle")
+        share = max(alerts / len(y), 1e-12)
+        oracle_cost = cost(o >= threshold_for_budget(o, min(share, 1.0)))
+    return DecisionMetrics(
+        threshold=float(threshold),
+        alert_budget=float(policy.alert_budget),
+        alert_rate=alerts / len(y),
+        alerts=alerts,
+        precision=hits / alerts if alerts else None,
+        recall=hits / positives if positives else None,
+        min_precision=float(policy.min_precision),
+        recall_at_min_precision=recall_at_precision(y, p, policy.min_precision),
+        missed_value=float((v * y * ~alert).sum()),
+        review_cost=float(policy.review_cost * alerts),
+        expected_cost=total,
+        expected_cost_per_row=total / len(y),
+        oracle_expected_cost=oracle_cost,
+    )
 
 
 def _ne(loss: float, base_rate: float) -> float | None:
@@ -238,8 +345,10 @@ def evaluate(
         ece_bins=n_bins,
         reliability=reliability_bins(y, p, n_bins),
     )
+    report.pr_auc = pr_auc(y, p)
     if oracle is not None:
         oracle_loss = log_loss(y, oracle)
+        report.oracle_pr_auc = pr_auc(y, oracle)
         report.oracle_auc = roc_auc(y, oracle)
         report.oracle_log_loss = oracle_loss
         report.oracle_normalized_entropy = _ne(oracle_loss, rate)
@@ -298,17 +407,23 @@ def evaluate_frame(
     n_bins: int = DEFAULT_ECE_BINS,
     name: str | None = None,
     use_case: UseCase | str | None = None,
+    threshold: float | None = None,
 ) -> EvaluationReport:
     """`evaluate` on a holdout frame: labels from the use case's label column, the oracle
     from its oracle column when it has one and the frame holds it, and
-    `slice_columns(holdout, train)` when `train` is given."""
+    `slice_columns(holdout, train)` when `train` is given. With a `threshold` and a use
+    case with a decision policy, the report's `decision` figures at that threshold."""
     use_case = resolve_use_case(use_case)
     column = use_case.events.oracle
     oracle = holdout[column].to_numpy() if column and column in holdout.columns else None
     slices = slice_columns(holdout, train, use_case=use_case) if train is not None else None
-    return evaluate(
-        holdout[use_case.events.label].to_numpy(), p_pred, oracle, slices, n_bins=n_bins, name=name
-    )
+    label = holdout[use_case.events.label].to_numpy()
+    report = evaluate(label, p_pred, oracle, slices, n_bins=n_bins, name=name)
+    policy = use_case.metrics.decision
+    if policy is not None and threshold is not None:
+        values = holdout[policy.value_column].to_numpy() if policy.value_column else None
+        report.decision = decision_metrics(label, p_pred, threshold, policy, values, oracle)
+    return report
 
 
 def write_metrics(
@@ -327,18 +442,23 @@ def write_metrics(
 
 
 __all__ = [
+    "DecisionMetrics",
     "EvaluationReport",
     "ReliabilityBin",
     "SliceMetrics",
     "base_rate_report",
     "binary_entropy",
+    "decision_metrics",
     "evaluate",
     "evaluate_frame",
     "expected_calibration_error",
     "holdout_digest",
     "log_loss",
+    "pr_auc",
+    "recall_at_precision",
     "reliability_bins",
     "roc_auc",
     "slice_columns",
+    "threshold_for_budget",
     "write_metrics",
 ]

@@ -252,7 +252,12 @@ def evaluate_step(
     holdout; write evaluation.json, metrics.json and the plots into `out_dir`.
 
     Returns flat scalar metrics for KFP's Metrics artifact."""
-    from kubeloop.evaluation.metrics import base_rate_report, evaluate_frame, write_metrics
+    from kubeloop.evaluation.metrics import (
+        base_rate_report,
+        evaluate_frame,
+        threshold_for_budget,
+        write_metrics,
+    )
     from kubeloop.evaluation.plots import save_plots
     from kubeloop.training.artifacts import load_model
     from kubeloop.training.config import TrainingConfig
@@ -269,10 +274,20 @@ def evaluate_step(
     oracle_name = oracle_column or "oracle"
 
     reports, predictions, train_seconds = {}, {}, {}
+    policy = spec.metrics.decision
     for kind, directory in model_dirs.items():
         model = load_model(directory)
         predictions[kind] = model.predict_proba(holdout)
-        reports[kind] = evaluate_frame(holdout, predictions[kind], train, name=kind, use_case=spec)
+        # The decision threshold is chosen on the validation split, never on the holdout
+        # it is scored on.
+        threshold = (
+            threshold_for_budget(model.predict_proba(valid), policy.alert_budget)
+            if policy is not None and len(valid)
+            else None
+        )
+        reports[kind] = evaluate_frame(
+            holdout, predictions[kind], train, name=kind, use_case=spec, threshold=threshold
+        )
         train_seconds[kind] = model.train_seconds
         save_plots(
             holdout[label].to_numpy(),
@@ -302,7 +317,8 @@ def evaluate_step(
     )
     flat: dict[str, float] = {}
     for kind, report in reports.items():
-        for metric in ("auc", "log_loss", "normalized_entropy", "calibration_ratio", "ece"):
+        metrics = ("auc", "log_loss", "normalized_entropy", "calibration_ratio", "ece", "pr_auc")
+        for metric in metrics:
             value = getattr(report, metric)
             if value is not None:
                 flat[f"{kind}_{metric}"] = float(value)
@@ -310,6 +326,8 @@ def evaluate_step(
         first = next(iter(reports.values()))
         if first.oracle_auc is not None:
             flat["oracle_auc"] = float(first.oracle_auc)
+        if first.oracle_pr_auc is not None:
+            flat["oracle_pr_auc"] = float(first.oracle_pr_auc)
     return flat
 
 
@@ -443,9 +461,16 @@ def register_step(
             "oracle_auc",
             "oracle_log_loss",
             "base_rate",
+            "pr_auc",
+            "oracle_pr_auc",
         )
     }
     metrics["train_seconds"] = evaluation["train_seconds"].get(kind)
+    # A use case with a decision policy serves a decision too: the threshold chosen
+    # offline (evaluate step, validation split) travels with the version.
+    if report.get("decision"):
+        metrics["decision_threshold"] = report["decision"]["threshold"]
+        metrics["alert_budget"] = report["decision"]["alert_budget"]
     registry = open_registry(registry_uri)
     version = registry.register(
         model_name,
