@@ -288,6 +288,97 @@ def _check_columns(frame: pd.DataFrame, columns: Sequence[str]) -> None:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class _NumericPlan:
+    """The numeric rules as whole-matrix operations, worked out once per fitted transform:
+    the same element-wise arithmetic for a 1-row request and a training frame, with a
+    fixed handful of numpy calls per batch instead of a handful per column."""
+
+    columns: tuple[str, ...]
+    fills: np.ndarray
+    log_index: np.ndarray
+    cyclic_index: np.ndarray
+    indicator_index: np.ndarray
+    order: np.ndarray
+
+    def __eq__(self, other: object) -> bool:
+        # Derived from the rules, so two transforms with equal rules have equal plans
+        # (pydantic's == compares private attributes too).
+        return (
+            isinstance(other, _NumericPlan)
+            and self.columns == other.columns
+            and all(
+                np.array_equal(getattr(self, f), getattr(other, f))
+                for f in ("fills", "log_index", "cyclic_index", "indicator_index", "order")
+            )
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @classmethod
+    def of(cls, rules: Mapping[str, NumericRule], cyclic_hours: Sequence[str]) -> _NumericPlan:
+        columns = tuple(rules)
+        k = len(columns)
+        cyclic = [i for i, c in enumerate(columns) if c in cyclic_hours]
+        indicators = [i for i, c in enumerate(columns) if rules[c].indicator]
+        # Stacked layout: values (k), sin (len(cyclic)), cos, indicators; `order` picks
+        # the output layout of `numeric_names` from it.
+        order: list[int] = []
+        for i, col in enumerate(columns):
+            order.append(i)
+            if i in cyclic:
+                j = cyclic.index(i)
+                order += [k + j, k + len(cyclic) + j]
+            if rules[col].indicator:
+                order.append(k + 2 * len(cyclic) + indicators.index(i))
+        return cls(
+            columns=columns,
+            fills=np.array([rules[c].fill for c in columns], dtype=np.float64),
+            log_index=np.array(
+                [i for i, c in enumerate(columns) if rules[c].kind in ("log1p", "hours")],
+                dtype=np.intp,
+            ),
+            cyclic_index=np.array(cyclic, dtype=np.intp),
+            indicator_index=np.array(indicators, dtype=np.intp),
+            order=np.array(order, dtype=np.intp),
+        )
+
+    def apply(self, n: int, numeric_of: Callable[[str], np.ndarray]) -> np.ndarray:
+        """float32 numeric outputs of `n` rows; `numeric_of(name)` gives float64 values
+        with NaN for missing."""
+        if not self.columns:
+            return np.zeros((n, 0), dtype=np.float32)
+        raw = np.empty((n, len(self.columns)), dtype=np.float64)
+        for i, col in enumerate(self.columns):
+            raw[:, i] = numeric_of(col)
+        return self.apply_raw(raw)
+
+    def raw_of_lists(self, columns: Mapping[str, Any]) -> np.ndarray | None:
+        """The (n, k) float64 input matrix in one numpy call when every numeric column is a
+        list of plain numbers and None (a JSON request), NaN for missing and infinities;
+        None otherwise (the caller reads column by column)."""
+        lists = [columns[c] for c in self.columns]
+        if not all(type(v) is list and _plain_numbers(v) for v in lists):
+            return None
+        raw = np.array(lists, dtype=np.float64).T
+        raw[~np.isfinite(raw)] = np.nan
+        return raw
+
+    def apply_raw(self, raw: np.ndarray) -> np.ndarray:
+        """float32 numeric outputs of the (n, k) float64 inputs `raw` (NaN: missing)."""
+        missing = np.isnan(raw)
+        value = np.where(missing, self.fills, raw)
+        if self.log_index.size:
+            value[:, self.log_index] = np.log1p(np.clip(value[:, self.log_index], 0.0, None))
+        angle = value[:, self.cyclic_index] * (2.0 * np.pi / 24.0)
+        stacked = np.concatenate(
+            [value, np.sin(angle), np.cos(angle), missing[:, self.indicator_index]],
+            axis=1,
+            dtype=np.float64,
+        )
+        return stacked[:, self.order].astype(np.float32)
+
+
 class FeatureTransform(BaseModel):
     """A fitted feature transformation (see the module docstring for its rules).
 
@@ -307,12 +398,14 @@ class FeatureTransform(BaseModel):
     cyclic_hours: list[str] = Field(default_factory=list)
 
     _index: dict[str, dict[str, int]] = PrivateAttr(default_factory=dict)
+    _plan: _NumericPlan | None = PrivateAttr(default=None)
 
     def model_post_init(self, context: Any, /) -> None:
         self._index = {
             col: {key: i + 1 for i, key in enumerate(vocab)}
             for col, vocab in self.vocabularies.items()
         }
+        self._plan = _NumericPlan.of(self.numeric_rules, self.cyclic_hours)
 
     @classmethod
     def fit(
@@ -428,34 +521,25 @@ class FeatureTransform(BaseModel):
                 keys[column] = _fast_keys(columns[column])
             return keys[column]
 
-        return self._assemble(n, lambda column: _fast_numeric(columns[column]), keys_of)
+        plan = self._plan or _NumericPlan.of(self.numeric_rules, self.cyclic_hours)
+        return self._assemble(
+            n, lambda column: _fast_numeric(columns[column]), keys_of, plan.raw_of_lists(columns)
+        )
 
     def _assemble(
         self,
         n: int,
         numeric_of: Callable[[str], np.ndarray],
         keys_of: Callable[[str], list[str | None]],
+        raw: np.ndarray | None = None,
     ) -> TransformedBatch:
         """The rules of the module docstring over already read columns: `numeric_of(name)`
-        gives float64 values with NaN for missing, `keys_of(name)` category keys."""
-        numeric_out: list[np.ndarray] = []
-        for col, rule in self.numeric_rules.items():
-            raw = numeric_of(col)
-            missing = np.isnan(raw)
-            value = np.where(missing, rule.fill, raw)
-            if rule.kind in ("log1p", "hours"):
-                value = np.log1p(np.clip(value, 0.0, None))
-            numeric_out.append(value)
-            if col in self.cyclic_hours:
-                angle = value * (2.0 * np.pi / 24.0)
-                numeric_out += [np.sin(angle), np.cos(angle)]
-            if rule.indicator:
-                numeric_out.append(missing.astype(np.float64))
-        numeric = (
-            np.column_stack(numeric_out).astype(np.float32)
-            if numeric_out
-            else np.zeros((n, 0), dtype=np.float32)
-        )
+        gives float64 values with NaN for missing (or `raw` all of them as one matrix),
+        `keys_of(name)` category keys."""
+        plan = self._plan
+        if plan is None:  # a model_construct'ed transform skips model_post_init
+            plan = self._plan = _NumericPlan.of(self.numeric_rules, self.cyclic_hours)
+        numeric = plan.apply_raw(raw) if raw is not None else plan.apply(n, numeric_of)
         categorical = np.zeros((n, len(self.vocabularies)), dtype=np.int64)
         crosses = self._crosses
         for j, col in enumerate(self.vocabularies):
