@@ -579,6 +579,7 @@ EXPECTED_RULES = {
         (("",), ("pods",), (), ("get", "watch")),
         (("",), ("secrets",), ("mlpipeline-minio-artifact",), ("get",)),
         (("argoproj.io",), ("workflowtaskresults",), (), ("create", "patch")),
+        (("sparkoperator.k8s.io",), ("sparkapplications",), (), ("create", "get")),
     ],
 }
 
