@@ -13,8 +13,10 @@ while it would send 100% to a revision that was never rolled out.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -64,6 +66,39 @@ DEFAULT_NAMESPACE = "kubeloop"
 # The same default as kubeloop.cluster.canary (not imported: the local path needs none of it).
 DEFAULT_STORAGE_PREFIX = "s3://mlpipeline/kubeloop/models"
 
+# The options the verbs share, by parameter name: (typer annotation, default). A verb names
+# one as a bare keyword-only parameter and `_shared_options` fills it in, so each option is
+# written once; the help lists them in the verb's own parameter order.
+SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "workdir": (WorkdirOption, DEFAULT_WORKDIR),
+    "model": (ModelOption, DEFAULT_MODEL_NAME),
+    "context": (ContextOption, None),
+    "namespace": (NamespaceOption, DEFAULT_NAMESPACE),
+    "storage_prefix": (StoragePrefixOption, DEFAULT_STORAGE_PREFIX),
+    "dry_run": (DryRunOption, False),
+    "reason": (ReasonOption, None),
+    "no_registry": (NoRegistryOption, False),
+    "force": (ForceOption, False),
+    "as_json": (JsonOption, False),
+}
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _shared_options(command: _F) -> _F:
+    """Give each bare parameter of `command` named in SHARED_OPTIONS that option and default
+    (typer reads `__signature__` and `__annotations__`)."""
+    signature = inspect.signature(command, eval_str=True)
+    params = []
+    for param in signature.parameters.values():
+        if param.name in SHARED_OPTIONS and param.annotation is inspect.Parameter.empty:
+            annotation, default = SHARED_OPTIONS[param.name]
+            param = param.replace(annotation=annotation, default=default)
+            command.__annotations__[param.name] = annotation
+        params.append(param)
+    command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return command
+
 
 def _target(
     workdir: Path,
@@ -109,18 +144,14 @@ def _echo(result: CanaryResult, as_json: bool = False) -> None:
 
 
 @app.command()
-def status(
-    workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: ModelOption = DEFAULT_MODEL_NAME,
-    context: ContextOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
-    as_json: JsonOption = False,
-) -> None:
+@_shared_options
+def status(*, workdir, model, context, namespace, as_json) -> None:
     """Show the traffic split (and whether a local stack is serving it)."""
     _echo(_target(workdir, model, context, namespace).status(), as_json)
 
 
 @app.command("set")
+@_shared_options
 def set_(
     percent: Annotated[
         int, typer.Argument(min=0, max=100, help="Canary traffic percent (0 pins to the primary).")
@@ -131,21 +162,22 @@ def set_(
             "--version", help="Deploy this version as the canary (else: keep the current canary)."
         ),
     ] = None,
-    workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: ModelOption = DEFAULT_MODEL_NAME,
-    context: ContextOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+    *,
+    workdir,
+    model,
+    context,
+    namespace,
     storage_uri: Annotated[
         str | None,
         typer.Option(
             "--storage-uri", help="With --context: the canary's storageUri (overrides --version)."
         ),
     ] = None,
-    storage_prefix: StoragePrefixOption = DEFAULT_STORAGE_PREFIX,
-    dry_run: DryRunOption = False,
-    reason: ReasonOption = None,
-    no_registry: NoRegistryOption = False,
-    force: ForceOption = False,
+    storage_prefix,
+    dry_run,
+    reason,
+    no_registry,
+    force,
 ) -> None:
     """Send PERCENT of the traffic to the canary (a new one with --version)."""
     target = _target(
@@ -156,16 +188,8 @@ def set_(
 
 
 @app.command()
-def promote(
-    workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: ModelOption = DEFAULT_MODEL_NAME,
-    context: ContextOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
-    dry_run: DryRunOption = False,
-    reason: ReasonOption = None,
-    no_registry: NoRegistryOption = False,
-    force: ForceOption = False,
-) -> None:
+@_shared_options
+def promote(*, workdir, model, context, namespace, dry_run, reason, no_registry, force) -> None:
     """Make the canary the primary with all of the traffic."""
     target = _target(
         workdir, model, context, namespace, no_registry=no_registry, force=force, dry_run=dry_run
@@ -174,11 +198,13 @@ def promote(
 
 
 @app.command()
+@_shared_options
 def rollback(
-    workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: ModelOption = DEFAULT_MODEL_NAME,
-    context: ContextOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
+    *,
+    workdir,
+    model,
+    context,
+    namespace,
     version: Annotated[
         str | None,
         typer.Option("--version", help="With --context: the version to go back to in the spec."),
@@ -187,11 +213,11 @@ def rollback(
         str | None,
         typer.Option("--storage-uri", help="With --context: storageUri to revert the spec to."),
     ] = None,
-    storage_prefix: StoragePrefixOption = DEFAULT_STORAGE_PREFIX,
-    dry_run: DryRunOption = False,
-    reason: ReasonOption = None,
-    no_registry: NoRegistryOption = False,
-    force: ForceOption = False,
+    storage_prefix,
+    dry_run,
+    reason,
+    no_registry,
+    force,
 ) -> None:
     """Remove the canary; all traffic back to the primary.
 
@@ -207,13 +233,8 @@ def rollback(
 
 
 @app.command()
-def progress(
-    workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: ModelOption = DEFAULT_MODEL_NAME,
-    context: ContextOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
-    as_json: JsonOption = False,
-) -> None:
+@_shared_options
+def progress(*, workdir, model, context, namespace, as_json) -> None:
     """Show the progressive rollout: its step, the statistics and the reasons.
 
     Locally from <workdir>/serving/progressive.json; with --context from the rollout
@@ -223,24 +244,19 @@ def progress(
 
 
 @app.command()
-def abort(
-    workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: ModelOption = DEFAULT_MODEL_NAME,
-    context: ContextOption = None,
-    namespace: NamespaceOption = DEFAULT_NAMESPACE,
-    reason: ReasonOption = None,
-    no_registry: NoRegistryOption = False,
-    force: ForceOption = False,
-) -> None:
+@_shared_options
+def abort(*, workdir, model, context, namespace, reason, no_registry, force) -> None:
     """Roll the progressive rollout back now and end it (the controller leaves it alone)."""
     target = _target(workdir, model, context, namespace, no_registry=no_registry, force=force)
     _echo(target.abort(reason=reason))
 
 
 @app.command()
+@_shared_options
 def controller(
-    workdir: WorkdirOption = DEFAULT_WORKDIR,
-    model: ModelOption = DEFAULT_MODEL_NAME,
+    *,
+    workdir,
+    model,
     interval: Annotated[
         float, typer.Option("--interval", min=0.1, help="Seconds between passes.")
     ] = 5.0,
@@ -248,7 +264,7 @@ def controller(
     policy: Annotated[
         Path | None, typer.Option("--policy", help="ProgressivePolicy as a JSON or YAML file.")
     ] = None,
-    no_registry: NoRegistryOption = False,
+    no_registry,
 ) -> None:
     """Run the progressive rollout over the local stack (what the cluster's controller does):
     shadow -> 5% -> 25% -> 50% -> 100% -> promote, or back at once, on the request log's
