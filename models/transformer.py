@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import math
 import warnings
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -120,18 +120,27 @@ def _json_scalar(value: Any) -> Any:
 
 
 def join_online_features(
-    rows: list[dict[str, Any]], online: pd.DataFrame, *, use_case: UseCase | str | None = None
+    rows: list[dict[str, Any]],
+    online: pd.DataFrame | Mapping[str, list[Any]],
+    *,
+    use_case: UseCase | str | None = None,
 ) -> list[dict[str, Any]]:
     """Predictor rows: the request context of `rows[i]` plus the features of `online`'s
-    row i, keyed by the use case's `model_input_columns()` in its order."""
+    row i, keyed by the use case's `model_input_columns()` in its order. `online` is
+    `OnlineReader.read`'s columns (the transformer) or `online_features`' DataFrame."""
     spec = resolve_use_case(use_case)
-    if len(online) != len(rows):
+    if isinstance(online, pd.DataFrame):
+        answered = len(online)
+        features = {
+            name: [_json_scalar(v) for v in online[name].tolist()] for name in spec.feature_columns
+        }
+    else:
+        answered = len(online[spec.feature_columns[0]]) if spec.feature_columns else len(rows)
+        features = {name: [_json_scalar(v) for v in online[name]] for name in spec.feature_columns}
+    if answered != len(rows):
         raise UpstreamError(
-            f"the online store answered {len(online)} rows for {len(rows)} entity rows"
+            f"the online store answered {answered} rows for {len(rows)} entity rows"
         )
-    features = {
-        name: [_json_scalar(v) for v in online[name].tolist()] for name in spec.feature_columns
-    }
     out = []
     for i, row in enumerate(rows):
         joined = {}
@@ -218,6 +227,8 @@ class FeastTransformer(ServedModel):
         # Feast's SQLite store shares one connection; lookups run one at a time, off the
         # event loop.
         self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast-online")
+        # kubeloop.features.online.OnlineReader: the feature views resolved once.
+        self._reader: Any = None
         if store is not None:
             self.ready = True
 
@@ -285,20 +296,22 @@ class FeastTransformer(ServedModel):
             return v2_response(response["predictions"], body, self.name, request_id=request_id)
         return response
 
-    async def lookup(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
-        """One online lookup of every user and ad feature for `rows` (input order)."""
-        from kubeloop.features.online import online_features
+    def _read(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        from kubeloop.features.online import OnlineReader
 
+        if self._reader is None or self._reader.store is not self.store:
+            self._reader = OnlineReader(self.store, self.use_case)
+        return self._reader.read(rows)
+
+    async def lookup(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        """One online read of every entity feature for `rows` (input order), as columns of
+        `online_columns()`: Feast's online-store read, the feature views resolved once,
+        on the lookup thread (never on the event loop)."""
         if self.store is None:
             raise ModelNotReady(self.name, "the feature store is not open")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(
-                self._lookups,
-                functools.partial(online_features, use_case=self.use_case),
-                self.store,
-                rows,
-            )
+            return await loop.run_in_executor(self._lookups, self._read, rows)
         except Exception as exc:  # Redis down, Feast errors: not the client's fault
             raise UpstreamError(
                 f"online feature lookup failed: {type(exc).__name__}: {exc}"

@@ -173,15 +173,42 @@ def expected_predictor_rows(rows: list[dict]) -> list[dict]:
 
 
 class CountingStore:
-    """A FeatureStore wrapper counting online lookups (one per batch is the contract)."""
+    """A FeatureStore wrapper counting online reads and registry lookups: one read per
+    feature view per batch, and no registry lookup per request, is the contract."""
 
     def __init__(self, store):
         self._store = store
-        self.lookups = 0
+        self.lookups = 0  # online reads (Feast's online-store read, or get_online_features)
+        self.registry_calls = 0
+        counting = self
+
+        class Provider:
+            def __init__(self, provider):
+                self._provider = provider
+
+            def online_read(self, *args, **kwargs):
+                counting.lookups += 1
+                return self._provider.online_read(*args, **kwargs)
+
+            def __getattr__(self, name):
+                return getattr(self._provider, name)
+
+        self._provider = Provider(store._get_provider())
+
+    def _get_provider(self):
+        return self._provider
 
     def get_online_features(self, *args, **kwargs):
         self.lookups += 1
         return self._store.get_online_features(*args, **kwargs)
+
+    def get_feature_service(self, *args, **kwargs):
+        self.registry_calls += 1
+        return self._store.get_feature_service(*args, **kwargs)
+
+    def get_feature_view(self, *args, **kwargs):
+        self.registry_calls += 1
+        return self._store.get_feature_view(*args, **kwargs)
 
     def __getattr__(self, name):
         return getattr(self._store, name)
@@ -296,7 +323,12 @@ def test_preprocess_joins_the_latest_online_features_in_one_lookup(store):
     assert list(out) == ["instances"]
     assert out["instances"] == expected_predictor_rows(rows)
     assert [list(r) for r in out["instances"]] == [MODEL_FIELDS.names] * len(rows)
-    assert counting.lookups == 1
+    views = len(store.get_feature_service(schema.FEATURE_SERVICE).feature_view_projections)
+    assert counting.lookups == views  # one read per feature view for the whole batch
+    resolved = counting.registry_calls
+    preprocess(transformer, {"instances": rows[:1]})
+    assert counting.lookups == 2 * views
+    assert counting.registry_calls == resolved  # no registry lookup per request
     assert headers["x-request-id"] == "abc"
 
 

@@ -1,4 +1,6 @@
-"""Online lookup of the feature service, as the serving transformer does it."""
+"""Online lookup of the feature service: `online_features` (Feast's
+`get_online_features`, a DataFrame) and `OnlineReader`, the serving transformer's path
+(Feast's online-store read, resolved once, no DataFrame)."""
 
 from __future__ import annotations
 
@@ -59,3 +61,98 @@ def online_features(
     for name in _integer_features(use_case):
         frame[name] = frame[name].astype("Int64")
     return frame
+
+
+def _python_value(value: Any) -> Any:
+    """A Feast ValueProto as a Python scalar (None when unset or null); non-scalar kinds
+    go through Feast's own converter."""
+    kind = value.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    if kind.endswith("_list_val"):
+        from feast.type_map import feast_value_type_to_python_type
+
+        return feast_value_type_to_python_type(value)
+    return getattr(value, kind)
+
+
+class OnlineReader:
+    """The use case's feature service read through Feast's online-store read API.
+
+    Resolved once (`OnlineReader(store, use_case)`): the feature views of the service,
+    their join keys and their entity value types, and the provider whose online store
+    keeps its connection (SQLite) or client pool (Redis) between calls. `read(rows)` then
+    makes one `online_read` per feature view for the whole batch, with no registry lookup
+    and no DataFrame, and returns one list of Python values per column of
+    `online_columns()`. Same values as `online_features` (tests/test_feature_store.py);
+    integers stay ints, a missing entity or feature is None.
+    """
+
+    def __init__(self, store: FeatureStore, use_case: UseCase | str | None = None):
+        self.store = store
+        self.use_case = resolve_use_case(use_case)
+        self.columns = online_columns(self.use_case)
+        self.join_keys = list(self.use_case.join_keys)
+        service = store.get_feature_service(self.use_case.feature_service)
+        self._provider = store._get_provider()  # Feast's own: holds the store's connection
+        self._views: list[tuple[Any, str, Any, list[str]]] = []
+        for projection in service.feature_view_projections:
+            if projection.join_key_map or projection.name_alias:
+                raise FeatureStoreError(
+                    f"feature service {service.name!r}: projection {projection.name!r} renames "
+                    "columns or join keys, which the online reader does not support"
+                )
+            view = store.get_feature_view(projection.name)
+            keys = [c.name for c in view.entity_columns]
+            if len(keys) != 1 or keys[0] not in self.join_keys:
+                raise FeatureStoreError(
+                    f"feature view {view.name!r}: the online reader needs one join key among "
+                    f"{self.join_keys}, it has {keys}"
+                )
+            value_type = view.entity_columns[0].dtype.to_value_type()
+            self._views.append((view, keys[0], value_type, [f.name for f in projection.features]))
+
+    def _entity_keys(self, join_key: str, value_type: Any, ids: list[int]) -> list[Any]:
+        from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+        from feast.protos.feast.types.Value_pb2 import Value
+        from feast.value_type import ValueType
+
+        if value_type == ValueType.INT64:
+            values = [Value(int64_val=i) for i in ids]
+        else:
+            from feast.type_map import python_values_to_proto_values
+
+            values = python_values_to_proto_values(ids, value_type)
+        return [EntityKey(join_keys=[join_key], entity_values=[v]) for v in values]
+
+    def read(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+        """Every column of `online_columns()` for `rows` (their join keys), in input
+        order: one `online_read` per feature view for the batch."""
+        ids: dict[str, list[int]] = {k: [] for k in self.join_keys}
+        for i, row in enumerate(rows):
+            missing = [k for k in self.join_keys if row.get(k) is None]
+            if missing:
+                raise FeatureStoreError(f"entity row {i} has no {', '.join(missing)}: {row}")
+            for k in self.join_keys:
+                ids[k].append(int(row[k]))
+        out: dict[str, list[Any]] = dict(ids)
+        config = self.store.config
+        for view, join_key, value_type, features in self._views:
+            if not rows:
+                for name in features:
+                    out[name] = []
+                continue
+            keys = self._entity_keys(join_key, value_type, ids[join_key])
+            answers = self._provider.online_read(
+                config=config, table=view, entity_keys=keys, requested_features=features
+            )
+            if len(answers) != len(rows):
+                raise FeatureStoreError(
+                    f"the online store answered {len(answers)} rows for {len(rows)} entity rows"
+                )
+            for name in features:
+                out[name] = [
+                    _python_value(values[name]) if values is not None and name in values else None
+                    for _, values in answers
+                ]
+        return {name: out.get(name, [None] * len(rows)) for name in self.columns}
