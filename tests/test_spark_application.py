@@ -186,3 +186,68 @@ def test_it_gives_up_after_the_timeout() -> None:
             sleep=sleep, clock=lambda: now[0],
         )
     assert api.reads == 4
+
+
+# --- the build's operator path -------------------------------------------------------------
+
+
+class DriverPlayingApi(FakeCustomObjects):
+    """The operator and its driver in one: on the first status read the driver runs the
+    application's own arguments through kubeloop.features.spark_driver's build (on DuckDB
+    here: which engine the driver uses is the parity tests' concern), then COMPLETED."""
+
+    def __init__(self, fail_with: str = "") -> None:
+        super().__init__([("COMPLETED", "")] if not fail_with else [("FAILED", fail_with)])
+        self.fail_with = fail_with
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name):
+        if self.reads == 0 and not self.fail_with:
+            from kubeloop.features.build import FeatureBuildConfig, build_features
+
+            args = self.created[0][4]["spec"]["arguments"]
+            opts = dict(zip(args[::2], args[1::2], strict=True))
+            config = FeatureBuildConfig.model_validate_json(opts["--config-json"])
+            assert config.spark.submit == "local"  # the driver must not submit again
+            build_features(
+                opts["--lake"], Path(opts["--out"]), config.model_copy(update={"engine": "duckdb"}),
+                progress=False, use_case=opts["--use-case"],
+            )
+        return super().get_namespaced_custom_object(group, version, namespace, plural, name)
+
+
+def _operator_config():
+    from kubeloop.features.build import FeatureBuildConfig
+
+    return FeatureBuildConfig.model_validate(
+        {"engine": "spark", "spark": {"submit": "operator", "application": {"poll_s": 0.01}}}
+    )
+
+
+def test_the_build_submits_to_the_operator_and_reports_the_driver_tables(tmp_path, monkeypatch):
+    from test_features_build import random_events, write_lake
+
+    from kubeloop.features import spark_job
+    from kubeloop.features.build import build_features
+
+    lake = write_lake(tmp_path / "lake", random_events(seed=4, n=200))
+    api = DriverPlayingApi()
+    monkeypatch.setattr(spark_job, "_custom_objects_api", lambda: api)
+    summary = build_features(str(lake), tmp_path / "features", _operator_config(), progress=False)
+    assert summary.events == 200 and min(summary.rows.values()) > 0
+    (_, _, namespace, _, body) = api.created[0]
+    assert namespace == "kubeflow" and body["metadata"]["name"].startswith("kubeloop-features-")
+    assert crd_problems(body) == []
+
+
+def test_a_failed_driver_fails_the_build_with_its_error(tmp_path, monkeypatch):
+    from test_features_build import random_events, write_lake
+
+    from kubeloop.features import spark_job
+    from kubeloop.features.build import build_features
+
+    lake = write_lake(tmp_path / "lake", random_events(seed=4, n=50))
+    api = DriverPlayingApi(fail_with="driver container failed with ExitCode: 1, Reason: Error")
+    monkeypatch.setattr(spark_job, "_custom_objects_api", lambda: api)
+    with pytest.raises(SparkApplicationError, match="FAILED: driver container failed"):
+        build_features(str(lake), tmp_path / "features", _operator_config(), progress=False)
+    assert not (tmp_path / "features").exists()

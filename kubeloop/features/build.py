@@ -247,6 +247,9 @@ def build_features(
 
     started = time.perf_counter()
     use_case = resolve_use_case(use_case)
+    if config.engine == "spark" and config.spark.submit == "operator":
+        events, rows = spark_job.submit_to_operator(lake_root, Path(out_dir), config, use_case)
+        return FeatureBuildSummary(events=events, rows=rows, seconds=time.perf_counter() - started)
     steps = _steps(use_case)
     out_dir = Path(out_dir).expanduser().resolve()
     bar = tqdm(total=len(steps), unit="step", disable=not progress)

@@ -17,10 +17,12 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.errors import KubeloopError
+from kubeloop.features.spark_app import SparkApplicationSettings
 
 LOG4J2_PROPERTIES = Path(__file__).with_name("spark-log4j2.properties")
 # Rows per Arrow batch and Parquet row group, as the DuckDB engine writes them
@@ -44,6 +46,14 @@ class SparkSettings(BaseModel):
     master: str = Field("local[2]", description="Spark master URL; local[N] runs in this process")
     shuffle_partitions: int = Field(4, ge=1, description="spark.sql.shuffle.partitions")
     driver_memory: str = Field("1g", description="spark.driver.memory (local mode: all of Spark)")
+    submit: Literal["local", "operator"] = Field(
+        "local",
+        description="local: a SparkSession in this process; operator: a SparkApplication for "
+        "the Kubeflow Spark Operator (in the cluster), whose driver runs the same build",
+    )
+    application: SparkApplicationSettings = Field(
+        default_factory=SparkApplicationSettings, description="submit: operator only"
+    )
 
 
 def java_available() -> bool:
@@ -174,3 +184,45 @@ def stage_tables(manifest, config, staging: Path, step, use_case) -> tuple[int, 
     for spec in use_case.entities:
         _check_output(staging / spec.features_file, spec.feature_schema, rows[spec.name])
     return events, rows
+
+
+def _custom_objects_api():
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.CustomObjectsApi()
+
+
+def submit_to_operator(
+    lake_root: str, out_dir: Path, config, use_case, *, api=None
+) -> tuple[int, dict[str, int]]:
+    """Run the build as a SparkApplication (`spark.submit: operator`): validate the lake
+    here, create the application, wait for it (kubeloop.features.spark_app.run_application:
+    a failed driver fails this call with its error) and return (events, rows per entity) of
+    the tables its driver published into `out_dir`, a path both sides see (shared storage).
+    """
+    import uuid
+
+    import pyarrow.parquet as pq
+
+    from kubeloop.data.validate import validate_lake
+    from kubeloop.features.spark_app import render_application, run_application
+
+    manifest = validate_lake(lake_root, use_case=use_case)
+    # The driver builds with its own submitted session: the same config, run there.
+    spark = config.spark.model_copy(update={"submit": "local"})
+    driver_config = config.model_copy(update={"spark": spark}).model_dump_json()
+    name = f"kubeloop-features-{uuid.uuid4().hex[:12]}"
+    body = render_application(
+        name, lake_root, str(out_dir), use_case.name, driver_config, config.spark.application
+    )
+    run_application(api or _custom_objects_api(), body, config.spark.application)
+    rows = {}
+    for spec in use_case.entities:
+        path = Path(out_dir) / spec.features_file
+        _check_output(path, spec.feature_schema, pq.ParquetFile(path).metadata.num_rows)
+        rows[spec.name] = pq.ParquetFile(path).metadata.num_rows
+    return manifest.rows, rows
