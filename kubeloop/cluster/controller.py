@@ -42,7 +42,8 @@ import logging
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kubeloop.cluster.isvc import API_VERSION, KIND, api_error
+from kubeloop.cluster.events import isvc_event
+from kubeloop.cluster.isvc import api_error
 from kubeloop.errors import KubeloopError
 
 if TYPE_CHECKING:
@@ -64,16 +65,11 @@ REASONS = {
     "inconclusive": ("RolloutInconclusive", "Warning"),
     "abort": ("RolloutAborted", "Warning"),
 }
-ANNOTATION_PREFIX = "kubeloop.io/"
 MAX_MESSAGE = 1024
 
 
 class ControllerError(KubeloopError):
     """The controller cannot read or write its state, or reach the request log."""
-
-
-def _k8s_time(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # --- state: one ConfigMap -----------------------------------------------------------------
@@ -182,7 +178,7 @@ def rollout_event(
     """A core/v1 Event on `isvc` for one rollout step: reason per action, the reasons as
     the message, the figures as kubeloop.io/* annotations, and a name unique to the step."""
     meta = isvc.get("metadata") or {}
-    name, namespace = meta.get("name"), meta.get("namespace")
+    name = meta.get("name")
     reason, type_ = REASONS[step.action]
     identity = json.dumps(
         [meta.get("uid"), record.candidate, record.started_at.isoformat(), step.action,
@@ -208,36 +204,17 @@ def rollout_event(
         "cs-low": fmt(step.cs_low),
         "cs-high": fmt(step.cs_high),
     }
-    involved = {"apiVersion": API_VERSION, "kind": KIND, "name": name, "namespace": namespace}
-    if meta.get("uid"):
-        involved["uid"] = meta["uid"]
-    when = _k8s_time(step.at)
-    event: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {
-            "name": f"{name}.rollout-{digest}",
-            "namespace": namespace,
-            "labels": {
-                "app.kubernetes.io/part-of": "kubeloop",
-                "app.kubernetes.io/component": "rollout",
-            },
-            "annotations": {ANNOTATION_PREFIX + k: v for k, v in annotations.items()},
-        },
-        "involvedObject": involved,
-        "reason": reason,
-        "type": type_,
-        "message": message,
-        "source": {"component": COMPONENT},
-        "reportingComponent": COMPONENT,
-        "firstTimestamp": when,
-        "lastTimestamp": when,
-        "count": 1,
-    }
-    if instance:
-        event["reportingInstance"] = instance
-        event["source"]["host"] = instance
-    return event
+    return isvc_event(
+        meta,
+        name=f"{name}.rollout-{digest}",
+        component=("rollout", COMPONENT),
+        reason=reason,
+        type_=type_,
+        message=message,
+        annotations=annotations,
+        when=step.at,
+        instance=instance,
+    )
 
 
 class EventRecorder:

@@ -76,6 +76,59 @@ def _k8s_time(ts: datetime) -> str:
     return _utc(ts).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def isvc_event(
+    meta: Mapping[str, Any],
+    *,
+    name: str,
+    component: tuple[str, str],
+    reason: str,
+    type_: str,
+    message: str,
+    annotations: Mapping[str, str],
+    when: datetime,
+    instance: str | None = None,
+) -> dict[str, Any]:
+    """The core/v1 Event (as the dict the API takes) that kubeloop posts on the
+    InferenceService whose metadata is `meta`: the drift detector's alerts and the rollout
+    controller's steps. `component` is (the app.kubernetes.io/component label, the reporting
+    component); `annotations` get the kubeloop.io/ prefix; `instance` names the reporting pod
+    (reportingInstance, source.host)."""
+    label, reporter = component
+    involved = {
+        "apiVersion": API_VERSION, "kind": KIND,
+        "name": meta.get("name"), "namespace": meta.get("namespace"),
+    }  # fmt: skip
+    if meta.get("uid"):
+        involved["uid"] = meta["uid"]
+    stamp = _k8s_time(when)
+    event: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {
+            "name": name,
+            "namespace": meta.get("namespace"),
+            "labels": {
+                "app.kubernetes.io/part-of": "kubeloop",
+                "app.kubernetes.io/component": label,
+            },
+            "annotations": {ANNOTATION_PREFIX + k: v for k, v in annotations.items()},
+        },
+        "involvedObject": involved,
+        "reason": reason,
+        "type": type_,
+        "message": message,
+        "source": {"component": reporter},
+        "reportingComponent": reporter,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+    if instance:
+        event["reportingInstance"] = instance
+        event["source"]["host"] = instance
+    return event
+
+
 def _pvalue(p: float) -> str:
     return f"{p:.3g}"
 
@@ -142,11 +195,6 @@ def alert_event(
     name, namespace = meta.get("name"), meta.get("namespace")
     if not name or not namespace:
         raise DriftAlertError("the InferenceService must have metadata.name and metadata.namespace")
-    involved = {"apiVersion": API_VERSION, "kind": KIND, "name": name, "namespace": namespace}
-    if meta.get("uid"):
-        involved["uid"] = meta["uid"]
-    when = _k8s_time(now or a.time)
-
     annotations = {
         "detector": a.detector,
         "variant": a.variant,
@@ -161,32 +209,17 @@ def alert_event(
     annotations["window-end"] = _k8s_time(a.window.end)
     annotations["window-size"] = str(a.window.n)
 
-    event: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {
-            "name": alert_event_name(a, isvc),
-            "namespace": namespace,
-            "labels": {
-                "app.kubernetes.io/part-of": "kubeloop",
-                "app.kubernetes.io/component": "monitoring",
-            },
-            "annotations": {ANNOTATION_PREFIX + k: v for k, v in annotations.items()},
-        },
-        "involvedObject": involved,
-        "reason": REASON,
-        "type": EVENT_TYPE,
-        "message": alert_message(a),
-        "source": {"component": COMPONENT},
-        "reportingComponent": COMPONENT,
-        "firstTimestamp": when,
-        "lastTimestamp": when,
-        "count": 1,
-    }
-    if instance:
-        event["reportingInstance"] = instance
-        event["source"]["host"] = instance
-    return event
+    return isvc_event(
+        meta,
+        name=alert_event_name(a, isvc),
+        component=("monitoring", COMPONENT),
+        reason=REASON,
+        type_=EVENT_TYPE,
+        message=alert_message(a),
+        annotations=annotations,
+        when=now or a.time,
+        instance=instance,
+    )
 
 
 def _plain(obj: Any, core_api: Any = None) -> Any:
