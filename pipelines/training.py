@@ -22,6 +22,16 @@ from kubeloop.usecase import DEFAULT_USE_CASE
 PIPELINE_NAME = "kubeloop-training"
 
 
+class TrainingOutputs(NamedTuple):
+    """The pipeline's outputs: its return annotation (what KFP compiles) and its value."""
+
+    data_summary: dsl.Artifact
+    features_summary: dsl.Artifact
+    evaluation: dsl.Artifact
+    decision: dsl.Artifact
+    candidates: dsl.Artifact
+
+
 @dsl.pipeline(
     name=PIPELINE_NAME,
     description=(
@@ -43,16 +53,7 @@ def training_pipeline(
     engine: str = "",
     train_config_json: str = "{}",
     gate_config_json: str = "{}",
-) -> NamedTuple(
-    "TrainingOutputs",
-    [
-        ("data_summary", dsl.Artifact),
-        ("features_summary", dsl.Artifact),
-        ("evaluation", dsl.Artifact),
-        ("decision", dsl.Artifact),
-        ("candidates", dsl.Artifact),
-    ],
-):
+) -> TrainingOutputs:
     """Train every model kind on the Feast training set and register the ladder's champion
     if it passes the gate. Every step resolves `use_case` by name (entry-point group
     `kubeloop.usecases`); an empty `model_name` is the use case's default. `engine` (duckdb
@@ -121,16 +122,7 @@ def training_pipeline(
             use_case=use_case,
         ).set_display_name("register")
 
-    return NamedTuple(
-        "TrainingOutputs",
-        [
-            ("data_summary", dsl.Artifact),
-            ("features_summary", dsl.Artifact),
-            ("evaluation", dsl.Artifact),
-            ("decision", dsl.Artifact),
-            ("candidates", dsl.Artifact),
-        ],
-    )(
+    return TrainingOutputs(
         ingest_task.outputs["data_summary"],
         features_task.outputs["features_summary"],
         eval_task.outputs["evaluation"],
