@@ -24,11 +24,17 @@ def compile_cmd(
         "(NAME_pipeline.yaml is written inside).",
     ),
     name: str = typer.Option("training", help="Pipeline to compile."),
+    use_case: str | None = typer.Option(
+        None,
+        "--use-case",
+        help="Use case the package runs by default (its use_case and model_name parameters); "
+        "without it they default to kubeloop.usecase.DEFAULT_USE_CASE.",
+    ),
 ) -> None:
     """Compile a pipeline to Kubeflow's IR YAML (the package `submit` uploads)."""
     from kubeloop.pipeline.compile import compile_pipeline
 
-    path = compile_pipeline(name, out)
+    path = compile_pipeline(name, out, use_case=use_case)
     console.print(f"compiled pipeline [bold]{name}[/] -> {path}")
 
 

@@ -314,6 +314,17 @@ def _run_stages(config: DemoConfig, workdir: Workdir) -> None:
     result = run_training_pipeline(config, workdir)
     if not config.serve:
         return
+    if config.use_case != DEFAULT_USE_CASE:
+        # The serving and drift stages (kubeloop.demo.serving, kubeloop.demo.drift) still
+        # replay the default use case's requests and labels; say so rather than fail
+        # halfway (docs/new-use-case.md, "Limits today").
+        reason = (
+            f"the demo's serving and drift stages run only the default use case "
+            f"({DEFAULT_USE_CASE}) today; use case {config.use_case!r} stops after registry"
+        )
+        skipped = {"decision": {"action": "none", "reasons": [reason]}}
+        write_section(workdir.report, "serving", skipped)
+        return
     report = run_serving(config, workdir, result)
     if not config.monitor or report["serving"].get("primary_version") is None:
         return

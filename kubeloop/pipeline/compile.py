@@ -45,9 +45,11 @@ def package_path(name: str, out: Path) -> Path:
     return out
 
 
-def compile_pipeline(name: str, out: Path) -> Path:
+def compile_pipeline(name: str, out: Path, use_case: str | None = None) -> Path:
     """Write the IR YAML of pipeline `name` to `out` (a file, or a directory: see
-    `package_path`) and return the path written."""
+    `package_path`) and return the path written. With `use_case`, the pipeline's
+    `use_case` parameter defaults to it (and `model_name` to its registry name), so the
+    package runs that use case when submitted without parameters."""
     from kfp import compiler
 
     from kubeloop import plugins
@@ -59,7 +61,15 @@ def compile_pipeline(name: str, out: Path) -> Path:
         )
     out = package_path(name, out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(plugins.load(plugins.PIPELINES, name), str(out))
+    parameters = None
+    if use_case is not None:
+        from kubeloop.usecase import load_use_case
+
+        spec = load_use_case(use_case)  # an unknown name fails here, in one line
+        parameters = {"use_case": spec.name, "model_name": spec.defaults.model_name}
+    compiler.Compiler().compile(
+        plugins.load(plugins.PIPELINES, name), str(out), pipeline_parameters=parameters
+    )
     return out
 
 
