@@ -228,7 +228,7 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
     python = sys.executable
     export = str(prepared["export_dir"])
     names = ["predictor", "predictor_omp", "bare", "bentoml", "router", "router_nolog"]
-    names += ["transformer", "stack"]
+    names += ["transformer", "stack", "stack_nolog", "naive"]
     port = dict(zip(names, free_ports(len(names)), strict=True))
     kserve_args = list(DEFAULT_SERVER_ARGS)
     predict_path = f"/v1/models/{MODEL_NAME}:predict"
@@ -257,6 +257,13 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
             "BENTOML_DO_NOT_TRACK": "True",
         },
     )  # fmt: skip
+    servers.start(
+        "naive",
+        [python, str(BENCH_DIR / "_naive_kserve.py"), "--model_name", MODEL_NAME,
+         "--model_dir", export, "--feature_repo", str(prepared["feature_repo"]),
+         "--http_port", str(port["naive"]), *kserve_args],
+        port["naive"], "/v2/health/ready",
+    )  # fmt: skip
     state_path = root / "rollout.json"
     save_state(RolloutState(model_name=MODEL_NAME, primary_version=prepared["version"]), state_path)
     backend = f"{prepared['version']}=http://{HOST}:{port['predictor']}"
@@ -266,7 +273,11 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
         if request_log is not None:
             args += ["--request-log", str(request_log)]
         servers.start(name, args, port[name], "/v2/health/ready")
-    for name, upstream in (("transformer", "predictor"), ("stack", "router")):
+    for name, upstream in (
+        ("transformer", "predictor"),
+        ("stack", "router"),
+        ("stack_nolog", "router_nolog"),
+    ):
         servers.start(
             name,
             [python, "-m", "models.transformer", "--model_name", MODEL_NAME,
@@ -296,6 +307,10 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
                ["transformer", "predictor"], "client"),
         Target("stack", "transformer -> router (log) -> predictor", url("stack"),
                ["stack", "router", "predictor"], "client"),
+        Target("stack_nolog", "transformer -> router (no log) -> predictor", url("stack_nolog"),
+               ["stack_nolog", "router_nolog", "predictor"], "client"),
+        Target("naive", "naive one-process service (Feast get_online_features + Booster)",
+               url("naive"), ["naive"], "client"),
     ]  # fmt: skip
     return {t.key: t for t in targets}
 
@@ -347,8 +362,6 @@ def prepare(events: int, root: Path) -> dict:
     import numpy as np
     import pandas as pd
 
-    from usecases.ctr import schema
-    from usecases.ctr.generator import GeneratorConfig, generate_lake
     from kubeloop.features.online import online_features
     from kubeloop.features.pipeline_config import FeaturesStepConfig
     from kubeloop.pipeline.steps import run_features, train_step
@@ -356,6 +369,8 @@ def prepare(events: int, root: Path) -> dict:
     from kubeloop.training.artifacts import load_model
     from kubeloop.training.transform import model_input_columns
     from models.transformer import join_online_features, open_feature_store
+    from usecases.ctr import schema
+    from usecases.ctr.generator import GeneratorConfig, generate_lake
 
     started = time.perf_counter()
     log(f"generate_lake: {events:,} events")
@@ -404,6 +419,20 @@ def prepare(events: int, root: Path) -> dict:
     matrix = model.transform.transform(joined_frame).matrix()
     if not np.isfinite(matrix).all():
         raise RuntimeError("the transformed matrix holds non-finite values")
+    # The export's compiled trees (lleaves) against Booster.predict on 10k rows drawn
+    # around the request rows (NaN and unseen codes included).
+    from models.lightgbm_compiled import load_compiled
+
+    compiled = load_compiled(export_dir)
+    parity = None
+    if compiled is not None:
+        rng = np.random.default_rng(0)
+        probe = matrix[rng.integers(0, len(matrix), 10_000)].copy()
+        n_num = len(model.info.numeric_features)
+        probe[:, :n_num] += rng.normal(0, 0.5, size=(len(probe), n_num))
+        probe[rng.random(probe.shape) < 0.05] = np.nan
+        want = model.booster.predict(probe, num_iteration=model.info.best_iteration)
+        parity = float(np.max(np.abs(compiled.predict(probe) - want)))
     return {
         "feature_repo": feature_repo,
         "export_dir": export_dir,
@@ -418,6 +447,8 @@ def prepare(events: int, root: Path) -> dict:
         "cold_users": sum(1 for r in joined_rows if r[schema.USER_FEATURES[0]] is None),
         "cold_ads": sum(1 for r in joined_rows if r[schema.AD_FEATURES[0]] is None),
         "seconds": time.perf_counter() - started,
+        "compiled_trees": compiled is not None,
+        "compiled_max_abs_diff": parity,
     }
 
 
@@ -597,9 +628,10 @@ def breakdown(prepared: dict, reps: dict[int, int], cores: int) -> dict[int, dic
     import orjson
     import pandas as pd
 
-    from kubeloop.features.online import online_features
+    from kubeloop.features.online import OnlineReader, online_features
     from kubeloop.serving.protocol import CLIENT_FIELDS, MODEL_FIELDS, parse_request
     from kubeloop.training.artifacts import load_model
+    from kubeloop.usecase import resolve_use_case
     from models.predictor import CTRPredictor
     from models.transformer import join_online_features, open_feature_store
 
@@ -607,12 +639,28 @@ def breakdown(prepared: dict, reps: dict[int, int], cores: int) -> dict[int, dic
     from _bare_kserve import BareLightGBM
 
     model = load_model(prepared["export_dir"])
-    predictor = CTRPredictor(MODEL_NAME, prepared["export_dir"], model=model)
+    # As the server loads it: the compiled trees of the export when they load here.
+    predictor = CTRPredictor(MODEL_NAME, prepared["export_dir"])
+    predictor.load()
+    served = predictor.model
+    reader = OnlineReader(open_feature_store(prepared["feature_repo"]))
     bare = BareLightGBM(MODEL_NAME, prepared["export_dir"])
     bare.load()
     store = open_feature_store(prepared["feature_repo"])
     booster, best = model.booster, model.info.best_iteration
     columns = MODEL_FIELDS.names
+    use_case = resolve_use_case(None)
+    service = store.get_feature_service(use_case.feature_service)
+
+    def direct_lookup(feast_store, entity_rows):
+        """Feast's own call, as its docs show it (the feature service resolved once)."""
+        keys = use_case.join_keys
+        return feast_store.get_online_features(
+            features=service,
+            entity_rows=[{k: row[k] for k in keys} for row in entity_rows],
+            full_feature_names=False,
+        ).to_dict()
+
     bodies = encode_bodies(prepared)
     out: dict[int, dict[str, float]] = {}
     matrices_by_size = {}
@@ -646,8 +694,18 @@ def breakdown(prepared: dict, reps: dict[int, int], cores: int) -> dict[int, dic
                 lambda r: model.transform.transform(pd.DataFrame.from_records(r, columns=columns)),
                 rows,
             ),
+            "FeatureTransform.transform_columns (the serving fast path)": (
+                lambda r: model.transform.transform_columns(
+                    {c: [row[c] for row in r] for c in columns}, len(r)
+                ),
+                rows,
+            ),
             "TransformedBatch.matrix": (lambda b: b.matrix(), batches),
             "Booster.predict": (lambda m: booster.predict(m, num_iteration=best), matrices),
+            "served model predict_batch (compiled trees when loaded)": (
+                served.predict_batch,
+                batches,
+            ),
             "floats to list": (lambda s: [float(p) for p in np.asarray(s)], scores),
             "CTRPredictor.predict (all of the above but decode)": (predictor.predict, payloads),
             "json decode (orjson), matrix rows": (orjson.loads, matrix_bodies),
@@ -661,6 +719,14 @@ def breakdown(prepared: dict, reps: dict[int, int], cores: int) -> dict[int, dic
                 client_rows,
             ),
             "transformer: join_online_features": (join_online_features, online),
+            "transformer: OnlineReader.read (Feast online-store read)": (
+                reader.read,
+                client_rows,
+            ),
+            "Feast get_online_features direct (feature service, to_dict)": (
+                lambda r: direct_lookup(store, r),
+                client_rows,
+            ),
         }
         out[size] = {}
         for name, (fn, args_list) in steps.items():
@@ -887,9 +953,81 @@ def render(doc: dict) -> str:
             "predictor."
         ),
         "",
+        *goals_section(doc),
         *breakdown_section(steps, cells),
     ]
     return "\n".join(text)
+
+
+def goal_ratios(doc: dict) -> list[dict[str, Any]]:
+    """The ratios issue 14 asks of one run: (what, rows, ours, peer, ratio, goal)."""
+    cells, steps = doc["cells"], doc["breakdown"]
+    out = []
+
+    def rps(key: str, size: int) -> float:
+        return cells[f"{key}/{size}"]["stats"]["rps"]
+
+    for size in SIZES:
+        out.append(
+            {"what": "full path (transformer -> router, log on -> predictor) vs naive "
+             "one-process service, req/s", "rows": size, "ours": rps("stack", size),
+             "peer": rps("naive", size), "goal": ">= 1.0"}
+        )  # fmt: skip
+    for size, goal in zip(SIZES, (">= 1.0", ">= 1.5"), strict=True):
+        out.append(
+            {"what": "predictor alone vs bare kserve.Model, req/s", "rows": size,
+             "ours": rps("predictor", size), "peer": rps("bare", size), "goal": goal}
+        )  # fmt: skip
+    for size in SIZES:
+        out.append(
+            {"what": "full path, request log on vs off, req/s", "rows": size,
+             "ours": rps("stack", size), "peer": rps("stack_nolog", size), "goal": ">= 0.95"}
+        )  # fmt: skip
+    reader = "transformer: OnlineReader.read (Feast online-store read)"
+    direct = "Feast get_online_features direct (feature service, to_dict)"
+    for size in SIZES:
+        step = steps[str(size)]
+        if reader in step and direct in step:
+            out.append(
+                {"what": "online lookup CPU per call (median): OnlineReader vs Feast's "
+                 "get_online_features", "rows": size, "ours": step[reader],
+                 "peer": step[direct], "goal": "<= 1.0", "lower_is_better": True}
+            )  # fmt: skip
+    for row in out:
+        row["ratio"] = row["ours"] / row["peer"] if row["peer"] else float("nan")
+    return out
+
+
+def goals_section(doc: dict) -> list[str]:
+    setup = doc["setup"]
+    rows = []
+    for r in goal_ratios(doc):
+        unit = (
+            (lambda v: f"{v * 1e3:.2f} ms") if r.get("lower_is_better") else (lambda v: f"{v:,.0f}")
+        )
+        rows.append([r["what"], r["rows"], unit(r["ours"]), unit(r["peer"]),
+                     fmt_ratio(r["ratio"]), r["goal"]])  # fmt: skip
+    parity = setup.get("compiled_max_abs_diff_10k")
+    if setup.get("compiled_trees"):
+        trees = (
+            "compiled trees (lleaves) served; max |compiled - Booster.predict| on 10k rows "
+            f"{parity:.1e}"
+        )
+    else:
+        trees = "compiled trees NOT loaded: the predictor served the LightGBM booster"
+    load = doc["conditions"].get("load_average_before")
+    return [
+        "### 4. Issue 14's ratios (this run)",
+        "",
+        markdown_table(["comparison", "rows/req", "ours", "peer", "ratio", "goal"], rows),
+        "",
+        f"- {trees}.",
+        (
+            f"- measured with the machine's load average at {load} before the run (2 cores): "
+            "ratios between targets share the noise, absolute figures do not."
+        ),
+        "",
+    ]
 
 
 # --- main -------------------------------------------------------------------------------
@@ -988,6 +1126,8 @@ def setup_record(args: argparse.Namespace, prepared: dict) -> dict[str, Any]:
         "rounds": args.rounds,
         "warmup": args.warmup,
         "omp_threads": str(args.omp_threads) if args.omp_threads else "unset",
+        "compiled_trees": prepared["compiled_trees"],
+        "compiled_max_abs_diff_10k": prepared["compiled_max_abs_diff"],
     }
 
 
