@@ -256,10 +256,11 @@ def _bench_commit(commit: Mapping[str, Any] | None) -> str:
 def render_features(doc: Mapping[str, Any]) -> str:
     """Throughput, peak memory and Feast lookup latency of the feature bench."""
     data = doc["data"]
+    stages = {"generate": "generate_lake", "ETL": "build_features", "ETL spark": None}
     rows = [
         [
             f"{r['size']:,}",
-            "generate_lake" if r["stage"] == "generate" else "build_features",
+            stages[r["stage"]] or f"build_features, Spark {r['master']}",
             f"{r['seconds']:.1f}",
             f"{r['events'] / r['seconds']:,.0f}",
             f"{r['peak_rss_mib']:,.0f}",
@@ -292,6 +293,7 @@ def render_features(doc: Mapping[str, Any]) -> str:
                 "",
                 table(["events", "stage", "seconds", "events/s", "peak RSS (MiB)"], rows, "rlrrr"),
                 "",
+                *_sizing_lines(data.get("sizing")),
                 (
                     f"Feast online lookups ({data['lookup']['online_store']} online store, "
                     f"{data['lookup_size']:,}-event features):"
@@ -306,6 +308,24 @@ def render_features(doc: Mapping[str, Any]) -> str:
         )
         + "\n"
     )
+
+
+def _sizing_lines(s: Mapping[str, Any] | None) -> list[str]:
+    # The Spark engine's sizing note (bench/features_bench.py --engine both), if it ran.
+    if not s:
+        return []
+    return [
+        (
+            f"Spark's seconds exclude the JVM start; its peak RSS is the process and its JVM. "
+            f"Sizing, on paper, from the measured {s['per_core']:,.0f} events/s per Spark core "
+            f"({s['size']:,} events, local mode): {s['events_per_day'] / 1e9:g}B events a day "
+            f"within a {s['window_hours']}-hour nightly window need {s['cores']} cores, "
+            f"{s['executors']} executors of {s['executor_cores']} cores with about "
+            f"{s['executor_memory_gib']} GiB each, if the rate per core holds once the shuffle "
+            "crosses the network."
+        ),
+        "",
+    ]
 
 
 def render_training(doc: Mapping[str, Any]) -> str:
@@ -426,9 +446,14 @@ def render_serving(doc: Mapping[str, Any]) -> str:
 
 
 def render_drift(doc: Mapping[str, Any]) -> str:
-    """The drift bench's false alarms, detection power, cost and serving overhead."""
+    """The drift bench's false alarms, detection power, label-free estimate error, cost and
+    serving overhead."""
     s = doc["summary"]
-    rows = [*_false_alarm_rows(s.get("false_alarms")), *_power_rows(s.get("power"))]
+    rows = [
+        *_false_alarm_rows(s.get("false_alarms")),
+        *_power_rows(s.get("power")),
+        *_estimate_rows(s.get("estimate")),
+    ]
     if "cost" in s:
         c = s["cost"]
         rows.append(
@@ -452,47 +477,98 @@ def render_drift(doc: Mapping[str, Any]) -> str:
             ]
         )
     body = [bench_conditions(doc), "", table(["measured", "result"], rows, "ll")]
+    if doc.get("finished") is False:
+        body[1:1] = [
+            "",
+            (
+                f"The run was cut short: parts {', '.join(doc.get('parts_done', ''))} of "
+                f"{', '.join(doc.get('parts', ''))} finished (the others are not shown)."
+            ),
+        ]
+    second = doc.get("conditions", {}).get("second_run")
+    if second:
+        body[1:1] = [
+            "",
+            (
+                f"Part 2 comes from a second run, `{second['command']}` on {second['started_at']} "
+                f"({second['seconds'] / 60:.1f} min): {second['what']}."
+            ),
+        ]
     return "\n".join(body) + "\n"
 
 
 def _false_alarm_rows(f: Mapping[str, Any] | None) -> list[list[str]]:
     if not f:
         return []
-    perf = f["by_detector"]["performance"]
-    return [
+    budget = f.get("budget", {}).get("expected_windows_between_false_alarms")
+    rows = [
         [
             (
-                f"false alarms on `baseline` ({f['seeds']} seeds, {f['events']:,} events), serving "
-                "windows with a feature or prediction alert"
+                f"false alarms on `baseline` ({f['seeds']} seeds, {f['events']:,} events; "
+                f"budget: {budget:,.0f} windows between false alarms), serving windows with "
+                "any alert"
+                if budget
+                else f"false alarms on `baseline` ({f['seeds']} seeds), serving windows"
             ),
-            f"{f['windows_with_alert']} / {f['windows']:,}",
+            f"{f['serving_windows_with_alert']} / {f['serving_windows']:,}",
         ],
         [
             "false alarms on `baseline`, labelled windows with a performance alert",
-            f"{perf['alerts']} / {perf['windows']:,}",
+            f"{f['labelled_windows_with_alert']} / {f['labelled_windows']:,}",
         ],
         [
-            "false alarms on `baseline`, replays with any alert",
-            f"{f['alerting_replays']} / {f['seeds']}",
+            "false alarms on `baseline`, replays with any alert (all / untuned seeds)",
+            (
+                f"{f['replays_with_alert']} / {f['seeds']}; "
+                f"{f['untuned']['replays_with_alert']} / {f['untuned']['replays']}"
+            ),
         ],
     ]
+    per_kind = ", ".join(
+        f"{kind} {d['alerts']}/{d['windows']:,}" for kind, d in f["by_detector"].items()
+    )
+    rows.append(["  per detector kind, windows with an alert", per_kind])
+    return rows
 
 
 def _power_rows(power: Mapping[str, Any] | None) -> list[list[str]]:
     rows = []
     for cell in (power or {}).get("cells", []):
-        expected = cell["expected"]
-        alerts = sum(cell["post_change"][d]["alerts"] for d in expected)
-        windows = sum(cell["post_change"][d]["windows"] for d in expected)
         delay = cell["median_delay_events"]
+        tpr = cell["tpr"]
         rows.append(
             [
                 (
-                    f"{cell['scenario']}, windows of {cell['window']:,} ({cell['replays']} replay(s)): "
-                    f"post-change {' or '.join(expected)} alerts / windows; first-alert delay "
-                    "(median)"
+                    f"{cell['scenario']} ({cell['replays']} untuned seed(s)): TPR of "
+                    f"{' or '.join(cell['expected'])} over post-change windows; first "
+                    "post-change window alerted; first-alert delay (median)"
                 ),
-                f"{alerts} / {windows}; " + ("never" if delay is None else f"{delay:,.0f} events"),
+                f"{cell['post_change_alerts']} / {cell['post_change_windows']}"
+                + (f" = {tpr:.2f}" if tpr is not None else "")
+                + f"; {cell['first_post_change_window_alerted']} / {cell['replays']}; "
+                + ("never" if delay is None else f"{delay:,.0f} events"),
+            ]
+        )
+    return rows
+
+
+def _estimate_rows(estimate: Mapping[str, Any] | None) -> list[list[str]]:
+    rows = []
+    for cell in (estimate or {}).get("cells", []):
+        parts = []
+        for key, label in (("labelled_before", "before"), ("labelled_after", "after")):
+            x = cell.get(key, {})
+            if x.get("windows"):
+                parts.append(
+                    f"{label} {x['mean_error_ne']:+.3f} (max abs {x['max_abs_error_ne']:.3f})"
+                )
+        rows.append(
+            [
+                (
+                    f"{cell['scenario']}: label-free NE estimate error (realized - estimated, "
+                    "labelled windows of 10,000)"
+                ),
+                "; ".join(parts) or "-",
             ]
         )
     return rows
