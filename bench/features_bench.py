@@ -3,11 +3,16 @@
     .venv/bin/python bench/features_bench.py                 # 1M and 10M events (minutes)
     .venv/bin/python bench/features_bench.py --quick         # 100k and 300k: a smoke run
     .venv/bin/python bench/features_bench.py --sizes 2000000 --out /tmp/bench.md
+    .venv/bin/python bench/features_bench.py --engine both   # DuckDB and Spark local[2]
 
 Part 1: for each size, `generate_lake` and then `build_features` each run in a fresh
 spawned interpreter, which reads its own peak RSS (getrusage ru_maxrss) at its end, so the
 memory figure belongs to that stage alone. Seconds are measured around the library call
-(interpreter start and imports excluded).
+(interpreter start and imports excluded). With `--engine spark|both` the build also runs
+on Spark in local mode (the same SQL, compiled by SQLGlot): its seconds include starting the
+JVM, and its peak memory is sampled (every 0.1 s) over the process and its children, the
+JVM being a child process that ru_maxrss of this one does not see. The report ends with a
+sizing note for 1B events a day, from the measured Spark events/s per core.
 
 Part 2: in one more fresh process, a Feast repository (SQLite online store) is applied and
 materialized from the features of one size (1M events by default), and online lookups of
@@ -31,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 from _util import (
     RunClock,
@@ -52,7 +58,12 @@ DEFAULT_SIZES = [1_000_000, 10_000_000]
 QUICK_SIZES = [100_000, 300_000]
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "features_bench.md"
 DEFAULT_JSON = DEFAULT_OUT.with_suffix(".json")
-PACKAGES = ["duckdb", "feast", "pyarrow", "pandas", "numpy"]
+PACKAGES = ["duckdb", "pyspark", "sqlglot", "feast", "pyarrow", "pandas", "numpy"]
+ENGINES = {"duckdb": ["duckdb"], "spark": ["spark"], "both": ["duckdb", "spark"]}
+# The sizing note's assumptions: a nightly window, events a day, cores per executor.
+SIZING_EVENTS = 1_000_000_000
+SIZING_WINDOW_HOURS = 2
+SIZING_EXECUTOR_CORES = 4
 
 # Users and ads grow with the event count past the generator's defaults (4,000 users,
 # 600 ads, sized for ~300k events), so that events per entity stay realistic:
@@ -85,23 +96,73 @@ def stage_generate(events: int, users: int, ads: int, lake: str) -> dict:
     }
 
 
-def stage_build(lake: str, out: str) -> dict:
+class TreeRssSampler:
+    """Peak RSS of this process plus its children (Spark's JVM), sampled in a thread."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        import threading
+
+        self.interval = interval
+        self.peak_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for proc in [me, *me.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak_mib = max(self.peak_mib, total / (1024 * 1024))
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def stage_build(lake: str, out: str, engine: str = "duckdb") -> dict:
     from kubeloop.features.build import FeatureBuildConfig, build_features
 
     rss_imports = peak_rss_mib()
-    config = FeatureBuildConfig()
-    started = time.perf_counter()
-    summary = build_features(lake, Path(out), config, progress=False)
-    seconds = time.perf_counter() - started
-    return {
+    config = FeatureBuildConfig(engine=engine)
+    session, jvm_seconds = None, 0.0
+    with TreeRssSampler() as sampler:
+        if engine == "spark":
+            # Started apart and timed apart: a cluster job pays it once, whatever the size,
+            # so the per-core rate of the sizing note leaves it out.
+            from kubeloop.features.spark_job import session_builder
+
+            started = time.perf_counter()
+            session = session_builder(config.spark).getOrCreate()
+            session.sparkContext.setLogLevel("ERROR")
+            jvm_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        summary = build_features(lake, Path(out), config, progress=False)
+        seconds = time.perf_counter() - started
+        if session is not None:
+            session.stop()
+    record = {
         "seconds": seconds,
         "events": summary.events,
         "detail": f"{summary.rows['user']:,} user rows, {summary.rows['ad']:,} ad rows",
         "rss_imports_mib": rss_imports,
-        "peak_rss_mib": peak_rss_mib(),
-        "threads": config.threads,
-        "memory_limit": config.memory_limit,
+        "peak_rss_mib": peak_rss_mib() if engine == "duckdb" else sampler.peak_mib,
+        "engine": engine,
     }
+    if engine == "duckdb":
+        return {**record, "threads": config.threads, "memory_limit": config.memory_limit}
+    cores = int(config.spark.master.removeprefix("local[").removesuffix("]"))
+    return {**record, "master": config.spark.master, "cores": cores, "jvm_seconds": jvm_seconds}
 
 
 def stage_lookup(features: str, repo: str, iters_1: int, iters_100: int, warmup: int) -> dict:
@@ -218,7 +279,9 @@ def population(events: int) -> tuple[int, int]:
     return users, ads
 
 
-def run_throughput(sizes: list[int], lookup_size: int, tmp: Path) -> tuple[list[dict], Path]:
+def run_throughput(
+    sizes: list[int], lookup_size: int, tmp: Path, engines: list[str] = ENGINES["duckdb"]
+) -> tuple[list[dict], Path]:
     """Generate and build every size; return one record per (size, stage) and the
     features directory of `lookup_size` (the others are deleted as soon as built)."""
     records = []
@@ -230,11 +293,16 @@ def run_throughput(sizes: list[int], lookup_size: int, tmp: Path) -> tuple[list[
         log(f"generate {events:,} events ({users:,} users, {ads:,} ads)")
         gen = run_fresh(stage_generate, events, users, ads, str(lake))
         log(f"  {gen['seconds']:.1f}s, peak RSS {gen['peak_rss_mib']:.0f} MiB")
-        log(f"build_features on {events:,} events")
-        etl = run_fresh(stage_build, str(lake), str(features))
-        log(f"  {etl['seconds']:.1f}s, peak RSS {etl['peak_rss_mib']:.0f} MiB")
+        stages = [("generate", gen)]
+        for engine in engines:
+            log(f"build_features on {events:,} events, engine {engine}")
+            # DuckDB's tables are the ones Feast is given; Spark's are identical (parity tests).
+            out = features if engine == "duckdb" or "duckdb" not in engines else root / engine
+            etl = run_fresh(stage_build, str(lake), str(out), engine)
+            log(f"  {etl['seconds']:.1f}s, peak RSS {etl['peak_rss_mib']:.0f} MiB")
+            stages.append(("ETL" if engine == "duckdb" else f"ETL {engine}", etl))
         shutil.rmtree(lake)
-        for stage, record in (("generate", gen), ("ETL", etl)):
+        for stage, record in stages:
             records.append({"size": events, "users": users, "ads": ads, "stage": stage, **record})
         if events == lookup_size:
             lookup_features = features
@@ -244,7 +312,16 @@ def run_throughput(sizes: list[int], lookup_size: int, tmp: Path) -> tuple[list[
     return records, lookup_features
 
 
+STAGE_LABELS = {
+    "generate": "generate_lake",
+    "ETL": "build_features",
+    "ETL spark": "build_features (spark)",
+}
+
+
 def throughput_section(records: list[dict]) -> list[str]:
+    spark_records = [r for r in records if r["stage"] == "ETL spark"]
+    records = [r for r in records if r["stage"] != "ETL spark"]
     etl = next(r for r in records if r["stage"] == "ETL")
     header = [
         "events",
@@ -303,7 +380,80 @@ def throughput_section(records: list[dict]) -> list[str]:
                 f"events/s {fmt_ratio(a['seconds'] / b['seconds'] * size / small)}, "
                 f"peak RSS {fmt_ratio(b['peak_rss_mib'] / a['peak_rss_mib'])}"
             )
-    return [*lines, "Ratios:", "", *ratios, ""]
+    return [*lines, "Ratios:", "", *ratios, "", *engines_section(records, spark_records)]
+
+
+def spark_sizing(spark_records: list[dict]) -> dict:
+    """The sizing note's figures, from the largest Spark run: events/s per core, and the
+    cores, executors and memory 1B events a day need within the nightly window."""
+    import math
+
+    r = max(spark_records, key=lambda r: r["size"])
+    per_core = r["events"] / r["seconds"] / r["cores"]
+    cores = math.ceil(SIZING_EVENTS / (per_core * SIZING_WINDOW_HOURS * 3600))
+    executors = math.ceil(cores / SIZING_EXECUTOR_CORES)
+    mib_per_core = r["peak_rss_mib"] / r["cores"]
+    return {
+        "size": r["size"],
+        "per_core": per_core,
+        "cores": cores,
+        "executors": executors,
+        "executor_cores": SIZING_EXECUTOR_CORES,
+        "executor_memory_gib": math.ceil(mib_per_core * SIZING_EXECUTOR_CORES / 1024),
+        "events_per_day": SIZING_EVENTS,
+        "window_hours": SIZING_WINDOW_HOURS,
+    }
+
+
+def sizing_line(s: dict) -> str:
+    """The sizing note, one paragraph (also rendered into the README)."""
+    return (
+        f"Sizing, on paper: Spark local built {s['per_core']:,.0f} events/s per core at "
+        f"{s['size']:,} events (JVM start excluded). {s['events_per_day'] / 1e9:g}B events a "
+        f"day within a {s['window_hours']}-hour nightly window need {s['cores']} cores: "
+        f"{s['executors']} executors of {s['executor_cores']} cores and about "
+        f"{s['executor_memory_gib']} GiB each (the local run's peak memory per core), "
+        "assuming the rate per core holds when the shuffle crosses the network."
+    )
+
+
+def engines_section(records: list[dict], spark_records: list[dict]) -> list[str]:
+    if not spark_records:
+        return []
+    duck = {r["size"]: r for r in records if r["stage"] == "ETL"}
+    header = ["events", "engine", "seconds", "events/s", "events/s per core", "peak RSS (MiB)",
+              "JVM start (s)"]
+    rows = []
+    for r in spark_records:
+        d = duck.get(r["size"])
+        if d is not None:
+            rows.append(
+                [fmt_int(d["size"]), f"DuckDB, {d['threads']} threads", f"{d['seconds']:.1f}",
+                 fmt_int(d["events"] / d["seconds"]),
+                 fmt_int(d["events"] / d["seconds"] / d["threads"]), fmt_int(d["peak_rss_mib"]),
+                 "-"]
+            )
+        rows.append(
+            [fmt_int(r["size"]), f"Spark {r['master']}", f"{r['seconds']:.1f}",
+             fmt_int(r["events"] / r["seconds"]),
+             fmt_int(r["events"] / r["seconds"] / r["cores"]), fmt_int(r["peak_rss_mib"]),
+             f"{r['jvm_seconds']:.1f}"]
+        )
+    return [
+        "### DuckDB and Spark (local mode)",
+        "",
+        (
+            "The same feature SQL on both engines (Spark's compiled from DuckDB's by SQLGlot; "
+            "the parity tests show identical tables). Spark's seconds exclude starting the "
+            "JVM (timed apart: 'JVM start'); its peak RSS is the process and its JVM "
+            "together, sampled every 0.1 s."
+        ),
+        "",
+        markdown_table(header, rows, align="rlrrrrr"),
+        "",
+        sizing_line(spark_sizing(spark_records)),
+        "",
+    ]
 
 
 def latency_section(lookup: dict, lookup_size: int) -> list[str]:
@@ -396,6 +546,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default: 1000000 if among --sizes, else the smallest)",
     )
     parser.add_argument(
+        "--engine",
+        choices=sorted(ENGINES),
+        default="duckdb",
+        help="who runs the feature build: duckdb (default), spark (local[2]) or both",
+    )
+    parser.add_argument(
         "--iters-1", type=int, default=300, help="timed lookups of 1 entity row (default 300)"
     )
     parser.add_argument(
@@ -445,7 +601,9 @@ def measure(args: argparse.Namespace) -> dict:
     clock = RunClock()
     with tempfile.TemporaryDirectory(prefix="kubeloop-bench-", dir=args.tmp_dir) as tmp:
         tmp = Path(tmp)
-        records, features = run_throughput(args.sizes, args.lookup_size, tmp)
+        records, features = run_throughput(
+            args.sizes, args.lookup_size, tmp, ENGINES[getattr(args, "engine", "duckdb")]
+        )
         log(f"Feast apply + materialize + lookups on the {args.lookup_size:,}-event features")
         lookup = run_fresh(
             stage_lookup,
@@ -456,10 +614,11 @@ def measure(args: argparse.Namespace) -> dict:
             args.warmup,
         )
     cond = clock.conditions("features", run_mode(args), PACKAGES)
-    return {
-        "conditions": cond,
-        "data": {"records": records, "lookup": lookup, "lookup_size": args.lookup_size},
-    }
+    data = {"records": records, "lookup": lookup, "lookup_size": args.lookup_size}
+    spark_records = [r for r in records if r["stage"] == "ETL spark"]
+    if spark_records:
+        data["sizing"] = spark_sizing(spark_records)
+    return {"conditions": cond, "data": data}
 
 
 def main(argv: list[str] | None = None) -> int:
