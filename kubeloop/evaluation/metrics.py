@@ -292,19 +292,26 @@ def holdout_digest(y_true: object) -> str:
     return hashlib.sha256(len(y).to_bytes(8, "little") + y.tobytes()).hexdigest()[:16]
 
 
-def _slice_metrics(y: np.ndarray, p: np.ndarray, oracle: np.ndarray | None) -> SliceMetrics:
+def _scores(y: np.ndarray, p: np.ndarray) -> dict[str, float | int | None]:
+    """The figures a report and each of its slices both carry (the fields of SliceMetrics
+    but oracle_auc)."""
     rate = float(y.mean())
     loss = log_loss(y, p)
+    return {
+        "n": len(y),
+        "n_positive": int(y.sum()),
+        "base_rate": rate,
+        "mean_prediction": float(p.mean()),
+        "auc": roc_auc(y, p),
+        "log_loss": loss,
+        "normalized_entropy": _ne(loss, rate),
+        "calibration_ratio": float(p.mean() / rate) if rate > 0 else None,
+    }
+
+
+def _slice_metrics(y: np.ndarray, p: np.ndarray, oracle: np.ndarray | None) -> SliceMetrics:
     return SliceMetrics(
-        n=len(y),
-        n_positive=int(y.sum()),
-        base_rate=rate,
-        mean_prediction=float(p.mean()),
-        auc=roc_auc(y, p),
-        log_loss=loss,
-        normalized_entropy=_ne(loss, rate),
-        calibration_ratio=float(p.mean() / rate) if rate > 0 else None,
-        oracle_auc=roc_auc(y, oracle) if oracle is not None else None,
+        **_scores(y, p), oracle_auc=roc_auc(y, oracle) if oracle is not None else None
     )
 
 
@@ -328,19 +335,11 @@ def evaluate(
         raise ValueError("cannot evaluate an empty set")
     p = _as_probs(p_pred, len(y), "p_pred")
     oracle = _as_probs(oracle, len(y), "oracle") if oracle is not None else None
-    rate = float(y.mean())
-    loss = log_loss(y, p)
+    scores = _scores(y, p)
     report = EvaluationReport(
         name=name,
-        n=len(y),
-        n_positive=int(y.sum()),
         holdout_digest=holdout_digest(y),
-        base_rate=rate,
-        mean_prediction=float(p.mean()),
-        auc=roc_auc(y, p),
-        log_loss=loss,
-        normalized_entropy=_ne(loss, rate),
-        calibration_ratio=float(p.mean() / rate) if rate > 0 else None,
+        **scores,
         ece=expected_calibration_error(y, p, n_bins),
         ece_bins=n_bins,
         reliability=reliability_bins(y, p, n_bins),
@@ -351,7 +350,7 @@ def evaluate(
         report.oracle_pr_auc = pr_auc(y, oracle)
         report.oracle_auc = roc_auc(y, oracle)
         report.oracle_log_loss = oracle_loss
-        report.oracle_normalized_entropy = _ne(oracle_loss, rate)
+        report.oracle_normalized_entropy = _ne(oracle_loss, scores["base_rate"])
     for slice_name, values in (slices or {}).items():
         keys = pd.Series(np.asarray(values, dtype=object).ravel())
         if len(keys) != len(y):
