@@ -32,6 +32,20 @@ def _as_mapping(predictions: Mapping[str, object] | object) -> dict[str, np.ndar
     return {"model": np.asarray(predictions, dtype=np.float64)}
 
 
+def _finish(
+    fig, ax, path: Path, xlabel: str, ylabel: str, title: str, legend: str | None = None
+) -> Path:
+    """Label one plot (and place its legend at `legend`), lay it out and write it to `path`."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend is not None:
+        ax.legend(loc=legend, fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
 def save_plots(
     y_true: object,
     predictions: Mapping[str, object] | object,
@@ -72,13 +86,12 @@ def save_plots(
         style = "--" if name.startswith("oracle") else "-"
         ax.plot(fpr, tpr, style, label=f"{name} (AUC {auc:.4f})")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="random (AUC 0.5)")
-    ax.set_xlabel("False positive rate")
-    ax.set_ylabel("True positive rate")
-    ax.set_title("ROC curve on the holdout")
-    ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    written.append(out / ROC_FILE)
-    fig.savefig(written[-1])
+    written.append(
+        _finish(
+            fig, ax, out / ROC_FILE, "False positive rate", "True positive rate",
+            "ROC curve on the holdout", legend="lower right",
+        )
+    )  # fmt: skip
 
     fig = _figure()
     ax = fig.add_subplot()
@@ -94,13 +107,12 @@ def save_plots(
     ax.plot([0, top], [0, top], ":", color="grey", label="perfect calibration")
     ax.set_xlim(0, top)
     ax.set_ylim(0, top)
-    ax.set_xlabel(f"Mean predicted CTR (equal-mass bins, {n_bins})")
-    ax.set_ylabel("Observed click rate")
-    ax.set_title("Reliability diagram on the holdout")
-    ax.legend(loc="upper left", fontsize="small")
-    fig.tight_layout()
-    written.append(out / RELIABILITY_FILE)
-    fig.savefig(written[-1])
+    written.append(
+        _finish(
+            fig, ax, out / RELIABILITY_FILE, f"Mean predicted CTR (equal-mass bins, {n_bins})",
+            "Observed click rate", "Reliability diagram on the holdout", legend="upper left",
+        )
+    )  # fmt: skip
 
     if feature_importance:
         items = sorted(feature_importance.items(), key=lambda kv: kv[1], reverse=True)
@@ -108,11 +120,11 @@ def save_plots(
         fig = _figure(7.0, max(3.0, 0.3 * len(items) + 1.2))
         ax = fig.add_subplot()
         ax.barh([k for k, _ in items], [v for _, v in items])
-        ax.set_xlabel("Share of total importance")
-        ax.set_ylabel("Feature")
-        ax.set_title(importance_title)
         ax.tick_params(axis="y", labelsize="small")
-        fig.tight_layout()
-        written.append(out / IMPORTANCE_FILE)
-        fig.savefig(written[-1])
+        written.append(
+            _finish(
+                fig, ax, out / IMPORTANCE_FILE, "Share of total importance", "Feature",
+                importance_title,
+            )
+        )  # fmt: skip
     return written
