@@ -55,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _util import (
@@ -181,6 +182,37 @@ def metered(fn, *args, quiet_wait: float = 0.0) -> dict:
         "others": max(0.0, (machine_busy_s() - busy - own) / wall),
         "waited_s": waited,
     }
+
+
+def interleaved(
+    runs: dict[str, Callable[[Path, Path], dict]],
+    data: Path,
+    reps: int,
+    where: Callable[[int, str], Path],
+    *,
+    quiet_wait: float,
+    digits: int,
+    detail: Callable[[dict], str] = lambda result: "",
+) -> dict[str, list[dict]]:
+    """Each of `runs` on `data`, `reps` times, metered; each rep starts one run later in the
+    order (so that no run always goes first on a cold or warm machine). A run writes into
+    `where(rep, name)`, removed after it; the log line shows `digits` decimals, then
+    `detail(result)`."""
+    names = list(runs)
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for rep in range(reps):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            directory = where(rep, name)
+            result = metered(runs[name], data, directory, quiet_wait=quiet_wait)
+            results[name].append(result)
+            log(
+                f"  rep {rep + 1}/{reps} {name}: {result['seconds']:.{digits}f}s "
+                f"(CPU {result['cpu_s']:.{digits}f}s, other processes {result['others']:.2f} "
+                f"cores; waited {result['waited_s']:.0f}s for quiet){detail(result)}"
+            )
+            shutil.rmtree(directory, ignore_errors=True)
+    return results
 
 
 # --- kfp.local instrumentation ----------------------------------------------------------
@@ -459,24 +491,11 @@ def run_train_step(training_set: Path, model_dir: Path) -> dict:
 
 
 def part1(training_set: Path, reps: int, root: Path, quiet_wait: float) -> dict[str, list[dict]]:
-    names = ["component", "plain", "train_step"]
-    results: dict[str, list[dict]] = {name: [] for name in names}
-    for rep in range(reps):
-        order = names[rep % 3 :] + names[: rep % 3]
-        for name in order:
-            where = root / f"rep{rep}" / name
-            fn = {"component": run_component, "plain": run_plain, "train_step": run_train_step}[
-                name
-            ]
-            result = metered(fn, training_set, where, quiet_wait=quiet_wait)
-            results[name].append(result)
-            log(
-                f"  rep {rep + 1}/{reps} {name}: {result['seconds']:.2f}s "
-                f"(CPU {result['cpu_s']:.2f}s, other processes {result['others']:.2f} cores; "
-                f"waited {result['waited_s']:.0f}s for quiet)"
-            )
-            shutil.rmtree(where, ignore_errors=True)
-    return results
+    runs = {"component": run_component, "plain": run_plain, "train_step": run_train_step}
+    return interleaved(
+        runs, training_set, reps, lambda rep, name: root / f"rep{rep}" / name,
+        quiet_wait=quiet_wait, digits=2,
+    )  # fmt: skip
 
 
 def part1_section(results: dict[str, list[dict]], prepared: dict, reps: int) -> list[str]:
@@ -979,23 +998,11 @@ def run_direct(lake: Path, root: Path) -> dict:
 
 
 def part2(lake: Path, reps: int, root: Path, quiet_wait: float) -> dict[str, list[dict]]:
-    names = ["pipeline", "direct"]
-    results: dict[str, list[dict]] = {name: [] for name in names}
-    for rep in range(reps):
-        order = names[rep % 2 :] + names[: rep % 2]
-        for name in order:
-            where = root / f"rep{rep}-{name}"
-            fn = run_pipeline if name == "pipeline" else run_direct
-            result = metered(fn, lake, where, quiet_wait=quiet_wait)
-            results[name].append(result)
-            log(
-                f"  rep {rep + 1}/{reps} {name}: {result['seconds']:.1f}s "
-                f"(CPU {result['cpu_s']:.1f}s, other processes {result['others']:.2f} cores; "
-                f"waited {result['waited_s']:.0f}s for quiet), "
-                f"(gate passed: {result['passed']}, champion {result['champion']})"
-            )
-            shutil.rmtree(where, ignore_errors=True)
-    return results
+    return interleaved(
+        {"pipeline": run_pipeline, "direct": run_direct}, lake, reps,
+        lambda rep, name: root / f"rep{rep}-{name}", quiet_wait=quiet_wait, digits=1,
+        detail=lambda r: f", (gate passed: {r['passed']}, champion {r['champion']})",
+    )  # fmt: skip
 
 
 def part2_section(results: dict[str, list[dict]], reps: int) -> list[str]:
