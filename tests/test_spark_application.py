@@ -40,6 +40,7 @@ def test_the_committed_template_is_what_the_step_renders() -> None:
     path = ROOT / TEMPLATE_FILE
     if os.environ.get("UPDATE_GOLDEN") == "1":
         path.write_text(template_text())
+        (ROOT / "helm" / "kubeloop" / "files" / "spark-feature-job.yaml").write_text(template_text())
     assert path.read_text() == template_text(), "regenerate with UPDATE_GOLDEN=1"
 
 
@@ -251,3 +252,10 @@ def test_a_failed_driver_fails_the_build_with_its_error(tmp_path, monkeypatch):
     with pytest.raises(SparkApplicationError, match="FAILED: driver container failed"):
         build_features(str(lake), tmp_path / "features", _operator_config(), progress=False)
     assert not (tmp_path / "features").exists()
+
+
+def test_the_chart_ships_the_same_template() -> None:
+    # Packaged with the chart (files/, not rendered: the job is created per run), so a chart
+    # user has the object the features step submits.
+    chart_copy = ROOT / "helm" / "kubeloop" / "files" / "spark-feature-job.yaml"
+    assert chart_copy.read_text() == (ROOT / TEMPLATE_FILE).read_text()
