@@ -115,8 +115,13 @@ def summary_lines(report: dict) -> list[str]:
     serving = report.get("serving") or {}
     decision = serving.get("decision") or {}
     if decision:
-        reasons = "; ".join(decision.get("reasons") or [])[:160]
-        lines.append(f"serving: {decision.get('action', '-')} ({reasons})")
+        # The last reason is the one that decided; the rest are in report.json.
+        reasons = decision.get("reasons") or []
+        why = f" ({reasons[-1]})" if reasons else ""
+        lines.append(f"serving: {decision.get('action', '-')}{why}")
+        verdict = (serving.get("oracle") or {}).get("verdict")
+        if verdict:
+            lines.append(f"serving, against the oracle: {verdict}")
     drift = report.get("drift") or {}
     if drift:
         alerts = drift.get("alerts") or []

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 import typer
@@ -133,6 +134,14 @@ def _usage_message(exc) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the CLI; every error ends it with a one-line message (see the module docstring)."""
     cx = _click_exceptions()
+    # Feast's SQLite online-store config shadows two pydantic fields of its parent class and
+    # pydantic warns about it at import: an upstream wart a user can do nothing about, and
+    # two lines of noise in every quiet `make demo`.
+    warnings.filterwarnings(
+        "ignore",
+        message=r'Field name "vector_\w+" in "SqliteOnlineStoreConfig"',
+        category=UserWarning,
+    )
     try:
         # standalone_mode=False: click hands usage errors to us instead of printing its
         # multi-line panel, so they are formatted like every other error.
