@@ -77,6 +77,21 @@ class CTRPredictor(ServedModel):
         if model is not None:
             self.ready = True
 
+    # --- KServe's worker processes (`--workers N`) get the predictor pickled -------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Compiled trees are machine code behind ctypes: a model loaded from model_dir
+        # travels as its directory and is loaded again in the worker.
+        state = dict(self.__dict__)
+        if state.get("_from_dir"):
+            state.update(model=None, ready=False, metadata={})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.model is None and self.__dict__.get("_from_dir"):
+            self.load()
+
     # --- what was loaded ---------------------------------------------------------------
 
     @property
@@ -105,6 +120,7 @@ class CTRPredictor(ServedModel):
             except PluginError as exc:
                 raise ModelArtifactError(f"{self.model_dir}: {exc}") from None
             self.model = spec.load_for_serving(self.model_dir)
+            self._from_dir = True
         else:
             self.model = self.model.for_serving()
         unknown = [c for c in self.model.transform.input_columns if c not in self.input_fields.names]

@@ -236,6 +236,28 @@ class FeastTransformer(ServedModel):
     def predictor_config(self) -> PredictorConfig:
         return self._predictor_config
 
+    # KServe's worker processes (`--workers N`) get the transformer pickled: the lookup
+    # thread, the reader and KServe's HTTP client are made again there, and a store
+    # opened from feature_repo is opened again (its connections are per process).
+    def __getstate__(self) -> dict[str, Any]:
+        if self.shadow is not None:
+            raise TypeError("a transformer with a shadow mirror runs one worker")
+        state = dict(self.__dict__)
+        # The use case travels by its registered name (its spec holds mapping proxies).
+        state.update(
+            _lookups=None, _reader=None, _http_client_instance=None, use_case=self.use_case.name
+        )
+        if self.feature_repo is not None:
+            state.update(store=None, ready=False)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.use_case = resolve_use_case(self.use_case)
+        self._lookups = ThreadPoolExecutor(max_workers=1, thread_name_prefix="feast-online")
+        if self.store is None and self.feature_repo is not None:
+            self.load()
+
     def load(self) -> bool:
         """Open the feature repository and check the feature service is registered."""
         from kubeloop.errors import FeatureStoreError
@@ -485,6 +507,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--max_batch_size must be at least 1")
     shadow = targets = None
     if args.shadow_hosts:
+        if args.workers > 1:
+            raise SystemExit("--shadow_hosts runs one worker (--workers 1): the mirror's queue")
         if not args.request_log_url:
             raise SystemExit("--shadow_hosts needs --request_log_url (where shadow answers go)")
         import os

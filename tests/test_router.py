@@ -467,3 +467,40 @@ def test_canary_cli_with_context_calls_the_cluster_client(
     ]
     assert contexts[-1] == ("kind-kubeloop", "prod") and contexts[0][1] == "kubeloop"
     assert not rollout_path(tmp_path).exists()  # the local rollout was not touched
+
+
+class _BlockedSink(SQLiteRequestLog):
+    """A request-log sink whose writes wait until `release` is set."""
+
+    def __init__(self, path: Path):
+        import threading
+
+        super().__init__(path)
+        self.release = threading.Event()
+
+    def write(self, events) -> None:
+        self.release.wait(30)
+        super().write(events)
+
+
+def test_request_log_drops_are_counted_on_metrics(tmp_path: Path) -> None:
+    """The log's bounded queue drops what does not fit, and /metrics counts it; the
+    requests themselves are answered."""
+    sink = _BlockedSink(tmp_path / "log.sqlite")
+    logger = CloudEventLogger(sink, inference_service="ctr", close_sink=False, queue_size=1)
+    router = make_router(initial_state("ctr", "v0001"), request_log=logger)
+    responses = send(router, 6)
+    assert [r.status_code for r in responses] == [200] * 6
+
+    async def scrape() -> str:
+        transport = httpx.ASGITransport(app=router.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
+            return (await client.get("/metrics")).text
+
+    text = asyncio.run(scrape())
+    dropped = logger.stats.as_dict()["dropped"]
+    assert dropped >= 2  # at most one exchange in the writer, one queued
+    assert f'kubeloop_request_log_events_total{{result="dropped"}} {float(dropped)}' in text
+    sink.release.set()
+    logger.close()
+    sink.close()

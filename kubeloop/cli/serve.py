@@ -99,6 +99,15 @@ def serve(
             help="Largest request body any server accepts; larger ones get HTTP 413.",
         ),
     ] = DEFAULT_MAX_BODY_BYTES,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            help="Worker processes of each predictor and of the transformer (KServe's "
+            "--workers; every worker keeps kubeloop's status codes and limits).",
+        ),
+    ] = 1,
 ) -> None:
     """Start the local serving stack and block until Ctrl+C; prints the URLs and a curl example."""
     from kubeloop.registry.backends import open_registry
@@ -168,7 +177,7 @@ def serve(
             max_body_bytes=max_body_bytes,
             # Both servers read the use case's request fields (and the transformer its
             # feature service) by name.
-            server_args=[*DEFAULT_SERVER_ARGS, "--use_case", use_case],
+            server_args=[*DEFAULT_SERVER_ARGS, "--use_case", use_case, "--workers", str(workers)],
         ) as stack:
             state = stack.state()
             split = state.split

@@ -29,15 +29,26 @@ what KServe leaves open closed:
 * **OpenAPI.** `/openapi.json` documents the model's real inputs for v1 and v2 and the
   4xx answers.
 
-KServe's multi-worker mode re-imports its app in fresh processes, which would lose all of
-the above, so `--workers` above 1 is refused (scale with replicas instead).
+**Workers.** KServe's multi-worker mode (`--workers N`) spawns fresh interpreters, each
+of which re-imports `kserve.model_server:app` and builds it again with KServe's own
+handlers only (kserve v0.20.0 `python/kserve/kserve/protocol/rest/multiprocess/server.py`
+`spawn = mp.get_context("spawn")` and `init_processes` running `self._rest_server.run`;
+`rest/server.py` `create_application`, which adds `invalid_input_handler` (400) and
+`inference_error_handler` (500) from `kserve/errors.py`). What `make_model_server` did
+to the parent's app is not there, so RequestTooLarge fell back to 400 and UpstreamError
+to 500, and the edge and v2 routing were gone. With more than one worker the REST server
+is a `KubeloopRESTServer`, whose `create_application` installs all of the above in each
+worker; the models travel to the workers pickled and reload their files there
+(`__getstate__`/`__setstate__` of the predictor and the transformer).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import kserve
@@ -46,6 +57,8 @@ from kserve.errors import InferenceError, InvalidInput, ModelNotFound
 from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.infer_type import InferInput, InferRequest
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+from kserve.protocol.rest.multiprocess.server import RESTServerMultiProcess, RESTServerProcess
+from kserve.protocol.rest.server import RESTServer
 from kserve.protocol.rest.v2_datamodels import InferenceRequest, RequestInput
 from pydantic import ValidationError
 
@@ -612,22 +625,96 @@ def install_openapi(app: Any, fields: FieldSet, max_batch_size: int, upstream: b
 # --- the server ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class AppSetup:
+    """What `install_app` puts on KServe's app (picklable: it travels to each worker)."""
+
+    fields: FieldSet
+    max_batch_size: int
+    upstream: bool
+    max_body_bytes: int
+
+
+def install_app(app: Any, setup: AppSetup, dataplane: DataPlane) -> None:
+    """kubeloop's error handlers, OpenAPI document and middlewares on KServe's `app`."""
+    install_error_handlers(app)
+    install_openapi(app, setup.fields, setup.max_batch_size, upstream=setup.upstream)
+    # Starlette runs the middleware added last first: the edge, then the v2 routing.
+    app.add_middleware(V2RoutingMiddleware, dataplane=dataplane)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=setup.max_body_bytes)
+
+
+class KubeloopRESTServer(RESTServer):
+    """KServe's RESTServer that builds kubeloop's app in every worker process (see
+    **Workers** in the module docstring); `kubeloop_setup` is set before the workers
+    start."""
+
+    kubeloop_setup: AppSetup
+
+    def create_application(self) -> None:
+        super().create_application()
+        from kserve.model_server import app
+
+        install_app(app, self.kubeloop_setup, self.dataplane)
+
+
+# How long a worker may take to answer the parent's liveness ping. KServe's own is 5 s
+# from the first check, 0.5 s after the spawn (multiprocess/server.py `is_alive(timeout=5)`
+# in `keep_subprocess_alive`); a worker still importing kserve and loading its model on a
+# busy node answers later, is killed as hung and respawned, forever.
+WORKER_PING_TIMEOUT_SECONDS = 120.0
+
+
+class KubeloopRESTServerMultiProcess(RESTServerMultiProcess):
+    """KServe's worker supervisor with a liveness ping that waits for a starting worker
+    (WORKER_PING_TIMEOUT_SECONDS), asked off the event loop."""
+
+    async def keep_subprocess_alive(self, sockets: list[Any]) -> None:
+        for index, process in enumerate(list(self._processes)):
+            if self.should_exit.is_set():
+                return
+            if await asyncio.to_thread(process.is_alive, WORKER_PING_TIMEOUT_SECONDS):
+                continue
+            process.kill()
+            await process.wait_for_termination()
+            if self.should_exit.is_set():
+                return
+            replacement = RESTServerProcess(
+                sockets, self._rest_server.run, log_config_file=self.log_config_file
+            )
+            replacement.start()
+            self._processes[index] = replacement
+
+
 class KubeloopModelServer(kserve.ModelServer):
     """`kserve.ModelServer` that listens on `host` (see the module docstring)."""
 
-    def __init__(self, *, host: str = DEFAULT_HOST, **options: Any):
+    def __init__(
+        self, *, host: str = DEFAULT_HOST, app_setup: AppSetup | None = None, **options: Any
+    ):
         super().__init__(**options)
         self.host = host
+        self.app_setup = app_setup
         self.model_repository_extension = ReadOnlyRepositoryExtension(self.registered_models)
         self.dataplane = StrictDataPlane(model_registry=self.registered_models)
 
     def setup_event_loop(self) -> None:
         # kserve 0.20's ModelServer.start() builds the RESTServer, whose uvicorn.Config has
         # host="0.0.0.0" hard-coded, then calls setup_event_loop() and only then serves:
-        # the last point where the bind address can still be changed.
+        # the last point where the bind address can still be changed, and where the
+        # workers' server can still become ours (they are spawned when serving starts).
         rest = self._rest_server
         if rest is not None:
             rest.config.host = self.host
+        multi = getattr(self, "_rest_multiprocess_server", None)
+        if multi is not None:
+            inner = multi._rest_server
+            inner.config.host = self.host  # the parent binds the shared socket with it
+            if self.app_setup is None:
+                raise SystemExit("--workers above 1 needs make_model_server's app setup")
+            inner.__class__ = KubeloopRESTServer
+            inner.kubeloop_setup = self.app_setup
+            multi.__class__ = KubeloopRESTServerMultiProcess
         super().setup_event_loop()
 
 
@@ -642,12 +729,8 @@ def add_server_arguments(parser: Any) -> None:
 
 def check_server_arguments(args: Any) -> None:
     """Refuse combinations the hardening cannot honour (raises SystemExit)."""
-    if args.workers != 1:
-        raise SystemExit(
-            f"--workers {args.workers}: kubeloop servers run one worker (KServe's worker "
-            "processes would drop the body limit and the read-only repository); scale "
-            "with replicas"
-        )
+    if args.workers < 1:
+        raise SystemExit(f"--workers {args.workers}: at least 1")
     if args.enable_grpc and args.host not in WILDCARD_HOSTS:
         raise SystemExit(
             f"--enable_grpc true with --host {args.host}: KServe's gRPC server listens on "
@@ -668,12 +751,19 @@ def make_model_server(
     from kserve.model_server import app
 
     check_server_arguments(args)
-    install_error_handlers(app)
-    install_openapi(app, fields, max_batch_size, upstream=predictor_config is not None)
-    server = KubeloopModelServer(
-        host=args.host, predictor_config=predictor_config, **model_server_options(args)
+    setup = AppSetup(
+        fields=fields,
+        max_batch_size=max_batch_size,
+        upstream=predictor_config is not None,
+        max_body_bytes=args.max_body_bytes,
     )
-    # Starlette runs the middleware added last first: the edge, then the v2 routing.
-    app.add_middleware(V2RoutingMiddleware, dataplane=server.dataplane)
-    app.add_middleware(EdgeMiddleware, max_body_bytes=args.max_body_bytes)
+    server = KubeloopModelServer(
+        host=args.host,
+        app_setup=setup,
+        predictor_config=predictor_config,
+        **model_server_options(args),
+    )
+    if args.workers == 1:
+        # One process: this app is the one served. With workers, each builds its own.
+        install_app(app, setup, server.dataplane)
     return server

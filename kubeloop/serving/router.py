@@ -10,7 +10,8 @@ it:
                                          forwarded to the primary predictor
     GET  /v2/health/live, /              the router itself
     GET  /kubeloop/rollout               the rollout state, backends and counters
-    GET  /metrics                        Prometheus text: kubeloop_shadow_* counters
+    GET  /metrics                        Prometheus text: kubeloop_shadow_* and
+                                         kubeloop_request_log_events_total counters
     POST /kubeloop/feedback              a delayed label as a CloudEvent, and
     GET  /kubeloop/requestlog/records    the answers and labels, with a `feedback` service
                                          (`kubeloop.serving.request_log.feedback`)
@@ -287,6 +288,14 @@ class CanaryRouter:
         self._missing_reported: set[str] = set()
         self._client: httpx.AsyncClient | None = None
         self.shadow = shadow
+        if request_log is not None:
+            # The log's drops and errors on /metrics, counted at scrape time.
+            from prometheus_client import CollectorRegistry
+
+            from kubeloop.serving.request_log.logger import LoggerMetrics
+
+            metrics_registry = metrics_registry or CollectorRegistry()
+            metrics_registry.register(LoggerMetrics(request_log))
         self.metrics_registry = metrics_registry
         self.feedback = feedback
         self.app = EdgeMiddleware(

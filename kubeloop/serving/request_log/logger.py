@@ -283,3 +283,35 @@ class CloudEventLogger:
 
 
 # --- analysis -----------------------------------------------------------------------------
+
+
+class LoggerMetrics:
+    """A Prometheus collector of a CloudEventLogger's counters, read at scrape time (so
+    the request path does no metrics work): `kubeloop_request_log_events_total{result}`
+    with result logged, dropped (queue full), sink_error, sent, send_failed and
+    send_dropped."""
+
+    RESULTS = {
+        "logged": "logged",
+        "dropped": "dropped",
+        "sink_error": "sink_errors",
+        "sent": "sent",
+        "send_failed": "send_failures",
+        "send_dropped": "send_dropped",
+    }
+
+    def __init__(self, logger: CloudEventLogger):
+        self.logger = logger
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily
+
+        stats = self.logger.stats.as_dict()
+        family = CounterMetricFamily(
+            "kubeloop_request_log_events",
+            "Request-log events by what became of them (dropped: the bounded queue was full)",
+            labels=["result"],
+        )
+        for result, key in self.RESULTS.items():
+            family.add_metric([result], stats[key])
+        yield family
