@@ -96,6 +96,9 @@ def _global_options(defaults: bool) -> argparse.ArgumentParser:
     return p
 
 
+NAME_HELP = "InferenceService name"
+
+
 def build_parser() -> argparse.ArgumentParser:
     sub_globals = _global_options(defaults=False)
     fmt = argparse.RawDescriptionHelpFormatter
@@ -117,8 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = root.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(parent, name, help_, description, epilog=""):
-        return parent.add_parser(
+    def add(parent, name, help_, description, epilog="", *, target=None, **target_options):
+        # `target`: the help of the InferenceService NAME argument that every verb takes
+        # (None for a group of verbs).
+        p = parent.add_parser(
             name,
             parents=[sub_globals],
             help=help_,
@@ -126,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
             epilog=epilog,
             formatter_class=fmt,
         )
+        if target is not None:
+            p.add_argument("name", metavar="NAME", help=target, **target_options)
+        return p
 
     canary = add(
         commands,
@@ -144,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Show spec.predictor (storageUri, canaryTrafficPercent) and "
         "status.components.predictor (traffic per revision, rolled-out revisions, Ready).",
         "example:\n  kubectl kubeloop canary status ctr -o json\n",
+        target="InferenceService name, e.g. ctr",
     )
-    p.add_argument("name", metavar="NAME", help="InferenceService name, e.g. ctr")
 
     p = add(
         verbs,
@@ -156,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         "examples:\n"
         "  kubectl kubeloop canary set ctr 10 --storage-uri s3://mlpipeline/kubeloop/models/ctr/v2\n"
         "  kubectl kubeloop canary set ctr 50\n",
+        target=NAME_HELP,
     )
-    p.add_argument("name", metavar="NAME", help="InferenceService name")
     p.add_argument("percent", metavar="PERCENT", type=_percent, help="0..100")
     p.add_argument("--storage-uri", help="model version to roll out, e.g. s3://bucket/model/v2")
     p.add_argument(
@@ -171,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Remove spec.predictor.canaryTrafficPercent (merge patch with null): the latest ready "
         "revision gets all traffic and becomes the latest rolled-out revision.",
         "example:\n  kubectl kubeloop canary promote ctr\n",
+        target=NAME_HELP,
     )
-    p.add_argument("name", metavar="NAME", help="InferenceService name")
     p.add_argument("--dry-run", action="store_true", help="server-side dry run")
 
     p = add(
@@ -194,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  kubectl kubeloop canary status ctr    # until the previous revision has 100%\n"
         "  kubectl kubeloop canary rollback ctr --storage-uri s3://mlpipeline/kubeloop/models/ctr/v1\n"
         "  kubectl kubeloop canary promote ctr   # after the reverted revision is Ready\n",
+        target=NAME_HELP,
     )
-    p.add_argument("name", metavar="NAME", help="InferenceService name")
     p.add_argument("--storage-uri", help="also revert spec.predictor.model.storageUri to this")
     p.add_argument("--dry-run", action="store_true", help="server-side dry run")
 
@@ -226,9 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     ):
         p = add(
-            steps, verb, help_, description, f"example:\n  kubectl kubeloop rollout {verb} ctr\n"
+            steps,
+            verb,
+            help_,
+            description,
+            f"example:\n  kubectl kubeloop rollout {verb} ctr\n",
+            target=NAME_HELP,
         )
-        p.add_argument("name", metavar="NAME", help="InferenceService name")
         p.add_argument(
             "--state-configmap",
             default=None,
@@ -243,8 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
         "same as `canary status`",
         "Show the traffic split, revisions and readiness of an InferenceService.",
         "example:\n  kubectl kubeloop status ctr\n",
+        target=NAME_HELP,
     )
-    p.add_argument("name", metavar="NAME", help="InferenceService name")
 
     p = add(
         commands,
@@ -253,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
         "List the DriftDetected Events the drift detector posted on InferenceServices, oldest "
         "first.",
         "examples:\n  kubectl kubeloop alerts\n  kubectl kubeloop alerts ctr --since 1h -o json\n",
+        target="InferenceService (default: all)",
+        nargs="?",
     )
-    p.add_argument("name", metavar="NAME", nargs="?", help="InferenceService (default: all)")
     p.add_argument(
         "--since", type=parse_duration, help="only alerts seen within this long, e.g. 1h, 30m"
     )
