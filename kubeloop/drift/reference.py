@@ -48,8 +48,8 @@ class Reference:
         """Read an exported version directory (kubeloop.registry.export): metadata.json
         and reference.parquet; with `score`, load the model files beside them and score
         the reference sample (falling back to no predictions, with a warning)."""
-        from kubeloop.registry.base import ModelVersion
         from kubeloop.registry.export import METADATA_FILE, REFERENCE_FILE
+        from kubeloop.registry.records import ModelVersion
 
         root = Path(path)
         meta_path, ref_path = root / METADATA_FILE, root / REFERENCE_FILE
