@@ -82,7 +82,8 @@ class OnlineReader:
     Resolved once (`OnlineReader(store, use_case)`): the feature views of the service,
     their join keys and their entity value types, and the provider whose online store
     keeps its connection (SQLite) or client pool (Redis) between calls. `read(rows)` then
-    makes one `online_read` per feature view for the whole batch, with no registry lookup
+    makes one `online_read` per feature view for the whole batch (each distinct entity
+    once), with no registry lookup
     and no DataFrame, and returns one list of Python values per column of
     `online_columns()`. Same values as `online_features` (tests/test_feature_store.py);
     integers stay ints, a missing entity or feature is None.
@@ -142,17 +143,23 @@ class OnlineReader:
                 for name in features:
                     out[name] = []
                 continue
-            keys = self._entity_keys(join_key, value_type, ids[join_key])
+            # Each distinct entity once (a batch often repeats a user or an ad).
+            position: dict[int, int] = {}
+            for entity_id in ids[join_key]:
+                position.setdefault(entity_id, len(position))
+            keys = self._entity_keys(join_key, value_type, list(position))
             answers = self._provider.online_read(
                 config=config, table=view, entity_keys=keys, requested_features=features
             )
-            if len(answers) != len(rows):
+            if len(answers) != len(keys):
                 raise FeatureStoreError(
-                    f"the online store answered {len(answers)} rows for {len(rows)} entity rows"
+                    f"the online store answered {len(answers)} rows for {len(keys)} entities"
                 )
+            order = [position[entity_id] for entity_id in ids[join_key]]
             for name in features:
-                out[name] = [
+                distinct = [
                     _python_value(values[name]) if values is not None and name in values else None
                     for _, values in answers
                 ]
+                out[name] = [distinct[i] for i in order]
         return {name: out.get(name, [None] * len(rows)) for name in self.columns}
