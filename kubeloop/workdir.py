@@ -4,6 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
+
+
+class _Under:
+    """A read-only attribute: the path `parts` below the instance's `root`."""
+
+    def __init__(self, *parts: str):
+        self.parts = parts
+
+    @overload
+    def __get__(self, workdir: None, owner: type) -> _Under: ...
+    @overload
+    def __get__(self, workdir: Workdir, owner: type) -> Path: ...
+    def __get__(self, workdir: Workdir | None, owner: type) -> Path | _Under:
+        # On the class (Workdir.lake), the descriptor itself, as a property would be.
+        return self if workdir is None else workdir.root.joinpath(*self.parts)
 
 
 @dataclass(frozen=True)
@@ -21,33 +37,14 @@ class Workdir:
     def at(cls, root: str | Path) -> Workdir:
         return cls(Path(root).expanduser().resolve())
 
-    @property
-    def lake(self) -> Path:
-        return self.root / "lake"
-
-    @property
-    def features(self) -> Path:
-        return self.root / "features"
-
-    @property
-    def feature_repo(self) -> Path:
-        return self.root / "feature_repo"
-
-    @property
-    def training(self) -> Path:
-        return self.root / "training"
-
-    @property
-    def training_set(self) -> Path:
-        return self.training / "training_set.parquet"
-
-    @property
-    def registry(self) -> Path:
-        return self.root / "registry"
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report.json"
+    # The layout, one path per line (relative to the root; see _Under).
+    lake = _Under("lake")
+    features = _Under("features")
+    feature_repo = _Under("feature_repo")
+    training = _Under("training")
+    training_set = _Under("training", "training_set.parquet")
+    registry = _Under("registry")
+    report = _Under("report.json")
 
     def ensure(self) -> Workdir:
         self.root.mkdir(parents=True, exist_ok=True)
