@@ -227,7 +227,8 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
 
     python = sys.executable
     export = str(prepared["export_dir"])
-    names = ["predictor", "predictor_omp", "bare", "bentoml", "router", "router_nolog"]
+    names = ["predictor", "predictor_omp", "predictor_w2", "bare", "bentoml", "router"]
+    names += ["router_nolog"]
     names += ["transformer", "stack", "stack_nolog", "naive"]
     port = dict(zip(names, free_ports(len(names)), strict=True))
     kserve_args = list(DEFAULT_SERVER_ARGS)
@@ -240,6 +241,12 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
              "--http_port", str(port[name]), *kserve_args],
             port[name], "/v2/health/ready", env,
         )  # fmt: skip
+    servers.start(
+        "predictor_w2",
+        [python, "-m", "models.predictor", "--model_name", MODEL_NAME, "--model_dir", export,
+         "--http_port", str(port["predictor_w2"]), "--workers", "2", *kserve_args],
+        port["predictor_w2"], "/v2/health/ready",
+    )  # fmt: skip
     servers.start(
         "bare",
         [python, str(BENCH_DIR / "_bare_kserve.py"), "--model_name", MODEL_NAME,
@@ -299,6 +306,8 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
         Target("bare", "bare kserve.Model (floor)", url("bare"), ["bare"], "matrix"),
         Target("predictor_omp", "kubeloop predictor, OpenMP threads unset (as shipped)",
                url("predictor_omp"), ["predictor_omp"], "joined"),
+        Target("predictor_w2", "kubeloop predictor, --workers 2", url("predictor_w2"),
+               ["predictor_w2"], "joined"),
         Target("router", "router (request log on) -> predictor", url("router"),
                ["router", "predictor"], "joined"),
         Target("router_nolog", "router (no request log) -> predictor", url("router_nolog"),
@@ -977,6 +986,11 @@ def goal_ratios(doc: dict) -> list[dict[str, Any]]:
         out.append(
             {"what": "predictor alone vs bare kserve.Model, req/s", "rows": size,
              "ours": rps("predictor", size), "peer": rps("bare", size), "goal": goal}
+        )  # fmt: skip
+    for size in SIZES:
+        out.append(
+            {"what": "predictor --workers 2 vs 1 worker, req/s", "rows": size,
+             "ours": rps("predictor_w2", size), "peer": rps("predictor", size), "goal": "(shown)"}
         )  # fmt: skip
     for size in SIZES:
         out.append(
