@@ -27,6 +27,15 @@ Servers, each a real process on loopback with one worker:
                      predictor host the predictor directly; and a second one whose
                      predictor host is the router with the request log (the local stack)
   predictor (as shipped)  the predictor again, without OMP_NUM_THREADS (see below)
+  predictor, 2 workers    the predictor again with KServe's --workers 2
+  naive              bench/_naive_kserve.py: one kserve.Model whose predict calls Feast's
+                     get_online_features and Booster.predict (the service a user writes
+                     first), on the same Feast repo and booster, client bodies
+  stack (no log)     transformer -> router without the request log -> predictor
+
+The predictor serves the export's compiled trees (lleaves, built by the export); their
+largest difference to Booster.predict on 10k rows is recorded in the setup. Section 4 of
+the report holds issue 14's ratios.
 
 OpenMP: LightGBM's Booster.predict runs an OpenMP team of one thread per core unless told
 otherwise. On a shared machine the team's barrier waits for a descheduled thread (seen
