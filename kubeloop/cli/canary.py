@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, TypeVar
 
 import typer
 
@@ -66,20 +66,28 @@ DEFAULT_NAMESPACE = "kubeloop"
 # The same default as kubeloop.cluster.canary (not imported: the local path needs none of it).
 DEFAULT_STORAGE_PREFIX = "s3://mlpipeline/kubeloop/models"
 
-# The options the verbs share, by parameter name: (typer annotation, default). A verb names
+
+class SharedOption(NamedTuple):
+    """One option the verbs share: its typer annotation and its default."""
+
+    annotation: Any
+    default: Any
+
+
+# The options the verbs share, by parameter name. A verb names
 # one as a bare keyword-only parameter and `_shared_options` fills it in, so each option is
 # written once; the help lists them in the verb's own parameter order.
-SHARED_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "workdir": (WorkdirOption, DEFAULT_WORKDIR),
-    "model": (ModelOption, DEFAULT_MODEL_NAME),
-    "context": (ContextOption, None),
-    "namespace": (NamespaceOption, DEFAULT_NAMESPACE),
-    "storage_prefix": (StoragePrefixOption, DEFAULT_STORAGE_PREFIX),
-    "dry_run": (DryRunOption, False),
-    "reason": (ReasonOption, None),
-    "no_registry": (NoRegistryOption, False),
-    "force": (ForceOption, False),
-    "as_json": (JsonOption, False),
+SHARED_OPTIONS: dict[str, SharedOption] = {
+    "workdir": SharedOption(WorkdirOption, DEFAULT_WORKDIR),
+    "model": SharedOption(ModelOption, DEFAULT_MODEL_NAME),
+    "context": SharedOption(ContextOption, None),
+    "namespace": SharedOption(NamespaceOption, DEFAULT_NAMESPACE),
+    "storage_prefix": SharedOption(StoragePrefixOption, DEFAULT_STORAGE_PREFIX),
+    "dry_run": SharedOption(DryRunOption, False),
+    "reason": SharedOption(ReasonOption, None),
+    "no_registry": SharedOption(NoRegistryOption, False),
+    "force": SharedOption(ForceOption, False),
+    "as_json": SharedOption(JsonOption, False),
 }
 
 _F = TypeVar("_F", bound=Callable[..., Any])
