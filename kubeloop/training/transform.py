@@ -220,6 +220,8 @@ def _numeric_values(series: pd.Series) -> np.ndarray:
 def category_key(value: Any) -> str | None:
     """Canonical text of a category value, shared by training, serving and drift detection:
     17, 17.0 and "17" are one category; missing values (None, NaN, pd.NA) are None."""
+    if type(value) is str:  # the common case first: request strings
+        return value
     if value is None or value is pd.NA:
         return None
     if isinstance(value, str):
@@ -245,12 +247,13 @@ def _category_keys(series: pd.Series) -> list[str | None]:
 
 # Python types a JSON number decodes to; a column of only these (and None) is the float64
 # column pandas would build, so the fast path reads it with numpy directly.
-_FLOAT_TYPES = (int, float)
+_PLAIN_TYPES = frozenset({int, float, type(None)})
 
 
 def _plain_numbers(values: Sequence[Any]) -> bool:
     """Every value None or an int/float (bools, strings and others are left to pandas)."""
-    return all(v is None or (type(v) in _FLOAT_TYPES) for v in values)
+    # The exact types (a bool is not an int here), collected in C.
+    return set(map(type, values)) <= _PLAIN_TYPES
 
 
 def _fast_numeric(values: Sequence[Any] | np.ndarray) -> np.ndarray:
