@@ -63,8 +63,16 @@ def test_committed_report_has_the_run_and_window_figures():
     )
     assert stage_seconds <= run["wall_seconds"]
     windows = report["drift"]["windows"]
-    assert set(windows) == {"feature", "prediction", "performance"}
+    # every detector kind of the monitor, the label-free estimate and data quality included
+    assert set(windows) == {
+        "feature",
+        "prediction",
+        "performance",
+        "estimated_performance",
+        "data_quality",
+    }
     for counts in windows.values():
         assert set(counts) == {"evaluated", "skipped", "failed"}
     # "no alert" means evaluated windows without an alert, not windows never evaluated
-    assert windows["feature"]["evaluated"] > 0 and windows["prediction"]["evaluated"] > 0
+    assert all(windows[k]["evaluated"] > 0 for k in ("feature", "prediction", "data_quality"))
+    assert windows["estimated_performance"]["evaluated"] > 0
