@@ -131,7 +131,8 @@ def choose_champion(
         if kind not in eligible:
             reasons.append(
                 f"{rung(kind)} is not considered: calibration ratio "
-                f"{candidates[kind].calibration_ratio} is outside {cfg.calibration_bounds}."
+                f"{_ratio_text(candidates[kind].calibration_ratio)} is outside "
+                f"{cfg.calibration_bounds}."
             )
     champion = eligible[0]
     for kind in eligible[1:]:
@@ -245,3 +246,8 @@ def gate(
         candidate_ne=ne_c,
         reference_ne=ne_r,
     )
+
+
+def _ratio_text(ratio: float | None) -> str:
+    """A calibration ratio as a reader wants it in a reason: four decimals, or why not."""
+    return "undefined (no positives in the holdout)" if ratio is None else f"{ratio:.4f}"

@@ -350,10 +350,10 @@ def evaluate_step(
             )
             reasons.append(f"candidate proven {what}: delta log loss {_fmt_cs(cs)}")
         else:
-            target = "margin" if policy.requires == "non_inferiority" else "0"
+            target = f"the margin ({bound:+.5f})" if policy.requires == "non_inferiority" else "0"
             reasons.append(
-                f"delta log loss {_fmt_cs(cs)}: upper end not yet below the {target} "
-                f"({bound:+.5f}), {policy.requires.replace('_', '-')} required"
+                f"delta log loss {_fmt_cs(cs)}: upper end not yet below {target}, "
+                f"{policy.requires.replace('_', '-')} required"
             )
     else:
         reasons.append(
