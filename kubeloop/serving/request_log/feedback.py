@@ -47,6 +47,7 @@ from kubeloop.cloudevents import (
 )
 from kubeloop.serving.request_log.events import LoggedEvent, iso_time, since_iso
 from kubeloop.serving.request_log.sinks import RequestLogSink, SQLiteRequestLog
+from kubeloop.serving.request_log.sqlite_threads import ThreadConnections
 
 LABEL_TYPE = "org.kubeloop.feedback.label"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
@@ -97,28 +98,12 @@ class LabelStore:
     """Labels in a SQLite table (WAL mode; one connection per thread)."""
 
     def __init__(self, path: str | Path, *, timeout: float = 30.0):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.timeout = timeout
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
-        conn = self._conn()
-        with contextlib.suppress(sqlite3.OperationalError):
-            conn.execute("PRAGMA journal_mode=WAL")
-        conn.executescript(_LABELS_SCHEMA)
+        self._db = ThreadConnections(path, timeout=timeout)
+        self.path, self.timeout = self._db.path, timeout
+        self._conn().executescript(_LABELS_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(
-                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-            )
-            conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
-            self._local.conn = conn
-            with self._lock:
-                self._all.append(conn)
-        return conn
+        return self._db.get()
 
     def put(self, labels: Sequence[Label]) -> int:
         """Store `labels` in one transaction (an impression's newer label replaces its older
@@ -154,12 +139,7 @@ class LabelStore:
         )
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self._db.close()
 
 
 # --- which requests exist -----------------------------------------------------------------
