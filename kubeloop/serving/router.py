@@ -67,6 +67,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kubeloop.serving.edge import DEFAULT_MAX_BODY_BYTES, EdgeMiddleware, Rejection
+from kubeloop.serving.http_client import pooled_async_client
 from kubeloop.serving.request_log.events import Exchange
 from kubeloop.serving.request_log.logger import CloudEventLogger
 from kubeloop.serving.rollout import (
@@ -313,16 +314,9 @@ class CanaryRouter:
         self.backends = {v: u for v, u in self.backends.items() if v != version}
 
     def _client_for_loop(self) -> httpx.AsyncClient:
-        import httpx
-
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self.timeout,
-                limits=httpx.Limits(
-                    max_connections=self.max_connections,
-                    max_keepalive_connections=self.max_connections,
-                ),
-                mounts=self.mounts,
+            self._client = pooled_async_client(
+                timeout=self.timeout, max_connections=self.max_connections, mounts=self.mounts
             )
         return self._client
 

@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from kubeloop.serving.http_client import pooled_async_client
 from kubeloop.serving.request_log.events import Exchange
 from kubeloop.serving.request_log.sinks import RequestLogSink
 
@@ -159,16 +160,9 @@ class HTTPSender:
         self._client = client
 
     def client(self) -> httpx.AsyncClient:
-        import httpx
-
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=self.timeout,
-                limits=httpx.Limits(
-                    max_connections=self.max_connections,
-                    max_keepalive_connections=self.max_connections,
-                ),
-                mounts=self.mounts,
+            self._client = pooled_async_client(
+                timeout=self.timeout, max_connections=self.max_connections, mounts=self.mounts
             )
         return self._client
 
