@@ -138,6 +138,19 @@ def load_averages() -> list[float] | None:
     return machine.load_average()
 
 
+def build_training_set(work: Path) -> Path:
+    """Build the features of the lake at `work`/lake with the pipeline's feature step
+    (quietly, tables and Feast repo under `work`); the training set's path."""
+    # Imported here: importing this module must not import the engine (see the docstring).
+    from kubeloop.features.pipeline_config import FeaturesStepConfig
+    from kubeloop.pipeline.steps import run_features
+
+    training_set = work / "training_set.parquet"
+    quiet = FeaturesStepConfig(progress=False)
+    run_features(str(work / "lake"), work / "features", work / "feature_repo", training_set, quiet)
+    return training_set
+
+
 def git_commit() -> dict[str, Any]:
     """HEAD of the checkout the bench runs from and whether tracked files differ from it."""
     return machine.git_commit(Path(__file__).resolve().parent.parent)

@@ -66,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _util import (
     RunClock,
     add_output_arguments,
+    build_training_set,
     exit_on_sigterm,
     log,
     measure_or_load,
@@ -82,6 +83,31 @@ TRAIN_UNTIL_DAY = 9
 SHIFT_CHANGE_DAY = 9
 RETRAIN_UNTIL_DAY = 12
 RETRAIN_WINDOW_DAYS = 8  # the drift stage's retraining window (DriftStageConfig)
+# The two lakes each seed trains on: world -> (scenario, trainings, first day of the pool).
+# baseline: the challenger pair on an unchanged lake; covariate: production (trained before
+# the change) against a model retrained on a window after it.
+WORLDS: dict[str, tuple[str, dict[str, dict[str, Any]], int]] = {
+    "baseline": (
+        "baseline",
+        {
+            "lightgbm": {"kind": "lightgbm", "until_day": TRAIN_UNTIL_DAY},
+            "logistic": {"kind": "logistic", "until_day": TRAIN_UNTIL_DAY},
+        },
+        TRAIN_UNTIL_DAY,
+    ),
+    "covariate": (
+        "covariate_shift",
+        {
+            "production": {"kind": "lightgbm", "until_day": SHIFT_CHANGE_DAY},
+            "retrained": {
+                "kind": "lightgbm",
+                "until_day": RETRAIN_UNTIL_DAY,
+                "window_days": RETRAIN_WINDOW_DAYS,
+            },
+        },
+        RETRAIN_UNTIL_DAY,
+    ),
+}
 
 HOLD, PROMOTE, ROLLBACK, INCONCLUSIVE = 0, 1, 2, 3
 ACTIONS = {HOLD: "hold", PROMOTE: "promote", ROLLBACK: "rollback", INCONCLUSIVE: "inconclusive"}
@@ -127,23 +153,15 @@ def train_pool(
     `pool_from` on). Returns (q, {name: predictions}, seconds)."""
     import pandas as pd
 
-    from kubeloop.features.pipeline_config import FeaturesStepConfig
-    from kubeloop.pipeline.steps import run_features, train_step
+    from kubeloop.pipeline.steps import train_step
     from kubeloop.training.artifacts import load_model
 
     GeneratorConfig, generate_lake = _generator()
     started = time.perf_counter()
     extra = {"change_day": SHIFT_CHANGE_DAY} if scenario != "baseline" else {}
     gen = GeneratorConfig(seed=seed, events=events, scenario=scenario, **extra)
-    lake, training_set = work / "lake", work / "training_set.parquet"
-    generate_lake(gen, str(lake), progress=False)
-    run_features(
-        str(lake),
-        work / "features",
-        work / "feature_repo",
-        training_set,
-        FeaturesStepConfig(progress=False),
-    )
+    generate_lake(gen, str(work / "lake"), progress=False)
+    training_set = build_training_set(work)
     frame = pd.read_parquet(training_set)
     ts = pd.to_datetime(frame["event_timestamp"], utc=True)
     pool = frame[ts >= _day(gen, pool_from)]
@@ -586,44 +604,23 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     per_seed, power, worlds = [], [], []
     with tempfile.TemporaryDirectory(prefix="kubeloop-rolloutbench-", dir=args.tmp_dir) as tmp:
         for seed in range(seeds):
-            log(f"seed {seed}: training on a baseline lake of {events:,} events")
-            baseline = train_pool(
-                Path(tmp) / f"baseline-{seed}",
-                seed,
-                events,
-                "baseline",
-                {
-                    "lightgbm": {"kind": "lightgbm", "until_day": TRAIN_UNTIL_DAY},
-                    "logistic": {"kind": "logistic", "until_day": TRAIN_UNTIL_DAY},
-                },
-                TRAIN_UNTIL_DAY,
-            )
-            log(f"  {baseline[2]:.0f}s; covariate_shift lake")
-            shift = train_pool(
-                Path(tmp) / f"shift-{seed}",
-                seed,
-                events,
-                "covariate_shift",
-                {
-                    "production": {"kind": "lightgbm", "until_day": SHIFT_CHANGE_DAY},
-                    "retrained": {
-                        "kind": "lightgbm",
-                        "until_day": RETRAIN_UNTIL_DAY,
-                        "window_days": RETRAIN_WINDOW_DAYS,
-                    },
-                },
-                RETRAIN_UNTIL_DAY,
-            )
-            log(f"  {shift[2]:.0f}s; simulating")
-            conds = conditions_of(baseline[:2], shift[:2])
+            pools = {}
+            for world, (scenario, trainings, pool_from) in WORLDS.items():
+                log(f"seed {seed}: training on a {scenario} lake of {events:,} events")
+                pools[world] = train_pool(
+                    Path(tmp) / f"{world}-{seed}", seed, events, scenario, trainings, pool_from
+                )
+                log(f"  {pools[world][2]:.0f}s")
+            conds = conditions_of(pools["baseline"][:2], pools["covariate"][:2])
             worlds.append(
                 {
                     "seed": seed,
-                    "pool": {"baseline": len(baseline[0]), "covariate": len(shift[0])},
-                    "train_seconds": {"baseline": baseline[2], "covariate": shift[2]},
+                    "pool": {world: len(pool[0]) for world, pool in pools.items()},
+                    "train_seconds": {world: pool[2] for world, pool in pools.items()},
                     "models": conds["aa"]["models"],
                 }
             )
+            log("  simulating")
             started = time.perf_counter()
             seed_result = {}
             for i, (name, _, _) in enumerate(CONDITIONS):

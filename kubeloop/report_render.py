@@ -395,24 +395,21 @@ def render_serving(doc: Mapping[str, Any]) -> str:
     def st(key: str, size: int) -> Mapping[str, float]:
         return cells[f"{key}/{size}"]["stats"]
 
-    peers = [
-        [
-            cells[f"{key}/1"]["label"],
-            _ratio(st(key, 1)["rps"] / st("predictor", 1)["rps"]),
-            _ratio(st(key, 64)["rps"] / st("predictor", 64)["rps"]),
-            f"{st(key, 1)['server_cpu'] * 1000:.1f} ms",
+    def against_predictor(keys: tuple[str, ...], stat: str) -> list[list[str]]:
+        """One row per key: its label, `stat` at 1 and 64 rows relative to the predictor's,
+        and its server CPU per 1-row request."""
+        return [
+            [
+                cells[f"{key}/1"]["label"],
+                _ratio(st(key, 1)[stat] / st("predictor", 1)[stat]),
+                _ratio(st(key, 64)[stat] / st("predictor", 64)[stat]),
+                f"{st(key, 1)['server_cpu'] * 1000:.1f} ms",
+            ]
+            for key in keys
         ]
-        for key in ("predictor", "bentoml", "bare")
-    ]
-    hops = [
-        [
-            cells[f"{key}/1"]["label"],
-            _ratio(st(key, 1)["p50"] / st("predictor", 1)["p50"]),
-            _ratio(st(key, 64)["p50"] / st("predictor", 64)["p50"]),
-            f"{st(key, 1)['server_cpu'] * 1000:.1f} ms",
-        ]
-        for key in ("router", "router_nolog", "transformer")
-    ]
+
+    peers = against_predictor(("predictor", "bentoml", "bare"), "rps")
+    hops = against_predictor(("router", "router_nolog", "transformer"), "p50")
     # Issue 14's comparisons, in runs that measured them: the full path against the naive
     # one-process service, the predictor against the bare kserve.Model, the log's cost.
     pairs = [
