@@ -10,6 +10,7 @@ ConfigMap `state_configmap`, `kubeloop.cluster.controller`).
 from __future__ import annotations
 
 import json
+from dataclasses import KW_ONLY, InitVar, dataclass
 from typing import Any
 
 from kubeloop.cluster.isvc import RESOURCE
@@ -18,32 +19,27 @@ from kubeloop.serving.canary import CanaryResult
 DEFAULT_STORAGE_PREFIX = "s3://mlpipeline/kubeloop/models"
 
 
+@dataclass(eq=False)
 class ClusterCanary:
     """The canary of InferenceService `model` in `namespace` of kube context `context`."""
 
-    def __init__(
-        self,
-        context: str,
-        namespace: str,
-        model: str,
-        *,
-        storage_uri: str | None = None,
-        storage_prefix: str = DEFAULT_STORAGE_PREFIX,
-        dry_run: bool = False,
-        client: Any = None,
-        state_configmap: str | None = None,
-    ) -> None:
-        if client is None:
+    context: InitVar[str]
+    namespace: InitVar[str]
+    model: str
+    _: KW_ONLY
+    storage_uri: str | None = None
+    storage_prefix: str = DEFAULT_STORAGE_PREFIX
+    dry_run: bool = False
+    client: Any = None
+    """An `InferenceServiceClient` (or a fake); None: one for `namespace` in `context`."""
+    state_configmap: str | None = None
+
+    def __post_init__(self, context: str, namespace: str) -> None:
+        if self.client is None:
             # Imported only here: the kubernetes client is not needed for the local rollout.
             from kubeloop.cluster.isvc import InferenceServiceClient
 
-            client = InferenceServiceClient(namespace, context=context)
-        self.client = client
-        self.model = model
-        self.storage_uri = storage_uri
-        self.storage_prefix = storage_prefix
-        self.dry_run = dry_run
-        self.state_configmap = state_configmap
+            self.client = InferenceServiceClient(namespace, context=context)
 
     def _uri(self, version: str | None) -> str | None:
         if self.storage_uri is None and version is not None:

@@ -27,6 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from kubeloop.cluster.isvc import CanaryStatus
@@ -60,6 +61,7 @@ def revision_variants(status: CanaryStatus) -> dict[str, str]:
     return roles
 
 
+@dataclass(eq=False)
 class RevisionVariants:
     """A thread-safe, self-refreshing ``revision -> variant`` lookup for one
     InferenceService; call it with a revision name (it is a `RevisionVariant`).
@@ -69,22 +71,15 @@ class RevisionVariants:
     first lookup, so building this object needs no cluster. ``clock`` is injectable for tests.
     """
 
-    def __init__(
-        self,
-        read_status: Callable[[], CanaryStatus],
-        *,
-        refresh_seconds: float = 30.0,
-        miss_refresh_seconds: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self._read_status = read_status
-        self.refresh_seconds = refresh_seconds
-        self.miss_refresh_seconds = miss_refresh_seconds
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._roles: dict[str, str] = {}
-        self._read_at: float | None = None
-        self.errors = 0
+    read_status: Callable[[], CanaryStatus]
+    _: KW_ONLY
+    refresh_seconds: float = 30.0
+    miss_refresh_seconds: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    errors: int = field(default=0, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _roles: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    _read_at: float | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def for_inference_service(
@@ -111,23 +106,23 @@ class RevisionVariants:
     def refresh(self) -> bool:
         """Read the status now; False (logged, counted in ``errors``) when that failed."""
         try:
-            roles = revision_variants(self._read_status())
+            roles = revision_variants(self.read_status())
         except Exception as exc:  # noqa: BLE001 - a lookup must never fail an event
             with self._lock:
-                self._read_at = self._clock()
+                self._read_at = self.clock()
                 self.errors += 1
             log.warning("cannot read the InferenceService status for revision roles: %s", exc)
             return False
         with self._lock:
             self._roles = roles
-            self._read_at = self._clock()
+            self._read_at = self.clock()
         return True
 
     def _due(self, revision: str) -> bool:
         with self._lock:
             if self._read_at is None:
                 return True
-            age = self._clock() - self._read_at
+            age = self.clock() - self._read_at
             if revision not in self._roles:
                 return age >= self.miss_refresh_seconds
             return age >= self.refresh_seconds

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -156,6 +157,7 @@ def step_policy(policy: ProgressivePolicy, percent: int, shadow_at_full: bool) -
     return policy
 
 
+@dataclass(eq=False)
 class RolloutLoop:
     """One progressive rollout driven over a `CanaryTarget` (module docstring).
 
@@ -167,39 +169,29 @@ class RolloutLoop:
     shadow at 100% (locally yes; KServe: no). `clock` is injectable for tests.
     """
 
-    def __init__(
-        self,
-        model: str,
-        target: CanaryTarget,
-        store: StateStore,
-        source: RecordsSource,
-        *,
-        current_candidate: Callable[[], str | None],
-        recorder: Recorder | None = None,
-        policy: ProgressivePolicy | None = None,
-        production_version: str | None = None,
-        candidate_version: str | None = None,
-        shadow_at_full: bool = True,
-        split_ready: Callable[[int], bool] | None = None,
-        current_production: Callable[[], str | None] | None = None,
-        names_are_versions: bool = False,
-        clock: Callable[[], datetime] = _now,
-    ):
-        self.model = model
-        self.target = target
-        self.store = store
-        self.source = source
-        self.current_candidate = current_candidate
-        self.recorder = recorder or NullRecorder()
-        self.policy = policy or ProgressivePolicy()
-        self.production_version = production_version
-        self.candidate_version = candidate_version
-        self.shadow_at_full = shadow_at_full
-        self.split_ready = split_ready
-        self.current_production = current_production
-        self.names_are_versions = names_are_versions
-        self._stable: str | None = None  # what served with no canary, seen on an idle pass
-        self.clock = clock
+    model: str
+    target: CanaryTarget
+    store: StateStore
+    source: RecordsSource
+    _: KW_ONLY
+    current_candidate: Callable[[], str | None]
+    recorder: Recorder | None = None
+    """None: a `NullRecorder`."""
+    policy: ProgressivePolicy | None = None
+    """None: the default `ProgressivePolicy`."""
+    production_version: str | None = None
+    candidate_version: str | None = None
+    shadow_at_full: bool = True
+    split_ready: Callable[[int], bool] | None = None
+    current_production: Callable[[], str | None] | None = None
+    names_are_versions: bool = False
+    clock: Callable[[], datetime] = _now
+    # What served with no canary, seen on an idle pass.
+    _stable: str | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.recorder = self.recorder or NullRecorder()
+        self.policy = self.policy or ProgressivePolicy()
 
     # --- the steps ----------------------------------------------------------------------
 

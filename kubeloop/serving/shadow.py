@@ -32,7 +32,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kubeloop.serving.http_client import pooled_async_client
@@ -313,6 +313,7 @@ class ShadowMirror:
         return {**self.stats.as_dict(), "queued": self.depth(), "queue_size": self.queue_size}
 
 
+@dataclass(eq=False)
 class ShadowTargets:
     """Shadow predictors by base URL, each serving one model version; `pick(served)` names
     one that serves another version than the one that answered the caller.
@@ -326,27 +327,21 @@ class ShadowTargets:
     (the split moves, and a tag may point at another revision after a promote).
     """
 
-    def __init__(
-        self,
-        urls: Sequence[str],
-        model_name: str,
-        *,
-        protocol: str = "v1",
-        refresh_seconds: float = 30.0,
-        timeout: float = 2.0,
-        mounts: Any = None,
-        clock: Callable[[], float] = time.monotonic,
-    ):
-        self.urls = [u.rstrip("/") if "://" in u else f"http://{u.rstrip('/')}" for u in urls]
-        self.model_name = model_name
-        self.protocol = protocol
-        self.refresh_seconds = refresh_seconds
-        self.timeout = timeout
-        self.mounts = mounts
-        self.clock = clock
-        self.versions: dict[str, str | None] = {}
-        self._read_at: float | None = None
-        self._refreshing: asyncio.Task | None = None
+    urls: Sequence[str]
+    """Base URLs; a bare host:port gets http://, a trailing slash is dropped."""
+    model_name: str
+    _: KW_ONLY
+    protocol: str = "v1"
+    refresh_seconds: float = 30.0
+    timeout: float = 2.0
+    mounts: Any = None
+    clock: Callable[[], float] = time.monotonic
+    versions: dict[str, str | None] = field(default_factory=dict, init=False)
+    _read_at: float | None = field(default=None, init=False, repr=False)
+    _refreshing: asyncio.Task | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.urls = [u.rstrip("/") if "://" in u else f"http://{u.rstrip('/')}" for u in self.urls]
 
     def infer_url(self, base: str) -> str:
         """The inference URL of a predictor base URL, in the predictor hop's protocol."""
