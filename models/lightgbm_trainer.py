@@ -17,6 +17,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
+from kubeloop.training.fitting import fitted_info, transformed_frames
 from kubeloop.training.model_kind import ModelKind
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
 
@@ -142,11 +143,8 @@ def train_lightgbm(
     from kubeloop.evaluation.metrics import log_loss
 
     cfg = config or LightGBMTrainConfig()
-    if len(train) == 0 or len(valid) == 0:
-        raise ValueError("train_lightgbm needs non-empty train and valid frames")
-    transform = transform or FeatureTransform.fit(train)
     started = time.perf_counter()
-    tr, va = transform.transform(train), transform.transform(valid)
+    transform, tr, va = transformed_frames("train_lightgbm", train, valid, transform)
     categorical = list(range(len(tr.numeric_names), len(tr.names)))
     params = cfg.booster_params()
     dtrain = lgb.Dataset(
@@ -173,15 +171,13 @@ def train_lightgbm(
     # best_iteration is 0 when early stopping never triggered a best (e.g. max_rounds hit).
     best = int(booster.best_iteration) or int(booster.current_iteration())
     seconds = time.perf_counter() - started
-    info = ModelInfo(
-        kind=LightGBMModel.kind,
-        numeric_features=list(tr.numeric_names),
-        categorical_features=list(tr.categorical_names),
+    info = fitted_info(
+        LightGBMModel.kind,
+        cfg,
+        tr,
+        va,
+        seconds,
         best_iteration=best,
-        train_seconds=round(seconds, 3),
-        n_train=len(train),
-        n_valid=len(valid),
-        config=cfg.model_dump(mode="json"),
         importance_method="lightgbm split gain (share of total)",
         versions=library_versions("lightgbm", "numpy"),
     )

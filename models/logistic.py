@@ -26,6 +26,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
+from kubeloop.training.fitting import fitted_info, importance_shares, transformed_frames
 from kubeloop.training.model_kind import ModelKind
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
 
@@ -134,7 +135,9 @@ class LogisticModel(TrainedModel):
         """The linear score of each row: intercept + numeric part + one weight per block."""
         z = np.full(len(batch), float(self.weights["intercept"]))
         if self._numeric_coef.size:
-            z += ((batch.numeric.astype(np.float64) - self._mean) / self._scale) @ self._numeric_coef
+            z += (
+                (batch.numeric.astype(np.float64) - self._mean) / self._scale
+            ) @ self._numeric_coef
         codes = self._layout.codes(batch.categorical)
         for j, coef in enumerate(self._blocks):
             z += coef[codes[:, j]]
@@ -169,8 +172,7 @@ def _importance(model: LogisticModel, batch: TransformedBatch) -> dict[str, floa
     block_names = [*batch.categorical_names, *(c["name"] for c in model._layout.crosses)]
     for j, name in enumerate(block_names):
         spread[name] = float(np.std(model._blocks[j][codes[:, j]]))
-    total = sum(spread.values())
-    return {k: (v / total if total > 0 else 0.0) for k, v in spread.items()}
+    return importance_shares(spread)
 
 
 def train_logistic(
@@ -189,11 +191,8 @@ def train_logistic(
     from kubeloop.evaluation.metrics import log_loss
 
     cfg = config or LogisticTrainConfig()
-    if len(train) == 0 or len(valid) == 0:
-        raise ValueError("train_logistic needs non-empty train and valid frames")
     started = time.perf_counter()
-    transform = transform or FeatureTransform.fit(train)
-    tr, va = transform.transform(train), transform.transform(valid)
+    transform, tr, va = transformed_frames("train_logistic", train, valid, transform)
     y_train = train[transform.label].to_numpy(dtype=np.int64)
     y_valid = valid[transform.label].to_numpy(dtype=np.float64)
     if len(np.unique(y_train)) < 2:
@@ -228,16 +227,14 @@ def train_logistic(
         "crosses": layout.crosses,
     }
     seconds = time.perf_counter() - started
-    info = ModelInfo(
-        kind=LogisticModel.kind,
-        numeric_features=list(tr.numeric_names),
-        categorical_features=list(tr.categorical_names),
+    info = fitted_info(
+        LogisticModel.kind,
+        cfg,
+        tr,
+        va,
+        seconds,
         best_iteration=int(np.max(best.n_iter_)),
-        train_seconds=round(seconds, 3),
-        n_train=len(train),
-        n_valid=len(valid),
         valid_log_loss=float(best_loss),
-        config=cfg.model_dump(mode="json"),
         architecture={
             "c": best_c,
             "valid_log_loss_by_c": {str(c): float(loss) for loss, c, _ in fits},

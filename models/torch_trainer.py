@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
+from kubeloop.training.fitting import fitted_info, importance_shares, transformed_frames
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
 from models.torch_config import KIND, TorchTrainConfig
 
@@ -140,9 +141,7 @@ def _permutation_importance(
         categorical = batch.categorical.copy()
         categorical[:, j] = categorical[perm, j]
         rises[name] = log_loss(labels, _predict(net, batch.numeric, categorical)) - base
-    clipped = {k: max(v, 0.0) for k, v in rises.items()}
-    total = sum(clipped.values())
-    return {k: (v / total if total > 0 else 0.0) for k, v in clipped.items()}
+    return importance_shares({k: max(v, 0.0) for k, v in rises.items()})
 
 
 def train_torch(
@@ -161,16 +160,13 @@ def train_torch(
     from kubeloop.evaluation.metrics import log_loss
 
     cfg = config or TorchTrainConfig()
-    if len(train) == 0 or len(valid) == 0:
-        raise ValueError("train_torch needs non-empty train and valid frames")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.num_threads)
     try:
         started = time.perf_counter()
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        transform = transform or FeatureTransform.fit(train)
-        tr, va = transform.transform(train), transform.transform(valid)
+        transform, tr, va = transformed_frames("train_torch", train, valid, transform)
         y_train = train[transform.label].to_numpy(dtype=np.float32)
         y_valid = valid[transform.label].to_numpy(dtype=np.float64)
 
@@ -231,17 +227,15 @@ def train_torch(
     finally:
         torch.set_num_threads(previous_threads)
 
-    info = ModelInfo(
-        kind=TorchModel.kind,
-        numeric_features=list(tr.numeric_names),
-        categorical_features=list(tr.categorical_names),
+    info = fitted_info(
+        TorchModel.kind,
+        cfg,
+        tr,
+        va,
+        seconds,
         best_iteration=best_epoch,
         epochs=epochs_run,
-        train_seconds=round(seconds, 3),
-        n_train=len(train),
-        n_valid=len(valid),
         valid_log_loss=float(best_loss),
-        config=cfg.model_dump(mode="json"),
         architecture=architecture,
         feature_importance=importance,
         importance_method=(
