@@ -194,8 +194,9 @@ def test_it_gives_up_after_the_timeout() -> None:
 
 class DriverPlayingApi(FakeCustomObjects):
     """The operator and its driver in one: on the first status read the driver runs the
-    application's own arguments through kubeloop.features.spark_driver's build (on DuckDB
-    here: which engine the driver uses is the parity tests' concern), then COMPLETED."""
+    application's own arguments as kubeloop.features.spark_driver does (the build on DuckDB
+    here: which engine the driver uses is the parity tests' concern; then the tables and the
+    summary are published to --out), then COMPLETED."""
 
     def __init__(self, fail_with: str = "") -> None:
         super().__init__([("COMPLETED", "")] if not fail_with else [("FAILED", fail_with)])
@@ -203,24 +204,39 @@ class DriverPlayingApi(FakeCustomObjects):
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name):
         if self.reads == 0 and not self.fail_with:
-            from kubeloop.features.build import FeatureBuildConfig, build_features
+            import tempfile
 
-            args = self.created[0][4]["spec"]["arguments"]
+            from kubeloop.features.build import FeatureBuildConfig, build_features
+            from kubeloop.features.spark_driver import publish
+
+            body = self.created[0][4]
+            args = body["spec"]["arguments"]
             opts = dict(zip(args[::2], args[1::2], strict=True))
             config = FeatureBuildConfig.model_validate_json(opts["--config-json"])
             assert config.spark.submit == "local"  # the driver must not submit again
-            build_features(
-                opts["--lake"], Path(opts["--out"]), config.model_copy(update={"engine": "duckdb"}),
-                progress=False, use_case=opts["--use-case"],
+            # Spark's parts go where every executor pod reaches, under this run's name.
+            assert config.spark.scratch_uri == config.spark.application.parts_uri(
+                body["metadata"]["name"]
             )
+            with tempfile.TemporaryDirectory() as tmp:
+                summary = build_features(
+                    opts["--lake"], Path(tmp) / "features",
+                    config.model_copy(update={"engine": "duckdb"}),
+                    progress=False, use_case=opts["--use-case"],
+                )
+                publish(Path(tmp) / "features", opts["--out"], opts["--use-case"],
+                        summary.model_dump_json())
         return super().get_namespaced_custom_object(group, version, namespace, plural, name)
 
 
 def _operator_config():
     from kubeloop.features.build import FeatureBuildConfig
 
+    # The object store is fsspec's in-memory one: the tables travel by URL, not by a path
+    # the driver and the step would share.
+    application = {"poll_s": 0.01, "work_uri": "memory://mlpipeline/kubeloop/spark"}
     return FeatureBuildConfig.model_validate(
-        {"engine": "spark", "spark": {"submit": "operator", "application": {"poll_s": 0.01}}}
+        {"engine": "spark", "spark": {"submit": "operator", "application": application}}
     )
 
 
@@ -236,8 +252,20 @@ def test_the_build_submits_to_the_operator_and_reports_the_driver_tables(tmp_pat
     summary = build_features(str(lake), tmp_path / "features", _operator_config(), progress=False)
     assert summary.events == 200 and min(summary.rows.values()) > 0
     (_, _, namespace, _, body) = api.created[0]
-    assert namespace == "kubeflow" and body["metadata"]["name"].startswith("kubeloop-features-")
+    name = body["metadata"]["name"]
+    assert namespace == "kubeflow" and name.startswith("kubeloop-features-")
     assert crd_problems(body) == []
+    # The driver published to the object store, and the step's copy is what Feast reads.
+    out = dict(zip(body["spec"]["arguments"][::2], body["spec"]["arguments"][1::2], strict=True))
+    assert out["--out"] == f"memory://mlpipeline/kubeloop/spark/{name}/features"
+    import fsspec
+
+    store = fsspec.filesystem("memory")
+    local = sorted(p.name for p in (tmp_path / "features").iterdir())
+    assert len(local) == len(summary.rows)
+    for file in local:
+        published = store.cat_file(f"/mlpipeline/kubeloop/spark/{name}/features/{file}")
+        assert published == (tmp_path / "features" / file).read_bytes()
 
 
 def test_a_failed_driver_fails_the_build_with_its_error(tmp_path, monkeypatch):

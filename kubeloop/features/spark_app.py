@@ -30,6 +30,7 @@ GROUP = "sparkoperator.k8s.io"
 VERSION = "v1beta2"
 PLURAL = "sparkapplications"
 SPARK_VERSION = "4.0.4"  # the pyspark of requirements.lock
+IMAGE = "kind.local/kubeloop/spark:0.1.0"  # images/spark.Dockerfile
 DRIVER_FILE = "local:///opt/kubeloop/kubeloop/features/spark_driver.py"
 # Final states of ApplicationStateType; every other state is still on its way.
 COMPLETED = "COMPLETED"
@@ -46,7 +47,7 @@ class SparkApplicationSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     namespace: str = Field("kubeflow", description="the pipeline runner's own namespace")
-    image: str = Field("kind.local/kubeloop-spark:latest", description="images/spark.Dockerfile")
+    image: str = Field(IMAGE, description="images/spark.Dockerfile")
     service_account: str = Field(
         "spark-operator-spark", description="the driver's account (the operator chart makes it)"
     )
@@ -57,6 +58,28 @@ class SparkApplicationSettings(BaseModel):
     executor_memory: str = "1g"
     timeout_s: float = Field(3600.0, gt=0, description="give up waiting after this long")
     poll_s: float = Field(5.0, gt=0, description="seconds between status reads")
+    # The object store: KFP 2.16's SeaweedFS, with the credentials of KFP's own Secret, the
+    # same store and Secret the InferenceServices and the drift detector read.
+    s3_endpoint: str = Field(
+        "http://seaweedfs.kubeflow.svc.cluster.local:9000", description="S3 API endpoint URL"
+    )
+    s3_region: str = "us-east-1"
+    s3_secret: str = Field("mlpipeline-minio-artifact", description="Secret with the S3 keys")
+    s3_access_key_field: str = "accesskey"
+    s3_secret_key_field: str = "secretkey"
+    work_uri: str = Field(
+        "s3://mlpipeline/kubeloop/spark",
+        description="each run's Spark part files (<work_uri>/<name>/parts) and published "
+        "tables (<work_uri>/<name>/features), on storage every driver and executor reaches",
+    )
+
+    def parts_uri(self, name: str) -> str:
+        """Where the executors of application `name` write Spark's part files."""
+        return f"{self.work_uri.rstrip('/')}/{name}/parts"
+
+    def features_uri(self, name: str) -> str:
+        """Where the driver of application `name` publishes the feature tables."""
+        return f"{self.work_uri.rstrip('/')}/{name}/features"
 
 
 def _pod_security() -> dict[str, Any]:
@@ -71,6 +94,36 @@ def _pod_security() -> dict[str, Any]:
     }
 
 
+def _object_store_conf(settings: SparkApplicationSettings) -> tuple[dict[str, str], dict[str, str]]:
+    """(hadoopConf, sparkConf) that let the driver and executors read and write s3a:// on
+    the cluster's object store. The keys reach the pods as environment variables from the
+    Secret (Spark's own spark.kubernetes.{driver,executor}.secretKeyRef.<ENV>, which is what
+    the operator turns its deprecated envSecretKeyRefs into), and S3A reads them there; the
+    driver's Python side (s3fs through botocore) reads the same variables and
+    AWS_ENDPOINT_URL."""
+    hadoop = {
+        "fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",
+        "fs.s3a.endpoint": settings.s3_endpoint,
+        "fs.s3a.endpoint.region": settings.s3_region,
+        # SeaweedFS serves buckets as paths, not as host names.
+        "fs.s3a.path.style.access": "true",
+        "fs.s3a.connection.ssl.enabled": str(settings.s3_endpoint.startswith("https:")).lower(),
+        "fs.s3a.aws.credentials.provider":
+            "software.amazon.awssdk.auth.credentials.EnvironmentVariableCredentialsProvider",
+    }
+    keys = {
+        "AWS_ACCESS_KEY_ID": f"{settings.s3_secret}:{settings.s3_access_key_field}",
+        "AWS_SECRET_ACCESS_KEY": f"{settings.s3_secret}:{settings.s3_secret_key_field}",
+    }
+    spark = {}
+    for role in ("driver", "executor"):
+        for env, ref in keys.items():
+            spark[f"spark.kubernetes.{role}.secretKeyRef.{env}"] = ref
+    spark["spark.kubernetes.driverEnv.AWS_ENDPOINT_URL"] = settings.s3_endpoint
+    spark["spark.kubernetes.driverEnv.AWS_DEFAULT_REGION"] = settings.s3_region
+    return hadoop, spark
+
+
 def render_application(
     name: str,
     lake_uri: str,
@@ -81,6 +134,8 @@ def render_application(
 ) -> dict[str, Any]:
     """The SparkApplication of one feature build (a plain dict, as the client sends it)."""
     labels = {"app.kubernetes.io/part-of": "kubeloop", "app.kubernetes.io/component": "features"}
+    hadoop_conf, store_conf = _object_store_conf(settings)
+    cores = settings.executor_instances * settings.executor_cores
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "SparkApplication",
@@ -103,7 +158,15 @@ def render_application(
                 "spark.sql.session.timeZone": "UTC",
                 "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
                 "spark.ui.enabled": "false",
+                # Two shuffle partitions per executor core: the aggregated tables are small
+                # next to the events (Spark's default of 200 is tiny tasks here).
+                "spark.sql.shuffle.partitions": str(2 * cores),
+                "spark.sql.adaptive.enabled": "true",
+                # Spark's _SUCCESS files are not Parquet; the merge reads part files only.
+                "spark.hadoop.mapreduce.fileoutputcommitter.marksuccessfuljobs": "false",
+                **store_conf,
             },
+            "hadoopConf": hadoop_conf,
             # A failed build is reported to the pipeline step, which fails the run; the
             # pipeline's own retry policy decides on another attempt, not the operator.
             "restartPolicy": {"type": "Never"},

@@ -54,6 +54,12 @@ class SparkSettings(BaseModel):
     application: SparkApplicationSettings = Field(
         default_factory=SparkApplicationSettings, description="submit: operator only"
     )
+    scratch_uri: str | None = Field(
+        None,
+        description="where Spark writes its part files before they are merged into one table "
+        "per entity; unset: the build's local staging directory. With executors in other pods "
+        "(a SparkApplication) it must be storage they all reach, e.g. s3://bucket/prefix",
+    )
 
 
 def java_available() -> bool:
@@ -120,21 +126,36 @@ def _spark_path(path: str) -> str:
     return "s3a://" + path[len("s3://") :] if path.startswith("s3://") else path
 
 
-def _merge_parts(parts_dir: Path, schema, path: Path) -> int:
-    """Stream Spark's part files (in name order, which is the query's order) into one
-    Parquet file with exactly `schema`; return its rows."""
+def _merge_parts(parts_uri: str, schema, path: Path) -> int:
+    """Stream Spark's part files under `parts_uri` (a local directory or an fsspec URL; in
+    name order, which is the query's order) into one Parquet file with exactly `schema`;
+    return its rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from fsspec.core import url_to_fs
 
-    parts = sorted(p for p in parts_dir.glob("part-*") if p.name.endswith(".parquet"))
+    fs, root = url_to_fs(parts_uri)
+    names = sorted(
+        p for p in fs.ls(root, detail=False)
+        if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet")
+    )
     rows = 0
     with pq.ParquetWriter(path, schema) as writer:
-        for part in parts:
-            for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS):
-                table = pa.Table.from_batches([batch]).select(schema.names).cast(schema)
-                writer.write_table(table)
-                rows += table.num_rows
+        for name in names:
+            with fs.open(name, "rb") as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(batch_size=BATCH_ROWS):
+                    table = pa.Table.from_batches([batch]).select(schema.names).cast(schema)
+                    writer.write_table(table)
+                    rows += table.num_rows
     return rows
+
+
+def _remove(uri: str) -> None:
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(uri)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
 
 
 def _check_output(path: Path, schema, rows: int) -> None:
@@ -173,12 +194,17 @@ def stage_tables(manifest, config, staging: Path, step, use_case) -> tuple[int, 
         events = events_df.count()
         if events != manifest.rows:
             raise RuntimeError(f"read {events} events but the lake's footers count {manifest.rows}")
+        scratch = config.spark.scratch_uri
         for spec in use_case.entities:
             step(f"aggregate {spec.name}")
-            parts = staging / f"{spec.name}.spark-parts"
-            spark.sql(queries[spec.name]).write.parquet(str(parts))
+            if scratch:
+                parts = f"{scratch.rstrip('/')}/{spec.name}"
+            else:
+                parts = str(staging / f"{spec.name}.spark-parts")
+            # Overwrite: a retried driver finds its earlier attempt's parts there.
+            spark.sql(queries[spec.name]).write.mode("overwrite").parquet(_spark_path(parts))
             rows[spec.name] = _merge_parts(parts, spec.feature_schema, staging / spec.features_file)
-            shutil.rmtree(parts)
+            _remove(parts)
         spark.catalog.dropTempView("events")
     step("write")
     for spec in use_case.entities:
@@ -196,33 +222,81 @@ def _custom_objects_api():
     return client.CustomObjectsApi()
 
 
+def publish_tables(local_dir: Path, uri: str, use_case) -> None:
+    """Copy the built tables (one file per entity) from `local_dir` to `uri`, a directory
+    or an fsspec URL (the driver's side of an operator build)."""
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(uri)
+    fs.makedirs(root, exist_ok=True)
+    for spec in use_case.entities:
+        fs.put_file(str(Path(local_dir) / spec.features_file), f"{root.rstrip('/')}/{spec.features_file}")
+
+
+def fetch_tables(uri: str, out_dir: Path, use_case) -> dict[str, int]:
+    """Copy the tables the driver published at `uri` into `out_dir`, all or nothing, each
+    checked against its entity's schema first; return the rows per entity."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+    from fsspec.core import url_to_fs
+
+    from kubeloop.features.build import _publish
+
+    fs, root = url_to_fs(uri)
+    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.fetch-", dir=out_dir.parent))
+    try:
+        rows = {}
+        for spec in use_case.entities:
+            local = staging / spec.features_file
+            fs.get_file(f"{root.rstrip('/')}/{spec.features_file}", str(local))
+            rows[spec.name] = pq.ParquetFile(local).metadata.num_rows
+            _check_output(local, spec.feature_schema, rows[spec.name])
+        _publish(staging, out_dir, [spec.features_file for spec in use_case.entities])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return rows
+
+
 def submit_to_operator(
     lake_root: str, out_dir: Path, config, use_case, *, api=None
 ) -> tuple[int, dict[str, int]]:
-    """Run the build as a SparkApplication (`spark.submit: operator`): validate the lake
-    here, create the application, wait for it (kubeloop.features.spark_app.run_application:
-    a failed driver fails this call with its error) and return (events, rows per entity) of
-    the tables its driver published into `out_dir`, a path both sides see (shared storage).
-    """
+    """Run the build as a SparkApplication (`spark.submit: operator`): create the
+    application, wait for it (kubeloop.features.spark_app.run_application: a failed driver
+    fails this call with its error), then copy the tables its driver published on the object
+    store (`application.features_uri(name)`) into `out_dir`, where this step's Feast reads
+    them. Returns (events, rows per entity). The driver validates the lake (its
+    `build_features` does), so a bad lake fails the application with the LakeError."""
     import uuid
 
-    import pyarrow.parquet as pq
-
-    from kubeloop.data.validate import validate_lake
     from kubeloop.features.spark_app import render_application, run_application
 
-    manifest = validate_lake(lake_root, use_case=use_case)
-    # The driver builds with its own submitted session: the same config, run there.
-    spark = config.spark.model_copy(update={"submit": "local"})
-    driver_config = config.model_copy(update={"spark": spark}).model_dump_json()
+    settings = config.spark.application
     name = f"kubeloop-features-{uuid.uuid4().hex[:12]}"
-    body = render_application(
-        name, lake_root, str(out_dir), use_case.name, driver_config, config.spark.application
+    # The driver builds with its own submitted session: the same config, run there, with
+    # Spark's part files on storage every executor reaches.
+    spark = config.spark.model_copy(
+        update={"submit": "local", "scratch_uri": settings.parts_uri(name)}
     )
-    run_application(api or _custom_objects_api(), body, config.spark.application)
-    rows = {}
-    for spec in use_case.entities:
-        path = Path(out_dir) / spec.features_file
-        _check_output(path, spec.feature_schema, pq.ParquetFile(path).metadata.num_rows)
-        rows[spec.name] = pq.ParquetFile(path).metadata.num_rows
-    return manifest.rows, rows
+    driver_config = config.model_copy(update={"spark": spark}).model_dump_json()
+    published = settings.features_uri(name)
+    body = render_application(name, lake_root, published, use_case.name, driver_config, settings)
+    run_application(api or _custom_objects_api(), body, settings)
+    rows = fetch_tables(published, out_dir, use_case)
+    events = _published_events(published)
+    return events, rows
+
+
+SUMMARY_FILE = "build-summary.json"
+
+
+def _published_events(uri: str) -> int:
+    import json
+
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(uri)
+    with fs.open(f"{root.rstrip('/')}/{SUMMARY_FILE}", "r") as handle:
+        return int(json.load(handle)["events"])
