@@ -75,7 +75,14 @@ class EventSchema:
     `columns` must hold `EVENT_ID` (int64), `EVENT_TIMESTAMP` (`TIMESTAMP`), every entity
     key, the label, the oracle (if any) and the request context. Other columns (static
     attributes denormalised into the log, say) are allowed and read only by the ETL SQL.
-    `context_ranges` bounds the integer request-context values a request may carry."""
+    `context_ranges` bounds the integer request-context values a request may carry.
+
+    Delayed labels: `label_delay` is how long after an event its label is final (a
+    chargeback window, say); online evaluation scores an event only once that much time
+    has passed since it (the matured cohort, which is unbiased where "positives known so
+    far" is not). `label_time`, when set, is the column holding when a positive became
+    known (null for negatives): a positive confirmed after the window counts as negative,
+    as it would in production. None (the default): labels are known at once."""
 
     columns: pa.Schema
     entity_keys: tuple[str, ...]
@@ -84,6 +91,8 @@ class EventSchema:
     context_numeric: tuple[str, ...] = ()
     context_categorical: tuple[str, ...] = ()
     context_ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    label_delay: timedelta | None = None
+    label_time: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "context_ranges", _frozen(self.context_ranges))
@@ -92,11 +101,17 @@ class EventSchema:
         roles += [*self.context_numeric, *self.context_categorical]
         if self.oracle is not None:
             roles.append(self.oracle)
+        if self.label_time is not None:
+            roles.append(self.label_time)
+            if self.label_delay is None:
+                raise UseCaseError("event schema: label_time needs a label_delay")
         missing = [n for n in roles if n not in names]
         if missing:
             raise UseCaseError(f"event schema lacks the columns {missing} its roles name")
         if self.columns.field(EVENT_TIMESTAMP).type != TIMESTAMP:
             raise UseCaseError(f"event schema: {EVENT_TIMESTAMP} must be {TIMESTAMP}")
+        if self.label_delay is not None and self.label_delay <= timedelta(0):
+            raise UseCaseError(f"event schema: label_delay {self.label_delay} must be positive")
         unbounded = [c for c in self.context_numeric if c not in self.context_ranges]
         if unbounded:
             raise UseCaseError(f"event schema: context_ranges lacks {unbounded}")

@@ -278,11 +278,18 @@ def run_serving(config: DemoConfig, workdir: Workdir, pipeline_result) -> dict[s
         config.generator.scenario,
         config.gate_config,
         json.dumps(config.first_training(), default=str),
+        config.use_case,
     )
     replay = config.serving.replay
     impressions = replay_impressions(config, ab_days(config), replay.requests * replay.batch_size)
     section = run_serving_stage(
-        workdir, config.model_name, registered["version"], challenger, impressions, config.serving
+        workdir,
+        config.model_name,
+        registered["version"],
+        challenger,
+        impressions,
+        config.serving,
+        config.use_case,
     )
     return write_section(workdir.report, "serving", section)
 
@@ -313,17 +320,6 @@ def _run_stages(config: DemoConfig, workdir: Workdir) -> None:
     run_data_stage(config, workdir)
     result = run_training_pipeline(config, workdir)
     if not config.serve:
-        return
-    if config.use_case != DEFAULT_USE_CASE:
-        # The serving and drift stages (kubeloop.demo.serving, kubeloop.demo.drift) still
-        # replay the default use case's requests and labels; say so rather than fail
-        # halfway (docs/new-use-case.md, "Limits today").
-        reason = (
-            f"the demo's serving and drift stages run only the default use case "
-            f"({DEFAULT_USE_CASE}) today; use case {config.use_case!r} stops after registry"
-        )
-        skipped = {"decision": {"action": "none", "reasons": [reason]}}
-        write_section(workdir.report, "serving", skipped)
         return
     report = run_serving(config, workdir, result)
     if not config.monitor or report["serving"].get("primary_version") is None:
@@ -369,5 +365,6 @@ def run_drift(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
         config.drift.model_copy(update={"executor_logs": config.executor_logs}),
         retrain_params,
         canary_impressions,
+        config.use_case,
     )
     return write_section(workdir.report, "drift", section)

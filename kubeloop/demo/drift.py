@@ -57,13 +57,46 @@ class DriftStageConfig(BaseModel):
     ready_timeout: float = 180.0
 
 
+def monitor_config(use_case: UseCase) -> dict[str, Any]:
+    """The drift service's MonitorConfig keys for `use_case`: its categorical inputs, the
+    features each entity's lookup brings, and the calendar columns (strata, excluded
+    inputs) only where the use case's model reads them. The monitor's defaults are the
+    default use case's."""
+    from kubeloop.drift.config import MonitorConfig
+
+    defaults = MonitorConfig.model_fields
+    inputs = set(use_case.model_input_columns())
+    calendar = {}
+    for name in ("stratify_by", "season_by"):
+        column = defaults[name].default
+        calendar[name] = column if column in inputs else None
+    excluded = [c for c in defaults["exclude_features"].get_default(call_default_factory=True)]
+    return {
+        "categorical": list(use_case.transform.categorical),
+        "entity_groups": {e.name: list(e.features) for e in use_case.entities},
+        "exclude_features": [c for c in excluded if c in inputs],
+        **calendar,
+    }
+
+
 def start_drift_service(
-    workdir: Workdir, reference_dir, model_name: str, backend: str | None, timeout: float
+    workdir: Workdir,
+    reference_dir,
+    model_name: str,
+    backend: str | None,
+    timeout: float,
+    use_case: UseCase | str | None = None,
 ):
-    """Start `python -m kubeloop.drift.service` on a free loopback port; returns the process."""
+    """Start `python -m kubeloop.drift.service` on a free loopback port, configured for
+    `use_case` (`monitor_config`); returns the process."""
+    import json
+
     from kubeloop.serving.processes import ServerProcess, free_ports, wait_ready
 
     drift = workdir.root / "drift"
+    drift.mkdir(parents=True, exist_ok=True)
+    config_file = drift / "monitor.json"
+    config_file.write_text(json.dumps(monitor_config(resolve_use_case(use_case)), indent=1))
     port = free_ports(1)[0]
     args = [
         sys.executable,
@@ -81,6 +114,8 @@ def start_drift_service(
         f"sqlite:///{drift / 'alerts.db'}",
         "--inference_service",
         model_name,
+        "--config",
+        str(config_file),
         "--no-kube",
         "--log_level",
         "warning",
@@ -115,7 +150,13 @@ def post_labels(
     """Delayed feedback: the label (the use case's label column) of every served
     impression, keyed as the monitor keys rows (`<request id>/<position>` for batched
     requests)."""
-    label = resolve_use_case(use_case).events.label
+    from kubeloop.demo.serving import matured
+
+    spec = resolve_use_case(use_case)
+    label = spec.events.label
+    # Each label as it is final (a late chargeback counts as none); all of them are posted
+    # after the replay, and the labelled windows are read at their event times.
+    impressions = matured(impressions, spec, pd.Timestamp.max.tz_localize("UTC"))
     labels = impressions.assign(event_id=impressions["event_id"].astype(str))[["event_id", label]]
     joined = sent[sent["status_code"] == 200].merge(labels, on="event_id")
     sizes = joined.groupby("request_id")["event_id"].transform("size")
@@ -242,17 +283,20 @@ def run_drift_stage(
     config: DriftStageConfig,
     retrain_params,
     canary_impressions_fn,
+    use_case: UseCase | str | None = None,
 ) -> dict[str, Any]:
-    """Replay, detect, retrain, canary; returns the report's `drift` section.
+    """Replay, detect, retrain, canary for `use_case`; returns the report's `drift` section.
 
     `retrain_params` are the TrainingRunParams of a retraining run; `canary_impressions_fn()`
     returns the post-change impressions the retrained canary is tried on."""
+    from kubeloop.demo.serving import stack_server_args
     from kubeloop.drift.alerts import open_alert_store
     from kubeloop.drift.retrain import decide_retrain, trigger_local
     from kubeloop.registry import open_registry
     from kubeloop.serving.local_servers import LocalStack
     from kubeloop.serving.replay import replay_through_time
 
+    spec = resolve_use_case(use_case)
     started = time.perf_counter()
     registry = open_registry(str(workdir.registry))
     drift_dir = workdir.root / "drift"
@@ -260,11 +304,16 @@ def run_drift_stage(
     if not reference_dir.exists():
         registry.export(model_name, production, reference_dir)
     service = start_drift_service(
-        workdir, reference_dir, model_name, config.backend, config.ready_timeout
+        workdir, reference_dir, model_name, config.backend, config.ready_timeout, spec
     )
     try:
         with LocalStack.start(
-            registry, model_name, workdir, production, logger_urls=[service.url + "/"]
+            registry,
+            model_name,
+            workdir,
+            production,
+            logger_urls=[service.url + "/"],
+            server_args=stack_server_args(spec),
         ) as stack:
             sent = replay_through_time(
                 f"{stack.url}/v1/models/{model_name}:predict",
@@ -272,9 +321,10 @@ def run_drift_stage(
                 config.replay,
                 workdir.feature_repo,
                 id_prefix="drift-",
+                use_case=spec,
             )
             stack.request_logger.flush(timeout=120)
-        labelled = post_labels(service.url, sent, impressions)
+        labelled = post_labels(service.url, sent, impressions, use_case=spec)
         httpx.post(f"{service.url}/flush", timeout=300).raise_for_status()
         windows = service_window_counts(service.url)
         timeline = service_timeline(service.url)
@@ -343,6 +393,7 @@ def run_drift_stage(
                     policy=config.canary_policy,
                     request_id_prefix="canary-",
                 ),
+                spec,
             )
             rollout = {
                 "primary_version": production,

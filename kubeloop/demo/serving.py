@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kubeloop.serving.progressive import ProgressivePolicy
 from kubeloop.serving.replay import ReplayConfig
+from kubeloop.usecase import EVENT_ID, EVENT_TIMESTAMP, UseCase, resolve_use_case
 from kubeloop.workdir import Workdir
 
 if TYPE_CHECKING:
@@ -55,6 +56,12 @@ class ServingStageConfig(BaseModel):
     shadow_drain_s: float = Field(
         30.0, gt=0, description="longest wait for the mirror's queue before a check"
     )
+    label_wait_hours: int = Field(
+        6,
+        ge=1,
+        description="with delayed labels (the use case's label_delay), the clock's step "
+        "while the experiment waits for labels after the traffic ends",
+    )
 
     @field_validator("policy", mode="before")
     @classmethod
@@ -66,12 +73,12 @@ class ServingStageConfig(BaseModel):
         return value
 
 
-def _label_columns() -> tuple[str, str | None]:
-    """The label and oracle columns of the events (the default use case's)."""
-    from kubeloop.usecase import resolve_use_case
+def stack_server_args(use_case: UseCase) -> list[str]:
+    """The predictor's and transformer's arguments for `use_case` (its request fields,
+    feature service and model inputs)."""
+    from kubeloop.serving.local_servers import DEFAULT_SERVER_ARGS
 
-    events = resolve_use_case(None).events
-    return events.label, events.oracle
+    return [*DEFAULT_SERVER_ARGS, "--use_case", use_case.name]
 
 
 def register_challenger(
@@ -81,6 +88,7 @@ def register_challenger(
     scenario: str,
     gate_config: dict | None = None,
     train_config_json: str = "{}",
+    use_case: str | None = None,
 ) -> str | None:
     """Register the pipeline's runner-up as a candidate: of the models the champion was
     chosen over, the one with the best holdout NE that passes its own gate against the
@@ -103,7 +111,10 @@ def register_challenger(
             EvaluationReport.model_validate(evaluation["models"][kind]),
             None,
             EvaluationReport.model_validate(evaluation["base_rate"]),
-            GateConfig.model_validate(gate_config or {}),
+            # the use case's gate defaults under the run's, as the pipeline's gate step
+            GateConfig.model_validate(
+                {**resolve_use_case(use_case).metrics.gate, **(gate_config or {})}
+            ),
         )
         challenger_decision = run_dir / "gate" / f"challenger-{kind}.json"
         challenger_decision.write_text(
@@ -123,14 +134,18 @@ def register_challenger(
             f"{run_dir.name}-challenger",
             str(run_dir / "gate" / f"challenger-{kind}-registration.json"),
             train_config_json,
+            use_case,
         )
     return None
 
 
-def replay_hours(url: str, impressions, config: ReplayConfig, feature_repo, id_prefix, after_hour):
-    """`kubeloop.serving.replay.replay_through_time`, hour by hour, with `after_hour(sent)`
-    called after each hour's traffic; a true return stops the replay (the experiment
-    decided). The online store is fed forward as there, and left fully materialized."""
+def replay_hours(
+    url, impressions, config: ReplayConfig, feature_repo, id_prefix, after_hour, use_case
+):
+    """`kubeloop.serving.replay.replay_through_time`, hour by hour, with
+    `after_hour(sent, clock)` called after each hour's traffic (`clock`: the hour's end);
+    a true return stops the replay (the experiment decided). The online store is fed
+    forward as there, and left fully materialized."""
     import pandas as pd
 
     from kubeloop.features.materialize import OnlineFeed, materialize, reset_online_store
@@ -138,33 +153,55 @@ def replay_hours(url: str, impressions, config: ReplayConfig, feature_repo, id_p
     from kubeloop.serving.replay import replay
 
     store = open_store(feature_repo)
-    ts = pd.to_datetime(impressions["event_timestamp"], utc=True)
+    ts = pd.to_datetime(impressions[EVENT_TIMESTAMP], utc=True)
     hours = ts.dt.floor("h")
     first = hours.min().to_pydatetime()
     reset_online_store(store)
     parts = []
     try:
-        materialize(store, end=first, progress=False)
-        feed = OnlineFeed(store, first - timedelta(seconds=1))
+        materialize(store, end=first, progress=False, use_case=use_case)
+        feed = OnlineFeed(store, first - timedelta(seconds=1), use_case=use_case)
         for hour in sorted(hours.unique()):
             feed.advance(hour.to_pydatetime())
-            sent = replay(url, impressions[hours == hour], config, id_prefix)
+            sent = replay(url, impressions[hours == hour], config, id_prefix, use_case=use_case)
             parts.append(sent)
-            if after_hour(sent):
+            if after_hour(sent, hour + pd.Timedelta(hours=1)):
                 break
     finally:
-        materialize(store, progress=False)
+        materialize(store, progress=False, use_case=use_case)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
-def impression_labels(sent: pd.DataFrame, impressions: pd.DataFrame) -> pd.DataFrame:
-    """The delayed labels of served impressions, keyed as the label feed keys them
-    (`<request id>/<position>` for batched requests): request_id, label, oracle."""
+def matured(impressions: pd.DataFrame, use_case: UseCase, clock=None) -> pd.DataFrame:
+    """The impressions whose label is final at `clock` (all of them when the use case's
+    labels come at once, or without a clock), with the label as known then: a positive
+    confirmed after the label window counts as negative (`EventSchema.label_delay`)."""
     import pandas as pd
 
-    label, oracle = _label_columns()
-    columns = [label] + ([oracle] if oracle and oracle in impressions else [])
-    truth = impressions.assign(event_id=impressions["event_id"].astype(str))[["event_id", *columns]]
+    events = use_case.events
+    if events.label_delay is None or clock is None:
+        return impressions
+    ts = pd.to_datetime(impressions[EVENT_TIMESTAMP], utc=True)
+    window_end = ts + events.label_delay
+    out = impressions[window_end <= clock]
+    if events.label_time is not None:
+        confirmed = pd.to_datetime(out[events.label_time], utc=True) <= window_end[out.index]
+        out = out.assign(**{events.label: (out[events.label].astype(bool) & confirmed).astype(int)})
+    return out
+
+
+def impression_labels(
+    sent: pd.DataFrame, impressions: pd.DataFrame, use_case: UseCase, clock=None
+) -> pd.DataFrame:
+    """The delayed labels of served impressions known at `clock` (`matured`), keyed as the
+    label feed keys them (`<request id>/<position>` for batched requests): request_id,
+    label, oracle."""
+    import pandas as pd
+
+    label, oracle = use_case.events.label, use_case.events.oracle
+    known = matured(impressions, use_case, clock)
+    columns = [label] + ([oracle] if oracle and oracle in known else [])
+    truth = known.assign(event_id=known[EVENT_ID].astype(str))[[EVENT_ID, *columns]]
     ok = sent[sent["status_code"] == 200].merge(truth, on="event_id")
     if ok.empty:
         return pd.DataFrame(columns=["request_id", "label", "oracle"])
@@ -179,13 +216,16 @@ def impression_labels(sent: pd.DataFrame, impressions: pd.DataFrame) -> pd.DataF
 class _Experiment:
     """The progressive experiment's loop state between replayed hours."""
 
-    def __init__(self, stack, rollout, primary, canary, impressions, config, started_at):
+    def __init__(self, stack, rollout, primary, canary, impressions, config, started_at, use_case):
         from kubeloop.serving.progressive import initial_state
 
         self.stack, self.rollout = stack, rollout
         self.primary, self.canary = primary, canary
         self.impressions, self.config = impressions, config
         self.started_at = started_at
+        self.use_case = use_case
+        self.clock = None  # the replay's time: what labels are known by (None: all)
+        self.label_waits = 0
         self.state = initial_state(config.policy)
         self.sent: list[pd.DataFrame] = []
         self.step_ids: set[str] = set()
@@ -217,16 +257,47 @@ class _Experiment:
             if e.id.startswith(prefix)
         ]
 
-    def after_hour(self, sent: pd.DataFrame) -> bool:
-        import pandas as pd
+    def labelled(self) -> int:
+        """Served impressions whose label is known at the clock."""
+        served = sum(len(s) for s in self.sent)
+        if self.use_case.events.label_delay is None:
+            return served
+        ts = matured(self.impressions, self.use_case, self.clock)[EVENT_ID].astype(str)
+        return int(sum(s["event_id"].isin(set(ts)).sum() for s in self.sent))
 
+    def after_hour(self, sent: pd.DataFrame, clock=None) -> bool:
+        """After one replayed hour (`clock`: its end): check when enough new labels came."""
         self.sent.append(sent)
         self.step_ids.update(sent["request_id"])
-        labelled = sum(len(s) for s in self.sent)
+        self.clock = clock
+        return self._maybe_check()
+
+    def _maybe_check(self) -> bool:
+        import pandas as pd
+
+        labelled = self.labelled()
         if labelled - self.labelled_at_check < self.config.check_every:
             return False
         self.labelled_at_check = labelled
         return self.check(pd.concat(self.sent, ignore_index=True))
+
+    def await_labels(self) -> None:
+        """The traffic ran out before a decision: with delayed labels, let the clock run on
+        (no traffic) while the served impressions' labels mature, checking as they come,
+        until the last one is final. Labels known at once: nothing to wait for."""
+        import pandas as pd
+
+        delay = self.use_case.events.label_delay
+        if delay is None or self.clock is None or not self.sent:
+            return
+        sent_ids = set(pd.concat(self.sent)["event_id"])
+        served = self.impressions[self.impressions[EVENT_ID].astype(str).isin(sent_ids)]
+        final = pd.to_datetime(served[EVENT_TIMESTAMP], utc=True).max() + delay
+        while not self.state.done and self.clock < final:
+            self.clock = min(self.clock + pd.Timedelta(hours=self.config.label_wait_hours), final)
+            self.label_waits += 1
+            self._maybe_check()
+        self.clock = final
 
     def check(self, sent: pd.DataFrame, last: bool = False) -> bool:
         """One policy check on everything known now; True when the experiment is over.
@@ -237,7 +308,7 @@ class _Experiment:
         self._drain()
         self.checks += 1
         events = self.events()
-        labels = impression_labels(sent, self.impressions)
+        labels = impression_labels(sent, self.impressions, self.use_case, self.clock)
         paired = paired_frame(events, labels, self.primary, self.canary)
         step_events = [e for e in events if e.id in self.step_ids]
         health = health_stats(step_events, self.primary, self.canary)
@@ -289,9 +360,12 @@ def run_serving_stage(
     canary: str | None,
     impressions,
     config: ServingStageConfig,
+    use_case: UseCase | str | None = None,
 ) -> dict[str, Any]:
-    """Serve `primary` (and `canary` in a progressive rollout), replay `impressions` hour by
-    hour, decide with `config.policy`; returns the report's `serving` section."""
+    """Serve `primary` (and `canary` in a progressive rollout) for `use_case`, replay
+    `impressions` hour by hour, decide with `config.policy` on the labels known as the
+    replay's clock moves (delayed labels: `matured`); returns the report's `serving`
+    section."""
     from datetime import UTC, datetime
 
     from kubeloop.registry import open_registry
@@ -299,42 +373,39 @@ def run_serving_stage(
     from kubeloop.serving.replay import join_feedback
     from kubeloop.serving.request_log.reader import exchanges_frame
 
+    spec = resolve_use_case(use_case)
     registry = open_registry(str(workdir.registry))
     started = time.perf_counter()
     started_at = datetime.now(UTC) - timedelta(seconds=1)
     experiment = None
-    with LocalStack.start(registry, model_name, workdir, primary, canary, 0) as stack:
+    with LocalStack.start(
+        registry, model_name, workdir, primary, canary, 0, server_args=stack_server_args(spec)
+    ) as stack:
         url = f"{stack.url}/v1/models/{model_name}:predict"
         if canary is not None:
             experiment = _Experiment(
-                stack, stack.rollout, primary, canary, impressions, config, started_at
+                stack, stack.rollout, primary, canary, impressions, config, started_at, spec
             )
-            sent = replay_hours(
-                url,
-                impressions,
-                config.replay,
-                workdir.feature_repo,
-                config.request_id_prefix,
-                experiment.after_hour,
-            )
-            if not experiment.state.done:  # the traffic ran out first: one last look
+        sent = replay_hours(
+            url,
+            impressions,
+            config.replay,
+            workdir.feature_repo,
+            config.request_id_prefix,
+            experiment.after_hour if experiment is not None else lambda *_: False,
+            spec,
+        )
+        shadow = {}
+        if experiment is not None:
+            experiment.await_labels()
+            if not experiment.state.done:  # the traffic and labels ran out: one last look
                 experiment.check(sent, last=True)
             shadow = stack.router.shadow.status() if stack.router.shadow is not None else {}
-        else:
-            sent = replay_hours(
-                url,
-                impressions,
-                config.replay,
-                workdir.feature_repo,
-                config.request_id_prefix,
-                lambda _: False,
-            )
-            shadow = {}
         stack.request_logger.flush()
         exchanges = exchanges_frame(stack.request_log_path, since=started_at)
     exchanges = exchanges[exchanges["request_id"].str.startswith(config.request_id_prefix)]
     served = exchanges[exchanges["variant"] != "shadow"]
-    frame = join_feedback(sent, served, impressions)
+    frame = join_feedback(sent, served, impressions, use_case=spec)
     per_request = frame.drop_duplicates("request_id")
     latencies = per_request.loc[~per_request["error"], "latency_ms"]
     counts = per_request["variant"].value_counts().to_dict()
@@ -379,6 +450,7 @@ def _experiment_summary(experiment: _Experiment, shadow: dict, config) -> dict[s
             "paired": stats.paired,
         },
         "checks": experiment.checks,
+        "labels": label_timing(experiment),
         "steps": experiment.steps,
         "srm": stats.srm.model_dump(mode="json") if stats.srm is not None else None,
         "paired": {
@@ -404,6 +476,19 @@ def _experiment_summary(experiment: _Experiment, shadow: dict, config) -> dict[s
             **oracle_verdict(last.action, stats.oracle_delta_logloss, stats.production, config),
         },
         "decision": {"action": last.action, "percent": last.percent, "reasons": last.reasons},
+    }
+
+
+def label_timing(experiment: _Experiment) -> dict[str, Any]:
+    """When the decision's labels were known: the use case's label window, the replay's
+    clock at the last check and how many clock steps the experiment waited after its
+    traffic (0 when labels come at once)."""
+    delay = experiment.use_case.events.label_delay
+    return {
+        "delay_hours": None if delay is None else delay.total_seconds() / 3600,
+        "clock_at_decision": None if experiment.clock is None else experiment.clock.isoformat(),
+        "waits_after_traffic": experiment.label_waits,
+        "wait_step_hours": experiment.config.label_wait_hours if delay is not None else None,
     }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from kubeloop.usecase import (
     DecisionPolicy,
     Defaults,
@@ -23,6 +25,11 @@ EVENTS = EventSchema(
     context_numeric=tuple(schema.CONTEXT_NUMERIC),
     context_categorical=tuple(schema.CONTEXT_CATEGORICAL),
     context_ranges=schema.CONTEXT_RANGES,
+    # Chargebacks come 2-10 days after the transaction (1 + a log-normal of median 3 days,
+    # usecases/fraud/scenarios.py): online evaluation scores a transaction once 10 days
+    # have passed, and a chargeback later than that (~1.4% of frauds) counts as none.
+    label_delay=timedelta(days=10),
+    label_time=schema.LABEL_TIME,
 )
 
 # Counts and amounts are heavy-tailed (log1p; a missing row is a quiet entity, 0); smoothed
