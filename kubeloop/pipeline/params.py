@@ -13,6 +13,24 @@ from kubeloop.usecase import DEFAULT_USE_CASE, LakeSource, SyntheticConfig, load
 from kubeloop.workdir import Workdir
 
 
+def use_case_defaults(data: Any, generator_field: str, *, generate_field: str | None = None) -> Any:
+    """A run config's raw input (a "before" validator's `data`) with what its use case
+    (`use_case`, default `DEFAULT_USE_CASE`) decides: an empty `model_name` becomes the use
+    case's, and `generator_field` is validated by the use case's generator config class.
+    With `generate_field`, only where that field is true or a generator config is given (a
+    run that reads its lake has none); without, always (a run that generates its lake).
+    Anything but a dict is returned as it is, for pydantic to reject."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    spec = load_use_case(data.get("use_case") or DEFAULT_USE_CASE)
+    data["model_name"] = data.get("model_name") or spec.defaults.model_name
+    given = data.get(generator_field)
+    if generate_field is None or data.get(generate_field) or given is not None:
+        data[generator_field] = spec.generator_config(given)
+    return data
+
+
 class TrainingRunParams(BaseModel):
     """Where the run reads and writes, and the typed config of each step.
 
@@ -40,15 +58,7 @@ class TrainingRunParams(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _use_case_defaults(cls, data: Any) -> Any:
-        # The generator config's class, and the model name's default, are the use case's.
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        spec = load_use_case(data.get("use_case") or DEFAULT_USE_CASE)
-        data["model_name"] = data.get("model_name") or spec.defaults.model_name
-        if data.get("generate") or data.get("generator_config") is not None:
-            data["generator_config"] = spec.generator_config(data.get("generator_config"))
-        return data
+        return use_case_defaults(data, "generator_config", generate_field="generate")
 
     @classmethod
     def for_workdir(cls, workdir: Workdir, **overrides: Any) -> TrainingRunParams:
