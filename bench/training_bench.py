@@ -1148,6 +1148,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--pipeline-reps", type=int, default=2, help="repetitions of part 2 (default 2; 0 skips it)"
     )
     parser.add_argument(
+        "--probes",
+        type=int,
+        default=3,
+        help="fresh-process probes of the component's cold phases (default 3; 0 skips the "
+        "diagnosis, which at millions of rows trains the model once per probe)",
+    )
+    parser.add_argument(
         "--quiet-wait",
         type=float,
         default=30.0,
@@ -1165,8 +1172,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick and args.events:
         parser.error("--quick and --events are exclusive")
     args.events = QUICK_EVENTS if args.quick else args.events or DEFAULT_EVENTS
-    if args.reps < 1 or args.pipeline_reps < 0:
-        parser.error("--reps must be >= 1 and --pipeline-reps >= 0")
+    if args.reps < 1 or args.pipeline_reps < 0 or args.probes < 0:
+        parser.error("--reps must be >= 1, --pipeline-reps and --probes >= 0")
     return args
 
 
@@ -1174,7 +1181,7 @@ def run_mode(args: argparse.Namespace) -> str:
     """full (the defaults), quick, or reduced (any other size), as the JSON records it."""
     if args.quick:
         return "quick"
-    full = (args.events, args.reps, args.pipeline_reps) == (DEFAULT_EVENTS, 3, 2)
+    full = (args.events, args.reps, args.pipeline_reps, args.probes) == (DEFAULT_EVENTS, 3, 2, 3)
     return "full" if full else "reduced"
 
 
@@ -1186,7 +1193,11 @@ def measure(args: argparse.Namespace) -> dict:
         prepared = prepare(args.events, tmp / "prepared")
         log(f"part 1: component vs plain vs train_step, {args.reps} repetitions")
         results1 = part1(prepared["training_set"], args.reps, tmp / "part1", args.quiet_wait)
-        diag = diagnose(prepared["training_set"], tmp / "diagnose", args.quiet_wait)
+        diag = None
+        if args.probes:
+            diag = diagnose(
+                prepared["training_set"], tmp / "diagnose", args.quiet_wait, args.probes
+            )
         results2 = None
         if args.pipeline_reps:
             log(f"part 2: run_local vs direct step calls, {args.pipeline_reps} repetitions")
@@ -1251,7 +1262,7 @@ def render(doc: dict) -> str:
             ),
             "",
             *part1_section(doc["part1"], prepared, doc["reps"]),
-            *diagnose_section(doc["diagnose"], doc["part1"]),
+            *(diagnose_section(doc["diagnose"], doc["part1"]) if doc.get("diagnose") else []),
             *(part2_section(doc["part2"], doc["pipeline_reps"]) if doc["part2"] else []),
         ]
     )

@@ -41,7 +41,7 @@ from kubeloop.serving.protocol import (
     REQUEST_ID_HEADER,
     lower_headers,
     model_fields,
-    parse_request,
+    parse_columns,
     resolve_request_id,
     v2_response,
 )
@@ -58,6 +58,11 @@ class CTRPredictor(ServedModel):
     ready at once; otherwise `load()` reads `model_dir`. `use_case` (a spec, a registered
     name, or None for the default) gives the request fields (its model inputs).
     """
+
+    # Its v1 predict and v2 infer requests take kubeloop's inference route (the same
+    # dataplane calls as KServe's endpoints, without FastAPI's routing; see
+    # kubeloop.serving.model_server.V2RoutingMiddleware).
+    inference_route = True
 
     def __init__(
         self,
@@ -123,7 +128,9 @@ class CTRPredictor(ServedModel):
             self._from_dir = True
         else:
             self.model = self.model.for_serving()
-        unknown = [c for c in self.model.transform.input_columns if c not in self.input_fields.names]
+        unknown = [
+            c for c in self.model.transform.input_columns if c not in self.input_fields.names
+        ]
         if unknown:
             raise ModelArtifactError(
                 f"{self.model_dir}: the model reads columns {unknown} that requests cannot "
@@ -183,12 +190,18 @@ class CTRPredictor(ServedModel):
         """Click probabilities of validated rows (dicts keyed by model_input_columns())."""
         if self.model is None:
             raise ModelNotReady(self.name, "the model is not loaded")
-        if not rows:
+        columns = {name: [row[name] for row in rows] for name in self.input_fields.names}
+        return self.predict_columns(columns, len(rows))
+
+    def predict_columns(self, columns: dict[str, list[Any]], n: int) -> list[float]:
+        """Click probabilities of `n` validated rows given by column (one list per field)."""
+        if self.model is None:
+            raise ModelNotReady(self.name, "the model is not loaded")
+        if not n:
             return []
         # Numpy end to end: the transform's fast path (equal to its training path, see
         # tests/test_transform.py), no DataFrame per request.
-        columns = {name: [row[name] for row in rows] for name in self.input_fields.names}
-        batch = self.model.transform.transform_columns(columns, len(rows))
+        batch = self.model.transform.transform_columns(columns, n)
         return self.model.predict_batch(batch).tolist()
 
     def predict(
@@ -197,12 +210,12 @@ class CTRPredictor(ServedModel):
         headers: dict[str, str] | None = None,
     ) -> dict | InferResponse:
         """Score a v1 body or a v2 InferRequest (see the module docstring)."""
-        parsed = parse_request(payload, self.input_fields, max_batch_size=self.max_batch_size)
+        parsed = parse_columns(payload, self.input_fields, max_batch_size=self.max_batch_size)
         request_id = resolve_request_id(parsed.request_id, lower_headers(headers))
         if headers is not None:
             # __call__ echoes it in the response headers.
             headers[REQUEST_ID_HEADER] = request_id
-        probabilities = self.predict_rows(parsed.rows)
+        probabilities = self.predict_columns(parsed.columns, parsed.n)
         if isinstance(payload, InferRequest):
             return v2_response(
                 probabilities,
