@@ -47,3 +47,37 @@ def test_fraud_inference_service_is_a_second_one_beside_ctr(tools, overlays):  #
     assert isvc == expected
     # Its shadow hosts are the route-tag Services of this InferenceService, not ctr's.
     assert dangling_services(yaml.safe_dump_all(rendered), known_services(rendered), "fraud") == []
+
+
+def test_helm_values_for_fraud_render_both_inference_services(tools, overlays):  # noqa: F811
+    """`--set useCases.fraud.enabled=true` renders exactly the primary overlay plus the
+    fraud kustomization's InferenceService (the chart is generated from both; the default
+    values leave fraud out), and its values move its model and feature repository."""
+    from tests.test_cluster_manifests import helm_template, normalise_helm
+
+    fraud_key = ("InferenceService", NAMESPACE, "fraud")
+    expected = {key(o): o for o in overlays["primary"]}
+    expected[fraud_key] = {key(o): o for o in kustomize(tools, MANIFESTS / "usecases" / "fraud")}[
+        fraud_key
+    ]
+    on = {
+        key(o): normalise_helm(o)
+        for o in helm_template(tools, ["--set", "useCases.fraud.enabled=true"])
+    }
+    assert sorted(on) == sorted(expected)
+    for k, obj in expected.items():
+        assert on[k] == obj, f"{'/'.join(k)} differs"
+    assert fraud_key not in {key(o) for o in helm_template(tools, [])}
+    moved = {
+        key(o): o
+        for o in helm_template(
+            tools,
+            [
+                "--set", "useCases.fraud.enabled=true",
+                "--set", "useCases.fraud.storageUri=s3://bucket/fraud/v7",
+                "--set", "useCases.fraud.featureRepoUri=s3://bucket/repo",
+            ],
+        )
+    }[fraud_key]["spec"]  # fmt: skip
+    assert moved["predictor"]["model"]["storageUri"] == "s3://bucket/fraud/v7"
+    assert moved["transformer"]["containers"][0]["env"][0]["value"] == "s3://bucket/repo"
