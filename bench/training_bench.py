@@ -382,13 +382,22 @@ def check_plain_params() -> None:
 
 def run_component(training_set: Path, pipeline_root: Path) -> dict:
     """importer -> train_lightgbm under kfp.local; the train-lightgbm task's own time."""
-    from components.train_lightgbm import train_lightgbm
+    from components.train import train_component
     from kfp import dsl, local
+
+    from kubeloop.usecase import DEFAULT_USE_CASE
+
+    train_lightgbm = train_component("lightgbm")
 
     @dsl.pipeline(name="bench-train-lightgbm")
     def bench_pipeline():
         imported = dsl.importer(artifact_uri=str(training_set), artifact_class=dsl.Dataset)
-        train_lightgbm(training_set=imported.output, train_config_json="{}")
+        train_lightgbm(
+            kind="lightgbm",
+            training_set=imported.output,
+            train_config_json="{}",
+            use_case=DEFAULT_USE_CASE,
+        )
 
     pipeline_root.mkdir(parents=True)
     records: list[dict] = []
@@ -747,13 +756,22 @@ def parse_import_times(text: str) -> dict:
 def import_profile_run(training_set: Path, pipeline_root: Path) -> dict:
     """One more component run, untimed, whose subprocess inherits PYTHONPROFILEIMPORTTIME=1:
     the import times of the real component process, read from its captured output."""
-    from components.train_lightgbm import train_lightgbm
+    from components.train import train_component
     from kfp import dsl, local
+
+    from kubeloop.usecase import DEFAULT_USE_CASE
+
+    train_lightgbm = train_component("lightgbm")
 
     @dsl.pipeline(name="bench-train-lightgbm-importtime")
     def bench_pipeline():
         imported = dsl.importer(artifact_uri=str(training_set), artifact_class=dsl.Dataset)
-        train_lightgbm(training_set=imported.output, train_config_json="{}")
+        train_lightgbm(
+            kind="lightgbm",
+            training_set=imported.output,
+            train_config_json="{}",
+            use_case=DEFAULT_USE_CASE,
+        )
 
     pipeline_root.mkdir(parents=True)
     previous = os.environ.get("PYTHONPROFILEIMPORTTIME")
