@@ -20,7 +20,6 @@ per day), consumed row after row. Hence
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ConfigDict, Field, model_validator
 
-from kubeloop.data.lake import resolve, staged_events, write_day
+from kubeloop.data.synthetic import day_stream, iter_tables, summary_fields, write_lake
 from kubeloop.usecase import GenerationSummary as BaseGenerationSummary
 from kubeloop.usecase import SyntheticConfig
 from usecases.ctr.scenarios import (
@@ -49,7 +48,7 @@ from usecases.ctr.scenarios import (
     Scenario,
     Traffic,
 )
-from usecases.ctr.schema import EVENT_SCHEMA, TIMESTAMP
+from usecases.ctr.schema import EVENT_SCHEMA, LABEL, ORACLE, TIMESTAMP
 
 ScenarioName = Literal["baseline", "covariate_shift", "concept_drift", "new_ads"]
 
@@ -560,10 +559,15 @@ def iter_day_tables(config: GeneratorConfig) -> Iterator[tuple[date, pa.Table]]:
     `GeneratorConfig.chunk_size`), so memory stays bounded; concatenating a day's tables
     gives exactly the rows `generate_lake` writes for it. Tables have `EVENT_SCHEMA`.
     """
+    return iter_tables(_days(config))
+
+
+def _days(config: GeneratorConfig) -> Iterator[tuple[date, Iterator[pa.Table]]]:
+    """Each day's date and its tables, drawn lazily from the seed's population."""
     population = build_population(config)
-    for plan in _iter_plans(config, population):
-        for table in _day_tables(config, population, plan):
-            yield plan.day, table
+    yield from day_stream(
+        _iter_plans(config, population), lambda plan: _day_tables(config, population, plan)
+    )
 
 
 def generate_lake(
@@ -576,49 +580,16 @@ def generate_lake(
     days). Any previous `events/` is replaced as a whole once the new one is complete. With
     `progress`, a tqdm bar on stderr counts events (and events/s) day by day.
     """
-    from tqdm.auto import tqdm  # lazy: only needed when actually generating
-
-    started = time.perf_counter()
-    fs, root = resolve(lake_root)
-    fs.makedirs(root, exist_ok=True)
-    population = build_population(config)
-    clicks = 0
-    true_ctr_sum = 0.0
-    partitions = 0
-
-    with tqdm(total=config.events, unit="ev", unit_scale=True, disable=not progress) as bar:
-
-        def counted(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
-            nonlocal clicks, true_ctr_sum
-            for table in tables:
-                clicks += pc.sum(table["click"]).as_py()
-                true_ctr_sum += pc.sum(table["true_ctr"]).as_py()
-                bar.update(table.num_rows)
-                yield table
-
-        with staged_events(fs, root) as staging:
-            for plan in _iter_plans(config, population):
-                bar.set_description(f"day {plan.day.isoformat()}")
-                write_day(
-                    fs,
-                    staging,
-                    plan.day,
-                    counted(_day_tables(config, population, plan)),
-                    schema=EVENT_SCHEMA,
-                )
-                partitions += 1
-
-    seconds = time.perf_counter() - started
+    written = write_lake(
+        lake_root,
+        _days(config),
+        EVENT_SCHEMA,
+        sum_columns=(LABEL, ORACLE),
+        expected_rows=config.events,
+        progress=progress,
+    )
     return GenerationSummary(
-        events=config.events,
-        days=config.days,
-        partitions=partitions,
-        scenario=config.scenario,
-        seconds=round(seconds, 3),
-        lake=str(lake_root),
-        seed=config.seed,
-        change_day=None if config.scenario == "baseline" else config.change_day,
-        click_rate=clicks / config.events,
-        mean_true_ctr=true_ctr_sum / config.events,
-        events_per_second=round(config.events / seconds, 1) if seconds > 0 else float("inf"),
+        **summary_fields(config, lake_root, written, config.events),
+        click_rate=written.sums[LABEL] / config.events,
+        mean_true_ctr=written.sums[ORACLE] / config.events,
     )

@@ -23,7 +23,6 @@ change equal the baseline's), and `chunk_size` only changes how rows are batched
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -32,11 +31,10 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import ConfigDict, Field, model_validator
 from scipy.special import ndtri
 
-from kubeloop.data.lake import resolve, staged_events, write_day
+from kubeloop.data.synthetic import day_stream, iter_tables, summary_fields, write_lake
 from kubeloop.usecase import GenerationSummary as BaseGenerationSummary
 from kubeloop.usecase import SyntheticConfig
 from usecases.fraud.scenarios import (
@@ -54,7 +52,7 @@ from usecases.fraud.scenarios import (
     PopulationMix,
     Traffic,
 )
-from usecases.fraud.schema import EVENT_SCHEMA, TIMESTAMP
+from usecases.fraud.schema import EVENT_SCHEMA, LABEL, ORACLE, TIMESTAMP
 
 ScenarioName = Literal["baseline", "new_fraud_pattern", "merchant_mix_shift"]
 
@@ -543,10 +541,15 @@ def iter_day_tables(config: GeneratorConfig) -> Iterator[tuple[date, pa.Table]]:
     """Yield the lake's transactions in time order as `(day, table)` pairs, one pair per
     chunk of at most about `config.chunk_size` rows; a day's tables concatenated are exactly
     the rows `generate_lake` writes for it (schema `EVENT_SCHEMA`)."""
+    return iter_tables(_days(config))
+
+
+def _days(config: GeneratorConfig) -> Iterator[tuple[date, Iterator[pa.Table]]]:
+    """Each day's date and its tables, drawn lazily from the seed's population."""
     population = build_population(config)
-    for plan in _iter_plans(config, population):
-        for table in _day_tables(config, population, plan):
-            yield plan.day, table
+    yield from day_stream(
+        _iter_plans(config, population), lambda plan: _day_tables(config, population, plan)
+    )
 
 
 def generate_lake(
@@ -555,48 +558,19 @@ def generate_lake(
     """Generate the lake of `config` under `lake_root` (a local path or an fsspec URL):
     `<lake_root>/events/day=YYYY-MM-DD/part-00000.parquet` per day, streamed chunk by chunk
     (peak memory is one chunk plus the population), swapped in whole when complete."""
-    from tqdm.auto import tqdm  # lazy: only needed when actually generating
-
-    started = time.perf_counter()
-    fs, root = resolve(lake_root)
-    fs.makedirs(root, exist_ok=True)
-    population = build_population(config)
-    totals = {"rows": 0, "frauds": 0, "p": 0.0}
-    partitions = 0
-    with tqdm(total=config.events, unit="tx", unit_scale=True, disable=not progress) as bar:
-
-        def counted(tables: Iterator[pa.Table]) -> Iterator[pa.Table]:
-            for table in tables:
-                totals["rows"] += table.num_rows
-                totals["frauds"] += pc.sum(table["is_fraud"]).as_py()
-                totals["p"] += pc.sum(table["fraud_probability"]).as_py()
-                bar.update(table.num_rows)
-                yield table
-
-        with staged_events(fs, root) as staging:
-            for plan in _iter_plans(config, population):
-                bar.set_description(f"day {plan.day.isoformat()}")
-                write_day(
-                    fs,
-                    staging,
-                    plan.day,
-                    counted(_day_tables(config, population, plan)),
-                    schema=EVENT_SCHEMA,
-                )
-                partitions += 1
-    seconds = time.perf_counter() - started
-    rows = totals["rows"]
+    written = write_lake(
+        lake_root,
+        _days(config),
+        EVENT_SCHEMA,
+        sum_columns=(LABEL, ORACLE),
+        expected_rows=config.events,
+        unit="tx",
+        progress=progress,
+    )
+    rows = written.rows
     return GenerationSummary(
-        events=rows,
-        days=config.days,
-        partitions=partitions,
-        scenario=config.scenario,
-        seconds=round(seconds, 3),
-        lake=str(lake_root),
-        seed=config.seed,
-        change_day=None if config.scenario == "baseline" else config.change_day,
-        fraud_rate=totals["frauds"] / rows,
-        mean_fraud_probability=totals["p"] / rows,
-        frauds=totals["frauds"],
-        events_per_second=round(rows / seconds, 1) if seconds > 0 else float("inf"),
+        **summary_fields(config, lake_root, written, rows),
+        fraud_rate=written.sums[LABEL] / rows,
+        mean_fraud_probability=written.sums[ORACLE] / rows,
+        frauds=written.sums[LABEL],
     )

@@ -1,0 +1,117 @@
+"""What every seeded generator of a synthetic use case shares: streaming its days to the lake
+in bounded memory, and the summary fields every `GenerationSummary` has.
+
+A generator (`usecases/<name>/generator.py`) draws its population once and then yields each
+day as a plan (anything with a `day` date) whose rows come as a few tables of at most a
+chunk each; `day_stream` pairs the two, `iter_tables` flattens them for replay, and
+`write_lake` writes them under `<lake_root>/events/day=YYYY-MM-DD/`, swapping the new
+`events/` in whole once it is complete (`kubeloop.data.lake.staged_events`). Nothing here
+knows a column of any use case: the columns to total come from the caller.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from kubeloop.data.lake import resolve, staged_events, write_day
+from kubeloop.usecase import SyntheticConfig
+
+
+class DayPlan(Protocol):
+    """One generated day: its date (the rest is the generator's)."""
+
+    day: date
+
+
+def day_stream(
+    plans: Iterable[DayPlan], tables_of: Callable[[Any], Iterable[pa.Table]]
+) -> Iterator[tuple[date, Iterable[pa.Table]]]:
+    """(date, that day's tables) per plan, in order; each day's tables are drawn lazily."""
+    for plan in plans:
+        yield plan.day, tables_of(plan)
+
+
+def iter_tables(days: Iterable[tuple[date, Iterable[pa.Table]]]) -> Iterator[tuple[date, pa.Table]]:
+    """The days' tables as `(day, table)` pairs, one pair per chunk (what a synthetic
+    source's `iter_day_tables` yields)."""
+    for day, tables in days:
+        for table in tables:
+            yield day, table
+
+
+@dataclass
+class LakeWrite:
+    """What `write_lake` wrote: rows, partitions, wall seconds and the column totals asked
+    for."""
+
+    rows: int = 0
+    partitions: int = 0
+    seconds: float = 0.0
+    sums: dict[str, float] = field(default_factory=dict)
+
+
+def write_lake(
+    lake_root: str,
+    days: Iterable[tuple[date, Iterable[pa.Table]]],
+    schema: pa.Schema,
+    *,
+    sum_columns: Sequence[str] = (),
+    expected_rows: int | None = None,
+    unit: str = "ev",
+    progress: bool = True,
+) -> LakeWrite:
+    """Write each day's tables as `<lake_root>/events/day=YYYY-MM-DD/part-00000.parquet`,
+    streaming chunk by chunk (peak memory is one chunk plus what the generator holds),
+    totalling `sum_columns` on the way. Any previous `events/` is replaced as a whole once
+    the new one is complete. With `progress`, a tqdm bar on stderr counts rows (of
+    `expected_rows`) day by day. `days` is consumed inside the timing, so a generator that
+    draws its population lazily is timed with it."""
+    from tqdm.auto import tqdm  # lazy: only needed when actually generating
+
+    started = time.perf_counter()
+    fs, root = resolve(lake_root)
+    fs.makedirs(root, exist_ok=True)
+    out = LakeWrite(sums=dict.fromkeys(sum_columns, 0))
+    with tqdm(total=expected_rows, unit=unit, unit_scale=True, disable=not progress) as bar:
+
+        def counted(tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
+            for table in tables:
+                out.rows += table.num_rows
+                for column in sum_columns:
+                    out.sums[column] += pc.sum(table[column]).as_py()
+                bar.update(table.num_rows)
+                yield table
+
+        with staged_events(fs, root) as staging:
+            for day, tables in days:
+                bar.set_description(f"day {day.isoformat()}")
+                write_day(fs, staging, day, counted(tables), schema=schema)
+                out.partitions += 1
+    out.seconds = time.perf_counter() - started
+    return out
+
+
+def summary_fields(
+    config: SyntheticConfig, lake_root: str, written: LakeWrite, events: int
+) -> dict[str, Any]:
+    """The `kubeloop.usecase.GenerationSummary` fields of a run that wrote `written`
+    (`events`: the count the summary reports, the config's or the rows written)."""
+    seconds = written.seconds
+    return {
+        "events": events,
+        "days": config.days,
+        "partitions": written.partitions,
+        "scenario": config.scenario,
+        "seconds": round(seconds, 3),
+        "lake": str(lake_root),
+        "seed": config.seed,
+        "change_day": None if config.scenario == "baseline" else config.change_day,
+        "events_per_second": round(events / seconds, 1) if seconds > 0 else float("inf"),
+    }
