@@ -36,7 +36,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kubeloop.errors import KubeloopError
 
@@ -234,20 +234,47 @@ class MetricsSpec:
 
 class SyntheticConfig(BaseModel):
     """What every synthetic source's config has: the stages (demo, pipeline) read these
-    fields; a source's own config class subclasses this one and adds its knobs."""
+    fields; a source's own config class subclasses this one, gives `events`, `days`,
+    `seed`, `scenario` and `change_day` its defaults and adds its knobs."""
 
     model_config = ConfigDict(extra="forbid")
 
     events: int
     days: int
     seed: int
-    start_date: date
+    start_date: date = Field(date(2026, 1, 5), description="Date of the first partition (UTC).")
     scenario: str
     change_day: int
+    chunk_size: int = Field(
+        500_000,
+        gt=0,
+        description="Most rows generated and written (as one row group) at a time; bounds "
+        "memory (runs of whole minutes: only a minute holding more rows can exceed it).",
+    )
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> SyntheticConfig:
+        if self.events < self.days:
+            raise ValueError(
+                f"events ({self.events}) must be at least days ({self.days}) so every day "
+                "partition has an event"
+            )
+        if self.scenario != "baseline" and not 0 < self.change_day < self.days:
+            raise ValueError(
+                f"change_day ({self.change_day}) must satisfy 0 < change_day < days "
+                f"({self.days}) for scenario {self.scenario!r}: the lake needs days both "
+                "before and after the change"
+            )
+        return self
 
     def day_dates(self) -> list[date]:
         """The date of every partition, in order."""
         return [self.start_date + timedelta(days=i) for i in range(self.days)]
+
+    def day_sizes(self) -> list[int]:
+        """Events per day: an even split of `events`, the remainder to the first days."""
+        base, extra = divmod(self.events, self.days)
+        return [base + (1 if i < extra else 0) for i in range(self.days)]
 
 
 class GenerationSummary(BaseModel):

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from kubeloop.data.synthetic import day_stream, iter_tables, summary_fields, write_lake
 from kubeloop.usecase import GenerationSummary as BaseGenerationSummary
@@ -70,7 +70,6 @@ class GeneratorConfig(SyntheticConfig):
     ads: int = Field(600, gt=0, description="Number of ads running from the first day.")
     advertisers: int = Field(60, gt=0, description="Number of advertisers owning the ads.")
     seed: int = Field(7, ge=0, description="Seed of every random draw.")
-    start_date: date = Field(date(2026, 1, 5), description="Date of the first partition (UTC).")
     scenario: ScenarioName = Field(
         "baseline", description="Named change applied from change_day on."
     )
@@ -80,34 +79,6 @@ class GeneratorConfig(SyntheticConfig):
         description="0-based index of the first day the scenario changes (ignored by baseline).",
     )
     new_ads: int = Field(150, gt=0, description="Size of the new-ads wave (scenario new_ads).")
-    chunk_size: int = Field(
-        500_000,
-        gt=0,
-        description=(
-            "Most rows generated and written (as one row group) at a time; bounds memory. "
-            "Only a single minute holding more impressions than this can exceed it."
-        ),
-    )
-
-    @model_validator(mode="after")
-    def _check_consistency(self) -> GeneratorConfig:
-        if self.events < self.days:
-            raise ValueError(
-                f"events ({self.events}) must be at least days ({self.days}) so every day "
-                f"partition has an impression"
-            )
-        if self.scenario != "baseline" and not 0 < self.change_day < self.days:
-            raise ValueError(
-                f"change_day ({self.change_day}) must satisfy 0 < change_day < days "
-                f"({self.days}) for scenario {self.scenario!r}: the lake needs days both "
-                f"before and after the change"
-            )
-        return self
-
-    def day_sizes(self) -> list[int]:
-        """Impressions per day: an even split, the remainder going to the first days."""
-        base, extra = divmod(self.events, self.days)
-        return [base + (1 if i < extra else 0) for i in range(self.days)]
 
 
 class GenerationSummary(BaseGenerationSummary):

@@ -31,7 +31,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 from scipy.special import ndtri
 
 from kubeloop.data.synthetic import day_stream, iter_tables, summary_fields, write_lake
@@ -83,33 +83,10 @@ class GeneratorConfig(SyntheticConfig):
     cards: int = Field(10_000, gt=0, description="Number of payment cards.")
     merchants: int = Field(800, gt=0, description="Number of merchants.")
     seed: int = Field(11, ge=0, description="Seed of every random draw.")
-    start_date: date = Field(date(2026, 1, 5), description="Date of the first partition (UTC).")
     scenario: ScenarioName = Field("baseline", description="Named change from change_day on.")
     change_day: int = Field(
         10, gt=0, description="0-based index of the first changed day (ignored by baseline)."
     )
-    chunk_size: int = Field(
-        500_000,
-        gt=0,
-        description="Most rows generated and written at a time (runs of whole minutes); "
-        "bounds memory.",
-    )
-
-    @model_validator(mode="after")
-    def _check_consistency(self) -> GeneratorConfig:
-        if self.events < self.days:
-            raise ValueError(f"events ({self.events}) must be at least days ({self.days})")
-        if self.scenario != "baseline" and not 0 < self.change_day < self.days:
-            raise ValueError(
-                f"change_day ({self.change_day}) must satisfy 0 < change_day < days "
-                f"({self.days}) for scenario {self.scenario!r}"
-            )
-        return self
-
-    def day_sizes(self) -> list[int]:
-        """Legitimate transactions per day: an even split, the remainder to the first days."""
-        base, extra = divmod(self.events, self.days)
-        return [base + (1 if i < extra else 0) for i in range(self.days)]
 
 
 class GenerationSummary(BaseGenerationSummary):
