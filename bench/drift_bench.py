@@ -20,11 +20,11 @@ the request's first impression. Then `flush()`, every click as a delayed label
 (`add_labels`), `flush()`.
 
 Part 1 (cost): one baseline world; the first N windows of 2,000 events through
-`DriftMonitor.observe` (hour limit off, so every window holds exactly 2,000 events),
+`DriftMonitor.observe_many` (time limits off, so every window holds exactly 2,000 events),
 against alibi-detect's `TabularDrift` (+ `KSDrift` for the scores) built and called
 directly on the very arrays the monitor's detectors tested (recorded during its pass).
 Part 2 (false alarms): baseline worlds over --seeds seeds (0..N-1), default `MonitorConfig()`
-with windows of --windows events or one hour: per detector kind, windows with an alert and
+with windows of --windows events or one hour once they hold 1,000 events (6 h at most): per detector kind, windows with an alert and
 replays with an alert, for the seeds the defaults were tuned on and for the others.
 Part 3 (power and the label-free estimate): covariate_shift, concept_drift, new_ads over
 --power-seeds seeds from 200 (never tuned on): TPR over post-change windows of the detectors
@@ -102,6 +102,9 @@ EXPECTED = {
     "concept_drift": ("performance",),
 }
 DEFAULT_WINDOW = 2000
+# Requests per `observe_many` call (one transaction): what the drift service's group commit
+# writes when requests arrive faster than one transaction commits (kubeloop.drift.service).
+BATCH_REQUESTS = 32
 SERVE_DETECTORS = ("feature", "prediction")
 JSON_HEADERS = {"content-type": "application/json"}
 
@@ -331,9 +334,14 @@ def monitor_config(max_events: int | None, hour_limit: bool):
     from kubeloop.drift.config import MonitorConfig
     from kubeloop.drift.windows import WindowConfig
 
-    if max_events is None and hour_limit:
+    if max_events in (None, WindowConfig().max_events) and hour_limit:
         return MonitorConfig()  # the defaults, untouched
-    window = WindowConfig(max_events=max_events or 2000, max_seconds=3600.0 if hour_limit else None)
+    if hour_limit:
+        window = WindowConfig(max_events=max_events or DEFAULT_WINDOW)
+    else:  # every window holds exactly max_events events
+        window = WindowConfig(
+            max_events=max_events or DEFAULT_WINDOW, max_seconds=None, max_open_seconds=None
+        )
     return MonitorConfig(window=window)
 
 
@@ -347,13 +355,16 @@ def replay_world(
     labels: bool = True,
     limit: int | None = None,
     probe=None,
+    batch: int | None = None,
 ) -> Replay:
     """Feed the world's traffic to a fresh DriftMonitor in 8-impression requests, in time
-    order; then flush, post every label (unless `labels` is off), flush. With `limit`, only
-    the first `limit` impressions and no flush (open windows stay untested)."""
+    order, `batch` requests per `observe_many` call (one transaction each, as the drift
+    service's group commit writes them; 1 = `observe`, a transaction per request); then
+    flush, post every label (unless `labels` is off), flush. With `limit`, only the first
+    `limit` impressions and no flush (open windows stay untested)."""
     import numpy as np
 
-    from kubeloop.drift.monitor import DriftMonitor
+    from kubeloop.drift.monitor import DriftMonitor, ServedRequest
 
     evaluations: list[Evaluated] = []
 
@@ -390,21 +401,36 @@ def replay_world(
     if probe is not None:
         probe.attach(monitor)
     observe = 0.0
+    batch = batch or BATCH_REQUESTS
     try:
+        pending: list[Any] = []
         for i in range(0, n, REQUEST_ROWS):
             j = min(i + REQUEST_ROWS, n)
             request_id = f"r{i}"
             t = float(world.times[i])
             served[i:j] = t
             ids.extend([request_id] if j - i == 1 else [f"{request_id}/{k}" for k in range(j - i)])
-            t0 = time.perf_counter()
-            monitor.observe(
-                world.instances[i:j],
-                world.predictions[i:j],
-                request_id=request_id,
-                event_time=t,
+            pending.append(
+                ServedRequest(
+                    world.instances[i:j],
+                    world.predictions[i:j],
+                    request_id=request_id,
+                    event_time=t,
+                )
             )
-            observe += time.perf_counter() - t0
+            if len(pending) >= batch or j >= n:
+                t0 = time.perf_counter()
+                if len(pending) == 1:
+                    monitor.observe(
+                        pending[0].instances,
+                        pending[0].predictions,
+                        request_id=pending[0].request_id,
+                        event_time=pending[0].event_time,
+                    )
+                else:
+                    monitor.observe_many(pending)
+                observe += time.perf_counter() - t0
+                pending = []
         if limit is None:
             monitor.flush()
             if labels:
@@ -515,10 +541,14 @@ def part_cost(world: World, windows: int, reps: int, root: Path) -> dict[str, An
         "prediction": config.prediction_detector.p_val,
     }
 
-    def monitor_pass(tag: str, record: bool) -> tuple[Probe, Replay, Meter]:
+    def monitor_pass(
+        tag: str, record: bool, batch: int | None = None
+    ) -> tuple[Probe, Replay, Meter]:
         probe = Probe(record)
         with Meter() as m:
-            r = replay_world(world, config, root / f"cost-{tag}", "cost", limit=events, probe=probe)
+            r = replay_world(
+                world, config, root / f"cost-{tag}", "cost", limit=events, probe=probe, batch=batch
+            )
         return probe, r, m
 
     # An untimed first pass records the arrays the detectors get (and warms every path).
@@ -543,9 +573,14 @@ def part_cost(world: World, windows: int, reps: int, root: Path) -> dict[str, An
                 with Meter() as m:
                     seconds, worst = alibi_direct(calls, p_vals)
                 alibi_runs.append({"seconds": seconds, "worst": worst, "meter": m})
+    # One pass with a transaction per request (`observe`), for what batching saves.
+    probe, r, _ = monitor_pass("single", False, batch=1)
+    single = {"observe": r.observe_seconds, "tests": probe.seconds}
     return {
         "windows": windows,
         "events": events,
+        "batch": BATCH_REQUESTS,
+        "single": single,
         "monitor": monitor_runs,
         "alibi": alibi_runs,
         "feature_calls": sum(1 for c in calls if c[0] == "feature"),
@@ -575,10 +610,11 @@ def report_cost(cost: dict[str, Any], figures: dict[str, Any]) -> list[str]:
             fmt_ratio(mon_total / seconds) if seconds > 0 else "n/a",
         ]
 
+    single = cost["single"]["observe"]
     rows = [
         row(
-            "DriftMonitor.observe, whole replay (windowing, SQLite state, encoding, "
-            "matching, feature + prediction tests)",
+            f"DriftMonitor.observe_many ({cost['batch']} requests per transaction), whole "
+            "replay (windowing, SQLite state, encoding, matching, every serving check)",
             mon_total,
         ),
         row(
@@ -586,9 +622,11 @@ def report_cost(cost: dict[str, Any], figures: dict[str, Any]) -> list[str]:
             mon_tests,
         ),
         row(
-            "  the rest: windowing, state persistence, encoding, reference matching",
+            "  the rest: windowing, state persistence, encoding, reference matching, "
+            "estimate and data-quality checks",
             mon_total - mon_tests,
         ),
+        row("DriftMonitor.observe, one transaction per request (1 pass)", single),
         row("alibi direct: TabularDrift(x_ref) + predict(x), same arrays", feat),
         row("alibi direct: TabularDrift.predict(x) alone (detector built beforehand)", feat_pred),
         row(
@@ -605,6 +643,10 @@ def report_cost(cost: dict[str, Any], figures: dict[str, Any]) -> list[str]:
         "monitor_vs_alibi_build_predict": mon_total / feat,
         "monitor_vs_alibi_predict": mon_total / feat_pred,
         "max_p_value_difference": worst,
+        "requests_per_transaction": cost["batch"],
+        "monitor_ms_per_window_one_transaction_per_request": single * 1000 / windows,
+        "one_transaction_per_request_vs_alibi_predict": single / feat_pred,
+        "monitor_tests_ms_per_window": mon_tests * 1000 / windows,
     }
     refs = cost["reference_rows"]
     other = [r["meter"].other_cores for r in cost["monitor"]] + [
@@ -615,8 +657,10 @@ def report_cost(cost: dict[str, Any], figures: dict[str, Any]) -> list[str]:
         "",
         (
             f"{windows} windows of 2,000 events ({fmt_int(events)} events, requests of "
-            f"{REQUEST_ROWS}) of one baseline world; `MonitorConfig()` with the window's hour "
-            "limit off (`max_seconds=None`) so every window holds 2,000 events. Figures are the "
+            f"{REQUEST_ROWS}, {cost['batch']} requests per `observe_many` transaction) of one "
+            "baseline world; `MonitorConfig()` with the window's time limits off "
+            "(`max_seconds=None, max_open_seconds=None`) so every window holds 2,000 events. "
+            "Figures are the "
             f"median of {len(cost['monitor'])} monitor passes (fresh state directory each) and "
             f"{len(a)} alibi passes, alternating. Each window's test compares "
             f"{cost['columns']} inputs ({cost['categorical']} categorical, chi-square; the rest "
@@ -629,9 +673,11 @@ def report_cost(cost: dict[str, Any], figures: dict[str, Any]) -> list[str]:
         ),
         "",
         (
-            f"- **ratio monitor / alibi direct (TabularDrift build + predict): "
-            f"{fmt_ratio(mon_total / feat)}**; against both tests the monitor runs: "
-            f"{fmt_ratio(mon_total / both)}."
+            f"- **ratio monitor / alibi-detect's TabularDrift.predict alone: "
+            f"{fmt_ratio(mon_total / feat_pred)}** (goal: at most 2x); against build + "
+            f"predict: {fmt_ratio(mon_total / feat)}; against both tests the monitor runs: "
+            f"{fmt_ratio(mon_total / both)}; with a transaction per request: "
+            f"{fmt_ratio(single / feat_pred)}."
         ),
         (
             f"- largest |p-value difference| between the monitor's tests and the direct calls: "
@@ -657,7 +703,7 @@ POWER_SEED0 = 200  # the power seeds start here: none of them was tuned on
 
 def run_world_job(job: dict[str, Any]) -> dict[str, Any]:
     """Build one world and replay it through the default monitor (windows of
-    `job["window"]` events or one hour). Module-level, plain data in and out, so a spawned
+    `job["window"]` events or one hour once they hold 1,000 events (6 h at most)). Module-level, plain data in and out, so a spawned
     worker can run it."""
     root = Path(job["root"])
     with Meter() as build:
@@ -676,23 +722,24 @@ def run_world_job(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_jobs(jobs: list[dict[str, Any]], workers: int, what: str) -> list[dict[str, Any]]:
-    results = []
+def iter_jobs(jobs: list[dict[str, Any]], workers: int, what: str):
+    """Run `run_world_job` over `jobs` (in `workers` spawned processes, one pool for all of
+    them, so no worker idles between parts); yields the results in job order."""
     if workers <= 1:
         for i, job in enumerate(jobs):
             t = time.perf_counter()
-            results.append(run_world_job(job))
+            result = run_world_job(job)
             log(
                 f"{what}: {i + 1}/{len(jobs)} ({job['scenario']} seed {job['seed']}) "
                 f"{time.perf_counter() - t:.1f}s"
             )
-        return results
+            yield result
+        return
     context = multiprocessing.get_context("spawn")
     with context.Pool(workers) as pool:
         for i, result in enumerate(pool.imap(run_world_job, jobs)):
-            results.append(result)
             log(f"{what}: {i + 1}/{len(jobs)} ({result['scenario']} seed {result['seed']})")
-    return results
+            yield result
 
 
 def tested(replay: Replay, detector: str) -> list[Evaluated]:
@@ -797,7 +844,7 @@ def report_false_alarms(
             "`register_step` registers (`reference_sample` of the valid + holdout rows of the "
             f"model's own split: days {', '.join(days)}, a Monday and a Tuesday, so the weekend "
             "windows are matched on the hour only). Default `MonitorConfig()`: windows of 2,000 "
-            "events or one hour, labelled windows of 10,000 or a day; false-alarm budget "
+            "events or one hour once they hold 1,000 events (6 h at most), labelled windows of 10,000 or a day; false-alarm budget "
             f"{budget['expected_windows_between_false_alarms']:,.0f} serving windows between "
             "false alarms."
         ),
@@ -871,6 +918,7 @@ def power_cell(scenario: str, replays: list[Replay]) -> dict[str, Any]:
     post_alerts = post_windows = first_hits = pre_alerts = 0
     delays: list[int] = []
     never = 0
+    by_seed: list[dict[str, Any]] = []
     for rep in replays:
         change = rep.change_at
         groups: dict[tuple[str, int], list[Evaluated]] = {}
@@ -883,7 +931,21 @@ def power_cell(scenario: str, replays: list[Replay]) -> dict[str, Any]:
         )
         post_windows += len(post)
         post_alerts += sum(any(e.drift for e in g) for g in post)
-        first_hits += bool(post) and any(e.drift for e in post[0])
+        hit = bool(post) and any(e.drift for e in post[0])
+        first_hits += hit
+        by_seed.append(
+            {
+                "seed": rep.seed,
+                "first_post_change_window_alerted": hit,
+                "first_post_change_window_events": post[0][0].n if post else None,
+                "first_post_change_window_hours": (
+                    (post[0][0].end - post[0][0].start) / 3600 if post else None
+                ),
+                "detectors_alerted": sorted({e.detector for e in post[0] if e.drift})
+                if post
+                else [],
+            }
+        )
         pre_alerts += sum(e.drift for e in rep.evaluations if e.tested and e.end < change)
         ends = [e.end for g in groups.values() for e in g if e.drift and e.end >= change]
         if ends:
@@ -904,6 +966,7 @@ def power_cell(scenario: str, replays: list[Replay]) -> dict[str, Any]:
         "median_delay_events": statistics.median(delays) if delays else None,
         "never_detected": never,
         "pre_change_alerts": pre_alerts,
+        "first_post_change_window_by_seed": by_seed,
     }
 
 
@@ -924,6 +987,15 @@ def estimate_cell(scenario: str, replays: list[Replay]) -> dict[str, Any]:
                 else {"windows": 0}
             )
     return out
+
+
+def tuned_note(seeds: list[int]) -> str:
+    """Which of the part 3 seeds the defaults were tuned on."""
+    tuned = [s for s in seeds if s in TUNED_SCENARIO_SEEDS]
+    where = ", ".join(map(str, TUNED_SCENARIO_SEEDS))
+    if not tuned:
+        return f"none tuned on: the defaults were tuned on seed {where}"
+    return f"seed(s) {', '.join(map(str, tuned))} tuned on; the defaults were tuned on {where}"
 
 
 def report_power(
@@ -968,11 +1040,10 @@ def report_power(
         "## 3. Detection after the change, and the label-free estimate",
         "",
         (
-            f"Seeds {', '.join(map(str, seeds))} per scenario (none tuned on: the defaults "
-            f"were tuned on seed {', '.join(map(str, TUNED_SCENARIO_SEEDS))}), "
+            f"Seeds {', '.join(map(str, seeds))} per scenario ({tuned_note(seeds)}), "
             f"`GeneratorConfig(seed=s, scenario=..., events={fmt_int(events)}, change_day="
             f"{CHANGE_DAY})`, the same model, reference and default monitor as part 2 "
-            f"(windows of {window:,} events or one hour). A post-change window starts at or "
+            f"(windows of {window:,} events or one hour once they hold 1,000 events (6 h at most)). A post-change window starts at or "
             "after the change; TPR = post-change windows where an expected detector alerted."
         ),
         "",
@@ -987,6 +1058,31 @@ def report_power(
                 "alerts before the change",
             ],
             rows,
+        ),
+        "",
+        (
+            "The first post-change window of every replay (events, hours of event time it "
+            "spans, the detectors that alerted on it):"
+        ),
+        "",
+        markdown_table(
+            ["scenario", "seed", "alerted", "events", "hours", "detectors"],
+            [
+                [
+                    c["scenario"],
+                    f["seed"],
+                    "yes" if f["first_post_change_window_alerted"] else "**no**",
+                    fmt_int(f["first_post_change_window_events"])
+                    if f["first_post_change_window_events"] is not None
+                    else "-",
+                    f"{f['first_post_change_window_hours']:.1f}"
+                    if f["first_post_change_window_hours"] is not None
+                    else "-",
+                    ", ".join(f["detectors_alerted"]) or "-",
+                ]
+                for c in cells
+                for f in c["first_post_change_window_by_seed"]
+            ],
         ),
         "",
         (
@@ -1340,10 +1436,17 @@ def parse_args(argv=None):
         help=f"seeds per scenario, part 3 ({POWER_SEED0}..)",
     )
     p.add_argument(
+        "--power-seed0",
+        type=int,
+        default=POWER_SEED0,
+        help=f"first seed of part 3 (default {POWER_SEED0}: never tuned on)",
+    )
+    p.add_argument("--scenarios", default=",".join(SCENARIOS), help="scenarios of part 3")
+    p.add_argument(
         "--windows",
         type=int,
         default=DEFAULT_WINDOW,
-        help="events per serving window in parts 2-3 (or one hour, whichever closes first)",
+        help="events per serving window in parts 2-3 (or the time limits, whichever first)",
     )
     p.add_argument("--cost-windows", type=int, default=None, help="windows timed in part 1")
     p.add_argument("--cost-reps", type=int, default=3)
@@ -1360,7 +1463,14 @@ def parse_args(argv=None):
         default=1,
         help="OMP_NUM_THREADS of both stacks' servers in part 4 (0: unset, as shipped)",
     )
-    p.add_argument("--parts", default="1234", help="which parts to run, e.g. 14")
+    p.add_argument(
+        "--parts",
+        default="123",
+        help=(
+            "which parts to run, e.g. 13; part 4 (serving with the drift service on vs off) "
+            "is not in the default run: bench/serving_bench.py measures it, with its peers"
+        ),
+    )
     args = p.parse_args(argv)
     defaults = (
         {
@@ -1464,65 +1574,67 @@ def main(argv=None) -> int:
             sections.append(("1", report_cost(cost, figures)))
             done.append("1")
             save()
-        # Part 3 before part 2: both headline figures land early in a run cut short.
-        if "3" in args.parts:
+        # Parts 2 and 3 share one pool of workers; part 3's worlds go first, so both
+        # headline figures land early in a run cut short.
+        power_seeds = list(range(args.power_seed0, args.power_seed0 + args.power_seeds))
+
+        def job(scenario: str, seed: int) -> dict[str, Any]:
+            return {
+                "root": str(root),
+                "scenario": scenario,
+                "seed": seed,
+                "events": args.events,
+                "lgb_threads": args.lgb_threads,
+                "window": args.windows,
+            }
+
+        scenarios = [sc for sc in SCENARIOS if sc in args.scenarios.split(",")]
+        jobs3 = [job(sc, s) for sc in scenarios for s in power_seeds] if "3" in args.parts else []
+        results2: list[dict[str, Any]] = []
+        if "2" in args.parts and first is not None:  # seed 0 is built already (part 1)
             t = time.perf_counter()
-            power_seeds = list(range(POWER_SEED0, POWER_SEED0 + args.power_seeds))
-            jobs = [
+            replay = replay_world(
+                first,
+                monitor_config(args.windows, hour_limit=True),
+                root / "state-baseline-0",
+                str(args.windows),
+            )
+            results2.append(
                 {
-                    "root": str(root),
-                    "scenario": sc,
-                    "seed": s,
-                    "events": args.events,
-                    "lgb_threads": args.lgb_threads,
-                    "window": args.windows,
-                }
-                for sc in SCENARIOS
-                for s in power_seeds
-            ]
-            results = run_jobs(jobs, args.workers, "part 3")
-            lines = report_power(results, args.events, power_seeds, args.windows, figures)
-            lines.append(f"\nPart 3 took {time.perf_counter() - t:.0f}s.")
-            sections.append(("3", lines))
-            done.append("3")
-            save()
-        if "2" in args.parts:
-            t = time.perf_counter()
-            results = []
-            if first is not None:  # seed 0 is built already (part 1)
-                replay = replay_world(
-                    first,
-                    monitor_config(args.windows, hour_limit=True),
-                    root / "state-baseline-0",
-                    str(args.windows),
-                )
-                results.append(
-                    {
-                        "scenario": "baseline",
-                        "seed": 0,
-                        "build": first.build_seconds,
-                        "build_wall": sum(first.build_seconds.values()),
-                        "impressions": len(first.instances),
-                        "reference_days": first.reference_days,
-                        "replay": replay,
-                    }
-                )
-            first = None
-            jobs = [
-                {
-                    "root": str(root),
                     "scenario": "baseline",
-                    "seed": seed,
-                    "events": args.events,
-                    "lgb_threads": args.lgb_threads,
-                    "window": args.windows,
+                    "seed": 0,
+                    "build": first.build_seconds,
+                    "build_wall": sum(first.build_seconds.values()),
+                    "impressions": len(first.instances),
+                    "reference_days": first.reference_days,
+                    "replay": replay,
                 }
-                for seed in seeds[len(results) :]
-            ]
-            results += run_jobs(jobs, args.workers, "part 2")
+            )
+            log(f"part 2: seed 0 replayed in {time.perf_counter() - t:.1f}s")
+        first = None
+        jobs2 = (
+            [job("baseline", seed) for seed in seeds[len(results2) :]] if "2" in args.parts else []
+        )
+        t = time.perf_counter()
+        results3: list[dict[str, Any]] = []
+        for result in iter_jobs(jobs3 + jobs2, args.workers, "parts 3 and 2"):
+            if len(results3) < len(jobs3):
+                results3.append(result)
+                if len(results3) == len(jobs3):
+                    lines = report_power(results3, args.events, power_seeds, args.windows, figures)
+                    lines.append(f"\nPart 3 took {time.perf_counter() - t:.0f}s.")
+                    sections.append(("3", lines))
+                    done.append("3")
+                    save()
+            else:
+                results2.append(result)
+        if "2" in args.parts:
             config = monitor_config(args.windows, hour_limit=True)
-            lines = report_false_alarms(results, args.events, config, figures)
-            lines.append(f"\nPart 2 took {time.perf_counter() - t:.0f}s.")
+            lines = report_false_alarms(results2, args.events, config, figures)
+            lines.append(
+                f"\nParts 2 and 3 took {time.perf_counter() - t:.0f}s together "
+                f"({args.workers} worker process(es))."
+            )
             sections.append(("2", lines))
             done.append("2")
             save()

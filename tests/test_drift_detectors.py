@@ -83,8 +83,8 @@ def make_frame(n: int, seed: int, *, drift: bool = False) -> pd.DataFrame:
     for col in ("user_impressions_7d", "user_ctr_7d", "user_hours_since_last"):
         frame.loc[cold, col] = np.nan
     frame.loc[cold, "user_segment"] = None
-    assert list(frame.columns) == model_input_columns()
-    return frame
+    assert sorted(frame.columns) == sorted(model_input_columns())
+    return frame[model_input_columns()]
 
 
 def scores_of(frame: pd.DataFrame, *, shift: float = 0.0) -> np.ndarray:
@@ -357,7 +357,14 @@ def test_variants_get_separate_windows(reference, tmp_path):
 
 def test_time_window_closes_on_event_time(reference, tmp_path):
     evaluations = []
-    cfg = small_config(window={"max_events": 10_000, "max_seconds": 3600, "min_events": 100})
+    cfg = small_config(
+        window={
+            "max_events": 10_000,
+            "max_seconds": 3600,
+            "min_events": 100,
+            "time_limit_min_events": 150,
+        }
+    )
     with DriftMonitor(
         reference, tmp_path / "s", config=cfg, on_evaluation=[evaluations.append]
     ) as m:
@@ -367,6 +374,36 @@ def test_time_window_closes_on_event_time(reference, tmp_path):
         feed(m, frame.iloc[200:], scores_of(frame)[200:], start=T0 + 3600, prefix="late")
     assert {e.n for e in evaluations} == {200}
     assert all(e.end.timestamp() < T0 + 3600 for e in evaluations)
+
+
+def test_thin_window_runs_past_the_hour_until_it_can_be_tested(reference, tmp_path):
+    """An hour of night traffic (fewer events than time_limit_min_events) does not close
+    at the hour: it runs on until it holds enough events, or until max_open_seconds."""
+    evaluations = []
+    cfg = small_config(
+        window={
+            "max_events": 10_000,
+            "max_seconds": 3600,
+            "min_events": 100,
+            "time_limit_min_events": 300,
+            "max_open_seconds": 4 * 3600,
+        }
+    )
+    with DriftMonitor(
+        reference, tmp_path / "s", config=cfg, on_evaluation=[evaluations.append]
+    ) as m:
+        frame = make_frame(1000, seed=5)
+        scores = scores_of(frame)
+        # 200 events an hour for 2 h: the window passes the hour with 200 < 300 events.
+        feed(m, frame.iloc[:400], scores[:400], step=18.0, batch=10)
+        assert [e.n for e in evaluations if e.detector == "feature"] == [300]
+        assert evaluations[0].end.timestamp() - evaluations[0].start.timestamp() > 3600
+        # Then 100 events over the next 4 h: the hard limit closes the thin window.
+        feed(m, frame.iloc[400:500], scores[400:500], start=T0 + 7200, step=144.0, batch=10)
+    feature = [e for e in evaluations if e.detector == "feature"]
+    # 100 left over from the first feed, then 90 more until an event 4 h after its first
+    assert [e.n for e in feature] == [300, 190]
+    assert feature[1].end.timestamp() - feature[1].start.timestamp() < 4 * 3600
 
 
 def test_learned_prediction_reference_when_model_is_absent(reference, tmp_path):
@@ -419,7 +456,7 @@ def test_labels_must_be_binary(reference, tmp_path):
 
 
 def test_a_failing_check_never_blocks_the_key(reference, tmp_path, monkeypatch):
-    def broken(self, window, rng):
+    def broken(self, window, rng, strata=None):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(FeatureDriftCheck, "run", broken)

@@ -31,7 +31,7 @@ def test_evaluated_and_skipped_windows(reference, tmp_path):
 
 
 def test_failed_windows_are_counted_apart(reference, tmp_path, monkeypatch):
-    def broken(self, window, rng):
+    def broken(self, window, rng, strata=None):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(FeatureDriftCheck, "run", broken)

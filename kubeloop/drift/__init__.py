@@ -50,7 +50,13 @@ from kubeloop.drift.detectors import (
     ScipyDriftDetector,
 )
 from kubeloop.drift.events import BadEventError, InferenceEvent, parse_event
-from kubeloop.drift.monitor import DriftMonitor, IngestResult, LabelResult, WindowEvaluation
+from kubeloop.drift.monitor import (
+    DriftMonitor,
+    IngestResult,
+    LabelResult,
+    ServedRequest,
+    WindowEvaluation,
+)
 from kubeloop.drift.reference import Reference
 from kubeloop.drift.windows import WindowConfig
 
@@ -78,6 +84,7 @@ __all__ = [
     "SQLiteAlertStoreConfig",
     "ScipyDetectorConfig",
     "ScipyDriftDetector",
+    "ServedRequest",
     "WindowConfig",
     "WindowEvaluation",
     "make_alert_store",

@@ -77,14 +77,9 @@ class AlertStore(ABC):
         """Alerts raised at or after `since`, filtered, oldest first (the newest `limit`)."""
 
     @abstractmethod
-    def count(
-        self,
-        since: datetime | str | timedelta | None = None,
-        model: str | None = None,
-        variant: str | None = None,
-        detector: str | None = None,
-    ) -> int:
-        """How many alerts `list` would return without a limit."""
+    def count(self, *args: Any, **filters: Any) -> int:
+        """How many alerts `list` would return for the same filters (since, model,
+        variant, detector) without a limit."""
 
     def add_many(self, alerts: Iterable[Alert]) -> int:
         """Store several alerts; the number that were new."""

@@ -50,6 +50,27 @@ def category_key(value: Any) -> str:
     return MISSING_CATEGORY if key is None else key
 
 
+def factorized_keys(values: pd.Series | Sequence[Any]) -> tuple[np.ndarray, list[str]]:
+    """(codes, keys): `keys[codes[i]]` is `category_key(values[i])`, a missing value's code
+    being -1 (its key, `MISSING_CATEGORY`, is the last of `keys`). Each distinct value is
+    canonicalized once, not each row: a window repeats a few dozen hours and devices over
+    thousands of rows."""
+    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    kinds = {type(u) for u in uniques}
+    if len(kinds) > 1 and kinds & {bool, np.bool_}:
+        # True == 1 in Python, so factorize merges them; category_key does not.
+        keys = [category_key(v) for v in series.tolist()]
+        return np.arange(len(keys)), [*keys, MISSING_CATEGORY]
+    return np.asarray(codes), [*(category_key(u) for u in uniques), MISSING_CATEGORY]
+
+
+def category_keys(values: pd.Series | Sequence[Any]) -> np.ndarray:
+    """`category_key` of every value, as an object array (see `factorized_keys`)."""
+    codes, keys = factorized_keys(values)
+    return np.array(keys, dtype=object)[codes]
+
+
 def _numeric(series: pd.Series) -> np.ndarray:
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     values = values.copy()
@@ -78,9 +99,7 @@ class FeatureEncoder:
         self.vocab: dict[str, dict[str, int]] = {}
         for col in self.columns:
             if col in self.categorical:
-                counts = pd.Series(
-                    [category_key(v) for v in reference[col].tolist()]
-                ).value_counts()
+                counts = pd.Series(category_keys(reference[col])).value_counts()
                 kept = sorted(
                     (k for k, n in counts.items() if n >= min_category_count),
                     key=lambda k: (-counts[k], k),
@@ -100,9 +119,9 @@ class FeatureEncoder:
             if col in self.vocab:
                 index = self.vocab[col]
                 if present:
-                    out[:, j] = [
-                        index.get(category_key(v), OTHER_CODE) for v in frame[col].tolist()
-                    ]
+                    codes, keys = factorized_keys(frame[col])
+                    lookup = np.array([index.get(k, OTHER_CODE) for k in keys], dtype=np.float64)
+                    out[:, j] = lookup[codes]
                 else:
                     out[:, j] = index.get(MISSING_CATEGORY, OTHER_CODE)
             else:
@@ -121,14 +140,18 @@ def strata_of(
     `season_by` (a weekday column, 0 = Monday), the day type is appended ("|we" for the
     `weekend` days, "|wd" otherwise), so a Tuesday hour is matched with weekday rows."""
     if column is None or column not in frame.columns:
-        out = np.full(len(frame), "*", dtype=object)
+        codes, keys = np.zeros(len(frame), dtype=np.int64), ["*"]
     else:
-        out = np.array([category_key(v) for v in frame[column].tolist()], dtype=object)
+        codes, keys = factorized_keys(frame[column])
+        codes = np.where(codes < 0, len(keys) - 1, codes)
     if season_by is not None and season_by in frame.columns:
         days = pd.to_numeric(frame[season_by], errors="coerce").to_numpy()
-        tag = np.where(np.isin(days, list(weekend)), "|we", "|wd")
-        out = np.array([f"{a}{b}" for a, b in zip(out.tolist(), tag.tolist())], dtype=object)
-    return out
+        weekend_row = np.isin(days, list(weekend)).astype(np.int64)
+        # Texts are built for the distinct (key, day type) pairs only.
+        pairs, inverse = np.unique(codes * 2 + weekend_row, return_inverse=True)
+        texts = [f"{keys[c // 2]}{'|we' if c % 2 else '|wd'}" for c in pairs.tolist()]
+        return np.array(texts, dtype=object)[inverse.reshape(-1)]
+    return np.array(keys, dtype=object)[codes]
 
 
 @dataclass(frozen=True)
@@ -155,31 +178,36 @@ def season_matched_sample(
     *,
     min_rows: int = 50,
     ref_strata: tuple[np.ndarray, np.ndarray] | None = None,
+    window_strata: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray | None, bool]:
     """Reference rows matched to the window's hour (and day-type) mix; (indices, whether
     the day type was matched). Falls back to the hour alone when the reference holds no
-    rows of a day type the window has (a weekday-only reference and a Sunday window)."""
+    rows of a day type the window has (a weekday-only reference and a Sunday window).
+    `ref_strata`/`window_strata`: (with day type, without), when already computed."""
     fine, coarse = ref_strata or (season.strata(reference, True), season.strata(reference, False))
+    win_fine, win_coarse = window_strata or (None, None)
     if season.season_by:
-        index = matched_sample(fine, season.strata(window, True), rng, min_rows=min_rows)
+        if win_fine is None:
+            win_fine = season.strata(window, True)
+        index = matched_sample(fine, win_fine, rng, min_rows=min_rows)
         if index is not None:
             return index, True
-    return matched_sample(coarse, season.strata(window, False), rng, min_rows=min_rows), False
+    if win_coarse is None:
+        win_coarse = season.strata(window, False)
+    return matched_sample(coarse, win_coarse, rng, min_rows=min_rows), False
 
 
 def stratum_weights(ref_strata: np.ndarray, window_strata: np.ndarray) -> np.ndarray | None:
     """Weights that give the reference rows the window's stratum mix (every reference row
     kept: weight = window share / reference share of its stratum, 0 for strata the window
     lacks); None when a window stratum is absent from the reference."""
-    ref_strata = np.asarray(ref_strata, dtype=object)
-    values, counts = np.unique(np.asarray(window_strata, dtype=object), return_counts=True)
+    groups, values, counts = _strata_groups(ref_strata, window_strata)
     weights = np.zeros(len(ref_strata), dtype=np.float64)
     for s, c in zip(values, counts, strict=True):
-        rows = ref_strata == s
-        k = int(rows.sum())
-        if k == 0:
+        rows = groups[s]
+        if len(rows) == 0:
             return None
-        weights[rows] = c / k
+        weights[rows] = c / len(rows)
     return weights
 
 
@@ -213,6 +241,26 @@ def _lacks(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     return frame[present].isna().all(axis=1).to_numpy()
 
 
+def _strata_groups(
+    ref_strata: np.ndarray, window_strata: np.ndarray
+) -> tuple[dict[Any, np.ndarray], list[Any], list[int]]:
+    """({window stratum: indices of the reference rows in it}, the window's strata, their
+    row counts). Strata are hashed, not compared row by row (they are Python strings)."""
+    ref_codes, ref_values = pd.factorize(np.asarray(ref_strata, dtype=object))
+    win_codes, win_values = pd.factorize(np.asarray(window_strata, dtype=object))
+    counts = np.bincount(win_codes, minlength=len(win_values)).tolist()
+    at = pd.Index(ref_values).get_indexer(win_values)
+    order = np.argsort(ref_codes, kind="stable")
+    bounds = np.searchsorted(ref_codes[order], np.arange(len(ref_values) + 1))
+    groups = {
+        v: (order[bounds[i] : bounds[i + 1]] if i >= 0 else np.array([], dtype=np.int64))
+        for v, i in zip(win_values.tolist(), at.tolist(), strict=True)
+    }
+    # Sorted, as np.unique gave them: the same seed draws the same sample.
+    pairs = sorted(zip(win_values.tolist(), counts, strict=True))
+    return groups, [v for v, _ in pairs], [c for _, c in pairs]
+
+
 def matched_sample(
     ref_strata: np.ndarray,
     window_strata: np.ndarray,
@@ -227,9 +275,7 @@ def matched_sample(
     count) rows drawn without replacement. None when a window stratum is absent from the
     reference or fewer than `min_rows` rows would remain.
     """
-    ref_strata = np.asarray(ref_strata, dtype=object)
-    values, counts = np.unique(np.asarray(window_strata, dtype=object), return_counts=True)
-    groups = {s: np.nonzero(ref_strata == s)[0] for s in values}
+    groups, values, counts = _strata_groups(ref_strata, window_strata)
     k = min(len(groups[s]) / c for s, c in zip(values, counts, strict=True))
     if k <= 0:
         return None
@@ -394,7 +440,14 @@ class FeatureDriftCheck:
                 x_ref[np.isin(x_ref[:, j], sparse), j] = OTHER_CODE
                 x[np.isin(x[:, j], sparse), j] = OTHER_CODE
 
-    def run(self, window: pd.DataFrame, rng: np.random.Generator) -> CheckResult:
+    def run(
+        self,
+        window: pd.DataFrame,
+        rng: np.random.Generator,
+        strata: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> CheckResult:
+        """Test one window; `strata`: the window's (with day type, without) strata when the
+        caller has them (they must come from the same `Season`)."""
         result = CheckResult("feature", n=len(window))
         index, seasonal = season_matched_sample(
             self.season,
@@ -403,6 +456,7 @@ class FeatureDriftCheck:
             rng,
             min_rows=self.min_reference_rows,
             ref_strata=self.ref_strata,
+            window_strata=strata,
         )
         if index is None:
             result.skipped = (
@@ -412,7 +466,7 @@ class FeatureDriftCheck:
             )
             return result
         x_ref, x = self.reference[index], self.encoder.encode(window)
-        x_ref_raw = x_ref.copy()
+        x_ref_raw, raw_window = x_ref.copy(), x.copy()
         self._pool_sparse_categories(x_ref, x)
         k = len(self.columns)
         p, stat = np.ones(k), np.zeros(k)
@@ -450,7 +504,6 @@ class FeatureDriftCheck:
         result.features = [self.columns[i] for i in order if drifted[i]]
         result.n_reference = len(index)
         shown = [self.columns[i] for i in order[: max(self.summary_features, len(result.features))]]
-        raw_window = self.encoder.encode(window)
         result.details = {
             "p_values": {c: float(v) for c, v in zip(self.columns, p, strict=True)},
             "statistics": {c: float(s) for c, s in zip(self.columns, stat, strict=True)},
@@ -690,9 +743,7 @@ class EstimatedPerformanceCheck:
             # when the margin is crossed), deterministic per window size.
             rng = np.random.default_rng(len(scores))
             n = len(scores)
-            boot = [
-                expected_auc(np.asarray(scores)[rng.integers(0, n, n)]) for _ in range(30)
-            ]
+            boot = [expected_auc(np.asarray(scores)[rng.integers(0, n, n)]) for _ in range(30)]
             boot = [b for b in boot if b is not None]
             se_auc = float(np.std(boot, ddof=1)) if len(boot) > 2 else 0.0
             z = (auc_drop - cfg.max_auc_drop) / se_auc if se_auc > 0 else math.inf

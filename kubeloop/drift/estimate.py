@@ -91,12 +91,17 @@ def estimate(scores: np.ndarray, weights: np.ndarray | None = None) -> Performan
     loss = float((w * binary_entropy(p)).sum() / total) if total > 0 else math.nan
     rate = float((w * p).sum() / total) if total > 0 else math.nan
     h = float(binary_entropy(rate)) if total > 0 else math.nan
+    return _figures(len(p), loss, rate, h, expected_auc(p, w))
+
+
+def _figures(n: int, loss: float, rate: float, h: float, auc: float | None) -> PerformanceFigures:
+    """The figures of `n` rows with log loss `loss`, click rate `rate` (entropy `h`)."""
     return PerformanceFigures(
-        n=len(p),
+        n=n,
         log_loss=loss,
         base_rate=rate,
         normalized_entropy=loss / h if h > 0 else math.nan,
-        auc=expected_auc(p, w),
+        auc=auc,
     )
 
 
@@ -122,13 +127,7 @@ def realized(scores: np.ndarray, labels: np.ndarray) -> PerformanceFigures:
     loss = float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if len(p) else math.nan
     rate = float(y.mean()) if len(y) else math.nan
     h = float(binary_entropy(rate)) if len(y) and 0 < rate < 1 else 0.0
-    return PerformanceFigures(
-        n=len(p),
-        log_loss=loss,
-        base_rate=rate,
-        normalized_entropy=loss / h if h > 0 else math.nan,
-        auc=realized_auc(p, y),
-    )
+    return _figures(len(p), loss, rate, h, realized_auc(p, y))
 
 
 def excess_loss_z(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

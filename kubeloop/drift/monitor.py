@@ -149,6 +149,19 @@ class LabelResult:
     alerts: list[Alert] = field(default_factory=list)
 
 
+@dataclass
+class ServedRequest:
+    """One served request for `DriftMonitor.observe_many`: the arguments of `observe`."""
+
+    instances: Sequence[Mapping[str, Any]]
+    predictions: Sequence[float]
+    request_id: str | None = None
+    variant: str = "primary"
+    version: str | None = None
+    event_time: datetime | float | str | None = None
+    revision: str | None = None
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -216,7 +229,54 @@ def _clean(value: Any) -> Any:
     return value
 
 
+_ABSENT = object()
+
+
+def _row_values(
+    instance: Mapping[str, Any], columns: Sequence[str], numeric: set[str]
+) -> tuple[list[Any], list[str]]:
+    """The instance's model inputs in `columns` order (NaN and infinities as None) and the
+    inputs that break the request schema (`quality.schema_violations`), in one pass. The
+    common types (int, float, a string for a categorical input) take the short path."""
+    values: list[Any] = []
+    bad: list[str] = []
+    for col in columns:
+        value = instance.get(col, _ABSENT)
+        kind = type(value)
+        if kind is float:
+            values.append(value if math.isfinite(value) else None)
+        elif kind is int or value is None or (kind is str and col not in numeric):
+            values.append(value)
+        elif value is _ABSENT:
+            values.append(None)
+            bad.append(col)
+        else:
+            values.append(_clean(value))
+            bad.extend(schema_violations({col: value}, (col,), numeric))
+    return values, bad
+
+
 WINDOW_OUTCOMES = ("evaluated", "skipped", "failed")
+
+# FeatureDriftCheck's keyword arguments and the MonitorConfig fields they come from.
+_FEATURE_CHECK_OPTIONS = (
+    ("categorical", "categorical"),
+    ("exclude", "exclude_features"),
+    ("stratify_by", "stratify_by"),
+    ("min_category_count", "min_category_count"),
+    ("entity_groups", "entity_groups"),
+    ("ks_tolerance", "ks_tolerance"),
+)
+
+
+def _call_each(callbacks: Sequence[Callable[[Any], Any]], items: Sequence[Any], what: str) -> None:
+    """Every callback on every item; an exception is logged, never raised."""
+    for item in items:
+        for callback in callbacks:
+            try:
+                callback(item)
+            except Exception:
+                log.exception("%s callback failed", what)
 
 
 def window_counts(
@@ -287,6 +347,9 @@ class DriftMonitor:
         cats = set(self.config.categorical)
         self._numeric_columns = {c for c in self.columns if c not in cats}
         self.state = StateStore(state_dir)
+        self._revisions: dict[str, str | None] = {}
+        self._revisions_generation = self.state.generation
+        self._ref_strata: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._serve = TumblingWindows(self.state, SERVE, self.config.window)
         self._labels = TumblingWindows(self.state, LABELS, self.config.performance.window)
 
@@ -314,17 +377,9 @@ class DriftMonitor:
     def _feature_check(self, ref: Reference) -> FeatureDriftCheck:
         check = self._feature_checks.get(ref.version)
         if check is None:
-            cfg = self.config
+            options = {arg: getattr(self.config, name) for arg, name in _FEATURE_CHECK_OPTIONS}
             check = FeatureDriftCheck(
-                ref.features,
-                self._feature_detector,
-                categorical=cfg.categorical,
-                exclude=cfg.exclude_features,
-                stratify_by=cfg.stratify_by,
-                min_category_count=cfg.min_category_count,
-                season=self.season,
-                entity_groups=cfg.entity_groups,
-                ks_tolerance=cfg.ks_tolerance,
+                ref.features, self._feature_detector, season=self.season, **options
             )
             self._feature_checks[ref.version] = check
         return check
@@ -361,59 +416,102 @@ class DriftMonitor:
     ) -> list[Alert]:
         """Add one served request (its model-input rows and their scores). Row ids, for
         `add_labels`, are `request_id` for a single instance, else `request_id/i`."""
-        if len(instances) != len(predictions):
-            raise DriftError(
-                f"{len(instances)} instances but {len(predictions)} predictions for request {request_id}"
-            )
+        return self.observe_many(
+            [
+                ServedRequest(
+                    instances, predictions, request_id, variant, version, event_time, revision
+                )
+            ]
+        )
+
+    def observe_many(self, requests: Iterable[ServedRequest | Mapping[str, Any]]) -> list[Alert]:
+        """Add a batch of served requests (each `ServedRequest`, or a mapping of `observe`'s
+        arguments) in one transaction: all of them are stored, or none (a DriftError for a
+        request whose instances and predictions differ in number stores nothing)."""
+        batch = [r if isinstance(r, ServedRequest) else ServedRequest(**r) for r in requests]
+        for r in batch:
+            if len(r.instances) != len(r.predictions):
+                raise DriftError(
+                    f"{len(r.instances)} instances but {len(r.predictions)} predictions for "
+                    f"request {r.request_id}"
+                )
         evaluations: list[WindowEvaluation] = []
         with self._lock, self.state.transaction():
-            self._note_revision(self.key(variant, version), revision)
-            self._add_rows(
-                self.key(variant, version),
-                instances,
-                predictions,
-                request_id or uuid.uuid4().hex,
-                _epoch(event_time),
-                evaluations,
-            )
+            rows: dict[Key, list[tuple[float, dict]]] = defaultdict(list)
+            for r in batch:
+                key = self.key(r.variant, r.version)
+                self._note_revision(key, r.revision)
+                self._encode_rows(
+                    rows[key],
+                    r.instances,
+                    r.predictions,
+                    r.request_id or uuid.uuid4().hex,
+                    _epoch(r.event_time),
+                )
+            for key, key_rows in rows.items():
+                self._add_rows(key, key_rows, evaluations)
         return self._notify(evaluations)
 
     def ingest(self, event: InferenceEvent) -> IngestResult:
         """Add one CloudEvent half; rows enter a window when both halves of a request id
         have arrived (in either order). Raises BadEventError when the two halves disagree
         on the number of rows."""
-        evaluations: list[WindowEvaluation] = []
-        mismatch: str | None = None
+        result = self.ingest_many([event])[0]
+        if isinstance(result, BadEventError):
+            raise result
+        return result
+
+    def ingest_many(self, events: Sequence[InferenceEvent]) -> list[IngestResult | BadEventError]:
+        """Add a batch of CloudEvent halves in one transaction (the drift service's group
+        commit); one result per event, in order: its IngestResult, or the BadEventError
+        `ingest` would raise (a mismatched pair, dropped and committed). Two halves of one
+        request id in the same batch pair in memory: neither is written to the pending
+        table."""
+        per_event: list[list[WindowEvaluation]] = [[] for _ in events]
+        out: list[IngestResult | BadEventError] = []
         with self._lock, self.state.transaction():
-            self.state.incr(f"events:{event.kind}")
-            other = "response" if event.kind == "request" else "request"
-            partner = self.state.pop_pending(event.id, other)
-            if partner is None:
-                evicted = self.state.put_pending(
-                    event.id, event.kind, self._half(event), self.config.max_pending
-                )
-                if evicted:
-                    self.state.incr("pending_evicted", evicted)
-                return IngestResult(paired=False)
-            mine = self._half(event)
-            request, response = (mine, partner) if event.kind == "request" else (partner, mine)
-            instances, predictions = request["instances"], response["predictions"]
-            if len(instances) != len(predictions):
-                # Committed (the partner leaves the pending table), then reported.
-                self.state.incr("pairs_mismatched")
-                mismatch = (
-                    f"request {event.id} has {len(instances)} instances but its response "
-                    f"{len(predictions)} predictions; the pair was dropped"
-                )
-            else:
+            local: dict[tuple[str, str], dict[str, Any]] = {}
+            for i, event in enumerate(events):
+                self.state.incr(f"events:{event.kind}")
+                other = "response" if event.kind == "request" else "request"
+                partner = local.pop((event.id, other), None)
+                if partner is None:
+                    partner = self.state.pop_pending(event.id, other)
+                if partner is None:
+                    local[(event.id, event.kind)] = self._half(event)
+                    out.append(IngestResult(paired=False))
+                    continue
+                mine = self._half(event)
+                request, response = (mine, partner) if event.kind == "request" else (partner, mine)
+                instances, predictions = request["instances"], response["predictions"]
+                if len(instances) != len(predictions):
+                    # Committed (the partner leaves the pending table), then reported.
+                    self.state.incr("pairs_mismatched")
+                    out.append(
+                        BadEventError(
+                            "mismatched_pair",
+                            f"request {event.id} has {len(instances)} instances but its "
+                            f"response {len(predictions)} predictions; the pair was dropped",
+                        )
+                    )
+                    continue
                 t = request["time"] if request["time"] is not None else response["time"]
                 key = self.key(request["variant"], request["version"] or response["version"])
                 self._note_revision(key, request.get("revision") or response.get("revision"))
                 self.state.incr("pairs")
-                self._add_rows(key, instances, predictions, event.id, _epoch(t), evaluations)
-        if mismatch is not None:
-            raise BadEventError("mismatched_pair", mismatch)
-        return IngestResult(paired=True, rows=len(instances), alerts=self._notify(evaluations))
+                rows: list[tuple[float, dict]] = []
+                self._encode_rows(rows, instances, predictions, event.id, _epoch(t))
+                self._add_rows(key, rows, per_event[i])
+                out.append(IngestResult(paired=True, rows=len(instances)))
+            for (event_id, kind), half in local.items():
+                evicted = self.state.put_pending(event_id, kind, half, self.config.max_pending)
+                if evicted:
+                    self.state.incr("pending_evicted", evicted)
+        for result, evaluations in zip(out, per_event, strict=True):
+            alerts = self._notify(evaluations)
+            if isinstance(result, IngestResult):
+                result.alerts = alerts
+        return out
 
     def _half(self, event: InferenceEvent) -> dict[str, Any]:
         return {
@@ -426,36 +524,52 @@ class DriftMonitor:
         }
 
     def _note_revision(self, key: Key, revision: str | None) -> None:
-        """Remember the revision serving `key`, for its alerts (a meta row per key)."""
+        """Remember the revision serving `key`, for its alerts (a meta row per key; the
+        last value written is remembered in memory until a transaction rolls back)."""
+        if not revision:
+            return
+        if self._revisions_generation != self.state.generation:
+            self._revisions.clear()
+            self._revisions_generation = self.state.generation
         name = f"revision:{key_text(key)}"
-        if revision and self.state.get_meta(name) != revision:
+        if name not in self._revisions:
+            self._revisions[name] = self.state.get_meta(name)
+        if self._revisions[name] != revision:
             self.state.set_meta(name, revision)
+            self._revisions[name] = revision
 
-    def _add_rows(
+    def _encode_rows(
         self,
-        key: Key,
+        out: list[tuple[float, dict]],
         instances: Sequence[Mapping[str, Any]],
         predictions: Sequence[float],
         request_id: str,
         t: float,
-        evaluations: list[WindowEvaluation],
     ) -> None:
-        keep = self.columns
-        ids = (
-            [request_id]
-            if len(instances) == 1
-            else [f"{request_id}/{i}" for i in range(len(instances))]
-        )
-        rows = []
-        for rid, inst, p in zip(ids, instances, predictions, strict=True):
-            row = {"id": rid, "x": {c: _clean(inst.get(c)) for c in keep}, "p": float(p)}
-            bad = schema_violations(inst, keep, self._numeric_columns)
-            if bad:  # kept only when there is one: most rows have none
+        """Append one request's rows to `out` as (event time, buffered payload): the model
+        inputs as a list in `self.columns` order, the score, and the schema violations
+        when there are any (most rows have none)."""
+        columns, numeric = self.columns, self._numeric_columns
+        single = len(instances) == 1
+        for i, (inst, p) in enumerate(zip(instances, predictions, strict=True)):
+            values, bad = _row_values(inst, columns, numeric)
+            row: dict[str, Any] = {
+                "id": request_id if single else f"{request_id}/{i}",
+                "x": values,
+                "p": float(p),
+            }
+            if bad:
                 row["s"] = bad
-            rows.append((t, row))
+            out.append((t, row))
+
+    def _add_rows(
+        self, key: Key, rows: list[tuple[float, dict]], evaluations: list[WindowEvaluation]
+    ) -> None:
+        """Store encoded rows of `key`: awaiting their labels and in the open window
+        (closed windows are evaluated into `evaluations`)."""
         self.state.incr(f"rows:{key_text(key)}", len(rows))
         evicted = self.state.put_awaiting(
-            key, [(r["id"], t, r["p"]) for _, r in rows], self.config.max_awaiting_labels
+            key, [(r["id"], t, r["p"]) for t, r in rows], self.config.max_awaiting_labels
         )
         if evicted:
             self.state.incr("awaiting_evicted", evicted)
@@ -527,11 +641,13 @@ class DriftMonitor:
                 for d in SERVE_KINDS
             ]
         ref = self._reference_for(version)
-        frame = pd.DataFrame.from_records([r["x"] for r in window.rows], columns=self.columns)
+        frame = self._window_frame(window.rows)
         scores = np.array([r["p"] for r in window.rows], dtype=np.float64)
         rng = self._rng(window)
-        out = [self._evaluation(window, self._feature_check(ref).run(frame, rng))]
         strata = (self.season.strata(frame, True), self.season.strata(frame, False))
+        check = self._feature_check(ref)
+        feature = check.run(frame, rng, strata=strata if check.season == self.season else None)
+        out = [self._evaluation(window, feature)]
         out.append(
             self._evaluation(window, self._prediction_result(window, ref, scores, strata, rng))
         )
@@ -546,6 +662,26 @@ class DriftMonitor:
             result = CheckResult("data_quality", n=window.n, skipped="data_quality disabled")
         out.append(self._evaluation(window, result))
         return out
+
+    def _window_frame(self, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+        """The buffered rows' model inputs as a frame (rows buffered by an earlier release
+        carry them as a column -> value mapping)."""
+        columns = self.columns
+        values = [
+            [r["x"].get(c) for c in columns] if isinstance(r["x"], dict) else r["x"] for r in rows
+        ]
+        return pd.DataFrame(values, columns=columns)
+
+    def _reference_strata(self, ref: Reference) -> tuple[np.ndarray, np.ndarray]:
+        """A reference's strata (with day type, without), computed once per version."""
+        strata = self._ref_strata.get(ref.version)
+        if strata is None:
+            strata = (
+                self.season.strata(ref.features, True),
+                self.season.strata(ref.features, False),
+            )
+            self._ref_strata[ref.version] = strata
+        return strata
 
     def _estimate_result(
         self,
@@ -562,11 +698,9 @@ class DriftMonitor:
                 n=len(scores),
                 skipped="no model scores on this version's reference",
             )
-        ref_strata = (
-            self.season.strata(ref.features, True),
-            self.season.strata(ref.features, False),
+        return self._estimate_check.run(
+            ref.predictions, self._reference_strata(ref), scores, strata
         )
-        return self._estimate_check.run(ref.predictions, ref_strata, scores, strata)
 
     def _prediction_result(
         self,
@@ -578,11 +712,9 @@ class DriftMonitor:
     ) -> CheckResult:
         version = window.key[1]
         if ref.predictions is not None and ref.version == version:
-            ref_strata = (
-                self.season.strata(ref.features, True),
-                self.season.strata(ref.features, False),
+            return self._prediction_check.run(
+                ref.predictions, self._reference_strata(ref), scores, strata_pair, rng
             )
-            return self._prediction_check.run(ref.predictions, ref_strata, scores, strata_pair, rng)
         strata = strata_pair[1]  # learned scores are kept per hour only
         # No model scores for this version: learn per-stratum reference scores first.
         cap = self.config.learned_reference_per_stratum
@@ -681,18 +813,8 @@ class DriftMonitor:
 
     def _notify(self, evaluations: list[WindowEvaluation]) -> list[Alert]:
         alerts = [e.alert for e in evaluations if e.alert is not None]
-        for evaluation in evaluations:
-            for callback in self.on_evaluation:
-                try:
-                    callback(evaluation)
-                except Exception:
-                    log.exception("on_evaluation callback failed")
-        for alert in alerts:
-            for callback in self.on_alert:
-                try:
-                    callback(alert)
-                except Exception:
-                    log.exception("on_alert callback failed")
+        _call_each(self.on_evaluation, evaluations, "on_evaluation")
+        _call_each(self.on_alert, alerts, "on_alert")
         return alerts
 
     # -- inspection -----------------------------------------------------------------------

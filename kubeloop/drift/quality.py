@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kubeloop.drift.checks import MISSING_CATEGORY, CheckResult, category_key
+from kubeloop.drift.checks import MISSING_CATEGORY, CheckResult, factorized_keys
 from kubeloop.drift.config import DataQualityConfig
 
 KINDS = ("unseen", "null", "out_of_range", "schema")
@@ -85,8 +85,7 @@ class DataQualityCheck:
         self.categorical = [c for c in self.columns if c in set(categorical)]
         self.numeric = [c for c in self.columns if c not in set(self.categorical)]
         self.vocab = {
-            c: {category_key(v) for v in reference[c].tolist()} - {MISSING_CATEGORY}
-            for c in self.categorical
+            c: set(factorized_keys(reference[c])[1]) - {MISSING_CATEGORY} for c in self.categorical
         }
         self.null_rate = {c: float(reference[c].isna().mean()) for c in self.columns}
         self.bounds: dict[str, tuple[float, float]] = {}
@@ -127,8 +126,9 @@ class DataQualityCheck:
             if not present:
                 continue
             if c in self.vocab:
-                keys = [category_key(v) for v in window[c].tolist()]
-                unseen = sum(1 for k in keys if k != MISSING_CATEGORY and k not in self.vocab[c])
+                codes, keys = factorized_keys(window[c])
+                new = np.array([k not in self.vocab[c] for k in keys[:-1]] + [False])
+                unseen = int(new[codes].sum())
                 add(c, "unseen", unseen, cfg.max_unseen_rate)
             elif c in self.bounds:
                 lo, hi = self.bounds[c]

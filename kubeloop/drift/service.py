@@ -37,6 +37,7 @@ monitor then learns reference scores from the first served windows).
 # No `from __future__ import annotations` here: FastAPI resolves the endpoints' annotations
 # (Request, imported inside build_app) at definition time.
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -75,49 +76,30 @@ class DriftMetrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge
 
         self.registry = registry if registry is not None else CollectorRegistry()
-        ns = "kubeloop_drift"
-        r = self.registry
-        self.events = Counter(
-            "events_total", "CloudEvents accepted", ["type", "variant"], namespace=ns, registry=r
+
+        def metric(kind: Any, name: str, doc: str, *labels: str) -> Any:
+            return kind(name, doc, list(labels), namespace="kubeloop_drift", registry=self.registry)
+
+        self.events = metric(Counter, "events_total", "CloudEvents accepted", "type", "variant")
+        self.bad_events = metric(Counter, "bad_events_total", "CloudEvents refused (400)", "reason")
+        self.errors = metric(Counter, "errors_total", "internal errors (500)")
+        self.windows = metric(
+            Counter, "windows_evaluated_total", "closed windows per detector",
+            "detector", "variant", "outcome",
+        )  # fmt: skip
+        self.alerts = metric(Counter, "alerts_total", "drift alerts raised", "detector", "variant")
+        self.last_p = metric(
+            Gauge, "last_p_value", "p-value of the latest test", "detector", "variant", "version"
         )
-        self.bad_events = Counter(
-            "bad_events_total", "CloudEvents refused (400)", ["reason"], namespace=ns, registry=r
+        self.labels = metric(Counter, "labels_total", "delayed labels received", "result")
+        self.kube_events = metric(
+            Counter, "kube_events_total", "alerts posted as Kubernetes Events", "result"
         )
-        self.errors = Counter("errors_total", "internal errors (500)", namespace=ns, registry=r)
-        self.windows = Counter(
-            "windows_evaluated_total",
-            "closed windows per detector",
-            ["detector", "variant", "outcome"],
-            namespace=ns,
-            registry=r,
-        )
-        self.alerts = Counter(
-            "alerts_total", "drift alerts raised", ["detector", "variant"], namespace=ns, registry=r
-        )
-        self.last_p = Gauge(
-            "last_p_value",
-            "p-value of the latest test",
-            ["detector", "variant", "version"],
-            namespace=ns,
-            registry=r,
-        )
-        self.labels = Counter(
-            "labels_total", "delayed labels received", ["result"], namespace=ns, registry=r
-        )
-        self.kube_events = Counter(
-            "kube_events_total",
-            "alerts posted as Kubernetes Events",
-            ["result"],
-            namespace=ns,
-            registry=r,
-        )
-        self.performance = Gauge(
-            "performance",
+        self.performance = metric(
+            Gauge, "performance",
             "latest window's normalized entropy or AUC (estimated from scores, or realized)",
-            ["source", "metric", "variant", "version"],
-            namespace=ns,
-            registry=r,
-        )
+            "source", "metric", "variant", "version",
+        )  # fmt: skip
         for result in ("posted", "failed", "dropped"):
             self.kube_events.labels(result=result)
         self.errors.inc(0)
@@ -245,6 +227,72 @@ class KubeAlertPoster:
             self._thread.join(timeout=5)
 
 
+class GroupCommit:
+    """Feeds CloudEvents to the monitor in batches, one transaction per batch.
+
+    Each HTTP handler thread `submit`s its event and waits; one writer thread takes every
+    event queued so far (up to `max_batch`), hands them to `monitor.ingest_many` (one
+    transaction) and wakes the handlers with their results. A handler answers only after
+    the transaction holding its event committed, so an acknowledged event survives a
+    SIGKILL as before; under load, events that arrive while a transaction commits share
+    the next one instead of paying a commit each.
+    """
+
+    def __init__(self, monitor: Any, max_batch: int = 256):
+        self.monitor = monitor
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.batches = 0
+        self.events = 0
+
+    def submit(self, event: Any) -> Any:
+        """Ingest one event; returns its IngestResult, raises what `ingest` would."""
+        from concurrent.futures import Future
+
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="drift-writer", daemon=True)
+                self._thread.start()
+        future: Future = Future()
+        self._queue.put((event, future))
+        result = future.result()
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            try:
+                results = self.monitor.ingest_many([event for event, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - the whole batch rolled back: all fail
+                results = [exc] * len(batch)
+            self.batches += 1
+            self.events += len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                future.set_result(result)
+
+    def close(self) -> None:
+        """Stop the writer once the queued events are written."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+
+
 def build_app(
     monitor: Any,
     *,
@@ -287,8 +335,16 @@ def build_app(
         monitor.on_alert.append(kube)
         kube.on_result = lambda result: metrics.kube_events.labels(result=result).inc()
 
-    app = FastAPI(title="kubeloop drift detector", docs_url=None, redoc_url=None)
+    writer = GroupCommit(monitor)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Any):
+        yield
+        writer.close()  # the queued events are written before the monitor closes
+
+    app = FastAPI(title="kubeloop drift detector", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.monitor = monitor
+    app.state.writer = writer
     app.state.metrics = metrics
     app.add_middleware(
         EdgeMiddleware,
@@ -334,7 +390,7 @@ def build_app(
                     f"monitors {inference_service!r}",
                 )
             metrics.events.labels(type=event.kind, variant=event.variant).inc()
-            result = monitor.ingest(event)
+            result = writer.submit(event)
             if feedback is not None:
                 feedback.tap(
                     headers, body, variant=event.variant, model_version=event.model_version
@@ -594,9 +650,7 @@ def build_from_args(args: argparse.Namespace):
         from kubeloop.serving.request_log.feedback import FeedbackService
         from kubeloop.serving.request_log.sinks import SQLiteRequestLog
 
-        feedback = FeedbackService(
-            SQLiteRequestLog(args.request_log), on_labels=monitor.add_labels
-        )
+        feedback = FeedbackService(SQLiteRequestLog(args.request_log), on_labels=monitor.add_labels)
     app = build_app(
         monitor, inference_service=args.inference_service, kube=kube,
         revision_variant=revision_variant, max_body_bytes=args.max_body_bytes,

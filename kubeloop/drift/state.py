@@ -24,6 +24,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,12 @@ class StateStore:
         # Row counts of the capped tables, kept in memory (COUNT(*) scans the table);
         # dropped on rollback and recounted on next use.
         self._sizes: dict[str, int] = {}
+        # Counter increments of the open transaction, written once at its commit (a batch
+        # of requests bumps the same few counters hundreds of times).
+        self._pending_counts: dict[str, float] = defaultdict(float)
+        # Bumped on every rollback: in-memory mirrors of stored rows (the open windows'
+        # buffered events) compare it with theirs and reload when it moved.
+        self.generation = 0
         self._conn = sqlite3.connect(
             self.path, timeout=30.0, isolation_level=None, check_same_thread=False
         )
@@ -140,6 +147,16 @@ class StateStore:
             except BaseException:
                 self._depth = 0
                 self._sizes.clear()
+                self._pending_counts.clear()
+                self.generation += 1
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._write_counts()
+            except BaseException:
+                self._depth = 0
+                self._sizes.clear()
+                self.generation += 1
                 self._conn.execute("ROLLBACK")
                 raise
             self._depth = 0
@@ -245,8 +262,8 @@ class StateStore:
         how many of the oldest were evicted to stay within `max_rows`."""
         k = key_text(key)
         seq = self._next_seq("awaiting")
-        rows = list(rows)
-        # A request id seen again replaces its earlier prediction.
+        # A request id seen again replaces its earlier prediction (also within one batch).
+        rows = list({r[0]: r for r in rows}.values())
         self._pop_ids("awaiting", [r[0] for r in rows])
         self._conn.executemany(
             "INSERT INTO awaiting VALUES (?, ?, ?, ?, ?)",
@@ -322,13 +339,26 @@ class StateStore:
     # -- counters and alert times -------------------------------------------------------
 
     def incr(self, name: str, by: float = 1) -> None:
-        self._x(
-            "INSERT INTO counters VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
-            (name, by, by),
-        )
+        """Add `by` to a counter; written with the transaction's commit (outside one, at
+        once)."""
+        with self._lock:
+            self._pending_counts[name] += by
+            if not self._depth:
+                self._write_counts()
+
+    def _write_counts(self) -> None:
+        if self._pending_counts:
+            self._conn.executemany(
+                "INSERT INTO counters VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                list(self._pending_counts.items()),
+            )
+            self._pending_counts.clear()
 
     def counters(self) -> dict[str, float]:
-        return {r[0]: r[1] for r in self._x("SELECT name, value FROM counters ORDER BY name")}
+        with self._lock:
+            self._write_counts()
+            return {r[0]: r[1] for r in self._x("SELECT name, value FROM counters ORDER BY name")}
 
     def last_alert(self, key: Key, detector: str) -> float | None:
         row = self._x(

@@ -4,9 +4,21 @@ A window of one key (model, version, variant) opens with its first event. It clo
 
 * after its `max_events`-th event, or
 * when an event arrives whose event time is `max_seconds` or more after the window's
-  first event (that event opens the next window),
+  first event (that event opens the next window) and the window holds at least
+  `time_limit_min_events` events, or
+* when such an event is `max_open_seconds` or more after the window's first event, however
+  few events the window holds,
 
-and `flush()` closes whatever is open (end of a replay, shutdown on request). A closed
+Why the time limit waits for `time_limit_min_events`: at night an hour holds a tenth of
+a daytime hour's traffic (~200 events on the bench's lakes), and the reference holds as
+few rows of that hour, so an hour's window can hardly show even a large shift under a
+false-alarm budget of one in 100,000 windows (bench/drift_bench.py: the first window after
+a midnight covariate shift alerted on 1 of 3 seeds). Letting a thin window run on until it
+holds 1,000 events, up to `max_open_seconds` (6 h), gives it the power of a daytime window;
+the matched reference follows the window's hour mix, so a window of five night hours is
+compared with the same five hours.
+
+`flush()` closes whatever is open (end of a replay, shutdown on request). A closed
 window with fewer than `min_events` events is counted but not tested: a handful of events
 cannot show drift, and chi-square tests are unreliable on tiny tables.
 
@@ -35,6 +47,22 @@ class WindowConfig(BaseModel):
         3600.0, gt=0, description="... or this many seconds of event time after its first event"
     )
     min_events: int = Field(200, ge=1, description="smaller closed windows are not tested")
+    time_limit_min_events: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "max_seconds closes a window only once it holds this many events (capped at "
+            "max_events): thin night hours run on into one testable window"
+        ),
+    )
+    max_open_seconds: float | None = Field(
+        6 * 3600.0,
+        gt=0,
+        description=(
+            "... and a window this many seconds old (at least max_seconds) closes however "
+            "few events it holds"
+        ),
+    )
 
     @model_validator(mode="after")
     def _min_le_max(self) -> WindowConfig:
@@ -43,6 +71,21 @@ class WindowConfig(BaseModel):
                 f"min_events {self.min_events} is larger than max_events {self.max_events}"
             )
         return self
+
+    def closes_on_time(self, n: int, age: float) -> bool:
+        """Whether an event `age` seconds after the first event of a window holding `n`
+        events closes that window (and opens the next)."""
+        if not n:
+            return False
+        if self.max_open_seconds is not None and age >= max(
+            self.max_open_seconds, self.max_seconds or 0.0
+        ):
+            return True
+        return (
+            self.max_seconds is not None
+            and age >= self.max_seconds
+            and n >= min(self.time_limit_min_events, self.max_events)
+        )
 
 
 @dataclass
@@ -61,53 +104,80 @@ class ClosedWindow:
         return len(self.rows)
 
 
+@dataclass
+class _Open:
+    """The in-memory copy of one key's open window: its meta and, when known, its rows
+    (None: some rows were buffered by an earlier process, read them from the store)."""
+
+    generation: int
+    meta: WindowMeta
+    rows: list[dict] | None
+
+
 class TumblingWindows:
     """Open windows of one kind ("serve" or "labels") for every key, in a state store.
 
     Callers hold the store's transaction around `add`/`flush`, so appending an event and
-    closing its window commit together.
+    closing its window commit together. The rows are written to the store (encoded once)
+    and mirrored in memory, so closing a window does not read back and decode what this
+    process wrote; a rolled-back transaction (the store's `generation` moves) drops the
+    mirror, which is then rebuilt from the store.
     """
 
     def __init__(self, state: StateStore, kind: str, config: WindowConfig):
         self.state = state
         self.kind = kind
         self.config = config
+        self._open: dict[Key, _Open] = {}
+
+    def _entry(self, key: Key) -> _Open:
+        entry = self._open.get(key)
+        if entry is None or entry.generation != self.state.generation:
+            meta = self.state.window(self.kind, key)
+            entry = _Open(self.state.generation, meta, None if meta.n else [])
+            self._open[key] = entry
+        return entry
 
     def add(self, key: Key, rows: Sequence[tuple[float, dict]]) -> list[ClosedWindow]:
         """Append `(event time, payload)` rows to the key's open window, closing windows
         as the rules say; returns the windows closed, oldest first."""
         closed: list[ClosedWindow] = []
-        meta = self.state.window(self.kind, key)
+        entry = self._entry(key)
+        meta = entry.meta
         batch: list[tuple[float, dict]] = []
+        config = self.config
 
         def spill() -> None:
             if batch:
                 self.state.append_rows(self.kind, key, batch)
+                if entry.rows is not None:
+                    entry.rows.extend(p for _, p in batch)
                 batch.clear()
 
         for t, payload in rows:
             t = float(t)
-            limit = self.config.max_seconds
-            if meta.n and limit is not None and meta.start is not None and t - meta.start >= limit:
+            if meta.start is not None and config.closes_on_time(meta.n, t - meta.start):
                 spill()
-                closed.append(self._close(meta))
+                closed.append(self._close(entry))
             batch.append((t, payload))
             meta.n += 1
             meta.start = t if meta.start is None else meta.start
             meta.end = t if meta.end is None else max(meta.end, t)
-            if meta.n >= self.config.max_events:
+            if meta.n >= config.max_events:
                 spill()
-                closed.append(self._close(meta))
+                closed.append(self._close(entry))
         spill()
         self.state.save_window(meta)
         return closed
 
-    def _close(self, meta: WindowMeta) -> ClosedWindow:
-        rows = self.state.window_rows(self.kind, meta.key)
+    def _close(self, entry: _Open) -> ClosedWindow:
+        meta = entry.meta
+        rows = entry.rows if entry.rows is not None else self.state.window_rows(self.kind, meta.key)
         window = ClosedWindow(
             self.kind, meta.key, meta.index, float(meta.start or 0.0), float(meta.end or 0.0), rows
         )
         self.state.clear_rows(self.kind, meta.key)
+        entry.rows = []
         meta.index += 1
         meta.start = meta.end = None
         meta.n = 0
@@ -116,8 +186,9 @@ class TumblingWindows:
 
     def flush(self, key: Key | None = None) -> list[ClosedWindow]:
         """Close the open window of `key` (of every key when None)."""
-        metas = [self.state.window(self.kind, key)] if key else self.state.windows(self.kind)
-        return [self._close(m) for m in metas if m.n]
+        keys = [key] if key else [m.key for m in self.state.windows(self.kind)]
+        entries = [self._entry(k) for k in keys]
+        return [self._close(e) for e in entries if e.meta.n]
 
     def open_windows(self) -> list[WindowMeta]:
         """The open (non-empty) windows of this kind."""
