@@ -11,7 +11,8 @@ feature transform to the raw columns of each row, so what it scores is exactly w
 Requests (validated by `kubeloop.serving.protocol`, every bad field named in a 400):
 
 * v1 ``{"instances": [{<model_input_columns()>: value or null}, ...]}`` ->
-  ``{"predictions": [p, ...]}``
+  ``{"predictions": [p, ...]}``, plus ``"decisions": [0 or 1, ...]`` (p at or above the
+  version's stored decision threshold) when the version has one
 * v2 one input per column of `model_input_columns()`, shape [n] -> output
   ``probability`` FP64 [n]
 
@@ -108,6 +109,13 @@ class CTRPredictor(ServedModel):
         """Registry version (e.g. "v0003") from metadata.json, None without one."""
         version = self.metadata.get("version")
         return str(version) if version is not None else None
+
+    @property
+    def decision_threshold(self) -> float | None:
+        """The version's decision threshold (a use case with a `DecisionPolicy`: chosen
+        offline on the validation split, stored in its metrics), None without one."""
+        value = self.metadata.get("metrics", {}).get("decision_threshold")
+        return float(value) if value is not None else None
 
     @property
     def registered_name(self) -> str | None:
@@ -224,10 +232,15 @@ class CTRPredictor(ServedModel):
                 request_id=request_id,
                 model_version=self.model_version,
             )
+        body: dict[str, Any] = {"predictions": probabilities}
+        threshold = self.decision_threshold
+        if threshold is not None:
+            # The action at the stored threshold (1: alert), beside the score it came from.
+            body["decisions"] = [int(p >= threshold) for p in probabilities]
         if self.model_version:
             # The drift detector files the logged response under this version.
-            return {"predictions": probabilities, "model_version": self.model_version}
-        return {"predictions": probabilities}
+            body["model_version"] = self.model_version
+        return body
 
 
 def build_parser() -> argparse.ArgumentParser:
