@@ -121,6 +121,12 @@ def spark_session(settings: SparkSettings):
         session.stop()
 
 
+def _tables(use_case) -> tuple:
+    """Every offline table the build writes: the entities' feature tables, then the
+    request-time state tables of a use case that has them (`UseCase.tables`)."""
+    return tuple(getattr(use_case, "tables", use_case.entities))
+
+
 def _spark_path(path: str) -> str:
     # Hadoop's S3 connector is s3a://; fsspec's s3:// names the same objects.
     return "s3a://" + path[len("s3://") :] if path.startswith("s3://") else path
@@ -158,6 +164,27 @@ def _remove(uri: str) -> None:
         fs.rm(root, recursive=True)
 
 
+def _query(spark, name: str, body: str, order: str | None):
+    """(the entity's table as a DataFrame, what to call once it is written).
+
+    With `order` (see spark_sql.to_spark_sql_split), the unsorted result is cached and the
+    cache sorted, so that the sampling pass of Spark's global sort reads the cache instead
+    of computing the windows a second time."""
+    if order is None:
+        return spark.sql(body), lambda: None
+    from pyspark import StorageLevel
+
+    unsorted = spark.sql(body).persist(StorageLevel.MEMORY_AND_DISK)
+    view = f"kubeloop_unsorted_{name}"
+    unsorted.createOrReplaceTempView(view)
+
+    def release() -> None:
+        spark.catalog.dropTempView(view)
+        unsorted.unpersist()
+
+    return spark.sql(f"SELECT * FROM {view} ORDER BY {order}"), release
+
+
 def _check_output(path: Path, schema, rows: int) -> None:
     import pyarrow.parquet as pq
 
@@ -171,14 +198,14 @@ def _check_output(path: Path, schema, rows: int) -> None:
 def stage_tables(manifest, config, staging: Path, step, use_case) -> tuple[int, dict[str, int]]:
     """Write every entity's table into `staging` with Spark (the DuckDB engine's
     `_stage_tables` counterpart); return (events, rows per entity)."""
-    from kubeloop.features.spark_sql import to_spark_sql
+    from kubeloop.features.spark_sql import to_spark_sql_split
 
     params = {
         "prior_positives": config.prior_strength * config.ctr_prior,
         "prior_strength": config.prior_strength,
     }
     # Compile before starting a JVM: a query Spark cannot run fails in a second.
-    queries = {spec.name: to_spark_sql(spec, params) for spec in use_case.entities}
+    queries = {spec.name: to_spark_sql_split(spec, params) for spec in _tables(use_case)}
     if not manifest.local and not manifest.lake_root.startswith(("s3://", "s3a://", "gs://")):
         raise SparkEngineError(
             f"engine spark reads local, s3:// and gs:// lakes, not {manifest.lake_root}; "
@@ -195,19 +222,21 @@ def stage_tables(manifest, config, staging: Path, step, use_case) -> tuple[int, 
         if events != manifest.rows:
             raise RuntimeError(f"read {events} events but the lake's footers count {manifest.rows}")
         scratch = config.spark.scratch_uri
-        for spec in use_case.entities:
+        for spec in _tables(use_case):
             step(f"aggregate {spec.name}")
             if scratch:
                 parts = f"{scratch.rstrip('/')}/{spec.name}"
             else:
                 parts = str(staging / f"{spec.name}.spark-parts")
             # Overwrite: a retried driver finds its earlier attempt's parts there.
-            spark.sql(queries[spec.name]).write.mode("overwrite").parquet(_spark_path(parts))
+            table, release = _query(spark, spec.name, *queries[spec.name])
+            table.write.mode("overwrite").parquet(_spark_path(parts))
+            release()
             rows[spec.name] = _merge_parts(parts, spec.feature_schema, staging / spec.features_file)
             _remove(parts)
         spark.catalog.dropTempView("events")
     step("write")
-    for spec in use_case.entities:
+    for spec in _tables(use_case):
         _check_output(staging / spec.features_file, spec.feature_schema, rows[spec.name])
     return events, rows
 
@@ -229,7 +258,7 @@ def publish_tables(local_dir: Path, uri: str, use_case) -> None:
 
     fs, root = url_to_fs(uri)
     fs.makedirs(root, exist_ok=True)
-    for spec in use_case.entities:
+    for spec in _tables(use_case):
         fs.put_file(str(Path(local_dir) / spec.features_file), f"{root.rstrip('/')}/{spec.features_file}")
 
 
@@ -249,12 +278,12 @@ def fetch_tables(uri: str, out_dir: Path, use_case) -> dict[str, int]:
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.fetch-", dir=out_dir.parent))
     try:
         rows = {}
-        for spec in use_case.entities:
+        for spec in _tables(use_case):
             local = staging / spec.features_file
             fs.get_file(f"{root.rstrip('/')}/{spec.features_file}", str(local))
             rows[spec.name] = pq.ParquetFile(local).metadata.num_rows
             _check_output(local, spec.feature_schema, rows[spec.name])
-        _publish(staging, out_dir, [spec.features_file for spec in use_case.entities])
+        _publish(staging, out_dir, [spec.features_file for spec in _tables(use_case)])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return rows

@@ -71,13 +71,41 @@ def to_spark_sql(spec: EntitySpec, params: Mapping[str, float]) -> str:
     `params` gives every ``$name`` parameter the query uses (the build's prior). Raises
     SparkSqlError when the query does not parse as DuckDB SQL or cannot be rendered.
     """
+    return _compile(spec, params, split=False)[0]
+
+
+def to_spark_sql_split(spec: EntitySpec, params: Mapping[str, float]) -> tuple[str, str | None]:
+    """`to_spark_sql`'s statement as (the query without its final ORDER BY, that ORDER BY's
+    keys as SQL), when every key is a column of the query's output; else (the whole
+    statement, None).
+
+    Why: Spark sorts globally by sampling its input first, which runs the plan below the
+    sort twice (the window functions included). The Spark engine caches the unsorted result
+    and sorts the cache: the same rows in the same order, the windows computed once."""
+    return _compile(spec, params, split=True)
+
+
+def _compile(spec: EntitySpec, params: Mapping[str, float], *, split: bool):
     import sqlglot
+    from sqlglot import exp
     from sqlglot.errors import SqlglotError
 
     try:
         tree = sqlglot.parse_one(spec.query, read="duckdb")
         tree = tree.transform(lambda node: _rewrite(node, params, spec.name))
-        return tree.sql(dialect="spark", pretty=True, unsupported_level=sqlglot.ErrorLevel.RAISE)
+        order = tree.args.get("order") if split and isinstance(tree, exp.Select) else None
+        names = set(tree.named_selects) if order is not None else set()
+        if order is not None and all(
+            isinstance(key.this, exp.Column) and not key.this.table and key.this.name in names
+            for key in order.expressions
+        ):
+            keys = ", ".join(key.sql(dialect="spark") for key in order.expressions)
+            tree = tree.copy()
+            tree.set("order", None)
+        else:
+            keys = None
+        sql = tree.sql(dialect="spark", pretty=True, unsupported_level=sqlglot.ErrorLevel.RAISE)
+        return sql, keys
     except SqlglotError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise SparkSqlError(
