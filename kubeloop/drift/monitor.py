@@ -75,6 +75,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import threading
 import uuid
 import zlib
@@ -232,13 +233,36 @@ def _clean(value: Any) -> Any:
 _ABSENT = object()
 
 
+_PLAIN_TYPES = frozenset({int, float, type(None)})
+
+
 def _row_values(
-    instance: Mapping[str, Any], columns: Sequence[str], numeric: set[str]
+    instance: Mapping[str, Any],
+    columns: Sequence[str],
+    numeric: set[str],
+    getter: Callable[[Mapping[str, Any]], tuple] | None = None,
+    numeric_getter: Callable[[Sequence[Any]], tuple] | None = None,
 ) -> tuple[list[Any], list[str]]:
-    """The instance's model inputs in `columns` order (NaN and infinities as None) and the
-    inputs that break the request schema (`quality.schema_violations`), in one pass. The
-    common types (int, float, a string for a categorical input) take the short path."""
-    values: list[Any] = []
+    """The instance's model inputs in `columns` order (NaN and infinities as None, or left
+    as they are on the short path: the stored JSON writes them as null) and the inputs that
+    break the request schema (`quality.schema_violations`). The common row (every input
+    present, numbers, strings only in categorical inputs) takes a short path that looks at
+    no value twice; `getter` is `operator.itemgetter(*columns)`, `numeric_getter` picks
+    the numeric inputs out of the values (an itemgetter of their positions)."""
+    if getter is not None and len(columns) > 1:
+        try:
+            values = list(getter(instance))
+        except KeyError:
+            values = None
+        if values is not None:
+            kinds = set(map(type, values))
+            if kinds <= _PLAIN_TYPES or (
+                kinds - _PLAIN_TYPES == {str}
+                and numeric_getter is not None
+                and str not in set(map(type, numeric_getter(values)))
+            ):
+                return values, []
+    values = []
     bad: list[str] = []
     for col in columns:
         value = instance.get(col, _ABSENT)
@@ -346,6 +370,10 @@ class DriftMonitor:
         self.columns = list(self.default.features.columns)
         cats = set(self.config.categorical)
         self._numeric_columns = {c for c in self.columns if c not in cats}
+        self._row_getter = operator.itemgetter(*self.columns)
+        numeric_at = [i for i, c in enumerate(self.columns) if c not in cats]
+        # itemgetter of one position returns the value, not a 1-tuple: None falls back.
+        self._numeric_getter = operator.itemgetter(*numeric_at) if len(numeric_at) > 1 else None
         self.state = StateStore(state_dir)
         self._revisions: dict[str, str | None] = {}
         self._revisions_generation = self.state.generation
@@ -552,7 +580,9 @@ class DriftMonitor:
         columns, numeric = self.columns, self._numeric_columns
         single = len(instances) == 1
         for i, (inst, p) in enumerate(zip(instances, predictions, strict=True)):
-            values, bad = _row_values(inst, columns, numeric)
+            values, bad = _row_values(
+                inst, columns, numeric, self._row_getter, self._numeric_getter
+            )
             row: dict[str, Any] = {
                 "id": request_id if single else f"{request_id}/{i}",
                 "x": values,
@@ -670,7 +700,14 @@ class DriftMonitor:
         values = [
             [r["x"].get(c) for c in columns] if isinstance(r["x"], dict) else r["x"] for r in rows
         ]
-        return pd.DataFrame(values, columns=columns)
+        frame = pd.DataFrame(values, columns=columns)
+        # Infinities are missing values, as the stored rows (JSON null) have them.
+        floats = frame.select_dtypes(include="float").columns
+        if len(floats):
+            block = frame[floats].to_numpy()
+            if not np.isfinite(block[~np.isnan(block)]).all():
+                frame[floats] = frame[floats].replace([np.inf, -np.inf], np.nan)
+        return frame
 
     def _reference_strata(self, ref: Reference) -> tuple[np.ndarray, np.ndarray]:
         """A reference's strata (with day type, without), computed once per version."""

@@ -202,21 +202,35 @@ class StateStore:
             for r in self._x(sql + " ORDER BY kind, key", args).fetchall()
         ]
 
-    def append_rows(self, kind: str, key: Key, rows: Iterable[tuple[float, dict]]) -> None:
-        k = key_text(key)
-        self._conn.executemany(
+    def append_rows(self, kind: str, key: Key, rows: Sequence[tuple[float, dict]]) -> None:
+        """Buffer rows of an open window: one stored row per call holding all of them (a
+        JSON array, encoded once with orjson: NaN and infinities become null), so a batch
+        of requests is one insert, not one per event."""
+        if not rows:
+            return
+        import orjson
+
+        self._x(
             "INSERT INTO rows (kind, key, t, payload) VALUES (?, ?, ?, ?)",
-            ((kind, k, float(t), json.dumps(p, allow_nan=True)) for t, p in rows),
+            (kind, key_text(key), float(rows[0][0]), orjson.dumps([p for _, p in rows])),
         )
 
     def window_rows(self, kind: str, key: Key) -> list[dict]:
-        return [
-            json.loads(r[0])
-            for r in self._x(
-                "SELECT payload FROM rows WHERE kind = ? AND key = ? ORDER BY seq",
-                (kind, key_text(key)),
-            ).fetchall()
-        ]
+        """The buffered rows of an open window, oldest first (a stored row is one payload
+        or, since batches are stored whole, a JSON array of them)."""
+        import orjson
+
+        out: list[dict] = []
+        for (payload,) in self._x(
+            "SELECT payload FROM rows WHERE kind = ? AND key = ? ORDER BY seq",
+            (kind, key_text(key)),
+        ).fetchall():
+            value = orjson.loads(payload) if isinstance(payload, bytes) else json.loads(payload)
+            if isinstance(value, list):
+                out.extend(value)
+            else:
+                out.append(value)
+        return out
 
     def clear_rows(self, kind: str, key: Key) -> None:
         self._x("DELETE FROM rows WHERE kind = ? AND key = ?", (kind, key_text(key)))
