@@ -171,7 +171,6 @@ def stage_lookup(features: str, repo: str, iters_1: int, iters_100: int, warmup:
 
     import pyarrow.parquet as pq
 
-    from usecases.ctr import schema
     from kubeloop.features.materialize import materialize
     from kubeloop.features.online import online_features
     from kubeloop.features.store import (
@@ -180,6 +179,7 @@ def stage_lookup(features: str, repo: str, iters_1: int, iters_100: int, warmup:
         open_store,
         write_repo,
     )
+    from usecases.ctr import schema
 
     warnings.simplefilter("ignore")  # Feast's deprecation chatter, once per call site
     # Full (generation 2) garbage collections stop the process for tens of ms once Feast,
