@@ -82,13 +82,9 @@ class DemoConfig(BaseModel):
     def _use_case_defaults(cls, data: Any) -> Any:
         # The demo generates its lake, so the use case must be synthetic; its generator
         # config class and default model name fill what the config leaves out.
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        spec = load_use_case(data.get("use_case") or DEFAULT_USE_CASE)
-        data["generator"] = spec.generator_config(data.get("generator"))
-        data["model_name"] = data.get("model_name") or spec.defaults.model_name
-        return data
+        from kubeloop.pipeline.params import use_case_defaults
+
+        return use_case_defaults(data, "generator")
 
     @field_validator("train_config", "gate_config")
     @classmethod

@@ -256,6 +256,42 @@ def alert_positions(alerts, sent: pd.DataFrame) -> list[int]:
     return [int(times.searchsorted(ns(a.window.end), side="right")) for a in alerts]
 
 
+def first_alerts_after_change(
+    alerts, timeline: list[dict[str, Any]], sent: pd.DataFrame, change_position: int
+) -> dict[str, dict[str, Any]]:
+    """Per detector, the primary's first alert after the change: how many impressions and
+    how many of that detector's windows after the change it came (a serving window, or a
+    labelled window for `performance`), and whether that is within one window: the window
+    holding the change, or the first window wholly after it."""
+    times = pd.to_datetime(sent["sent_at"], utc=True).astype("int64").sort_values().to_numpy()
+
+    def served(epoch_s: float) -> int:
+        return int(times.searchsorted(int(epoch_s * 1e9), side="right"))
+
+    out: dict[str, dict[str, Any]] = {}
+    ranked = sorted(zip(alert_positions(alerts, sent), range(len(alerts))))
+    for position, i in ranked:
+        alert = alerts[i]
+        if alert.variant != "primary" or position <= change_position or alert.detector in out:
+            continue
+        windows = sorted(
+            (r for r in timeline if r["detector"] == alert.detector and r["key"][2] == "primary"),
+            key=lambda r: r["index"],
+        )
+        after = [r for r in windows if served(r["end"]) > change_position]
+        first = after[0] if after else None
+        straddles = first is not None and served(first["start"]) < change_position
+        count = alert.window.index - first["index"] + 1 if first is not None else None
+        out[alert.detector] = {
+            "window_index": alert.window.index,
+            "events_after_change": position - change_position,
+            "windows_after_change": count,
+            "window_events": alert.window.n,
+            "within_one_window": count is not None and count <= (2 if straddles else 1),
+        }
+    return out
+
+
 def summarize_alert(alert, position: int | None, change_position: int) -> dict[str, Any]:
     return {
         "id": alert.id,
@@ -354,6 +390,12 @@ def run_drift_stage(
             {f for a in alerts if a.detector == "feature" for f in a.features}
         ),
         "first_alert_delay_events": min(after) if after else None,
+        "first_alert_after_change": first_alerts_after_change(
+            alerts, timeline, sent, change_position
+        ),
+        "label_delay_hours": (
+            spec.events.label_delay.total_seconds() / 3600 if spec.events.label_delay else None
+        ),
         "false_alarms_before_change": sum(
             1 for a in serve_alerts if positions[a.id] <= change_position
         ),

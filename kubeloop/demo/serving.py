@@ -139,39 +139,6 @@ def register_challenger(
     return None
 
 
-def replay_hours(
-    url, impressions, config: ReplayConfig, feature_repo, id_prefix, after_hour, use_case
-):
-    """`kubeloop.serving.replay.replay_through_time`, hour by hour, with
-    `after_hour(sent, clock)` called after each hour's traffic (`clock`: the hour's end);
-    a true return stops the replay (the experiment decided). The online store is fed
-    forward as there, and left fully materialized."""
-    import pandas as pd
-
-    from kubeloop.features.materialize import OnlineFeed, materialize, reset_online_store
-    from kubeloop.features.store import open_store
-    from kubeloop.serving.replay import replay
-
-    store = open_store(feature_repo)
-    ts = pd.to_datetime(impressions[EVENT_TIMESTAMP], utc=True)
-    hours = ts.dt.floor("h")
-    first = hours.min().to_pydatetime()
-    reset_online_store(store)
-    parts = []
-    try:
-        materialize(store, end=first, progress=False, use_case=use_case)
-        feed = OnlineFeed(store, first - timedelta(seconds=1), use_case=use_case)
-        for hour in sorted(hours.unique()):
-            feed.advance(hour.to_pydatetime())
-            sent = replay(url, impressions[hours == hour], config, id_prefix, use_case=use_case)
-            parts.append(sent)
-            if after_hour(sent, hour + pd.Timedelta(hours=1)):
-                break
-    finally:
-        materialize(store, progress=False, use_case=use_case)
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
 def matured(impressions: pd.DataFrame, use_case: UseCase, clock=None) -> pd.DataFrame:
     """The impressions whose label is final at `clock` (all of them when the use case's
     labels come at once, or without a clock), with the label as known then: a positive
@@ -370,7 +337,7 @@ def run_serving_stage(
 
     from kubeloop.registry import open_registry
     from kubeloop.serving.local_servers import LocalStack
-    from kubeloop.serving.replay import join_feedback
+    from kubeloop.serving.replay import join_feedback, replay_through_time
     from kubeloop.serving.request_log.reader import exchanges_frame
 
     spec = resolve_use_case(use_case)
@@ -386,14 +353,14 @@ def run_serving_stage(
             experiment = _Experiment(
                 stack, stack.rollout, primary, canary, impressions, config, started_at, spec
             )
-        sent = replay_hours(
+        sent = replay_through_time(
             url,
             impressions,
             config.replay,
             workdir.feature_repo,
-            config.request_id_prefix,
-            experiment.after_hour if experiment is not None else lambda *_: False,
-            spec,
+            id_prefix=config.request_id_prefix,
+            use_case=spec,
+            on_hour=experiment.after_hour if experiment is not None else None,
         )
         shadow = {}
         if experiment is not None:

@@ -173,13 +173,15 @@ def replay_through_time(
     id_prefix: str = "r",
     *,
     use_case: UseCase | str | None = None,
+    on_hour=None,
 ) -> pd.DataFrame:
     """Replay hour by hour with the online store as it was: the store starts as of the first
     replayed hour, and before each hour's traffic the feature rows that became available
     up to that hour are written to it (`OnlineFeed`), the freshness the training set's
     point-in-time join has. No request sees features computed from its own or later
     impressions. The store is left fully materialized afterwards. `on_day(day, sent)` is
-    called after each replayed day."""
+    called after each replayed day; `on_hour(sent, end)` after each hour's traffic (`end`:
+    the hour's end), and a true return stops the replay there (an experiment decided)."""
     from kubeloop.features.materialize import OnlineFeed, materialize, reset_online_store
     from kubeloop.features.store import open_store
 
@@ -193,17 +195,22 @@ def replay_through_time(
     try:
         materialize(store, end=first, progress=False, use_case=spec)
         feed = OnlineFeed(store, first - timedelta(seconds=1), use_case=spec)
+        stop = False
         for day in sorted(ts.dt.floor("D").unique()):
             day_parts = []
             for hour in sorted(hours[ts.dt.floor("D") == day].unique()):
                 feed.advance(hour.to_pydatetime())
-                day_parts.append(
-                    replay(url, impressions[hours == hour], config, id_prefix, use_case=spec)
-                )
+                sent = replay(url, impressions[hours == hour], config, id_prefix, use_case=spec)
+                day_parts.append(sent)
+                if on_hour is not None and on_hour(sent, hour + pd.Timedelta(hours=1)):
+                    stop = True
+                    break
             sent = pd.concat(day_parts, ignore_index=True)
             parts.append(sent)
             if on_day is not None:
                 on_day(day, sent)
+            if stop:
+                break
     finally:
         materialize(store, progress=False, use_case=spec)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
