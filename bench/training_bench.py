@@ -57,6 +57,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from _util import (
     RunClock,
@@ -305,9 +306,9 @@ def task_by_name(records: list[dict], component: str) -> dict:
 def prepare(events: int, root: Path) -> dict:
     """Generate the lake and build the training set once; import what the in-process
     paths need so that no timed call pays an import."""
-    from usecases.ctr.generator import GeneratorConfig, generate_lake
     from kubeloop.features.pipeline_config import FeaturesStepConfig
     from kubeloop.pipeline.steps import run_features
+    from usecases.ctr.generator import GeneratorConfig, generate_lake
 
     lake = root / "lake"
     log(f"generate_lake: {events:,} events")
@@ -367,9 +368,7 @@ def check_plain_params() -> None:
 
     cfg = LightGBMTrainConfig()
     expected = cfg.booster_params()
-    differ = {
-        k: (PLAIN_PARAMS.get(k), v) for k, v in expected.items() if PLAIN_PARAMS.get(k) != v
-    }
+    differ = {k: (PLAIN_PARAMS.get(k), v) for k, v in expected.items() if PLAIN_PARAMS.get(k) != v}
     if differ or (cfg.max_rounds, cfg.early_stopping_rounds) != (
         PLAIN_ROUNDS,
         PLAIN_EARLY_STOPPING,
@@ -380,16 +379,17 @@ def check_plain_params() -> None:
 # --- part 1: one LightGBM training, three ways ------------------------------------------
 
 
-def run_component(training_set: Path, pipeline_root: Path) -> dict:
-    """importer -> train_lightgbm under kfp.local; the train-lightgbm task's own time."""
-    from components.train import train_component
-    from kfp import dsl, local
+def _train_pipeline(training_set: Path, name: str) -> Callable[[], Any]:
+    """The KFP pipeline `name`: importer -> the generic train component as train-lightgbm
+    on `training_set` (its defaults, the default use case)."""
+    from kfp import dsl
 
+    from components.train import train_component
     from kubeloop.usecase import DEFAULT_USE_CASE
 
     train_lightgbm = train_component("lightgbm")
 
-    @dsl.pipeline(name="bench-train-lightgbm")
+    @dsl.pipeline(name=name)
     def bench_pipeline():
         imported = dsl.importer(artifact_uri=str(training_set), artifact_class=dsl.Dataset)
         train_lightgbm(
@@ -399,14 +399,28 @@ def run_component(training_set: Path, pipeline_root: Path) -> dict:
             use_case=DEFAULT_USE_CASE,
         )
 
+    return bench_pipeline
+
+
+def _init_local(pipeline_root: Path) -> None:
+    """kfp.local with a fresh `pipeline_root`, each task a subprocess of this interpreter
+    (no venv of its own), raising on a failed task."""
+    from kfp import local
+
     pipeline_root.mkdir(parents=True)
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(pipeline_root),
+        raise_on_error=True,
+    )
+
+
+def run_component(training_set: Path, pipeline_root: Path) -> dict:
+    """importer -> train_lightgbm under kfp.local; the train-lightgbm task's own time."""
+    bench_pipeline = _train_pipeline(training_set, "bench-train-lightgbm")
     records: list[dict] = []
     with captured_stdout(), timed_kfp_tasks(records):
-        local.init(
-            runner=local.SubprocessRunner(use_venv=False),
-            pipeline_root=str(pipeline_root),
-            raise_on_error=True,
-        )
+        _init_local(pipeline_root)
         started = time.perf_counter()
         bench_pipeline()
         pipeline_s = time.perf_counter() - started
@@ -431,10 +445,10 @@ def run_plain(training_set: Path, model_dir: Path) -> dict:
     import lightgbm as lgb
     import numpy as np
 
-    from usecases.ctr import schema
     from kubeloop.pipeline.steps import load_splits
     from kubeloop.training.config import TrainingConfig
     from kubeloop.training.transform import FeatureTransform
+    from usecases.ctr import schema
 
     phases = {}
     started = mark = time.perf_counter()
@@ -756,33 +770,12 @@ def parse_import_times(text: str) -> dict:
 def import_profile_run(training_set: Path, pipeline_root: Path) -> dict:
     """One more component run, untimed, whose subprocess inherits PYTHONPROFILEIMPORTTIME=1:
     the import times of the real component process, read from its captured output."""
-    from components.train import train_component
-    from kfp import dsl, local
-
-    from kubeloop.usecase import DEFAULT_USE_CASE
-
-    train_lightgbm = train_component("lightgbm")
-
-    @dsl.pipeline(name="bench-train-lightgbm-importtime")
-    def bench_pipeline():
-        imported = dsl.importer(artifact_uri=str(training_set), artifact_class=dsl.Dataset)
-        train_lightgbm(
-            kind="lightgbm",
-            training_set=imported.output,
-            train_config_json="{}",
-            use_case=DEFAULT_USE_CASE,
-        )
-
-    pipeline_root.mkdir(parents=True)
+    bench_pipeline = _train_pipeline(training_set, "bench-train-lightgbm-importtime")
     previous = os.environ.get("PYTHONPROFILEIMPORTTIME")
     os.environ["PYTHONPROFILEIMPORTTIME"] = "1"
     try:
         with captured_stdout() as output:
-            local.init(
-                runner=local.SubprocessRunner(use_venv=False),
-                pipeline_root=str(pipeline_root),
-                raise_on_error=True,
-            )
+            _init_local(pipeline_root)
             bench_pipeline()
     finally:
         if previous is None:
