@@ -30,20 +30,53 @@ class DayPlan(Protocol):
     day: date
 
 
-def day_stream(
-    plans: Iterable[DayPlan], tables_of: Callable[[Any], Iterable[pa.Table]]
-) -> Iterator[tuple[date, Iterable[pa.Table]]]:
-    """(date, that day's tables) per plan, in order; each day's tables are drawn lazily."""
-    for plan in plans:
-        yield plan.day, tables_of(plan)
-
-
 def iter_tables(days: Iterable[tuple[date, Iterable[pa.Table]]]) -> Iterator[tuple[date, pa.Table]]:
     """The days' tables as `(day, table)` pairs, one pair per chunk (what a synthetic
     source's `iter_day_tables` yields)."""
     for day, tables in days:
         for table in tables:
             yield day, table
+
+
+@dataclass(frozen=True)
+class DayGenerator:
+    """A seeded generator's three parts: `population(config)` drawn once, `plans(config,
+    population)` one plan per day in order, `tables(config, population, plan)` that day's
+    rows as tables of at most a chunk each (`schema`). `label` and `oracle` are totalled
+    when the lake is written."""
+
+    population: Callable[[Any], Any]
+    plans: Callable[[Any, Any], Iterable[DayPlan]]
+    tables: Callable[[Any, Any, Any], Iterable[pa.Table]]
+    schema: pa.Schema
+    label: str
+    oracle: str
+
+    def days(self, config: SyntheticConfig) -> Iterator[tuple[date, Iterable[pa.Table]]]:
+        """(date, that day's tables) per day; the population is drawn on the first step and
+        each day's tables lazily, so memory holds one chunk at a time."""
+        population = self.population(config)
+        for plan in self.plans(config, population):
+            yield plan.day, self.tables(config, population, plan)
+
+    def iter_day_tables(self, config: SyntheticConfig) -> Iterator[tuple[date, pa.Table]]:
+        """The lake's rows in time order as `(day, table)` pairs, one per chunk; a day's
+        tables concatenated are exactly the rows `write` puts in its partition."""
+        return iter_tables(self.days(config))
+
+    def write(
+        self, config: SyntheticConfig, lake_root: str, progress: bool, unit: str = "ev"
+    ) -> LakeWrite:
+        """`write_lake` of every day, totalling the label and the oracle."""
+        return write_lake(
+            lake_root,
+            self.days(config),
+            self.schema,
+            sum_columns=(self.label, self.oracle),
+            expected_rows=config.events,
+            unit=unit,
+            progress=progress,
+        )
 
 
 @dataclass

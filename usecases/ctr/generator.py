@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ConfigDict, Field
 
-from kubeloop.data.synthetic import day_stream, iter_tables, summary_fields, write_lake
+from kubeloop.data.synthetic import DayGenerator, summary_fields
 from kubeloop.usecase import GenerationSummary as BaseGenerationSummary
 from kubeloop.usecase import SyntheticConfig
 from usecases.ctr.scenarios import (
@@ -530,15 +530,7 @@ def iter_day_tables(config: GeneratorConfig) -> Iterator[tuple[date, pa.Table]]:
     `GeneratorConfig.chunk_size`), so memory stays bounded; concatenating a day's tables
     gives exactly the rows `generate_lake` writes for it. Tables have `EVENT_SCHEMA`.
     """
-    return iter_tables(_days(config))
-
-
-def _days(config: GeneratorConfig) -> Iterator[tuple[date, Iterator[pa.Table]]]:
-    """Each day's date and its tables, drawn lazily from the seed's population."""
-    population = build_population(config)
-    yield from day_stream(
-        _iter_plans(config, population), lambda plan: _day_tables(config, population, plan)
-    )
+    return DAYS.iter_day_tables(config)
 
 
 def generate_lake(
@@ -551,16 +543,13 @@ def generate_lake(
     days). Any previous `events/` is replaced as a whole once the new one is complete. With
     `progress`, a tqdm bar on stderr counts events (and events/s) day by day.
     """
-    written = write_lake(
-        lake_root,
-        _days(config),
-        EVENT_SCHEMA,
-        sum_columns=(LABEL, ORACLE),
-        expected_rows=config.events,
-        progress=progress,
-    )
+    written = DAYS.write(config, lake_root, progress)
     return GenerationSummary(
         **summary_fields(config, lake_root, written, config.events),
         click_rate=written.sums[LABEL] / config.events,
         mean_true_ctr=written.sums[ORACLE] / config.events,
     )
+
+
+# The generator's parts for the engine's day stream and lake writer (kubeloop.data.synthetic).
+DAYS = DayGenerator(build_population, _iter_plans, _day_tables, EVENT_SCHEMA, LABEL, ORACLE)

@@ -34,7 +34,7 @@ import pyarrow as pa
 from pydantic import ConfigDict, Field
 from scipy.special import ndtri
 
-from kubeloop.data.synthetic import day_stream, iter_tables, summary_fields, write_lake
+from kubeloop.data.synthetic import DayGenerator, summary_fields
 from kubeloop.usecase import GenerationSummary as BaseGenerationSummary
 from kubeloop.usecase import SyntheticConfig
 from usecases.fraud.scenarios import (
@@ -518,15 +518,7 @@ def iter_day_tables(config: GeneratorConfig) -> Iterator[tuple[date, pa.Table]]:
     """Yield the lake's transactions in time order as `(day, table)` pairs, one pair per
     chunk of at most about `config.chunk_size` rows; a day's tables concatenated are exactly
     the rows `generate_lake` writes for it (schema `EVENT_SCHEMA`)."""
-    return iter_tables(_days(config))
-
-
-def _days(config: GeneratorConfig) -> Iterator[tuple[date, Iterator[pa.Table]]]:
-    """Each day's date and its tables, drawn lazily from the seed's population."""
-    population = build_population(config)
-    yield from day_stream(
-        _iter_plans(config, population), lambda plan: _day_tables(config, population, plan)
-    )
+    return DAYS.iter_day_tables(config)
 
 
 def generate_lake(
@@ -535,15 +527,7 @@ def generate_lake(
     """Generate the lake of `config` under `lake_root` (a local path or an fsspec URL):
     `<lake_root>/events/day=YYYY-MM-DD/part-00000.parquet` per day, streamed chunk by chunk
     (peak memory is one chunk plus the population), swapped in whole when complete."""
-    written = write_lake(
-        lake_root,
-        _days(config),
-        EVENT_SCHEMA,
-        sum_columns=(LABEL, ORACLE),
-        expected_rows=config.events,
-        unit="tx",
-        progress=progress,
-    )
+    written = DAYS.write(config, lake_root, progress, unit="tx")
     rows = written.rows
     return GenerationSummary(
         **summary_fields(config, lake_root, written, rows),
@@ -551,3 +535,7 @@ def generate_lake(
         mean_fraud_probability=written.sums[ORACLE] / rows,
         frauds=written.sums[LABEL],
     )
+
+
+# The generator's parts for the engine's day stream and lake writer (kubeloop.data.synthetic).
+DAYS = DayGenerator(build_population, _iter_plans, _day_tables, EVENT_SCHEMA, LABEL, ORACLE)
