@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kubeloop.serving.edge import DEFAULT_MAX_BODY_BYTES, EdgeMiddleware, Rejection
-from kubeloop.serving.http_client import pooled_async_client
+from kubeloop.serving.http_client import KeepAlivePool, UpstreamHTTPError, pooled_async_client
 from kubeloop.serving.request_log.events import Exchange
 from kubeloop.serving.request_log.logger import CloudEventLogger
 from kubeloop.serving.rollout import (
@@ -288,6 +288,7 @@ class CanaryRouter:
         self.errors: Counter[str] = Counter()
         self._missing_reported: set[str] = set()
         self._client: httpx.AsyncClient | None = None
+        self._pools: dict[str, KeepAlivePool | None] = {}
         self.shadow = shadow
         if request_log is not None:
             # The log's drops and errors on /metrics, counted at scrape time.
@@ -320,7 +321,47 @@ class CanaryRouter:
             )
         return self._client
 
+    def _pool(self, base: str) -> KeepAlivePool | None:
+        """The keep-alive pool to `base`, None for a base it does not speak (https, a path
+        prefix): httpx carries those."""
+        if base not in self._pools:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(base)
+            lean = parts.scheme == "http" and parts.path in ("", "/") and self.mounts is None
+            self._pools[base] = (
+                KeepAlivePool(base, max_connections=self.max_connections, timeout=self.timeout)
+                if lean
+                else None
+            )
+        return self._pools[base]
+
+    async def _forward(
+        self, base: str, target: str, headers: list[tuple[str, str]], body: bytes
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """(status, body, headers to pass back) of the predictor's answer. The lean
+        keep-alive pool (`KeepAlivePool`) carries it; with `mounts` (tests' in-process
+        apps) httpx does."""
+        pool = self._pool(base)
+        if pool is None:
+            upstream = await self._client_for_loop().request(
+                "POST", base + target, content=body, headers=headers
+            )
+            out = {k: v for k, v in upstream.headers.items() if k not in _HOP_HEADERS}
+            return upstream.status_code, upstream.content, out
+        status, raw, content = await pool.request("POST", target, headers, body)
+        out = {}
+        for name, value in raw:
+            key = name.decode("latin-1")
+            if key not in _HOP_HEADERS:
+                out[key] = value.decode("latin-1")
+        return status, content, out
+
     async def aclose(self) -> None:
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            if pool is not None:
+                await pool.aclose()
         if self.shadow is not None:
             await self.shadow.aclose()
         if self._client is not None:
@@ -409,18 +450,14 @@ class CanaryRouter:
             )
         forward = [(k, v) for k, v in headers.items() if k not in _HOP_HEADERS]
         forward.append(("accept-encoding", "identity"))
-        url = base + request.url.path
+        target = request.url.path
         if request.url.query:
-            url += "?" + request.url.query
+            target += "?" + request.url.query
         started_wall = time.time()
         started = time.perf_counter()
         try:
-            upstream = await self._client_for_loop().request(
-                request.method, url, content=body, headers=forward
-            )
-            status, content = upstream.status_code, upstream.content
-            out = {k: v for k, v in upstream.headers.items() if k not in _HOP_HEADERS}
-        except httpx.HTTPError as exc:
+            status, content, out = await self._forward(base, target, forward, body)
+        except (httpx.HTTPError, UpstreamHTTPError) as exc:
             status = 502
             content = json.dumps(
                 {"error": f"{variant} predictor {version} at {base} failed: {exc!r}"}

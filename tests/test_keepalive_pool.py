@@ -1,0 +1,182 @@
+"""`KeepAlivePool` (kubeloop/serving/http_client.py), the router's forwarding client, over
+real loopback sockets: keep-alive reuse, Content-Length and chunked answers, a server that
+closes idle or every connection, refused connections and timeouts; and the router through
+it answering as through httpx (status, body, the predictor's headers)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from test_router import fake_predictor
+
+from kubeloop.serving.http_client import KeepAlivePool, UpstreamHTTPError
+from kubeloop.serving.rollout import initial_state
+from kubeloop.serving.router import CanaryRouter
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(app, **config) -> Iterator[str]:
+    """`app` under uvicorn in a thread on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+connections: list[int] = []
+
+
+async def echo(scope, receive, send) -> None:
+    """Echoes the body; `/chunked` answers in three chunks, `/close` with connection:
+    close, `/slow` after 2 s; counts connections by client port."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    connections.append(scope["client"][1])
+    path = scope["path"]
+    if path == "/slow":
+        await asyncio.sleep(2)
+    headers = [(b"content-type", b"application/octet-stream"), (b"x-seen", path.encode())]
+    if path == "/close":
+        headers.append((b"connection", b"close"))
+    if path == "/chunked":
+        await send({"type": "http.response.start", "status": 201, "headers": headers})
+        for part in (body[:3], body[3:6], body[6:]):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_pool_reuses_connections_and_reads_both_framings():
+    connections.clear()
+    with serve(echo, lifespan="off") as url:
+
+        async def run():
+            pool = KeepAlivePool(url, max_connections=2, timeout=10)
+            out = []
+            for i in range(5):
+                body = f"hello-{i}-world".encode()
+                out.append(await pool.request("POST", "/plain", [("x-a", "1")], body))
+                out.append(await pool.request("POST", "/chunked", [], body))
+            await pool.aclose()
+            return out
+
+        answers = asyncio.run(run())
+    for i, (plain, chunked) in enumerate(zip(answers[::2], answers[1::2], strict=True)):
+        assert plain[0] == 200 and plain[2] == f"hello-{i}-world".encode()
+        assert (b"x-seen", b"/plain") in plain[1]
+        assert chunked[0] == 201 and chunked[2] == f"hello-{i}-world".encode()
+    assert len(connections) == 10 and len(set(connections)) == 1  # one kept-alive connection
+
+
+def test_pool_opens_a_new_connection_after_the_server_closes():
+    connections.clear()
+    with serve(echo, lifespan="off", timeout_keep_alive=1) as url:
+
+        async def run():
+            pool = KeepAlivePool(url, timeout=10)
+            first = await pool.request("POST", "/close", [], b"a")
+            second = await pool.request("POST", "/plain", [], b"b")
+            await asyncio.sleep(1.6)  # past the server's keep-alive: it closes the idle one
+            third = await pool.request("POST", "/plain", [], b"c")
+            await pool.aclose()
+            return first, second, third
+
+        first, second, third = asyncio.run(run())
+    assert [a[2] for a in (first, second, third)] == [b"a", b"b", b"c"]
+    assert len(set(connections)) == 3
+
+
+def test_pool_errors_are_upstream_errors():
+    port = _free_port()  # nothing listens there
+
+    async def refused():
+        await KeepAlivePool(f"http://127.0.0.1:{port}").request("POST", "/", [], b"")
+
+    with pytest.raises(UpstreamHTTPError, match="cannot connect"):
+        asyncio.run(refused())
+    with serve(echo, lifespan="off") as url:
+
+        async def slow():
+            pool = KeepAlivePool(url, timeout=0.3)
+            try:
+                await pool.request("POST", "/slow", [], b"x")
+            finally:
+                await pool.aclose()
+
+        with pytest.raises(UpstreamHTTPError, match="no answer within"):
+            asyncio.run(slow())
+    with pytest.raises(ValueError):
+        KeepAlivePool("https://example.test")
+
+
+def test_router_over_the_pool_answers_as_over_httpx(monkeypatch):
+    """The same requests through a router on real sockets (the pool) and through one
+    with in-process mounts (httpx): same statuses, bodies and predictor headers."""
+    state = initial_state("ctr", "v0001")
+    exchanges = []
+    original = KeepAlivePool.request
+
+    async def counted(self, *args):
+        exchanges.append(args[1])
+        return await original(self, *args)
+
+    monkeypatch.setattr(KeepAlivePool, "request", counted)
+    bodies = [{"instances": [[1], [2]]}, {"bad": True}, {"instances": []}]
+    with serve(fake_predictor("v0001"), lifespan="off") as url:
+        pooled = CanaryRouter(state, {"v0001": url})
+        mounted = CanaryRouter(
+            state,
+            {"v0001": "http://primary.test"},
+            mounts={"http://primary.test": httpx.ASGITransport(app=fake_predictor("v0001"))},
+        )
+
+        async def run(router):
+            transport = httpx.ASGITransport(app=router.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
+                out = []
+                for body in bodies:
+                    r = await client.post("/v1/models/ctr:predict", json=body)
+                    out.append((r.status_code, r.json(), r.headers.get("x-served-by"),
+                                r.headers.get("x-kubeloop-variant")))  # fmt: skip
+                await router.aclose()
+                return out
+
+        got, want = asyncio.run(run(pooled)), asyncio.run(run(mounted))
+    assert got == want
+    assert exchanges == ["/v1/models/ctr:predict"] * 3  # the pooled router used the pool
+    assert [g[0] for g in got] == [200, 400, 200]
