@@ -48,7 +48,7 @@ class UpstreamHTTPError(Exception):
 class _Response:
     """What the httptools parser collects from one response."""
 
-    __slots__ = ("status", "headers", "chunks", "complete")
+    __slots__ = ("chunks", "complete", "headers", "status")
 
     def __init__(self) -> None:
         self.status = 0

@@ -129,43 +129,51 @@ class CloudEventLogger:
             return None
         return f"{self.inference_service}-{self.component}-{model_version}"
 
-    def _attributes(
-        self, event_type: str, ce_id: str, at: float, exchange: Exchange
-    ) -> dict[str, str]:
+    def _pair_attributes(
+        self, ce_id: str, exchange: Exchange, recorded: float
+    ) -> tuple[dict[str, str], str]:
+        """The attributes both events of `exchange` share (without type and time), and
+        the recorded time; worked out once per exchange (the writer thread's CPU is the
+        serving process's)."""
         attrs = {
             "specversion": SPEC_VERSION,
             "id": ce_id,
-            "type": event_type,
             "source": self.source,
-            "time": iso_time(at),
-            "recordedtime": iso_time(time.time()),
+            "recordedtime": iso_time(recorded),
             "inferenceservicename": self.inference_service,
             "namespace": self.namespace,
             "component": self.component,
             "endpoint": VARIANT_ENDPOINTS.get(exchange.variant, exchange.variant),
-            "metadata": json.dumps(exchange.metadata, separators=(",", ":")),
+            "metadata": json.dumps(exchange.metadata, separators=(",", ":"))
+            if exchange.metadata
+            else "{}",
             "revision": exchange.revision or self.revision_of(exchange.model_version),
             "modelversion": exchange.model_version,
             "variant": exchange.variant,
         }
         # CloudEvents attributes are strings; an unknown one is left out, not sent empty.
-        return {k: v for k, v in attrs.items() if v}
+        return {k: v for k, v in attrs.items() if v}, attrs["recordedtime"]
 
     def events_for(self, exchange: Exchange) -> tuple[LoggedEvent, LoggedEvent]:
         """The request and response events of `exchange` (same ce-id)."""
         common = {"variant": exchange.variant, "model_version": exchange.model_version}
+        shared, _ = self._pair_attributes(exchange.request_id, exchange, time.time())
         request = LoggedEvent(
-            attributes=self._attributes(
-                REQUEST_TYPE, exchange.request_id, exchange.request_time, exchange
-            ),
+            attributes={
+                **shared,
+                "type": REQUEST_TYPE,
+                "time": iso_time(exchange.request_time),
+            },
             data=exchange.request_body,
             content_type=exchange.content_type,
             **common,
         )
         response = LoggedEvent(
-            attributes=self._attributes(
-                RESPONSE_TYPE, exchange.request_id, exchange.response_time, exchange
-            ),
+            attributes={
+                **shared,
+                "type": RESPONSE_TYPE,
+                "time": iso_time(exchange.response_time),
+            },
             data=exchange.response_body,
             latency_ms=exchange.latency_ms,
             status_code=exchange.status_code,
