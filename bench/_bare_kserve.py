@@ -10,6 +10,8 @@ iteration. No validation, no DataFrame, no feature transform: what is left is KS
 server (uvicorn, FastAPI, its DataPlane, JSON both ways) and the booster. A plain
 `kserve.ModelServer` with the same options as the predictor's (kubeloop's error handlers
 and DataPlane are left out; they do nothing on a good request).
+
+With `--zeros` it serves `NullModel` instead: no booster, 0.0 per instance.
 """
 
 from __future__ import annotations
@@ -23,6 +25,19 @@ import lightgbm as lgb
 import numpy as np
 
 from kubeloop.serving.protocol import model_server_options
+
+
+class NullModel(kserve.Model):
+    """`--zeros`: the ceiling of any kserve.Model under the bench's client. Its predict
+    answers 0.0 per instance of whatever body it gets (the bench sends it the predictor's
+    joined rows): KServe's server and JSON both ways, no model at all."""
+
+    def load(self) -> bool:
+        self.ready = True
+        return self.ready
+
+    def predict(self, payload, headers=None):
+        return {"predictions": [0.0] * len(payload["instances"])}
 
 
 class BareLightGBM(kserve.Model):
@@ -48,8 +63,11 @@ class BareLightGBM(kserve.Model):
 def main() -> None:
     parser = argparse.ArgumentParser(parents=[kserve.model_server.parser])
     parser.add_argument("--model_dir", required=True)
+    parser.add_argument("--zeros", action="store_true", help="serve NullModel instead")
     args = parser.parse_args()
-    model = BareLightGBM(args.model_name, args.model_dir)
+    model = (
+        NullModel(args.model_name) if args.zeros else BareLightGBM(args.model_name, args.model_dir)
+    )
     model.load()
     kserve.ModelServer(**model_server_options(args)).start([model])
 

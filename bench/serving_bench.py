@@ -14,12 +14,23 @@ the training set's last day; their "joined" form (what the transformer sends the
 predictor) is built in this process with the transformer's own functions
 (`online_features` + `join_online_features`) on the same Feast repo.
 
-Servers, each a real process on loopback with one worker:
-  predictor          `python -m models.predictor` (KServe) on the exported directory
+Servers, each a real process on loopback with one worker, and what each receives:
+  predictor          `python -m models.predictor` (KServe) on the exported directory; gets
+                     v1 instances of the joined rows (what the transformer sends it: every
+                     model input column by name, nulls included), validates them, applies
+                     the model's feature transform and scores with the compiled trees. Its
+                     v1/v2 inference requests take kubeloop's inference route (the dataplane
+                     calls of KServe's endpoints without FastAPI's router; see
+                     kubeloop/serving/model_server.py V2RoutingMiddleware)
   bentoml            `bentoml serve _bentoml_service:BenchCTR`: model.txt + transform.json,
                      same body, same transform, Booster.predict (bench/_bentoml_service.py)
   bare kserve.Model  bench/_bare_kserve.py: Booster.predict on the pre-transformed matrix
                      posted as v1 instances of numbers (no validation, no transform)
+  null kserve.Model  bench/_bare_kserve.py --zeros: 0.0 per instance of the joined rows,
+                     no model: the most req/s any kserve.Model gets from this client
+  proxy, proxy_httpx a raw ASGI app under uvicorn forwarding to the predictor
+                     (`--serve-proxy pool|httpx`): the floor of a Python hop, against
+                     which the router's added CPU is read
   router             kubeloop's CanaryRouter (primary only, canary percent 0) under uvicorn
                      in its own process, in front of the same predictor; once with the
                      request log (SQLite, as LocalStack runs it), once without
@@ -237,7 +248,7 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
     python = sys.executable
     export = str(prepared["export_dir"])
     names = ["predictor", "predictor_omp", "predictor_w2", "bare", "bentoml", "router"]
-    names += ["router_nolog"]
+    names += ["router_nolog", "null", "proxy", "proxy_httpx"]
     names += ["transformer", "stack", "stack_nolog", "naive"]
     port = dict(zip(names, free_ports(len(names)), strict=True))
     kserve_args = list(DEFAULT_SERVER_ARGS)
@@ -261,6 +272,12 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
         [python, str(BENCH_DIR / "_bare_kserve.py"), "--model_name", MODEL_NAME,
          "--model_dir", export, "--http_port", str(port["bare"]), *kserve_args],
         port["bare"], "/v2/health/ready",
+    )  # fmt: skip
+    servers.start(
+        "null",
+        [python, str(BENCH_DIR / "_bare_kserve.py"), "--model_name", MODEL_NAME, "--zeros",
+         "--model_dir", export, "--http_port", str(port["null"]), *kserve_args],
+        port["null"], "/v2/health/ready",
     )  # fmt: skip
     servers.start(
         "bentoml",
@@ -289,6 +306,13 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
         if request_log is not None:
             args += ["--request-log", str(request_log)]
         servers.start(name, args, port[name], "/v2/health/ready")
+    for name, client in (("proxy", "pool"), ("proxy_httpx", "httpx")):
+        servers.start(
+            name,
+            [python, str(Path(__file__).resolve()), "--serve-proxy", client, "--port",
+             str(port[name]), "--backend", f"http://{HOST}:{port['predictor']}"],
+            port[name], "/v2/health/ready",
+        )  # fmt: skip
     for name, upstream in (
         ("transformer", "predictor"),
         ("stack", "router"),
@@ -313,6 +337,8 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
                "joined"),
         Target("bentoml", "BentoML service", url("bentoml", "/predict"), ["bentoml"], "joined"),
         Target("bare", "bare kserve.Model (floor)", url("bare"), ["bare"], "matrix"),
+        Target("null", "null kserve.Model (answers 0.0; no model: the ceiling)", url("null"),
+               ["null"], "joined"),
         Target("predictor_omp", "kubeloop predictor, OpenMP threads unset (as shipped)",
                url("predictor_omp"), ["predictor_omp"], "joined"),
         Target("predictor_w2", "kubeloop predictor, --workers 2", url("predictor_w2"),
@@ -321,6 +347,10 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
                ["router", "predictor"], "joined"),
         Target("router_nolog", "router (no request log) -> predictor", url("router_nolog"),
                ["router_nolog", "predictor"], "joined"),
+        Target("proxy", "bare uvicorn proxy hop (KeepAlivePool) -> predictor", url("proxy"),
+               ["proxy", "predictor"], "joined"),
+        Target("proxy_httpx", "bare uvicorn proxy hop (httpx) -> predictor",
+               url("proxy_httpx"), ["proxy_httpx", "predictor"], "joined"),
         Target("transformer", "transformer -> predictor", url("transformer"),
                ["transformer", "predictor"], "client"),
         Target("stack", "transformer -> router (log) -> predictor", url("stack"),
@@ -369,6 +399,53 @@ def serve_router(args: argparse.Namespace) -> int:
     finally:
         if request_log is not None:
             request_log.close()
+    return 0
+
+
+def serve_proxy(args: argparse.Namespace) -> int:
+    """The floor of a Python hop: a raw ASGI app under uvicorn (the router's settings)
+    that forwards each POST body to the predictor and answers what it answered; GETs go
+    through too (the readiness probe). No routing table, no edge checks, no request ids,
+    no log. `--serve-proxy pool` forwards with kubeloop's KeepAlivePool (the router's
+    client), `--serve-proxy httpx` with an httpx.AsyncClient (what one writes first)."""
+    import uvicorn
+
+    from kubeloop.serving.http_client import KeepAlivePool, pooled_async_client
+
+    backend = args.backend[0]
+    pool = KeepAlivePool(backend, max_connections=64) if args.serve_proxy == "pool" else None
+    client = pooled_async_client(timeout=30.0, max_connections=64) if pool is None else None
+
+    async def app(scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        target = scope["path"]
+        headers = [("content-type", "application/json")]
+        if pool is not None:
+            status, raw, content = await pool.request(scope["method"], target, headers, body)
+            kind = next((v for k, v in raw if k == b"content-type"), b"application/json")
+        else:
+            answer = await client.request(
+                scope["method"], backend + target, content=body, headers=headers
+            )
+            status, content = answer.status_code, answer.content
+            kind = answer.headers.get("content-type", "application/json").encode()
+        out = [(b"content-type", kind), (b"content-length", str(len(content)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": content})
+
+    config = uvicorn.Config(
+        app, host=HOST, port=args.port, log_level="warning", access_log=False,
+        log_config=None, lifespan="off", timeout_keep_alive=30,
+    )  # fmt: skip
+    uvicorn.Server(config).run()
     return 0
 
 
@@ -544,6 +621,8 @@ async def check_answers(clients: dict, cells: list[Cell], expected: list[float])
         if response.status_code != 200:
             raise RuntimeError(f"{cell.key}: HTTP {response.status_code}: {response.text[:500]}")
         got, want = response.json()["predictions"], expected[: cell.size]
+        if cell.target.key == "null":  # no model: one 0.0 per instance
+            want = [0.0] * cell.size
         if len(got) != len(want) or any(
             abs(a - b) > CHECK_TOLERANCE for a, b in zip(got, want, strict=True)
         ):
@@ -647,7 +726,12 @@ def breakdown(prepared: dict, reps: dict[int, int], cores: int) -> dict[int, dic
     import pandas as pd
 
     from kubeloop.features.online import OnlineReader, online_features
-    from kubeloop.serving.protocol import CLIENT_FIELDS, MODEL_FIELDS, parse_request
+    from kubeloop.serving.protocol import (
+        CLIENT_FIELDS,
+        MODEL_FIELDS,
+        parse_columns,
+        parse_request,
+    )
     from kubeloop.training.artifacts import load_model
     from kubeloop.usecase import resolve_use_case
     from models.predictor import CTRPredictor
@@ -700,6 +784,10 @@ def breakdown(prepared: dict, reps: dict[int, int], cores: int) -> dict[int, dic
             "json decode (orjson), joined rows": (orjson.loads, joined),
             "validate: parse_request(MODEL_FIELDS)": (
                 lambda p: parse_request(p, MODEL_FIELDS),
+                payloads,
+            ),
+            "validate by column: parse_columns(MODEL_FIELDS) (the predictor's)": (
+                lambda p: parse_columns(p, MODEL_FIELDS),
                 payloads,
             ),
             "DataFrame.from_records": (
@@ -811,7 +899,9 @@ def peers_section(cells: dict[str, dict]) -> list[str]:
     rows, sentences = [], []
     for size in SIZES:
         base = cells[f"predictor/{size}"]["stats"]
-        for key in ("predictor", "bentoml", "bare", "predictor_omp"):
+        for key in ("predictor", "bentoml", "bare", "null", "predictor_omp"):
+            if f"{key}/{size}" not in cells:  # a run from before that peer
+                continue
             cell = cells[f"{key}/{size}"]
             s = cell["stats"]
             rows.append(
@@ -905,12 +995,15 @@ def breakdown_section(steps: dict[str, dict[str, float]], cells: dict[str, dict]
         frame_s = step["DataFrame.from_records"]
         frame_transform_s = step["DataFrame.from_records + FeatureTransform.transform"]
         model_work = frame_transform_s + step["TransformedBatch.matrix"] + step["Booster.predict"]
+        by_column = "validate by column: parse_columns(MODEL_FIELDS) (the predictor's)"
+        validation = step.get(by_column, step["validate: parse_request(MODEL_FIELDS)"])
+        fast = "FeatureTransform.transform_columns (the serving fast path)"
+        transform = step.get(fast, frame_transform_s - frame_s)
+        served = "served model predict_batch (compiled trees when loaded)"
         lines.append(
             f"- {size} row{'s' if size > 1 else ''}: predictor {ms(pred)} ms CPU/req = "
-            f"predict() {ms(p_call)} (validation "
-            f"{ms(step['validate: parse_request(MODEL_FIELDS)'])}, DataFrame "
-            f"{ms(frame_s)}, transform {ms(frame_transform_s - frame_s)}, booster "
-            f"{ms(step['Booster.predict'])}) "
+            f"predict() {ms(p_call)} (validation {ms(validation)}, transform "
+            f"{ms(transform)}, model {ms(step.get(served, step['Booster.predict']))}) "
             f"+ {ms(pred - p_call)} outside predict(); bare kserve.Model {ms(bare)} = predict() "
             f"{ms(b_call)} + {ms(bare - b_call)} outside; BentoML {ms(bento)} = DataFrame + "
             f"transform + booster {ms(model_work)} + {ms(bento - model_work)} outside."
@@ -955,9 +1048,15 @@ def render(doc: dict) -> str:
         *overhead_section(
             cells,
             "### 2. The canary router's overhead (primary only, canary percent 0)",
-            ["router", "router_nolog"],
-            {"router": ["router"], "router_nolog": ["router_nolog"]},
+            [k for k in ("router", "router_nolog", "proxy", "proxy_httpx") if f"{k}/1" in cells],
+            {k: [k] for k in ("router", "router_nolog", "proxy", "proxy_httpx")},
         ),
+        (
+            "The bare proxy hops are the floor of a Python hop on this machine: uvicorn and "
+            "one forwarding client, nothing else (`--serve-proxy` in this file). *added hop "
+            "CPU* of the router is the figure issue 14 bounds at 0.3 ms."
+        ),
+        "",
         *overhead_section(
             cells,
             "### 3. The transformer's overhead (Feast SQLite online lookup, then the predictor)",
@@ -996,6 +1095,27 @@ def goal_ratios(doc: dict) -> list[dict[str, Any]]:
             {"what": "predictor alone vs bare kserve.Model, req/s", "rows": size,
              "ours": rps("predictor", size), "peer": rps("bare", size), "goal": goal}
         )  # fmt: skip
+    for size in SIZES:
+        if f"null/{size}" in cells:
+            out.append(
+                {"what": "ceiling: null kserve.Model (no model) vs bare kserve.Model, req/s",
+                 "rows": size, "ours": rps("null", size), "peer": rps("bare", size),
+                 "goal": "(shown)"}
+            )  # fmt: skip
+
+    def hop_cpu(key: str, size: int) -> float:
+        cell = cells[f"{key}/{size}"]
+        return cell["server_cpu"].get(key, 0.0) / cell["stats"]["n"]
+
+    for size in SIZES:
+        for floor, what in (("proxy", "KeepAlivePool"), ("proxy_httpx", "httpx")):
+            if f"{floor}/{size}" in cells:
+                out.append(
+                    {"what": f"router (log on) CPU per request vs a bare uvicorn proxy hop "
+                     f"({what})", "rows": size, "ours": hop_cpu("router", size),
+                     "peer": hop_cpu(floor, size), "goal": "router <= 0.30 ms",
+                     "lower_is_better": True}
+                )  # fmt: skip
     for size in SIZES:
         out.append(
             {"what": "predictor --workers 2 vs 1 worker, req/s", "rows": size,
@@ -1078,12 +1198,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_output_arguments(parser, DEFAULT_JSON, DEFAULT_OUT)
     # The router's own process, started by the bench itself.
     add("--serve-router", action="store_true", help=argparse.SUPPRESS)
+    add("--serve-proxy", choices=("pool", "httpx"), default=None, help=argparse.SUPPRESS)
     add("--port", type=int, help=argparse.SUPPRESS)
     add("--state", type=Path, help=argparse.SUPPRESS)
     add("--backend", action="append", default=[], help=argparse.SUPPRESS)
     add("--request-log", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.serve_router:
+    if args.serve_router or args.serve_proxy:
         return args
     if args.quick and args.events:
         parser.error("--quick and --events are exclusive")
@@ -1208,6 +1329,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_router:
         return serve_router(args)
+    if args.serve_proxy:
+        return serve_proxy(args)
     exit_on_sigterm()
     publish(render(measure_or_load(args, measure_all)), args.out)
     return 0
