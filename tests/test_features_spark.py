@@ -217,6 +217,23 @@ def test_a_generated_100k_event_lake_gives_identical_tables(spark, name, tmp_pat
 
 @pytest.mark.spark
 @pytest.mark.slow
+def test_parts_on_a_scratch_store_give_the_same_tables(spark, tmp_path: Path) -> None:
+    # In a SparkApplication the executors write Spark's part files to storage they all
+    # reach (SparkSettings.scratch_uri, s3a:// there), and the driver merges them from it.
+    lake = write_rows(tmp_path / "lake", edge_case_events())
+    ctr = load_use_case("ctr")
+    scratch = tmp_path / "scratch"
+    config = CONFIG.model_copy(
+        update={"engine": "spark", "spark": CONFIG.spark.model_copy(update={"scratch_uri": str(scratch)})}
+    )
+    build_features(str(lake), tmp_path / "spark", config, progress=False, use_case=ctr)
+    build_features(str(lake), tmp_path / "duckdb", CONFIG, progress=False, use_case=ctr)
+    assert_same_tables(ctr, tmp_path / "duckdb", tmp_path / "spark")
+    assert not scratch.exists() or not any(scratch.iterdir()), "the parts are removed once merged"
+
+
+@pytest.mark.spark
+@pytest.mark.slow
 def test_the_second_use_case_gives_identical_tables(spark, tmp_path: Path) -> None:
     from test_usecase_boundary import fraud_events, make_use_case, write_fraud_lake
 

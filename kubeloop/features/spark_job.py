@@ -196,8 +196,8 @@ def _check_output(path: Path, schema, rows: int) -> None:
 
 
 def stage_tables(manifest, config, staging: Path, step, use_case) -> tuple[int, dict[str, int]]:
-    """Write every entity's table into `staging` with Spark (the DuckDB engine's
-    `_stage_tables` counterpart); return (events, rows per entity)."""
+    """Write every table (`_tables`) into `staging` with Spark (the DuckDB engine's
+    `_stage_tables` counterpart); return (events, rows per table)."""
     from kubeloop.features.spark_sql import to_spark_sql_split
 
     params = {
