@@ -92,22 +92,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _util import (
-    RunClock,
-    add_output_arguments,
-    conditions_lines,
-    exit_on_sigterm,
-    fmt_int,
-    fmt_ratio,
-    log,
-    machine_busy_s,
-    markdown_table,
-    measure_or_load,
-    percentile,
-    process_table,
-    publish,
-    run_fresh,
-)
+# The bench's run plumbing by module (timing, publishing); its table helpers by name.
+import _util
+from _util import fmt_int, fmt_ratio, log, markdown_table, percentile
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -138,7 +125,7 @@ def own_cpu_s() -> float:
 def process_trees(leaders: dict[str, int], table=None) -> dict[str, set[int]]:
     """The live processes of each server: those in its leader's process group plus every
     descendant of the leader (BentoML starts its worker in a session of its own)."""
-    table = process_table() if table is None else table
+    table = _util.process_table() if table is None else table
     children: dict[int, list[int]] = {}
     for pid, (ppid, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
@@ -157,7 +144,7 @@ def process_trees(leaders: dict[str, int], table=None) -> dict[str, set[int]]:
 
 def servers_cpu_s(leaders: dict[str, int]) -> dict[str, float]:
     """CPU seconds so far of each server's live processes (see `process_trees`)."""
-    table = process_table()
+    table = _util.process_table()
     trees = process_trees(leaders, table)
     return {name: sum(table[pid][2] for pid in pids) for name, pids in trees.items()}
 
@@ -231,7 +218,7 @@ class Servers:
             server.signal_group(signal.SIGKILL)
             with contextlib.suppress(Exception):
                 server.process.wait(5)
-        leftovers = members & set(process_table())
+        leftovers = members & set(_util.process_table())
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
@@ -671,11 +658,11 @@ async def measure(
                 client = clients[cell.target.key]
                 # Reopen what the server closed while idle; untimed.
                 await closed_loop(client, cell, concurrency, concurrency)
-                cpu0, own0, busy0 = servers_cpu_s(leaders), own_cpu_s(), machine_busy_s()
+                cpu0, own0, busy0 = servers_cpu_s(leaders), own_cpu_s(), _util.machine_busy_s()
                 started = time.perf_counter()
                 latencies = await closed_loop(client, cell, n, concurrency)
                 wall = time.perf_counter() - started
-                cpu1, own1, busy1 = servers_cpu_s(leaders), own_cpu_s(), machine_busy_s()
+                cpu1, own1, busy1 = servers_cpu_s(leaders), own_cpu_s(), _util.machine_busy_s()
                 cell.latencies += latencies
                 cell.wall_s += wall
                 cell.round_rps.append(n / wall)
@@ -1019,7 +1006,7 @@ def render(doc: dict) -> str:
     text = [
         "## Serving benchmark (bench/serving_bench.py)",
         "",
-        *conditions_lines(doc["conditions"]),
+        *_util.conditions_lines(doc["conditions"]),
         (
             f"- preparation (not timed, {setup['prepare_seconds']:.0f}s): "
             f"{setup['events']:,}-event lake, "
@@ -1195,7 +1182,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="OMP_NUM_THREADS of every server but the 'as shipped' predictor (default 1; "
         "0 leaves it unset)",
     )
-    add_output_arguments(parser, DEFAULT_JSON, DEFAULT_OUT)
+    _util.add_output_arguments(parser, DEFAULT_JSON, DEFAULT_OUT)
     # The router's own process, started by the bench itself.
     add("--serve-router", action="store_true", help=argparse.SUPPRESS)
     add("--serve-proxy", choices=("pool", "httpx"), default=None, help=argparse.SUPPRESS)
@@ -1278,7 +1265,7 @@ def setup_record(args: argparse.Namespace, prepared: dict) -> dict[str, Any]:
 def measure_all(args: argparse.Namespace) -> dict:
     """Prepare, start the servers, measure every cell, then the in-process breakdown;
     returns the JSON document."""
-    clock = RunClock()
+    clock = _util.RunClock()
     omp = str(args.omp_threads) if args.omp_threads else None
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory(prefix="kubeloop-servebench-", dir=args.tmp_dir) as tmp:
@@ -1314,7 +1301,7 @@ def measure_all(args: argparse.Namespace) -> dict:
         log("in-process breakdown (fresh process)")
         reps = {1: 200, 64: 40} if args.quick else {1: 2000, 64: 300}
         with environ(OMP_ENV, omp):
-            steps = run_fresh(breakdown, prepared, reps, cores)
+            steps = _util.run_fresh(breakdown, prepared, reps, cores)
         setup = setup_record(args, prepared)
     cond = clock.conditions("serving", run_mode(args), PACKAGES)
     return {
@@ -1331,8 +1318,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve_router(args)
     if args.serve_proxy:
         return serve_proxy(args)
-    exit_on_sigterm()
-    publish(render(measure_or_load(args, measure_all)), args.out)
+    _util.exit_on_sigterm()
+    _util.publish(render(_util.measure_or_load(args, measure_all)), args.out)
     return 0
 
 

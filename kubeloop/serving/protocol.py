@@ -368,8 +368,8 @@ def parse_v1(
 ) -> ParsedRequest:
     """Validate a v1 body ``{"instances": [row, ...], "request_id": optional}`` (decoded
     JSON, or the raw bytes KServe hands on for a non-JSON content type)."""
-    instances, request_id = _v1_instances(body, max_batch_size)
-    return ParsedRequest("v1", _v1_rows(instances, fields), request_id)
+    parsed = parse_v1_columns(body, fields, max_batch_size=max_batch_size)
+    return ParsedRequest("v1", parsed.rows(), parsed.request_id)
 
 
 # --- the column-wise fast path -------------------------------------------------------------
@@ -559,22 +559,22 @@ def parse_v2_columns(
     return ParsedColumns("v2", {name: columns[name] for name in fields.names}, n or 0, request_id)
 
 
-def parse_request(
-    body: Any, fields: FieldSet, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-) -> ParsedRequest:
-    """Validate a request body of either protocol (see the module docstring)."""
-    if isinstance(body, InferRequest):
-        return parse_v2(body, fields, max_batch_size=max_batch_size)
-    return parse_v1(body, fields, max_batch_size=max_batch_size)
-
-
 def parse_columns(
     body: Any, fields: FieldSet, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
 ) -> ParsedColumns:
-    """`parse_request` by column: same validation, same messages, no dict per row."""
+    """Validate a request body of either protocol (see the module docstring), by column:
+    no dict per row."""
     if isinstance(body, InferRequest):
         return parse_v2_columns(body, fields, max_batch_size=max_batch_size)
     return parse_v1_columns(body, fields, max_batch_size=max_batch_size)
+
+
+def parse_request(
+    body: Any, fields: FieldSet, *, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+) -> ParsedRequest:
+    """`parse_columns` as one dict per row."""
+    parsed = parse_columns(body, fields, max_batch_size=max_batch_size)
+    return ParsedRequest(parsed.protocol, parsed.rows(), parsed.request_id)
 
 
 EXAMPLE_STRINGS = {"device": "mobile"}

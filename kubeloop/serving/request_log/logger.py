@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Self
+from typing import Any, ClassVar, Self
 
 from kubeloop.cloudevents import (
     REQUEST_TYPE,
@@ -156,31 +156,28 @@ class CloudEventLogger:
 
     def events_for(self, exchange: Exchange) -> tuple[LoggedEvent, LoggedEvent]:
         """The request and response events of `exchange` (same ce-id)."""
-        common = {"variant": exchange.variant, "model_version": exchange.model_version}
         shared, _ = self._pair_attributes(exchange.request_id, exchange, time.time())
-        request = LoggedEvent(
-            attributes={
-                **shared,
-                "type": REQUEST_TYPE,
-                "time": iso_time(exchange.request_time),
-            },
-            data=exchange.request_body,
-            content_type=exchange.content_type,
-            **common,
+
+        def event(event_type: str, at: float, data: bytes, **extra: Any) -> LoggedEvent:
+            return LoggedEvent(
+                attributes={**shared, "type": event_type, "time": iso_time(at)},
+                data=data,
+                content_type=exchange.content_type,
+                variant=exchange.variant,
+                model_version=exchange.model_version,
+                **extra,
+            )
+
+        return (
+            event(REQUEST_TYPE, exchange.request_time, exchange.request_body),
+            event(
+                RESPONSE_TYPE,
+                exchange.response_time,
+                exchange.response_body,
+                latency_ms=exchange.latency_ms,
+                status_code=exchange.status_code,
+            ),
         )
-        response = LoggedEvent(
-            attributes={
-                **shared,
-                "type": RESPONSE_TYPE,
-                "time": iso_time(exchange.response_time),
-            },
-            data=exchange.response_body,
-            latency_ms=exchange.latency_ms,
-            status_code=exchange.status_code,
-            content_type=exchange.content_type,
-            **common,
-        )
-        return request, response
 
     # Background threads -----------------------------------------------------------------
 
@@ -299,7 +296,7 @@ class LoggerMetrics:
     with result logged, dropped (queue full), sink_error, sent, send_failed and
     send_dropped."""
 
-    RESULTS = {
+    RESULTS: ClassVar[dict[str, str]] = {
         "logged": "logged",
         "dropped": "dropped",
         "sink_error": "sink_errors",
