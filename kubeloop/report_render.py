@@ -475,11 +475,13 @@ def render_drift(doc: Mapping[str, Any]) -> str:
     ]
     if "cost" in s:
         c = s["cost"]
+        batch = c.get("requests_per_transaction")
         rows.append(
             [
                 (
                     "detector cost per 2,000-event window: DriftMonitor vs alibi-detect "
                     "TabularDrift.predict alone"
+                    + (f" ({batch} requests per transaction)" if batch else "")
                 ),
                 (
                     f"{c['monitor_ms_per_window']:.0f} ms vs {c['alibi_predict_ms_per_window']:.0f} "
@@ -488,11 +490,28 @@ def render_drift(doc: Mapping[str, Any]) -> str:
                 ),
             ]
         )
+        if "monitor_ms_per_window_one_transaction_per_request" in c:
+            rows.append(
+                [
+                    "  the same with one transaction per request (`observe`)",
+                    (
+                        f"{c['monitor_ms_per_window_one_transaction_per_request']:.0f} ms: "
+                        f"{_ratio(c['one_transaction_per_request_vs_alibi_predict'])}"
+                    ),
+                ]
+            )
     if "serving" in s:
         rows.append(
             [
                 "serving req/s with request logging + drift service on vs off",
                 _ratio(s["serving"]["on_vs_off"]),
+            ]
+        )
+    elif "4" not in str(doc.get("parts", "4")):
+        rows.append(
+            [
+                "serving req/s with request logging + drift service on vs off",
+                "not in this run: bench/serving_bench.py measures it (its table above)",
             ]
         )
     body = [bench_conditions(doc), "", table(["measured", "result"], rows, "ll")]
@@ -568,6 +587,20 @@ def _power_rows(power: Mapping[str, Any] | None) -> list[list[str]]:
                 + ("never" if delay is None else f"{delay:,.0f} events"),
             ]
         )
+        per_seed = cell.get("first_post_change_window_by_seed")
+        if per_seed:
+            rows.append(
+                [
+                    "  first post-change window per seed: alerted (events, hours)",
+                    ", ".join(
+                        f"seed {f['seed']} "
+                        f"{'yes' if f['first_post_change_window_alerted'] else 'NO'} "
+                        f"({_num(f['first_post_change_window_events'], ',.0f')}, "
+                        f"{_num(f['first_post_change_window_hours'], '.1f')} h)"
+                        for f in per_seed
+                    ),
+                ]
+            )
     return rows
 
 

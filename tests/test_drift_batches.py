@@ -44,9 +44,7 @@ def test_a_batch_gives_what_one_call_per_request_gives(reference, tmp_path):
         reference, tmp_path / "a", config=small_config(), on_evaluation=[one.append]
     ) as m:
         for r in requests:
-            m.observe(
-                r.instances, r.predictions, request_id=r.request_id, event_time=r.event_time
-            )
+            m.observe(r.instances, r.predictions, request_id=r.request_id, event_time=r.event_time)
         counters_one = m.status()["counters"]
     with DriftMonitor(
         reference, tmp_path / "b", config=small_config(), on_evaluation=[many.append]
@@ -113,3 +111,50 @@ def test_halves_in_one_batch_pair_without_the_pending_table(reference, tmp_path)
     with DriftMonitor(reference, tmp_path / "s", config=small_config()) as m:
         paired = m.ingest(_event("request", "b", instances=rows[:1]))
         assert paired.paired and paired.rows == 1
+
+
+def test_group_commit_answers_each_event_after_its_batch(reference, tmp_path):
+    import threading
+
+    from kubeloop.drift.service import GroupCommit
+
+    rows = records(make_frame(1, seed=24))
+    with DriftMonitor(reference, tmp_path / "s", config=small_config()) as m:
+        calls = []
+        real = m.ingest_many
+        gate = threading.Event()
+
+        def slow_ingest_many(events):
+            calls.append(len(events))
+            gate.wait(5)  # the first transaction "commits" slowly: the others queue up
+            return real(events)
+
+        m.ingest_many = slow_ingest_many
+        writer = GroupCommit(m)
+        results: dict[str, object] = {}
+
+        def send(i: int) -> None:
+            kind, body = ("request", {"instances": rows}) if i % 2 else ("response", {})
+            body = body or {"predictions": [0.5]}
+            results[f"{i}"] = writer.submit(_event(kind, f"e{i // 2}", **body))
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(16)]
+        for t in threads[:1]:
+            t.start()
+        while not calls:  # the first event is in its transaction
+            threading.Event().wait(0.01)
+        for t in threads[1:]:
+            t.start()
+        while writer._queue.qsize() < 15:
+            threading.Event().wait(0.01)
+        gate.set()
+        for t in threads:
+            t.join(10)
+        writer.close()
+        assert calls == [1, 15]  # one transaction for the 15 that waited
+        assert sum(getattr(r, "paired", False) for r in results.values()) == 8
+        assert m.status()["pending_halves"] == 0
+        m.ingest_many = lambda events: (_ for _ in ()).throw(RuntimeError("disk full"))
+        with pytest.raises(RuntimeError, match="disk full"):
+            writer.submit(_event("request", "x", instances=rows))
+        writer.close()

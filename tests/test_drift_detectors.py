@@ -355,16 +355,16 @@ def test_variants_get_separate_windows(reference, tmp_path):
     assert any(e.alert is not None and e.detector == "feature" for e in canary)
 
 
+def hourly_config(**window) -> MonitorConfig:
+    """Windows of up to 10,000 events or an hour (with `window`'s other limits)."""
+    return small_config(
+        window={"max_events": 10_000, "max_seconds": 3600, "min_events": 100, **window}
+    )
+
+
 def test_time_window_closes_on_event_time(reference, tmp_path):
     evaluations = []
-    cfg = small_config(
-        window={
-            "max_events": 10_000,
-            "max_seconds": 3600,
-            "min_events": 100,
-            "time_limit_min_events": 150,
-        }
-    )
+    cfg = hourly_config(time_limit_min_events=150)
     with DriftMonitor(
         reference, tmp_path / "s", config=cfg, on_evaluation=[evaluations.append]
     ) as m:
@@ -380,15 +380,7 @@ def test_thin_window_runs_past_the_hour_until_it_can_be_tested(reference, tmp_pa
     """An hour of night traffic (fewer events than time_limit_min_events) does not close
     at the hour: it runs on until it holds enough events, or until max_open_seconds."""
     evaluations = []
-    cfg = small_config(
-        window={
-            "max_events": 10_000,
-            "max_seconds": 3600,
-            "min_events": 100,
-            "time_limit_min_events": 300,
-            "max_open_seconds": 4 * 3600,
-        }
-    )
+    cfg = hourly_config(time_limit_min_events=300, max_open_seconds=4 * 3600)
     with DriftMonitor(
         reference, tmp_path / "s", config=cfg, on_evaluation=[evaluations.append]
     ) as m:

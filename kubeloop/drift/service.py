@@ -252,7 +252,7 @@ class GroupCommit:
         from concurrent.futures import Future
 
         with self._lock:
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="drift-writer", daemon=True)
                 self._thread.start()
         future: Future = Future()
@@ -287,10 +287,13 @@ class GroupCommit:
                 future.set_result(result)
 
     def close(self) -> None:
-        """Stop the writer once the queued events are written."""
-        if self._thread is not None:
+        """Stop the writer once the queued events are written (a later `submit` starts
+        a new one)."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None and thread.is_alive():
             self._queue.put(None)
-            self._thread.join(timeout=30)
+            thread.join(timeout=30)
 
 
 def build_app(
