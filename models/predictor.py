@@ -248,21 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = server_parser(
         "python -m models.predictor",
         "Serve a kubeloop model directory with KServe (v1 and v2 protocols).",
+        directory=(
+            "--model_dir",
+            (
+                "exported model version directory (model files, transform.json, "
+                "model.json, optional metadata.json)"
+            ),
+        ),
     )
-    parser.add_argument(
-        "--model_dir",
-        default="/mnt/models",
-        help="exported model version directory (model files, transform.json, model.json, "
-        "optional metadata.json)",
+    return finish_server_parser(
+        parser,
+        use_case_help="use case whose model inputs the requests carry (default: the engine's "
+        "default)",
     )
-    parser.add_argument(
-        "--use_case",
-        "--use-case",
-        dest="use_case",
-        default=None,
-        help="use case whose model inputs the requests carry (default: the engine's default)",
-    )
-    return finish_server_parser(parser)
 
 
 def main(argv: list[str] | None = None) -> None:

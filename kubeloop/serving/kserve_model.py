@@ -80,18 +80,38 @@ class ServedModel(kserve.Model):
         return response, response_headers
 
 
-def server_parser(prog: str, description: str) -> argparse.ArgumentParser:
+# Where KServe's storage initializer puts what an InferenceService's storageUri names.
+STORAGE_MOUNT = "/mnt/models"
+
+
+def server_parser(
+    prog: str, description: str, *, directory: tuple[str, str] | None = None
+) -> argparse.ArgumentParser:
     """The command line of a kubeloop KServe server: KServe's ModelServer arguments, then
-    the server's own (added by the caller), then `finish_server_parser`."""
-    return argparse.ArgumentParser(
+    the server's own (added by the caller), then `finish_server_parser`. `directory`
+    (option name, help) adds the option naming the directory the server reads, which
+    defaults to KServe's storage mount."""
+    parser = argparse.ArgumentParser(
         prog=prog, description=description, parents=[kserve.model_server.parser]
     )
+    if directory is not None:
+        name, help_text = directory
+        parser.add_argument(name, default=STORAGE_MOUNT, help=help_text)
+    return parser
 
 
-def finish_server_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+def finish_server_parser(
+    parser: argparse.ArgumentParser, *, use_case_help: str | None = None
+) -> argparse.ArgumentParser:
     """Add what every kubeloop server takes: --max_batch_size and the edge's arguments
-    (bind address, body limit); the model name defaults to ctr."""
+    (bind address, body limit); the model name defaults to ctr. With `use_case_help`,
+    also `--use_case` (spelled `--use-case` too; default None: the engine's default)."""
     from kubeloop.serving.model_server import add_server_arguments
+
+    if use_case_help is not None:
+        parser.add_argument(
+            "--use_case", "--use-case", dest="use_case", default=None, help=use_case_help
+        )
 
     parser.add_argument(
         "--max_batch_size",
