@@ -499,6 +499,20 @@ def predictor_protocol(args: argparse.Namespace) -> str:
     return protocol
 
 
+# FeastTransformer's keyword arguments that main() takes from the command line, by the
+# option (argparse dest) each comes from.
+TRANSFORMER_OPTIONS = {
+    "max_batch_size": "max_batch_size",
+    "online_store": "online_store",
+    "redis_url": "redis_url",
+    "predictor_use_ssl": "predictor_use_ssl",
+    "predictor_timeout_seconds": "predictor_request_timeout_seconds",
+    "predictor_retries": "predictor_request_retries",
+    "predictor_health_check": "enable_predictor_health_check",
+    "use_case": "use_case",
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if not args.predictor_host:
@@ -527,21 +541,15 @@ def main(argv: list[str] | None = None) -> None:
             queue_size=args.shadow_queue_size,
             registry=REGISTRY,  # what KServe's /metrics serves
         )
+    options = {key: getattr(args, dest) for key, dest in TRANSFORMER_OPTIONS.items()}
     transformer = FeastTransformer(
         args.model_name,
         args.predictor_host,
         args.feature_repo,
         protocol=predictor_protocol(args),
-        max_batch_size=args.max_batch_size,
-        online_store=args.online_store,
-        redis_url=args.redis_url,
-        predictor_use_ssl=args.predictor_use_ssl,
-        predictor_timeout_seconds=args.predictor_request_timeout_seconds,
-        predictor_retries=args.predictor_request_retries,
-        predictor_health_check=args.enable_predictor_health_check,
-        use_case=args.use_case,
         shadow=shadow,
         shadow_targets=targets,
+        **options,
     )
     transformer.load()
     server = make_model_server(
