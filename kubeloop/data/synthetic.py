@@ -12,11 +12,13 @@ knows a column of any use case: the columns to total come from the caller.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -148,3 +150,64 @@ def summary_fields(
         "change_day": None if config.scenario == "baseline" else config.change_day,
         "events_per_second": round(events / seconds, 1) if seconds > 0 else float("inf"),
     }
+
+
+# --- draws shared by the seeded generators ---------------------------------------------
+
+SECOND_US = 1_000_000
+MINUTE_US = 60 * SECOND_US
+HOUR_US = 60 * MINUTE_US
+DAY_US = 24 * HOUR_US
+
+
+def seeded_stream(seed: int, *key: int | str) -> np.random.Generator:
+    """The PCG64 generator of (`seed`, `key`): every stream of a generator has its own, so
+    a day's draws depend only on that day's world."""
+    # crc32 rather than hash(): stable across processes and Python versions.
+    spawn_key = tuple(zlib.crc32(k.encode()) if isinstance(k, str) else k for k in key)
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=spawn_key)))
+
+
+def epoch_us(day: date) -> int:
+    """Midnight UTC starting `day`, in epoch microseconds."""
+    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * SECOND_US
+
+
+def mix_probabilities(mix: Mapping[Any, float], vocab: Sequence[Any]) -> np.ndarray:
+    """The mix's weights in vocabulary order (absent ones 0), normalised."""
+    p = np.array([float(mix.get(v, 0.0)) for v in vocab])
+    return p / p.sum()
+
+
+def cdf_of(weights: np.ndarray) -> np.ndarray:
+    """The cumulative distribution of `weights`, ending at exactly 1."""
+    cdf = np.cumsum(weights, dtype=np.float64)
+    cdf /= cdf[-1]
+    # Guards searchsorted against a uniform just below 1 landing past the last bin.
+    cdf[-1] = 1.0
+    return cdf
+
+
+def pick(cdf: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+    """The bin of each uniform under `cdf` (inverse-CDF sampling)."""
+    return np.minimum(np.searchsorted(cdf, uniforms, side="right"), len(cdf) - 1)
+
+
+def category_strings(vocab: Sequence[str], codes: np.ndarray) -> pa.Array:
+    """Codes into `vocab` as a string array."""
+    # A take from the small vocabulary array: no Python string per row.
+    return pa.array(vocab, pa.string()).take(pa.array(codes))
+
+
+def chunk_bounds(counts: np.ndarray, chunk_size: int) -> Iterator[tuple[int, int]]:
+    """[start, end) runs of whole minutes (`counts`: rows per minute) of at most about
+    `chunk_size` rows each (a single minute holding more is one run)."""
+    # Chunks are runs of whole minutes, so sorting each chunk sorts the day.
+    cum = np.concatenate([[0], np.cumsum(counts)])
+    start = 0
+    while start < len(counts):
+        end = int(np.searchsorted(cum, cum[start] + chunk_size, side="right")) - 1
+        end = max(end, start + 1)
+        if cum[end] > cum[start]:
+            yield start, end
+        start = end

@@ -20,10 +20,9 @@ per day), consumed row after row. Hence
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any, Literal
 
 import numpy as np
@@ -31,7 +30,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ConfigDict, Field
 
-from kubeloop.data.synthetic import DayGenerator, summary_fields
+from kubeloop.data.synthetic import (
+    DAY_US,
+    HOUR_US,
+    MINUTE_US,
+    DayGenerator,
+    category_strings,
+    cdf_of,
+    chunk_bounds,
+    epoch_us,
+    mix_probabilities,
+    pick,
+    seeded_stream,
+    summary_fields,
+)
 from kubeloop.usecase import GenerationSummary as BaseGenerationSummary
 from kubeloop.usecase import SyntheticConfig
 from usecases.ctr.scenarios import (
@@ -51,11 +63,6 @@ from usecases.ctr.scenarios import (
 from usecases.ctr.schema import EVENT_SCHEMA, LABEL, ORACLE, TIMESTAMP
 
 ScenarioName = Literal["baseline", "covariate_shift", "concept_drift", "new_ads"]
-
-SECOND_US = 1_000_000
-MINUTE_US = 60 * SECOND_US
-HOUR_US = 60 * MINUTE_US
-DAY_US = 24 * HOUR_US
 
 
 class GeneratorConfig(SyntheticConfig):
@@ -127,23 +134,8 @@ class Population:
         return len(self.ad_category)
 
 
-def _stream(seed: int, *key: int | str) -> np.random.Generator:
-    # crc32 rather than hash(): stable across processes and Python versions.
-    spawn_key = tuple(zlib.crc32(k.encode()) if isinstance(k, str) else k for k in key)
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=spawn_key)))
-
-
 def _day_stream(seed: int, day_index: int, name: str) -> np.random.Generator:
-    return _stream(seed, "day", day_index, name)
-
-
-def _probs(mix: Mapping[Any, float], vocab: Sequence[Any]) -> np.ndarray:
-    p = np.array([float(mix.get(v, 0.0)) for v in vocab])
-    return p / p.sum()
-
-
-def _epoch_us(day: date) -> int:
-    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * SECOND_US
+    return seeded_stream(seed, "day", day_index, name)
 
 
 def build_population(
@@ -155,29 +147,29 @@ def build_population(
     `new_ads` does not change the existing ads.
     """
     seed = config.seed
-    u = _stream(seed, "population", "users")
+    u = seeded_stream(seed, "population", "users")
     n_users = config.users
-    user_segment = u.choice(len(SEGMENTS), n_users, p=_probs(mix.segment_mix, SEGMENTS)).astype(
-        np.int8
-    )
-    user_country = u.choice(len(COUNTRIES), n_users, p=_probs(mix.country_mix, COUNTRIES)).astype(
-        np.int8
-    )
+    user_segment = u.choice(
+        len(SEGMENTS), n_users, p=mix_probabilities(mix.segment_mix, SEGMENTS)
+    ).astype(np.int8)
+    user_country = u.choice(
+        len(COUNTRIES), n_users, p=mix_probabilities(mix.country_mix, COUNTRIES)
+    ).astype(np.int8)
     user_device_pref = u.choice(
-        len(DEVICES), n_users, p=_probs(mix.device_pref_mix, DEVICES)
+        len(DEVICES), n_users, p=mix_probabilities(mix.device_pref_mix, DEVICES)
     ).astype(np.int8)
     user_activity = u.lognormal(0.0, mix.user_activity_sigma, n_users)
     user_latent = u.normal(0.0, mix.user_latent_std, n_users)
 
-    v = _stream(seed, "population", "advertisers")
+    v = seeded_stream(seed, "population", "advertisers")
     advertiser_category = v.integers(0, len(CATEGORIES), config.advertisers).astype(np.int8)
     advertiser_latent = v.normal(0.0, mix.advertiser_latent_std, config.advertisers)
 
-    start_us = _epoch_us(config.start_date)
+    start_us = epoch_us(config.start_date)
 
     def draw_ads(name: str, n: int, launch_us: int | None) -> tuple[np.ndarray, ...]:
         # launch_us None: running before the first day, launched at a random past date.
-        a = _stream(seed, "population", name)
+        a = seeded_stream(seed, "population", name)
         advertiser = a.integers(0, config.advertisers, n)
         popularity = a.lognormal(0.0, mix.ad_popularity_sigma, n)
         latent = advertiser_latent[advertiser] + a.normal(0.0, mix.ad_latent_std, n)
@@ -348,23 +340,6 @@ def click_model_on(config: GeneratorConfig, day_index: int) -> ClickModel:
     return SCENARIOS[config.scenario].click_model_on(day_index, config.change_day)
 
 
-def _cdf(weights: np.ndarray) -> np.ndarray:
-    cdf = np.cumsum(weights, dtype=np.float64)
-    cdf /= cdf[-1]
-    # Guards searchsorted against a uniform just below 1 landing past the last bin.
-    cdf[-1] = 1.0
-    return cdf
-
-
-def _pick(cdf: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
-    return np.searchsorted(cdf, uniforms, side="right")
-
-
-def _strings(vocab: Sequence[str], codes: np.ndarray) -> pa.Array:
-    # A take from the small vocabulary array: no Python string per row.
-    return pa.array(vocab, pa.string()).take(pa.array(codes))
-
-
 @dataclass(frozen=True)
 class _DayPlan:
     """Everything fixed for one day before its rows are drawn."""
@@ -391,11 +366,11 @@ def _ad_cdf(population: Population, traffic: Traffic) -> np.ndarray:
     base = population.ad_popularity[: population.base_ads]
     share = traffic.new_ads_share
     if share <= 0.0:
-        return _cdf(base)
+        return cdf_of(base)
     wave = population.ad_popularity[population.base_ads :]
     # One uniform picks from the mixture: (1 - share) of the mass over the existing ads,
     # `share` over the wave. Ids of the wave follow the existing ones in the array.
-    return _cdf(np.concatenate([(1.0 - share) * base / base.sum(), share * wave / wave.sum()]))
+    return cdf_of(np.concatenate([(1.0 - share) * base / base.sum(), share * wave / wave.sum()]))
 
 
 def _plan_day(
@@ -414,28 +389,16 @@ def _plan_day(
     return _DayPlan(
         day=day,
         day_index=day_index,
-        day_us=_epoch_us(day),
+        day_us=epoch_us(day),
         first_event_id=first_event_id,
         minute_counts=counts,
-        user_cdf=_cdf(_user_weights(population, traffic)),
+        user_cdf=cdf_of(_user_weights(population, traffic)),
         ad_cdf=_ad_cdf(population, traffic),
-        device_cdf=_cdf(_probs(traffic.device_mix, DEVICES)),
-        slot_cdf=_cdf(_probs(traffic.slot_mix, SLOTS)),
+        device_cdf=cdf_of(mix_probabilities(traffic.device_mix, DEVICES)),
+        slot_cdf=cdf_of(mix_probabilities(traffic.slot_mix, SLOTS)),
         preferred_device_share=traffic.preferred_device_share,
         coefficients=_Coefficients.of(scenario.click_model_on(day_index, config.change_day)),
     )
-
-
-def _chunk_bounds(counts: np.ndarray, chunk_size: int) -> Iterator[tuple[int, int]]:
-    # Chunks are runs of whole minutes, so sorting each chunk sorts the day.
-    cum = np.concatenate([[0], np.cumsum(counts)])
-    start = 0
-    while start < len(counts):
-        end = int(np.searchsorted(cum, cum[start] + chunk_size, side="right")) - 1
-        end = max(end, start + 1)
-        if cum[end] > cum[start]:
-            yield start, end
-        start = end
 
 
 def _day_tables(
@@ -448,7 +411,7 @@ def _day_tables(
     slots = np.asarray(SLOTS, dtype=np.int64)
     weekday = plan.day.weekday()
     event_id = plan.first_event_id
-    for m0, m1 in _chunk_bounds(plan.minute_counts, config.chunk_size):
+    for m0, m1 in chunk_bounds(plan.minute_counts, config.chunk_size):
         minutes = np.repeat(np.arange(m0, m1, dtype=np.int64), plan.minute_counts[m0:m1])
         n = len(minutes)
         since_midnight = minutes * MINUTE_US + (rng["time"].random(n) * MINUTE_US).astype(np.int64)
@@ -456,16 +419,16 @@ def _day_tables(
         ts = plan.day_us + since_midnight
         hour = since_midnight // HOUR_US
 
-        user = _pick(plan.user_cdf, rng["user"].random(n))
-        ad = _pick(plan.ad_cdf, rng["ad"].random(n))
+        user = pick(plan.user_cdf, rng["user"].random(n))
+        ad = pick(plan.ad_cdf, rng["ad"].random(n))
         u_device = rng["device"].random((n, 2))
         device_pref = population.user_device_pref[user]
         device = np.where(
             u_device[:, 0] < plan.preferred_device_share,
             device_pref,
-            _pick(plan.device_cdf, u_device[:, 1]).astype(np.int8),
+            pick(plan.device_cdf, u_device[:, 1]).astype(np.int8),
         )
-        slot = slots[_pick(plan.slot_cdf, rng["slot"].random(n))]
+        slot = slots[pick(plan.slot_cdf, rng["slot"].random(n))]
         age_days = np.mod(
             (ts - population.ad_launch_us[ad]) / DAY_US, population.creative_refresh_days
         )
@@ -497,15 +460,15 @@ def _day_tables(
                 pa.array(ts, type=TIMESTAMP),
                 pa.array(user.astype(np.int64)),
                 pa.array(ad.astype(np.int64)),
-                _strings(SEGMENTS, segment),
-                _strings(COUNTRIES, country),
-                _strings(DEVICES, device_pref),
+                category_strings(SEGMENTS, segment),
+                category_strings(COUNTRIES, country),
+                category_strings(DEVICES, device_pref),
                 pa.array(population.ad_advertiser[ad]),
-                _strings(CATEGORIES, category),
+                category_strings(CATEGORIES, category),
                 pa.array(age_days),
                 pa.array(hour),
                 pa.array(weekdays),
-                _strings(DEVICES, device),
+                category_strings(DEVICES, device),
                 pa.array(slot),
                 pa.array(click),
                 pa.array(p),

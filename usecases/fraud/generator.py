@@ -23,10 +23,9 @@ change equal the baseline's), and `chunk_size` only changes how rows are batched
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Literal
 
 import numpy as np
@@ -34,7 +33,20 @@ import pyarrow as pa
 from pydantic import ConfigDict, Field
 from scipy.special import ndtri
 
-from kubeloop.data.synthetic import DayGenerator, summary_fields
+from kubeloop.data.synthetic import (
+    DAY_US,
+    HOUR_US,
+    MINUTE_US,
+    DayGenerator,
+    category_strings,
+    cdf_of,
+    chunk_bounds,
+    epoch_us,
+    mix_probabilities,
+    pick,
+    seeded_stream,
+    summary_fields,
+)
 from kubeloop.usecase import GenerationSummary as BaseGenerationSummary
 from kubeloop.usecase import SyntheticConfig
 from usecases.fraud.scenarios import (
@@ -56,10 +68,6 @@ from usecases.fraud.schema import EVENT_SCHEMA, LABEL, ORACLE, TIMESTAMP
 
 ScenarioName = Literal["baseline", "new_fraud_pattern", "merchant_mix_shift"]
 
-SECOND_US = 1_000_000
-MINUTE_US = 60 * SECOND_US
-HOUR_US = 60 * MINUTE_US
-DAY_US = 24 * HOUR_US
 MINUTES_PER_DAY = 24 * 60
 # Typical amount of a category relative to a card's habit (a flight costs more than fuel).
 CATEGORY_AMOUNT_SCALE = {
@@ -129,44 +137,29 @@ class Population:
         return len(self.merchant_country)
 
 
-def _stream(seed: int, *key: int | str) -> np.random.Generator:
-    # crc32 rather than hash(): stable across processes and Python versions.
-    spawn_key = tuple(zlib.crc32(k.encode()) if isinstance(k, str) else k for k in key)
-    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=spawn_key)))
-
-
-def _probs(mix: Mapping[str, float], vocab: Sequence[str]) -> np.ndarray:
-    p = np.array([float(mix.get(v, 0.0)) for v in vocab])
-    return p / p.sum()
-
-
 def _normal(rng: np.random.Generator, n: int) -> np.ndarray:
     # Through the inverse CDF of uniforms, so a stream is consumed the same per row
     # whatever the batching.
     return ndtri(np.clip(rng.random(n), 1e-12, 1 - 1e-12))
 
 
-def _epoch_us(day: date) -> int:
-    return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * SECOND_US
-
-
 def build_population(
     config: GeneratorConfig, mix: PopulationMix = BASELINE_POPULATION
 ) -> Population:
     """Draw the cards and merchants of `config` (the same for every scenario)."""
-    c = _stream(config.seed, "population", "cards")
+    c = seeded_stream(config.seed, "population", "cards")
     n = config.cards
-    country_p = _probs(mix.country_mix, COUNTRIES)
+    country_p = mix_probabilities(mix.country_mix, COUNTRIES)
     card_country = np.searchsorted(np.cumsum(country_p), c.random(n) * 0.999999).astype(np.int8)
     card_activity = np.exp(mix.card_activity_sigma * _normal(c, n))
     card_amount = np.exp(mix.card_amount_log_mean + mix.card_amount_log_sigma * _normal(c, n))
     lo, hi = mix.card_cnp_share
     card_cnp = lo + (hi - lo) * c.random(n)
 
-    m = _stream(config.seed, "population", "merchants")
+    m = seeded_stream(config.seed, "population", "merchants")
     k = config.merchants
     merchant_country = np.searchsorted(np.cumsum(country_p), m.random(k) * 0.999999).astype(np.int8)
-    cat_p = _probs(mix.category_mix, CATEGORIES)
+    cat_p = mix_probabilities(mix.category_mix, CATEGORIES)
     merchant_category = np.searchsorted(np.cumsum(cat_p), m.random(k) * 0.999999).astype(np.int8)
     merchant_popularity = np.exp(mix.merchant_popularity_sigma * _normal(m, k))
     merchant_risk = mix.merchant_risk_std * _normal(m, k)
@@ -207,17 +200,6 @@ def fraud_logit(
     return z + compromised
 
 
-def _cdf(weights: np.ndarray) -> np.ndarray:
-    cdf = np.cumsum(weights, dtype=np.float64)
-    cdf /= cdf[-1]
-    cdf[-1] = 1.0  # a uniform just below 1 never lands past the last bin
-    return cdf
-
-
-def _pick(cdf: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
-    return np.minimum(np.searchsorted(cdf, uniforms, side="right"), len(cdf) - 1)
-
-
 @dataclass(frozen=True)
 class _MerchantChooser:
     """Merchants by weight, overall and within each country."""
@@ -232,16 +214,16 @@ class _MerchantChooser:
             members = np.flatnonzero(population.merchant_country == code)
             if len(members) == 0:  # a tiny population may lack a country: use everyone
                 members = np.arange(population.merchants)
-            groups.append((members, _cdf(weights[members])))
-        return cls(_cdf(weights), tuple(groups))
+            groups.append((members, cdf_of(weights[members])))
+        return cls(cdf_of(weights), tuple(groups))
 
     def choose(self, home: np.ndarray, abroad: np.ndarray, u: np.ndarray) -> np.ndarray:
         """One merchant per row: anywhere when `abroad`, else in the `home` country."""
-        out = _pick(self.all_cdf, u)
+        out = pick(self.all_cdf, u)
         for code, (members, cdf) in enumerate(self.by_country):
             rows = ~abroad & (home == code)
             if rows.any():
-                out[rows] = members[_pick(cdf, u[rows])]
+                out[rows] = members[pick(cdf, u[rows])]
         return out
 
 
@@ -281,14 +263,14 @@ def _episodes(
     config: GeneratorConfig, population: Population, episodes: Episodes, day_index: int
 ) -> _Rows:
     """The day's compromise episodes, every transaction of them, sorted by time."""
-    rng = _stream(config.seed, "day", day_index, "episodes")
+    rng = seeded_stream(config.seed, "day", day_index, "episodes")
     n_episodes = int(rng.poisson(episodes.rate * population.cards))
     if n_episodes == 0 or not episodes.styles:
         return _Rows(
             *(np.zeros(0, dtype=t) for t in (np.int64,) * 3 + (bool, np.int64, np.float64))
         )
     shares = np.array([s for s, _ in episodes.styles])
-    style = _pick(_cdf(shares), rng.random(n_episodes))
+    style = pick(cdf_of(shares), rng.random(n_episodes))
     card = rng.integers(0, population.cards, n_episodes)
     hours = episodes.min_hours + (episodes.max_hours - episodes.min_hours) * rng.random(n_episodes)
     # An episode may run past midnight: its later rows belong to the next day's partition
@@ -385,34 +367,22 @@ def _plan_day(
     traffic = scenario.traffic_on(day_index, config.change_day)
     hourly = np.asarray(traffic.hourly_traffic, dtype=np.float64)
     per_minute = np.repeat(hourly / hourly.sum() / 60.0, 60)
-    counts = _stream(config.seed, "day", day_index, "clock").multinomial(n, per_minute)
+    counts = seeded_stream(config.seed, "day", day_index, "clock").multinomial(n, per_minute)
     day = config.start_date + timedelta(days=day_index)
     return _DayPlan(
         day=day,
         day_index=day_index,
-        day_us=_epoch_us(day),
+        day_us=epoch_us(day),
         first_event_id=first_event_id,
         legit_minutes=counts,
         episodes=_day_episodes(config, population, day_index),
-        card_cdf=_cdf(population.card_activity),
+        card_cdf=cdf_of(population.card_activity),
         merchants=_MerchantChooser.of(
             population, _category_weights(population, traffic.category_weight)
         ),
         traffic=traffic,
         model=BASELINE_FRAUD_MODEL,
     )
-
-
-def _chunk_bounds(counts: np.ndarray, chunk_size: int) -> Iterator[tuple[int, int]]:
-    # Chunks are runs of whole minutes, so sorting each chunk sorts the day.
-    cum = np.concatenate([[0], np.cumsum(counts)])
-    start = 0
-    while start < len(counts):
-        end = int(np.searchsorted(cum, cum[start] + chunk_size, side="right")) - 1
-        end = max(end, start + 1)
-        if cum[end] > cum[start]:
-            yield start, end
-        start = end
 
 
 def _legit_rows(
@@ -422,7 +392,7 @@ def _legit_rows(
     n = len(minutes)
     since = minutes * MINUTE_US + (rng["time"].random(n) * MINUTE_US).astype(np.int64)
     since.sort()
-    card = _pick(plan.card_cdf, rng["card"].random(n))
+    card = pick(plan.card_cdf, rng["card"].random(n))
     u = rng["merchant"].random((n, 2))
     merchant = plan.merchants.choose(
         population.card_country[card], u[:, 0] < plan.traffic.abroad_share, u[:, 1]
@@ -442,22 +412,18 @@ def _legit_rows(
     )
 
 
-def _strings(vocab: Sequence[str], codes: np.ndarray) -> pa.Array:
-    return pa.array(vocab, pa.string()).take(pa.array(codes))
-
-
 def _day_tables(
     config: GeneratorConfig, population: Population, plan: _DayPlan
 ) -> Iterator[pa.Table]:
     rng = {
-        name: _stream(config.seed, "day", plan.day_index, name)
+        name: seeded_stream(config.seed, "day", plan.day_index, name)
         for name in ("time", "card", "merchant", "channel", "amount", "label", "chargeback")
     }
     episode_minutes = np.bincount(
         plan.episodes.since_midnight // MINUTE_US, minlength=MINUTES_PER_DAY
     )
     event_id = plan.first_event_id
-    for m0, m1 in _chunk_bounds(plan.legit_minutes + episode_minutes, config.chunk_size):
+    for m0, m1 in chunk_bounds(plan.legit_minutes + episode_minutes, config.chunk_size):
         legit = _legit_rows(plan, population, rng, m0, m1)
         in_chunk = (plan.episodes.since_midnight >= m0 * MINUTE_US) & (
             plan.episodes.since_midnight < m1 * MINUTE_US
@@ -491,12 +457,12 @@ def _day_tables(
                 pa.array(ts, type=TIMESTAMP),
                 pa.array(rows.card),
                 pa.array(rows.merchant),
-                _strings(COUNTRIES, population.card_country[rows.card]),
-                _strings(CATEGORIES, population.merchant_category[rows.merchant]),
+                category_strings(COUNTRIES, population.card_country[rows.card]),
+                category_strings(CATEGORIES, population.merchant_category[rows.merchant]),
                 pa.array(rows.amount),
                 pa.array(hour),
-                _strings(CHANNELS, np.where(rows.cnp, CARD_NOT_PRESENT, 0)),
-                _strings(COUNTRIES, population.merchant_country[rows.merchant]),
+                category_strings(CHANNELS, np.where(rows.cnp, CARD_NOT_PRESENT, 0)),
+                category_strings(COUNTRIES, population.merchant_country[rows.merchant]),
                 pa.array(fraud.astype(np.int64)),
                 chargeback,
                 pa.array(p),
