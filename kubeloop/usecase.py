@@ -12,6 +12,10 @@ and declares, in one `UseCase` object registered under the entry-point group
   entity, the offline table's Arrow schema and the DuckDB SQL that builds it from the
   events, plus the feature service's name;
 * how the shared transform treats each column (`TransformRules`);
+* request-time features (`RequestFeatures`): values computed at the request's own time
+  from the request and the latest per-entity state (`StateSpec` tables, one row per event
+  instant, materialized into the online store like any view), the same function offline
+  at each event's time and online in the transformer;
 * the data source: a generator (`SyntheticSource`) or a lake path (`LakeSource`);
 * the metrics' slices and the gate's defaults (`MetricsSpec`);
 * the request fields a client sends the transformer (`request_fields`);
@@ -165,6 +169,50 @@ class EntitySpec:
     def features(self) -> list[str]:
         """Feature columns: everything but the join key and timestamp."""
         return [n for n in self.feature_schema.names if n not in (self.join_key, FEATURE_TIMESTAMP)]
+
+
+def table_schema(join_key: str, columns: list[tuple[str, pa.DataType]]) -> pa.Schema:
+    """An offline table's schema: the int64 join key, `FEATURE_TIMESTAMP`, then `columns`
+    (the shape `EntitySpec.feature_schema` requires)."""
+    return pa.schema([(join_key, pa.int64()), (FEATURE_TIMESTAMP, TIMESTAMP), *columns])
+
+
+@dataclass(frozen=True)
+class StateSpec(EntitySpec):
+    """The latest state of one entity, for request-time features: an offline table with one
+    row per instant at which the entity had events, stamped with that instant
+    (`FEATURE_TIMESTAMP` = the events' `event_timestamp`) and holding the state *after*
+    them (last event time, running counts and sums...). `entity` is the `EntitySpec.name`
+    whose Feast entity keys it; `name` names the table (it must differ from every
+    entity's). A request at time t reads the row of the greatest instant strictly before
+    t: offline an as-of join, online the store materialized as of t."""
+
+    entity: str = ""
+
+
+RequestCompute = Callable[[Mapping[str, Any], Any], dict[str, Any]]
+"""`compute(inputs, now_us)`: `inputs` maps every state column (float64 arrays, NaN where
+the entity has no state yet) and every request-context column (numeric as float64,
+categorical as object arrays) to one value per row; `now_us` is the request time of each
+row, epoch microseconds (int64 array). Returns one float64 array per output feature."""
+
+
+@dataclass(frozen=True)
+class RequestFeatures:
+    """Features computed at request time from the request and the latest stored state.
+
+    `states` are the state tables; `schema` lists the outputs (name and Arrow type, float64)
+    in the order the model reads them; `compute` is the one function both the training-set
+    builder (at each event's own time) and the transformer (at the request's time) call."""
+
+    states: tuple[StateSpec, ...]
+    schema: pa.Schema
+    compute: RequestCompute
+
+    @property
+    def features(self) -> list[str]:
+        """The output features' names, in order."""
+        return list(self.schema.names)
 
 
 @dataclass(frozen=True)
@@ -341,9 +389,22 @@ class UseCase:
     request_fields: tuple[str, ...] = ()
     """What a client sends per row (the order a replay writes them in): every join key and
     request-context column. Empty: join keys, then numeric, then categorical context."""
+    request_features: RequestFeatures | None = None
 
     def __post_init__(self) -> None:
         keys = tuple(e.join_key for e in self.entities)
+        entity_names = {e.name for e in self.entities}
+        for state in self.state_tables:
+            if state.entity not in entity_names or state.name in entity_names:
+                raise UseCaseError(
+                    f"use case {self.name!r}: state table {state.name!r} must name one of the "
+                    f"entities {sorted(entity_names)} and be named differently from them"
+                )
+            if state.join_key != self.entity(state.entity).join_key:
+                raise UseCaseError(
+                    f"use case {self.name!r}: state table {state.name!r} is keyed by "
+                    f"{state.join_key!r}, not its entity's join key"
+                )
         expected = [*keys, *self.events.context_numeric, *self.events.context_categorical]
         if not self.request_fields:
             object.__setattr__(self, "request_fields", tuple(expected))
@@ -382,9 +443,26 @@ class UseCase:
         return [e.join_key for e in self.entities]
 
     @property
+    def state_tables(self) -> tuple[StateSpec, ...]:
+        """The request-time features' state tables (none without request features)."""
+        return self.request_features.states if self.request_features is not None else ()
+
+    @property
+    def tables(self) -> tuple[EntitySpec, ...]:
+        """Every offline table the feature build writes and materialization loads: each
+        entity's feature table, then each state table."""
+        return (*self.entities, *self.state_tables)
+
+    @property
+    def request_feature_columns(self) -> list[str]:
+        """The request-time features' names (empty without request features)."""
+        return self.request_features.features if self.request_features is not None else []
+
+    @property
     def feature_columns(self) -> list[str]:
-        """Every feature of every entity, in entity order (the feature service's)."""
-        return [name for e in self.entities for name in e.features]
+        """Every feature of every entity, in entity order (the feature service's), then the
+        request-time features."""
+        return [name for e in self.entities for name in e.features] + self.request_feature_columns
 
     @property
     def training_columns(self) -> list[str]:
@@ -402,6 +480,8 @@ class UseCase:
         types = {f.name: f.type for f in self.events.columns}
         for spec in self.entities:
             types.update({f.name: f.type for f in spec.feature_schema})
+        if self.request_features is not None:
+            types.update({f.name: f.type for f in self.request_features.schema})
         return types
 
     def training_schema(self) -> pa.Schema:

@@ -53,6 +53,7 @@ from kserve.errors import InvalidInput, ModelNotReady
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
+from kubeloop.features.request_time import request_time_us
 from kubeloop.serving.kserve_model import ServedModel, finish_server_parser, server_parser
 from kubeloop.serving.model_server import make_model_server
 from kubeloop.serving.protocol import (
@@ -318,22 +319,25 @@ class FeastTransformer(ServedModel):
             return v2_response(response["predictions"], body, self.name, request_id=request_id)
         return response
 
-    def _read(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    def _read(self, rows: list[dict[str, Any]], now: int | None = None) -> dict[str, list[Any]]:
         from kubeloop.features.online import OnlineReader
 
         if self._reader is None or self._reader.store is not self.store:
             self._reader = OnlineReader(self.store, self.use_case)
-        return self._reader.read(rows)
+        return self._reader.read(rows, now)
 
-    async def lookup(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    async def lookup(
+        self, rows: list[dict[str, Any]], now: int | None = None
+    ) -> dict[str, list[Any]]:
         """One online read of every entity feature for `rows` (input order), as columns of
         `online_columns()`: Feast's online-store read, the feature views resolved once,
-        on the lookup thread (never on the event loop)."""
+        on the lookup thread (never on the event loop). The use case's request-time
+        features are computed at `now` (epoch microseconds; None: the clock)."""
         if self.store is None:
             raise ModelNotReady(self.name, "the feature store is not open")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._lookups, self._read, rows)
+            return await loop.run_in_executor(self._lookups, self._read, rows, now)
         except Exception as exc:  # Redis down, Feast errors: not the client's fault
             raise UpstreamError(
                 f"online feature lookup failed: {type(exc).__name__}: {exc}"
@@ -347,7 +351,8 @@ class FeastTransformer(ServedModel):
         request_id = resolve_request_id(parsed.request_id, lower_headers(headers))
         if headers is not None:
             headers[REQUEST_ID_HEADER] = request_id
-        online = await self.lookup(parsed.rows)
+        # A replay of past traffic says when its request happened; live traffic is now.
+        online = await self.lookup(parsed.rows, request_time_us(headers))
         rows = join_online_features(parsed.rows, online, use_case=self.use_case)
         if self.protocol == "v2":
             return predictor_infer_request(rows, self.name, request_id, use_case=self.use_case)

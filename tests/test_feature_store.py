@@ -62,7 +62,7 @@ AD_ROWS = {
     10: [(day(1), 101), (day(3), 102)],
     11: [(day(2), 111), (day(4), 112), (day(5), 113)],
 }
-NULL_CELL = (2, 21, "user_hours_since_last")  # a feature the ETL may leave null
+NULL_CELL = (2, 21, "user_ctr_1d")  # a feature the ETL may leave null
 
 
 def _value(field: pa.Field, index: int, tag: int):
@@ -92,7 +92,8 @@ def feature_table(table_schema: pa.Schema, key: str, rows: dict[int, list], tag_
 
 
 def write_features(features_dir: Path, tag_shift: int = 0) -> Path:
-    """Write both hand-built offline tables into `features_dir`."""
+    """Write both hand-built offline tables, and the request-time state tables (one row
+    per feature row, at its time), into `features_dir`."""
     features_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(
         feature_table(schema.USER_FEATURE_SCHEMA, "user_id", USER_ROWS, tag_shift),
@@ -102,6 +103,14 @@ def write_features(features_dir: Path, tag_shift: int = 0) -> Path:
         feature_table(schema.AD_FEATURE_SCHEMA, "ad_id", AD_ROWS, tag_shift),
         features_dir / schema.AD_FEATURES_FILE,
     )
+    for state_schema, key, rows in (
+        (schema.USER_STATE_SCHEMA, "user_id", USER_ROWS),
+        (schema.AD_STATE_SCHEMA, "ad_id", AD_ROWS),
+    ):
+        pq.write_table(
+            feature_table(state_schema, key, rows, tag_shift),
+            features_dir / f"{state_schema.names[2].removesuffix('_last_us')}.parquet",
+        )
     return features_dir
 
 
@@ -201,7 +210,12 @@ def test_write_repo_is_a_real_feast_repository(tmp_path, monkeypatch):
     # Feast's own loader (what `feast -c repo ...` uses) reads the yaml and the registry.
     native = FeatureStore(repo_path=str(repo))
     assert sorted(v.name for v in native.list_feature_views()) == sorted(
-        [schema.AD_FEATURE_VIEW, schema.USER_FEATURE_VIEW]
+        [
+            schema.AD_FEATURE_VIEW,
+            schema.USER_FEATURE_VIEW,
+            schema.AD_STATE_VIEW,
+            schema.USER_STATE_VIEW,
+        ]
     )
     assert (repo / "registry.db").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["features", "repo"]
@@ -229,7 +243,13 @@ def test_open_store_without_repo_names_the_fix(tmp_path):
 
 
 def test_definitions():
-    user, ad, user_view, ad_view, service = build_definitions("/data/features")
+    user, ad, user_view, ad_view, user_state, ad_state, service = build_definitions(
+        "/data/features"
+    )
+    # The request-time state views: keyed by the same entities, never stale, not served.
+    assert (user_state.name, ad_state.name) == (schema.USER_STATE_VIEW, schema.AD_STATE_VIEW)
+    assert user_state.entities == ["user"] and ad_state.entities == ["ad"]
+    assert user_state.ttl == timedelta(0)
     assert (user.name, user.join_key, ad.name, ad.join_key) == ("user", "user_id", "ad", "ad_id")
     assert user_view.name == schema.USER_FEATURE_VIEW and ad_view.name == schema.AD_FEATURE_VIEW
     assert [f.name for f in user_view.features] == schema.USER_FEATURES
@@ -476,6 +496,27 @@ def _oracle(rows: list[tuple[int, datetime, int, int]]) -> pd.DataFrame:
             tolerance=pd.Timedelta(DEFAULT_TTL),
             allow_exact_matches=True,
         ).drop(columns=[schema.FEATURE_TIMESTAMP])
+    # Recency at each event's own time: from the newest state row strictly before it.
+    for state_schema, key, entity_rows in (
+        (schema.USER_STATE_SCHEMA, "user_id", USER_ROWS),
+        (schema.AD_STATE_SCHEMA, "ad_id", AD_ROWS),
+    ):
+        state = feature_table(state_schema, key, entity_rows).to_pandas()
+        state[schema.FEATURE_TIMESTAMP] = state[schema.FEATURE_TIMESTAMP].astype(
+            "datetime64[ns, UTC]"
+        )
+        last = state_schema.names[2]
+        events = pd.merge_asof(
+            events,
+            state.sort_values(schema.FEATURE_TIMESTAMP),
+            left_on="event_timestamp",
+            right_on=schema.FEATURE_TIMESTAMP,
+            by=key,
+            allow_exact_matches=False,
+        ).drop(columns=[schema.FEATURE_TIMESTAMP])
+        now_us = events["event_timestamp"].astype("int64") // 1000
+        hours = (now_us - events[last]).clip(lower=0) / 3_600_000_000
+        events[last.replace("_state_last_us", "_hours_since_last")] = hours
     return events.sort_values(["event_timestamp", "event_id"]).reset_index(drop=True)
 
 
@@ -614,7 +655,9 @@ def test_cli_apply_materialize_online_training_set(tmp_path, engine):
     assert result.exit_code == 0, result.output
     assert "3 user keys and 2 ad keys" in result.output
 
-    result = runner.invoke(app, ["online", "--repo", repo, "--key", "user_id=1", "--key", "ad_id=404"])
+    result = runner.invoke(
+        app, ["online", "--repo", repo, "--key", "user_id=1", "--key", "ad_id=404"]
+    )
     assert result.exit_code == 0, result.output
     lines = dict(line.split(None, 1) for line in result.output.strip().splitlines())
     assert lines["user_segment"] == "user_segment-13"

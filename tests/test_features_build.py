@@ -16,7 +16,9 @@ from kubeloop.features.build import FeatureBuildConfig, build_features
 from usecases.ctr.schema import (
     AD_FEATURE_SCHEMA,
     AD_FEATURES_FILE,
+    AD_STATE_VIEW,
     EVENT_SCHEMA,
+    USER_STATE_VIEW,
     USER_FEATURE_SCHEMA,
     USER_FEATURES_FILE,
 )
@@ -105,24 +107,27 @@ def hand_built(tmp_path_factory) -> Path:
 
 def test_user_rows_match_hand_computed_values(hand_built: Path) -> None:
     rows = read_rows(hand_built / USER_FEATURES_FILE, "user_id", 1)
-    assert [r["feature_timestamp"] for r in rows] == [D1 + 11 * H, D1 + 12 * H, D2 + 11 * H]
+    # Active hours' rows, plus day2 12:00, when the 11:05 impression leaves the 1-day window
+    # (the 7-day edges fall after the lake's last hour).
+    stamps = [D1 + 11 * H, D1 + 12 * H, D2 + 11 * H, D2 + 12 * H]
+    assert [r["feature_timestamp"] for r in rows] == stamps
 
-    first, second, third = rows
+    first, second, third, fourth = rows
     # T = day1 11:00 sees 10:15 (click) and 10:40
     assert (first["user_impressions_1d"], first["user_clicks_1d"]) == (2, 1)
     assert (first["user_impressions_7d"], first["user_clicks_7d"]) == (2, 1)
     assert first["user_ctr_1d"] == pytest.approx(ctr(1, 2))
-    assert first["user_hours_since_last"] == pytest.approx(20 / 60)
     # T = day1 12:00 adds 11:05 (click)
     assert (second["user_impressions_1d"], second["user_clicks_1d"]) == (3, 2)
     assert second["user_ctr_7d"] == pytest.approx(ctr(2, 3))
-    assert second["user_hours_since_last"] == pytest.approx(55 / 60)
     # T = day2 11:00: the 1-day window [day1 11:00, day2 11:00) drops 10:15 and 10:40
     assert (third["user_impressions_1d"], third["user_clicks_1d"]) == (2, 1)
     assert (third["user_impressions_7d"], third["user_clicks_7d"]) == (4, 2)
     assert third["user_ctr_1d"] == pytest.approx(ctr(1, 2))
     assert third["user_ctr_7d"] == pytest.approx(ctr(2, 4))
-    assert third["user_hours_since_last"] == pytest.approx(0.5)
+    # T = day2 12:00 (no impression that hour): the 1-day window holds day2 10:30 only
+    assert (fourth["user_impressions_1d"], fourth["user_clicks_1d"]) == (1, 0)
+    assert (fourth["user_impressions_7d"], fourth["user_clicks_7d"]) == (4, 2)
     assert {(r["user_segment"], r["user_country"], r["user_device_pref"]) for r in rows} == {
         ("seg1", "c1", "mobile")
     }
@@ -136,22 +141,22 @@ def test_window_edges_are_half_open(hand_built: Path) -> None:
     # and not the one at exactly T
     at_11 = by_ts[D2 + 11 * H]
     assert (at_11["user_impressions_1d"], at_11["user_clicks_1d"]) == (2, 1)
-    assert at_11["user_hours_since_last"] == pytest.approx(1e-6 / 3600)
     # T = day2 12:00: day1 11:00 is now older than 24h
     at_12 = by_ts[D2 + 12 * H]
     assert (at_12["user_impressions_1d"], at_12["user_clicks_1d"]) == (2, 1)
     assert (at_12["user_impressions_7d"], at_12["user_clicks_7d"]) == (3, 2)
-    assert at_12["user_hours_since_last"] == pytest.approx(1.0)
 
 
 def test_ad_rows_match_hand_computed_values(hand_built: Path) -> None:
     rows = read_rows(hand_built / AD_FEATURES_FILE, "ad_id", 7)
-    assert [r["feature_timestamp"] for r in rows] == [D1 + 11 * H, D1 + 12 * H, D2 + 11 * H]
-    assert [r["ad_impressions_1d"] for r in rows] == [2, 3, 2]
-    assert [r["ad_clicks_7d"] for r in rows] == [1, 2, 2]
+    stamps = [D1 + 11 * H, D1 + 12 * H, D2 + 11 * H, D2 + 12 * H]
+    assert [r["feature_timestamp"] for r in rows] == stamps
+    assert [r["ad_impressions_1d"] for r in rows] == [2, 3, 2, 1]
+    assert [r["ad_clicks_7d"] for r in rows] == [1, 2, 2, 2]
     # creative age at T = age on the last event before T + hours since it / 24
     ages = [r["ad_creative_age_days"] for r in rows]
-    assert ages == pytest.approx([3.5 + (20 / 60) / 24, 4.0 + (55 / 60) / 24, 5.0 + 0.5 / 24])
+    expected = [3.5 + (20 / 60) / 24, 4.0 + (55 / 60) / 24, 5.0 + 0.5 / 24, 5.0 + 1.5 / 24]
+    assert ages == pytest.approx(expected)
     assert {(r["advertiser_id"], r["ad_category"]) for r in rows} == {(103, "cat2")}
 
 
@@ -159,8 +164,21 @@ def test_output_schemas_are_exactly_the_contract(hand_built: Path) -> None:
     assert pq.read_schema(hand_built / USER_FEATURES_FILE).remove_metadata() == USER_FEATURE_SCHEMA
     assert pq.read_schema(hand_built / AD_FEATURES_FILE).remove_metadata() == AD_FEATURE_SCHEMA
     assert sorted(p.name for p in hand_built.iterdir()) == sorted(
-        [USER_FEATURES_FILE, AD_FEATURES_FILE]
+        [
+            USER_FEATURES_FILE,
+            AD_FEATURES_FILE,
+            f"{USER_STATE_VIEW}.parquet",
+            f"{AD_STATE_VIEW}.parquet",
+        ]
     )
+
+
+def test_state_rows_are_each_impression_instant(hand_built: Path) -> None:
+    """The request-time recency state: one row per (user, instant), stamped with it."""
+    rows = read_rows(hand_built / f"{USER_STATE_VIEW}.parquet", "user_id", 3)
+    instants = [D1 + 11 * H, D2 + 11 * H - dt.timedelta(microseconds=1), D2 + 11 * H]
+    assert [r["feature_timestamp"] for r in rows] == instants
+    assert [r["user_state_last_us"] for r in rows] == [int(t.timestamp() * 1e6) for t in instants]
 
 
 def random_events(seed: int, n: int = 1500) -> list[dict]:
@@ -201,10 +219,16 @@ def test_rows_only_count_events_strictly_before_their_timestamp(
         build_features(str(root / "lake"), out, CONFIG, progress=False)
     features = pq.read_table(out / file).to_pandas()
 
-    # exactly one row per (entity, hour with events), stamped at the end of that hour
-    expected_keys = set(
-        zip(events[key], events["event_timestamp"].dt.floor("h") + pd.Timedelta(hours=1))
-    )
+    # one row per (entity, hour with events), stamped at the end of that hour, and one
+    # where a window drops that hour (24 h and 168 h later), up to the lake's last hour
+    active = events["event_timestamp"].dt.floor("h")
+    last = active.max() + pd.Timedelta(hours=1)
+    expected_keys = {
+        (k, t)
+        for shift in (1, 25, 169)
+        for k, t in zip(events[key], active + pd.Timedelta(hours=shift))
+        if t <= last
+    }
     assert set(zip(features[key], features["feature_timestamp"])) == expected_keys
     assert len(features) == len(expected_keys)
 
@@ -222,10 +246,6 @@ def test_rows_only_count_events_strictly_before_their_timestamp(
         assert getattr(row, f"{prefix}_clicks_7d") == week["click"].sum()
         assert getattr(row, f"{prefix}_ctr_7d") == pytest.approx(
             ctr(week["click"].sum(), len(week))
-        )
-        last = before["event_timestamp"].max()
-        assert getattr(row, f"{prefix}_hours_since_last") == pytest.approx(
-            (t - last) / pd.Timedelta(hours=1), abs=1e-9
         )
 
 
@@ -248,7 +268,7 @@ def test_failure_mid_write_keeps_previous_tables(tmp_path: Path, monkeypatch) ->
     write_lake(tmp_path / "lake", random_events(seed=1, n=200))
     out = tmp_path / "features"
     build_features(str(tmp_path / "lake"), out, CONFIG, progress=False)
-    before = {name: (out / name).read_bytes() for name in (USER_FEATURES_FILE, AD_FEATURES_FILE)}
+    before = {p.name: p.read_bytes() for p in out.iterdir()}  # every table, state too
 
     write_lake(tmp_path / "lake", random_events(seed=2, n=300))  # new data, new tables
     real = build_mod._write_query
@@ -271,7 +291,7 @@ def test_failure_while_swapping_rolls_back(tmp_path: Path, monkeypatch) -> None:
     write_lake(tmp_path / "lake", random_events(seed=1, n=200))
     out = tmp_path / "features"
     build_features(str(tmp_path / "lake"), out, CONFIG, progress=False)
-    before = {name: (out / name).read_bytes() for name in (USER_FEATURES_FILE, AD_FEATURES_FILE)}
+    before = {p.name: p.read_bytes() for p in out.iterdir()}  # every table, state too
 
     write_lake(tmp_path / "lake", random_events(seed=2, n=300))
     real_replace = build_mod.os.replace

@@ -35,6 +35,7 @@ from test_predictor import (
 
 from kubeloop.errors import FeatureStoreError
 from kubeloop.features.materialize import materialize
+from kubeloop.features.request_time import REQUEST_TIME_HEADER
 from kubeloop.features.store import FeatureStoreSettings, apply_definitions, open_store, write_repo
 from kubeloop.serving.protocol import CLIENT_FIELDS, MODEL_FIELDS
 from models.lightgbm_trainer import train_lightgbm
@@ -56,7 +57,10 @@ CATEGORIES = ["sports", "tech", "food"]
 # entity -> number of daily feature rows; the online store must serve the latest.
 USERS = {1: 3, 2: 1, 3: 2}
 ADS = {10: 2, 11: 3}
-NULL_USER_CELL = (2, "user_hours_since_last")  # a null the ETL may write
+NULL_USER_CELL = (2, "user_ctr_1d")  # a null the ETL may write
+# The request time the tests send (REQUEST_TIME_HEADER), so recency is deterministic.
+NOW = D0 + timedelta(days=6, hours=5)
+AT = {REQUEST_TIME_HEADER: NOW.isoformat()}
 UNKNOWN_USER, UNKNOWN_AD = 999, 777
 
 
@@ -70,13 +74,12 @@ def _user_row(user: int, k: int) -> dict:
         "user_device_pref": DEVICES[user % 3],
         "user_impressions_1d": imp7 // 3,
         "user_clicks_1d": clk7 // 3,
-        "user_ctr_1d": (clk7 // 3) / max(imp7 // 3, 1),
+        "user_ctr_1d": None
+        if (user, "user_ctr_1d") == NULL_USER_CELL
+        else (clk7 // 3) / max(imp7 // 3, 1),
         "user_impressions_7d": imp7,
         "user_clicks_7d": clk7,
         "user_ctr_7d": clk7 / imp7,
-        "user_hours_since_last": None
-        if (user, "user_hours_since_last") == NULL_USER_CELL
-        else 2.5 * user + k / 8,
     }
 
 
@@ -94,8 +97,39 @@ def _ad_row(ad: int, k: int) -> dict:
         "ad_impressions_7d": imp7,
         "ad_clicks_7d": clk7,
         "ad_ctr_7d": clk7 / imp7,
-        "ad_hours_since_last": 1.0 + ad / 16 + k,
     }
+
+
+def _last_impression(entity: int, k: int) -> datetime:
+    """The instant of an entity's k-th impression (its state tables' rows)."""
+    return D0 + timedelta(days=k - 1, hours=entity % 5, minutes=7 * k)
+
+
+def state_tables() -> tuple[pa.Table, pa.Table]:
+    """The request-time recency state: one row per impression instant of each entity."""
+
+    def rows(entities: dict[int, int], key: str, prefix: str) -> list[dict]:
+        return [
+            {
+                key: e,
+                schema.FEATURE_TIMESTAMP: _last_impression(e, k),
+                f"{prefix}_state_last_us": int(_last_impression(e, k).timestamp() * 1_000_000),
+            }
+            for e, n in entities.items()
+            for k in range(1, n + 1)
+        ]
+
+    return (
+        pa.Table.from_pylist(rows(USERS, "user_id", "user"), schema=schema.USER_STATE_SCHEMA),
+        pa.Table.from_pylist(rows(ADS, "ad_id", "ad"), schema=schema.AD_STATE_SCHEMA),
+    )
+
+
+def expected_recency(entities: dict[int, int], entity: int) -> float | None:
+    """Hours from the entity's last impression to NOW (None when it has none)."""
+    if entity not in entities:
+        return None
+    return (NOW - _last_impression(entity, entities[entity])).total_seconds() * 1e6 / 3.6e9
 
 
 def feature_tables() -> tuple[pa.Table, pa.Table]:
@@ -117,6 +151,9 @@ def build_feature_repo(
     users, ads = feature_tables()
     pq.write_table(users, features / schema.USER_FEATURES_FILE)
     pq.write_table(ads, features / schema.AD_FEATURES_FILE)
+    user_state, ad_state = state_tables()
+    pq.write_table(user_state, features / f"{schema.USER_STATE_VIEW}.parquet")
+    pq.write_table(ad_state, features / f"{schema.AD_STATE_VIEW}.parquet")
     repo = root / "repo"
     write_repo(repo, settings or FeatureStoreSettings(), features)
     store = store(repo) if store is not None else open_store(repo)
@@ -157,7 +194,7 @@ def client_rows() -> list[dict]:
 
 def expected_predictor_rows(rows: list[dict]) -> list[dict]:
     """What the predictor must receive: context + latest offline features (nulls for
-    entities the store does not hold), in model_input_columns() order."""
+    entities the store does not hold) + recency at NOW, in model_input_columns() order."""
     users, ads = latest_features()
     null_user = dict.fromkeys(schema.USER_FEATURES)
     null_ad = dict.fromkeys(schema.AD_FEATURES)
@@ -167,6 +204,8 @@ def expected_predictor_rows(rows: list[dict]) -> list[dict]:
             **{k: row[k] for k in (*schema.CONTEXT_NUMERIC, *schema.CONTEXT_CATEGORICAL)},
             **users.get(row["user_id"], null_user),
             **ads.get(row["ad_id"], null_ad),
+            "user_hours_since_last": expected_recency(USERS, row["user_id"]),
+            "ad_hours_since_last": expected_recency(ADS, row["ad_id"]),
         }
         out.append({name: merged[name] for name in MODEL_FIELDS.names})
     return out
@@ -307,6 +346,10 @@ def servers(lgb_model, feature_repo, tmp_path_factory):
 
 
 def preprocess(transformer, body, headers=None):
+    """The transformer's preprocess at the request time NOW (unless `headers` has one)."""
+    if headers is None:
+        headers = {}
+    headers.setdefault(REQUEST_TIME_HEADER, AT[REQUEST_TIME_HEADER])
     return asyncio.run(transformer.preprocess(body, headers))
 
 
@@ -324,6 +367,7 @@ def test_preprocess_joins_the_latest_online_features_in_one_lookup(store):
     assert out["instances"] == expected_predictor_rows(rows)
     assert [list(r) for r in out["instances"]] == [MODEL_FIELDS.names] * len(rows)
     views = len(store.get_feature_service(schema.FEATURE_SERVICE).feature_view_projections)
+    views += 2  # the user's and the ad's request-time state
     assert counting.lookups == views  # one read per feature view for the whole batch
     resolved = counting.registry_calls
     preprocess(transformer, {"instances": rows[:1]})
@@ -340,7 +384,7 @@ def test_unknown_entities_get_null_features(store):
     assert row["hour"] == rows[0]["hour"] and row["device"] == rows[0]["device"]
     # a stored null stays null (the transform imputes it as in training)
     known = preprocess(transformer, {"instances": [client_rows()[1]]})["instances"][0]
-    assert known["user_hours_since_last"] is None and known["user_segment"] is not None
+    assert known["user_ctr_1d"] is None and known["user_segment"] is not None
 
 
 def test_v2_client_request_and_v2_predictor_hop(store):
@@ -424,7 +468,10 @@ def test_end_to_end_equals_offline_predict_proba(servers, lgb_model):
     transformer, _, proxy = servers
     rows = client_rows()
     response = httpx.post(
-        f"{transformer}/v1/models/{MODEL_NAME}:predict", json={"instances": rows}, timeout=30
+        f"{transformer}/v1/models/{MODEL_NAME}:predict",
+        json={"instances": rows},
+        headers=AT,
+        timeout=30,
     )
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
@@ -436,6 +483,7 @@ def test_end_to_end_equals_offline_predict_proba(servers, lgb_model):
     v2 = httpx.post(
         f"{transformer}/v2/models/{MODEL_NAME}/infer",
         json={"id": "e2e-v2", "inputs": v2_inputs(rows, CLIENT_FIELDS)},
+        headers=AT,
         timeout=30,
     )
     assert v2.status_code == 200, v2.text

@@ -67,7 +67,9 @@ class FeatureBuildSummary(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     events: int
-    rows: dict[str, int] = Field(description="rows written per entity, by entity name")
+    rows: dict[str, int] = Field(
+        description="rows written per table, by entity (or request-time state table) name"
+    )
     seconds: float
 
     @property
@@ -108,7 +110,7 @@ def _connect(manifest: LakeManifest, config: FeatureBuildConfig, spill_dir: Path
 
 
 def _steps(use_case: UseCase) -> tuple[str, ...]:
-    return ("validate", "read", *(f"aggregate {e.name}" for e in use_case.entities), "write")
+    return ("validate", "read", *(f"aggregate {e.name}" for e in use_case.tables), "write")
 
 
 def _create_events_view(con, manifest: LakeManifest, schema: pa.Schema) -> int:
@@ -197,7 +199,7 @@ def _run_queries(
         "prior_strength": config.prior_strength,
     }
     rows: dict[str, int] = {}
-    for spec in use_case.entities:
+    for spec in use_case.tables:
         step(f"aggregate {spec.name}")
         rows[spec.name] = _write_query(con, spec, params, staging / spec.features_file)
     return events, rows
@@ -219,7 +221,7 @@ def _stage_tables(
     finally:
         con.close()
     step("write")
-    for spec in use_case.entities:
+    for spec in use_case.tables:
         _check_output(staging / spec.features_file, spec.feature_schema, rows[spec.name])
     return events, rows
 
@@ -268,7 +270,7 @@ def build_features(
         try:
             stage = _stage_tables if config.engine == "duckdb" else spark_job.stage_tables
             events, rows = stage(manifest, config, staging, step, use_case)
-            _publish(staging, out_dir, [e.features_file for e in use_case.entities])
+            _publish(staging, out_dir, [e.features_file for e in use_case.tables])
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         bar.update()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from kubeloop.usecase import FEATURE_TIMESTAMP, UseCase, resolve_use_case
+from kubeloop.usecase import FEATURE_TIMESTAMP, EntitySpec, UseCase, resolve_use_case
 
 # A feature row summarises up to 7 days of history and the ETL writes one row per
 # entity per day, so a row older than 8 days is stale; the extra day covers an event
@@ -66,8 +66,9 @@ def build_definitions(
 
     Returns, in this order: every entity (its `join_key`), then every feature view
     (`feature_view`, over `<feature_view>.parquet`, timestamp field `FEATURE_TIMESTAMP`),
-    then the feature service `use_case.feature_service` with every feature of every
-    view. Paths are stored absolute, so the registry works from any current directory.
+    then every request-time state view (no ttl; not in the service: its columns are the
+    request-time features' inputs, not the model's), then the feature service
+    `use_case.feature_service` with every feature of every entity view. Paths are stored absolute, so the registry works from any current directory.
     """
     from feast import Entity, FeatureService, FeatureView, FileSource
 
@@ -76,35 +77,39 @@ def build_definitions(
     use_case = resolve_use_case(use_case)
     root = Path(features_dir).expanduser().resolve()
 
-    entities = []
-    views = []
-    for spec in use_case.entities:
-        entity = Entity(
+    entities = {
+        spec.name: Entity(
             name=spec.name,
             join_keys=[spec.join_key],
             value_type=_value_type(spec.feature_schema.field(spec.join_key).type),
             description=spec.description,
         )
+        for spec in use_case.entities
+    }
+
+    def view(spec: EntitySpec, entity: str, view_ttl: timedelta) -> FeatureView:
         source = FileSource(
             name=f"{spec.feature_view}_source",
             path=str(root / spec.features_file),
             timestamp_field=FEATURE_TIMESTAMP,
         )
-        views.append(
-            FeatureView(
-                name=spec.feature_view,
-                entities=[entity],
-                ttl=ttl,
-                schema=_fields(spec.feature_schema),
-                source=source,
-                online=True,
-                description=spec.view_description,
-            )
+        return FeatureView(
+            name=spec.feature_view,
+            entities=[entities[entity]],
+            ttl=view_ttl,
+            schema=_fields(spec.feature_schema),
+            source=source,
+            online=True,
+            description=spec.view_description,
         )
-        entities.append(entity)
+
+    views = [view(spec, spec.name, ttl) for spec in use_case.entities]
+    # A state row stays the entity's state however old it is (a card's last transaction
+    # a month ago is still its last): no ttl.
+    states = [view(spec, spec.entity, timedelta(0)) for spec in use_case.state_tables]
     service = FeatureService(
         name=use_case.feature_service,
         features=views,
         description=f"Every feature the {use_case.name} model reads.",
     )
-    return [*entities, *views, service]
+    return [*entities.values(), *views, *states, service]

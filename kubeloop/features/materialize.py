@@ -23,10 +23,10 @@ if TYPE_CHECKING:
 
 def offline_tables(use_case: UseCase | str | None = None) -> dict[str, tuple[str, pa.Schema, str]]:
     """(file name, expected schema, join key) of each offline table of `use_case`, by
-    feature view, in entity order."""
+    feature view: each entity's, in entity order, then each request-time state table."""
     return {
         e.feature_view: (e.features_file, e.feature_schema, e.join_key)
-        for e in resolve_use_case(use_case).entities
+        for e in resolve_use_case(use_case).tables
     }
 
 
@@ -198,9 +198,10 @@ def materialize(
         view_name: _entities_before(stats[view_name].path, key, start, end)
         for view_name, (_, _, key) in tables.items()
     }
+    entities = {e.name: counts[e.feature_view] for e in use_case.entities}
     return MaterializeSummary(
-        rows_online=sum(counts.values()),
-        entities={e.name: counts[e.feature_view] for e in use_case.entities},
+        rows_online=sum(entities.values()),
+        entities=entities,
         start=start,
         end=end,
         seconds=round(time.perf_counter() - started, 3),

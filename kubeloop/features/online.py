@@ -32,14 +32,19 @@ def _integer_features(use_case: UseCase) -> list[str]:
 
 
 def online_features(
-    store: FeatureStore, rows: list[dict[str, Any]], *, use_case: UseCase | str | None = None
+    store: FeatureStore,
+    rows: list[dict[str, Any]],
+    *,
+    use_case: UseCase | str | None = None,
+    now: int | None = None,
 ) -> pd.DataFrame:
     """Look up every feature of the use case's feature service for each row's join keys.
 
     Returns one row per input row, in input order, with columns `online_columns()` (join
     keys, then each entity's features, in entity order). An entity the online store does
     not hold gets nulls; integer features use pandas' nullable Int64 so a missing value
-    does not turn a column into floats.
+    does not turn a column into floats. Request-time features are computed at `now` (epoch
+    microseconds; the clock when None) from the state views and each row's context.
     """
     use_case = resolve_use_case(use_case)
     columns = online_columns(use_case)
@@ -57,10 +62,22 @@ def online_features(
     response = store.get_online_features(
         features=service, entity_rows=entity_rows, full_feature_names=False
     )
-    frame = response.to_df()[columns]
+    request = use_case.request_feature_columns
+    frame = response.to_df()[[c for c in columns if c not in request]]
     for name in _integer_features(use_case):
         frame[name] = frame[name].astype("Int64")
-    return frame
+    if use_case.request_features is not None:
+        from kubeloop.features.request_time import online_request_features
+
+        refs = [f"{s.feature_view}:{n}" for s in use_case.state_tables for n in s.features]
+        state = store.get_online_features(
+            features=refs, entity_rows=entity_rows, full_feature_names=False
+        ).to_dict()
+        names = [n for s in use_case.state_tables for n in s.features]
+        computed = online_request_features(use_case, rows, {n: state[n] for n in names}, now)
+        for name in request:
+            frame[name] = pd.array(computed[name], dtype="Float64")
+    return frame[columns]
 
 
 def _python_value(value: Any) -> Any:
@@ -104,14 +121,20 @@ class OnlineReader:
                     "columns or join keys, which the online reader does not support"
                 )
             view = store.get_feature_view(projection.name)
-            keys = [c.name for c in view.entity_columns]
-            if len(keys) != 1 or keys[0] not in self.join_keys:
-                raise FeatureStoreError(
-                    f"feature view {view.name!r}: the online reader needs one join key among "
-                    f"{self.join_keys}, it has {keys}"
-                )
-            value_type = view.entity_columns[0].dtype.to_value_type()
-            self._views.append((view, keys[0], value_type, [f.name for f in projection.features]))
+            self._views.append(self._resolved(view, [f.name for f in projection.features]))
+        # The request-time features' state tables: read like a view, never model inputs.
+        for state in self.use_case.state_tables:
+            view = store.get_feature_view(state.feature_view)
+            self._views.append(self._resolved(view, list(state.features)))
+
+    def _resolved(self, view: Any, features: list[str]) -> tuple[Any, str, Any, list[str]]:
+        keys = [c.name for c in view.entity_columns]
+        if len(keys) != 1 or keys[0] not in self.join_keys:
+            raise FeatureStoreError(
+                f"feature view {view.name!r}: the online reader needs one join key among "
+                f"{self.join_keys}, it has {keys}"
+            )
+        return view, keys[0], view.entity_columns[0].dtype.to_value_type(), features
 
     def _entity_keys(self, join_key: str, value_type: Any, ids: list[int]) -> list[Any]:
         from feast.protos.feast.types.EntityKey_pb2 import EntityKey
@@ -126,9 +149,11 @@ class OnlineReader:
             values = python_values_to_proto_values(ids, value_type)
         return [EntityKey(join_keys=[join_key], entity_values=[v]) for v in values]
 
-    def read(self, rows: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    def read(self, rows: list[dict[str, Any]], now: int | None = None) -> dict[str, list[Any]]:
         """Every column of `online_columns()` for `rows` (their join keys), in input
-        order: one `online_read` per feature view for the batch."""
+        order: one `online_read` per feature view for the batch; the request-time features
+        at `now` (epoch microseconds; the clock when None) from the state views' values and
+        the rows' request context."""
         ids: dict[str, list[int]] = {k: [] for k in self.join_keys}
         for i, row in enumerate(rows):
             missing = [k for k in self.join_keys if row.get(k) is None]
@@ -162,4 +187,9 @@ class OnlineReader:
                     for _, values in answers
                 ]
                 out[name] = [distinct[i] for i in order]
+        if self.use_case.request_features is not None:
+            from kubeloop.features.request_time import online_request_features
+
+            state = {name: out[name] for s in self.use_case.state_tables for name in s.features}
+            out.update(online_request_features(self.use_case, rows, state, now))
         return {name: out.get(name, [None] * len(rows)) for name in self.columns}

@@ -172,14 +172,17 @@ def point_in_time_join(
 ) -> pd.DataFrame:
     """Join `events` (with event_timestamp and every join key) with every feature of the
     use case's feature service, point in time; one output row per input row, in input order.
+    Request-time features are then computed at each event's own time from the state
+    tables (`kubeloop.features.request_time.offline_request_features`).
 
     Calls Feast once per feature view with the distinct (key, event_timestamp) pairs;
     see the module docstring for why the service is not passed to Feast in one call.
     """
+    use_case = resolve_use_case(use_case)
     events = events.copy()
     events[EVENT_TIMESTAMP] = pd.to_datetime(events[EVENT_TIMESTAMP], utc=True).astype(_NS_UTC)
     out = events
-    for view_name, keys, features in _service_views(store, resolve_use_case(use_case)):
+    for view_name, keys, features in _service_views(store, use_case):
         on = [*keys, EVENT_TIMESTAMP]
         entity_df = events[on].drop_duplicates(ignore_index=True)
         refs = [f"{view_name}:{name}" for name in features]
@@ -193,7 +196,23 @@ def point_in_time_join(
         raise FeatureStoreError(
             f"point-in-time join returned {len(out)} rows for {len(events)} events"
         )
+    if use_case.request_features is not None:
+        from kubeloop.features.request_time import offline_request_features
+
+        paths = {s.feature_view: _source_path(store, s.feature_view) for s in use_case.state_tables}
+        computed = offline_request_features(use_case, out, paths)
+        for name in computed.columns:
+            out[name] = computed[name].to_numpy()
     return out
+
+
+def _source_path(store: FeatureStore, view_name: str) -> str:
+    """The offline file of a registered feature view (relative paths: to the repo)."""
+    source = store.get_feature_view(view_name).batch_source
+    path = Path(source.path)
+    if not path.is_absolute() and store.config.repo_path:
+        path = Path(store.config.repo_path) / path
+    return str(path)
 
 
 def build_training_set(

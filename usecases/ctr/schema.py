@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from kubeloop.usecase import EVENTS_DIR, FEATURE_TIMESTAMP, PARTITION_KEY, TIMESTAMP
+from kubeloop.usecase import EVENTS_DIR, FEATURE_TIMESTAMP, PARTITION_KEY, TIMESTAMP, table_schema
 
 __all__ = ["EVENTS_DIR", "FEATURE_TIMESTAMP", "PARTITION_KEY", "TIMESTAMP"]
 
@@ -50,38 +50,49 @@ CONTEXT_RANGES = {"hour": (0, 23), "weekday": (0, 6), "slot_position": (1, 100)}
 # Offline feature tables: one row per entity per feature timestamp (FEATURE_TIMESTAMP).
 # A row at time T aggregates only events with event_timestamp < T (strictly before).
 
-USER_FEATURE_SCHEMA = pa.schema(
+
+def history_schema(key: str, prefix: str, attributes: list[tuple[str, pa.DataType]]) -> pa.Schema:
+    """The hourly table of one entity (user or ad): its static attributes, then 1-day and
+    7-day impressions, clicks and smoothed CTR."""
+    windows = [
+        (f"{prefix}_{name}_{w}", kind)
+        for w in ("1d", "7d")
+        for name, kind in (
+            ("impressions", pa.int64()),
+            ("clicks", pa.int64()),
+            ("ctr", pa.float64()),
+        )
+    ]
+    return table_schema(key, [*attributes, *windows])
+
+
+USER_FEATURE_SCHEMA = history_schema(
+    "user_id",
+    "user",
     [
-        ("user_id", pa.int64()),
-        (FEATURE_TIMESTAMP, TIMESTAMP),
         ("user_segment", pa.string()),
         ("user_country", pa.string()),
         ("user_device_pref", pa.string()),
-        ("user_impressions_1d", pa.int64()),
-        ("user_clicks_1d", pa.int64()),
-        ("user_ctr_1d", pa.float64()),
-        ("user_impressions_7d", pa.int64()),
-        ("user_clicks_7d", pa.int64()),
-        ("user_ctr_7d", pa.float64()),
-        ("user_hours_since_last", pa.float64()),
-    ]
+    ],
 )
-
-AD_FEATURE_SCHEMA = pa.schema(
+AD_FEATURE_SCHEMA = history_schema(
+    "ad_id",
+    "ad",
     [
-        ("ad_id", pa.int64()),
-        (FEATURE_TIMESTAMP, TIMESTAMP),
         ("advertiser_id", pa.int64()),
         ("ad_category", pa.string()),
         ("ad_creative_age_days", pa.float64()),
-        ("ad_impressions_1d", pa.int64()),
-        ("ad_clicks_1d", pa.int64()),
-        ("ad_ctr_1d", pa.float64()),
-        ("ad_impressions_7d", pa.int64()),
-        ("ad_clicks_7d", pa.int64()),
-        ("ad_ctr_7d", pa.float64()),
-        ("ad_hours_since_last", pa.float64()),
-    ]
+    ],
+)
+
+# The latest state of a user and of an ad after each instant it had an impression at: the
+# instant itself. Recency is measured from it to the request (usecases/ctr/features.py).
+USER_STATE_SCHEMA = table_schema("user_id", [("user_state_last_us", pa.int64())])
+AD_STATE_SCHEMA = table_schema("ad_id", [("ad_state_last_us", pa.int64())])
+USER_STATE_VIEW = "user_state"
+AD_STATE_VIEW = "ad_state"
+REQUEST_FEATURE_SCHEMA = pa.schema(
+    [("user_hours_since_last", pa.float64()), ("ad_hours_since_last", pa.float64())]
 )
 
 USER_FEATURES_FILE = "user_features.parquet"
@@ -112,7 +123,8 @@ ENTITY_COLUMNS = [
     LABEL,
     ORACLE,
 ]
-TRAINING_COLUMNS = [*ENTITY_COLUMNS, *USER_FEATURES, *AD_FEATURES]
+REQUEST_FEATURES = list(REQUEST_FEATURE_SCHEMA.names)
+TRAINING_COLUMNS = [*ENTITY_COLUMNS, *USER_FEATURES, *AD_FEATURES, *REQUEST_FEATURES]
 
 CATEGORICAL_FEATURES = [
     "device",

@@ -11,7 +11,7 @@ from kubeloop.usecase import (
     UseCase,
 )
 from usecases.ctr import schema
-from usecases.ctr.features import ENTITIES
+from usecases.ctr.features import ENTITIES, REQUEST_FEATURES
 from usecases.ctr.generator import GeneratorConfig, generate_lake, iter_day_tables
 
 EVENTS = EventSchema(
@@ -57,4 +57,6 @@ USE_CASE = UseCase(
     defaults=Defaults(model_name="ctr", scenario="baseline"),
     metrics=MetricsSpec(slices=("device", "user_country"), seen_entities=("ad", "user")),
     request_fields=("user_id", "ad_id", "hour", "weekday", "device", "slot_position"),
+    # Recency of the user and the ad, measured to the request (usecases/ctr/features.py).
+    request_features=REQUEST_FEATURES,
 )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from kubeloop.usecase import FEATURE_TIMESTAMP, TIMESTAMP
+from kubeloop.usecase import TIMESTAMP, table_schema
 
 # One row per card transaction, as written to the lake (Parquet, one partition per day).
 EVENT_SCHEMA = pa.schema(
@@ -45,44 +45,68 @@ REQUEST_FIELDS = ("card_id", "merchant_id", "amount", "hour", "channel", "countr
 
 WINDOWS = ("1h", "24h", "7d")
 
-CARD_FEATURE_SCHEMA = pa.schema(
+
+def stats_schema(key: str, prefix: str, attribute: str) -> pa.Schema:
+    """The hourly table of one entity (card or merchant): its static attribute, 1 h / 24 h
+    / 7 d counts and amounts, 7 d mean amount, card-not-present share, chargebacks and
+    smoothed fraud rate."""
+    windows = [(f"{prefix}_txns_{w}", pa.int64()) for w in WINDOWS]
+    windows += [(f"{prefix}_amount_{w}", pa.float64()) for w in WINDOWS]
+    return table_schema(
+        key,
+        [
+            (attribute, pa.string()),
+            *windows,
+            (f"{prefix}_mean_amount_7d", pa.float64()),
+            (f"{prefix}_cnp_share_7d", pa.float64()),
+            (f"{prefix}_chargebacks_7d", pa.int64()),
+            (f"{prefix}_fraud_rate_7d", pa.float64()),
+        ],
+    )
+
+
+CARD_FEATURE_SCHEMA = stats_schema("card_id", "card", "card_country")
+MERCHANT_FEATURE_SCHEMA = stats_schema("merchant_id", "merchant", "merchant_category")
+
+# The card's latest state after each instant it transacted at (the request-time features'
+# input, usecases/fraud/features.py): running count and amount, its first instant, and
+# for each of its last `STATE_INSTANTS` instants (t1 the newest) the time, the number of
+# transactions, their amount and how many were card-not-present and abroad.
+STATE_INSTANTS = 16
+STATE_PER_INSTANT = (("us", pa.int64()), ("n", pa.int64()), ("amount", pa.float64()),
+                     ("cnp", pa.int64()), ("abroad", pa.int64()))  # fmt: skip
+CARD_STATE_SCHEMA = table_schema(
+    "card_id",
     [
-        ("card_id", pa.int64()),
-        (FEATURE_TIMESTAMP, TIMESTAMP),
-        ("card_country", pa.string()),
-        ("card_txns_1h", pa.int64()),
-        ("card_txns_24h", pa.int64()),
-        ("card_txns_7d", pa.int64()),
-        ("card_amount_1h", pa.float64()),
-        ("card_amount_24h", pa.float64()),
-        ("card_amount_7d", pa.float64()),
-        ("card_mean_amount_7d", pa.float64()),
-        ("card_cnp_share_7d", pa.float64()),
-        ("card_chargebacks_7d", pa.int64()),
-        ("card_fraud_rate_7d", pa.float64()),
+        ("card_state_txns", pa.int64()),
+        ("card_state_amount", pa.float64()),
+        ("card_state_first_us", pa.int64()),
+        *[
+            (f"card_state_t{k}_{name}", kind)
+            for k in range(1, STATE_INSTANTS + 1)
+            for name, kind in STATE_PER_INSTANT
+        ],
+    ],
+)
+CARD_STATE_VIEW = "card_state"
+
+# Computed at request time from the request and CARD_STATE (the same function offline).
+VELOCITY_WINDOWS = (("10m", 10), ("1h", 60), ("6h", 360), ("24h", 1440))  # label, minutes
+RECENT_WINDOWS = (("6h", 360), ("24h", 1440))
+REQUEST_FEATURE_SCHEMA = pa.schema(
+    [
+        ("card_hours_since_last", pa.float64()),
+        ("card_log_amount_ratio", pa.float64()),
+        *[(f"card_txns_last_{label}", pa.float64()) for label, _ in VELOCITY_WINDOWS],
+        ("card_txns_per_day", pa.float64()),
+        *[
+            (f"card_{name}_{label}", pa.float64())
+            for label, _ in RECENT_WINDOWS
+            for name in ("cnp_last", "abroad_last", "max_log_amount_ratio")
+        ],
     ]
 )
 
-MERCHANT_FEATURE_SCHEMA = pa.schema(
-    [
-        ("merchant_id", pa.int64()),
-        (FEATURE_TIMESTAMP, TIMESTAMP),
-        ("merchant_category", pa.string()),
-        ("merchant_txns_1h", pa.int64()),
-        ("merchant_txns_24h", pa.int64()),
-        ("merchant_txns_7d", pa.int64()),
-        ("merchant_amount_1h", pa.float64()),
-        ("merchant_amount_24h", pa.float64()),
-        ("merchant_amount_7d", pa.float64()),
-        ("merchant_mean_amount_7d", pa.float64()),
-        ("merchant_cnp_share_7d", pa.float64()),
-        ("merchant_chargebacks_7d", pa.int64()),
-        ("merchant_fraud_rate_7d", pa.float64()),
-    ]
-)
-
-CARD_FEATURE_VIEW = "card_stats"
-MERCHANT_FEATURE_VIEW = "merchant_stats"
 FEATURE_SERVICE = "fraud_model"
 
 CATEGORICAL_INPUTS = ["channel", "country", "card_country", "merchant_category"]

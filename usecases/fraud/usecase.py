@@ -14,7 +14,7 @@ from kubeloop.usecase import (
     UseCase,
 )
 from usecases.fraud import schema
-from usecases.fraud.features import ENTITIES
+from usecases.fraud.features import ENTITIES, REQUEST_FEATURES
 from usecases.fraud.generator import GeneratorConfig, generate_lake, iter_day_tables
 
 EVENTS = EventSchema(
@@ -45,6 +45,7 @@ TRANSFORM = TransformRules(
         ("*_amount_7d", "log1p"),
         ("*_chargebacks_*", "log1p"),
         ("*_fraud_rate_*", "rate"),
+        ("*_hours_since_last", "hours"),
     ),
     cyclic_hours=("hour",),
     # Abroad is the pair (where the card lives, where it is used); online risk depends on
@@ -79,4 +80,7 @@ USE_CASE = UseCase(
         ),
     ),
     request_fields=schema.REQUEST_FIELDS,
+    # Time since the card's last transaction, amount against its mean, velocity: at the
+    # request's time, from the card's latest state (usecases/fraud/features.py).
+    request_features=REQUEST_FEATURES,
 )
