@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
+from kubeloop.features.request_time import REQUEST_TIME_HEADER
 from kubeloop.usecase import EVENT_ID, EVENT_TIMESTAMP, UseCase, resolve_use_case
 
 
@@ -71,6 +72,9 @@ async def _send_all(
     import httpx
 
     rows = impressions[[*use_case.request_fields, EVENT_ID]].to_dict("records")
+    # Past traffic: the transformer computes request-time features at the batch's time (its
+    # first impression's), not the replay's clock.
+    times = pd.to_datetime(impressions[EVENT_TIMESTAMP], utc=True).map(lambda t: t.isoformat())
     batches = [rows[i : i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
     results: list[list[dict[str, Any]]] = [[] for _ in batches]
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -94,7 +98,10 @@ async def _send_all(
                     response = await client.post(
                         url,
                         json=request_body(batch, use_case=use_case),
-                        headers={"x-request-id": request_id},
+                        headers={
+                            "x-request-id": request_id,
+                            REQUEST_TIME_HEADER: times.iat[i * config.batch_size],
+                        },
                     )
                     status = response.status_code
                     predictions = response.json().get("predictions") if status == 200 else None
