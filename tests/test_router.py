@@ -487,7 +487,10 @@ def test_request_log_drops_are_counted_on_metrics(tmp_path: Path) -> None:
     """The log's bounded queue drops what does not fit, and /metrics counts it; the
     requests themselves are answered."""
     sink = _BlockedSink(tmp_path / "log.sqlite")
-    logger = CloudEventLogger(sink, inference_service="ctr", close_sink=False, queue_size=1)
+    # What the log holds is bounded by queue_size + batch_size (the writer's batch).
+    logger = CloudEventLogger(
+        sink, inference_service="ctr", close_sink=False, queue_size=1, batch_size=1
+    )
     router = make_router(initial_state("ctr", "v0001"), request_log=logger)
     responses = send(router, 6)
     assert [r.status_code for r in responses] == [200] * 6

@@ -62,7 +62,8 @@ class CloudEventLogger:
     """Logs exchanges as KServe-logger CloudEvents, off the request path.
 
     `log(exchange)` only puts the exchange on a bounded queue; a daemon thread makes the
-    two events, writes them to `sink` in batches and queues them for `urls` (each URL gets
+    two events, writes them to `sink` in batches (what arrives within `batch_wait` seconds
+    of a batch's first exchange, at most `batch_size`) and queues them for `urls` (each URL gets
     every request event and every response event with status 200, POSTed in binary mode
     by a second thread). When a queue is full or a POST fails, the event is dropped and
     counted in `stats`. `flush()` waits for everything queued so far; `close()` flushes
@@ -80,6 +81,7 @@ class CloudEventLogger:
         urls: Iterable[str] = (),
         queue_size: int = 10_000,
         batch_size: int = 256,
+        batch_wait: float = 0.02,
         send_timeout: float = 2.0,
         close_sink: bool = True,
     ):
@@ -90,6 +92,10 @@ class CloudEventLogger:
         self.source = source or f"http://localhost/{component}"
         self.urls = tuple(urls)
         self.batch_size = batch_size
+        # How long the writer waits for more exchanges after the first of a batch: at a
+        # few hundred requests/s one transaction per request cost the serving process
+        # ~0.2 ms of CPU per request; waiting gathers them into one.
+        self.batch_wait = batch_wait
         self.send_timeout = send_timeout
         self.close_sink = close_sink
         self.stats = LoggerStats()
@@ -185,9 +191,18 @@ class CloudEventLogger:
         while True:
             item = self._queue.get()
             batch = [item]
-            while len(batch) < self.batch_size:
+            deadline = time.monotonic() + self.batch_wait
+            while len(batch) < self.batch_size and batch[-1] is not _STOP:
                 try:
                     batch.append(self._queue.get_nowait())
+                    continue
+                except queue.Empty:
+                    pass
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    batch.append(self._queue.get(timeout=left))
                 except queue.Empty:
                     break
             stop = any(x is _STOP for x in batch)
