@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from kubeloop.features.hourly_sql import edge_buckets, window_clause
 from kubeloop.usecase import EntitySpec, RequestFeatures, StateSpec
 from usecases.ctr import schema
 
@@ -147,9 +148,7 @@ WITH buckets AS (
     GROUP BY {k}, bucket
 ),
 edges AS (
-    SELECT {k}, bucket FROM buckets
-    UNION SELECT {k}, bucket + INTERVAL 24 HOUR FROM buckets
-    UNION SELECT {k}, bucket + INTERVAL 168 HOUR FROM buckets
+    {edge_buckets(k, [("buckets", 0), ("buckets", 24), ("buckets", 168)])}
 ),
 grid AS (
     SELECT e.{k}, e.bucket,
@@ -169,12 +168,7 @@ windows AS (
         CAST(sum(impressions) OVER week AS BIGINT) AS impressions_7d,
         CAST(sum(clicks) OVER week AS BIGINT) AS clicks_7d
     FROM grid
-    WINDOW
-        upto AS (PARTITION BY {k} ORDER BY bucket ROWS UNBOUNDED PRECEDING),
-        day AS (PARTITION BY {k} ORDER BY bucket
-                RANGE BETWEEN INTERVAL 23 HOURS PRECEDING AND CURRENT ROW),
-        week AS (PARTITION BY {k} ORDER BY bucket
-                 RANGE BETWEEN INTERVAL 167 HOURS PRECEDING AND CURRENT ROW)
+    {window_clause(k)}
 )
 SELECT
     {k},

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kubeloop.features.hourly_sql import edge_buckets, window_clause
 from kubeloop.usecase import EntitySpec, RequestFeatures, StateSpec
 from usecases.fraud import schema
 
@@ -96,12 +97,7 @@ cb AS (
     GROUP BY {k}, bucket
 ),
 edges AS (
-    SELECT {k}, bucket FROM txn
-    UNION SELECT {k}, bucket + INTERVAL 1 HOUR FROM txn
-    UNION SELECT {k}, bucket + INTERVAL 24 HOUR FROM txn
-    UNION SELECT {k}, bucket + INTERVAL 168 HOUR FROM txn
-    UNION SELECT {k}, bucket FROM cb
-    UNION SELECT {k}, bucket + INTERVAL 168 HOUR FROM cb
+    {edge_buckets(k, [("txn", 0), ("txn", 1), ("txn", 24), ("txn", 168), ("cb", 0), ("cb", 168)])}
 ),
 grid AS (
     SELECT e.{k}, e.bucket,
@@ -126,12 +122,7 @@ windows AS (
         sum(cnp) OVER week AS cnp_7d,
         sum(chargebacks) OVER week AS chargebacks_7d
     FROM grid
-    WINDOW
-        upto AS (PARTITION BY {k} ORDER BY bucket ROWS UNBOUNDED PRECEDING),
-        day AS (PARTITION BY {k} ORDER BY bucket
-                RANGE BETWEEN INTERVAL 23 HOURS PRECEDING AND CURRENT ROW),
-        week AS (PARTITION BY {k} ORDER BY bucket
-                 RANGE BETWEEN INTERVAL 167 HOURS PRECEDING AND CURRENT ROW)
+    {window_clause(k)}
 )
 SELECT
     {k},
