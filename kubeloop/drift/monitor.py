@@ -8,6 +8,7 @@ process:
                            alert_store=open_alert_store("runs/demo/drift/alerts.db"))
     monitor.observe(instances, predictions, request_id="r-17", variant="canary",
                     event_time=ts)          # a request and its response, already paired
+    monitor.observe_many([ServedRequest(...), ...])  # a batch, one transaction
     monitor.ingest(parse_event(headers, body))   # or one CloudEvent half at a time
     monitor.add_labels({"r-17": 1})         # delayed clicks
     monitor.flush()                         # close open windows (end of a replay)
@@ -67,7 +68,9 @@ validated on the others):
 
 Everything is persisted in `state_dir` (`kubeloop.drift.state`) inside one transaction per
 call, so a monitor recreated on the same directory continues exactly where the previous
-one stopped. Alert ids are deterministic, so a window re-evaluated after a crash does not
+one stopped. `observe_many` and `ingest_many` take a batch in one call (the drift service
+group-commits the CloudEvents that arrive while a transaction commits): a commit per
+request cost more than the tests themselves (bench/drift_bench.py, part 1). Alert ids are deterministic, so a window re-evaluated after a crash does not
 duplicate its alert.
 """
 
