@@ -263,14 +263,12 @@ def publish_tables(local_dir: Path, uri: str, use_case) -> None:
 
 
 def fetch_tables(uri: str, out_dir: Path, use_case) -> dict[str, int]:
-    """Copy the tables the driver published at `uri` into `out_dir`, all or nothing, each
-    checked against its entity's schema first; return the rows per entity."""
+    """Copy the tables the driver published at `uri` into `out_dir`, each checked against
+    its schema before any replaces an earlier build's file; return the rows per table."""
     import tempfile
 
     import pyarrow.parquet as pq
     from fsspec.core import url_to_fs
-
-    from kubeloop.features.build import _publish
 
     fs, root = url_to_fs(uri)
     out_dir = Path(out_dir).expanduser().resolve()
@@ -283,7 +281,10 @@ def fetch_tables(uri: str, out_dir: Path, use_case) -> dict[str, int]:
             fs.get_file(f"{root.rstrip('/')}/{spec.features_file}", str(local))
             rows[spec.name] = pq.ParquetFile(local).metadata.num_rows
             _check_output(local, spec.feature_schema, rows[spec.name])
-        _publish(staging, out_dir, [spec.features_file for spec in _tables(use_case)])
+        # Every file is fetched and checked before the first one replaces an earlier build's.
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for spec in _tables(use_case):
+            os.replace(staging / spec.features_file, out_dir / spec.features_file)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return rows
