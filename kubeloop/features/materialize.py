@@ -266,11 +266,13 @@ class OnlineFeed:
             view = store.get_feature_view(view_name)
             validate_table(view.batch_source.path, expected, key)
             frame = pd.read_parquet(view.batch_source.path)
-            self.tables[view_name] = frame.sort_values(FEATURE_TIMESTAMP).reset_index(drop=True)
+            frame = frame.sort_values(FEATURE_TIMESTAMP, kind="stable").reset_index(drop=True)
+            self.tables[view_name] = (frame, key)
         self.position = _as_utc(start)
 
     def advance(self, until: datetime) -> int:
-        """Write the rows in (position, until]; returns how many were written."""
+        """Write the rows in (position, until], each entity's newest; returns how many were
+        written."""
         import pandas as pd
 
         until = _as_utc(until)
@@ -278,9 +280,11 @@ class OnlineFeed:
             return 0
         written = 0
         low, high = pd.Timestamp(self.position), pd.Timestamp(until)
-        for view_name, frame in self.tables.items():
+        for view_name, (frame, key) in self.tables.items():
             ts = frame[FEATURE_TIMESTAMP]
-            rows = frame[(ts > low) & (ts <= high)]
+            # Only each entity's newest row counts: the online store keeps one per entity
+            # (a state table has a row per event, many per entity in an hour).
+            rows = frame[(ts > low) & (ts <= high)].drop_duplicates(key, keep="last")
             if len(rows):
                 self.store.write_to_online_store(view_name, rows)
                 written += len(rows)
