@@ -5,7 +5,9 @@
 
 One `kserve.Model` whose `predict` takes the client's rows (entity ids + request
 context, v1 ``{"instances": [{...}, ...]}``), calls Feast's
-`FeatureStore.get_online_features` with the feature service for the batch, joins the
+`FeatureStore.get_online_features` with the feature service for the batch (through
+`kubeloop.features.online.online_features`, which also computes the use case's
+request-time features from its state views, as any service must), joins the
 answer to the context in a DataFrame, applies the model's feature transform (its training
 path, `FeatureTransform.transform`) and answers ``{"predictions": [...]}`` from
 `Booster.predict`. No validation, no request ids, no logging; everything in one process
@@ -47,13 +49,13 @@ class NaiveService(kserve.Model):
         return self.ready
 
     def predict(self, payload, headers=None):
+        from kubeloop.features.online import online_features
+
         rows = payload["instances"]
         keys = self.use_case.join_keys
-        features = self.store.get_online_features(
-            features=self.store.get_feature_service(self.use_case.feature_service),
-            entity_rows=[{k: row[k] for k in keys} for row in rows],
-            full_feature_names=False,
-        ).to_df()
+        # Feast's get_online_features with the feature service (and, for a use case with
+        # request-time features, its state views and the use case's compute at now).
+        features = online_features(self.store, rows, use_case=self.use_case)
         frame = pd.concat([pd.DataFrame.from_records(rows).drop(columns=keys), features], axis=1)
         matrix = self.transform.transform(frame).matrix()
         scores = self.booster.predict(matrix, num_iteration=self.best_iteration, num_threads=1)
