@@ -278,13 +278,26 @@ class GroupCommit:
                     break
                 batch.append(more)
             try:
-                results = self.monitor.ingest_many([event for event, _ in batch])
+                results = self._ingest([event for event, _ in batch])
             except Exception as exc:  # noqa: BLE001 - the whole batch rolled back: all fail
                 results = [exc] * len(batch)
             self.batches += 1
             self.events += len(batch)
             for (_, future), result in zip(batch, results, strict=True):
                 future.set_result(result)
+
+    def _ingest(self, events: list[Any]) -> list[Any]:
+        many = getattr(self.monitor, "ingest_many", None)
+        if many is not None:
+            return many(events)
+        # A monitor with `ingest` only (a stand-in in tests): one event at a time.
+        results: list[Any] = []
+        for event in events:
+            try:
+                results.append(self.monitor.ingest(event))
+            except Exception as exc:  # noqa: BLE001 - returned to that event's handler
+                results.append(exc)
+        return results
 
     def close(self) -> None:
         """Stop the writer once the queued events are written (a later `submit` starts
