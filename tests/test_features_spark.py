@@ -21,7 +21,7 @@ from test_features_build import CONFIG, D1, D2, H, M
 from kubeloop import plugins
 from kubeloop.features.build import FeatureBuildConfig, build_features
 from kubeloop.features.spark_job import SparkEngineError
-from kubeloop.features.spark_sql import SparkSqlError, to_spark_sql
+from kubeloop.features.spark_sql import SparkSqlError, to_spark_sql, to_spark_sql_split
 from kubeloop.usecase import EntitySpec, UseCase, load_use_case
 from usecases.ctr.schema import EVENT_SCHEMA
 
@@ -69,8 +69,12 @@ def test_an_unknown_parameter_or_unparsable_query_is_one_line() -> None:
 
 @pytest.mark.parametrize("name", plugins.names(plugins.USECASES))
 def test_every_registered_use_case_compiles(name: str) -> None:
-    for spec in load_use_case(name).entities:
+    for spec in load_use_case(name).tables:
         assert "FROM events" in to_spark_sql(spec, PARAMS)
+        # Every table ends sorted by its key and time, which the engine sorts from a cache.
+        body, keys = to_spark_sql_split(spec, PARAMS)
+        assert keys and keys.startswith(spec.join_key)
+        assert body != to_spark_sql(spec, PARAMS) and body in to_spark_sql(spec, PARAMS)
 
 
 def test_spark_refuses_a_filesystem_it_cannot_read(tmp_path: Path) -> None:
@@ -165,7 +169,7 @@ def assert_same_tables(use_case: UseCase, duck: Path, spark: Path) -> None:
     the same row order."""
     assert sorted(p.name for p in spark.iterdir()) == sorted(p.name for p in duck.iterdir())
     # Request-time state tables too, for a use case that has them.
-    for spec in getattr(use_case, "tables", use_case.entities):
+    for spec in use_case.tables:
         a = pq.read_table(duck / spec.features_file)
         b = pq.read_table(spark / spec.features_file)
         assert b.schema.remove_metadata() == spec.feature_schema

@@ -124,7 +124,7 @@ def spark_session(settings: SparkSettings):
 def _tables(use_case) -> tuple:
     """Every offline table the build writes: the entities' feature tables, then the
     request-time state tables of a use case that has them (`UseCase.tables`)."""
-    return tuple(getattr(use_case, "tables", use_case.entities))
+    return tuple(use_case.tables)
 
 
 def _spark_path(path: str) -> str:
