@@ -507,3 +507,26 @@ def test_request_log_drops_are_counted_on_metrics(tmp_path: Path) -> None:
     sink.release.set()
     logger.close()
     sink.close()
+
+
+def test_inference_dispatch_matches_the_starlette_routes() -> None:
+    """`_dispatch` sends straight to `_infer` exactly the POSTs the Starlette app routes to
+    `_infer` (the same paths, no more, no fewer)."""
+    from starlette.routing import Match
+
+    from kubeloop.serving.router import _INFER_PATH
+
+    router = make_router(initial_state("ctr", "v0001"))
+    paths = [
+        "/v1/models/ctr:predict", "/v1/models/a:b:predict", "/v1/models/ctr:explain",
+        "/v1/models/ctr", "/v1/models/x/y:predict", "/v2/models/ctr/infer",
+        "/v2/models/ctr/versions/v1/infer", "/v2/models/ctr/versions/infer",
+        "/v2/models/ctr/ready", "/v2/models//infer", "/kubeloop/rollout", "/v2/models/ctr/infer/",
+    ]  # fmt: skip
+    for path in paths:
+        scope = {"type": "http", "method": "POST", "path": path}
+        routed = any(
+            route.matches(scope)[0] == Match.FULL and route.endpoint == router._infer
+            for route in router._starlette.routes
+        )
+        assert bool(_INFER_PATH.match(path)) == routed, path
