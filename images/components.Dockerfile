@@ -36,7 +36,13 @@ COPY models ./models
 COPY components ./components
 COPY pipelines ./pipelines
 COPY usecases ./usecases
+# The project, then its s3 extra (pyproject.toml): s3fs, through which the ingest and features steps read
+# an s3:// lake and copy the Spark job's tables off KFP's SeaweedFS. Its pins are in the
+# lock (the dev extra takes them), so --no-index installs nothing new here and fails the
+# build if the extra ever asks for something the lock lacks.
 RUN pip install --no-deps . \
+    && pip install --no-index "kubeloop[s3]" \
+    && python -c "import s3fs" \
     && rm -rf build *.egg-info
 
 # Numeric user, so Kubernetes can check runAsNonRoot.
