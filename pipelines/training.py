@@ -7,7 +7,7 @@ new model kind needs no edit here."""
 
 from typing import NamedTuple
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from components.candidates import merge_candidates
 from components.evaluate import evaluate
@@ -16,10 +16,34 @@ from components.gate import gate
 from components.ingest import ingest
 from components.register import register
 from components.train import train_component
+from kubeloop.features.spark_app import SparkApplicationSettings
 from kubeloop.training.model_kind import kind_names
 from kubeloop.usecase import DEFAULT_USE_CASE
 
 PIPELINE_NAME = "kubeloop-training"
+
+
+def with_object_store(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """Give a step that reads or writes `s3://` (the lake, the Spark job's tables) the
+    cluster's object store: the keys of KFP's own Secret as AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY, and its endpoint and region, which is what s3fs's botocore reads
+    from the environment (docs/cluster-assumptions.md). The store is the one the feature
+    job's SparkApplication is given (SparkApplicationSettings' defaults), so the step and
+    the Spark pods read and write the same objects. The Secret is optional: a run on local
+    paths needs none, and an s3:// read without it fails with botocore's NoCredentialsError."""
+    store = SparkApplicationSettings()
+    kubernetes.use_secret_as_env(
+        task,
+        secret_name=store.s3_secret,
+        secret_key_to_env={
+            store.s3_access_key_field: "AWS_ACCESS_KEY_ID",
+            store.s3_secret_key_field: "AWS_SECRET_ACCESS_KEY",
+        },
+        optional=True,
+    )
+    return task.set_env_variable("AWS_ENDPOINT_URL", store.s3_endpoint).set_env_variable(
+        "AWS_DEFAULT_REGION", store.s3_region
+    )
 
 
 class TrainingOutputs(NamedTuple):
@@ -58,20 +82,26 @@ def training_pipeline(
     if it passes the gate. Every step resolves `use_case` by name (entry-point group
     `kubeloop.usecases`); an empty `model_name` is the use case's default. `engine` (duckdb
     or spark) runs the feature build's SQL; empty: the feature config's (duckdb)."""
-    ingest_task = ingest(
-        lake_uri=lake_uri,
-        generator_config_json=generator_config_json,
-        generate=generate,
-        use_case=use_case,
-    ).set_display_name("ingest")
-    features_task = features(
-        lake_uri=ingest_task.outputs["Output"],
-        features_uri=features_uri,
-        feature_repo=feature_repo,
-        feature_config_json=feature_config_json,
-        use_case=use_case,
-        engine=engine,
-    ).set_display_name("features")
+    # The two steps that touch the lake and the feature tables themselves; the others read
+    # and write KFP artifacts, which KFP's launcher moves.
+    ingest_task = with_object_store(
+        ingest(
+            lake_uri=lake_uri,
+            generator_config_json=generator_config_json,
+            generate=generate,
+            use_case=use_case,
+        ).set_display_name("ingest")
+    )
+    features_task = with_object_store(
+        features(
+            lake_uri=ingest_task.outputs["Output"],
+            features_uri=features_uri,
+            feature_repo=feature_repo,
+            feature_config_json=feature_config_json,
+            use_case=use_case,
+            engine=engine,
+        ).set_display_name("features")
+    )
     training_set = features_task.outputs["training_set"]
 
     candidates = None

@@ -77,3 +77,15 @@ def load_ir(path: Path) -> dict[str, Any]:
     """The compiled pipeline spec as a dict (the first YAML document of the package)."""
     with open(path) as fh:
         return next(yaml.safe_load_all(fh))
+
+
+def load_platform_spec(path: Path, platform: str = "kubernetes") -> dict[str, Any]:
+    """The package's platform config for `platform` (the second YAML document, which KFP's
+    compiler writes when a task has kfp-kubernetes settings such as a Secret as env):
+    `{"deploymentSpec": {"executors": {"exec-<task>": {...}}}}`; empty when there is none."""
+    with open(path) as fh:
+        docs = list(yaml.safe_load_all(fh))
+    for doc in docs[1:]:
+        if doc and platform in (doc.get("platforms") or {}):
+            return doc["platforms"][platform]
+    return {}
