@@ -59,3 +59,53 @@ def test_cel_conditions_become_python():
     cel = "inputs.parameter_values['pipelinechannel--gate-Output'] == true"
     assert cel_to_python(cel) == "pipelinechannel--gate-Output == True"
     assert cel_to_python("a == false && b == true").split() == ["a", "==", "False", "and", "b", "==", "True"]
+
+
+def _submit_cli(tmp_path, monkeypatch, *args):
+    """`kubeloop pipeline submit ARGS` against the recording stand-in for kfp.Client;
+    returns (exit code, output, the recorded calls)."""
+    import kfp
+    from typer.testing import CliRunner
+
+    from kubeloop.cli.pipeline import app
+
+    client = RecordingClient()
+    monkeypatch.setattr(kfp, "Client", lambda **kwargs: client)
+    package = compile_pipeline("training", tmp_path / "p.yaml")
+    result = CliRunner().invoke(
+        app, ["submit", "--host", "http://kfp", "--package", str(package), *args]
+    )
+    return result.exit_code, result.output, client.calls
+
+
+def test_submit_engine_spark_goes_to_the_spark_operator(tmp_path, monkeypatch):
+    import json
+
+    code, output, calls = _submit_cli(tmp_path, monkeypatch, "--engine", "spark")
+    assert code == 0, output
+    arguments = calls[0][2]["arguments"]
+    assert arguments["engine"] == "spark"
+    # the components image has no Java: a submitted Spark build is a SparkApplication
+    assert json.loads(arguments["feature_config_json"]) == {
+        "build": {"engine": "spark", "spark": {"submit": "operator"}}
+    }
+    assert json.loads(output) == {"run_id": "run-123"}
+
+
+def test_submit_without_engine_keeps_the_step_defaults(tmp_path, monkeypatch):
+    code, output, calls = _submit_cli(tmp_path, monkeypatch)
+    assert code == 0, output
+    arguments = calls[0][2]["arguments"]
+    assert arguments["engine"] == "duckdb" and arguments["feature_config_json"] == "{}"
+    code, output, calls = _submit_cli(tmp_path, monkeypatch, "--engine", "duckdb")
+    assert code == 0, output
+    assert calls[0][2]["arguments"]["engine"] == "duckdb"
+
+
+def test_submit_rejects_an_unknown_engine_or_submit_mode_before_sending(tmp_path, monkeypatch):
+    code, output, calls = _submit_cli(tmp_path, monkeypatch, "--engine", "flink")
+    assert code != 0 and "engine" in output and calls == []
+    code, output, calls = _submit_cli(
+        tmp_path, monkeypatch, "--engine", "spark", "--spark-submit", "yarn"
+    )
+    assert code != 0 and "submit" in output and calls == []

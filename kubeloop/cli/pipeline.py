@@ -111,23 +111,46 @@ def submit_cmd(
     service_account: str | None = typer.Option(
         "kubeloop-pipeline-runner", help="Service account for the run's pods."
     ),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        help="Feature build engine, the pipeline's `engine` parameter: duckdb (in the "
+        "features step's pod) or spark (see --spark-submit). Default: the feature config's "
+        "(duckdb).",
+    ),
+    spark_submit: str = typer.Option(
+        "operator",
+        "--spark-submit",
+        help="With --engine spark: operator (a SparkApplication for the Kubeflow Spark "
+        "Operator, which the features step creates and waits for) or local (a SparkSession "
+        "in the step's pod; the project's components image has no Java for it).",
+    ),
 ) -> None:
     """Submit the compiled pipeline to a Kubeflow Pipelines API with kfp.Client."""
+    from pydantic import ValidationError
+
     from kubeloop.pipeline.compile import compile_pipeline, package_path
-    from kubeloop.pipeline.params import TrainingRunParams
+    from kubeloop.pipeline.params import TrainingRunParams, submitted_feature_config
     from kubeloop.pipeline.submit import SubmitOptions, submit
 
+    try:
+        params = TrainingRunParams(
+            lake_uri=lake_uri,
+            features_uri=features_uri,
+            feature_repo=feature_repo,
+            registry_uri=registry_uri,
+            use_case=use_case,
+            model_name=model_name,
+            feature_config=submitted_feature_config(engine, spark_submit),
+        )
+    except ValidationError as err:
+        # An unknown engine or submit mode fails here, before anything is compiled or sent.
+        raise typer.BadParameter(
+            "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+        ) from None
     package = package_path("training", package)
     if not package.exists():
         compile_pipeline("training", package)
-    params = TrainingRunParams(
-        lake_uri=lake_uri,
-        features_uri=features_uri,
-        feature_repo=feature_repo,
-        registry_uri=registry_uri,
-        use_case=use_case,
-        model_name=model_name,
-    )
     ids = submit(
         package,
         params.arguments(),

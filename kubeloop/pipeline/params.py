@@ -31,6 +31,20 @@ def use_case_defaults(data: Any, generator_field: str, *, generate_field: str | 
     return data
 
 
+def submitted_feature_config(engine: str | None, spark_submit: str = "operator") -> dict[str, Any]:
+    """The feature config (FeaturesStepConfig's input) of a run submitted to a cluster with
+    `engine` (duckdb or spark; None or "": the config's default engine). A Spark build in
+    a submitted run goes to the Spark Operator by default (`spark_submit`): the components
+    image has no Java, so a local SparkSession cannot start in the step's pod. Only what is
+    given is set, so the step's defaults apply to the rest (arguments() sends set keys)."""
+    if not engine:
+        return {}
+    build: dict[str, Any] = {"engine": engine}
+    if engine == "spark":
+        build["spark"] = {"submit": spark_submit}
+    return {"build": build}
+
+
 class TrainingRunParams(BaseModel):
     """Where the run reads and writes, and the typed config of each step.
 
