@@ -1,8 +1,9 @@
 """The kind workflow's run of the training pipeline with engine=spark (.github/workflows/kind-e2e.yaml).
 
-    python tests/e2e_spark_checks.py submit --host URL --lake S3URI [--timeout S] --out RUN.json
-        compile the training pipeline, submit it with engine=spark (the features step creates
-        a SparkApplication for the Spark Operator), wait for the run, write its final state
+    kubeloop pipeline submit --engine spark --spark-submit operator ... > SUBMITTED.json
+        (the workflow submits with the CLI: the features step creates a SparkApplication)
+    python tests/e2e_spark_checks.py wait --host URL --submitted SUBMITTED.json [--timeout S] --out RUN.json
+        wait for that run, write its final state
     python tests/e2e_spark_checks.py run RUN.json          the run SUCCEEDED
     python tests/e2e_spark_checks.py sparkapps APPS.json   a feature job's SparkApplication
                                                            (kubectl get -o json) COMPLETED
@@ -24,41 +25,21 @@ class CheckFailed(Exception):
     """The cluster is not in the expected state; the message says how."""
 
 
-def run_arguments(lake_uri: str) -> dict[str, Any]:
-    """The pipeline's arguments: the demo's use case on the cluster's lake, the feature
-    build on Spark, submitted to the operator (the components image has no Java, so
-    engine=spark in the cluster means a SparkApplication, not a local session)."""
-    from kubeloop.pipeline.params import TrainingRunParams
-
-    params = TrainingRunParams(
-        lake_uri=lake_uri,
-        features_uri="/tmp/kubeloop/features",
-        feature_repo="/tmp/kubeloop/feature_repo",
-        registry_uri="/tmp/kubeloop/registry",
-        feature_config={"build": {"engine": "spark", "spark": {"submit": "operator"}}},
-    )
-    arguments = params.arguments()
-    if arguments["engine"] != "spark":
-        raise CheckFailed(f"the run's engine parameter is {arguments['engine']!r}, not spark")
-    return arguments
+def submitted_run_id(submitted: dict[str, Any]) -> str:
+    """The run id `kubeloop pipeline submit` printed (a one-off run, not a recurring one)."""
+    run_id = submitted.get("run_id")
+    if not run_id:
+        raise CheckFailed(f"kubeloop pipeline submit created no run: {submitted}")
+    return str(run_id)
 
 
-def submit_and_wait(host: str, lake_uri: str, timeout_s: int) -> dict[str, Any]:
-    """Submit the run and wait for it; return {run_id, state, error}."""
+def wait_for_run(host: str, run_id: str, timeout_s: int) -> dict[str, Any]:
+    """Wait for the run; return {run_id, state, error}."""
     import kfp
 
-    from kubeloop.pipeline.compile import compile_pipeline, package_path
-    from kubeloop.pipeline.submit import SubmitOptions, submit
-
-    package = package_path("training", Path("build/training_pipeline.yaml"))
-    compile_pipeline("training", package)
-    options = SubmitOptions(
-        host=host, run_name="kind-e2e-engine-spark", service_account="kubeloop-pipeline-runner"
-    )
-    ids = submit(package, run_arguments(lake_uri), options)
-    run = kfp.Client(host=host).wait_for_run_completion(ids["run_id"], timeout=timeout_s)
+    run = kfp.Client(host=host).wait_for_run_completion(run_id, timeout=timeout_s)
     error = getattr(run, "error", None)
-    return {"run_id": ids["run_id"], "state": str(run.state), "error": str(error or "")}
+    return {"run_id": run_id, "state": str(run.state), "error": str(error or "")}
 
 
 def check_run(run: dict[str, Any]) -> str:
@@ -92,17 +73,18 @@ def check_sparkapps(listing: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="check", required=True)
-    p = sub.add_parser("submit")
+    p = sub.add_parser("wait")
     p.add_argument("--host", required=True)
-    p.add_argument("--lake", required=True)
+    p.add_argument("--submitted", type=Path, required=True)
     p.add_argument("--timeout", type=int, default=1800)
     p.add_argument("--out", type=Path, required=True)
     sub.add_parser("run").add_argument("path")
     sub.add_parser("sparkapps").add_argument("path")
     args = parser.parse_args(argv)
     try:
-        if args.check == "submit":
-            run = submit_and_wait(args.host, args.lake, args.timeout)
+        if args.check == "wait":
+            run_id = submitted_run_id(json.loads(args.submitted.read_text()))
+            run = wait_for_run(args.host, run_id, args.timeout)
             args.out.write_text(json.dumps(run))
             print(json.dumps(run))
             return 0
