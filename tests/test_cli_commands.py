@@ -221,7 +221,10 @@ def test_pipeline_submit_schedule_creates_a_cron_recurring_run(tmp_path: Path) -
     assert first["experiment_id"] == second["experiment_id"] == "exp-1"
     assert first["display_name"] == "nightly" and first["mode"] == "ENABLE"
     assert first["service_account"] == "kubeloop-pipeline-runner"
-    assert first["pipeline_spec"]["pipelineInfo"]["name"] == "kubeloop-training"
+    # With kfp-kubernetes settings (the S3 Secret as env) kfp.Client sends the pipeline spec
+    # and its platform spec side by side.
+    assert first["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "kubeloop-training"
+    assert "kubernetes" in first["pipeline_spec"]["platform_spec"]["platforms"]
     parameters = first["runtime_config"]["parameters"]
     assert parameters["lake_uri"] == "s3://bucket/lake"
     assert parameters["registry_uri"] == "/registry"
@@ -243,7 +246,8 @@ def test_pipeline_submit_without_schedule_creates_one_run(tmp_path: Path) -> Non
         )
     assert json.loads(stdout[stdout.index("{") :]) == {"run_id": "run-1"}
     (run,) = kfp.posted("/runs")
-    assert run["body"]["pipeline_spec"]["pipelineInfo"]["name"] == "kubeloop-training"
+    assert run["body"]["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "kubeloop-training"
+    assert "kubernetes" in run["body"]["pipeline_spec"]["platform_spec"]["platforms"]
     assert kfp.posted("/recurringruns") == []
 
 
