@@ -58,13 +58,9 @@ RUN mkdir -p /opt/spark/work-dir && chown 185:185 /opt/spark/work-dir
 WORKDIR /opt/kubeloop
 
 # Dependencies first (one layer, reused while the lock file is unchanged), as in the
-# components image; the lock's pyspark is the Spark of /opt/spark. s3fs lets the driver's
-# Python side (the lake's validation, the merge of Spark's part files, the upload of the
-# tables) reach the object store through fsspec; it is not in the lock (the embedded
-# default needs no S3), so it is pinned here at the lock's fsspec version.
+# components image; the lock's pyspark is the Spark of /opt/spark.
 COPY requirements.lock ./
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.lock \
-    && pip install "s3fs==$(sed -n 's/^fsspec==\([^ ]*\).*/\1/p' requirements.lock)"
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.lock
 
 # Then the project itself, without touching the locked dependencies. The source tree stays
 # at /opt/kubeloop: the SparkApplication's mainApplicationFile is
@@ -73,7 +69,13 @@ COPY pyproject.toml README.md ./
 COPY kubeloop ./kubeloop
 COPY models ./models
 COPY usecases ./usecases
+# Then its s3 extra (pyproject.toml): s3fs lets the driver's Python side (the lake's
+# validation, the merge of Spark's part files, the upload of the tables) reach the object
+# store through fsspec. Its pins are in the lock, so --no-index installs nothing new and
+# fails the build if the extra and the lock ever disagree (as in the components image).
 RUN pip install --no-deps . \
+    && pip install --no-index "kubeloop[s3]" \
+    && python -c "import s3fs" \
     && rm -rf build *.egg-info
 
 WORKDIR /opt/spark/work-dir
