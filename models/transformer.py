@@ -53,6 +53,7 @@ from kserve.errors import InvalidInput, ModelNotReady
 from kserve.predictor_config import PredictorConfig
 from kserve.protocol.infer_type import InferInput, InferRequest
 
+from kubeloop.errors import FeatureStoreError
 from kubeloop.features.request_time import request_time_us
 from kubeloop.serving.kserve_model import ServedModel, finish_server_parser, server_parser
 from kubeloop.serving.model_server import make_model_server
@@ -352,7 +353,11 @@ class FeastTransformer(ServedModel):
         if headers is not None:
             headers[REQUEST_ID_HEADER] = request_id
         # A replay of past traffic says when its request happened; live traffic is now.
-        online = await self.lookup(parsed.rows, request_time_us(headers))
+        try:
+            now = request_time_us(headers)
+        except FeatureStoreError as exc:  # the client's header: a 400, nothing looked up
+            raise InvalidInput(str(exc)) from exc
+        online = await self.lookup(parsed.rows, now)
         rows = join_online_features(parsed.rows, online, use_case=self.use_case)
         if self.protocol == "v2":
             return predictor_infer_request(rows, self.name, request_id, use_case=self.use_case)

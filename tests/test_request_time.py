@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from kubeloop.errors import FeatureStoreError
 from kubeloop.features.build import FeatureBuildConfig, build_features
 from kubeloop.features.materialize import materialize, reset_online_store
 from kubeloop.features.request_time import REQUEST_TIME_HEADER, request_time_us
@@ -125,6 +126,12 @@ def test_request_time_features_are_equal_offline_and_online(tmp_path):
         for name in names:
             assert same(row[name], served[name]), (event_id, name, row[name], served[name])
 
+    # A request time no clock reads is the client's 400 (KServe's InvalidInput), not a 5xx.
+    from kserve.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=REQUEST_TIME_HEADER):
+        asyncio.run(transformer.preprocess({"instances": [request]}, {REQUEST_TIME_HEADER: "inf"}))
+
     # The edge cases came out as intended, offline (and so online).
     first = training.loc[0]
     assert all(math.isnan(first[n]) for n in ("card_hours_since_last", "card_log_amount_ratio"))
@@ -149,8 +156,21 @@ def test_request_time_header_forms():
     assert request_time_us({REQUEST_TIME_HEADER: "1.5"}) == 1_500_000
     at = D0 + 9 * H
     assert request_time_us({REQUEST_TIME_HEADER: at.isoformat()}) == at.timestamp() * 1e6
-    with pytest.raises(Exception, match="time zone"):
+    with pytest.raises(FeatureStoreError, match="time zone"):
         request_time_us({REQUEST_TIME_HEADER: "2026-01-05T09:00:00"})
+    # What no clock reads: each a one-line error (the transformer's 400), never an overflow.
+    for bad in (
+        "Infinity",
+        "-inf",
+        "NaN",
+        "tomorrow",
+        "",
+        "-1",
+        "1e13",
+        "9999-01-01T00:00:00+00:00",
+    ):
+        with pytest.raises(FeatureStoreError, match=REQUEST_TIME_HEADER):
+            request_time_us({REQUEST_TIME_HEADER: bad})
 
 
 @pytest.mark.slow

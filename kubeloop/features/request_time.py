@@ -41,6 +41,8 @@ A replay of past traffic sets it; live traffic leaves it out and the clock is us
 
 _NS_UTC = "datetime64[ns, UTC]"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# pandas' datetime64[ns] ends at 2262-04-11 23:47:16 UTC.
+_MAX_REQUEST_TIME_US = 9_223_372_036_854_775
 
 
 def now_us() -> int:
@@ -58,16 +60,23 @@ def request_time_us(headers: Mapping[str, str] | None) -> int | None:
         return None
     # Exact to the microsecond: no float seconds in between.
     try:
-        return int((Decimal(value) * 1_000_000).to_integral_value())
-    except (InvalidOperation, ValueError):
-        pass
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise FeatureStoreError(f"{REQUEST_TIME_HEADER}: {value!r} is not a time") from exc
-    if parsed.tzinfo is None:
-        raise FeatureStoreError(f"{REQUEST_TIME_HEADER}: {value!r} has no time zone")
-    return (parsed - _EPOCH) // timedelta(microseconds=1)
+        micros = int((Decimal(value) * 1_000_000).to_integral_value())
+    except (InvalidOperation, ValueError, OverflowError):  # not a number, NaN, Infinity
+        micros = None
+    if micros is None:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise FeatureStoreError(f"{REQUEST_TIME_HEADER}: {value!r} is not a time") from exc
+        if parsed.tzinfo is None:
+            raise FeatureStoreError(f"{REQUEST_TIME_HEADER}: {value!r} has no time zone")
+        micros = (parsed - _EPOCH) // timedelta(microseconds=1)
+    # Outside pandas' nanosecond timestamps the state lookups would overflow later, as a 5xx.
+    if not 0 <= micros < _MAX_REQUEST_TIME_US:
+        raise FeatureStoreError(
+            f"{REQUEST_TIME_HEADER}: {value!r} is outside 1970-01-01..2262-04-11 (UTC)"
+        )
+    return micros
 
 
 def _as_float(values: Sequence[Any] | np.ndarray) -> np.ndarray:
