@@ -68,6 +68,8 @@ RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r requir
 COPY pyproject.toml README.md ./
 COPY kubeloop ./kubeloop
 COPY models ./models
+COPY components ./components
+COPY pipelines ./pipelines
 COPY usecases ./usecases
 # Then its s3 extra (pyproject.toml): s3fs lets the driver's Python side (the lake's
 # validation, the merge of Spark's part files, the upload of the tables) reach the object
