@@ -265,6 +265,8 @@ def add_edge_arguments(parser: argparse.ArgumentParser, *, dashes: bool = False)
     )
 
 
-def connect_host(host: str) -> str:
-    """The address a client on this machine uses to reach a server bound to `host`."""
-    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+def local_url(host: str, port: int) -> str:
+    """The http URL a client on this machine uses to reach a server bound to `host`:`port`
+    (a wildcard bind address is reached on 127.0.0.1)."""
+    connect = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    return f"http://{connect}:{port}"

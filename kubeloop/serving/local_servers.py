@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from kubeloop.atomic import atomic_write_text
-from kubeloop.serving.edge import DEFAULT_MAX_BODY_BYTES, connect_host
+from kubeloop.serving.edge import DEFAULT_MAX_BODY_BYTES, local_url
 from kubeloop.serving.processes import (
     HOST,
     LocalStackError,
@@ -457,10 +457,12 @@ class LocalStack:
 
     @property
     def router_url(self) -> str:
-        return f"http://{connect_host(self.router_host)}:{self.router_port}"
+        """Where a client on this machine reaches the router."""
+        return local_url(self.router_host, self.router_port)
 
     @property
     def transformer_url(self) -> str | None:
+        """Where a client on this machine reaches the transformer; None without one."""
         return self.transformer.url if self.transformer is not None else None
 
     @property

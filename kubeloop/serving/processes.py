@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kubeloop.errors import KubeloopError
-from kubeloop.serving.edge import connect_host
+from kubeloop.serving.edge import local_url
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +71,12 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        return f"http://{connect_host(self.host)}:{self.port}"
+        """Where a client on this machine reaches the server."""
+        return local_url(self.host, self.port)
 
     @property
     def pid(self) -> int | None:
+        """The subprocess's pid; None before `start`."""
         return self.process.pid if self.process is not None else None
 
     def alive(self) -> bool:
