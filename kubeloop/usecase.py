@@ -203,11 +203,19 @@ class RequestFeatures:
 
     `states` are the state tables; `schema` lists the outputs (name and Arrow type, float64)
     in the order the model reads them; `compute` is the one function both the training-set
-    builder (at each event's own time) and the transformer (at the request's time) call."""
+    builder (at each event's own time) and the transformer (at the request's time) call.
+
+    `state_freshness_seconds` is how fresh the online store's state is at a request: 0, a
+    streaming writer (the state of every event strictly before the request); N > 0, a batch
+    materialization every N seconds (the state as of the request's time floored to N, as
+    the demo's hourly feed and an hourly materialization job leave it). The training set
+    reads the state the same way, so the two never skew; `now` is the request's own time
+    in both."""
 
     states: tuple[StateSpec, ...]
     schema: pa.Schema
     compute: RequestCompute
+    state_freshness_seconds: int = 0
 
     @property
     def features(self) -> list[str]:

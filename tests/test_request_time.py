@@ -188,3 +188,43 @@ def test_ctr_recency_spans_hours_to_days(tmp_path):
     assert (hours > 1).mean() > 0.3  # most returning users come back hours later
     assert hours.max() > 48  # and some days later
     assert hours.quantile(0.1) < 1  # and some within the hour
+
+
+@pytest.mark.slow
+def test_ctr_recency_served_through_the_hourly_feed_equals_the_training_set(tmp_path):
+    """CTR's state is materialized hourly (state_freshness_seconds=3600): served through
+    the replay's OnlineFeed (advanced to each request's hour), the transformer's recency
+    equals the training set's for the same impression, to the request's own time."""
+    from kubeloop.features.materialize import OnlineFeed
+
+    spec = load_use_case("ctr")
+    assert spec.request_features.state_freshness_seconds == 3600
+    config = spec.generator_config({"events": 6_000, "days": 3, "users": 300, "ads": 40})
+    spec.synthetic.generate(config, str(tmp_path / "lake"), False)
+    store, lake = feature_store(tmp_path, "ctr")
+    build_training_set(store, lake, tmp_path / "training.parquet", progress=False,
+                       use_case=spec)  # fmt: skip
+    training = pd.read_parquet(tmp_path / "training.parquet")
+    training = training.sort_values("event_timestamp", kind="stable")
+    # A few impressions of each hour of the last day, in time order, as the replay sends them.
+    last_day = training[training["event_timestamp"] >= training["event_timestamp"].max().floor("D")]
+    sample = last_day.groupby(last_day["event_timestamp"].dt.floor("h")).head(3)
+    transformer = FeastTransformer("ctr", "127.0.0.1:1", None, store=store, use_case=spec)
+    reset_online_store(store)
+    first = sample["event_timestamp"].iloc[0].floor("h").to_pydatetime()
+    materialize(store, end=first, progress=False, use_case=spec)
+    feed = OnlineFeed(store, first - dt.timedelta(seconds=1), use_case=spec)
+    compared = 0
+    for _, row in sample.iterrows():
+        ts = row["event_timestamp"]
+        feed.advance(ts.floor("h").to_pydatetime())
+        request = {name: row[name] for name in spec.request_fields if name in row}
+        request = {k: (v.item() if hasattr(v, "item") else v) for k, v in request.items()}
+        headers = {REQUEST_TIME_HEADER: ts.isoformat()}
+        (served,) = asyncio.run(transformer.preprocess({"instances": [request]}, headers))[
+            "instances"
+        ]
+        for name in spec.request_feature_columns:
+            assert same(row[name], served[name]), (ts, name, row[name], served[name])
+            compared += row[name] == row[name]  # not NaN
+    assert compared > 20

@@ -133,7 +133,15 @@ def offline_request_features(
     n = len(events)
     ts = pd.to_datetime(events[EVENT_TIMESTAMP], utc=True).astype(_NS_UTC)
     row = "__kubeloop_row"
-    left = pd.DataFrame({EVENT_TIMESTAMP: ts.to_numpy(), row: np.arange(n)})
+    freshness = use_case.request_features.state_freshness_seconds
+    if freshness:
+        # Batch-materialized state: what the store holds at the request is every state
+        # row at or before the last materialization (the request's time floored).
+        as_of, exact = ts.dt.floor(f"{freshness}s"), True
+    else:
+        # Streaming state: strictly before, so an event never sees its own instant's state.
+        as_of, exact = ts, False
+    left = pd.DataFrame({EVENT_TIMESTAMP: as_of.to_numpy(), row: np.arange(n)})
     inputs: dict[str, np.ndarray] = {}
     for state in use_case.state_tables:
         key = state.join_key
@@ -152,8 +160,7 @@ def offline_request_features(
             right_on=FEATURE_TIMESTAMP,
             by=key,
             direction="backward",
-            # Strictly before: an event never sees the state of its own instant.
-            allow_exact_matches=False,
+            allow_exact_matches=exact,
         ).sort_values(row)
         for name in state.features:
             inputs[name] = _as_float(joined[name].to_numpy())
