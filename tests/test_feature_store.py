@@ -496,7 +496,10 @@ def _oracle(rows: list[tuple[int, datetime, int, int]]) -> pd.DataFrame:
             tolerance=pd.Timedelta(DEFAULT_TTL),
             allow_exact_matches=True,
         ).drop(columns=[schema.FEATURE_TIMESTAMP])
-    # Recency at each event's own time: from the newest state row strictly before it.
+    # Recency to each event's own time, from the state as CTR's hourly materialization
+    # leaves it (state_freshness_seconds=3600): the newest state row at or before the
+    # event's hour.
+    hour = events["event_timestamp"].dt.floor("h")
     for state_schema, key, entity_rows in (
         (schema.USER_STATE_SCHEMA, "user_id", USER_ROWS),
         (schema.AD_STATE_SCHEMA, "ad_id", AD_ROWS),
@@ -506,14 +509,20 @@ def _oracle(rows: list[tuple[int, datetime, int, int]]) -> pd.DataFrame:
             "datetime64[ns, UTC]"
         )
         last = state_schema.names[2]
-        events = pd.merge_asof(
-            events,
-            state.sort_values(schema.FEATURE_TIMESTAMP),
-            left_on="event_timestamp",
-            right_on=schema.FEATURE_TIMESTAMP,
-            by=key,
-            allow_exact_matches=False,
-        ).drop(columns=[schema.FEATURE_TIMESTAMP])
+        events = (
+            pd.merge_asof(
+                events.assign(__as_of=hour).sort_values("__as_of"),
+                state.sort_values(schema.FEATURE_TIMESTAMP),
+                left_on="__as_of",
+                right_on=schema.FEATURE_TIMESTAMP,
+                by=key,
+                allow_exact_matches=True,
+            )
+            .drop(columns=[schema.FEATURE_TIMESTAMP, "__as_of"])
+            .sort_values(["event_timestamp", "event_id"])
+            .reset_index(drop=True)
+        )
+        hour = events["event_timestamp"].dt.floor("h")
         now_us = events["event_timestamp"].astype("int64") // 1000
         hours = (now_us - events[last]).clip(lower=0) / 3_600_000_000
         events[last.replace("_state_last_us", "_hours_since_last")] = hours
