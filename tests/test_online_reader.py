@@ -39,8 +39,10 @@ def _rows():
 
 def _assert_reader_equals_feast(feast_store):
     rows = _rows()
-    got = OnlineReader(feast_store).read(rows)
-    expected = online_features(feast_store, rows)
+    # One request time for both: the request-time recency is measured to it.
+    now = 1_800_000_000_000_000
+    got = OnlineReader(feast_store).read(rows, now)
+    expected = online_features(feast_store, rows, now=now)
     assert list(got) == online_columns()
     for name in online_columns():
         want = [_plain(v) for v in expected[name].tolist()]

@@ -24,7 +24,13 @@ def test_demo_runs_pipeline_and_registers_a_model(tmp_path):
 
     assert json.loads(workdir.report.read_text()) == report
     assert report["data"]["events"] == 40_000 and report["data"]["partitions"] == 6
-    assert report["features"]["feature_views"] == ["ad_features", "user_features"]
+    # The hourly views, and the state views the request-time recency reads.
+    assert report["features"]["feature_views"] == [
+        "ad_features",
+        "ad_state",
+        "user_features",
+        "user_state",
+    ]
     assert report["features"]["training_rows"] == 40_000
     assert report["features"]["rows_online"] > 0
     training = report["training"]
@@ -32,12 +38,16 @@ def test_demo_runs_pipeline_and_registers_a_model(tmp_path):
     assert set(training["models"]) == {"logistic", "lightgbm", "torch"}
     for figures in training["models"].values():
         assert 0.5 < figures["auc"] <= 1 and figures["oracle_auc"] > figures["auc"] - 0.05
-        assert {"auc", "logloss", "ne", "oracle_auc", "calibration", "train_seconds"} <= set(figures)
+        assert {"auc", "logloss", "ne", "oracle_auc", "calibration", "train_seconds"} <= set(
+            figures
+        )
     assert training["champion"] in training["models"]
     assert training["champion_reasons"][0].startswith(
         "Ladder, simplest first: logistic (rank 0) -> lightgbm (rank 1) -> torch (rank 2)"
     )
-    assert training["gate"]["passed"] is True and training["gate"]["compared_against"] == "base_rate"
+    assert (
+        training["gate"]["passed"] is True and training["gate"]["compared_against"] == "base_rate"
+    )
 
     registry = open_registry(str(workdir.registry))
     versions = registry.list("ctr")
@@ -55,11 +65,17 @@ def test_failing_gate_skips_registration(tmp_path):
     """The dsl.If really gates: with an impossible NE margin nothing is registered."""
     workdir = Workdir.at(tmp_path / "run")
     config = DemoConfig(
-        generator=SMALL, train_config=FAST_TRAINING, gate_config={"ne_margin": 0.9}, progress=False,
+        generator=SMALL,
+        train_config=FAST_TRAINING,
+        gate_config={"ne_margin": 0.9},
+        progress=False,
         serve=False,
     )
     report = run_demo(config, workdir)
     assert report["training"]["gate"]["passed"] is False
     assert any("0.9" in reason for reason in report["training"]["gate"]["reasons"])
     assert report["registry"]["version"] is None
-    assert not (workdir.registry / "stages").exists() or open_registry(str(workdir.registry)).list("ctr") == []
+    assert (
+        not (workdir.registry / "stages").exists()
+        or open_registry(str(workdir.registry)).list("ctr") == []
+    )

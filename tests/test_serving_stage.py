@@ -29,7 +29,13 @@ def test_demo_serves_replays_and_decides_on_the_canary(tmp_path):
         serving=ServingStageConfig(
             replay=ReplayConfig(requests=600, batch_size=4, concurrency=4),
             policy=ProgressivePolicy(
-                requires="superiority", min_labelled=100, min_requests=10, budget_labelled=2000
+                # The default 1000 labelled impressions per step: at 100 the normal-mixture
+                # CS on a 5% click rate is anti-conservative (it promoted a candidate truly
+                # worse by 1.2% here once the features changed).
+                requires="superiority",
+                min_labelled=1000,
+                min_requests=10,
+                budget_labelled=2000,
             ),
             check_every=200,
             replay_last_days=2,
@@ -59,7 +65,7 @@ def test_demo_serves_replays_and_decides_on_the_canary(tmp_path):
     assert 0 <= serving["srm"]["p_value"] <= 1
     expected = serving["oracle"]["expected_logloss"]
     assert 0 < expected["production"] < 1 and 0 < expected["candidate"] < 1
-    assert serving["oracle"]["agrees"] is True
+    assert serving["oracle"]["agrees"] is True, serving["oracle"]["verdict"]
 
     action = serving["decision"]["action"]
     assert action in {"promote", "rollback", "inconclusive"}
@@ -67,10 +73,14 @@ def test_demo_serves_replays_and_decides_on_the_canary(tmp_path):
     assert serving["steps"] and serving["steps"][-1]["action"] == action
     for step in serving["steps"]:
         assert {"percent", "dwell", "statistics", "reasons"} <= set(step)
-    # only a candidate proven better moves on: every advance carries that proof
+    # only a candidate proven better moves on: every advance comes after the superiority
+    # test concluded (it latches once the confidence sequence's upper end fell below 0;
+    # the sequence may wander back up later, anytime-valid as it is)
     for step in serving["steps"]:
         if step["action"] == "advance":
-            assert step["statistics"]["delta_logloss"]["high"] < 0
+            assert any(
+                "proven better" in r or "quality test passed" in r for r in step["reasons"]
+            ), step["reasons"]
 
     stages = {v.version: v.stage.value for v in open_registry(str(workdir.registry)).list("ctr")}
     expected_stages = {

@@ -60,6 +60,7 @@ def test_model_inputs_are_features_only():
         + schema.CONTEXT_CATEGORICAL
         + schema.USER_FEATURES
         + schema.AD_FEATURES
+        + schema.REQUEST_FEATURES
     )
     assert set(cols) <= set(schema.TRAINING_COLUMNS)
 
