@@ -9,7 +9,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from kubeloop.cloudevents import (
@@ -27,35 +26,25 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
-@dataclass
-class LoggerStats:
-    """Counters of a CloudEventLogger (events, not exchanges)."""
+# The counters of a CloudEventLogger, in the order `LoggerStats.as_dict` reports them.
+COUNTERS = ("logged", "dropped", "sink_errors", "sent", "send_failures", "send_dropped")
 
-    logged: int = 0
-    dropped: int = 0
-    sink_errors: int = 0
-    sent: int = 0
-    send_failures: int = 0
-    send_dropped: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+class LoggerStats:
+    """Thread-safe counters of a CloudEventLogger (events, not exchanges), by the names in
+    `COUNTERS`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts = dict.fromkeys(COUNTERS, 0)
 
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
-            setattr(self, name, getattr(self, name) + n)
+            self.counts[name] += n
 
     def as_dict(self) -> dict[str, int]:
         with self._lock:
-            return {
-                k: getattr(self, k)
-                for k in (
-                    "logged",
-                    "dropped",
-                    "sink_errors",
-                    "sent",
-                    "send_failures",
-                    "send_dropped",
-                )
-            }
+            return dict(self.counts)
 
 
 class CloudEventLogger:
