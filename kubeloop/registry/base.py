@@ -9,11 +9,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from kubeloop.registry.records import (
     SINGLE_SLOT_STAGES,
     ModelVersion,
     RegistrationRequest,
+    RegistryError,
     Stage,
+    validate_name,
 )
 
 if TYPE_CHECKING:
@@ -34,7 +38,6 @@ class ModelRegistry(ABC):
     "canary" (see `resolve_ref`).
     """
 
-    @abstractmethod
     def register(
         self,
         name: str,
@@ -46,7 +49,29 @@ class ModelRegistry(ABC):
 
         `reference` is a sample of training features kept for drift detection; it must
         contain every column in `request.features`. Returns the new version's record.
+        The name, the request and the reference are checked here, for every backend,
+        before the backend's `_add_version` stores anything.
         """
+        validate_name(name)
+        if not isinstance(request, RegistrationRequest):
+            try:
+                request = RegistrationRequest.model_validate(dict(request))
+            except ValidationError as exc:
+                raise RegistryError(f"invalid registration request for {name!r}: {exc}") from exc
+        if reference is not None:
+            missing = [f for f in request.features if f not in reference.columns]
+            if missing:
+                raise RegistryError(
+                    f"reference sample for {name!r} lacks feature columns: {', '.join(missing)}"
+                )
+        return self._add_version(name, Path(model_dir), request, reference)
+
+    @abstractmethod
+    def _add_version(
+        self, name: str, source: Path, request: RegistrationRequest, reference: pd.DataFrame | None
+    ) -> ModelVersion:
+        """`register` once its arguments are checked: copy `source` in as the next version
+        of `name` (stage candidate), atomically."""
 
     @abstractmethod
     def list(self, name: str | None = None) -> list[ModelVersion]:

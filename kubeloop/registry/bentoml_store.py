@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.atomic import atomic_write_text, read_model
 from kubeloop.registry.backends import BentoMLRegistryConfig
@@ -372,33 +372,16 @@ class BentoMLRegistry(ModelRegistry):
 
     # ModelRegistry
 
-    def register(
-        self,
-        name: str,
-        model_dir: str | Path,
-        request: RegistrationRequest | Mapping[str, Any],
-        reference: pd.DataFrame | None = None,
+    def _add_version(
+        self, name: str, src: Path, request: RegistrationRequest, reference: pd.DataFrame | None
     ) -> ModelVersion:
-        """Copy `model_dir` into the store as the next version of `name` (stage candidate).
+        """Copy `src` into the store as the next version of `name` (stage candidate).
 
         The version becomes visible only when stages/<name>.json is rewritten, after every
         file is in place; see the module docstring.
         """
-        validate_name(name)
-        if not isinstance(request, RegistrationRequest):
-            try:
-                request = RegistrationRequest.model_validate(dict(request))
-            except ValidationError as exc:
-                raise RegistryError(f"invalid registration request for {name!r}: {exc}") from exc
-        src = Path(model_dir)
         files = _model_files(src)
         main_file = _main_file(request.model_file, request.model_kind, files, src)
-        if reference is not None:
-            missing = [f for f in request.features if f not in reference.columns]
-            if missing:
-                raise RegistryError(
-                    f"reference sample for {name!r} lacks feature columns: {', '.join(missing)}"
-                )
         code_version = request.code_version or detect_code_version()
 
         with self._lock():
