@@ -45,6 +45,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from kubeloop.errors import KubeloopError
+from kubeloop.training.key_codes import KeyCodes, column_key_codes
 from kubeloop.usecase import UseCase, resolve_use_case
 
 # 2: the label and the hour-of-day columns are stored (`label`, `cyclic_hours`) instead of
@@ -148,8 +149,25 @@ def _output_keys(
     ]
 
 
-def _frame_keys(frame: pd.DataFrame) -> Callable[[str], list[str | None]]:
-    return lambda column: _category_keys(frame[column])
+def _frame_key_codes(
+    frame: pd.DataFrame, crosses: Mapping[str, tuple[str, str]]
+) -> Callable[[str], KeyCodes]:
+    """The keys of one categorical output column of `frame` (a raw input or a cross) as
+    `KeyCodes`: the whole-frame equivalent of `_output_keys`, each raw column read once."""
+    read: dict[str, KeyCodes] = {}
+
+    def raw(column: str) -> KeyCodes:
+        if column not in read:
+            read[column] = column_key_codes(frame[column], category_key)
+        return read[column]
+
+    def of(column: str) -> KeyCodes:
+        if column not in crosses:
+            return raw(column)
+        a, b = crosses[column]
+        return raw(a).crossed(raw(b))
+
+    return of
 
 
 class NumericRule(BaseModel):
@@ -237,14 +255,6 @@ def category_key(value: Any) -> str | None:
     return str(value)
 
 
-def _category_keys(series: pd.Series) -> list[str | None]:
-    """Canonical string key of every value (None where missing)."""
-    if pd.api.types.is_numeric_dtype(series.dtype) and not pd.api.types.is_bool_dtype(series.dtype):
-        values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-        return [category_key(float(v)) for v in values]
-    return [category_key(v) for v in series.astype(object).tolist()]
-
-
 # Python types a JSON number decodes to; a column of only these (and None) is the float64
 # column pandas would build, so the fast path reads it with numpy directly.
 _PLAIN_TYPES = frozenset({int, float, type(None)})
@@ -271,8 +281,9 @@ def _fast_numeric(values: Sequence[Any] | np.ndarray) -> np.ndarray:
 
 
 def _fast_keys(values: Sequence[Any] | np.ndarray) -> list[str | None]:
-    """`_category_keys` of the column pandas would build from `values`: a column of
-    plain numbers is float64 there (ints included), anything else object."""
+    """The keys the frame path (`key_codes.column_key_codes`) gives the column pandas
+    would build from `values`: a column of plain numbers is float64 there (ints included),
+    anything else object."""
     if isinstance(values, np.ndarray):
         if values.dtype.kind in "fiu":
             return [category_key(v) for v in values.astype(np.float64).tolist()]
@@ -440,10 +451,11 @@ class FeatureTransform(BaseModel):
         }
         vocabularies: dict[str, list[str]] = {}
         crosses = {cross_name(a, b): (a, b) for a, b in cfg.crosses or []}
+        key_codes = _frame_key_codes(frame, crosses)
         for col in [*_categorical_columns(use_case), *crosses]:
-            keys = _output_keys(_frame_keys(frame), col, crosses)
-            counts = pd.Series(keys, dtype=object).dropna().value_counts()
-            kept = [(key, int(n)) for key, n in counts.items() if n >= cfg.min_count]
+            keys = key_codes(col)
+            counts = keys.counts().tolist()
+            kept = [(key, n) for key, n in zip(keys.keys, counts) if n >= cfg.min_count]
             # Frequency order, ties broken by key, so refitting on the same data is stable.
             kept.sort(key=lambda kv: (-kv[1], kv[0]))
             vocabularies[col] = [key for key, _ in kept[: cfg.max_vocab]]
@@ -498,8 +510,11 @@ class FeatureTransform(BaseModel):
         the batch (the serving path sends one row at a time).
         """
         _check_columns(frame, self.input_columns)
+        key_codes = _frame_key_codes(frame, self._crosses)
         return self._assemble(
-            len(frame), lambda column: _numeric_values(frame[column]), _frame_keys(frame)
+            len(frame),
+            lambda column: _numeric_values(frame[column]),
+            lambda column: key_codes(column).lookup(self._index[column], UNKNOWN_INDEX),
         )
 
     def transform_columns(
@@ -524,33 +539,37 @@ class FeatureTransform(BaseModel):
                 keys[column] = _fast_keys(columns[column])
             return keys[column]
 
+        crosses = self._crosses
+
+        def codes_of(column: str) -> list[int]:
+            index = self._index[column]
+            return [
+                index.get(key, UNKNOWN_INDEX) if key is not None else UNKNOWN_INDEX
+                for key in _output_keys(keys_of, column, crosses)
+            ]
+
         plan = self._plan or _NumericPlan.of(self.numeric_rules, self.cyclic_hours)
         return self._assemble(
-            n, lambda column: _fast_numeric(columns[column]), keys_of, plan.raw_of_lists(columns)
+            n, lambda column: _fast_numeric(columns[column]), codes_of, plan.raw_of_lists(columns)
         )
 
     def _assemble(
         self,
         n: int,
         numeric_of: Callable[[str], np.ndarray],
-        keys_of: Callable[[str], list[str | None]],
+        codes_of: Callable[[str], Sequence[int] | np.ndarray],
         raw: np.ndarray | None = None,
     ) -> TransformedBatch:
         """The rules of the module docstring over already read columns: `numeric_of(name)`
         gives float64 values with NaN for missing (or `raw` all of them as one matrix),
-        `keys_of(name)` category keys."""
+        `codes_of(name)` the vocabulary codes of a categorical output column."""
         plan = self._plan
         if plan is None:  # a model_construct'ed transform skips model_post_init
             plan = self._plan = _NumericPlan.of(self.numeric_rules, self.cyclic_hours)
         numeric = plan.apply_raw(raw) if raw is not None else plan.apply(n, numeric_of)
         categorical = np.zeros((n, len(self.vocabularies)), dtype=np.int64)
-        crosses = self._crosses
         for j, col in enumerate(self.vocabularies):
-            index = self._index[col]
-            categorical[:, j] = [
-                index.get(key, UNKNOWN_INDEX) if key is not None else UNKNOWN_INDEX
-                for key in _output_keys(keys_of, col, crosses)
-            ]
+            categorical[:, j] = codes_of(col)
         return TransformedBatch(
             numeric, categorical, tuple(self.numeric_names), tuple(self.categorical_names)
         )
