@@ -168,6 +168,31 @@ def seeded_stream(seed: int, *key: int | str) -> np.random.Generator:
     return np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=spawn_key)))
 
 
+def day_stream(seed: int, day_index: int, name: str) -> np.random.Generator:
+    """The stream `name` of day `day_index` (0-based): a day's draws depend on that day only."""
+    return seeded_stream(seed, "day", day_index, name)
+
+
+def minute_counts(seed: int, day_index: int, rows: int, hourly: Sequence[float]) -> np.ndarray:
+    """How many of a day's `rows` fall in each of its 1440 minutes: one multinomial draw
+    (the day's "clock" stream) over the relative traffic of each hour of the day, spread
+    evenly over its minutes."""
+    weights = np.asarray(hourly, dtype=np.float64)
+    per_minute = np.repeat(weights / weights.sum() / 60.0, 60)
+    return day_stream(seed, day_index, "clock").multinomial(rows, per_minute)
+
+
+def minute_offsets(
+    counts: np.ndarray, start: int, end: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Sorted microseconds since midnight of the rows of minutes [start, end) (`counts`:
+    rows per minute), each at a uniform instant of its minute drawn from `rng`."""
+    minutes = np.repeat(np.arange(start, end, dtype=np.int64), counts[start:end])
+    offsets = minutes * MINUTE_US + (rng.random(len(minutes)) * MINUTE_US).astype(np.int64)
+    offsets.sort()
+    return offsets
+
+
 def epoch_us(day: date) -> int:
     """Midnight UTC starting `day`, in epoch microseconds."""
     return int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()) * SECOND_US

@@ -33,12 +33,14 @@ from pydantic import ConfigDict, Field
 from kubeloop.data.synthetic import (
     DAY_US,
     HOUR_US,
-    MINUTE_US,
     DayGenerator,
     category_strings,
     cdf_of,
     chunk_bounds,
+    day_stream,
     epoch_us,
+    minute_counts,
+    minute_offsets,
     mix_probabilities,
     pick,
     seeded_stream,
@@ -132,10 +134,6 @@ class Population:
     @property
     def ads(self) -> int:
         return len(self.ad_category)
-
-
-def _day_stream(seed: int, day_index: int, name: str) -> np.random.Generator:
-    return seeded_stream(seed, "day", day_index, name)
 
 
 def build_population(
@@ -382,16 +380,13 @@ def _plan_day(
     n: int,
 ) -> _DayPlan:
     traffic = scenario.traffic_on(day_index, config.change_day)
-    hourly = np.asarray(traffic.hourly_traffic, dtype=np.float64)
-    per_minute = np.repeat(hourly / hourly.sum() / 60.0, 60)
-    counts = _day_stream(config.seed, day_index, "clock").multinomial(n, per_minute)
     day = config.start_date + timedelta(days=day_index)
     return _DayPlan(
         day=day,
         day_index=day_index,
         day_us=epoch_us(day),
         first_event_id=first_event_id,
-        minute_counts=counts,
+        minute_counts=minute_counts(config.seed, day_index, n, traffic.hourly_traffic),
         user_cdf=cdf_of(_user_weights(population, traffic)),
         ad_cdf=_ad_cdf(population, traffic),
         device_cdf=cdf_of(mix_probabilities(traffic.device_mix, DEVICES)),
@@ -405,17 +400,15 @@ def _day_tables(
     config: GeneratorConfig, population: Population, plan: _DayPlan
 ) -> Iterator[pa.Table]:
     rng = {
-        name: _day_stream(config.seed, plan.day_index, name)
+        name: day_stream(config.seed, plan.day_index, name)
         for name in ("time", "user", "ad", "device", "slot", "label")
     }
     slots = np.asarray(SLOTS, dtype=np.int64)
     weekday = plan.day.weekday()
     event_id = plan.first_event_id
     for m0, m1 in chunk_bounds(plan.minute_counts, config.chunk_size):
-        minutes = np.repeat(np.arange(m0, m1, dtype=np.int64), plan.minute_counts[m0:m1])
-        n = len(minutes)
-        since_midnight = minutes * MINUTE_US + (rng["time"].random(n) * MINUTE_US).astype(np.int64)
-        since_midnight.sort()
+        since_midnight = minute_offsets(plan.minute_counts, m0, m1, rng["time"])
+        n = len(since_midnight)
         ts = plan.day_us + since_midnight
         hour = since_midnight // HOUR_US
 

@@ -41,7 +41,10 @@ from kubeloop.data.synthetic import (
     category_strings,
     cdf_of,
     chunk_bounds,
+    day_stream,
     epoch_us,
+    minute_counts,
+    minute_offsets,
     mix_probabilities,
     pick,
     seeded_stream,
@@ -263,7 +266,7 @@ def _episodes(
     config: GeneratorConfig, population: Population, episodes: Episodes, day_index: int
 ) -> _Rows:
     """The day's compromise episodes, every transaction of them, sorted by time."""
-    rng = seeded_stream(config.seed, "day", day_index, "episodes")
+    rng = day_stream(config.seed, day_index, "episodes")
     n_episodes = int(rng.poisson(episodes.rate * population.cards))
     if n_episodes == 0 or not episodes.styles:
         return _Rows(
@@ -365,16 +368,13 @@ def _plan_day(
 ) -> _DayPlan:
     scenario = SCENARIOS[config.scenario]
     traffic = scenario.traffic_on(day_index, config.change_day)
-    hourly = np.asarray(traffic.hourly_traffic, dtype=np.float64)
-    per_minute = np.repeat(hourly / hourly.sum() / 60.0, 60)
-    counts = seeded_stream(config.seed, "day", day_index, "clock").multinomial(n, per_minute)
     day = config.start_date + timedelta(days=day_index)
     return _DayPlan(
         day=day,
         day_index=day_index,
         day_us=epoch_us(day),
         first_event_id=first_event_id,
-        legit_minutes=counts,
+        legit_minutes=minute_counts(config.seed, day_index, n, traffic.hourly_traffic),
         episodes=_day_episodes(config, population, day_index),
         card_cdf=cdf_of(population.card_activity),
         merchants=_MerchantChooser.of(
@@ -388,10 +388,8 @@ def _plan_day(
 def _legit_rows(
     plan: _DayPlan, population: Population, rng: Mapping[str, np.random.Generator], m0: int, m1: int
 ) -> _Rows:
-    minutes = np.repeat(np.arange(m0, m1, dtype=np.int64), plan.legit_minutes[m0:m1])
-    n = len(minutes)
-    since = minutes * MINUTE_US + (rng["time"].random(n) * MINUTE_US).astype(np.int64)
-    since.sort()
+    since = minute_offsets(plan.legit_minutes, m0, m1, rng["time"])
+    n = len(since)
     card = pick(plan.card_cdf, rng["card"].random(n))
     u = rng["merchant"].random((n, 2))
     merchant = plan.merchants.choose(
@@ -416,7 +414,7 @@ def _day_tables(
     config: GeneratorConfig, population: Population, plan: _DayPlan
 ) -> Iterator[pa.Table]:
     rng = {
-        name: seeded_stream(config.seed, "day", plan.day_index, name)
+        name: day_stream(config.seed, plan.day_index, name)
         for name in ("time", "card", "merchant", "channel", "amount", "label", "chargeback")
     }
     episode_minutes = np.bincount(
