@@ -5,7 +5,8 @@ ingest -> features -> (train-<kind> for every registered model kind) -> merge-ca
 The kinds come from the plug-in table when the pipeline is compiled, simplest first; a
 new model kind needs no edit here."""
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
 
@@ -46,6 +47,15 @@ def with_object_store(task: dsl.PipelineTask) -> dsl.PipelineTask:
     )
 
 
+def step(component: Any, name: str, run: Mapping[str, Any], **inputs: Any) -> dsl.PipelineTask:
+    """A task of `component` shown as `name`: `inputs`, plus every pipeline parameter in
+    `run` that the component takes under the same name (a component input named like a
+    pipeline parameter always is that parameter, so the wiring cannot mix two up)."""
+    takes = component.component_spec.inputs or {}
+    passed = {key: value for key, value in run.items() if key in takes and key not in inputs}
+    return component(**passed, **inputs).set_display_name(name)
+
+
 class TrainingOutputs(NamedTuple):
     """The pipeline's outputs: its return annotation (what KFP compiles) and its value."""
 
@@ -82,40 +92,23 @@ def training_pipeline(
     if it passes the gate. Every step resolves `use_case` by name (entry-point group
     `kubeloop.usecases`); an empty `model_name` is the use case's default. `engine` (duckdb
     or spark) runs the feature build's SQL; empty: the feature config's (duckdb)."""
+    # Every pipeline parameter, by name (taken before any other local exists): a step gets
+    # each one whose name is one of its component's inputs (see `step`).
+    run = dict(locals())
     # The two steps that touch the lake and the feature tables themselves; the others read
     # and write KFP artifacts, which KFP's launcher moves.
-    ingest_task = with_object_store(
-        ingest(
-            lake_uri=lake_uri,
-            generator_config_json=generator_config_json,
-            generate=generate,
-            use_case=use_case,
-        ).set_display_name("ingest")
-    )
+    ingest_task = with_object_store(step(ingest, "ingest", run))
     features_task = with_object_store(
-        features(
-            lake_uri=ingest_task.outputs["Output"],
-            features_uri=features_uri,
-            feature_repo=feature_repo,
-            feature_config_json=feature_config_json,
-            use_case=use_case,
-            engine=engine,
-        ).set_display_name("features")
+        step(features, "features", run, lake_uri=ingest_task.outputs["Output"])
     )
     training_set = features_task.outputs["training_set"]
 
     candidates = None
     for kind in kind_names():
-        model = (
-            train_component(kind)(
-                kind=kind,
-                training_set=training_set,
-                train_config_json=train_config_json,
-                use_case=use_case,
-            )
-            .set_display_name(f"train-{kind}")
-            .outputs["model"]
+        trained = step(
+            train_component(kind), f"train-{kind}", run, kind=kind, training_set=training_set
         )
+        model = trained.outputs["model"]
         candidates = (
             model
             if candidates is None
@@ -124,33 +117,20 @@ def training_pipeline(
             .outputs["candidates"]
         )
 
-    eval_task = evaluate(
-        training_set=training_set,
-        candidates=candidates,
-        registry_uri=registry_uri,
-        model_name=model_name,
-        train_config_json=train_config_json,
-        use_case=use_case,
-    ).set_display_name("evaluate")
-    gate_task = gate(
-        evaluation=eval_task.outputs["evaluation"],
-        gate_config_json=gate_config_json,
-        use_case=use_case,
-    ).set_display_name("gate")
+    eval_task = step(evaluate, "evaluate", run, training_set=training_set, candidates=candidates)
+    gate_task = step(gate, "gate", run, evaluation=eval_task.outputs["evaluation"])
 
     with dsl.If(gate_task.outputs["Output"] == True, name="gate-passed"):
-        register(
+        step(
+            register,
+            "register",
+            run,
             candidates=candidates,
             training_set=training_set,
             evaluation=eval_task.outputs["evaluation"],
             decision=gate_task.outputs["decision"],
-            registry_uri=registry_uri,
-            model_name=model_name,
-            scenario=scenario,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-            train_config_json=train_config_json,
-            use_case=use_case,
-        ).set_display_name("register")
+        )
 
     return TrainingOutputs(
         ingest_task.outputs["data_summary"],
