@@ -64,6 +64,7 @@ from kubeloop.serving.protocol import (
     RequestTooLarge,
     UpstreamError,
     client_fields,
+    decisions_from_response,
     example_row,
     lower_headers,
     model_fields,
@@ -447,7 +448,14 @@ class FeastTransformer(ServedModel):
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> dict:
-        return {"predictions": probabilities_from_response(result)}
+        """The client's answer: the predictor's probabilities and, when its version has a
+        decision threshold, its decisions at that threshold."""
+        probabilities = probabilities_from_response(result)
+        answer: dict[str, Any] = {"predictions": probabilities}
+        decisions = decisions_from_response(result, len(probabilities))
+        if decisions is not None:
+            answer["decisions"] = decisions
+        return answer
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -37,8 +37,9 @@ from kubeloop.errors import FeatureStoreError
 from kubeloop.features.materialize import materialize
 from kubeloop.features.request_time import REQUEST_TIME_HEADER
 from kubeloop.features.store import FeatureStoreSettings, apply_definitions, open_store, write_repo
-from kubeloop.serving.protocol import CLIENT_FIELDS, MODEL_FIELDS
+from kubeloop.serving.protocol import CLIENT_FIELDS, MODEL_FIELDS, UpstreamError
 from models.lightgbm_trainer import train_lightgbm
+from models.predictor import CTRPredictor
 from models.transformer import FeastTransformer, open_feature_store
 from usecases.ctr import schema
 
@@ -507,6 +508,27 @@ def test_v2_predictor_hop_is_accepted_by_the_real_predictor(servers, store, lgb_
     expected = lgb_model.predict_proba(joined)
     answer = asyncio.run(transformer.postprocess(InferResponse.from_rest(response.json())))
     np.testing.assert_array_equal(answer["predictions"], expected)
+
+
+def test_decisions_at_the_stored_threshold_reach_the_client(store, lgb_model):
+    # A version with a decision threshold (the fraud use case's) answers its decisions
+    # beside the scores; the transformer passes both on to the client.
+    rows = client_rows()
+    predictor = CTRPredictor(MODEL_NAME, "unused", model=lgb_model)
+    predictor.load()
+    scores = predictor.predict({"instances": expected_predictor_rows(rows)})["predictions"]
+    threshold = float(np.median(scores))
+    predictor.metadata = {"metrics": {"decision_threshold": threshold}}
+    answer = predictor.predict({"instances": expected_predictor_rows(rows)})
+    transformer = FeastTransformer(MODEL_NAME, "127.0.0.1:1", None, store=store)
+    out = asyncio.run(transformer.postprocess(answer))
+    assert out["predictions"] == scores
+    assert out["decisions"] == [int(p >= threshold) for p in scores]
+    assert 0 < sum(out["decisions"]) < len(rows)
+    # Without a threshold there are none; nonsense from the predictor is a 502.
+    assert "decisions" not in asyncio.run(transformer.postprocess({"predictions": scores}))
+    with pytest.raises(UpstreamError, match="decisions"):
+        asyncio.run(transformer.postprocess({"predictions": scores, "decisions": [2] * len(rows)}))
 
 
 def test_request_ids_reach_the_predictor_hop(servers):

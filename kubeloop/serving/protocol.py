@@ -637,6 +637,24 @@ def probabilities_from_response(response: Any) -> list[float]:
     return [float(v) for v in values]
 
 
+def decisions_from_response(response: Any, n: int) -> list[int] | None:
+    """The decisions of a v1 predictor response (``"decisions": [0 or 1, ...]``, one per
+    prediction: the action at the version's stored threshold), None when it has none;
+    raises UpstreamError when they are not `n` zeros and ones."""
+    if not isinstance(response, dict) or response.get("decisions") is None:
+        return None
+    decisions = response["decisions"]
+    if (
+        not isinstance(decisions, list)
+        or len(decisions) != n
+        or not all(type(d) is int and d in (0, 1) for d in decisions)
+    ):
+        raise UpstreamError(
+            f"the predictor's decisions are not {n} zeros and ones: {show(decisions)}"
+        )
+    return decisions
+
+
 def v2_response(
     probabilities: Sequence[float],
     request: InferRequest,
