@@ -120,9 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = root.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(parent, name, help_, description, epilog="", *, target=None, **target_options):
+    def add(
+        parent, name, help_, description, epilog="", *, target=None, dry_run=None, **target_options
+    ):
         # `target`: the help of the InferenceService NAME argument that every verb takes
-        # (None for a group of verbs).
+        # (None for a group of verbs); `dry_run`: the help of the verb's --dry-run flag, for
+        # a verb that patches (None: it has none).
         p = parent.add_parser(
             name,
             parents=[sub_globals],
@@ -133,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         if target is not None:
             p.add_argument("name", metavar="NAME", help=target, **target_options)
+        if dry_run is not None:
+            p.add_argument("--dry-run", action="store_true", help=dry_run)
         return p
 
     canary = add(
@@ -165,12 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
         "  kubectl kubeloop canary set ctr 10 --storage-uri s3://mlpipeline/kubeloop/models/ctr/v2\n"
         "  kubectl kubeloop canary set ctr 50\n",
         target=NAME_HELP,
+        dry_run="let the API server validate without persisting",
     )
     p.add_argument("percent", metavar="PERCENT", type=_percent, help="0..100")
     p.add_argument("--storage-uri", help="model version to roll out, e.g. s3://bucket/model/v2")
-    p.add_argument(
-        "--dry-run", action="store_true", help="let the API server validate without persisting"
-    )
 
     p = add(
         verbs,
@@ -180,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         "revision gets all traffic and becomes the latest rolled-out revision.",
         "example:\n  kubectl kubeloop canary promote ctr\n",
         target=NAME_HELP,
+        dry_run="server-side dry run",
     )
-    p.add_argument("--dry-run", action="store_true", help="server-side dry run")
 
     p = add(
         verbs,
@@ -203,9 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  kubectl kubeloop canary rollback ctr --storage-uri s3://mlpipeline/kubeloop/models/ctr/v1\n"
         "  kubectl kubeloop canary promote ctr   # after the reverted revision is Ready\n",
         target=NAME_HELP,
+        dry_run="server-side dry run",
     )
     p.add_argument("--storage-uri", help="also revert spec.predictor.model.storageUri to this")
-    p.add_argument("--dry-run", action="store_true", help="server-side dry run")
 
     rollout = add(
         commands,
