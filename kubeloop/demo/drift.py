@@ -330,7 +330,7 @@ def run_drift_stage(
     from kubeloop.drift.retrain import decide_retrain, trigger_local
     from kubeloop.registry import open_registry
     from kubeloop.serving.local_servers import LocalStack
-    from kubeloop.serving.replay import replay_through_time
+    from kubeloop.serving.replay import offered_load, replay_through_time
 
     spec = resolve_use_case(use_case)
     started = time.perf_counter()
@@ -379,6 +379,8 @@ def run_drift_stage(
     section: dict[str, Any] = {
         "scenario": scenario,
         "replayed_impressions": len(sent),
+        "latency_ms": replay_latency(sent),
+        "offered_load": offered_load(sent, config.replay),
         "labelled_impressions": labelled,
         "change_at_impression": change_position,
         "windows": windows,
@@ -444,7 +446,16 @@ def run_drift_stage(
                 "reasons": serving["decision"]["reasons"],
                 **{
                     key: serving.get(key)
-                    for key in ("requires", "shadow", "steps", "srm", "paired", "oracle")
+                    for key in (
+                        "requires",
+                        "shadow",
+                        "steps",
+                        "srm",
+                        "paired",
+                        "oracle",
+                        "latency_ms",
+                        "offered_load",
+                    )
                 },
                 "stages_after": serving["stages_after"],
             }
@@ -454,6 +465,14 @@ def run_drift_stage(
     section["rollout"] = rollout
     section["seconds"] = round(time.perf_counter() - started, 3)
     return section
+
+
+def replay_latency(sent: pd.DataFrame) -> dict[str, float | None]:
+    """Client-side p50 and p99 per answered request of a replay (ms)."""
+    ok = sent[sent["status_code"] == 200].drop_duplicates("request_id")["client_latency_ms"]
+    if ok.empty:
+        return {"p50": None, "p99": None}
+    return {"p50": float(ok.quantile(0.5)), "p99": float(ok.quantile(0.99))}
 
 
 def change_start_of(generator) -> pd.Timestamp:

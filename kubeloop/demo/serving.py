@@ -335,9 +335,10 @@ def run_serving_stage(
     section."""
     from datetime import UTC, datetime
 
+    from kubeloop.features.state_feed import streams_state
     from kubeloop.registry import open_registry
     from kubeloop.serving.local_servers import LocalStack
-    from kubeloop.serving.replay import join_feedback, replay_through_time
+    from kubeloop.serving.replay import join_feedback, offered_load, replay_through_time
     from kubeloop.serving.request_log.reader import exchanges_frame
 
     spec = resolve_use_case(use_case)
@@ -386,10 +387,13 @@ def run_serving_stage(
         },
         "impressions": {k: int(v) for k, v in frame["variant"].value_counts().items()},
         "batch_size": config.replay.batch_size,
+        # client-side, end to end, per request; read at `offered_load` ("p99 at load X")
         "latency_ms": {
             "p50": float(latencies.quantile(0.5)) if len(latencies) else None,
             "p99": float(latencies.quantile(0.99)) if len(latencies) else None,
         },
+        "offered_load": offered_load(sent, config.replay),
+        "request_time_state": "per request" if streams_state(spec) else "hourly",
     }
     if experiment is None or experiment.last is None:
         reasons = ["no canary"] if canary is None else ["no check was made"]

@@ -67,23 +67,38 @@ def _plain(value: Any) -> Any:
 
 
 async def _send_all(
-    url: str, impressions: pd.DataFrame, config: ReplayConfig, id_prefix: str, use_case: UseCase
+    url: str,
+    impressions: pd.DataFrame,
+    config: ReplayConfig,
+    id_prefix: str,
+    use_case: UseCase,
+    state_feed=None,
 ) -> list[dict[str, Any]]:
     import httpx
 
     rows = impressions[[*use_case.request_fields, EVENT_ID]].to_dict("records")
     # Past traffic: the transformer computes request-time features at the batch's time (its
     # first impression's), not the replay's clock.
-    times = pd.to_datetime(impressions[EVENT_TIMESTAMP], utc=True).map(lambda t: t.isoformat())
+    stamps = pd.to_datetime(impressions[EVENT_TIMESTAMP], utc=True)
+    times = stamps.map(lambda t: t.isoformat())
     batches = [rows[i : i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
     results: list[list[dict[str, Any]]] = [[] for _ in batches]
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(len(batches)):
-        queue.put_nowait(i)
+    if state_feed is None:
+        groups = [range(len(batches))]
+    else:
+        # Streamed state: each wave's entities get their state as of their request, then
+        # the wave is sent; a request reading an entity of an earlier one in flight waits
+        # for the next wave, so no request is answered with a later request's state.
+        from kubeloop.features.state_feed import waves
+
+        groups = waves(
+            [state_feed.keys_of(batch) for batch in batches], limit=8 * config.concurrency
+        )
     limits = httpx.Limits(
         max_connections=config.concurrency, max_keepalive_connections=config.concurrency
     )
     async with httpx.AsyncClient(timeout=config.timeout_s, limits=limits) as client:
+        queue: asyncio.Queue[int] = asyncio.Queue()
 
         async def worker() -> None:
             while True:
@@ -93,6 +108,7 @@ async def _send_all(
                     return
                 batch = batches[i]
                 request_id = f"{id_prefix}{_plain(batch[0]['event_id'])}"
+                started_at = datetime.now(UTC)
                 started = time.perf_counter()
                 try:
                     response = await client.post(
@@ -116,13 +132,19 @@ async def _send_all(
                         "position": k,
                         "status_code": status,
                         "client_latency_ms": latency,
+                        "started_at": started_at,
                         "sent_at": done,
                         "prediction": float(predictions[k]) if predictions else None,
                     }
                     for k, row in enumerate(batch)
                 ]
 
-        await asyncio.gather(*(worker() for _ in range(config.concurrency)))
+        for group in groups:
+            if state_feed is not None:
+                state_feed.write((stamps.iat[i * config.batch_size], batches[i]) for i in group)
+            for i in group:
+                queue.put_nowait(i)
+            await asyncio.gather(*(worker() for _ in range(min(config.concurrency, len(group)))))
     return [row for batch in results for row in batch]
 
 
@@ -133,15 +155,22 @@ def replay(
     id_prefix: str = "r",
     *,
     use_case: UseCase | str | None = None,
+    state_feed=None,
 ) -> pd.DataFrame:
     """Send every impression to `url` (the public predict endpoint) in batches; returns one
-    row per impression: request_id, event_id, status_code, client_latency_ms, prediction.
+    row per impression: request_id, event_id, position, status_code, client_latency_ms,
+    started_at, sent_at (when it was sent and answered), prediction.
+
+    With a `kubeloop.features.state_feed.StateFeed` the requests go in waves, each wave's
+    entities fed their streamed state as of their own request before it is sent.
 
     A request's id is `id_prefix` + its first impression's event id: deterministic, so a
     seeded run reproduces, and unique within one replay. Stages that replay overlapping
     days into one request log pass their own prefix, so no id is reused across stages."""
     spec = resolve_use_case(use_case)
-    return pd.DataFrame(asyncio.run(_send_all(url, impressions, config, id_prefix, spec)))
+    return pd.DataFrame(
+        asyncio.run(_send_all(url, impressions, config, id_prefix, spec, state_feed))
+    )
 
 
 def join_feedback(
@@ -188,8 +217,15 @@ def replay_through_time(
     point-in-time join has. No request sees features computed from its own or later
     impressions. The store is left fully materialized afterwards. `on_day(day, sent)` is
     called after each replayed day; `on_hour(sent, end)` after each hour's traffic (`end`:
-    the hour's end), and a true return stops the replay there (an experiment decided)."""
+    the hour's end), and a true return stops the replay there (an experiment decided).
+
+    A use case whose request-time state is streamed (`streams_state`: freshness 0) has its
+    state tables fed per request instead (`StateFeed`: each request's entities get their
+    newest state strictly before the request's time, what the training set's as-of join
+    reads), so a one-row request is served exactly its training values; a batch's rows all
+    read the state and clock of the batch's time."""
     from kubeloop.features.materialize import OnlineFeed, materialize, reset_online_store
+    from kubeloop.features.state_feed import StateFeed, streams_state
     from kubeloop.features.store import open_store
 
     spec = resolve_use_case(use_case)
@@ -202,12 +238,25 @@ def replay_through_time(
     try:
         materialize(store, end=first, progress=False, use_case=spec)
         feed = OnlineFeed(store, first - timedelta(seconds=1), use_case=spec)
+        state_feed = None
+        if streams_state(spec):
+            state_feed = StateFeed(store, use_case=spec)
+            # The hourly feed would write a state row at or after a request's own instant.
+            for view in state_feed.tables:
+                feed.tables.pop(view, None)
         stop = False
         for day in sorted(ts.dt.floor("D").unique()):
             day_parts = []
             for hour in sorted(hours[ts.dt.floor("D") == day].unique()):
                 feed.advance(hour.to_pydatetime())
-                sent = replay(url, impressions[hours == hour], config, id_prefix, use_case=spec)
+                sent = replay(
+                    url,
+                    impressions[hours == hour],
+                    config,
+                    id_prefix,
+                    use_case=spec,
+                    state_feed=state_feed,
+                )
                 day_parts.append(sent)
                 if on_hour is not None and on_hour(sent, hour + pd.Timedelta(hours=1)):
                     stop = True
@@ -221,3 +270,43 @@ def replay_through_time(
     finally:
         materialize(store, progress=False, use_case=spec)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def offered_load(sent: pd.DataFrame, config: ReplayConfig) -> dict[str, Any]:
+    """The load a replay offered, from its `sent` rows: a closed-loop client of
+    `config.concurrency` workers, each sending its next request when the last one is
+    answered, `config.batch_size` rows a request. `requests_per_s` and `rows_per_s` are
+    over the time traffic was in flight (the union of every request's send-to-answer
+    interval, so the pauses between replayed hours, feeds and policy checks are left out);
+    `mean_in_flight` is the concurrency the server actually saw over that time."""
+    if sent.empty or "started_at" not in sent:
+        return {"requests": 0, "concurrency": config.concurrency, "rows_per_request": None}
+    per_request = sent.drop_duplicates("request_id")
+    start = pd.to_datetime(per_request["started_at"], utc=True).astype("int64").to_numpy()
+    end = pd.to_datetime(per_request["sent_at"], utc=True).astype("int64").to_numpy()
+    order = np.argsort(start, kind="stable")
+    busy_ns, reach = 0, None
+    for s, e in zip(start[order], end[order]):
+        if reach is None or s > reach:
+            busy_ns += e - s
+            reach = e
+        elif e > reach:
+            busy_ns += e - reach
+            reach = e
+    busy = busy_ns / 1e9
+    n = len(per_request)
+    return {
+        "client": "closed loop",
+        "concurrency": config.concurrency,
+        "rows_per_request": round(len(sent) / n, 3),
+        "batch_size": config.batch_size,
+        "requests": n,
+        "busy_seconds": round(busy, 3),
+        "requests_per_s": round(n / busy, 2) if busy > 0 else None,
+        "rows_per_s": round(len(sent) / busy, 2) if busy > 0 else None,
+        "mean_in_flight": (
+            round(float(per_request["client_latency_ms"].sum()) / 1000 / busy, 2)
+            if busy > 0
+            else None
+        ),
+    }
