@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from kubeloop.data.synthetic import (
     DAY_US,
@@ -70,8 +70,6 @@ ScenarioName = Literal["baseline", "covariate_shift", "concept_drift", "new_ads"
 class GeneratorConfig(SyntheticConfig):
     """What to generate. Every field has a default; the defaults make a ~600k-event lake."""
 
-    model_config = ConfigDict(extra="forbid")
-
     # 600k is the demo default: at 300k LightGBM only just reached 0.97 x oracle AUC.
     events: int = Field(600_000, gt=0, description="Total impressions over all days.")
     days: int = Field(14, gt=0, description="Number of daily partitions.")
@@ -93,8 +91,6 @@ class GeneratorConfig(SyntheticConfig):
 class GenerationSummary(BaseGenerationSummary):
     """What `generate_lake` did, with the lake's click rate and mean true click
     probability (the run report's `data` section shows both)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     click_rate: float
     mean_true_ctr: float

@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import ConfigDict, Field
+from pydantic import Field
 from scipy.special import ndtri
 
 from kubeloop.data.synthetic import (
@@ -83,8 +83,6 @@ ONLINE_ONLY = ("digital_goods",)
 class GeneratorConfig(SyntheticConfig):
     """What to generate. Every field has a default; the defaults make a ~200k-row lake."""
 
-    model_config = ConfigDict(extra="forbid")
-
     events: int = Field(
         200_000,
         gt=0,
@@ -102,8 +100,6 @@ class GeneratorConfig(SyntheticConfig):
 
 class GenerationSummary(BaseGenerationSummary):
     """What `generate_lake` did, with the lake's fraud rate and mean fraud probability."""
-
-    model_config = ConfigDict(extra="forbid")
 
     fraud_rate: float
     mean_fraud_probability: float
