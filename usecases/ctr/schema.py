@@ -51,9 +51,11 @@ CONTEXT_RANGES = {"hour": (0, 23), "weekday": (0, 6), "slot_position": (1, 100)}
 # A row at time T aggregates only events with event_timestamp < T (strictly before).
 
 
-def history_schema(key: str, prefix: str, attributes: list[tuple[str, pa.DataType]]) -> pa.Schema:
-    """The hourly table of one entity (user or ad): its static attributes, then 1-day and
-    7-day impressions, clicks and smoothed CTR."""
+def history_schema(key: str, prefix: str, attributes: list[str]) -> pa.Schema:
+    """The hourly table of one entity (user or ad): its static `attributes` (typed as in
+    EVENT_SCHEMA, which carries them denormalised), then 1-day and 7-day impressions,
+    clicks and smoothed CTR."""
+    static = [(name, EVENT_SCHEMA.field(name).type) for name in attributes]
     windows = [
         (f"{prefix}_{name}_{w}", kind)
         for w in ("1d", "7d")
@@ -63,26 +65,14 @@ def history_schema(key: str, prefix: str, attributes: list[tuple[str, pa.DataTyp
             ("ctr", pa.float64()),
         )
     ]
-    return table_schema(key, [*attributes, *windows])
+    return table_schema(key, [*static, *windows])
 
 
 USER_FEATURE_SCHEMA = history_schema(
-    "user_id",
-    "user",
-    [
-        ("user_segment", pa.string()),
-        ("user_country", pa.string()),
-        ("user_device_pref", pa.string()),
-    ],
+    "user_id", "user", ["user_segment", "user_country", "user_device_pref"]
 )
 AD_FEATURE_SCHEMA = history_schema(
-    "ad_id",
-    "ad",
-    [
-        ("advertiser_id", pa.int64()),
-        ("ad_category", pa.string()),
-        ("ad_creative_age_days", pa.float64()),
-    ],
+    "ad_id", "ad", ["advertiser_id", "ad_category", "ad_creative_age_days"]
 )
 
 # The latest state of a user and of an ad after each instant it had an impression at: the
