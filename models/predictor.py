@@ -48,6 +48,7 @@ from kubeloop.serving.protocol import (
 )
 from kubeloop.training.artifacts import ModelArtifactError, TrainedModel, read_model_info
 from kubeloop.training.model_kind import model_kind
+from models.request_plan import RequestPlan
 
 METADATA_FILE = "metadata.json"
 
@@ -80,6 +81,9 @@ class CTRPredictor(ServedModel):
         self.max_batch_size = max_batch_size
         self.model: TrainedModel | None = model
         self.metadata: dict[str, Any] = {}
+        # The request plan of the loaded model's transform (built on first use).
+        self._plan: RequestPlan | None = None
+        self._plan_of: Any = None
         if model is not None:
             self.ready = True
 
@@ -89,6 +93,7 @@ class CTRPredictor(ServedModel):
         # Compiled trees are machine code behind ctypes: a model loaded from model_dir
         # travels as its directory and is loaded again in the worker.
         state = dict(self.__dict__)
+        state.update(_plan=None, _plan_of=None)  # built again on first use
         if state.get("_from_dir"):
             state.update(model=None, ready=False, metadata={})
         return state
@@ -207,9 +212,16 @@ class CTRPredictor(ServedModel):
             raise ModelNotReady(self.name, "the model is not loaded")
         if not n:
             return []
-        # Numpy end to end: the transform's fast path (equal to its training path, see
-        # tests/test_transform.py), no DataFrame per request.
-        batch = self.model.transform.transform_columns(columns, n)
+        # Numpy end to end, no DataFrame per request: the transform's fast path (equal to
+        # its training path, see tests/test_transform.py), through the request plan that
+        # memoizes its category codes (equal to it, tests/test_request_plan.py).
+        transform = self.model.transform
+        if self._plan_of is not transform:
+            self._plan, self._plan_of = RequestPlan.of(transform, self.input_fields), transform
+        if self._plan is not None:
+            batch = self._plan.transform(columns, n)
+        else:
+            batch = transform.transform_columns(columns, n)
         return self.model.predict_batch(batch).tolist()
 
     def predict(

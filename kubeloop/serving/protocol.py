@@ -382,6 +382,7 @@ def parse_v1(
 # fast path never accepts what the slow one refuses, and the messages are the slow path's.
 
 _NONE = type(None)
+_MISSING = object()  # a field absent from a row: its type is never an allowed one
 _INT_TYPES = frozenset({int})
 _NUMBER_TYPES = frozenset({int, float})
 _STRING_TYPES = frozenset({str})
@@ -440,6 +441,43 @@ def _v1_columns(instances: list[Any], fields: FieldSet) -> dict[str, list[Any]] 
     return columns
 
 
+@functools.cache
+def _row_rules(fields: FieldSet) -> tuple[tuple[str, frozenset, int, int], ...]:
+    """Per field: its name, the exact types its values may have, its integer range."""
+    return tuple((spec.name, *_column_rules(spec)) for spec in fields.fields)
+
+
+def _row_ok(row: Any, rules: tuple[tuple[str, frozenset, int, int], ...]) -> bool:
+    """Whether `row` is an object with exactly the fields, each value valid: the check of
+    `_check_row` for a row that passes it, in one loop of cheap tests (a refusal sends the
+    row through `_check_row`, which names what is wrong)."""
+    if type(row) is not dict or len(row) != len(rules):
+        return False
+    for name, allowed, lo, hi in rules:
+        value = row.get(name, _MISSING)
+        kind = type(value)
+        if kind not in allowed:
+            return False
+        if kind is int:
+            if value < lo or value > hi:
+                return False
+        elif kind is float:
+            if not math.isfinite(value):
+                return False
+        elif kind is str and len(value) > MAX_STRING_LENGTH:
+            return False
+    return True
+
+
+def _small_columns(instances: list[Any], fields: FieldSet) -> dict[str, list[Any]] | None:
+    """The few instances of a small batch as columns when every row passes `_row_ok`;
+    None otherwise (the caller checks value by value)."""
+    rules = _row_rules(fields)
+    if not all(_row_ok(row, rules) for row in instances):
+        return None
+    return {name: [row[name] for row in instances] for name in fields.names}
+
+
 def _columns_of_rows(rows: list[dict[str, Any]], fields: FieldSet) -> dict[str, list[Any]]:
     return {name: [row[name] for row in rows] for name in fields.names}
 
@@ -449,7 +487,10 @@ def parse_v1_columns(
 ) -> ParsedColumns:
     """`parse_v1` by column: the same validation and messages, checked column-wise first."""
     instances, request_id = _v1_instances(body, max_batch_size)
-    columns = _v1_columns(instances, fields) if len(instances) >= COLUMNWISE_MIN_ROWS else None
+    if len(instances) >= COLUMNWISE_MIN_ROWS:
+        columns = _v1_columns(instances, fields)
+    else:
+        columns = _small_columns(instances, fields)
     if columns is None:
         columns = _columns_of_rows(_v1_rows(instances, fields), fields)
     return ParsedColumns("v1", columns, len(instances), request_id)
