@@ -8,16 +8,14 @@ saved `model.txt` is exactly the model that was evaluated.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
-from kubeloop.training.fitting import fitted_info, transformed_frames
+from kubeloop.training.fitting import Fit, trainer
 from kubeloop.training.model_kind import ModelKind
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
 
@@ -123,16 +121,8 @@ class LightGBMModel(TrainedModel):
         return model
 
 
-def _labels(frame: pd.DataFrame, transform: FeatureTransform) -> np.ndarray:
-    return frame[transform.label].to_numpy(dtype=np.float64)
-
-
-def train_lightgbm(
-    train: pd.DataFrame,
-    valid: pd.DataFrame,
-    config: LightGBMTrainConfig | None = None,
-    transform: FeatureTransform | None = None,
-) -> LightGBMModel:
+@trainer(LightGBMTrainConfig)
+def train_lightgbm(fit: Fit[LightGBMTrainConfig]) -> LightGBMModel:
     """Train the LightGBM baseline with early stopping on `valid` log loss.
 
     `transform` defaults to one fitted on `train`. Deterministic for a given config,
@@ -142,21 +132,19 @@ def train_lightgbm(
 
     from kubeloop.evaluation.metrics import log_loss
 
-    cfg = config or LightGBMTrainConfig()
-    started = time.perf_counter()
-    transform, tr, va = transformed_frames("train_lightgbm", train, valid, transform)
+    cfg, tr, va = fit.config, fit.tr, fit.va
     categorical = list(range(len(tr.numeric_names), len(tr.names)))
     params = cfg.booster_params()
     dtrain = lgb.Dataset(
         tr.matrix(),
-        label=_labels(train, transform),
+        label=fit.labels(fit.train, np.float64),
         feature_name=tr.names,
         categorical_feature=categorical,
         free_raw_data=True,
     )
     dvalid = lgb.Dataset(
         va.matrix(),
-        label=_labels(valid, transform),
+        label=fit.labels(fit.valid, np.float64),
         reference=dtrain,
         categorical_feature=categorical,
     )
@@ -170,19 +158,17 @@ def train_lightgbm(
     )
     # best_iteration is 0 when early stopping never triggered a best (e.g. max_rounds hit).
     best = int(booster.best_iteration) or int(booster.current_iteration())
-    seconds = time.perf_counter() - started
-    info = fitted_info(
+    info = fit.info(
         LightGBMModel.kind,
-        cfg,
-        tr,
-        va,
-        seconds,
+        fit.seconds(),
         best_iteration=best,
         importance_method="lightgbm split gain (share of total)",
         versions=library_versions("lightgbm", "numpy"),
     )
-    model = LightGBMModel(transform, info, booster)
-    info.valid_log_loss = float(log_loss(_labels(valid, transform), model.predict_batch(va)))
+    model = LightGBMModel(fit.transform, info, booster)
+    info.valid_log_loss = float(
+        log_loss(fit.labels(fit.valid, np.float64), model.predict_batch(va))
+    )
     return model
 
 

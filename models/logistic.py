@@ -17,16 +17,14 @@ a few numpy lookups and imports no scikit-learn, and no pickle is ever loaded.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
-from kubeloop.training.fitting import fitted_info, importance_shares, transformed_frames
+from kubeloop.training.fitting import Fit, importance_shares, trainer
 from kubeloop.training.model_kind import ModelKind
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
 
@@ -175,12 +173,8 @@ def _importance(model: LogisticModel, batch: TransformedBatch) -> dict[str, floa
     return importance_shares(spread)
 
 
-def train_logistic(
-    train: pd.DataFrame,
-    valid: pd.DataFrame,
-    config: LogisticTrainConfig | None = None,
-    transform: FeatureTransform | None = None,
-) -> LogisticModel:
+@trainer(LogisticTrainConfig)
+def train_logistic(fit: Fit[LogisticTrainConfig]) -> LogisticModel:
     """Fit the logistic regression, choosing `C` on `valid` log loss.
 
     `transform` defaults to one fitted on `train`. Deterministic for a given config and
@@ -190,11 +184,9 @@ def train_logistic(
 
     from kubeloop.evaluation.metrics import log_loss
 
-    cfg = config or LogisticTrainConfig()
-    started = time.perf_counter()
-    transform, tr, va = transformed_frames("train_logistic", train, valid, transform)
-    y_train = train[transform.label].to_numpy(dtype=np.int64)
-    y_valid = valid[transform.label].to_numpy(dtype=np.float64)
+    cfg, transform, tr, va = fit.config, fit.transform, fit.tr, fit.va
+    y_train = fit.labels(fit.train, np.int64)
+    y_valid = fit.labels(fit.valid, np.float64)
     if len(np.unique(y_train)) < 2:
         raise ValueError("train_logistic needs both classes in the training frame")
 
@@ -208,10 +200,10 @@ def train_logistic(
     n_numeric = len(tr.numeric_names)
     fits: list[tuple[float, float, Any]] = []
     for c in cfg.c_values:
-        fit = LogisticRegression(C=c, solver="lbfgs", max_iter=cfg.max_iter, tol=cfg.tol)
-        fit.fit(x_train, y_train)
-        loss = log_loss(y_valid, fit.predict_proba(x_valid)[:, 1])
-        fits.append((loss, c, fit))
+        regression = LogisticRegression(C=c, solver="lbfgs", max_iter=cfg.max_iter, tol=cfg.tol)
+        regression.fit(x_train, y_train)
+        loss = log_loss(y_valid, regression.predict_proba(x_valid)[:, 1])
+        fits.append((loss, c, regression))
     best_loss, best_c, best = min(fits, key=lambda f: (f[0], f[1]))
     coef = best.coef_.ravel()
     weights = {
@@ -226,13 +218,9 @@ def train_logistic(
         "cardinalities": cardinalities,
         "crosses": layout.crosses,
     }
-    seconds = time.perf_counter() - started
-    info = fitted_info(
+    info = fit.info(
         LogisticModel.kind,
-        cfg,
-        tr,
-        va,
-        seconds,
+        fit.seconds(),
         best_iteration=int(np.max(best.n_iter_)),
         valid_log_loss=float(best_loss),
         architecture={

@@ -10,17 +10,15 @@ weights of the best epoch kept.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
-from kubeloop.training.fitting import fitted_info, importance_shares, transformed_frames
+from kubeloop.training.fitting import Fit, importance_shares, trainer
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
 from models.torch_config import KIND, TorchTrainConfig
 
@@ -144,12 +142,8 @@ def _permutation_importance(
     return importance_shares({k: max(v, 0.0) for k, v in rises.items()})
 
 
-def train_torch(
-    train: pd.DataFrame,
-    valid: pd.DataFrame,
-    config: TorchTrainConfig | None = None,
-    transform: FeatureTransform | None = None,
-) -> TorchModel:
+@trainer(TorchTrainConfig)
+def train_torch(fit: Fit[TorchTrainConfig]) -> TorchModel:
     """Train the Deep & Cross Network with early stopping on `valid` log loss.
 
     `transform` defaults to one fitted on `train`. Seeds torch and numpy from
@@ -159,16 +153,14 @@ def train_torch(
     """
     from kubeloop.evaluation.metrics import log_loss
 
-    cfg = config or TorchTrainConfig()
+    cfg, transform, tr, va = fit.config, fit.transform, fit.tr, fit.va
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(cfg.num_threads)
     try:
-        started = time.perf_counter()
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
-        transform, tr, va = transformed_frames("train_torch", train, valid, transform)
-        y_train = train[transform.label].to_numpy(dtype=np.float32)
-        y_valid = valid[transform.label].to_numpy(dtype=np.float64)
+        y_train = fit.labels(fit.train, np.float32)
+        y_valid = fit.labels(fit.valid, np.float64)
 
         architecture = {
             "n_numeric": len(tr.numeric_names),
@@ -219,7 +211,7 @@ def train_torch(
         assert best_state is not None  # the first epoch always improves on +inf
         net.load_state_dict(best_state)
         net.eval()
-        seconds = time.perf_counter() - started
+        seconds = fit.seconds()
 
         sample = rng.choice(len(va), size=min(cfg.importance_rows, len(va)), replace=False)
         sample.sort()
@@ -227,11 +219,8 @@ def train_torch(
     finally:
         torch.set_num_threads(previous_threads)
 
-    info = fitted_info(
+    info = fit.info(
         TorchModel.kind,
-        cfg,
-        tr,
-        va,
         seconds,
         best_iteration=best_epoch,
         epochs=epochs_run,

@@ -1,4 +1,5 @@
-"""What every model kind's trainer shares: its inputs checked and transformed, the
+"""What every model kind's trainer shares: its signature and inputs (the `trainer`
+decorator: default config, frames checked and transformed, the call timed), the
 `ModelInfo` fields every fit records, and importances as shares of their total.
 
 A trainer (`ModelKind.trainer`) keeps only what is its own: the fit, its weights and the
@@ -7,15 +8,21 @@ fields only it records (architecture, importance method, library versions).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from kubeloop.training.artifacts import ModelInfo
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     from pydantic import BaseModel
+
+C = TypeVar("C", bound="BaseModel")
+M = TypeVar("M")
 
 
 def transformed_frames(
@@ -59,3 +66,58 @@ def importance_shares(values: Mapping[str, float]) -> dict[str, float]:
     """Each value as a share of their total; all 0 when the total is not positive."""
     total = sum(values.values())
     return {k: (v / total if total > 0 else 0.0) for k, v in values.items()}
+
+
+@dataclass(frozen=True)
+class Fit(Generic[C]):
+    """One call of a trainer: its `config` (the kind's defaults when none was given), the
+    `train` and `valid` frames, the fitted `transform`, both frames transformed (`tr`,
+    `va`) and when the call started (`time.perf_counter`)."""
+
+    config: C
+    train: pd.DataFrame
+    valid: pd.DataFrame
+    transform: FeatureTransform
+    tr: TransformedBatch
+    va: TransformedBatch
+    started: float
+
+    def labels(self, frame: pd.DataFrame, dtype: Any) -> np.ndarray:
+        """The label column of `frame` (`train` or `valid`) as an array of `dtype`."""
+        return frame[self.transform.label].to_numpy(dtype=dtype)
+
+    def seconds(self) -> float:
+        """Seconds since the call started."""
+        return time.perf_counter() - self.started
+
+    def info(self, kind: str, seconds: float, **fields: Any) -> ModelInfo:
+        """`fitted_info` of this fit of `kind`, which took `seconds`."""
+        return fitted_info(kind, self.config, self.tr, self.va, seconds, **fields)
+
+
+Trainer = Callable[..., M]
+
+
+def trainer(config_class: type[C]) -> Callable[[Callable[[Fit[C]], M]], Trainer[M]]:
+    """Make `fit(Fit) -> model` a model kind's trainer, `name(train, valid, config=None,
+    transform=None) -> model` (the signature `ModelKind.train` calls): `config` None is
+    `config_class()`, and `transform` None is one fitted on `train` (`transformed_frames`,
+    which also refuses empty frames, naming the trainer)."""
+
+    def decorate(fit: Callable[[Fit[C]], M]) -> Trainer[M]:
+        def call(
+            train: pd.DataFrame,
+            valid: pd.DataFrame,
+            config: C | None = None,
+            transform: FeatureTransform | None = None,
+        ) -> M:
+            started = time.perf_counter()
+            transform, tr, va = transformed_frames(fit.__name__, train, valid, transform)
+            return fit(Fit(config or config_class(), train, valid, transform, tr, va, started))
+
+        # The trainer stands in for `fit` under its name (ModelKind.trainer imports it).
+        for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(call, attribute, getattr(fit, attribute))
+        return call
+
+    return decorate
