@@ -76,6 +76,7 @@ duplicate its alert.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import operator
@@ -580,20 +581,48 @@ class DriftMonitor:
         """Append one request's rows to `out` as (event time, buffered payload): the model
         inputs as a list in `self.columns` order, the score, and the schema violations
         when there are any (most rows have none)."""
-        columns, numeric = self.columns, self._numeric_columns
+        scores = [float(p) for p in predictions]
         single = len(instances) == 1
-        for i, (inst, p) in enumerate(zip(instances, predictions, strict=True)):
+        rows = self._plain_rows(instances)
+        if rows is not None:
+            # The common request: every row is plain (see `_plain_rows`), looked at as a
+            # whole: no per-row checks, no violations to record.
+            ids = [request_id] if single else [f"{request_id}/{i}" for i in range(len(rows))]
+            out.extend(
+                (t, {"id": i, "x": x, "p": p}) for i, x, p in zip(ids, rows, scores, strict=True)
+            )
+            return
+        columns, numeric = self.columns, self._numeric_columns
+        for i, (inst, p) in enumerate(zip(instances, scores, strict=True)):
             values, bad = _row_values(
                 inst, columns, numeric, self._row_getter, self._numeric_getter
             )
             row: dict[str, Any] = {
                 "id": request_id if single else f"{request_id}/{i}",
                 "x": values,
-                "p": float(p),
+                "p": p,
             }
             if bad:
                 row["s"] = bad
             out.append((t, row))
+
+    def _plain_rows(self, instances: Sequence[Mapping[str, Any]]) -> list[list[Any]] | None:
+        """The instances' model inputs in `self.columns` order when every row is plain
+        (every input present, each a number or None, strings only in categorical inputs:
+        `_row_values`'s short path, checked for all rows at once); else None."""
+        if len(self.columns) < 2:
+            return None
+        try:
+            rows = list(map(list, map(self._row_getter, instances)))
+        except KeyError:
+            return None
+        kinds = set(map(type, itertools.chain.from_iterable(rows)))
+        if kinds <= _PLAIN_TYPES:
+            return rows
+        if kinds - _PLAIN_TYPES != {str} or self._numeric_getter is None:
+            return None
+        numeric = itertools.chain.from_iterable(map(self._numeric_getter, rows))
+        return None if str in set(map(type, numeric)) else rows
 
     def _add_rows(
         self, key: Key, rows: list[tuple[float, dict]], evaluations: list[WindowEvaluation]
