@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,6 +13,11 @@ app = typer.Typer(
     help="Build features, apply the Feast repo, materialize, build the training set.",
     no_args_is_help=True,
 )
+
+FeastRepoOption = Annotated[
+    Path, typer.Option("--repo", help="Feast repository directory written by `apply`.")
+]
+"""`--repo DIR` of the verbs that read the Feast repository `apply` wrote (required)."""
 
 
 @app.command("build")
@@ -140,7 +146,7 @@ def apply(
 
 @app.command("materialize")
 def materialize(
-    repo: Path = typer.Option(..., "--repo", help="Feast repository directory written by `apply`."),
+    repo: FeastRepoOption,
     end: str | None = typer.Option(
         None,
         "--end",
@@ -180,7 +186,7 @@ def materialize(
 
 @app.command("training-set")
 def training_set(
-    repo: Path = typer.Option(..., "--repo", help="Feast repository directory written by `apply`."),
+    repo: FeastRepoOption,
     lake: LakeOption = None,
     out: Path = typer.Option(..., "--out", help="Parquet file to write."),
     day: list[str] | None = typer.Option(
@@ -222,7 +228,7 @@ def training_set(
 
 @app.command("online")
 def online(
-    repo: Path = typer.Option(..., "--repo", help="Feast repository directory written by `apply`."),
+    repo: FeastRepoOption,
     key: list[str] = typer.Option(
         ...,
         "--key",
