@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -12,16 +13,21 @@ from kubeloop.errors import KubeloopError
 
 
 def report(
-    readme: Path = typer.Option(Path("README.md"), help="The README whose sections to render."),
-    from_run: Path | None = typer.Option(
-        None,
-        "--from-run",
-        help="A demo's report.json to copy to bench/results/demo_report.json first (it must be "
-        "complete); without it, the committed bench/results/demo_report.json is rendered.",
+    readme: Annotated[Path, typer.Option(help="The README whose sections to render.")] = Path(
+        "README.md"
     ),
-    check: bool = typer.Option(
-        False, help="Change nothing; exit 1 when the README differs from the result files."
-    ),
+    from_run: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-run",
+            help="A demo's report.json to copy to bench/results/demo_report.json first (it must "
+            "be complete); without it, the committed bench/results/demo_report.json is rendered.",
+        ),
+    ] = None,
+    check: Annotated[
+        bool,
+        typer.Option(help="Change nothing; exit 1 when the README differs from the result files."),
+    ] = False,
 ) -> None:
     """Render the README's sections between `<!-- BEGIN kubeloop:NAME -->` markers from
     bench/results/demo_report.json and the benches' bench/results/*_bench.json (paths relative
