@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
-from kubeloop.training.fitting import Fit, trainer
+from kubeloop.training.fitting import Fit, import_path, trainer
 from kubeloop.training.model_kind import ModelKind
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
 
@@ -178,8 +178,8 @@ KIND = ModelKind(
     name="lightgbm",
     rank=1,
     config_class=LightGBMTrainConfig,
-    trainer="models.lightgbm_trainer:train_lightgbm",
-    model_class="models.lightgbm_trainer:LightGBMModel",
+    trainer=import_path(train_lightgbm),
+    model_class=import_path(LightGBMModel),
     weights_file=WEIGHTS_FILE,
     kserve_model_file="model.bst",
     export_hook="models.lightgbm_compiled:compile_export",

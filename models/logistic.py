@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
-from kubeloop.training.fitting import Fit, importance_shares, trainer
+from kubeloop.training.fitting import Fit, import_path, importance_shares, trainer
 from kubeloop.training.model_kind import ModelKind
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
 
@@ -246,8 +246,8 @@ KIND = ModelKind(
     name="logistic",
     rank=0,
     config_class=LogisticTrainConfig,
-    trainer="models.logistic:train_logistic",
-    model_class="models.logistic:LogisticModel",
+    trainer=import_path(train_logistic),
+    model_class=import_path(LogisticModel),
     weights_file=WEIGHTS_FILE,
     description="logistic regression on the shared transform and its crosses (scikit-learn)",
 )

@@ -121,3 +121,10 @@ def trainer(config_class: type[C]) -> Callable[[Callable[[Fit[C]], M]], Trainer[
         return call
 
     return decorate
+
+
+def import_path(obj: Any) -> str:
+    """The "module:name" by which `ModelKind` names `obj` (its `trainer`, `model_class`), a
+    module-level function or class. For a kind registered in its trainer's own module the
+    string is derived, so it cannot go stale when the module or the object is renamed."""
+    return f"{obj.__module__}:{obj.__qualname__}"
