@@ -34,6 +34,7 @@ def _run(seconds: float, others: float, digest: str = "a", train: float | None =
         "seconds": seconds,
         "train_seconds": seconds - 1.0 if train is None else train,
         "others": others,
+        "cpu_s": seconds / 2,
         "model_sha256": digest,
         "best_iteration": 50,
     }
@@ -65,6 +66,8 @@ def test_quiet_like_for_like_runs_give_a_trusted_ratio(bench):
     assert v["component_vs_plain"] == pytest.approx(1.2)
     assert v["meets_target"]
     assert "like-for-like" in bench.trust_line(v)
+    # CPU seconds over all runs, quiet or not: (12 + 30) / 2 over (10 + 40) / 2.
+    assert v["component_vs_plain_cpu"] == pytest.approx(42 / 50)
 
 
 def test_a_quiet_run_is_not_compared_with_disturbed_ones_unflagged(bench):
