@@ -20,6 +20,18 @@ app = typer.Typer(
     help="List drift alerts (oldest first), or `show ID` one of them.",
 )
 
+# The options both commands take (one definition each).
+StoreOption = Annotated[
+    str | None,
+    typer.Option(
+        "--store", help="sqlite:///path.db or postgresql://... (default: WORKDIR/drift/alerts.db)."
+    ),
+]
+WorkdirOption = Annotated[
+    Path, typer.Option("--workdir", help="Run directory whose alert store is read.")
+]
+DEFAULT_WORKDIR = Path("runs/demo")
+
 
 def default_store(workdir: Path) -> str:
     """The alert store of a run directory: <workdir>/drift/alerts.db."""
@@ -44,16 +56,8 @@ def alerts(
         int | None, typer.Option("--limit", help="At most this many (the newest).")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    store: Annotated[
-        str | None,
-        typer.Option(
-            "--store",
-            help="sqlite:///path.db or postgresql://... (default: WORKDIR/drift/alerts.db).",
-        ),
-    ] = None,
-    workdir: Annotated[
-        Path, typer.Option("--workdir", help="Run directory whose alert store is read.")
-    ] = Path("runs/demo"),
+    store: StoreOption = None,
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
 ) -> None:
     """List drift alerts (oldest first), as a table or JSON."""
     if ctx.invoked_subcommand is not None:
@@ -131,10 +135,7 @@ def show(
     html_file: Annotated[
         Path | None, typer.Option("--html", help="Also write a self-contained HTML page here.")
     ] = None,
-    store: Annotated[
-        str | None,
-        typer.Option("--store", help="sqlite:///path.db or postgresql://... (default: WORKDIR's)."),
-    ] = None,
+    store: StoreOption = None,
     state_dir: Annotated[
         Path | None,
         typer.Option(
@@ -143,9 +144,7 @@ def show(
             "(default: WORKDIR/drift/state when present).",
         ),
     ] = None,
-    workdir: Annotated[
-        Path, typer.Option("--workdir", help="Run directory whose alert store is read.")
-    ] = Path("runs/demo"),
+    workdir: WorkdirOption = DEFAULT_WORKDIR,
 ) -> None:
     """Print one alert as a person reads it; with --html, write its page."""
     from kubeloop.drift.alert_report import alert_html, alert_text
