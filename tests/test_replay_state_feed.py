@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pandas as pd
 import pytest
 
-from kubeloop.features.state_feed import StateFeed, streams_state, waves
+from kubeloop.features.state_feed import StateFeed, dependencies, streams_state
 from kubeloop.features.training_set import build_training_set
 from kubeloop.serving.replay import ReplayConfig, offered_load, replay_through_time
 from kubeloop.usecase import load_use_case
@@ -160,27 +160,28 @@ def test_the_hourly_feed_alone_serves_stale_state(fraud_store, monkeypatch):
     assert len({m[0] for m in mismatches}) > len(sample) // 4
 
 
-def test_waves_never_hold_one_entity_twice():
-    keys = [{1}, {2}, {1}, {3}, {4}, {5}, {2, 6}, {7}]
-    groups = waves(keys, limit=3)
-    assert [list(g) for g in groups] == [[0, 1], [2, 3, 4], [5, 6, 7]]
-    for group in groups:
-        seen = [k for i in group for k in keys[i]]
-        assert len(seen) == len(set(seen))
-    assert waves([], limit=4) == []
+def test_a_request_waits_for_the_latest_earlier_one_on_each_of_its_entities():
+    keys = [{1}, {2}, {1}, {3, 2}, {1, 3}, {4}]
+    assert dependencies(keys) == [set(), set(), {0}, {1}, {2, 3}, set()]
+    assert dependencies([]) == []
 
 
 @pytest.mark.slow
 def test_state_feed_writes_the_newest_state_strictly_before_the_request(fraud_store):
     spec, store, _, _ = fraud_store
     feed = StateFeed(store, use_case=spec)
-    ((_, table),) = feed.tables.items()
-    key = int(table.frame[table.key].iloc[0])
-    start, end = table.ranges[key]
-    assert end - start >= 2
+    ((view, table),) = feed.tables.items()
+    key, (start, _) = next((k, r) for k, r in table.ranges.items() if r[1] - r[0] >= 3)
     second = table.frame["feature_timestamp"].iloc[start + 1]
     # at the card's second instant: its first row; a microsecond later: the second
     assert table.newest_before(key, second.value) == start
     assert table.newest_before(key, second.value + 1000) == start + 1
     assert table.newest_before(key, table.frame["feature_timestamp"].iloc[start].value) is None
     assert table.newest_before(-1, second.value) is None
+    # A row the store holds (materialized before `held_as_of`) is not written again.
+    held = StateFeed(store, use_case=spec, held_as_of=second + pd.Timedelta(microseconds=1))
+    request = [{table.key: key}]
+    assert held.write([(second + pd.Timedelta(microseconds=1), request)]) == 0
+    third = table.frame["feature_timestamp"].iloc[start + 2]
+    assert held.write([(third + pd.Timedelta(microseconds=1), request)]) == 1
+    assert held.held[(view, key)] == start + 2 and held.rows_written == 1

@@ -5,10 +5,10 @@ set's as-of join reads (`kubeloop.features.request_time.offline_request_features
 
 The hourly `OnlineFeed` is exact for batch-materialized state only: a use case whose state
 is streamed would be served the state as of the hour's start, up to an hour staler than the
-training set's. `StateFeed.write(requests)` instead writes, for a group of requests whose
-entities are distinct (`waves`), one row per entity and state table in one
-`write_to_online_store` call; the requests of a group may then be in flight together,
-since none can overwrite another's state."""
+training set's. `StateFeed.write(requests)` instead writes, for each request's entities, that
+row, skipping the entities whose row the store already holds; a request reading an entity
+of an earlier one still in flight must wait for its answer (`dependencies`), or it would
+overwrite that request's state."""
 
 from __future__ import annotations
 
@@ -70,7 +70,16 @@ class StateFeed:
     module docstring). The offline state tables are read once, at the paths the feature
     views name."""
 
-    def __init__(self, store: FeatureStore, *, use_case: UseCase | str | None = None):
+    def __init__(
+        self,
+        store: FeatureStore,
+        *,
+        use_case: UseCase | str | None = None,
+        held_as_of: Any = None,
+    ):
+        """`held_as_of`: the time the online store's state tables were materialized to
+        (every row strictly before it), so rows it already holds are not written again;
+        None: nothing is assumed held."""
         self.store = store
         self.use_case = resolve_use_case(use_case)
         self.tables: dict[str, _Table] = {}
@@ -80,7 +89,10 @@ class StateFeed:
                 view.batch_source.path, columns=[state.join_key, FEATURE_TIMESTAMP, *state.features]
             )
             self.tables[state.feature_view] = _Table(frame, state.join_key)
-        self.writes = 0
+        self._as_of_ns = None if held_as_of is None else pd.Timestamp(held_as_of).value
+        # (view, key) -> the row index the online store holds
+        self.held: dict[tuple[str, int], int | None] = {}
+        self.rows_written = 0
 
     def keys_of(self, rows: Sequence[dict[str, Any]]) -> set[tuple[str, int]]:
         """The (state view, entity key) pairs a request of `rows` reads."""
@@ -91,38 +103,44 @@ class StateFeed:
             if row.get(table.key) is not None
         }
 
-    def write(self, requests: Iterable[tuple[pd.Timestamp, Sequence[dict[str, Any]]]]) -> int:
+    def _held(self, view: str, key: int) -> int | None:
+        if (view, key) not in self.held:
+            at = self._as_of_ns
+            self.held[(view, key)] = (
+                None if at is None else self.tables[view].newest_before(key, at)
+            )
+        return self.held[(view, key)]
+
+    def write(self, requests: Iterable[tuple[Any, Sequence[dict[str, Any]]]]) -> int:
         """For each (request time, rows): each row's entity gets its newest state row
-        strictly before the request time (none written when it has none yet: the store
-        holds no later one). Returns the rows written."""
+        strictly before the request time, unless the store holds it already (none is
+        written for an entity without one: the store holds no later one either). Returns
+        the rows written."""
         picks: dict[str, dict[int, int]] = {view: {} for view in self.tables}
         for at, rows in requests:
-            at_ns = pd.Timestamp(at).tz_convert("UTC").value
+            at_ns = pd.Timestamp(at).value
             for view, key in self.keys_of(rows):
                 i = self.tables[view].newest_before(key, at_ns)
-                if i is not None:
+                if i is not None and i != self._held(view, key):
                     picks[view][key] = i
         written = 0
         for view, chosen in picks.items():
             if chosen:
                 rows = self.tables[view].frame.iloc[sorted(chosen.values())]
                 self.store.write_to_online_store(view, rows)
+                self.held.update({(view, key): i for key, i in chosen.items()})
                 written += len(rows)
-        self.writes += 1
+        self.rows_written += written
         return written
 
 
-def waves(keys: Sequence[set], limit: int) -> list[range]:
-    """Consecutive groups of request indices, each at most `limit` long, in which no key
-    appears in two requests: a request whose entity an earlier request of the group also
-    reads starts the next group (its state must be written after that request was
-    answered)."""
-    out, start, seen = [], 0, set()
+def dependencies(keys: Sequence[set]) -> list[set[int]]:
+    """For each request (the keys it reads, in time order), the latest earlier request
+    reading each of its keys: what must be answered before its state may be written."""
+    latest: dict[Any, int] = {}
+    out = []
     for i, request_keys in enumerate(keys):
-        if i > start and (i - start >= limit or request_keys & seen):
-            out.append(range(start, i))
-            start, seen = i, set()
-        seen |= request_keys
-    if len(keys) > start:
-        out.append(range(start, len(keys)))
+        out.append({latest[k] for k in request_keys if k in latest})
+        for k in request_keys:
+            latest[k] = i
     return out

@@ -83,69 +83,118 @@ async def _send_all(
     times = stamps.map(lambda t: t.isoformat())
     batches = [rows[i : i + config.batch_size] for i in range(0, len(rows), config.batch_size)]
     results: list[list[dict[str, Any]]] = [[] for _ in batches]
-    if state_feed is None:
-        groups = [range(len(batches))]
-    else:
-        # Streamed state: each wave's entities get their state as of their request, then
-        # the wave is sent; a request reading an entity of an earlier one in flight waits
-        # for the next wave, so no request is answered with a later request's state.
-        from kubeloop.features.state_feed import waves
-
-        groups = waves(
-            [state_feed.keys_of(batch) for batch in batches], limit=8 * config.concurrency
-        )
     limits = httpx.Limits(
         max_connections=config.concurrency, max_keepalive_connections=config.concurrency
     )
     async with httpx.AsyncClient(timeout=config.timeout_s, limits=limits) as client:
-        queue: asyncio.Queue[int] = asyncio.Queue()
 
-        async def worker() -> None:
-            while True:
-                try:
-                    i = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                batch = batches[i]
-                request_id = f"{id_prefix}{_plain(batch[0]['event_id'])}"
-                started_at = datetime.now(UTC)
-                started = time.perf_counter()
-                try:
-                    response = await client.post(
-                        url,
-                        json=request_body(batch, use_case=use_case),
-                        headers={
-                            "x-request-id": request_id,
-                            REQUEST_TIME_HEADER: times.iat[i * config.batch_size],
-                        },
-                    )
-                    status = response.status_code
-                    predictions = response.json().get("predictions") if status == 200 else None
-                except Exception:  # noqa: BLE001 - a failed request is data for the error rate
-                    status, predictions = 599, None
-                latency = (time.perf_counter() - started) * 1000
-                done = datetime.now(UTC)
-                results[i] = [
-                    {
-                        "request_id": request_id,
-                        "event_id": str(_plain(row["event_id"])),
-                        "position": k,
-                        "status_code": status,
-                        "client_latency_ms": latency,
-                        "started_at": started_at,
-                        "sent_at": done,
-                        "prediction": float(predictions[k]) if predictions else None,
-                    }
-                    for k, row in enumerate(batch)
-                ]
+        async def send(i: int) -> None:
+            batch = batches[i]
+            request_id = f"{id_prefix}{_plain(batch[0]['event_id'])}"
+            started_at = datetime.now(UTC)
+            started = time.perf_counter()
+            try:
+                response = await client.post(
+                    url,
+                    json=request_body(batch, use_case=use_case),
+                    headers={
+                        "x-request-id": request_id,
+                        REQUEST_TIME_HEADER: times.iat[i * config.batch_size],
+                    },
+                )
+                status = response.status_code
+                predictions = response.json().get("predictions") if status == 200 else None
+            except Exception:  # noqa: BLE001 - a failed request is data for the error rate
+                status, predictions = 599, None
+            latency = (time.perf_counter() - started) * 1000
+            done = datetime.now(UTC)
+            results[i] = [
+                {
+                    "request_id": request_id,
+                    "event_id": str(_plain(row["event_id"])),
+                    "position": k,
+                    "status_code": status,
+                    "client_latency_ms": latency,
+                    "started_at": started_at,
+                    "sent_at": done,
+                    "prediction": float(predictions[k]) if predictions else None,
+                }
+                for k, row in enumerate(batch)
+            ]
 
-        for group in groups:
-            if state_feed is not None:
-                state_feed.write((stamps.iat[i * config.batch_size], batches[i]) for i in group)
-            for i in group:
+        if state_feed is None:
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            for i in range(len(batches)):
                 queue.put_nowait(i)
-            await asyncio.gather(*(worker() for _ in range(min(config.concurrency, len(group)))))
+
+            async def worker() -> None:
+                while not queue.empty():
+                    await send(queue.get_nowait())
+
+            await asyncio.gather(*(worker() for _ in range(config.concurrency)))
+        else:
+            requests = [(stamps.iat[i * config.batch_size], b) for i, b in enumerate(batches)]
+            await _send_fed(send, requests, config.concurrency, state_feed)
     return [row for batch in results for row in batch]
+
+
+async def _send_fed(send, requests: list, concurrency: int, state_feed) -> None:
+    """Send request i = `send(i)` once its entities hold their state as of its time
+    (`requests[i]`: (time, rows)), with `concurrency` in flight: a request waits until every
+    earlier request reading one of its entities was answered, then its state is written (a
+    background thread coalesces the writes of the requests ready at once), then it is sent.
+    Requests on distinct entities overlap freely; none is answered with a later one's
+    state."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kubeloop.features.state_feed import dependencies
+
+    loop = asyncio.get_running_loop()
+    after = dependencies([state_feed.keys_of(rows) for _, rows in requests])
+    answered = [asyncio.Event() for _ in requests]
+    slots = asyncio.Semaphore(concurrency)
+    ahead = asyncio.Semaphore(4 * concurrency)  # requests started and not yet answered
+    to_write: asyncio.Queue[tuple[int, asyncio.Future]] = asyncio.Queue()
+
+    async def writer(pool) -> None:
+        while True:
+            items = [await to_write.get()]
+            while not to_write.empty():
+                items.append(to_write.get_nowait())
+            try:
+                await loop.run_in_executor(pool, state_feed.write, [requests[i] for i, _ in items])
+            except Exception as exc:  # noqa: BLE001 - each waiting request raises it
+                for _, written in items:
+                    written.set_exception(exc)
+            else:
+                for _, written in items:
+                    written.set_result(None)
+
+    async def one(i: int) -> None:
+        try:
+            for j in after[i]:
+                await answered[j].wait()
+            written = loop.create_future()
+            to_write.put_nowait((i, written))
+            await written
+            async with slots:
+                await send(i)
+        finally:
+            answered[i].set()
+            ahead.release()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="state-feed") as pool:
+        writing = asyncio.create_task(writer(pool))
+        tasks = []
+        try:
+            for i in range(len(requests)):
+                await ahead.acquire()
+                tasks.append(asyncio.create_task(one(i)))
+            await asyncio.gather(*tasks)
+        finally:
+            writing.cancel()
+            for task in tasks:
+                task.cancel()
 
 
 def replay(
@@ -161,8 +210,8 @@ def replay(
     row per impression: request_id, event_id, position, status_code, client_latency_ms,
     started_at, sent_at (when it was sent and answered), prediction.
 
-    With a `kubeloop.features.state_feed.StateFeed` the requests go in waves, each wave's
-    entities fed their streamed state as of their own request before it is sent.
+    With a `kubeloop.features.state_feed.StateFeed` each request's entities are fed their
+    streamed state as of the request's time before it is sent (`_send_fed`).
 
     A request's id is `id_prefix` + its first impression's event id: deterministic, so a
     seeded run reproduces, and unique within one replay. Stages that replay overlapping
@@ -240,7 +289,8 @@ def replay_through_time(
         feed = OnlineFeed(store, first - timedelta(seconds=1), use_case=spec)
         state_feed = None
         if streams_state(spec):
-            state_feed = StateFeed(store, use_case=spec)
+            # what the store holds now: the state rows before `first`
+            state_feed = StateFeed(store, use_case=spec, held_as_of=first)
             # The hourly feed would write a state row at or after a request's own instant.
             for view in state_feed.tables:
                 feed.tables.pop(view, None)
