@@ -93,10 +93,37 @@ class CompiledTrees:
 
     def __init__(self, model: Any):
         self._model = model
+        self._entry = _direct_entry(model)
+        self._n_features = model.num_feature()
 
     def predict(self, matrix: np.ndarray) -> np.ndarray:
-        # One thread: serving batches are small (see LightGBMModel.predict_batch).
-        return self._model.predict(matrix, n_jobs=1)
+        data = np.ascontiguousarray(matrix, dtype=np.float64)
+        if self._entry is None or data.ndim != 2 or data.shape[1] != self._n_features:
+            # One thread: serving batches are small (see LightGBMModel.predict_batch).
+            return self._model.predict(matrix, n_jobs=1)
+        n = data.shape[0]
+        out = np.empty(n, dtype=np.float64)
+        if n:
+            self._entry(data.ctypes.data, out.ctypes.data, 0, n)
+        return out
+
+
+def _direct_entry(model: Any) -> Any:
+    """The compiled function itself, taking raw addresses (lleaves' `predict` with one
+    thread calls the same function, after a few microseconds of argument conversion per
+    call that a 1-row request notices), or None where lleaves does not expose it the
+    way this reads it (fp64, one output per row): `predict` then serves."""
+    import ctypes
+
+    entry = getattr(model, "_c_entry_func", None)
+    if entry is None or not getattr(model, "use_fp64", False):
+        return None
+    if getattr(model, "_n_classes", None) != 1:
+        return None
+    address = ctypes.cast(entry, ctypes.c_void_p).value
+    # CFUNCTYPE releases the GIL during the call, as lleaves' own type does.
+    kind = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32)
+    return kind(address)
 
 
 def load_compiled(directory: str | Path) -> CompiledTrees | None:

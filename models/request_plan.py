@@ -73,9 +73,13 @@ class RequestPlan:
     def transform(self, columns: Mapping[str, list[Any]], n: int) -> TransformedBatch:
         """`transform_columns(columns, n)` of validated request columns (lists, one value
         per row)."""
-        raw = self._numeric.raw_of_lists(columns)
-        if raw is None:  # not lists of plain numbers: not what validation passes
+        # The numeric plan's `raw_of_lists` without its check of the value types, which
+        # validation has made: ints, floats and None (NaN), as one float64 matrix.
+        try:
+            raw = np.array([columns[c] for c in self._numeric.columns], dtype=np.float64).T
+        except (TypeError, ValueError):  # not plain numbers: not what validation passes
             return self._transform.transform_columns(columns, n)
+        raw[~np.isfinite(raw)] = np.nan
         keys = [
             columns[inputs[0]] if len(inputs) == 1 else list(zip(*(columns[c] for c in inputs)))
             for inputs in self._outputs

@@ -399,14 +399,17 @@ def _column_rules(spec: FieldSpec) -> tuple[frozenset, int, int]:
 
 def column_ok(values: list[Any], spec: FieldSpec) -> bool:
     """Whether every value of `values` is valid for `spec` (see the comment above)."""
-    allowed, lo, hi = _column_rules(spec)
+    return _values_ok(values, *_column_rules(spec), spec.kind == "string")
+
+
+def _values_ok(values: list[Any], allowed: frozenset, lo: int, hi: int, string: bool) -> bool:
     types = set(map(type, values))
     if not types <= allowed:
         return False
     present = values if _NONE not in types else [v for v in values if v is not None]
     if not present:
         return True
-    if spec.kind == "string":
+    if string:
         return max(map(len, present)) <= MAX_STRING_LENGTH
     if int in types:
         ints = present if float not in types else [v for v in present if type(v) is int]
@@ -414,6 +417,25 @@ def column_ok(values: list[Any], spec: FieldSpec) -> bool:
             return False
     # ints are within int64 here, so isfinite cannot overflow on them.
     return float not in types or all(map(math.isfinite, present))
+
+
+Rules = tuple[tuple[str, frozenset, int, int, bool], ...]
+# FieldSet -> (the FieldSet, its rules), by identity: hashing a FieldSet hashes every
+# spec, which cost more than the checks of a small batch. The field sets are few and live
+# as long as the process (functools.cache of the use case's).
+_RULES: dict[int, tuple[FieldSet, Rules]] = {}
+
+
+def _rules_of(fields: FieldSet) -> Rules:
+    """Per field, in order: its name, the exact types its values may have, its integer
+    range, whether it is a string."""
+    held = _RULES.get(id(fields))
+    if held is None or held[0] is not fields:
+        rules = tuple(
+            (spec.name, *_column_rules(spec), spec.kind == "string") for spec in fields.fields
+        )
+        held = _RULES[id(fields)] = (fields, rules)
+    return held[1]
 
 
 # Below this many rows the value-by-value check is the cheaper one (a column-wise check
@@ -424,7 +446,8 @@ COLUMNWISE_MIN_ROWS = 4
 def _v1_columns(instances: list[Any], fields: FieldSet) -> dict[str, list[Any]] | None:
     """The instances as columns when every one is an object with exactly the fields and
     every column passes `column_ok`; None otherwise (the caller checks value by value)."""
-    names = fields.names
+    rules = _rules_of(fields)
+    names = [rule[0] for rule in rules]
     if not instances:
         return {name: [] for name in names}
     if set(map(type, instances)) != {dict} or set(map(len, instances)) != {len(names)}:
@@ -434,26 +457,19 @@ def _v1_columns(instances: list[Any], fields: FieldSet) -> dict[str, list[Any]] 
     except KeyError:  # a field missing (and, the count being equal, an unknown key)
         return None
     values = [list(c) for c in zip(*picked, strict=True)] if len(names) > 1 else [picked]
-    columns = dict(zip(names, values, strict=True))
-    for spec in fields.fields:
-        if not column_ok(columns[spec.name], spec):
+    for column, (_, allowed, lo, hi, string) in zip(values, rules):
+        if not _values_ok(column, allowed, lo, hi, string):
             return None
-    return columns
+    return dict(zip(names, values, strict=True))
 
 
-@functools.cache
-def _row_rules(fields: FieldSet) -> tuple[tuple[str, frozenset, int, int], ...]:
-    """Per field: its name, the exact types its values may have, its integer range."""
-    return tuple((spec.name, *_column_rules(spec)) for spec in fields.fields)
-
-
-def _row_ok(row: Any, rules: tuple[tuple[str, frozenset, int, int], ...]) -> bool:
+def _row_ok(row: Any, rules: Rules) -> bool:
     """Whether `row` is an object with exactly the fields, each value valid: the check of
     `_check_row` for a row that passes it, in one loop of cheap tests (a refusal sends the
     row through `_check_row`, which names what is wrong)."""
     if type(row) is not dict or len(row) != len(rules):
         return False
-    for name, allowed, lo, hi in rules:
+    for name, allowed, lo, hi, _ in rules:
         value = row.get(name, _MISSING)
         kind = type(value)
         if kind not in allowed:
@@ -472,10 +488,10 @@ def _row_ok(row: Any, rules: tuple[tuple[str, frozenset, int, int], ...]) -> boo
 def _small_columns(instances: list[Any], fields: FieldSet) -> dict[str, list[Any]] | None:
     """The few instances of a small batch as columns when every row passes `_row_ok`;
     None otherwise (the caller checks value by value)."""
-    rules = _row_rules(fields)
+    rules = _rules_of(fields)
     if not all(_row_ok(row, rules) for row in instances):
         return None
-    return {name: [row[name] for row in instances] for name in fields.names}
+    return {rule[0]: [row[rule[0]] for row in instances] for rule in rules}
 
 
 def _columns_of_rows(rows: list[dict[str, Any]], fields: FieldSet) -> dict[str, list[Any]]:
