@@ -72,6 +72,10 @@ def category_keys(values: pd.Series | Sequence[Any]) -> np.ndarray:
 
 
 def _numeric(series: pd.Series) -> np.ndarray:
+    if series.dtype.kind in "fiu":  # numbers already: what to_numeric would return
+        values = series.to_numpy(dtype=np.float64, copy=True)
+        values[~np.isfinite(values)] = np.nan
+        return values
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     values = values.copy()
     values[~np.isfinite(values)] = np.nan

@@ -238,6 +238,18 @@ _ABSENT = object()
 
 
 _PLAIN_TYPES = frozenset({int, float, type(None)})
+_TEXT_TYPES = _PLAIN_TYPES | {str}
+
+
+def _positions(at: Sequence[int]) -> Callable[[Sequence[Any]], tuple]:
+    """A getter of the values at `at` of a sequence, always as a tuple (an itemgetter of
+    one position returns the value itself)."""
+    if len(at) == 1:
+        (i,) = at
+        return lambda values: (values[i],)
+    if not at:
+        return lambda values: ()
+    return operator.itemgetter(*at)
 
 
 def _row_values(
@@ -378,6 +390,10 @@ class DriftMonitor:
         numeric_at = [i for i, c in enumerate(self.columns) if c not in cats]
         # itemgetter of one position returns the value, not a 1-tuple: None falls back.
         self._numeric_getter = operator.itemgetter(*numeric_at) if len(numeric_at) > 1 else None
+        self._numeric_positions = _positions(numeric_at)
+        self._categorical_positions = _positions(
+            [i for i, c in enumerate(self.columns) if c in cats]
+        )
         self.state = StateStore(state_dir)
         self._revisions: dict[str, str | None] = {}
         self._revisions_generation = self.state.generation
@@ -616,13 +632,14 @@ class DriftMonitor:
             rows = list(map(list, map(self._row_getter, instances)))
         except KeyError:
             return None
-        kinds = set(map(type, itertools.chain.from_iterable(rows)))
-        if kinds <= _PLAIN_TYPES:
-            return rows
-        if kinds - _PLAIN_TYPES != {str} or self._numeric_getter is None:
+        chain = itertools.chain.from_iterable
+        # One look at each value: numbers or None in numeric inputs, strings also allowed
+        # in categorical ones.
+        if not set(map(type, chain(map(self._numeric_positions, rows)))) <= _PLAIN_TYPES:
             return None
-        numeric = itertools.chain.from_iterable(map(self._numeric_getter, rows))
-        return None if str in set(map(type, numeric)) else rows
+        if not set(map(type, chain(map(self._categorical_positions, rows)))) <= _TEXT_TYPES:
+            return None
+        return rows
 
     def _add_rows(
         self, key: Key, rows: list[tuple[float, dict]], evaluations: list[WindowEvaluation]
@@ -732,7 +749,9 @@ class DriftMonitor:
         values = [
             [r["x"].get(c) for c in columns] if isinstance(r["x"], dict) else r["x"] for r in rows
         ]
-        frame = pd.DataFrame(values, columns=columns)
+        # from_records: the same column inference as the DataFrame constructor, less of
+        # its dispatch.
+        frame = pd.DataFrame.from_records(values, columns=columns)
         # Infinities are missing values, as the stored rows (JSON null) have them.
         floats = frame.select_dtypes(include="float").columns
         if len(floats):

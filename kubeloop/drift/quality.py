@@ -42,6 +42,9 @@ def _binomial_sf(k: int, n: int, rate: float) -> float:
 
 
 def _numeric(values: pd.Series) -> np.ndarray:
+    if values.dtype.kind in "fiu":  # numbers already: what to_numeric would return
+        out = values.to_numpy(dtype=np.float64)
+        return np.where(np.isfinite(out), out, np.nan)
     out = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     return np.where(np.isfinite(out), out, np.nan)
 
@@ -119,20 +122,23 @@ class DataQualityCheck:
                 }
             )
 
+        present_columns = set(window.columns)
         for c in self.columns:
-            present = c in window.columns
-            nulls = int(window[c].isna().sum()) if present else n
+            present = c in present_columns
+            series = window[c] if present else None
+            # pd.isna of the column's values: what Series.isna does, without a Series.
+            nulls = int(pd.isna(series.to_numpy()).sum()) if series is not None else n
             add(c, "null", nulls, cfg.max_null_increase, self.null_rate[c])
-            if not present:
+            if series is None:
                 continue
             if c in self.vocab:
-                codes, keys = factorized_keys(window[c])
+                codes, keys = factorized_keys(series)
                 new = np.array([k not in self.vocab[c] for k in keys[:-1]] + [False])
                 unseen = int(new[codes].sum())
                 add(c, "unseen", unseen, cfg.max_unseen_rate)
             elif c in self.bounds:
                 lo, hi = self.bounds[c]
-                values = _numeric(window[c])
+                values = _numeric(series)
                 finite = values[np.isfinite(values)]
                 outside = int(((finite < lo) | (finite > hi)).sum())
                 add(c, "out_of_range", outside, cfg.max_out_of_range_rate)

@@ -154,21 +154,44 @@ class TumblingWindows:
                     entry.rows.extend(p for _, p in batch)
                 batch.clear()
 
-        for t, payload in rows:
-            t = float(t)
-            if meta.start is not None and config.closes_on_time(meta.n, t - meta.start):
-                spill()
-                closed.append(self._close(entry))
-            batch.append((t, payload))
-            meta.n += 1
-            meta.start = t if meta.start is None else meta.start
-            meta.end = t if meta.end is None else max(meta.end, t)
-            if meta.n >= config.max_events:
+        times = [float(t) for t, _ in rows]
+        i, total = 0, len(rows)
+        while i < total:
+            if meta.start is None:
+                meta.start = times[i]
+            # The rows that fit before the count limit, cut at the first one the time
+            # limits close the window on (found with one scan of the times, not a check
+            # per row).
+            stop = min(total, i + config.max_events - meta.n)
+            cut = self._first_closing(times, i, stop, meta.n, meta.start)
+            if cut > i:
+                batch.extend(zip(times[i:cut], (p for _, p in rows[i:cut])))
+                meta.n += cut - i
+                end = meta.end
+                for t in times[i:cut]:
+                    end = t if end is None else max(end, t)
+                meta.end = end
+            i = cut
+            if meta.n >= config.max_events or cut < stop:
                 spill()
                 closed.append(self._close(entry))
         spill()
         self.state.save_window(meta)
         return closed
+
+    def _first_closing(self, times: list[float], i: int, stop: int, n: int, start: float) -> int:
+        """The first of rows `i..stop-1` whose event time closes a window that holds `n`
+        events before row `i` and opened at `start` (`WindowConfig.closes_on_time`, row k
+        finding n + k - i events), else `stop`."""
+        config = self.config
+        limits = [x for x in (config.max_seconds, config.max_open_seconds) if x is not None]
+        # No row is old enough for the shorter limit: none closes (the common batch).
+        if not limits or i >= stop or max(times[i:stop]) - start < min(limits):
+            return stop
+        for k in range(i, stop):
+            if config.closes_on_time(n + k - i, times[k] - start):
+                return k
+        return stop
 
     def _close(self, entry: _Open) -> ClosedWindow:
         meta = entry.meta
