@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from kubeloop.cli.options import JsonOption
+
 DRIFT_DIR = "drift"
 ALERTS_FILE = "alerts.db"
 STATE_DIR = "state"
@@ -55,7 +57,7 @@ def alerts(
     limit: Annotated[
         int | None, typer.Option("--limit", help="At most this many (the newest).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonOption = False,
     store: StoreOption = None,
     workdir: WorkdirOption = DEFAULT_WORKDIR,
 ) -> None:

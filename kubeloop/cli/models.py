@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from kubeloop.cli.options import JsonOption
 from kubeloop.registry.base import ModelRegistry
 from kubeloop.registry.records import ModelVersion
 
@@ -29,7 +30,6 @@ _REGISTRY_HELP = f"Registry directory (default: ${REGISTRY_ENV}, else {DEFAULT_R
 
 RegistryOption = Annotated[Path | None, typer.Option("--registry", help=_REGISTRY_HELP)]
 NameArgument = Annotated[str, typer.Argument(help="Model name.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
 def _open(registry: Path | None) -> ModelRegistry:

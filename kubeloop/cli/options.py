@@ -30,6 +30,10 @@ LakeOption = Annotated[
 """`--lake ROOT`, optional where the use case names its lake (`LakeSource`)."""
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+"""`--json` of the commands that print a table by default."""
+
+
 def lake_of(lake: str | None, use_case: str) -> str:
     """`lake` if given, else the lake the use case reads; a one-line error otherwise."""
     from kubeloop.usecase import LakeSource, UseCaseError, load_use_case
@@ -42,4 +46,4 @@ def lake_of(lake: str | None, use_case: str) -> str:
     raise UseCaseError(f"--lake is required: use case {use_case!r} generates its lake")
 
 
-__all__ = ["DEFAULT_USE_CASE", "LakeOption", "UseCaseOption", "lake_of"]
+__all__ = ["DEFAULT_USE_CASE", "JsonOption", "LakeOption", "UseCaseOption", "lake_of"]
