@@ -13,6 +13,7 @@ from kubeloop.usecase import (
 from usecases.ctr import schema
 from usecases.ctr.features import ENTITIES, REQUEST_FEATURES
 from usecases.ctr.generator import GeneratorConfig, generate_lake, iter_day_tables
+from usecases.ctr.scenarios import SCENARIOS
 
 EVENTS = EventSchema(
     columns=schema.EVENT_SCHEMA,
@@ -52,7 +53,7 @@ USE_CASE = UseCase(
         config_class=GeneratorConfig,
         generate=generate_lake,
         iter_day_tables=iter_day_tables,
-        scenarios=("baseline", "covariate_shift", "concept_drift", "new_ads"),
+        scenarios=tuple(SCENARIOS),
     ),
     defaults=Defaults(model_name="ctr", scenario="baseline"),
     metrics=MetricsSpec(slices=("device", "user_country"), seen_entities=("ad", "user")),
