@@ -257,7 +257,31 @@ def _lacks(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
     present = [c for c in columns if c in frame.columns]
     if not present:
         return np.ones(len(frame), dtype=bool)
-    return frame[present].isna().all(axis=1).to_numpy()
+    # Column by column: selecting a sub-frame would copy it.
+    return np.logical_and.reduce([pd.isna(frame[c].to_numpy()) for c in present])
+
+
+# The reference side of `_strata_groups` for the last few reference strata arrays seen
+# (id -> (the array, its index)): a reference's strata never change, and every window's
+# feature, prediction and estimate checks group the same ones.
+_REFERENCE_STRATA: dict[int, tuple[Any, tuple[pd.Index, np.ndarray, np.ndarray]]] = {}
+
+
+def _reference_strata_index(ref_strata: Any) -> tuple[pd.Index, np.ndarray, np.ndarray]:
+    """(the distinct strata, the reference rows ordered by stratum, where each stratum's
+    rows start in that order), cached while the same array object comes back."""
+    cached = _REFERENCE_STRATA.get(id(ref_strata))
+    if cached is not None and cached[0] is ref_strata:
+        return cached[1]
+    ref_codes, ref_values = pd.factorize(np.asarray(ref_strata, dtype=object))
+    order = np.argsort(ref_codes, kind="stable")
+    bounds = np.searchsorted(ref_codes[order], np.arange(len(ref_values) + 1))
+    found = (pd.Index(ref_values), order, bounds)
+    if isinstance(ref_strata, np.ndarray):  # a list could be changed in place: not kept
+        if len(_REFERENCE_STRATA) >= 16:
+            _REFERENCE_STRATA.pop(next(iter(_REFERENCE_STRATA)))
+        _REFERENCE_STRATA[id(ref_strata)] = (ref_strata, found)
+    return found
 
 
 def _strata_groups(
@@ -265,12 +289,10 @@ def _strata_groups(
 ) -> tuple[dict[Any, np.ndarray], list[Any], list[int]]:
     """({window stratum: indices of the reference rows in it}, the window's strata, their
     row counts). Strata are hashed, not compared row by row (they are Python strings)."""
-    ref_codes, ref_values = pd.factorize(np.asarray(ref_strata, dtype=object))
+    ref_index, order, bounds = _reference_strata_index(ref_strata)
     win_codes, win_values = pd.factorize(np.asarray(window_strata, dtype=object))
     counts = np.bincount(win_codes, minlength=len(win_values)).tolist()
-    at = pd.Index(ref_values).get_indexer(win_values)
-    order = np.argsort(ref_codes, kind="stable")
-    bounds = np.searchsorted(ref_codes[order], np.arange(len(ref_values) + 1))
+    at = ref_index.get_indexer(win_values)
     groups = {
         v: (order[bounds[i] : bounds[i + 1]] if i >= 0 else np.array([], dtype=np.int64))
         for v, i in zip(win_values.tolist(), at.tolist(), strict=True)

@@ -622,14 +622,16 @@ class DriftMonitor:
                 row["s"] = bad
             out.append((t, row))
 
-    def _plain_rows(self, instances: Sequence[Mapping[str, Any]]) -> list[list[Any]] | None:
+    def _plain_rows(self, instances: Sequence[Mapping[str, Any]]) -> list[tuple] | None:
         """The instances' model inputs in `self.columns` order when every row is plain
         (every input present, each a number or None, strings only in categorical inputs:
-        `_row_values`'s short path, checked for all rows at once); else None."""
+        `_row_values`'s short path, checked for all rows at once); else None. Tuples: the
+        stored JSON is the same array, and a tuple of plain values leaves the garbage
+        collector's lists (a list never does)."""
         if len(self.columns) < 2:
             return None
         try:
-            rows = list(map(list, map(self._row_getter, instances)))
+            rows = list(map(self._row_getter, instances))
         except KeyError:
             return None
         chain = itertools.chain.from_iterable
