@@ -54,12 +54,14 @@ here: ~8 ms for a 1-row predict that takes 30 us with one thread), which swamps 
 other cost. So every server runs with OMP_NUM_THREADS=--omp-threads (default 1), the same
 for all; the extra "as shipped" predictor leaves it unset, to show what it costs.
 
-One client for everything: httpx.AsyncClient, closed loop at fixed concurrency, bodies
-encoded before timing, one connection pool per target. Every cell (target x rows per
-request) gets a warmup, then its requests in --rounds slices; each round visits every cell,
-in an order that rotates by round, so machine noise falls on all alike. Each cell-slice
-starts with a few untimed requests (reopening keep-alive connections the server closed
-while idle). Before timing, every target's answer to the same rows is checked equal to
+One client for everything (`--client`): kubeloop's KeepAlivePool by default (raw asyncio
+HTTP/1.1 keep-alive; httpx.AsyncClient with `--client httpx`, which costs several times
+the CPU per request, taken from the servers on this 2-core machine), closed loop at fixed
+concurrency, bodies encoded before timing, one connection pool per target. Every cell
+(target x rows per request) gets a warmup, then its requests in --rounds slices; each
+round visits every cell, in an order that rotates by round, so machine noise falls on all
+alike. Each cell-slice starts with a few untimed requests (reopening keep-alive
+connections the server closed while idle). Before timing, every target's answer to the same rows is checked equal to
 `TrainedModel.predict_proba` in this process.
 
 Also measured per cell: CPU time of each server's processes (from /proc), of this client,
@@ -112,6 +114,10 @@ STOP_GRACE = 10.0
 JSON_HEADERS = {"content-type": "application/json"}
 CHECK_TOLERANCE = 1e-12
 OMP_ENV = "OMP_NUM_THREADS"
+CLIENT_NAMES = {
+    "pool": "kubeloop's KeepAlivePool (raw asyncio HTTP/1.1 keep-alive, prebuilt bodies)",
+    "httpx": "httpx.AsyncClient",
+}
 
 
 # --- CPU accounting ---------------------------------------------------------------------
@@ -573,6 +579,63 @@ class Cell:
         return f"{self.target.key}/{self.size}"
 
 
+class _Answer:
+    """One answer of `PoolClient`, with the httpx attributes the bench reads."""
+
+    __slots__ = ("content", "status_code")
+
+    def __init__(self, status_code: int, content: bytes):
+        self.status_code = status_code
+        self.content = content
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class PoolClient:
+    """The bench's light client (`--client pool`, the default): prebuilt bodies over
+    kubeloop's `KeepAlivePool` (raw asyncio HTTP/1.1 keep-alive, httptools parsing), one
+    pool per target, the same for every server. httpx spends 1.4-1.8 ms of client CPU per
+    request here, more than most servers; on 2 shared cores that CPU is taken from the
+    servers, so req/s then reads the client as much as the server."""
+
+    def __init__(self, url: str, concurrency: int):
+        from urllib.parse import urlsplit
+
+        from kubeloop.serving.http_client import KeepAlivePool
+
+        parts = urlsplit(url)
+        self.url = url
+        self.target = parts.path
+        self.pool = KeepAlivePool(
+            f"{parts.scheme}://{parts.netloc}", max_connections=concurrency, timeout=120.0
+        )
+        self._headers = list(JSON_HEADERS.items())
+
+    async def post(self, url: str, *, content: bytes, headers: Any = None) -> _Answer:
+        if url != self.url:
+            raise ValueError(f"this client posts to {self.url}, not {url}")
+        status, _, body = await self.pool.request("POST", self.target, self._headers, content)
+        return _Answer(status, body)
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()
+
+
+def make_clients(targets: dict[str, Target], kind: str, concurrency: int) -> dict[str, Any]:
+    """One client per target: `PoolClient`s, or httpx.AsyncClients (`--client httpx`)."""
+    if kind == "pool":
+        return {key: PoolClient(t.url, concurrency) for key, t in targets.items()}
+    import httpx
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return {key: httpx.AsyncClient(limits=limits, timeout=120.0) for key in targets}
+
+
 async def closed_loop(client, cell: Cell, n: int, concurrency: int) -> list[float]:
     """`n` requests to `cell` from `concurrency` workers, each sending its next request as
     soon as its previous answer is in; returns each request's latency (seconds)."""
@@ -629,17 +692,15 @@ async def measure(
     rounds: int,
     warmup: int,
     concurrency: int,
+    client_kind: str = "pool",
 ) -> list[Cell]:
-    import httpx
-
     bodies = encode_bodies(prepared)
     cells = [
         Cell(t, size, bodies[t.body_kind, size], requests[size])
         for size in SIZES
         for t in targets.values()
     ]
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    clients = {key: httpx.AsyncClient(limits=limits, timeout=120.0) for key in targets}
+    clients = make_clients(targets, client_kind, concurrency)
     leaders = servers.leaders()
     try:
         await check_answers(clients, cells, prepared["expected"])
@@ -1018,7 +1079,8 @@ def render(doc: dict) -> str:
             "online store does not hold)"
         ),
         (
-            f"- client: httpx.AsyncClient, closed loop, concurrency {setup['concurrency']}; per "
+            f"- client: {CLIENT_NAMES[setup.get('client', 'httpx')]}, closed loop, "
+            f"concurrency {setup['concurrency']}, the same for every server; per "
             f"cell {setup['requests_1']:,} requests of 1 row or {setup['requests_64']:,} of 64 "
             f"rows, in {setup['rounds']} interleaved rounds, after {setup['warmup']} warmup "
             f"requests; client CPU {ms(client_cpu[1])} ms per 1-row request, "
@@ -1176,6 +1238,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--warmup", type=int, default=None, help="untimed requests per cell first (default 50)")
     add("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     add(
+        "--client",
+        choices=tuple(CLIENT_NAMES),
+        default="pool",
+        help="the client of every cell: pool (KeepAlivePool, raw asyncio HTTP/1.1; default) "
+        "or httpx (httpx.AsyncClient)",
+    )
+    add(
         "--omp-threads",
         type=int,
         default=1,
@@ -1252,6 +1321,7 @@ def setup_record(args: argparse.Namespace, prepared: dict) -> dict[str, Any]:
         "cold_users": prepared["cold_users"],
         "cold_ads": prepared["cold_ads"],
         "concurrency": args.concurrency,
+        "client": args.client,
         "requests_1": args.requests_1,
         "requests_64": args.requests_64,
         "rounds": args.rounds,
@@ -1288,6 +1358,7 @@ def measure_all(args: argparse.Namespace) -> dict:
                     args.rounds,
                     args.warmup,
                     args.concurrency,
+                    args.client,
                 )
             )
         except BaseException:
