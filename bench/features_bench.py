@@ -432,40 +432,23 @@ def engines_section(records: list[dict], spark_records: list[dict]) -> list[str]
     if not spark_records:
         return []
     duck = {r["size"]: r for r in records if r["stage"] == "ETL"}
-    header = [
-        "events",
-        "engine",
-        "seconds",
-        "events/s",
-        "events/s per core",
-        "peak RSS (MiB)",
-        "JVM start (s)",
-    ]
+    header = ["events", "engine", "seconds", "events/s", "events/s per core", "peak RSS (MiB)",
+              "JVM start (s)"]
     rows = []
     for r in spark_records:
         d = duck.get(r["size"])
         if d is not None:
             rows.append(
-                [
-                    fmt_int(d["size"]),
-                    f"DuckDB, {d['threads']} threads",
-                    f"{d['seconds']:.1f}",
-                    fmt_int(d["events"] / d["seconds"]),
-                    fmt_int(d["events"] / d["seconds"] / d["threads"]),
-                    fmt_int(d["peak_rss_mib"]),
-                    "-",
-                ]
+                [fmt_int(d["size"]), f"DuckDB, {d['threads']} threads", f"{d['seconds']:.1f}",
+                 fmt_int(d["events"] / d["seconds"]),
+                 fmt_int(d["events"] / d["seconds"] / d["threads"]), fmt_int(d["peak_rss_mib"]),
+                 "-"]
             )
         rows.append(
-            [
-                fmt_int(r["size"]),
-                f"Spark {r['master']}",
-                f"{r['seconds']:.1f}",
-                fmt_int(r["events"] / r["seconds"]),
-                fmt_int(r["events"] / r["seconds"] / r["cores"]),
-                fmt_int(r["peak_rss_mib"]),
-                f"{r['jvm_seconds']:.1f}",
-            ]
+            [fmt_int(r["size"]), f"Spark {r['master']}", f"{r['seconds']:.1f}",
+             fmt_int(r["events"] / r["seconds"]),
+             fmt_int(r["events"] / r["seconds"] / r["cores"]), fmt_int(r["peak_rss_mib"]),
+             f"{r['jvm_seconds']:.1f}"]
         )
     return [
         "### DuckDB and Spark (local mode)",
