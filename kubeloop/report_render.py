@@ -77,7 +77,7 @@ def render_results(report: Mapping[str, Any]) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-def _run_line(run: Mapping[str, Any]) -> str:
+def _run_line(run: Mapping[str, Any], command: str = "make demo") -> str:
     if not run:
         return "(The report has no `run` section: machine, commit and wall time unknown.)"
     commit = run.get("commit") or {}
@@ -87,7 +87,7 @@ def _run_line(run: Mapping[str, Any]) -> str:
     ]
     machine = run.get("machine") or {}
     return (
-        f"Measured by `make demo` on {run.get('started_at', '?')} at commit `{sha}`{dirty}; "
+        f"Measured by `{command}` on {run.get('started_at', '?')} at commit `{sha}`{dirty}; "
         f"{machine.get('cores_usable', '?')} usable cores ({machine.get('cpu') or 'unknown CPU'}), "
         f"load average (1/5/15 min) {_load(run.get('load_average_before'))} before and "
         f"{_load(run.get('load_average_after'))} after"
@@ -114,12 +114,20 @@ def _training_lines(training: Mapping[str, Any] | None) -> list[str]:
             ]
         )
     header = ["model", "holdout AUC", "AUC / oracle AUC", "NE", "calibration (pred/obs)", "ECE"]
-    gate = training.get("gate") or {}
     return [
         *_split_lines(training.get("split") or {}),
         table(header, rows, "lrrrrr"),
         "",
-        f"- Champion: **{champion}**. " + " ".join(training.get("champion_reasons") or []),
+        *_decision_lines(training),
+    ]
+
+
+def _decision_lines(training: Mapping[str, Any]) -> list[str]:
+    """The ladder's choice and the gate's verdict, with their reasons."""
+    gate = training.get("gate") or {}
+    return [
+        f"- Champion: **{training.get('champion')}**. "
+        + " ".join(training.get("champion_reasons") or []),
         f"- Gate: {'passed' if gate.get('passed') else 'failed'}. "
         + " ".join(gate.get("reasons") or []),
     ]
@@ -142,7 +150,8 @@ def _serving_lines(serving: Mapping[str, Any] | None) -> list[str]:
     if serving.get("canary_version") is None:
         return [f"- Serving: no canary ({'; '.join(decision.get('reasons') or [])})."]
     if "paired" in serving:
-        return _progressive_lines(serving)
+        latency = latency_line(serving)
+        return _progressive_lines(serving) + ([f"- Serving latency: {latency}."] if latency else [])
     delta = ((serving.get("ab") or {}).get("deltas") or {}).get("logloss") or {}
     requests = serving.get("requests") or {}
     impressions = sum((serving.get("impressions") or {}).values())
@@ -156,6 +165,32 @@ def _serving_lines(serving: Mapping[str, Any] | None) -> list[str]:
         + "; ".join(decision.get("reasons") or [])
         + ".",
     ]
+
+
+def latency_line(serving: Mapping[str, Any]) -> str | None:
+    """The serving replay's client-side p50/p99 per request with the load it offered
+    ("p99 at load X"), None without latencies."""
+    latency = serving.get("latency_ms") or {}
+    if latency.get("p50") is None:
+        return None
+    load = serving.get("offered_load") or {}
+    figures = f"p50 {latency['p50']:.0f} ms, p99 {_num(latency.get('p99'), '.0f')} ms per request"
+    if not load.get("requests_per_s"):
+        rows = serving.get("batch_size")
+        return f"{figures} of {rows or '?'} rows (offered load not recorded in this report)"
+    return (
+        f"{figures} at an offered {load['requests_per_s']:.1f} requests/s "
+        f"({_num(load.get('rows_per_s'), ',.0f')} rows/s): a closed loop of "
+        f"{load['concurrency']} concurrent clients (mean in flight "
+        f"{_num(load.get('mean_in_flight'), '.1f')}), batches of {load.get('batch_size', '?')} "
+        f"rows ({_num(load.get('rows_per_request'), '.1f')} a request on average), "
+        f"{load['requests']:,} requests"
+        + (
+            f"; request-time state fed {serving['request_time_state']}"
+            if serving.get("request_time_state")
+            else ""
+        )
+    )
 
 
 def _progressive_lines(serving: Mapping[str, Any]) -> list[str]:
@@ -226,6 +261,204 @@ def _wall_lines(report: Mapping[str, Any]) -> list[str]:
     ]
     parts = ", ".join(f"{name} {_duration(s)}" for name, s in stages if s is not None)
     return [f"The whole demo took **{_duration(run.get('wall_seconds'))}** ({parts})."]
+
+
+# --- a second use case's demo ------------------------------------------------------------
+# `bench/results/<name>_demo_report.json` (a baseline `kubeloop demo --use-case NAME`) becomes
+# the section `demo-<name>`, and each `bench/results/<name>_demo_<scenario>.json` (the same
+# demo with `--scenario`) a row of its scenario table. The figures are those of a use case
+# with a decision policy (PR-AUC beside the oracle's, the decision at the alert budget,
+# expected cost), read from the report's own keys; nothing here knows a use case by name.
+
+USECASE_REPORT_SUFFIX = "_demo_report.json"
+# data-section keys every use case's report has; the rest are its label statistics
+_DATA_KEYS = {"events", "days", "partitions", "scenario", "seconds", "seed", "change_day", "lake"}
+
+
+def report_target(report: Mapping[str, Any], default_use_case: str) -> Path:
+    """Where a finished demo's report.json is kept (relative to the checkout): the default
+    use case's baseline at REPORT_PATH; another use case's baseline at
+    bench/results/<name>_demo_report.json, its scenario runs at <name>_demo_<scenario>.json
+    (the sources of `demo-<name>`)."""
+    name = (report.get("run") or {}).get("use_case") or default_use_case
+    scenario = (report.get("data") or {}).get("scenario") or "baseline"
+    if name == default_use_case:
+        return REPORT_PATH
+    if scenario == "baseline":
+        return BENCH_DIR / f"{name}{USECASE_REPORT_SUFFIX}"
+    return BENCH_DIR / f"{name}_demo_{scenario}.json"
+
+
+def demo_reports(root: Path) -> dict[str, Path]:
+    """Use case name -> its committed baseline demo report under `root`/bench/results."""
+    return {
+        path.name[: -len(USECASE_REPORT_SUFFIX)]: path
+        for path in sorted((root / BENCH_DIR).glob(f"*{USECASE_REPORT_SUFFIX}"))
+        if path.name != USECASE_REPORT_SUFFIX.lstrip("_")  # the default use case's demo_report.json
+    }
+
+
+def scenario_reports(root: Path, name: str) -> dict[str, Path]:
+    """Scenario -> the committed scenario demo report of use case `name`."""
+    prefix = f"{name}_demo_"
+    return {
+        path.name[len(prefix) : -len(".json")]: path
+        for path in sorted((root / BENCH_DIR).glob(f"{prefix}*.json"))
+        if not path.name.endswith(USECASE_REPORT_SUFFIX)
+    }
+
+
+def render_usecase_sections(root: Path) -> dict[str, str]:
+    """`demo-<name>` for every committed second-use-case report under `root`."""
+    sections = {}
+    for name, path in demo_reports(root).items():
+        rel = (BENCH_DIR / path.name).as_posix()
+        scenarios = {s: json.loads(p.read_text()) for s, p in scenario_reports(root, name).items()}
+        sources = ", ".join(
+            [rel, *((BENCH_DIR / p.name).as_posix() for p in scenario_reports(root, name).values())]
+        )
+        body = render_usecase_demo(json.loads(path.read_text()), name, scenarios)
+        sections[f"demo-{name}"] = f"{GENERATED_NOTE.format(source=sources)}\n{body}"
+    return sections
+
+
+def render_usecase_demo(
+    report: Mapping[str, Any], name: str, scenarios: Mapping[str, Mapping[str, Any]] | None = None
+) -> str:
+    """The section of one use case's demo: the run, the lake, the ladder with its decision
+    figures, serving (decision, latency at its offered load), drift and the wall time, then
+    the scenario table."""
+    data = report["data"]
+    lines = [
+        (
+            f"{data['scenario'].capitalize()} lake: {data['events']:,} events over {data['days']} "
+            f"days, seed {data['seed']}{_label_stats(data)}."
+        ),
+        "",
+        _run_line(report.get("run") or {}, f"kubeloop demo --use-case {name}"),
+        "",
+        *_ladder_lines(report.get("training")),
+        *_serving_lines(report.get("serving")),
+        "",
+        *_drift_lines(report.get("drift")),
+        *_wall_lines(report),
+    ]
+    if scenarios:
+        lines += ["", *scenario_lines(scenarios)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _label_stats(data: Mapping[str, Any]) -> str:
+    stats = []
+    for key, value in data.items():
+        if key in _DATA_KEYS or not isinstance(value, int | float):
+            continue
+        text = f"{value:,}" if isinstance(value, int) else f"{value:.2%}"
+        stats.append(f"{key.replace('_', ' ')} {text}")
+    return f"; {', '.join(stats)}" if stats else ""
+
+
+def _ladder_lines(training: Mapping[str, Any] | None) -> list[str]:
+    """The ladder's models on the holdout: PR-AUC against the oracle's, the decision at the
+    alert budget (precision, recall, expected cost beside the oracle's), NE, calibration."""
+    if not training:
+        return []
+    champion = training.get("champion")
+    rows = []
+    for kind, m in training["models"].items():
+        d = m.get("decision") or {}
+        cal = m.get("calibration") or {}
+        rows.append(
+            [
+                f"{kind} (champion)" if kind == champion else kind,
+                _num(m.get("pr_auc"), ".3f"),
+                _num(m.get("oracle_pr_auc"), ".3f"),
+                _num(m.get("pr_auc_vs_oracle"), ".2f"),
+                _num(d.get("precision"), ".0%"),
+                _num(d.get("recall"), ".0%"),
+                _num(d.get("recall_at_min_precision"), ".0%"),
+                _num(d.get("expected_cost"), ",.0f"),
+                _num(d.get("oracle_expected_cost"), ",.0f"),
+                _num(m.get("ne"), ".3f"),
+                _num(cal.get("ratio"), ".2f"),
+            ]
+        )
+    budget = next(
+        (
+            (m.get("decision") or {})
+            for m in training["models"].values()
+            if (m.get("decision") or {}).get("alert_budget") is not None
+        ),
+        {},
+    )
+    header = [
+        "model",
+        "holdout PR-AUC",
+        "oracle PR-AUC",
+        "ratio",
+        f"precision at {_num(budget.get('alert_budget'), '.0%')} alerts",
+        "recall",
+        f"recall at {_num(budget.get('min_precision'), '.0%')} precision",
+        "expected cost",
+        "oracle's cost",
+        "NE",
+        "calibration",
+    ]
+    return [table(header, rows, "lrrrrrrrrrr"), "", *_decision_lines(training)]
+
+
+def scenario_lines(scenarios: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One row per scenario run: the first alert of each detector after the change (in
+    that detector's windows; within one window or not), false alarms, and what followed."""
+    rows = []
+    for scenario, report in scenarios.items():
+        drift = report.get("drift") or {}
+        first = drift.get("first_alert_after_change") or {}
+        alerts = (
+            "; ".join(
+                f"{detector} in window {a.get('windows_after_change')}"
+                f"{'' if a.get('within_one_window') else ' (late)'}"
+                for detector, a in sorted(first.items())
+            )
+            or "none"
+        )
+        retrain = drift.get("retrain") or {}
+        gate = retrain.get("gate") or {}
+        rollout = drift.get("rollout") or {}
+        run = report.get("run") or {}
+        rows.append(
+            [
+                f"`{scenario}`",
+                alerts,
+                drift.get("false_alarms_before_change", "-"),
+                "triggered" if retrain.get("triggered") else "not triggered",
+                {True: "passed", False: "failed", None: "-"}[gate.get("passed")],
+                rollout.get("decision", "-"),
+                _duration(run.get("wall_seconds")),
+                " / ".join(
+                    _num((run.get(f"load_average_{when}") or [None])[0], ".1f")
+                    for when in ("before", "after")
+                ),
+            ]
+        )
+    header = [
+        "scenario",
+        "first alert after the change (windows after it)",
+        "false alarms before",
+        "retraining",
+        "gate",
+        "rollout",
+        "wall time",
+        "load (1 min) before / after",
+    ]
+    return [
+        (
+            "Scenario runs (the same demo with `--scenario`; a detector's window count starts at "
+            "the window holding the change):"
+        ),
+        "",
+        table(header, rows, "llrlllrr"),
+    ]
 
 
 # --- the benches --------------------------------------------------------------------------
@@ -772,6 +1005,7 @@ def render_sections(root: Path) -> dict[str, str]:
         else:
             body = f"Not measured yet: run `bench/{name}_bench.py` to write {rel}.\n"
         sections[f"bench-{name}"] = f"{GENERATED_NOTE.format(source=rel)}\n{body}"
+    sections.update(render_usecase_sections(root))
     return sections
 
 

@@ -298,7 +298,8 @@ def run_demo(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
     workdir.ensure()
     if workdir.report.exists():
         workdir.report.unlink()  # a report describes one run, never a mix of two
-    run = start_run_section()
+    # The use case names where the report is kept (kubeloop.report_render.report_target).
+    run = {**start_run_section(), "use_case": config.use_case}
     public = {k: v for k, v in run.items() if k != "started_monotonic"}
     write_section(workdir.report, "run", {**public, "complete": False})
     complete = False
