@@ -38,7 +38,9 @@ CNP, CP = "card_not_present", "card_present"
 
 # (card, merchant, time, amount, channel, country): card 1's first transaction; three
 # within one second; two at the very same microsecond; one a day and a half later; card 2
-# with a week between transactions; card 3 with a single one.
+# with a week between transactions; card 3 with a single one; card 4 with a habit of 20,
+# then two days later a card-not-present 90 (a fraudster's kind) and half an hour after
+# it a 30 in person.
 TRANSACTIONS = [
     (1, 10, D0 + 9 * H, 40, CP, "DE"),
     (2, 11, D0 + 9 * H + 30 * S, 25, CP, "FR"),
@@ -50,12 +52,15 @@ TRANSACTIONS = [
     (1, 10, D0 + 33 * H, 55, CP, "DE"),
     (3, 12, D0 + 40 * H, 70, CP, "DE"),
     (2, 10, D0 + 9 * H + 30 * S + 7 * 24 * H, 30, CP, "FR"),
+    (4, 10, D0 + 9 * H, 20, CP, "DE"),
+    (4, 11, D0 + 57 * H, 90, CNP, "DE"),
+    (4, 12, D0 + 57 * H + 30 * M, 30, CP, "DE"),
 ]
 
 
 def write_fraud_lake(root: Path) -> None:
-    """The transactions as a lake of the fraud use case (homes: cards 1, 3 in DE, 2 in FR)."""
-    home = {1: "DE", 2: "FR", 3: "DE"}
+    """The transactions as a lake of the fraud use case (homes: cards 1, 3, 4 in DE, 2 in FR)."""
+    home = {1: "DE", 2: "FR", 3: "DE", 4: "DE"}
     rows = [
         {
             "event_id": i,
@@ -149,6 +154,24 @@ def test_request_time_features_are_equal_offline_and_online(tmp_path):
     assert training.loc[7, "card_hours_since_last"] == pytest.approx(24 - 20 / 60)
     assert training.loc[9, "card_hours_since_last"] == pytest.approx(7 * 24)
     assert math.isnan(training.loc[8, "card_hours_since_last"])  # card 3's only one
+    # "Nothing in the last 6 h" is a value, not a missing one (it is normal at night).
+    assert (
+        first["card_max_log_amount_ratio_6h"]
+        == training.loc[11, "card_max_log_amount_ratio_6h"]
+        == 0
+    )
+    # Card 4: its habit is the 20 of two days before; the 90 is 4.5 times it and online,
+    # so half an hour later it is one odd transaction, 0.5 h ago, against that same habit.
+    assert training.loc[11, "card_log_amount_vs_habit"] == pytest.approx(math.log(90 / 20))
+    assert training.loc[11, "card_odd_last_24h"] == 0
+    assert math.isnan(training.loc[11, "card_hours_since_odd"])
+    assert training.loc[11, "card_burst_24h"] == pytest.approx(-1.0)  # none today, 1 a day before
+    late = training.loc[12]
+    assert late["card_log_amount_vs_habit"] == pytest.approx(math.log(30 / 20))
+    assert late["card_odd_last_1h"] == late["card_odd_last_6h"] == late["card_odd_last_24h"] == 1
+    assert late["card_hours_since_odd"] == pytest.approx(0.5)
+    assert late["card_burst_24h"] == pytest.approx(1 - 24 / 24.5)
+    assert late["card_max_log_amount_ratio_6h"] == pytest.approx(math.log(90 / 55))
 
 
 def test_request_time_header_forms():

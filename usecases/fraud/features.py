@@ -1,16 +1,21 @@
 """The card-fraud use case's entities and features: the DuckDB SQL of the point-in-time
 feature build (run by the engine, kubeloop/features/build.py) and the entity specs.
 
-Both tables come from one template. Transactions are summed into (entity, hour) buckets,
-and chargebacks into the buckets of the hour they *arrived* in, so a fraud counts only from
-the hour its label became known (delayed labels are respected in the features too). The row
-of bucket h is stamped T = h + 1 hour and summarises every bucket up to and including h,
-that is every event strictly before T.
+Both tables come from one template. Transactions are summed into (entity, hour) buckets.
+The chargebacks of a window are the known frauds among the window's own transactions: a
+fraud counts from the hour its chargeback *arrived* in (delayed labels are respected in the
+features too) until its transaction leaves the 7 d window. So the fraud rate divides frauds
+by the very transactions they are among, and it is the same function of the last 7 days
+from the lake's seventh day on; counting the chargebacks that arrived in the last 7 days
+instead would still be filling up with the chargebacks of the lake's first days (2-10 days
+late) a week later, and a drift reference taken then would differ from every later window.
+The row of bucket h is stamped T = h + 1 hour and summarises every bucket up to and
+including h, that is every event strictly before T.
 
 Windows are exact at every hour boundary, not only at the entity's active hours: besides
 each active bucket, the table has a row at each hour where a window's content changes
 (one hour, 24 hours and 7 days after an active bucket, when it leaves the 1 h, 24 h and
-7 d windows; a chargeback's arrival and its leaving the 7 d window). Feast's point-in-time
+7 d windows; a chargeback's arrival and its transaction's leaving the 7 d window). Feast's point-in-time
 join takes the newest row at or before the lookup, so a lookup anywhere in hour H sees
 exactly the windows ending at H's start: a card quiet for a day has `card_txns_24h` = 0,
 not the count of its last active day.
@@ -26,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 
 from kubeloop.features.hourly_sql import edge_buckets, window_clause
 from kubeloop.usecase import EntitySpec, RequestFeatures, StateSpec
@@ -88,24 +94,38 @@ WITH txn AS (
     FROM events
     GROUP BY {k}, bucket
 ),
-cb AS (
-    -- chargebacks in the hour they arrive, none after the lake's last event
-    SELECT {k}, date_trunc('hour', {schema.LABEL_TIME}) AS bucket, count(*) AS chargebacks
+fraud AS (
+    -- frauds whose chargeback arrived (none after the lake's last event) while their
+    -- transaction was still inside the 7 d window
+    SELECT {k}, date_trunc('hour', event_timestamp) AS txn_bucket,
+           date_trunc('hour', {schema.LABEL_TIME}) AS cb_bucket
     FROM events
     WHERE {schema.LABEL} = 1 AND {schema.LABEL_TIME} IS NOT NULL
       AND {schema.LABEL_TIME} <= (SELECT max(event_timestamp) FROM events)
-    GROUP BY {k}, bucket
+      AND date_trunc('hour', {schema.LABEL_TIME})
+          < date_trunc('hour', event_timestamp) + INTERVAL 168 HOUR
+),
+cb_in AS (
+    -- a fraud counts from the hour its chargeback arrives ...
+    SELECT {k}, cb_bucket AS bucket, count(*) AS n FROM fraud GROUP BY {k}, bucket
+),
+cb_out AS (
+    -- ... until its transaction leaves the 7 d window
+    SELECT {k}, txn_bucket + INTERVAL 168 HOUR AS bucket, count(*) AS n
+    FROM fraud GROUP BY {k}, bucket
 ),
 edges AS (
-    {edge_buckets(k, [("txn", 0), ("txn", 1), ("txn", 24), ("txn", 168), ("cb", 0), ("cb", 168)])}
+    {edge_buckets(k, [("txn", 0), ("txn", 1), ("txn", 24), ("txn", 168), ("cb_in", 0), ("cb_out", 0)])}
 ),
 grid AS (
     SELECT e.{k}, e.bucket,
            coalesce(t.txns, 0) AS txns, coalesce(t.amount, 0) AS amount,
-           coalesce(t.cnp, 0) AS cnp, coalesce(c.chargebacks, 0) AS chargebacks, t.{attr}
+           coalesce(t.cnp, 0) AS cnp, coalesce(ci.n, 0) - coalesce(co.n, 0) AS known_change,
+           t.{attr}
     FROM edges e
     LEFT JOIN txn t ON t.{k} = e.{k} AND t.bucket = e.bucket
-    LEFT JOIN cb c ON c.{k} = e.{k} AND c.bucket = e.bucket
+    LEFT JOIN cb_in ci ON ci.{k} = e.{k} AND ci.bucket = e.bucket
+    LEFT JOIN cb_out co ON co.{k} = e.{k} AND co.bucket = e.bucket
     WHERE e.bucket <= (SELECT date_trunc('hour', max(event_timestamp)) FROM events)
 ),
 windows AS (
@@ -120,7 +140,7 @@ windows AS (
         sum(txns) OVER week AS txns_7d,
         CAST(sum(amount) OVER week AS DOUBLE) AS amount_7d,
         sum(cnp) OVER week AS cnp_7d,
-        sum(chargebacks) OVER week AS chargebacks_7d
+        sum(known_change) OVER upto AS chargebacks_7d
     FROM grid
     {window_clause(k)}
 )
@@ -191,6 +211,7 @@ ORDER BY card_id, feature_timestamp
 HOUR_US = 3_600_000_000
 MINUTE_US = 60_000_000
 DAY_US = 24 * HOUR_US
+ODD_WINDOWS = (("1h", 60), ("6h", 360), ("24h", 1440))  # label, minutes
 
 
 def request_features(inputs: Mapping[str, np.ndarray], now_us: np.ndarray) -> dict:
@@ -204,10 +225,11 @@ def request_features(inputs: Mapping[str, np.ndarray], now_us: np.ndarray) -> di
     * `card_txns_per_day`: its transactions per day since its first (the habit a burst
       stands out against; NaN for its first);
     * `card_cnp_last_<w>`, `card_abroad_last_<w>`: how many of the last 6 h's / day's
-      were card-not-present, abroad; `card_max_log_amount_ratio_<w>`: the largest of their
-      amounts against the card's mean (NaN without any).
+      were card-not-present, abroad; `card_max_log_amount_ratio_<w>`: how far the largest
+      of their amounts exceeds the card's mean, in log (0 when none does or there are
+      none: "none in the last 6 h" is normal at night, not a missing value);
+    * the habit features of `habit_features`.
     """
-    k_all = range(1, schema.STATE_INSTANTS + 1)
     now = now_us.astype(np.float64)
     count = inputs["card_state_txns"]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -215,26 +237,86 @@ def request_features(inputs: Mapping[str, np.ndarray], now_us: np.ndarray) -> di
     out = {"card_hours_since_last": np.maximum(now - inputs["card_state_t1_us"], 0.0) / HOUR_US}
     amount = np.maximum(inputs[schema.AMOUNT], 1.0)
     out["card_log_amount_ratio"] = np.log(amount / mean)
-
-    def stack(name: str) -> np.ndarray:
-        return np.stack([inputs[f"card_state_t{k}_{name}"] for k in k_all], axis=1)
-
-    times, n = stack("us"), np.nan_to_num(stack("n"))
+    recent = _Instants.of(inputs)
     for label, minutes in schema.VELOCITY_WINDOWS:
-        inside = times >= (now - minutes * MINUTE_US)[:, None]  # NaN (no instant): False
-        out[f"card_txns_last_{label}"] = (n * inside).sum(axis=1)
+        out[f"card_txns_last_{label}"] = (recent.n * recent.within(now, minutes)).sum(axis=1)
     days = np.maximum(now - inputs["card_state_first_us"], DAY_US) / DAY_US
     out["card_txns_per_day"] = count / days
-    cnp, abroad = np.nan_to_num(stack("cnp")), np.nan_to_num(stack("abroad"))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        each = stack("amount") / np.where(n > 0, n, np.nan)
-        ratios = np.log(np.maximum(each, 1.0) / mean[:, None])
+    ratios = recent.log_ratios(mean)
     for label, minutes in schema.RECENT_WINDOWS:
-        inside = times >= (now - minutes * MINUTE_US)[:, None]
-        out[f"card_cnp_last_{label}"] = (cnp * inside).sum(axis=1)
-        out[f"card_abroad_last_{label}"] = (abroad * inside).sum(axis=1)
+        inside = recent.within(now, minutes)
+        out[f"card_cnp_last_{label}"] = (recent.cnp * inside).sum(axis=1)
+        out[f"card_abroad_last_{label}"] = (recent.abroad * inside).sum(axis=1)
         largest = np.where(inside, ratios, -np.inf).max(axis=1)
-        out[f"card_max_log_amount_ratio_{label}"] = np.where(np.isfinite(largest), largest, np.nan)
+        out[f"card_max_log_amount_ratio_{label}"] = np.maximum(largest, 0.0)
+    return {**out, **habit_features(inputs, recent, now, amount, mean)}
+
+
+@dataclass(frozen=True)
+class _Instants:
+    """The card's last `STATE_INSTANTS` instants from its state, one column each (t1 the
+    newest): time (NaN where there is none), transactions, amount, card-not-present and
+    abroad counts (0 where there is none)."""
+
+    times: np.ndarray
+    n: np.ndarray
+    amount: np.ndarray
+    cnp: np.ndarray
+    abroad: np.ndarray
+
+    @classmethod
+    def of(cls, inputs: Mapping[str, np.ndarray]) -> _Instants:
+        def stack(name: str) -> np.ndarray:
+            ks = range(1, schema.STATE_INSTANTS + 1)
+            return np.stack([inputs[f"card_state_t{k}_{name}"] for k in ks], axis=1)
+
+        counts = [np.nan_to_num(stack(name)) for name in ("n", "amount", "cnp", "abroad")]
+        return cls(stack("us"), *counts)
+
+    def within(self, now: np.ndarray, minutes: float) -> np.ndarray:
+        """Which instants lie in the last `minutes` before `now` (no instant: False)."""
+        return self.times >= (now - minutes * MINUTE_US)[:, None]
+
+    def log_ratios(self, reference: np.ndarray) -> np.ndarray:
+        """Each instant's mean amount over `reference` (per card), in log; NaN without."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            each = self.amount / np.where(self.n > 0, self.n, np.nan)
+            return np.log(np.maximum(each, 1.0) / reference[:, None])
+
+
+def habit_features(
+    inputs: Mapping[str, np.ndarray],
+    recent: _Instants,
+    now: np.ndarray,
+    amount: np.ndarray,
+    mean: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """What a compromise episode (a burst of a fraudster's transactions over hours) looks
+    like against the card's habit, its mean amount over transactions older than a day
+    (so a burst going on does not inflate it; the mean so far when none is that old):
+
+    * `card_log_amount_vs_habit`: log of the amount over the habit (NaN for the card's
+      first transaction);
+    * `card_burst_24h`: its last day's transactions less its daily rate before that;
+    * `card_odd_last_<w>`: how many of its transactions in the last w were a fraudster's
+      kind (more than twice the habit, and card-not-present or abroad), and
+      `card_hours_since_odd` the hours since the newest of them (NaN without any).
+    """
+    last_day = recent.within(now, 24 * 60)
+    old_n = inputs["card_state_txns"] - (recent.n * last_day).sum(axis=1)
+    old_amount = inputs["card_state_amount"] - (recent.amount * last_day).sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        habit = np.where(old_n > 0, old_amount / np.where(old_n > 0, old_n, 1.0), mean)
+    out = {"card_log_amount_vs_habit": np.log(amount / habit)}
+    older_days = np.maximum(now - DAY_US - inputs["card_state_first_us"], DAY_US) / DAY_US
+    out["card_burst_24h"] = (recent.n * last_day).sum(axis=1) - np.nan_to_num(old_n) / older_days
+    odd = (recent.log_ratios(habit) > np.log(2.0)) & ((recent.cnp + recent.abroad) > 0)
+    for label, minutes in ODD_WINDOWS:
+        out[f"card_odd_last_{label}"] = (recent.n * (recent.within(now, minutes) & odd)).sum(axis=1)
+    last_odd = np.where(odd, recent.times, -np.inf).max(axis=1)
+    out["card_hours_since_odd"] = np.where(
+        np.isfinite(last_odd), np.maximum(now - last_odd, 0.0) / HOUR_US, np.nan
+    )
     return out
 
 
@@ -250,8 +332,17 @@ CARD_STATE = StateSpec(
     view_description="Running count and amount, first instant; the last instants' times, "
     "counts, amounts, card-not-present and abroad counts.",
 )
+REQUEST_FEATURE_SCHEMA = pa.schema(
+    [
+        *schema.REQUEST_FEATURE_SCHEMA,
+        ("card_log_amount_vs_habit", pa.float64()),
+        ("card_burst_24h", pa.float64()),
+        *[(f"card_odd_last_{label}", pa.float64()) for label, _ in ODD_WINDOWS],
+        ("card_hours_since_odd", pa.float64()),
+    ]
+)
 REQUEST_FEATURES = RequestFeatures(
     states=(CARD_STATE,),
-    schema=schema.REQUEST_FEATURE_SCHEMA,
+    schema=REQUEST_FEATURE_SCHEMA,
     compute=request_features,
 )

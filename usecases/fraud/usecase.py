@@ -45,7 +45,8 @@ TRANSFORM = TransformRules(
         ("*_amount_7d", "log1p"),
         ("*_chargebacks_*", "log1p"),
         ("*_fraud_rate_*", "rate"),
-        ("*_hours_since_last", "hours"),
+        ("*_hours_since_*", "hours"),
+        ("card_*_last_*", "log1p"),
     ),
     cyclic_hours=("hour",),
     # Abroad is the pair (where the card lives, where it is used); online risk depends on
