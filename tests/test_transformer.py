@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 from test_predictor import (
     MODEL_NAME,
@@ -529,6 +530,26 @@ def test_decisions_at_the_stored_threshold_reach_the_client(store, lgb_model):
     assert "decisions" not in asyncio.run(transformer.postprocess({"predictions": scores}))
     with pytest.raises(UpstreamError, match="decisions"):
         asyncio.run(transformer.postprocess({"predictions": scores, "decisions": [2] * len(rows)}))
+
+
+def test_the_pooled_hop_speaks_v1_and_v2_and_passes_on_predictor_errors(servers, store, lgb_model):
+    # The hop to a plain-HTTP predictor goes over kubeloop's keep-alive pool, not KServe's
+    # httpx client: the same answers for both protocols, the same 4xx mapping.
+    _, predictor, _ = servers
+    host = predictor.removeprefix("http://")
+    rows = client_rows()
+    joined = pd.DataFrame.from_records(expected_predictor_rows(rows), columns=MODEL_FIELDS.names)
+    expected = lgb_model.predict_proba(joined)
+    for protocol in ("v1", "v2"):
+        transformer = FeastTransformer(MODEL_NAME, host, None, store=store, protocol=protocol)
+        hop = preprocess(transformer, {"instances": rows})
+        result = asyncio.run(transformer.predict(hop, {"x-request-id": f"pool-{protocol}"}))
+        assert transformer._pool is not None and transformer._http_client_instance is None
+        answer = asyncio.run(transformer.postprocess(result))
+        np.testing.assert_array_equal(answer["predictions"], expected)
+    transformer = FeastTransformer(MODEL_NAME, host, None, store=store)
+    with pytest.raises(InvalidInput, match="rejected"):
+        asyncio.run(transformer.predict({"instances": [{"bogus": 1}]}, {}))
 
 
 def test_request_ids_reach_the_predictor_hop(servers):
