@@ -185,3 +185,28 @@ def test_state_feed_writes_the_newest_state_strictly_before_the_request(fraud_st
     third = table.frame["feature_timestamp"].iloc[start + 2]
     assert held.write([(third + pd.Timedelta(microseconds=1), request)]) == 1
     assert held.held[(view, key)] == start + 2 and held.rows_written == 1
+
+
+def test_offered_load_counts_only_the_time_traffic_was_in_flight():
+    t0 = pd.Timestamp("2026-01-05", tz="UTC")
+    s = pd.Timedelta(seconds=1)
+    # two overlapping 1 s requests of 2 rows, then a pause, then one more of 1 row
+    spans = {"a": (0, 1, 2), "b": (0.5, 1.5, 2), "c": (10, 11, 1)}
+    sent = pd.DataFrame(
+        [
+            {
+                "request_id": rid,
+                "position": k,
+                "started_at": t0 + start * s,
+                "sent_at": t0 + end * s,
+                "client_latency_ms": (end - start) * 1000,
+            }
+            for rid, (start, end, rows) in spans.items()
+            for k in range(rows)
+        ]
+    )
+    load = offered_load(sent, ReplayConfig(batch_size=2, concurrency=2))
+    assert load["busy_seconds"] == 2.5  # [0, 1.5] and [10, 11]; the pause is left out
+    assert load["requests"] == 3 and load["requests_per_s"] == 1.2
+    assert load["rows_per_s"] == 2.0 and load["rows_per_request"] == round(5 / 3, 3)
+    assert load["mean_in_flight"] == 1.2 and load["concurrency"] == 2
