@@ -111,7 +111,10 @@ class KeepAlivePool:
         message = b"".join(head) + body
         async with self._slots:
             try:
-                return await asyncio.wait_for(self._exchange(message), self.timeout)
+                # asyncio.timeout, not wait_for: no task per exchange (wait_for wraps the
+                # coroutine in one, a few tens of microseconds of a hop's budget).
+                async with asyncio.timeout(self.timeout):
+                    return await self._exchange(message)
             except TimeoutError:
                 raise UpstreamHTTPError(f"no answer within {self.timeout:g}s") from None
 
