@@ -675,7 +675,8 @@ def trust_line(v: dict[str, Any]) -> str:
         return (
             "same booster in every run of every path (same data, parameters, rounds), but "
             "**some path had no quiet run**: its figure is its fastest run on a shared machine, "
-            "where LightGBM's threads stall, so the ratio is only indicative"
+            "whose other processes stretch each run's wall time unevenly, so the ratio is only "
+            "indicative (the CPU-second ratio below is the steadier one)"
         )
     return (
         "same booster in every run of every path (same data, parameters, rounds) and a quiet "
