@@ -334,6 +334,36 @@ def test_pending_half_survives_restart(reference, tmp_path):
         assert (window["version"], window["variant"], window["n"]) == ("v0002", "canary", 1)
 
 
+def test_pending_halves_come_back_as_stored(tmp_path):
+    """A waiting half is read back after a restart with the values it arrived with: NaN,
+    infinities, None, -0.0, ints beyond 64 bits and text saying "null" included (orjson
+    writes the plain ones, json the others)."""
+    import math
+
+    from kubeloop.drift.state import StateStore
+
+    halves = {
+        "plain": {"time": 1.5, "instances": [{"a": 1, "b": "x", "c": None, "d": -0.0}]},
+        "nan": {"predictions": [float("nan"), 0.25], "instances": [{"a": float("inf")}]},
+        "null_text": {"instances": [{"b": "null", "c": None}]},
+        "big": {"instances": [{"a": 2**70, "b": [None, True]}]},
+    }
+    store = StateStore(tmp_path / "s")
+    with store.transaction():
+        for name, half in halves.items():
+            store.put_pending(name, "request", half, 100)
+    store.close()
+    store = StateStore(tmp_path / "s")
+    with store.transaction():
+        back = {name: store.pop_pending(name, "request") for name in halves}
+    store.close()
+    assert back["plain"] == halves["plain"]
+    assert math.copysign(1.0, back["plain"]["instances"][0]["d"]) == -1.0
+    nan, inf = back["nan"]["predictions"][0], back["nan"]["instances"][0]["a"]
+    assert math.isnan(nan) and inf == math.inf and back["nan"]["predictions"][1] == 0.25
+    assert back["null_text"] == halves["null_text"] and back["big"] == halves["big"]
+
+
 def test_variants_get_separate_windows(reference, tmp_path):
     evaluations = []
     cfg = small_config(window={"max_events": 400, "max_seconds": None, "min_events": 100})

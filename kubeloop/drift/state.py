@@ -87,6 +87,56 @@ CREATE TABLE IF NOT EXISTS last_alert (
 """
 
 
+_ATOMS = frozenset({str, int, bool, type(None)})
+_SCALARS = _ATOMS | {float}
+
+
+def _nones(value: Any) -> int:
+    """The None values in `value` when it holds only dicts, lists, tuples, text, ints,
+    bools, None and floats (exact types), else -1. (Keys are not looked at: orjson refuses
+    keys that are not text.)"""
+    kind = type(value)
+    if kind is dict:
+        return _nones_in(list(value.values()))
+    if kind is list or kind is tuple:
+        return _nones_in(value)
+    if kind is float:
+        return 0
+    return (1 if value is None else 0) if kind in _ATOMS else -1
+
+
+def _nones_in(items: list | tuple) -> int:
+    if set(map(type, items)) <= _SCALARS:  # the common row: counted in C
+        return items.count(None)
+    total = 0
+    for item in items:
+        n = _nones(item)
+        if n < 0:
+            return -1
+        total += n
+    return total
+
+
+def _encode_half(payload: dict) -> str | bytes:
+    """A pending half as stored: orjson's bytes (several times faster than json, both
+    ways) when they read back exactly as json's text would, else json's text. orjson
+    writes NaN and infinities as null where json writes NaN and Infinity: its bytes are
+    kept only when they hold exactly one null per None of the payload (a text holding
+    "null" also sends it to json), and only for plain types (orjson would also write a
+    datetime or a dataclass json refuses; it refuses ints beyond 64 bits json writes)."""
+    nones = _nones(payload)
+    if nones >= 0:
+        import orjson
+
+        try:
+            data = orjson.dumps(payload)
+        except TypeError:  # orjson.JSONEncodeError
+            data = None
+        if data is not None and data.count(b"null") == nones:
+            return data
+    return json.dumps(payload)
+
+
 class StateStore:
     """Typed access to the state file. Not shared between processes: one monitor owns a
     state directory (a second process opening it waits on the lock, it does not corrupt
@@ -245,7 +295,12 @@ class StateStore:
             return None
         self._x("DELETE FROM pending WHERE id = ? AND half = ?", (event_id, half))
         self._grow("pending", -1)
-        return json.loads(row[0])
+        payload = row[0]
+        if isinstance(payload, bytes):  # written by orjson (see `_encode_half`)
+            import orjson
+
+            return orjson.loads(payload)
+        return json.loads(payload)
 
     def put_pending(self, event_id: str, half: str, payload: dict, max_pending: int) -> int:
         """Keep one half; returns how many of the oldest halves were evicted to stay
@@ -253,14 +308,14 @@ class StateStore:
         seq = self._next_seq("pending")
         cursor = self._x(
             "INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?)",
-            (event_id, half, seq, json.dumps(payload)),
+            (event_id, half, seq, _encode_half(payload)),
         )
         if cursor.rowcount == 1:
             self._grow("pending", 1)
         else:  # the same half again (a retried delivery): keep the newest
             self._x(
                 "UPDATE pending SET seq = ?, payload = ? WHERE id = ? AND half = ?",
-                (seq, json.dumps(payload), event_id, half),
+                (seq, _encode_half(payload), event_id, half),
             )
         return self._evict("pending", max_pending)
 
