@@ -372,3 +372,59 @@ def test_a_log_written_before_the_revision_column_still_opens(tmp_path: Path) ->
     revisions = [e.revision for e in sink.iter_events()]
     assert revisions == [None, "ctr-predictor-v0001", "ctr-predictor-v0001"]
     sink.close()
+
+
+def test_the_routers_fast_path_stores_what_an_exchange_would(tmp_path: Path) -> None:
+    """`log_served` (the router's request path: bodies and a few fields) stores the same
+    rows as `log` of the equivalent Exchange; a request without an id gets a fresh UUID,
+    the same for its two halves."""
+    import uuid
+
+    def rows(path: Path, use_fields: bool) -> list[tuple]:
+        sink = SQLiteRequestLog(path)
+        logger = CloudEventLogger(sink, inference_service="ctr", close_sink=False)
+        t0 = 1_700_000_000.25
+        for i in range(3):
+            exchange = _exchange(i, "canary" if i == 1 else "primary", request_time=t0 + i)
+            exchange.response_time = exchange.request_time + exchange.latency_ms / 1000.0
+            if use_fields:
+                logger.log_served(
+                    exchange.request_body, exchange.response_body, exchange.status_code,
+                    exchange.variant, exchange.model_version, exchange.latency_ms,
+                    exchange.request_id, exchange.request_time, exchange.content_type,
+                )  # fmt: skip
+            else:
+                logger.log(exchange)
+        assert logger.flush()
+        logger.close()
+        conn = sink._conn()
+        out = conn.execute("SELECT * FROM events ORDER BY seq").fetchall()
+        sink.close()
+        recorded = 11  # ce_recordedtime: when the writer made the event
+        return [row[:recorded] + row[recorded + 1 :] for row in out]
+
+    assert rows(tmp_path / "a.sqlite", True) == rows(tmp_path / "b.sqlite", False)
+
+    sink = MemorySink()
+    logger = CloudEventLogger(sink, inference_service="ctr")
+    for _ in range(2):
+        logger.log_served(b"{}", b"{}", 200, "primary", "v0001", 1.0, None, 1.0, "application/json")
+    assert logger.flush()
+    logger.close()
+    ids = [event.id for event in sink.events]
+    assert ids[0] == ids[1] and ids[2] == ids[3] and ids[0] != ids[2]
+    assert all(uuid.UUID(i).version == 4 for i in ids)
+    assert sink.events[1].time == "1970-01-01T00:00:01.001000+00:00"
+
+
+def test_flush_does_not_wait_out_the_batch_window() -> None:
+    """A long batch window gathers writes, but flush() and close() cut it short."""
+    sink = MemorySink()
+    logger = CloudEventLogger(sink, inference_service="ctr", batch_wait=60.0)
+    for round_ in range(3):
+        logger.log(_exchange(round_))
+        assert logger.flush(timeout=30)
+        assert len(sink.events) == 2 * (round_ + 1)
+    logger.log(_exchange(9))
+    logger.close(timeout=30)
+    assert len(sink.events) == 8
