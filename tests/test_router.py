@@ -526,7 +526,7 @@ def test_inference_dispatch_matches_the_starlette_routes() -> None:
     for path in paths:
         scope = {"type": "http", "method": "POST", "path": path}
         routed = any(
-            route.matches(scope)[0] == Match.FULL and route.endpoint == router._infer
+            route.matches(scope)[0] == Match.FULL and route.endpoint is router._infer_endpoint
             for route in router._starlette.routes
         )
         assert bool(_INFER_PATH.match(path)) == routed, path

@@ -104,11 +104,20 @@ class KeepAlivePool:
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """(status, headers with lower-case names, body) of one exchange; raises
         UpstreamHTTPError."""
-        head = [f"{method} {target} HTTP/1.1\r\nhost: ".encode("latin-1"), self.host_header]
-        for name, value in headers:
-            head.append(f"\r\n{name}: {value}".encode("latin-1"))
-        head.append(f"\r\ncontent-length: {len(body)}\r\n\r\n".encode("latin-1"))
-        message = b"".join(head) + body
+        lines = b"".join(f"\r\n{name}: {value}".encode("latin-1") for name, value in headers)
+        return await self.request_encoded(
+            method.encode("latin-1"), target.encode("latin-1"), lines, body
+        )
+
+    async def request_encoded(
+        self, method: bytes, target: bytes, header_lines: bytes, body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """`request` with its parts already bytes: `header_lines` is one b"\\r\\nname: value"
+        per header (a proxy forwards the raw headers it got, never decoding them)."""
+        message = b"".join(
+            (method, b" ", target, b" HTTP/1.1\r\nhost: ", self.host_header, header_lines,
+             b"\r\ncontent-length: %d\r\n\r\n" % len(body), body)
+        )  # fmt: skip
         async with self._slots:
             try:
                 # asyncio.timeout, not wait_for: no task per exchange (wait_for wraps the

@@ -67,7 +67,14 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kubeloop.serving.edge import DEFAULT_MAX_BODY_BYTES, EdgeMiddleware, Rejection
+from kubeloop.serving.edge import (
+    DEFAULT_MAX_BODY_BYTES,
+    EdgeMiddleware,
+    Receive,
+    Rejection,
+    Scope,
+    Send,
+)
 from kubeloop.serving.http_client import KeepAlivePool, UpstreamHTTPError, pooled_async_client
 from kubeloop.serving.request_log.events import Exchange
 from kubeloop.serving.request_log.logger import CloudEventLogger
@@ -122,6 +129,10 @@ _HOP_HEADERS = frozenset(
     }
 )
 
+_HOP_HEADER_NAMES = frozenset(name.encode("latin-1") for name in _HOP_HEADERS)
+# Upstream headers the router's answer does not pass on: the hop's, and its own marks.
+_NOT_PASSED_ON = _HOP_HEADER_NAMES | {VARIANT_HEADER.encode(), VERSION_HEADER.encode()}
+
 # The inference routes of `_build_app`, as one pattern (Starlette's {name} is [^/]+).
 _INFER_PATH = re.compile(r"^/v(?:1/models/[^/]+:predict|2/models/[^/]+(?:/versions/[^/]+)?/infer)$")
 
@@ -166,6 +177,30 @@ def _body_request_id(body: bytes) -> str | None:
         if isinstance(rid, str | int) and not isinstance(rid, bool):
             return str(rid)
     return None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The whole request body (the edge has read and bounded it already)."""
+    message = await receive()
+    body = message.get("body", b"")
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while message.get("more_body", False):
+        message = await receive()
+        chunks.append(message.get("body", b""))
+    return b"".join(chunks)
+
+
+class _ASGIEndpoint:
+    """A raw ASGI handler as a Starlette endpoint (Starlette wraps functions and methods
+    as request -> response handlers, and calls anything else as an ASGI app)."""
+
+    def __init__(self, handler: Callable[[Scope, Receive, Send], Any]):
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.handler(scope, receive, send)
 
 
 def _rejection_record(reason: str, body: bytes) -> bytes:
@@ -304,6 +339,8 @@ class CanaryRouter:
             metrics_registry.register(LoggerMetrics(request_log))
         self.metrics_registry = metrics_registry
         self.feedback = feedback
+        # `_infer` is raw ASGI; Starlette calls an endpoint that is no function an app.
+        self._infer_endpoint = _ASGIEndpoint(self._infer)
         self._starlette = self._build_app()
         self.app = EdgeMiddleware(
             self._dispatch, max_body_bytes=max_body_bytes, on_reject=self._log_rejection
@@ -342,25 +379,22 @@ class CanaryRouter:
         return self._pools[base]
 
     async def _forward(
-        self, base: str, target: str, headers: list[tuple[str, str]], body: bytes
-    ) -> tuple[int, bytes, dict[str, str]]:
-        """(status, body, headers to pass back) of the predictor's answer. The lean
-        keep-alive pool (`KeepAlivePool`) carries it; with `mounts` (tests' in-process
-        apps) httpx does."""
+        self, base: str, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+        """(status, body, headers to pass on) of the predictor's answer to a POST of
+        `body` with `headers` (raw, as they came) to `base` + `target`. Raises
+        httpx.HTTPError or UpstreamHTTPError."""
         pool = self._pool(base)
         if pool is None:
             upstream = await self._client_for_loop().request(
-                "POST", base + target, content=body, headers=headers
+                "POST", base + target.decode("latin-1"), content=body, headers=headers
             )
-            out = {k: v for k, v in upstream.headers.items() if k not in _HOP_HEADERS}
-            return upstream.status_code, upstream.content, out
-        status, raw, content = await pool.request("POST", target, headers, body)
-        out = {}
-        for name, value in raw:
-            key = name.decode("latin-1")
-            if key not in _HOP_HEADERS:
-                out[key] = value.decode("latin-1")
-        return status, content, out
+            raw = [(name.lower(), value) for name, value in upstream.headers.raw]
+            status, content = upstream.status_code, upstream.content
+        else:
+            lines = b"".join([b"\r\n%s: %s" % header for header in headers])
+            status, raw, content = await pool.request_encoded(b"POST", target, lines, body)
+        return status, content, [(n, v) for n, v in raw if n not in _NOT_PASSED_ON]
 
     async def aclose(self) -> None:
         pools, self._pools = list(self._pools.values()), {}
@@ -407,92 +441,119 @@ class CanaryRouter:
         return (version, url) if version is not None and url is not None else None
 
     def _mirror(
-        self, state: RolloutState, served: str, request: Request, body: bytes, request_id: str
+        self,
+        state: RolloutState,
+        served: str,
+        target: bytes,
+        content_type: str,
+        body: bytes,
+        request_id: str,
     ) -> None:
         """Hand a copy to the shadow mirror (a put_nowait: the caller's answer is already
         decided and nothing here waits)."""
-        target = self.shadow and self.mirror_target(state, served)
-        if not target:
+        shadow = self.shadow and self.mirror_target(state, served)
+        if not shadow:
             return
-        version, base = target
-        url = base + request.url.path
-        if request.url.query:
-            url += "?" + request.url.query
+        version, base = shadow
         assert self.shadow is not None
         self.shadow.submit(
             ShadowRequest(
                 request_id=request_id,
                 version=version,
-                url=url,
+                url=base + target.decode("latin-1"),
                 body=body,
-                content_type=request.headers.get("content-type") or "application/json",
+                content_type=content_type,
                 served_variant=served,
             )
         )
 
     # Handlers ---------------------------------------------------------------------------
 
-    async def _infer(self, request: Request) -> Response:
-        import httpx
-        from starlette.responses import JSONResponse, Response
-
-        body = await request.body()
+    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One inference request, in raw ASGI: the body and headers go on as the bytes they
+        came as, and the answer comes back as the predictor's bytes (no request, header
+        or response objects on the hot path)."""
+        body = await _read_body(receive)
         state = self.rollout.current()
-        headers = request.headers
+        ce_id = x_request_id = kind = None
+        forward = []
+        for name, value in scope["headers"]:
+            if name in _HOP_HEADER_NAMES:
+                continue
+            forward.append((name, value))
+            if name == b"ce-id":
+                ce_id = ce_id or value
+            elif name == b"x-request-id":
+                x_request_id = x_request_id or value
+            elif name == b"content-type":
+                kind = kind or value
+        forward.append((b"accept-encoding", b"identity"))
         # The id that sticky routing hashes and the log uses as ce-id: the Ce-Id header
         # (as KServe's agent), else x-request-id (which KServe's transformer forwards),
-        # else the body's request_id / id.
-        request_id = headers.get("ce-id") or headers.get("x-request-id") or _body_request_id(body)
+        # else the body's request_id / id. The edge let only printable ASCII ids through.
+        raw_id = ce_id or x_request_id
+        request_id = raw_id.decode("latin-1") if raw_id else _body_request_id(body)
+        content_type = kind.decode("latin-1") if kind else "application/json"
         variant, version, base = self.route(state, request_id)
-        log_id = request_id or str(uuid.uuid4())
-        marks = {VARIANT_HEADER: variant, VERSION_HEADER: version or ""}
+        marks = [(VARIANT_HEADER.encode(), variant.encode()), (VERSION_HEADER.encode(),
+                 (version or "").encode("latin-1"))]  # fmt: skip
         if base is None:
+            from starlette.responses import JSONResponse
+
             self.errors[variant] += 1
-            return JSONResponse(
-                {"error": f"no predictor is running for {variant} version {version}"},
-                status_code=503,
-                headers=marks,
-            )
-        forward = [(k, v) for k, v in headers.items() if k not in _HOP_HEADERS]
-        forward.append(("accept-encoding", "identity"))
-        target = request.url.path
-        if request.url.query:
-            target += "?" + request.url.query
+            message = f"no predictor is running for {variant} version {version}"
+            response = JSONResponse({"error": message}, status_code=503)
+            response.raw_headers.extend(marks)
+            await response(scope, receive, send)
+            return
+        target = scope.get("raw_path") or scope["path"].encode("latin-1")
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
         started_wall = time.time()
         started = time.perf_counter()
         try:
             status, content, out = await self._forward(base, target, forward, body)
-        except (httpx.HTTPError, UpstreamHTTPError) as exc:
+        except Exception as exc:
+            import httpx
+
+            if not isinstance(exc, httpx.HTTPError | UpstreamHTTPError):
+                raise
             status = 502
             content = json.dumps(
                 {"error": f"{variant} predictor {version} at {base} failed: {exc!r}"}
             ).encode()
-            out = {"content-type": "application/json"}
+            out = [(b"content-type", b"application/json")]
         latency_ms = (time.perf_counter() - started) * 1000.0
         self.counts[variant] += 1
         if status >= 400:
             self.errors[variant] += 1
         rejected = f"the {variant} predictor answered {status}" if 400 <= status < 500 else None
+        if self.shadow is not None and rejected is None:
+            # The shadow's answer is logged under the same id: make it here when the
+            # request brought none (otherwise the log's writer thread makes it).
+            request_id = request_id or str(uuid.uuid4())
         if self.request_log is not None:
-            self.request_log.log(
-                Exchange(
-                    request_body=body if rejected is None else _rejection_record(rejected, body),
-                    response_body=content if rejected is None else content[:MAX_LOGGED_ERROR_BYTES],
-                    status_code=status,
-                    variant=variant,
-                    model_version=version,
-                    latency_ms=latency_ms,
-                    request_id=log_id,
-                    request_time=started_wall,
-                    response_time=started_wall + latency_ms / 1000.0,
-                    content_type=headers.get("content-type") or "application/json",
-                    rejected=rejected,
-                )
-            )
-        if rejected is None:
-            self._mirror(state, variant, request, body, log_id)
-        out.update(marks)
-        return Response(content=content, status_code=status, headers=out)
+            # Only the bodies and a few fields cross to the log's writer thread, which
+            # makes the events (ids, times, attributes) off the request path.
+            if rejected is None:
+                self.request_log.log_served(
+                    body, content, status, variant, version, latency_ms, request_id,
+                    started_wall, content_type,
+                )  # fmt: skip
+            else:
+                self.request_log.log_served(
+                    _rejection_record(rejected, body), content[:MAX_LOGGED_ERROR_BYTES],
+                    status, variant, version, latency_ms, request_id, started_wall,
+                    content_type, rejected,
+                )  # fmt: skip
+        if rejected is None and self.shadow is not None:
+            assert request_id is not None
+            self._mirror(state, variant, target, content_type, body, request_id)
+        out.extend(marks)
+        if status >= 200 and status not in (204, 304):  # as Starlette's Response counts
+            out.append((b"content-length", b"%d" % len(content)))
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": content})
 
     def _log_rejection(self, rejection: Rejection) -> None:
         """Edge callback: count a refused request and log its small record."""
@@ -654,9 +715,13 @@ class CanaryRouter:
                 await self.aclose()
 
         routes = [
-            Route("/v1/models/{name}:predict", self._infer, methods=["POST"]),
-            Route("/v2/models/{name}/infer", self._infer, methods=["POST"]),
-            Route("/v2/models/{name}/versions/{version}/infer", self._infer, methods=["POST"]),
+            Route("/v1/models/{name}:predict", self._infer_endpoint, methods=["POST"]),
+            Route("/v2/models/{name}/infer", self._infer_endpoint, methods=["POST"]),
+            Route(
+                "/v2/models/{name}/versions/{version}/infer",
+                self._infer_endpoint,
+                methods=["POST"],
+            ),
             Route("/kubeloop/rollout", self._get_rollout, methods=["GET"]),
             Route("/kubeloop/rollout", self._post_rollout, methods=["POST"]),
             Route("/metrics", self._metrics, methods=["GET"]),
@@ -677,10 +742,7 @@ class CanaryRouter:
             and scope["method"] == "POST"
             and _INFER_PATH.match(scope["path"])
         ):
-            from starlette.requests import Request
-
-            response = await self._infer(Request(scope, receive))
-            await response(scope, receive, send)
+            await self._infer(scope, receive, send)
             return
         await self._starlette(scope, receive, send)
 
