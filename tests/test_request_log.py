@@ -428,3 +428,18 @@ def test_flush_does_not_wait_out_the_batch_window() -> None:
     logger.log(_exchange(9))
     logger.close(timeout=30)
     assert len(sink.events) == 8
+
+
+def test_event_times_are_formatted_as_datetime_formats_them() -> None:
+    """The log's fast time formatting gives datetime's isoformat to the character, rounding
+    included (readers compare and sort these strings)."""
+    import random
+
+    from kubeloop.serving.request_log.events import iso_time
+
+    rng = random.Random(7)
+    stamps = [rng.uniform(0, 4e9) for _ in range(20_000)]
+    stamps += [1_700_000_000 + k / 1e6 + d for k in range(500) for d in (0, 5e-7, -5e-7)]
+    stamps += [0.0, 0.9999995, 1_700_000_000.9999995, 1_700_000_000.9999996]
+    for ts in stamps:
+        assert iso_time(ts) == datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")

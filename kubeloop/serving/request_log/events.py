@@ -4,6 +4,7 @@ and `Exchange` (one request and its response as the router saw them)."""
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,10 +17,30 @@ from kubeloop.cloudevents import (
     binary_headers,
 )
 
+# The "YYYY-MM-DDTHH:MM:SS" of the last few whole seconds: the writer formats two times per
+# logged exchange, and datetime.fromtimestamp(ts, UTC).isoformat() costs several µs each.
+_SECONDS: dict[int, str] = {}
+
 
 def iso_time(ts: float) -> str:
-    # Fixed width (microseconds, +00:00), so ISO strings sort as the times they name.
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+    """`ts` (epoch seconds) as `datetime.fromtimestamp(ts, UTC).isoformat(timespec=
+    "microseconds")` gives it, to the character: fixed width (microseconds, +00:00), so
+    ISO strings sort as the times they name."""
+    # The microseconds as datetime rounds them (half to even, on the fraction).
+    fraction, whole = math.modf(ts)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1.0, micros - 1_000_000
+    elif micros < 0:
+        whole, micros = whole - 1.0, micros + 1_000_000
+    second = int(whole)
+    prefix = _SECONDS.get(second)
+    if prefix is None:
+        prefix = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        if len(_SECONDS) >= 64:
+            _SECONDS.clear()
+        _SECONDS[second] = prefix
+    return f"{prefix}.{micros:06d}+00:00"
 
 
 def since_iso(since: datetime | str | float | None) -> str | None:
@@ -57,6 +78,35 @@ class LoggedEvent:
     latency_ms: float | None = None
     status_code: int | None = None
     content_type: str = JSON_CONTENT_TYPE
+
+    @classmethod
+    def made(
+        cls,
+        attributes: dict[str, str],
+        data: bytes,
+        variant: str | None,
+        model_version: str | None,
+        latency_ms: float | None,
+        status_code: int | None,
+        content_type: str,
+    ) -> LoggedEvent:
+        """The same event as the constructor makes, without the frozen dataclass's
+        `object.__setattr__` per field (the log's writer makes two per exchange)."""
+        event = object.__new__(cls)
+        object.__setattr__(
+            event,
+            "__dict__",
+            {
+                "attributes": attributes,
+                "data": data,
+                "variant": variant,
+                "model_version": model_version,
+                "latency_ms": latency_ms,
+                "status_code": status_code,
+                "content_type": content_type,
+            },
+        )
+        return event
 
     @property
     def id(self) -> str:

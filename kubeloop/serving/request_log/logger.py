@@ -10,7 +10,6 @@ import os
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Iterable
 from typing import ClassVar, Self
 
@@ -27,6 +26,21 @@ log = logging.getLogger(__name__)
 
 
 _STOP = object()
+
+
+def uuid4_strings(n: int) -> list[str]:
+    """`n` random UUIDs (version 4) as `str(uuid.uuid4())` writes them, from one urandom
+    call (the ids of requests that brought none)."""
+    if n <= 0:
+        return []
+    randoms = bytearray(os.urandom(16 * n))
+    out = []
+    for k in range(0, 16 * n, 16):
+        randoms[k + 6] = (randoms[k + 6] & 0x0F) | 0x40  # version 4
+        randoms[k + 8] = (randoms[k + 8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = randoms[k : k + 16].hex()
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
 
 
 # The counters of a CloudEventLogger, in the order `LoggerStats.as_dict` reports them.
@@ -162,24 +176,23 @@ class CloudEventLogger:
             return None
         return f"{self.inference_service}-{self.component}-{model_version}"
 
-    def _template(self, exchange: Exchange) -> dict[str, str]:
-        """The attributes after recordedtime that every event of `exchange`'s variant,
-        version, revision and metadata carries (in CE_ATTRIBUTES order)."""
-        metadata = (
-            json.dumps(exchange.metadata, separators=(",", ":")) if exchange.metadata else "{}"
-        )
-        key = (exchange.variant, exchange.model_version, exchange.revision, metadata)
+    def _template(
+        self, variant: str, model_version: str | None, revision: str | None, metadata: str
+    ) -> dict[str, str]:
+        """The attributes after recordedtime that every event of one variant, version,
+        revision and metadata (JSON) carries, in CE_ATTRIBUTES order; built once."""
+        key = (variant, model_version, revision, metadata)
         template = self._templates.get(key)
         if template is None:
             attrs = {
                 "inferenceservicename": self.inference_service,
                 "namespace": self.namespace,
                 "component": self.component,
-                "endpoint": VARIANT_ENDPOINTS.get(exchange.variant, exchange.variant),
+                "endpoint": VARIANT_ENDPOINTS.get(variant, variant),
                 "metadata": metadata,
-                "revision": exchange.revision or self.revision_of(exchange.model_version),
-                "modelversion": exchange.model_version,
-                "variant": exchange.variant,
+                "revision": revision or self.revision_of(model_version),
+                "modelversion": model_version,
+                "variant": variant,
             }
             # CloudEvents attributes are strings; an unknown one is left out, not sent empty.
             template = {k: v for k, v in attrs.items() if v}
@@ -187,59 +200,47 @@ class CloudEventLogger:
                 self._templates[key] = template
         return template
 
-    def _pair(self, exchange: Exchange, recorded: str) -> tuple[LoggedEvent, LoggedEvent]:
-        shared = self._template(exchange)
-        head = {"specversion": SPEC_VERSION, "id": exchange.request_id, "source": self.source}
+    def _pair(
+        self,
+        recorded: str,
+        ce_id: str,
+        variant: str,
+        model_version: str | None,
+        revision: str | None,
+        metadata: str,
+        content_type: str,
+        request_body: bytes,
+        response_body: bytes,
+        request_time: float,
+        response_time: float,
+        latency_ms: float,
+        status_code: int,
+    ) -> tuple[LoggedEvent, LoggedEvent]:
+        """The request and response events of one exchange, from its fields."""
+        shared = self._template(variant, model_version, revision, metadata)
+        head = {"specversion": SPEC_VERSION, "id": ce_id, "source": self.source}
         head["recordedtime"] = recorded
-        content_type, variant, version = (
-            exchange.content_type,
-            exchange.variant,
-            exchange.model_version,
-        )
-        request = LoggedEvent(
-            {**head, **shared, "type": REQUEST_TYPE, "time": iso_time(exchange.request_time)},
-            exchange.request_body,
-            variant,
-            version,
-            None,
-            None,
-            content_type,
-        )
-        response = LoggedEvent(
-            {**head, **shared, "type": RESPONSE_TYPE, "time": iso_time(exchange.response_time)},
-            exchange.response_body,
-            variant,
-            version,
-            exchange.latency_ms,
-            exchange.status_code,
-            content_type,
-        )
+        request = LoggedEvent.made(
+            {**head, **shared, "type": REQUEST_TYPE, "time": iso_time(request_time)},
+            request_body, variant, model_version, None, None, content_type,
+        )  # fmt: skip
+        response = LoggedEvent.made(
+            {**head, **shared, "type": RESPONSE_TYPE, "time": iso_time(response_time)},
+            response_body, variant, model_version, latency_ms, status_code, content_type,
+        )  # fmt: skip
         return request, response
+
+    def _exchange_pair(self, x: Exchange, recorded: str) -> tuple[LoggedEvent, LoggedEvent]:
+        metadata = json.dumps(x.metadata, separators=(",", ":")) if x.metadata else "{}"
+        return self._pair(
+            recorded, x.request_id, x.variant, x.model_version, x.revision, metadata,
+            x.content_type, x.request_body, x.response_body, x.request_time, x.response_time,
+            x.latency_ms, x.status_code,
+        )  # fmt: skip
 
     def events_for(self, exchange: Exchange) -> tuple[LoggedEvent, LoggedEvent]:
         """The request and response events of `exchange` (same ce-id)."""
-        return self._pair(exchange, iso_time(time.time()))
-
-    @staticmethod
-    def _exchanges(items: list) -> list[Exchange]:
-        """The queued items as exchanges: `log_served` tuples completed with their response
-        time and, where the request had none, a new id (one urandom call per batch)."""
-        missing = sum(1 for x in items if type(x) is tuple and x[6] is None)
-        randoms = os.urandom(16 * missing) if missing else b""
-        out, k = [], 0
-        for x in items:
-            if type(x) is not tuple:
-                out.append(x)
-                continue
-            body, answer, status, variant, version, latency, rid, at, kind, rejected = x
-            if rid is None:
-                rid = str(uuid.UUID(bytes=randoms[k : k + 16], version=4))
-                k += 16
-            out.append(
-                Exchange(body, answer, status, variant, version, latency, rid, at,
-                         at + latency / 1000.0, kind, None, rejected)
-            )  # fmt: skip
-        return out
+        return self._exchange_pair(exchange, iso_time(time.time()))
 
     # Background threads -----------------------------------------------------------------
 
@@ -268,7 +269,7 @@ class CloudEventLogger:
             if markers or stop:
                 items = [x for x in items if x is not _STOP and not isinstance(x, threading.Event)]
             try:
-                self._write(self._exchanges(items))
+                self._write(items)
             except Exception:
                 log.exception("request log: could not make the events of %d exchanges", len(items))
                 self.stats.add("dropped", 2 * len(items))
@@ -277,15 +278,27 @@ class CloudEventLogger:
             if stop:
                 return
 
-    def _write(self, exchanges: list[Exchange]) -> None:
-        if not exchanges:
+    def _write(self, items: list[Exchange | tuple]) -> None:
+        """Make the events of the queued `items` (Exchanges and `log_served` tuples, whose
+        response time and missing ids are worked out here) and write them in one call."""
+        if not items:
             return
         recorded = iso_time(time.time())
+        missing = sum(1 for x in items if type(x) is tuple and x[6] is None)
+        new_ids = iter(uuid4_strings(missing))
         events: list[LoggedEvent] = []
         local_only: set[int] = set()
-        for exchange in exchanges:
-            pair = self._pair(exchange, recorded)
-            if exchange.rejected is not None:
+        for x in items:
+            if type(x) is tuple:
+                body, answer, status, variant, version, latency, ce_id, at, kind, rejected = x
+                pair = self._pair(
+                    recorded, ce_id or next(new_ids), variant, version, None, "{}", kind,
+                    body, answer, at, at + latency / 1000.0, latency, status,
+                )  # fmt: skip
+            else:
+                pair = self._exchange_pair(x, recorded)
+                rejected = x.rejected
+            if rejected is not None:
                 local_only.update(id(event) for event in pair)
             events.extend(pair)
         try:
