@@ -17,7 +17,8 @@ from kubeloop import report_render
 ROOT = Path(__file__).resolve().parent.parent
 # The console script, as a user runs it.
 KUBELOOP = str(Path(sys.executable).parent / "kubeloop")
-SECTIONS = ["results", *(f"bench-{name}" for name in report_render.BENCHES)]
+SECTIONS = ["results", *(f"bench-{name}" for name in report_render.BENCHES), "demo-fraud"]
+FRAUD_REPORT = "bench/results/fraud_demo_report.json"
 
 
 def _kubeloop(*args: str) -> subprocess.CompletedProcess:
@@ -76,6 +77,11 @@ def _mutate_first_number(node):
         ("bench/results/training_bench.json", ("summary",)),
         ("bench/results/drift_bench.json", ("summary", "cost", "monitor_ms_per_window")),
         ("bench/results/rollout_bench.json", ("summary", "aa", "true_gap")),
+        (FRAUD_REPORT, ("training", "models", "lightgbm", "pr_auc")),
+        (FRAUD_REPORT, ("serving", "latency_ms", "p99")),
+        (FRAUD_REPORT, ("serving", "offered_load", "requests_per_s")),
+        (FRAUD_REPORT, ("drift", "seconds")),
+        (FRAUD_REPORT, ("run", "wall_seconds")),
     ],
 )
 def test_changed_figure_fails_the_check(tmp_path, source, where):
@@ -132,3 +138,43 @@ def test_replace_section_needs_the_markers():
     new = report_render.replace_section(text, "results", "new\n")
     assert report_render.extract_section(new, "results") == "new\n"
     assert new.startswith("a\n") and new.endswith("b\n")
+
+
+def test_fraud_section_states_the_figures_of_its_report():
+    """The fraud section is the committed fraud demo's: its champion's PR-AUC against the
+    oracle's, the serving p99 with the load it was measured at, the wall time."""
+    report = json.loads((ROOT / FRAUD_REPORT).read_text())
+    section = report_render.extract_section((ROOT / "README.md").read_text(), "demo-fraud")
+    champion = report["training"]["champion"]
+    model = report["training"]["models"][champion]
+    assert f"{champion} (champion)" in section
+    assert f"{model['pr_auc']:.3f}" in section and f"{model['oracle_pr_auc']:.3f}" in section
+    load = report["serving"]["offered_load"]
+    assert f"p99 {report['serving']['latency_ms']['p99']:.0f} ms" in section
+    assert f"{load['requests_per_s']:.1f} requests/s" in section
+    assert f"{load['concurrency']} concurrent clients" in section
+    assert report["run"]["use_case"] == "fraud" and report["run"]["complete"]
+
+
+def test_scenario_reports_render_their_alert_timing(tmp_path):
+    """A committed scenario run (bench/results/<name>_demo_<scenario>.json) is a row of the
+    use case's scenario table: each detector's first alert after the change, what followed."""
+    root = _checkout_copy(tmp_path)
+    baseline = json.loads((root / FRAUD_REPORT).read_text())
+    scenario = copy.deepcopy(baseline)
+    scenario["data"]["scenario"] = "some_shift"
+    scenario["drift"]["first_alert_after_change"] = {
+        "feature": {"windows_after_change": 1, "within_one_window": True},
+        "performance": {"windows_after_change": 3, "within_one_window": False},
+    }
+    scenario["drift"]["retrain"] = {"triggered": True, "gate": {"passed": True}}
+    scenario["drift"]["rollout"] = {"decision": "promote"}
+    target = report_render.report_target(scenario, "ctr")
+    assert target.as_posix() == "bench/results/fraud_demo_some_shift.json"
+    assert report_render.report_target(baseline, "ctr").as_posix() == FRAUD_REPORT
+    (root / target).write_text(json.dumps(scenario))
+    section = report_render.render_sections(root)["demo-fraud"]
+    (row,) = [line for line in section.splitlines() if line.startswith("| `some_shift`")]
+    assert "feature in window 1; performance in window 3 (late)" in row
+    assert "| triggered | passed | promote |" in row
+    assert "fraud_demo_some_shift.json" in section.splitlines()[0]
