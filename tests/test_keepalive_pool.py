@@ -149,13 +149,13 @@ def test_router_over_the_pool_answers_as_over_httpx(monkeypatch):
     with in-process mounts (httpx): same statuses, bodies and predictor headers."""
     state = initial_state("ctr", "v0001")
     exchanges = []
-    original = KeepAlivePool.request
+    original = KeepAlivePool.request_encoded
 
     async def counted(self, *args):
         exchanges.append(args[1])
         return await original(self, *args)
 
-    monkeypatch.setattr(KeepAlivePool, "request", counted)
+    monkeypatch.setattr(KeepAlivePool, "request_encoded", counted)
     bodies = [{"instances": [[1], [2]]}, {"bad": True}, {"instances": []}]
     with serve(fake_predictor("v0001"), lifespan="off") as url:
         pooled = CanaryRouter(state, {"v0001": url})
@@ -178,5 +178,5 @@ def test_router_over_the_pool_answers_as_over_httpx(monkeypatch):
 
         got, want = asyncio.run(run(pooled)), asyncio.run(run(mounted))
     assert got == want
-    assert exchanges == ["/v1/models/ctr:predict"] * 3  # the pooled router used the pool
+    assert exchanges == [b"/v1/models/ctr:predict"] * 3  # the pooled router used the pool
     assert [g[0] for g in got] == [200, 400, 200]

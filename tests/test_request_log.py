@@ -278,7 +278,7 @@ def test_events_are_posted_in_binary_mode_and_failures_are_counted() -> None:
     logger = CloudEventLogger(
         MemorySink(), inference_service="ctr", urls=[receiver.url, dead], send_timeout=1.0
     )
-    logger.log(_exchange(1, variant="canary"))
+    logger.log(_exchange(1, variant="canary", request_time=1_700_000_000.0))
     logger.log(_exchange(2, status=400))  # request sent, error response not (as KServe)
     assert logger.flush(20)
     logger.close()
@@ -294,6 +294,14 @@ def test_events_are_posted_in_binary_mode_and_failures_are_counted() -> None:
     assert json.loads(body) == {"predictions": [0.1]}
     stats = logger.stats.as_dict()
     assert stats["sent"] == 3 and stats["send_failures"] == 3 and stats["logged"] == 4
+    # What was POSTed is the cloudevents SDK's binary mode of the logged event, exactly.
+    _, response = logger.events_for(_exchange(1, variant="canary", request_time=1_700_000_000.0))
+    sdk_headers, sdk_body = to_binary(response.to_cloudevent())
+    sdk = {k.lower(): v for k, v in sdk_headers.items()}
+    assert {k: v for k, v in headers.items() if k in sdk and k != "ce-recordedtime"} == {
+        k: v for k, v in sdk.items() if k != "ce-recordedtime"
+    }
+    assert set(sdk) <= set(headers) and body == sdk_body
 
 
 def test_a_full_queue_drops_and_counts_instead_of_blocking() -> None:
