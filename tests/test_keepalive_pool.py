@@ -180,3 +180,63 @@ def test_router_over_the_pool_answers_as_over_httpx(monkeypatch):
     assert got == want
     assert exchanges == [b"/v1/models/ctr:predict"] * 3  # the pooled router used the pool
     assert [g[0] for g in got] == [200, 400, 200]
+
+
+async def _headers_echo(scope, receive, send) -> None:
+    """Answers with the request line and headers it got as JSON, and two set-cookie
+    headers."""
+    import json
+
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    seen = {
+        "target": scope["raw_path"].decode() + "?" + scope["query_string"].decode(),
+        "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+    }
+    body = json.dumps(seen).encode()
+    headers = [(b"content-type", b"application/json"), (b"set-cookie", b"a=1"),
+               (b"set-cookie", b"b=2"), (b"content-length", str(len(body)).encode())]  # fmt: skip
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+CALLER_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"x-request-id", b"r-1"),
+    (b"x-tenant", b"caf\xe9"),  # latin-1 bytes go on as they came
+    (b"connection", b"keep-alive"),
+]
+
+
+def test_the_router_forwards_headers_and_answers_as_they_came():
+    """Through the pool, the predictor gets the caller's headers as sent (less the hop's,
+    with accept-encoding identity) and the query string; the caller gets the predictor's
+    headers, repeated ones included, and the router's marks."""
+    with serve(_headers_echo, lifespan="off") as url:
+        router = CanaryRouter(initial_state("ctr", "v0001"), {"v0001": url})
+
+        async def run() -> httpx.Response:
+            transport = httpx.ASGITransport(app=router.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://r") as client:
+                answer = await client.post(
+                    "/v1/models/ctr:predict?trace=1",
+                    content=b'{"instances": [[1]]}',
+                    headers=CALLER_HEADERS,
+                )
+            await router.aclose()
+            return answer
+
+        answer = asyncio.run(run())
+    assert answer.status_code == 200
+    seen = answer.json()
+    assert seen["target"] == "/v1/models/ctr:predict?trace=1"
+    got = dict(seen["headers"])
+    assert got["x-request-id"] == "r-1" and got["x-tenant"] == "caf\xe9"
+    assert got["content-type"] == "application/json" and got["accept-encoding"] == "identity"
+    assert "connection" not in got and got["content-length"] == "20"
+    assert answer.headers.get_list("set-cookie") == ["a=1", "b=2"]
+    assert answer.headers["x-kubeloop-variant"] == "primary"
+    assert answer.headers["x-kubeloop-version"] == "v0001"
+    assert answer.headers["content-length"] == str(len(answer.content))
