@@ -433,8 +433,14 @@ def scenario_lines(scenarios: Mapping[str, Mapping[str, Any]]) -> list[str]:
                 drift.get("false_alarms_before_change", "-"),
                 "triggered" if retrain.get("triggered") else "not triggered",
                 {True: "passed", False: "failed", None: "-"}[gate.get("passed")],
-                rollout.get("decision", "-"),
+                rollout.get("decision", "-")
+                + (
+                    f" ({verdict})"
+                    if (verdict := (rollout.get("oracle") or {}).get("verdict"))
+                    else ""
+                ),
                 _duration(run.get("wall_seconds")),
+                f"`{((run.get('commit') or {}).get('sha') or 'unknown')[:10]}`",
                 " / ".join(
                     _num((run.get(f"load_average_{when}") or [None])[0], ".1f")
                     for when in ("before", "after")
@@ -447,8 +453,9 @@ def scenario_lines(scenarios: Mapping[str, Mapping[str, Any]]) -> list[str]:
         "false alarms before",
         "retraining",
         "gate",
-        "rollout",
+        "rollout (against the oracle)",
         "wall time",
+        "commit",
         "load (1 min) before / after",
     ]
     return [
@@ -457,7 +464,7 @@ def scenario_lines(scenarios: Mapping[str, Mapping[str, Any]]) -> list[str]:
             "the window holding the change):"
         ),
         "",
-        table(header, rows, "llrlllrr"),
+        table(header, rows, "llrlllrlr"),
     ]
 
 

@@ -82,6 +82,7 @@ def _mutate_first_number(node):
         (FRAUD_REPORT, ("serving", "offered_load", "requests_per_s")),
         (FRAUD_REPORT, ("drift", "seconds")),
         (FRAUD_REPORT, ("run", "wall_seconds")),
+        ("bench/results/fraud_demo_new_fraud_pattern.json", ("run", "wall_seconds")),
     ],
 )
 def test_changed_figure_fails_the_check(tmp_path, source, where):
