@@ -569,20 +569,62 @@ def _sizing_lines(s: Mapping[str, Any] | None) -> list[str]:
 
 
 def render_training(doc: Mapping[str, Any]) -> str:
-    """The training bench's headline ratios (quiet medians)."""
+    """The training bench's headline ratios: each path's seconds, wall and CPU ratios to
+    plain `lgb.train`, and whether every path trained the same model."""
     s = doc["summary"]
-    rows = [
+    rows = []
+    if "component_seconds" in s:
+        rows.append(
+            [
+                "seconds: component / train_step / plain",
+                " / ".join(
+                    _num(s[f"{path}_seconds"], ".1f") for path in ("component", "train_step", "plain")
+                ),
+            ]
+        )
+    rows += [
         [
-            "train-lightgbm KFP component (kfp.local task) vs plain `lgb.train`",
+            "train-lightgbm KFP component (kfp.local task) vs plain `lgb.train`, wall",
             _ratio(s["component_vs_plain"]),
         ],
-        ["kubeloop `train_step` in-process vs plain `lgb.train`", _ratio(s["train_step_vs_plain"])],
-        ["core training (transform + `lgb.train`), seconds", _num(s["core_train_seconds"], ".2f")],
         [
-            "the component's fixed cost (component - train_step), seconds",
-            _num(s["component_fixed_seconds"], ".2f"),
+            "kubeloop `train_step` in-process vs plain `lgb.train`, wall",
+            _ratio(s["train_step_vs_plain"]),
         ],
     ]
+    if "component_vs_plain_cpu" in s:
+        rows += [
+            ["component vs plain, CPU seconds", _ratio(s["component_vs_plain_cpu"])],
+            ["train_step vs plain, CPU seconds", _ratio(s["train_step_vs_plain_cpu"])],
+        ]
+    if "target_ratio" in s:
+        rows.append(
+            [
+                f"target: component <= {s['target_ratio']}x plain (wall)",
+                "meets" if s.get("meets_target") else "**does not meet**",
+            ]
+        )
+    if "same_model" in s:
+        rows.append(
+            ["every run saved the same booster", "yes" if s["same_model"] else "**no**"]
+        )
+    rows.append(
+        ["core training (transform + `lgb.train`), seconds", _num(s["core_train_seconds"], ".2f")]
+    )
+    if "component_overhead_seconds" in s:
+        rows.append(
+            [
+                "the component's time outside the core training, over plain's, seconds",
+                _num(s["component_overhead_seconds"], ".1f"),
+            ]
+        )
+    else:
+        rows.append(
+            [
+                "the component's fixed cost (component - train_step), seconds",
+                _num(s["component_fixed_seconds"], ".2f"),
+            ]
+        )
     if "pipeline_vs_direct" in s:
         rows.append(
             [
@@ -591,12 +633,24 @@ def render_training(doc: Mapping[str, Any]) -> str:
             ]
         )
     prepared = doc["prepared"]
+    settings = s.get("lightgbm_settings") or doc.get("lightgbm_settings")
+    settings_line = []
+    if settings:
+        settings_line = [
+            "LightGBM in every path: "
+            + ", ".join(f"{key} {value}" for key, value in settings.items())
+            + (f", OMP_WAIT_POLICY={doc['omp_wait_policy']}" if doc.get("omp_wait_policy") else "")
+            + (" (rounds fixed: no early stop)" if doc.get("rounds_fixed") else "")
+            + ".",
+            "",
+        ]
     return (
         "\n".join(
             [
                 bench_conditions(doc),
                 "",
                 *_quiet_note(s),
+                *settings_line,
                 table(
                     [f"measured ({prepared['training_rows']:,}-row training set)", "result"],
                     rows,
@@ -621,9 +675,8 @@ def _quiet_note(summary: Mapping[str, Any]) -> list[str]:
     )
     if any(kind == "fastest" for kind in how.values()):
         note += (
-            " **Some paths had no quiet run: on these shared cores LightGBM's threads stall, "
-            "so these ratios compare disturbed runs and say little about kubeloop; rerun on a "
-            "quiet machine before quoting them.**"
+            " **Some paths had no quiet run: other processes shared the 2 cores throughout, "
+            "so these ratios are indicative; rerun on a quiet machine before quoting them.**"
         )
     return [note, ""]
 

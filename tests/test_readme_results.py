@@ -179,3 +179,25 @@ def test_scenario_reports_render_their_alert_timing(tmp_path):
     assert "feature in window 1; performance in window 3 (late)" in row
     assert "| triggered | passed | promote |" in row
     assert "fraud_demo_some_shift.json" in section.splitlines()[0]
+
+
+def test_from_run_keeps_a_fraud_report_apart_from_ctrs(tmp_path):
+    # `--from-run` with another use case's report must not overwrite the default's.
+    root = _checkout_copy(tmp_path)
+    ctr_before = (root / report_render.REPORT_PATH).read_bytes()
+    fraud = json.loads((root / FRAUD_REPORT).read_text())
+    source = tmp_path / "fraud_run.json"
+    source.write_text(json.dumps(fraud))
+    done = _kubeloop("report", "--readme", str(root / "README.md"), "--from-run", str(source))
+    assert done.returncode == 0, done.stderr.decode()
+    assert (root / report_render.REPORT_PATH).read_bytes() == ctr_before
+    assert json.loads((root / FRAUD_REPORT).read_text()) == fraud
+
+
+def test_demo_summary_states_p99_with_its_offered_load():
+    from kubeloop.cli.demo import summary_lines
+
+    fraud = json.loads((ROOT / FRAUD_REPORT).read_text())
+    lines = [line for line in summary_lines(fraud) if line.startswith("serving latency:")]
+    assert len(lines) == 1
+    assert "p99" in lines[0] and "requests/s" in lines[0]

@@ -122,6 +122,13 @@ def summary_lines(report: dict) -> list[str]:
         verdict = (serving.get("oracle") or {}).get("verdict")
         if verdict:
             lines.append(f"serving, against the oracle: {verdict}")
+    if serving:
+        from kubeloop.report_render import latency_line
+
+        # "p99 at load X": a latency means little without the load it was measured at.
+        latency = latency_line(serving)
+        if latency:
+            lines.append(f"serving latency: {latency}")
     drift = report.get("drift") or {}
     if drift:
         alerts = drift.get("alerts") or []

@@ -40,7 +40,7 @@ def report(
             f"{readme} does not exist: run from the checkout's root or pass --readme"
         )
     if from_run is not None:
-        _adopt_run(from_run, root / report_render.REPORT_PATH)
+        _adopt_run(from_run, root)
     if not (root / report_render.REPORT_PATH).exists():
         raise KubeloopError(
             f"{root / report_render.REPORT_PATH} is missing: run `make demo`, then "
@@ -65,16 +65,23 @@ def report(
     typer.echo(f"rendered {len(sections)} sections of {readme}")
 
 
-def _adopt_run(source: Path, target: Path) -> None:
-    """Copy a finished demo's report.json to the committed location."""
+def _adopt_run(source: Path, root: Path) -> None:
+    """Copy a finished demo's report.json to its committed place under `root`: the default
+    use case's baseline to REPORT_PATH, another use case's or a scenario's beside it
+    (report_render.report_target), so a fraud run never overwrites CTR's report."""
+    from kubeloop import report_render
+    from kubeloop.usecase import DEFAULT_USE_CASE
+
     try:
-        run = json.loads(source.read_text()).get("run") or {}
+        report = json.loads(source.read_text())
     except (OSError, ValueError) as exc:
         raise KubeloopError(f"cannot read {source}: {exc}") from None
+    run = report.get("run") or {}
     if not run.get("complete"):
         raise KubeloopError(
             f"{source} is not a complete demo run (no run.complete): run `make demo` to the end"
         )
+    target = root / report_render.report_target(report, DEFAULT_USE_CASE)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
     typer.echo(f"copied {source} to {target}")
