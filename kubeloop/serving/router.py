@@ -21,11 +21,13 @@ it:
 
 For each inference request it reads the current `RolloutState` (re-reading rollout.json
 when it changes, so `kubeloop canary set 20` takes effect without a restart), picks a
-variant (`choose_variant`), forwards the body unchanged over a keep-alive
-`httpx.AsyncClient` pool to that variant's predictor, and returns the predictor's answer
-unchanged (status code, body, content type) with the header `x-kubeloop-variant:
-primary|canary` (and `x-kubeloop-version`). Each exchange is handed to a
-`CloudEventLogger`, which logs it off the request path.
+variant (`choose_variant`), forwards the body and headers unchanged (the raw ASGI bytes,
+less the hop's headers) over a keep-alive pool (`KeepAlivePool`; httpx for mounted or
+https backends) to that variant's predictor, and returns the predictor's answer
+unchanged (status code, body, headers) with the header `x-kubeloop-variant:
+primary|canary` (and `x-kubeloop-version`). The bodies and a few fields of each exchange
+are handed to a `CloudEventLogger`, whose writer thread makes and writes the events in
+batches, off the request path.
 
 With a `shadow` mirror (`kubeloop.serving.shadow.ShadowMirror`), every request served while
 the rollout has a canary is also scored by the other variant's model (the shadow stage at
