@@ -10,7 +10,7 @@ The checks turn traffic into those matrices:
   median on both sides (the same fill for reference and window, so imputation cannot
   create drift by itself; a surge of missing values shows as a spike at the median).
 * `PredictionDriftCheck` — KS on the model's scores against reference scores.
-* `PerformanceCheck` — once labels arrive: calibration (mean prediction / observed CTR
+* `PerformanceCheck` — once labels arrive: calibration (mean prediction / observed positive rate
   outside bounds, with a binomial z-test so a small window's noise does not alert) and
   normalized entropy (log loss divided by the entropy of the window's click rate, against
   the reference's). Raw log loss moves with the base rate, which varies through the day,

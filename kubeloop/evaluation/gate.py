@@ -221,14 +221,14 @@ def gate(
     ratio = candidate.calibration_ratio
     if ratio is not None and low <= ratio <= high:
         reasons.append(
-            f"Calibration ratio (mean prediction / observed CTR) {ratio:.4f} is within "
+            f"Calibration ratio (mean prediction / observed positive rate) {ratio:.4f} is within "
             f"[{low}, {high}]."
         )
     else:
         passed = False
         shown = "undefined (no clicks in the holdout)" if ratio is None else f"{ratio:.4f}"
         reasons.append(
-            f"Calibration ratio (mean prediction / observed CTR) {shown} is outside "
+            f"Calibration ratio (mean prediction / observed positive rate) {shown} is outside "
             f"[{low}, {high}]."
         )
 

@@ -34,7 +34,7 @@ class VariantStats(BaseModel):
     error_rate: float
     ctr: float | None
     mean_prediction: float | None
-    calibration: Interval = Field(description="mean prediction / observed CTR")
+    calibration: Interval = Field(description="mean prediction / observed positive rate")
     logloss: Interval
     auc: Interval
     latency_ms: dict[str, float | None]
@@ -87,7 +87,7 @@ def auc_interval(y: np.ndarray, p: np.ndarray) -> Interval:
 
 
 def calibration_interval(y: np.ndarray, p: np.ndarray) -> Interval:
-    """Mean prediction / observed CTR, with a delta-method interval on the observed CTR."""
+    """Mean prediction / observed positive rate, with a delta-method interval on the observed positive rate."""
     if len(y) == 0 or y.sum() == 0:
         return Interval(estimate=None, low=None, high=None)
     ctr, mean_p = float(y.mean()), float(p.mean())

@@ -135,8 +135,8 @@ class ModelQuality(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     logloss: float | None
-    ne: float | None = Field(description="log loss / entropy of the observed CTR")
-    calibration: float | None = Field(description="mean prediction / observed CTR")
+    ne: float | None = Field(description="log loss / entropy of the observed positive rate")
+    calibration: float | None = Field(description="mean prediction / observed positive rate")
     expected_logloss: float | None = Field(
         None, description="true expected log loss from the oracle click probability"
     )

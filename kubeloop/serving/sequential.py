@@ -29,7 +29,7 @@ cannot dominate the variance estimate (models here predict within [1e-3, 0.5] an
 the clip changes no per-impression loss of the demo's models).
 
 Margins are relative: on the same impressions both models' normalized entropy (NE) share
-one denominator (the entropy of the observed CTR), so a relative NE margin m is the same
+one denominator (the entropy of the observed positive rate), so a relative NE margin m is the same
 relative log-loss margin, and "candidate NE at most (1 + m) x production NE" reads as
 mean(d) <= m x mean(ll production). The margin in log-loss units is estimated from the
 paired production losses (a relative error of ~1% of a 0.5% margin at these sizes).
