@@ -240,3 +240,56 @@ def test_the_router_forwards_headers_and_answers_as_they_came():
     assert answer.headers["x-kubeloop-variant"] == "primary"
     assert answer.headers["x-kubeloop-version"] == "v0001"
     assert answer.headers["content-length"] == str(len(answer.content))
+
+
+async def _versioned(scope, receive, send) -> None:
+    """A predictor stand-in: echoes the body and names its version in x-model-version."""
+    if scope["type"] != "http":
+        return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    seen = dict(scope["headers"])
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-model-version", b"v0002"),
+        (b"x-seen-id", seen.get(b"x-request-id", b"")),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def test_shadow_copies_go_over_the_served_paths_client():
+    # The rollout policy compares the shadow's p99 with production's: both must pay the
+    # same client, so a real URL goes through KeepAlivePool, not httpx.
+    from kubeloop.serving.shadow import HTTPSender, ShadowRequest
+
+    async def send_two(url: str) -> list:
+        sender = HTTPSender()
+        try:
+            answers = []
+            for n in range(2):
+                request = ShadowRequest(
+                    body=b'{"instances": [%d]}' % n,
+                    url=f"{url}/v1/models/ctr:predict",
+                    request_id=f"r{n}",
+                    version="v0002",
+                    content_type="application/json",
+                    headers=(),
+                )
+                answers.append(await sender(request))
+            assert list(sender._pools) == [url] and sender._client is None
+            return answers
+        finally:
+            await sender.aclose()
+
+    with serve(_versioned) as url:
+        answers = asyncio.run(send_two(url))
+    assert [(a.status_code, a.body, a.model_version) for a in answers] == [
+        (200, b'{"instances": [0]}', "v0002"),
+        (200, b'{"instances": [1]}', "v0002"),
+    ]
