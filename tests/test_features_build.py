@@ -18,9 +18,9 @@ from usecases.ctr.schema import (
     AD_FEATURES_FILE,
     AD_STATE_VIEW,
     EVENT_SCHEMA,
-    USER_STATE_VIEW,
     USER_FEATURE_SCHEMA,
     USER_FEATURES_FILE,
+    USER_STATE_VIEW,
 )
 
 UTC = dt.UTC

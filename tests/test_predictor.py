@@ -31,8 +31,8 @@ import pytest
 from _synthetic import make_training_frame
 from kserve.protocol.infer_type import InferInput, InferRequest, InferResponse
 
-from kubeloop.registry.records import ModelVersion
 from kubeloop.registry.export import export_version
+from kubeloop.registry.records import ModelVersion
 from kubeloop.serving.protocol import MODEL_FIELDS, WIRE_DATATYPE
 from kubeloop.training.model_kind import model_kind
 from kubeloop.training.split import time_split

@@ -26,8 +26,8 @@ from kubeloop.registry import (
     plan_stage_change,
     registry_summary,
 )
-from kubeloop.registry.records import detect_code_version
 from kubeloop.registry.bentoml_store import BentoMLRegistry
+from kubeloop.registry.records import detect_code_version
 
 FEATURES = ["hour", "device", "user_ctr_7d"]
 
