@@ -52,17 +52,22 @@ def serve(app, **config) -> Iterator[str]:
 connections: list[int] = []
 
 
-async def echo(scope, receive, send) -> None:
-    """Echoes the body; `/chunked` answers in three chunks, `/close` with connection:
-    close, `/slow` after 2 s; counts connections by client port."""
-    if scope["type"] != "http":
-        return
+async def _read_body(receive) -> bytes:
+    """The whole request body of an ASGI exchange."""
     body = b""
     while True:
         message = await receive()
         body += message.get("body", b"")
         if not message.get("more_body"):
-            break
+            return body
+
+
+async def echo(scope, receive, send) -> None:
+    """Echoes the body; `/chunked` answers in three chunks, `/close` with connection:
+    close, `/slow` after 2 s; counts connections by client port."""
+    if scope["type"] != "http":
+        return
+    body = await _read_body(receive)
     connections.append(scope["client"][1])
     path = scope["path"]
     if path == "/slow":
@@ -246,12 +251,7 @@ async def _versioned(scope, receive, send) -> None:
     """A predictor stand-in: echoes the body and names its version in x-model-version."""
     if scope["type"] != "http":
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await _read_body(receive)
     seen = dict(scope["headers"])
     headers = [
         (b"content-type", b"application/json"),
