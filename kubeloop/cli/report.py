@@ -68,7 +68,7 @@ def report(
 def _adopt_run(source: Path, root: Path) -> None:
     """Copy a finished demo's report.json to its committed place under `root`: the default
     use case's baseline to REPORT_PATH, another use case's or a scenario's beside it
-    (report_render.report_target), so a fraud run never overwrites CTR's report."""
+    (report_render.report_target), so one use case's run never overwrites another's report."""
     from kubeloop import report_render
     from kubeloop.usecase import DEFAULT_USE_CASE
 
