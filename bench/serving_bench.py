@@ -149,10 +149,9 @@ def process_trees(leaders: dict[str, int], table=None) -> dict[str, set[int]]:
 
 
 def servers_cpu_s(leaders: dict[str, int]) -> dict[str, float]:
-    """CPU seconds so far of each server's live processes (see `process_trees`)."""
-    table = _util.process_table()
-    trees = process_trees(leaders, table)
-    return {name: sum(table[pid][2] for pid in pids) for name, pids in trees.items()}
+    """CPU seconds so far of each server's live processes (see `process_trees`), in
+    nanoseconds from their threads' schedstat (`_util.pids_cpu_s`)."""
+    return {name: _util.pids_cpu_s(pids) for name, pids in process_trees(leaders).items()}
 
 
 # --- servers ----------------------------------------------------------------------------
