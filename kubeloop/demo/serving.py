@@ -10,6 +10,12 @@ stage joins the labels (delayed feedback: an hour late), builds the paired frame
 request log (`kubeloop.serving.paired`) and calls `evaluate_step`; an advance moves the
 canary percent (the router follows the rollout file), a promote, rollback or inconclusive
 ends the experiment and the rest of the traffic is not replayed.
+
+Labels slower than the replay (the use case's `label_delay` at least the replayed span,
+`resolve_label_timing`): the policy runs with delayed label timing, so the stage also checks
+every `check_every_requests` served requests (health moves the steps then), and once the
+traffic ran out it lets the clock run while labels mature (`await_labels`) so that the
+promotion's quality test sees them.
 """
 
 from __future__ import annotations
@@ -49,6 +55,12 @@ class ServingStageConfig(BaseModel):
     )
     check_every: int = Field(
         500, ge=1, description="new labelled impressions between two policy checks"
+    )
+    check_every_requests: int = Field(
+        100,
+        ge=1,
+        description="with delayed label timing, also check after this many new requests "
+        "(the steps move on health while the labels are days away)",
     )
     replay_last_days: int = Field(
         3, ge=1, description="impressions are drawn from the last days of the lake"
@@ -197,6 +209,7 @@ class _Experiment:
         self.sent: list[pd.DataFrame] = []
         self.step_ids: set[str] = set()
         self.labelled_at_check = 0
+        self.requests_at_check = 0
         self.steps: list[dict[str, Any]] = []
         self.last = None
         self.checks = 0
@@ -243,9 +256,13 @@ class _Experiment:
         import pandas as pd
 
         labelled = self.labelled()
-        if labelled - self.labelled_at_check < self.config.check_every:
+        requests = sum(s["request_id"].nunique() for s in self.sent)
+        delayed = self.config.policy.label_timing == "delayed"
+        if labelled - self.labelled_at_check < self.config.check_every and not (
+            delayed and requests - self.requests_at_check >= self.config.check_every_requests
+        ):
             return False
-        self.labelled_at_check = labelled
+        self.labelled_at_check, self.requests_at_check = labelled, requests
         return self.check(pd.concat(self.sent, ignore_index=True))
 
     def await_labels(self) -> None:
@@ -338,10 +355,18 @@ def run_serving_stage(
     from kubeloop.features.state_feed import streams_state
     from kubeloop.registry import open_registry
     from kubeloop.serving.local_servers import LocalStack
+    from kubeloop.serving.progressive import resolve_label_timing
     from kubeloop.serving.replay import join_feedback, offered_load, replay_through_time
     from kubeloop.serving.request_log.reader import exchanges_frame
 
     spec = resolve_use_case(use_case)
+    config = config.model_copy(
+        update={
+            "policy": resolve_label_timing(
+                config.policy, spec.events.label_delay, replay_span(impressions)
+            )
+        }
+    )
     registry = open_registry(str(workdir.registry))
     started = time.perf_counter()
     started_at = datetime.now(UTC) - timedelta(seconds=1)
@@ -406,6 +431,17 @@ def run_serving_stage(
     return section
 
 
+def replay_span(impressions: pd.DataFrame) -> timedelta | None:
+    """How long the replayed traffic runs on the replay's clock (first to last impression);
+    None without impressions."""
+    import pandas as pd
+
+    if not len(impressions):
+        return None
+    ts = pd.to_datetime(impressions[EVENT_TIMESTAMP], utc=True)
+    return (ts.max() - ts.min()).to_pytimedelta()
+
+
 def _experiment_summary(experiment: _Experiment, shadow: dict, config) -> dict[str, Any]:
     """The report's view of the progressive experiment: shadow counts, steps, SRM, paired
     deltas with their confidence sequence, and the oracle's expected log loss."""
@@ -413,6 +449,7 @@ def _experiment_summary(experiment: _Experiment, shadow: dict, config) -> dict[s
     stats = last.statistics
     return {
         "requires": config.policy.requires,
+        "label_timing": config.policy.label_timing,
         "policy": config.policy.model_dump(mode="json"),
         "shadow": {
             "mirrored": shadow.get("mirrored"),
@@ -444,7 +481,7 @@ def _experiment_summary(experiment: _Experiment, shadow: dict, config) -> dict[s
                 else None
             ),
             "on": "the paired labelled impressions (every served impression both versions scored)",
-            **oracle_verdict(last.action, stats.oracle_delta_logloss, stats.production, config),
+            **oracle_verdict(last.action, stats, config.policy),
         },
         "decision": {"action": last.action, "percent": last.percent, "reasons": last.reasons},
     }
@@ -463,21 +500,42 @@ def label_timing(experiment: _Experiment) -> dict[str, Any]:
     }
 
 
-def oracle_verdict(action: str, delta: float | None, production, config) -> dict[str, Any]:
+def oracle_verdict(action: str, statistics, policy: ProgressivePolicy) -> dict[str, Any]:
     """Whether the decision agrees with the oracle at the margin: never promote a candidate
     truly worse than production by more than the margin; a gated candidate (non-inferiority)
-    truly better by more than the margin should be promoted."""
+    truly better by more than the margin should be promoted, unless the paired labels could
+    not decide it: when the confidence sequence's half-width at the decision's sample size
+    is wider than the true gap's distance from the margin, even a sequence centred on the
+    truth would not have cleared the margin, so "inconclusive" is the test's honest answer
+    (agrees None, "undecidable"), not a wrong one."""
+    delta, production = statistics.oracle_delta_logloss, statistics.production
     if delta is None or not production.expected_logloss:
         return {"agrees": None, "verdict": "no oracle"}
     gap = delta / production.expected_logloss
-    margin = config.policy.ne_margin
+    margin = policy.ne_margin
     if gap > margin and action == "promote":
         return {"agrees": False, "verdict": f"promoted a candidate truly worse by {gap:+.2%}"}
     if (
         gap < -margin
-        and config.policy.requires == "non_inferiority"
+        and policy.requires == "non_inferiority"
         and action in ("rollback", "inconclusive")
     ):
+        cs = statistics.delta_logloss
+        half = (
+            (cs.high - cs.estimate) / production.logloss
+            if cs.high is not None and cs.estimate is not None and production.logloss
+            else None
+        )
+        if action == "inconclusive" and half is not None and gap + half >= margin:
+            return {
+                "agrees": None,
+                "verdict": (
+                    f"undecidable with {cs.n} paired labels: the candidate is truly better by "
+                    f"{-gap:.2%}, but the CS half-width is {half:.2%} of production's log loss, "
+                    f"so only a true gap below {margin - half:+.2%} could clear the "
+                    f"{margin:.2%} margin; inconclusive is the test's honest answer"
+                ),
+            }
         return {
             "agrees": False,
             "verdict": f"kept production, the candidate truly better by {gap:+.2%}",

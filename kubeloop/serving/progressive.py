@@ -27,12 +27,27 @@ reasons. The rules, in order:
      labelled impressions since the step began) is met, advance to the next percent; after
      the 100% step's dwell, promote.
   Otherwise hold.
+
+Labels slower than the experiment (`label_timing="delayed"`): when a label is final only
+days after its request (chargebacks), a step's traffic is over long before any of its labels
+come, so waiting for the quality test at every step ends every rollout in shadow. Because
+the quality statistic is paired over every served impression (both versions score each
+request, whatever the percent), the percent changes how many users the candidate serves,
+not the evidence. So in this mode, while the quality test is pending, a step advances on
+health (guardrails judged on at least `min_requests_for_health` candidate answers) and on
+"not proven worse" on the labels known so far (rule 2's rollback still fires the moment
+the CS's lower end passes 0), with a dwell of requests only; it never goes above
+`unproven_max_percent` and never promotes: the promotion waits at the last allowed step,
+the candidate serving, until the labels matured enough for the quality test to pass (or to
+prove it worse, or to spend the budget). `resolve_label_timing` picks the mode from how
+late labels come against how long the experiment runs ("auto").
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from datetime import timedelta
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -43,6 +58,7 @@ from kubeloop.serving.sequential import (
     ConfidenceSequence,
     SRMResult,
     confidence_sequence,
+    cs_radius,
     per_impression_logloss,
     srm_test,
 )
@@ -53,6 +69,7 @@ if TYPE_CHECKING:
 Action = Literal["hold", "advance", "promote", "rollback", "inconclusive"]
 Requirement = Literal["non_inferiority", "superiority"]
 Quality = Literal["pending", "passed", "worse"]
+LabelTiming = Literal["auto", "prompt", "delayed"]
 
 
 class ProgressivePolicy(BaseModel):
@@ -101,6 +118,23 @@ class ProgressivePolicy(BaseModel):
         0.001, gt=0, lt=1, description="anytime error rate of the SRM test (per step)"
     )
     srm_concentration: float = Field(100.0, gt=0, description="Beta mixture concentration")
+    label_timing: LabelTiming = Field(
+        "auto",
+        description=(
+            "prompt: every step waits for the quality test (labels come while the step "
+            "runs); delayed: labels come after the experiment's traffic, so steps advance on "
+            "health and 'not proven worse', and only the promotion waits for the quality "
+            "test (module docstring); auto: `resolve_label_timing` decides, prompt where "
+            "nothing resolved it"
+        ),
+    )
+    unproven_max_percent: int = Field(
+        100,
+        ge=0,
+        le=100,
+        description="delayed labels: the highest percent a candidate serves before its "
+        "quality test passed",
+    )
 
     @field_validator("schedule")
     @classmethod
@@ -112,6 +146,19 @@ class ProgressivePolicy(BaseModel):
         if value[-1] != 100:
             raise ValueError("schedule: the last step must be 100 (then the candidate is promoted)")
         return value
+
+
+def resolve_label_timing(
+    policy: ProgressivePolicy, label_delay: timedelta | None, experiment: timedelta | None
+) -> ProgressivePolicy:
+    """`policy` with "auto" label timing made prompt or delayed: delayed when labels take at
+    least as long as the experiment's traffic (`experiment`: its span; None: unknown, then
+    any `label_delay` counts as slow), prompt when labels come at once (`label_delay` None)
+    or well within it. A policy that names its timing is returned as it is."""
+    if policy.label_timing != "auto":
+        return policy
+    slow = label_delay is not None and (experiment is None or label_delay >= experiment)
+    return policy.model_copy(update={"label_timing": "delayed" if slow else "prompt"})
 
 
 class StepState(BaseModel):
@@ -363,39 +410,133 @@ def evaluate_step(
 
     # Budget -------------------------------------------------------------------------------
     if new.quality == "pending" and n >= policy.budget_labelled:
-        return decide(
-            "inconclusive",
-            0,
-            [
-                *reasons,
-                (
-                    f"inconclusive, keeping production: the traffic budget of "
-                    f"{policy.budget_labelled} paired labelled impressions is spent ({n})"
-                ),
-            ],
+        spent = (
+            f"inconclusive, keeping production: the traffic budget of "
+            f"{policy.budget_labelled} paired labelled impressions is spent ({n})"
         )
+        why = undecided_reason(statistics, policy)
+        # the conclusion last: callers read the final reason as the decision's headline
+        return decide("inconclusive", 0, [*reasons, *([why] if why else []), spent])
 
     # Progress -----------------------------------------------------------------------------
     step_requests = health.served_total
     step_labelled = n - state.step_started_labelled
+    delayed = policy.label_timing == "delayed"
+
+    def advance(why: str) -> StepDecision:
+        nxt = policy.schedule[state.step + 1]
+        new.step, new.percent = state.step + 1, nxt
+        new.step_started_labelled = n
+        new.step_started_requests = state.step_started_requests + step_requests
+        new.srm_max_log_bf = 0.0
+        reasons.append(why.format(nxt=nxt))
+        return decide("advance", nxt, reasons)
+
     if new.quality != "passed":
+        if delayed and new.quality == "pending":
+            return _unproven_step(
+                state, answered, step_requests, n, policy, reasons, advance, decide
+            )
         return decide("hold", state.percent, reasons)
-    if step_requests < policy.min_requests or step_labelled < policy.min_labelled:
+    if step_requests < policy.min_requests or (not delayed and step_labelled < policy.min_labelled):
+        labelled = "" if delayed else f", {step_labelled}/{policy.min_labelled} labelled"
         reasons.append(
             f"step {state.step} ({state.percent}%) dwell: {step_requests}/{policy.min_requests} "
-            f"requests, {step_labelled}/{policy.min_labelled} labelled"
+            f"requests{labelled}"
         )
         return decide("hold", state.percent, reasons)
     if state.step + 1 >= len(policy.schedule):
         reasons.append(f"dwell at {state.percent}% met: promoting the candidate")
         return decide("promote", 100, reasons)
-    nxt = policy.schedule[state.step + 1]
-    new.step, new.percent = state.step + 1, nxt
-    new.step_started_labelled = n
-    new.step_started_requests = state.step_started_requests + step_requests
-    new.srm_max_log_bf = 0.0
-    reasons.append(f"dwell at {state.percent}% met: advancing to {nxt}%")
-    return decide("advance", nxt, reasons)
+    return advance(f"dwell at {state.percent}% met: advancing to {{nxt}}%")
+
+
+def _unproven_step(state, answered, step_requests, n, policy, reasons, advance, decide):
+    """Delayed labels, quality test pending (module docstring): advance on health and a
+    requests-only dwell, up to `unproven_max_percent`; hold there (the promotion, or the
+    steps above the cap, wait for the quality test)."""
+    where = f"step {state.step} ({state.percent}%)"
+    if answered < policy.min_requests_for_health:
+        reasons.append(
+            f"labels lag the traffic: {where} waits for {policy.min_requests_for_health} "
+            f"candidate answers to judge its health ({answered} so far)"
+        )
+        return decide("hold", state.percent, reasons)
+    if step_requests < policy.min_requests:
+        reasons.append(
+            f"labels lag the traffic: {where} dwell {step_requests}/{policy.min_requests} requests"
+        )
+        return decide("hold", state.percent, reasons)
+    test = policy.requires.replace("_", "-")
+    last = state.step + 1 >= len(policy.schedule)
+    if last or policy.schedule[state.step + 1] > policy.unproven_max_percent:
+        what = (
+            "the promotion"
+            if last
+            else f"{policy.schedule[state.step + 1]}% (above the unproven cap "
+            f"{policy.unproven_max_percent}%)"
+        )
+        reasons.append(
+            f"labels lag the traffic: {where} dwell met, {what} waits for the {test} test "
+            f"on the labels as they mature ({n} paired so far)"
+        )
+        return decide("hold", state.percent, reasons)
+    return advance(
+        f"labels lag the traffic: {where} dwell met with health ok and the candidate not "
+        f"proven worse on the {n} paired labels known, advancing to {{nxt}}%; the promotion "
+        f"waits for the {test} test"
+    )
+
+
+def labelled_needed(
+    cs: ConfidenceSequence, bound: float, policy: ProgressivePolicy, limit: int = 10**9
+) -> int | None:
+    """About how many paired labelled impressions the confidence sequence would need for its
+    upper end to fall below `bound` if its estimate and standard deviation stayed as they
+    are; None when the estimate is not below `bound` (no sample size would do) or the
+    answer exceeds `limit`."""
+    if cs.estimate is None or cs.sd is None or cs.estimate >= bound:
+        return None
+    gap = bound - cs.estimate
+
+    def short(m: int) -> bool:
+        return float(cs_radius(m, cs.sd, policy.alpha, policy.tuned_n)) >= gap
+
+    low, high = 2, max(cs.n, 2)
+    while short(high):  # the radius shrinks with n: double, then bisect
+        low, high = high, high * 2
+        if high > limit:
+            return None
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if short(mid) else (low, mid)
+    return high
+
+
+def undecided_reason(statistics: StepStatistics, policy: ProgressivePolicy) -> str | None:
+    """Why the quality test could not conclude on the labels it had: the confidence
+    sequence's half-width against the margin (the true relative gap the test could have
+    shown at this sample size), and the labelled impressions the current estimate would
+    need. None without a confidence sequence."""
+    cs, production = statistics.delta_logloss, statistics.production.logloss
+    if cs.estimate is None or cs.high is None or not production:
+        return None
+    half = cs.high - cs.estimate
+    relative = policy.ne_margin if policy.requires == "non_inferiority" else 0.0
+    reach = relative - half / production
+    needed = labelled_needed(cs, relative * production, policy)
+    estimate = f"the current estimate ({cs.estimate / production:+.2%})"
+    then = (
+        f"at {estimate} about {needed:,} paired labelled impressions would decide it"
+        if needed is not None
+        else f"at {estimate} no number of labels would show it"
+    )
+    return (
+        f"at {cs.n} paired the CS half-width is {half:.5f} log loss ({half / production:.2%} of "
+        f"production's against the {policy.ne_margin:.2%} margin): the "
+        f"{policy.requires.replace('_', '-')} test could show only a candidate whose true "
+        f"relative gap is below {reach:+.2%}; {then}"
+    )
 
 
 def initial_state(policy: ProgressivePolicy) -> StepState:
@@ -419,11 +560,16 @@ def end_of_traffic(decision: StepDecision, policy: ProgressivePolicy) -> StepDec
         f"inconclusive, keeping production: the traffic ran out at {n} paired labelled "
         f"impressions (budget {policy.budget_labelled}) before {missing}"
     )
+    why = (
+        undecided_reason(decision.statistics, policy)
+        if decision.state.quality != "passed"
+        else None
+    )
     return decision.model_copy(
         update={
             "action": "inconclusive",
             "percent": 0,
             "state": state,
-            "reasons": [*decision.reasons, reason],
+            "reasons": [*decision.reasons, *([why] if why else []), reason],
         }
     )

@@ -151,10 +151,19 @@ def infer_versions(answers: pd.DataFrame) -> tuple[str | None, str | None]:
 def step_policy(policy: ProgressivePolicy, percent: int, shadow_at_full: bool) -> ProgressivePolicy:
     """The policy for one step. Where production cannot score in shadow at 100% (KServe
     drops the `prev` route tag there), the 100% step's dwell counts requests only: no new
-    paired impressions can arrive, and the quality test concluded before this step."""
-    if percent >= 100 and not shadow_at_full:
-        return policy.model_copy(update={"min_labelled": 0})
-    return policy
+    paired impressions can arrive, and the quality test concluded before this step. For
+    the same reason, with delayed labels an unproven candidate stops below 100% there: at
+    100% its traffic would no longer be paired, and the labels it waits for would stop
+    coming."""
+    if shadow_at_full:
+        return policy
+    update: dict[str, int] = {}
+    if percent >= 100:
+        update["min_labelled"] = 0
+    if policy.label_timing == "delayed":
+        below = max((p for p in policy.schedule if p < 100), default=0)
+        update["unproven_max_percent"] = min(policy.unproven_max_percent, below)
+    return policy.model_copy(update=update) if update else policy
 
 
 @dataclass(eq=False)
