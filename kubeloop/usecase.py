@@ -19,7 +19,8 @@ and declares, in one `UseCase` object registered under the entry-point group
 * the data source: a generator (`SyntheticSource`) or a lake path (`LakeSource`);
 * the metrics' slices and the gate's defaults (`MetricsSpec`);
 * the request fields a client sends the transformer (`request_fields`);
-* the defaults (`Defaults`): registry model name and scenario.
+* the defaults (`Defaults`): registry model name, scenario and the training config every
+  run starts from.
 
 Every stage takes the use case as configuration (`--use-case NAME`, default
 `DEFAULT_USE_CASE`) and resolves it with `load_use_case(name)`.
@@ -374,10 +375,26 @@ class LakeSource:
 
 @dataclass(frozen=True)
 class Defaults:
-    """What a run uses when not told otherwise."""
+    """What a run uses when not told otherwise.
+
+    `training` holds `TrainingConfig` keys (split settings, and a model kind's section of
+    hyperparameters under the kind's name) that every training run of the use case starts
+    from: the train, evaluate and register steps lay the run's own training config over
+    them, a model kind's section key by key (`TrainingConfig.over_defaults`). Settings that
+    suit one problem's data (its label rate, its features' signal) belong here rather
+    than in the engine's defaults, which every use case shares."""
 
     model_name: str
     scenario: str = "baseline"
+    training: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Frozen one level down too: a kind's section is a mapping of its own.
+        sections = {
+            key: _frozen(value) if isinstance(value, Mapping) else value
+            for key, value in self.training.items()
+        }
+        object.__setattr__(self, "training", _frozen(sections))
 
 
 @dataclass(frozen=True, eq=False)

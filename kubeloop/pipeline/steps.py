@@ -182,7 +182,8 @@ def train_step(
 ) -> dict[str, Any]:
     """Train one model kind (any registered one, see `kubeloop.training.model_kind`) on the
     time-ordered split and save it to `model_dir`. The feature transform is fitted here,
-    on the train split, with the use case's rules.
+    on the train split, with the use case's rules. The training config is the use case's
+    training defaults (`Defaults.training`) under the run's, as in evaluate and register.
 
     Raises KubeloopError naming the known kinds for any other `kind`, before any data is read.
     """
@@ -192,7 +193,7 @@ def train_step(
 
     spec = model_kind(kind)
     problem = resolve_use_case(use_case)
-    config = _parse(TrainingConfig, train_config_json)
+    config = TrainingConfig.over_defaults(problem.defaults.training, train_config_json)
     train, valid, _ = load_splits(training_set_path, config)
     transform = FeatureTransform.fit(train, use_case=problem)
     model = spec.train(train, valid, config.kind_config(kind), transform)
@@ -266,7 +267,7 @@ def evaluate_step(
     spec = resolve_use_case(use_case)
     model_name = model_name or spec.defaults.model_name
     label, oracle_column = spec.events.label, spec.events.oracle
-    config = _parse(TrainingConfig, train_config_json)
+    config = TrainingConfig.over_defaults(spec.defaults.training, train_config_json)
     train, valid, holdout = load_splits(training_set_path, config)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -443,7 +444,7 @@ def register_step(
     evaluation = _read_json(Path(evaluation_dir) / EVALUATION_FILE)
     decision = _read_json(decision_path)
     report = evaluation["models"][kind]
-    config = _parse(TrainingConfig, train_config_json)
+    config = TrainingConfig.over_defaults(spec.defaults.training, train_config_json)
     _, valid, holdout = load_splits(training_set_path, config)
     features = model_input_columns(spec)
     # The newest rows the model did not learn from (valid + holdout: the days just before

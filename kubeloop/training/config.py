@@ -3,6 +3,8 @@ kind and the drift reference sample."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -65,6 +67,30 @@ class TrainingConfig(BaseModel):
             for key, value in data.items()
         }
 
+    @classmethod
+    def over_defaults(
+        cls, defaults: Mapping[str, Any], given: Mapping[str, Any] | str | None
+    ) -> TrainingConfig:
+        """The config of a run whose own settings `given` (a mapping, or its JSON as a
+        step receives it) are laid over a use case's `defaults` (`Defaults.training`):
+        see `layered`."""
+        if given is None or isinstance(given, str):
+            given = json.loads(given or "{}")
+        return cls.model_validate(layered(defaults, given))
+
     def kind_config(self, kind: str) -> BaseModel:
         """The typed hyperparameters of model kind `kind` (its defaults when unset)."""
         return parse_kind_config(kind, (self.model_extra or {}).get(kind))
+
+
+def layered(defaults: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """`given` laid over `defaults`: a key of `given` replaces the default, except that
+    where both hold a mapping (a model kind's section) the two are merged key by key, so a
+    run that sets one hyperparameter of a kind keeps the use case's others."""
+    out: dict[str, Any] = dict(defaults)
+    for key, value in given.items():
+        below = out.get(key)
+        if isinstance(value, Mapping) and isinstance(below, Mapping):
+            value = {**below, **value}
+        out[key] = value
+    return out
