@@ -102,6 +102,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 DEFAULT_OUT = BENCH_DIR / "results" / "serving_bench.md"
 DEFAULT_JSON = DEFAULT_OUT.with_suffix(".json")
+PARTIAL_OUT = DEFAULT_OUT.with_name("serving_bench.cells.md")
+PARTIAL_JSON = PARTIAL_OUT.with_suffix(".json")
 DEFAULT_EVENTS = 100_000
 QUICK_EVENTS = 50_000
 PACKAGES = ["kserve", "bentoml", "lightgbm", "feast", "httpx", "uvicorn", "fastapi", "pandas"]
@@ -231,8 +233,47 @@ class Servers:
             log(f"killed {len(leftovers)} leftover server processes")
 
 
-def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Target]:
-    """Start every server, wait until all are ready; returns the measured targets."""
+# Every measured target, in report order (its servers: `target_servers`).
+TARGET_KEYS = (
+    "predictor", "bentoml", "bare", "null", "predictor_omp", "predictor_w2", "router",
+    "router_nolog", "proxy", "proxy_httpx", "transformer", "stack", "stack_nolog", "naive",
+)  # fmt: skip
+# The servers on each target's path (the first one answers the client); the CPU of each
+# is the target's server CPU.
+TARGET_SERVERS: dict[str, tuple[str, ...]] = {
+    "router": ("router", "predictor"),
+    "router_nolog": ("router_nolog", "predictor"),
+    "proxy": ("proxy", "predictor"),
+    "proxy_httpx": ("proxy_httpx", "predictor"),
+    "transformer": ("transformer", "predictor"),
+    "stack": ("stack", "router", "predictor"),
+    "stack_nolog": ("stack_nolog", "router_nolog", "predictor"),
+}
+
+
+def target_servers(key: str) -> tuple[str, ...]:
+    """The servers a target needs running (see TARGET_SERVERS; one of its own else)."""
+    return TARGET_SERVERS.get(key, (key,))
+
+
+def select_cells(text: str | None) -> tuple[str, ...]:
+    """The targets of `--cells` (comma-separated keys of TARGET_KEYS), in report order,
+    the predictor always among them (every ratio of the report is to it); every target
+    when `text` is None."""
+    if text is None:
+        return TARGET_KEYS
+    asked = {key.strip() for key in text.split(",") if key.strip()}
+    unknown = sorted(asked - set(TARGET_KEYS))
+    if unknown:
+        raise ValueError(f"--cells: unknown {unknown}; choose among {', '.join(TARGET_KEYS)}")
+    return tuple(key for key in TARGET_KEYS if key in asked or key == "predictor")
+
+
+def start_servers(
+    servers: Servers, prepared: dict, root: Path, keys: tuple[str, ...] = TARGET_KEYS
+) -> dict[str, Target]:
+    """Start the servers of the targets `keys` (all by default), wait until they are
+    ready; returns those targets."""
     from kubeloop.serving.local_servers import DEFAULT_SERVER_ARGS
     from kubeloop.serving.processes import free_ports
     from kubeloop.serving.rollout import RolloutState, save_state
@@ -245,60 +286,72 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
     port = dict(zip(names, free_ports(len(names)), strict=True))
     kserve_args = list(DEFAULT_SERVER_ARGS)
     predict_path = f"/v1/models/{MODEL_NAME}:predict"
+    wanted = {name for key in keys for name in target_servers(key)}
 
     for name, env in (("predictor", None), ("predictor_omp", {OMP_ENV: None})):
+        if name not in wanted:
+            continue
         servers.start(
             name,
             [python, "-m", "models.predictor", "--model_name", MODEL_NAME, "--model_dir", export,
              "--http_port", str(port[name]), *kserve_args],
             port[name], "/v2/health/ready", env,
         )  # fmt: skip
-    servers.start(
-        "predictor_w2",
-        [python, "-m", "models.predictor", "--model_name", MODEL_NAME, "--model_dir", export,
-         "--http_port", str(port["predictor_w2"]), "--workers", "2", *kserve_args],
-        port["predictor_w2"], "/v2/health/ready",
-    )  # fmt: skip
-    servers.start(
-        "bare",
-        [python, str(BENCH_DIR / "_bare_kserve.py"), "--model_name", MODEL_NAME,
-         "--model_dir", export, "--http_port", str(port["bare"]), *kserve_args],
-        port["bare"], "/v2/health/ready",
-    )  # fmt: skip
-    servers.start(
-        "null",
-        [python, str(BENCH_DIR / "_bare_kserve.py"), "--model_name", MODEL_NAME, "--zeros",
-         "--model_dir", export, "--http_port", str(port["null"]), *kserve_args],
-        port["null"], "/v2/health/ready",
-    )  # fmt: skip
-    servers.start(
-        "bentoml",
-        [str(Path(python).with_name("bentoml")), "serve", "_bentoml_service:BenchCTR",
-         "--working-dir", str(BENCH_DIR), "--host", HOST, "--port", str(port["bentoml"])],
-        port["bentoml"], "/readyz",
-        {
-            "KUBELOOP_BENCH_MODEL_DIR": export,
-            "BENTOML_HOME": str(root / "bentoml_home"),
-            "BENTOML_DO_NOT_TRACK": "True",
-        },
-    )  # fmt: skip
-    servers.start(
-        "naive",
-        [python, str(BENCH_DIR / "_naive_kserve.py"), "--model_name", MODEL_NAME,
-         "--model_dir", export, "--feature_repo", str(prepared["feature_repo"]),
-         "--http_port", str(port["naive"]), *kserve_args],
-        port["naive"], "/v2/health/ready",
-    )  # fmt: skip
+    if "predictor_w2" in wanted:
+        servers.start(
+            "predictor_w2",
+            [python, "-m", "models.predictor", "--model_name", MODEL_NAME, "--model_dir", export,
+             "--http_port", str(port["predictor_w2"]), "--workers", "2", *kserve_args],
+            port["predictor_w2"], "/v2/health/ready",
+        )  # fmt: skip
+    if "bare" in wanted:
+        servers.start(
+            "bare",
+            [python, str(BENCH_DIR / "_bare_kserve.py"), "--model_name", MODEL_NAME,
+             "--model_dir", export, "--http_port", str(port["bare"]), *kserve_args],
+            port["bare"], "/v2/health/ready",
+        )  # fmt: skip
+    if "null" in wanted:
+        servers.start(
+            "null",
+            [python, str(BENCH_DIR / "_bare_kserve.py"), "--model_name", MODEL_NAME, "--zeros",
+             "--model_dir", export, "--http_port", str(port["null"]), *kserve_args],
+            port["null"], "/v2/health/ready",
+        )  # fmt: skip
+    if "bentoml" in wanted:
+        servers.start(
+            "bentoml",
+            [str(Path(python).with_name("bentoml")), "serve", "_bentoml_service:BenchCTR",
+             "--working-dir", str(BENCH_DIR), "--host", HOST, "--port", str(port["bentoml"])],
+            port["bentoml"], "/readyz",
+            {
+                "KUBELOOP_BENCH_MODEL_DIR": export,
+                "BENTOML_HOME": str(root / "bentoml_home"),
+                "BENTOML_DO_NOT_TRACK": "True",
+            },
+        )  # fmt: skip
+    if "naive" in wanted:
+        servers.start(
+            "naive",
+            [python, str(BENCH_DIR / "_naive_kserve.py"), "--model_name", MODEL_NAME,
+             "--model_dir", export, "--feature_repo", str(prepared["feature_repo"]),
+             "--http_port", str(port["naive"]), *kserve_args],
+            port["naive"], "/v2/health/ready",
+        )  # fmt: skip
     state_path = root / "rollout.json"
     save_state(RolloutState(model_name=MODEL_NAME, primary_version=prepared["version"]), state_path)
     backend = f"{prepared['version']}=http://{HOST}:{port['predictor']}"
     for name, request_log in (("router", root / "requests.sqlite"), ("router_nolog", None)):
+        if name not in wanted:
+            continue
         args = [python, str(Path(__file__).resolve()), "--serve-router", "--port", str(port[name]),
                 "--state", str(state_path), "--backend", backend]  # fmt: skip
         if request_log is not None:
             args += ["--request-log", str(request_log)]
         servers.start(name, args, port[name], "/v2/health/ready")
     for name, client in (("proxy", "pool"), ("proxy_httpx", "httpx")):
+        if name not in wanted:
+            continue
         servers.start(
             name,
             [python, str(Path(__file__).resolve()), "--serve-proxy", client, "--port",
@@ -310,6 +363,8 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
         ("stack", "router"),
         ("stack_nolog", "router_nolog"),
     ):
+        if name not in wanted:
+            continue
         servers.start(
             name,
             [python, "-m", "models.transformer", "--model_name", MODEL_NAME,
@@ -318,40 +373,38 @@ def start_servers(servers: Servers, prepared: dict, root: Path) -> dict[str, Tar
              *kserve_args],
             port[name], "/v2/health/ready",
         )  # fmt: skip
-    log(f"waiting for {len(names)} servers (logs in {servers.log_dir})")
+    log(f"waiting for {len(servers.procs)} servers (logs in {servers.log_dir})")
     servers.wait()
 
     def url(name: str, path: str = predict_path) -> str:
         return f"http://{HOST}:{port[name]}{path}"
 
+    # key -> label, body kind, path on its first server (the v1 predict route by default).
+    described = {
+        "predictor": ("kubeloop predictor (KServe)", "joined", None),
+        "bentoml": ("BentoML service", "joined", "/predict"),
+        "bare": ("bare kserve.Model (floor)", "matrix", None),
+        "null": ("null kserve.Model (answers 0.0; no model: the ceiling)", "joined", None),
+        "predictor_omp": ("kubeloop predictor, OpenMP threads unset (as shipped)", "joined", None),
+        "predictor_w2": ("kubeloop predictor, --workers 2", "joined", None),
+        "router": ("router (request log on) -> predictor", "joined", None),
+        "router_nolog": ("router (no request log) -> predictor", "joined", None),
+        "proxy": ("bare uvicorn proxy hop (KeepAlivePool) -> predictor", "joined", None),
+        "proxy_httpx": ("bare uvicorn proxy hop (httpx) -> predictor", "joined", None),
+        "transformer": ("transformer -> predictor", "client", None),
+        "stack": ("transformer -> router (log) -> predictor", "client", None),
+        "stack_nolog": ("transformer -> router (no log) -> predictor", "client", None),
+        "naive": (
+            "naive one-process service (Feast get_online_features + Booster)",
+            "client",
+            None,
+        ),
+    }
     targets = [
-        Target("predictor", "kubeloop predictor (KServe)", url("predictor"), ["predictor"],
-               "joined"),
-        Target("bentoml", "BentoML service", url("bentoml", "/predict"), ["bentoml"], "joined"),
-        Target("bare", "bare kserve.Model (floor)", url("bare"), ["bare"], "matrix"),
-        Target("null", "null kserve.Model (answers 0.0; no model: the ceiling)", url("null"),
-               ["null"], "joined"),
-        Target("predictor_omp", "kubeloop predictor, OpenMP threads unset (as shipped)",
-               url("predictor_omp"), ["predictor_omp"], "joined"),
-        Target("predictor_w2", "kubeloop predictor, --workers 2", url("predictor_w2"),
-               ["predictor_w2"], "joined"),
-        Target("router", "router (request log on) -> predictor", url("router"),
-               ["router", "predictor"], "joined"),
-        Target("router_nolog", "router (no request log) -> predictor", url("router_nolog"),
-               ["router_nolog", "predictor"], "joined"),
-        Target("proxy", "bare uvicorn proxy hop (KeepAlivePool) -> predictor", url("proxy"),
-               ["proxy", "predictor"], "joined"),
-        Target("proxy_httpx", "bare uvicorn proxy hop (httpx) -> predictor",
-               url("proxy_httpx"), ["proxy_httpx", "predictor"], "joined"),
-        Target("transformer", "transformer -> predictor", url("transformer"),
-               ["transformer", "predictor"], "client"),
-        Target("stack", "transformer -> router (log) -> predictor", url("stack"),
-               ["stack", "router", "predictor"], "client"),
-        Target("stack_nolog", "transformer -> router (no log) -> predictor", url("stack_nolog"),
-               ["stack_nolog", "router_nolog", "predictor"], "client"),
-        Target("naive", "naive one-process service (Feast get_online_features + Booster)",
-               url("naive"), ["naive"], "client"),
-    ]  # fmt: skip
+        Target(key, label, url(key, path or predict_path), list(target_servers(key)), kind)
+        for key in keys
+        for label, kind, path in [described[key]]
+    ]
     return {t.key: t for t in targets}
 
 
@@ -740,6 +793,7 @@ async def measure(
                 + ", ".join(
                     f"{k} {len(done[k + '/1'].latencies) / done[k + '/1'].wall_s:.0f}"
                     for k in ("predictor", "bentoml", "bare")
+                    if k + "/1" in done
                 )
             )
     finally:
@@ -1061,6 +1115,8 @@ def breakdown_section(steps: dict[str, dict[str, float]], cells: dict[str, dict]
 
 def render(doc: dict) -> str:
     """The markdown report, rendered from the bench's JSON alone."""
+    if doc["setup"].get("cells") is not None:
+        return render_partial(doc)
     setup, cells, steps = doc["setup"], doc["cells"], doc["breakdown"]
     client_cpu = {size: cells[f"predictor/{size}"]["stats"]["client_cpu"] for size in SIZES}
     text = [
@@ -1129,8 +1185,10 @@ def goal_ratios(doc: dict) -> list[dict[str, Any]]:
     cells, steps = doc["cells"], doc["breakdown"]
     out = []
 
-    def rps(key: str, size: int) -> float:
-        return cells[f"{key}/{size}"]["stats"]["rps"]
+    # A partial run (--cells) lacks some cells: their rows are left out.
+    def rps(key: str, size: int) -> float | None:
+        cell = cells.get(f"{key}/{size}")
+        return cell["stats"]["rps"] if cell else None
 
     for size in SIZES:
         out.append(
@@ -1151,9 +1209,9 @@ def goal_ratios(doc: dict) -> list[dict[str, Any]]:
                  "goal": "(shown)"}
             )  # fmt: skip
 
-    def hop_cpu(key: str, size: int) -> float:
-        cell = cells[f"{key}/{size}"]
-        return cell["server_cpu"].get(key, 0.0) / cell["stats"]["n"]
+    def hop_cpu(key: str, size: int) -> float | None:
+        cell = cells.get(f"{key}/{size}")
+        return cell["server_cpu"].get(key, 0.0) / cell["stats"]["n"] if cell else None
 
     for size in SIZES:
         for floor, what in (("proxy", "KeepAlivePool"), ("proxy_httpx", "httpx")):
@@ -1177,13 +1235,14 @@ def goal_ratios(doc: dict) -> list[dict[str, Any]]:
     reader = "transformer: OnlineReader.read (Feast online-store read)"
     direct = "Feast get_online_features direct (feature service, to_dict)"
     for size in SIZES:
-        step = steps[str(size)]
+        step = steps.get(str(size), {})
         if reader in step and direct in step:
             out.append(
                 {"what": "online lookup CPU per call (median): OnlineReader vs Feast's "
                  "get_online_features", "rows": size, "ours": step[reader],
                  "peer": step[direct], "goal": "<= 1.0", "lower_is_better": True}
             )  # fmt: skip
+    out = [row for row in out if row["ours"] is not None and row["peer"] is not None]
     for row in out:
         row["ratio"] = row["ours"] / row["peer"] if row["peer"] else float("nan")
     return out
@@ -1221,6 +1280,44 @@ def goals_section(doc: dict) -> list[str]:
     ]
 
 
+def render_partial(doc: dict) -> str:
+    """The report of a `--cells` run: every measured cell against the predictor, and the
+    issue's ratios its cells give (no breakdown, no overhead sections)."""
+    setup, cells = doc["setup"], doc["cells"]
+    rows = []
+    for size in SIZES:
+        base = cells[f"predictor/{size}"]["stats"]
+        for key in setup["cells"]:
+            s = cells[f"{key}/{size}"]["stats"]
+            rows.append(
+                [cells[f"{key}/{size}"]["label"], size, fmt_int(s["n"]),
+                 f"{s['rps']:,.0f} ({s['rps_min']:,.0f}–{s['rps_max']:,.0f})", ms(s["p50"]),
+                 ms(s["p99"]), ms(s["server_cpu"]), ms(s["client_cpu"]),
+                 fmt_ratio(s["rps"] / base["rps"]), f"{s['others']:.2f}"]
+            )  # fmt: skip
+    header = [
+        "server", "rows/req", "requests", "req/s (round min–max)", "p50 ms", "p99 ms",
+        "server CPU ms/req", "client CPU ms/req", "req/s vs predictor", "other load (cores)",
+    ]  # fmt: skip
+    return "\n".join(
+        [
+            f"## Serving benchmark, cells {', '.join(setup['cells'])} (bench/serving_bench.py)",
+            "",
+            *_util.conditions_lines(doc["conditions"]),
+            (
+                f"- a partial run (`--cells`): {setup['events']:,}-event lake, client "
+                f"{setup.get('client', 'pool')}, concurrency {setup['concurrency']}, "
+                f"{setup['requests_1']:,} / {setup['requests_64']:,} requests per cell of 1 / "
+                f"64 rows in {setup['rounds']} interleaved rounds; no in-process breakdown"
+            ),
+            "",
+            markdown_table(header, rows),
+            "",
+            *goals_section(doc),
+        ]
+    )
+
+
 # --- main -------------------------------------------------------------------------------
 
 
@@ -1250,6 +1347,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="OMP_NUM_THREADS of every server but the 'as shipped' predictor (default 1; "
         "0 leaves it unset)",
     )
+    add(
+        "--cells",
+        default=None,
+        metavar="KEYS",
+        help="measure only these targets (comma-separated, e.g. predictor,bare,null; the "
+        f"predictor is always measured) and skip the in-process breakdown; one of: "
+        f"{', '.join(TARGET_KEYS)}. Writes serving_bench.cells.json/.md unless --json/--out "
+        "say otherwise (a partial run never replaces the full run's results)",
+    )
     _util.add_output_arguments(parser, DEFAULT_JSON, DEFAULT_OUT)
     # The router's own process, started by the bench itself.
     add("--serve-router", action="store_true", help=argparse.SUPPRESS)
@@ -1273,6 +1379,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--requests-*, --rounds and --concurrency must be at least 1")
     if args.omp_threads < 0:
         parser.error("--omp-threads must be 0 or more")
+    try:
+        args.cells = None if args.cells is None else select_cells(args.cells)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.cells is not None:
+        args.json = PARTIAL_JSON if args.json == DEFAULT_JSON else args.json
+        args.out = PARTIAL_OUT if args.out == DEFAULT_OUT else args.out
     return args
 
 
@@ -1346,7 +1459,7 @@ def measure_all(args: argparse.Namespace) -> dict:
         env[OMP_ENV] = omp
         servers = Servers(root / "logs", env)
         try:
-            targets = start_servers(servers, prepared, root)
+            targets = start_servers(servers, prepared, root, args.cells or TARGET_KEYS)
             log("servers ready; measuring")
             cells = asyncio.run(
                 measure(
@@ -1368,12 +1481,16 @@ def measure_all(args: argparse.Namespace) -> dict:
         finally:
             log("stopping servers")
             servers.stop()
-        log("in-process breakdown (fresh process)")
-        reps = {1: 200, 64: 40} if args.quick else {1: 2000, 64: 300}
-        with environ(OMP_ENV, omp):
-            steps = _util.run_fresh(breakdown, prepared, reps, cores)
+        steps: dict[int, dict[str, float]] = {}
+        if args.cells is None:
+            log("in-process breakdown (fresh process)")
+            reps = {1: 200, 64: 40} if args.quick else {1: 2000, 64: 300}
+            with environ(OMP_ENV, omp):
+                steps = _util.run_fresh(breakdown, prepared, reps, cores)
         setup = setup_record(args, prepared)
     cond = clock.conditions("serving", run_mode(args), PACKAGES)
+    if args.cells is not None:
+        setup["cells"] = list(args.cells)
     return {
         "conditions": cond,
         "setup": setup,
