@@ -45,15 +45,12 @@ def fraud_like_pairs(
     production = 1 / (1 + np.exp(-(logit + noise)))
     own = rng.normal(0, 1.0, n) if independent else noise
     candidate = 1 / (1 + np.exp(-(logit + own / candidate_gain)))
-    return pd.DataFrame(
-        {
-            "request_id": [f"r{i}" for i in range(n)],
-            "label": (rng.random(n) < q).astype(float),
-            "p_production": production,
-            "p_candidate": candidate,
-            "served": "production",
-            "oracle": q,
-        }
+    # test_progressive's frame (its ids and columns), with these draws in it
+    return simulated_pairs(n, 0.0, seed).assign(
+        label=(rng.random(n) < q).astype(float),
+        p_production=production,
+        p_candidate=candidate,
+        oracle=q,
     )
 
 
