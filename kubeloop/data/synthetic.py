@@ -2,8 +2,8 @@
 in bounded memory, and the summary fields every `GenerationSummary` has.
 
 A generator (`usecases/<name>/generator.py`) draws its population once and then yields each
-day as a plan (anything with a `day` date) whose rows come as a few tables of at most a
-chunk each; `day_stream` pairs the two, `iter_tables` flattens them for replay, and
+day as a plan (anything with a `clock`, a `DayClock`) whose rows come as a few tables of at
+most a chunk each; `day_stream` pairs the two, `iter_tables` flattens them for replay, and
 `write_lake` writes them under `<lake_root>/events/day=YYYY-MM-DD/`, swapping the new
 `events/` in whole once it is complete (`kubeloop.data.lake.staged_events`). Nothing here
 knows a column of any use case: the columns to total come from the caller.
@@ -15,7 +15,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,9 +27,49 @@ from kubeloop.usecase import SyntheticConfig
 
 
 class DayPlan(Protocol):
-    """One generated day: its date (the rest is the generator's)."""
+    """One generated day: its clock (the rest is the generator's)."""
+
+    @property
+    def clock(self) -> DayClock:
+        """When the day's rows fall (`DayClock`)."""
+        ...
+
+
+@dataclass(frozen=True)
+class DayClock:
+    """When a generated day's rows fall: its date and 0-based index, its midnight in epoch
+    microseconds, the id of its first event and how many of its rows fall in each of its
+    1440 minutes."""
 
     day: date
+    day_index: int
+    day_us: int
+    first_event_id: int
+    minute_counts: np.ndarray
+
+    @classmethod
+    def of(
+        cls,
+        config: SyntheticConfig,
+        day_index: int,
+        first_event_id: int,
+        rows: int,
+        hourly: Sequence[float],
+    ) -> DayClock:
+        """Day `day_index` of `config`, its `rows` spread over the minutes by `minute_counts`
+        under the relative traffic `hourly` of each hour."""
+        day = config.start_date + timedelta(days=day_index)
+        return cls(
+            day=day,
+            day_index=day_index,
+            day_us=epoch_us(day),
+            first_event_id=first_event_id,
+            minute_counts=minute_counts(config.seed, day_index, rows, hourly),
+        )
+
+    def streams(self, seed: int, *names: str) -> dict[str, np.random.Generator]:
+        """The day's stream of each of `names` (`day_stream`)."""
+        return {name: day_stream(seed, self.day_index, name) for name in names}
 
 
 def iter_tables(days: Iterable[tuple[date, Iterable[pa.Table]]]) -> Iterator[tuple[date, pa.Table]]:
@@ -59,7 +99,7 @@ class DayGenerator:
         each day's tables lazily, so memory holds one chunk at a time."""
         population = self.population(config)
         for plan in self.plans(config, population):
-            yield plan.day, self.tables(config, population, plan)
+            yield plan.clock.day, self.tables(config, population, plan)
 
     def iter_day_tables(self, config: SyntheticConfig) -> Iterator[tuple[date, pa.Table]]:
         """The lake's rows in time order as `(day, table)` pairs, one per chunk; a day's

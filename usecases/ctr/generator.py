@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import Any, Literal
 
 import numpy as np
@@ -33,13 +33,12 @@ from pydantic import Field
 from kubeloop.data.synthetic import (
     DAY_US,
     HOUR_US,
+    DayClock,
     DayGenerator,
     category_strings,
     cdf_of,
     chunk_bounds,
-    day_stream,
     epoch_us,
-    minute_counts,
     minute_offsets,
     mix_probabilities,
     pick,
@@ -338,11 +337,7 @@ def click_model_on(config: GeneratorConfig, day_index: int) -> ClickModel:
 class _DayPlan:
     """Everything fixed for one day before its rows are drawn."""
 
-    day: date
-    day_index: int
-    day_us: int
-    first_event_id: int
-    minute_counts: np.ndarray  # impressions in each minute of the day
+    clock: DayClock  # its minute_counts: impressions in each minute of the day
     user_cdf: np.ndarray
     ad_cdf: np.ndarray
     device_cdf: np.ndarray
@@ -376,13 +371,8 @@ def _plan_day(
     n: int,
 ) -> _DayPlan:
     traffic = scenario.traffic_on(day_index, config.change_day)
-    day = config.start_date + timedelta(days=day_index)
     return _DayPlan(
-        day=day,
-        day_index=day_index,
-        day_us=epoch_us(day),
-        first_event_id=first_event_id,
-        minute_counts=minute_counts(config.seed, day_index, n, traffic.hourly_traffic),
+        clock=DayClock.of(config, day_index, first_event_id, n, traffic.hourly_traffic),
         user_cdf=cdf_of(_user_weights(population, traffic)),
         ad_cdf=_ad_cdf(population, traffic),
         device_cdf=cdf_of(mix_probabilities(traffic.device_mix, DEVICES)),
@@ -395,17 +385,15 @@ def _plan_day(
 def _day_tables(
     config: GeneratorConfig, population: Population, plan: _DayPlan
 ) -> Iterator[pa.Table]:
-    rng = {
-        name: day_stream(config.seed, plan.day_index, name)
-        for name in ("time", "user", "ad", "device", "slot", "label")
-    }
+    clock = plan.clock
+    rng = clock.streams(config.seed, "time", "user", "ad", "device", "slot", "label")
     slots = np.asarray(SLOTS, dtype=np.int64)
-    weekday = plan.day.weekday()
-    event_id = plan.first_event_id
-    for m0, m1 in chunk_bounds(plan.minute_counts, config.chunk_size):
-        since_midnight = minute_offsets(plan.minute_counts, m0, m1, rng["time"])
+    weekday = clock.day.weekday()
+    event_id = clock.first_event_id
+    for m0, m1 in chunk_bounds(clock.minute_counts, config.chunk_size):
+        since_midnight = minute_offsets(clock.minute_counts, m0, m1, rng["time"])
         n = len(since_midnight)
-        ts = plan.day_us + since_midnight
+        ts = clock.day_us + since_midnight
         hour = since_midnight // HOUR_US
 
         user = pick(plan.user_cdf, rng["user"].random(n))

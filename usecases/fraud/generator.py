@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import date, timedelta
+from datetime import date
 from typing import Literal
 
 import numpy as np
@@ -37,13 +37,12 @@ from kubeloop.data.synthetic import (
     DAY_US,
     HOUR_US,
     MINUTE_US,
+    DayClock,
     DayGenerator,
     category_strings,
     cdf_of,
     chunk_bounds,
     day_stream,
-    epoch_us,
-    minute_counts,
     minute_offsets,
     mix_probabilities,
     pick,
@@ -343,11 +342,7 @@ def _day_episodes(config: GeneratorConfig, population: Population, day_index: in
 class _DayPlan:
     """Everything fixed for one day before its legitimate rows are drawn."""
 
-    day: date
-    day_index: int
-    day_us: int
-    first_event_id: int
-    legit_minutes: np.ndarray  # legitimate transactions per minute
+    clock: DayClock  # its minute_counts: legitimate transactions per minute
     episodes: _Rows
     card_cdf: np.ndarray
     merchants: _MerchantChooser
@@ -356,7 +351,7 @@ class _DayPlan:
 
     @property
     def rows(self) -> int:
-        return int(self.legit_minutes.sum()) + len(self.episodes.card)
+        return int(self.clock.minute_counts.sum()) + len(self.episodes.card)
 
 
 def _plan_day(
@@ -364,13 +359,8 @@ def _plan_day(
 ) -> _DayPlan:
     scenario = SCENARIOS[config.scenario]
     traffic = scenario.traffic_on(day_index, config.change_day)
-    day = config.start_date + timedelta(days=day_index)
     return _DayPlan(
-        day=day,
-        day_index=day_index,
-        day_us=epoch_us(day),
-        first_event_id=first_event_id,
-        legit_minutes=minute_counts(config.seed, day_index, n, traffic.hourly_traffic),
+        clock=DayClock.of(config, day_index, first_event_id, n, traffic.hourly_traffic),
         episodes=_day_episodes(config, population, day_index),
         card_cdf=cdf_of(population.card_activity),
         merchants=_MerchantChooser.of(
@@ -384,7 +374,7 @@ def _plan_day(
 def _legit_rows(
     plan: _DayPlan, population: Population, rng: Mapping[str, np.random.Generator], m0: int, m1: int
 ) -> _Rows:
-    since = minute_offsets(plan.legit_minutes, m0, m1, rng["time"])
+    since = minute_offsets(plan.clock.minute_counts, m0, m1, rng["time"])
     n = len(since)
     card = pick(plan.card_cdf, rng["card"].random(n))
     u = rng["merchant"].random((n, 2))
@@ -409,15 +399,15 @@ def _legit_rows(
 def _day_tables(
     config: GeneratorConfig, population: Population, plan: _DayPlan
 ) -> Iterator[pa.Table]:
-    rng = {
-        name: day_stream(config.seed, plan.day_index, name)
-        for name in ("time", "card", "merchant", "channel", "amount", "label", "chargeback")
-    }
+    clock = plan.clock
+    rng = clock.streams(
+        config.seed, "time", "card", "merchant", "channel", "amount", "label", "chargeback"
+    )
     episode_minutes = np.bincount(
         plan.episodes.since_midnight // MINUTE_US, minlength=MINUTES_PER_DAY
     )
-    event_id = plan.first_event_id
-    for m0, m1 in chunk_bounds(plan.legit_minutes + episode_minutes, config.chunk_size):
+    event_id = clock.first_event_id
+    for m0, m1 in chunk_bounds(clock.minute_counts + episode_minutes, config.chunk_size):
         legit = _legit_rows(plan, population, rng, m0, m1)
         in_chunk = (plan.episodes.since_midnight >= m0 * MINUTE_US) & (
             plan.episodes.since_midnight < m1 * MINUTE_US
@@ -441,7 +431,7 @@ def _day_tables(
         delay_days = 1.0 + np.exp(
             CHARGEBACK_DELAY_LOG_MEAN + CHARGEBACK_DELAY_LOG_SIGMA * _normal(rng["chargeback"], n)
         )
-        ts = plan.day_us + rows.since_midnight
+        ts = clock.day_us + rows.since_midnight
         chargeback = pa.array(
             (ts + (delay_days * DAY_US).astype(np.int64)), type=TIMESTAMP, mask=~fraud
         )
