@@ -15,8 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
-from kubeloop.training.fitting import Fit, import_path, trainer
-from kubeloop.training.model_kind import ModelKind
+from kubeloop.training.fitting import Fit, registration, trainer
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
 
 WEIGHTS_FILE = "model.txt"
@@ -174,12 +173,10 @@ def train_lightgbm(fit: Fit[LightGBMTrainConfig]) -> LightGBMModel:
 
 # The registration (pyproject.toml `kubeloop.model_kinds`: lightgbm): the second rung of
 # the ladder. KServe's stock lgbserver looks for one `*.bst` file, which the export adds.
-KIND = ModelKind(
-    name="lightgbm",
+KIND = registration(
+    train_lightgbm,
+    LightGBMModel,
     rank=1,
-    config_class=LightGBMTrainConfig,
-    trainer=import_path(train_lightgbm),
-    model_class=import_path(LightGBMModel),
     weights_file=WEIGHTS_FILE,
     kserve_model_file="model.bst",
     export_hook="models.lightgbm_compiled:compile_export",

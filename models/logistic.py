@@ -24,8 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from kubeloop.training.artifacts import ModelInfo, TrainedModel, library_versions
-from kubeloop.training.fitting import Fit, import_path, importance_shares, trainer
-from kubeloop.training.model_kind import ModelKind
+from kubeloop.training.fitting import Fit, importance_shares, registration, trainer
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
 
 WEIGHTS_FILE = "logistic.json"
@@ -242,12 +241,10 @@ def train_logistic(fit: Fit[LogisticTrainConfig]) -> LogisticModel:
 
 # The registration (pyproject.toml `kubeloop.model_kinds`: logistic): rank 0, the
 # simplest kind, which every other kind must beat by the ladder's margin.
-KIND = ModelKind(
-    name="logistic",
+KIND = registration(
+    train_logistic,
+    LogisticModel,
     rank=0,
-    config_class=LogisticTrainConfig,
-    trainer=import_path(train_logistic),
-    model_class=import_path(LogisticModel),
     weights_file=WEIGHTS_FILE,
     description="logistic regression on the shared transform and its crosses (scikit-learn)",
 )

@@ -1,6 +1,7 @@
 """What every model kind's trainer shares: its signature and inputs (the `trainer`
 decorator: default config, frames checked and transformed, the call timed), the
-`ModelInfo` fields every fit records, and importances as shares of their total.
+`ModelInfo` fields every fit records, importances as shares of their total, and the
+`ModelKind` of a kind registered beside its trainer (`registration`).
 
 A trainer (`ModelKind.trainer`) keeps only what is its own: the fit, its weights and the
 fields only it records (architecture, importance method, library versions).
@@ -13,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from kubeloop.training.artifacts import ModelInfo
+from kubeloop.training.artifacts import ModelInfo, TrainedModel
+from kubeloop.training.model_kind import ModelKind
 from kubeloop.training.transform import FeatureTransform, TransformedBatch
 
 if TYPE_CHECKING:
@@ -118,6 +120,7 @@ def trainer(config_class: type[C]) -> Callable[[Callable[[Fit[C]], M]], Trainer[
         # The trainer stands in for `fit` under its name (ModelKind.trainer imports it).
         for attribute in ("__module__", "__name__", "__qualname__", "__doc__"):
             setattr(call, attribute, getattr(fit, attribute))
+        call.config_class = config_class  # type: ignore[attr-defined]  # for `registration`
         return call
 
     return decorate
@@ -128,3 +131,29 @@ def import_path(obj: Any) -> str:
     module-level function or class. For a kind registered in its trainer's own module the
     string is derived, so it cannot go stale when the module or the object is renamed."""
     return f"{obj.__module__}:{obj.__qualname__}"
+
+
+def registration(
+    trainer: Trainer[Any],
+    model_class: type[TrainedModel],
+    *,
+    rank: int,
+    weights_file: str,
+    kserve_model_file: str | None = None,
+    export_hook: str | None = None,
+    description: str = "",
+) -> ModelKind:
+    """The `ModelKind` of a kind registered beside its trainer (made by `trainer(...)`) and
+    model class: its name is the class's `kind`, its config class the trainer's, and the
+    trainer and class are named by `import_path`, so none can disagree with the objects."""
+    return ModelKind(
+        name=model_class.kind,
+        rank=rank,
+        config_class=trainer.config_class,  # type: ignore[attr-defined]
+        trainer=import_path(trainer),
+        model_class=import_path(model_class),
+        weights_file=weights_file,
+        kserve_model_file=kserve_model_file,
+        export_hook=export_hook,
+        description=description,
+    )
