@@ -293,3 +293,76 @@ def test_shadow_copies_go_over_the_served_paths_client():
         (200, b'{"instances": [0]}', "v0002"),
         (200, b'{"instances": [1]}', "v0002"),
     ]
+
+
+async def _raw_server(answer: bytes, *, close: bool):
+    """A loopback server that reads one request and writes `answer` (then closes if
+    `close`); returns (server, base URL)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        if close:
+            writer.close()
+        else:
+            await asyncio.sleep(5)
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    ("answer", "close", "match"),
+    [
+        (b"NOT HTTP AT ALL\r\n\r\n", False, "not an HTTP/1.1 answer"),
+        (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc", True, "closed before the answer"),
+    ],
+)
+def test_pool_fails_bad_or_cut_answers(answer, close, match):
+    async def run():
+        server, url = await _raw_server(answer, close=close)
+        pool = KeepAlivePool(url, timeout=5)
+        try:
+            await pool.request("POST", "/", [], b"x")
+        finally:
+            await pool.aclose()
+            server.close()
+
+    with pytest.raises(UpstreamHTTPError, match=match):
+        asyncio.run(run())
+
+
+def test_a_cancelled_exchange_does_not_leave_its_connection_idle():
+    connections.clear()
+    with serve(echo, lifespan="off") as url:
+
+        async def run():
+            pool = KeepAlivePool(url, timeout=10)
+            task = asyncio.ensure_future(pool.request("POST", "/slow", [], b"x"))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            idle_after_cancel = len(pool._idle)
+            answer = await pool.request("POST", "/plain", [], b"y")
+            await pool.aclose()
+            return idle_after_cancel, answer
+
+        idle, answer = asyncio.run(run())
+    assert idle == 0 and answer[2] == b"y"
+    assert len(set(connections)) == 2  # the answer came on a new connection
+
+
+def test_under_uvicorn_the_router_answers_one_date_and_one_server_header():
+    """uvicorn writes date and server itself: the predictor's (also a uvicorn) are not
+    passed on (they came twice)."""
+    with serve(echo, lifespan="off") as upstream:
+        router = CanaryRouter(initial_state("ctr", "v0001"), {"v0001": upstream})
+        with serve(router.app, lifespan="off") as url:
+            answer = httpx.post(url + "/v1/models/ctr:predict", content=b"[1]")
+        asyncio.run(router.aclose())
+    assert answer.status_code == 200 and answer.content == b"[1]"
+    assert len(answer.headers.get_list("date")) == 1
+    assert answer.headers.get_list("server") == ["uvicorn"]
+    assert answer.headers["x-seen"] == "/v1/models/ctr:predict"

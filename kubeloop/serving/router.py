@@ -24,7 +24,8 @@ when it changes, so `kubeloop canary set 20` takes effect without a restart), pi
 variant (`choose_variant`), forwards the body and headers unchanged (the raw ASGI bytes,
 less the hop's headers) over a keep-alive pool (`KeepAlivePool`; httpx for mounted or
 https backends) to that variant's predictor, and returns the predictor's answer
-unchanged (status code, body, headers) with the header `x-kubeloop-variant:
+unchanged (status code, body, headers; less the hop's, and date and server, which the
+router's own server writes) with the header `x-kubeloop-variant:
 primary|canary` (and `x-kubeloop-version`). The bodies and a few fields of each exchange
 are handed to a `CloudEventLogger`, whose writer thread makes and writes the events in
 batches, off the request path.
@@ -132,8 +133,16 @@ _HOP_HEADERS = frozenset(
 )
 
 _HOP_HEADER_NAMES = frozenset(name.encode("latin-1") for name in _HOP_HEADERS)
-# Upstream headers the router's answer does not pass on: the hop's, and its own marks.
-_NOT_PASSED_ON = _HOP_HEADER_NAMES | {VARIANT_HEADER.encode(), VERSION_HEADER.encode()}
+# Upstream headers the router's answer does not pass on: the hop's, its own marks, and
+# date and server, which the server the router runs in writes (uvicorn: passed on, both
+# came twice).
+_NOT_PASSED_ON = _HOP_HEADER_NAMES | {
+    VARIANT_HEADER.encode(),
+    VERSION_HEADER.encode(),
+    b"date",
+    b"server",
+}
+_IDENTITY = (b"accept-encoding", b"identity")
 
 # The inference routes of `_build_app`, as one pattern (Starlette's {name} is [^/]+).
 _INFER_PATH = re.compile(r"^/v(?:1/models/[^/]+:predict|2/models/[^/]+(?:/versions/[^/]+)?/infer)$")
@@ -330,6 +339,8 @@ class CanaryRouter:
         self._missing_reported: set[str] = set()
         self._client: httpx.AsyncClient | None = None
         self._pools: dict[str, KeepAlivePool | None] = {}
+        # The x-kubeloop-variant / -version headers of each (variant, version), made once.
+        self._marks: dict[tuple[str, str | None], list[tuple[bytes, bytes]]] = {}
         self.shadow = shadow
         if request_log is not None:
             # The log's drops and errors on /metrics, counted at scrape time.
@@ -477,28 +488,24 @@ class CanaryRouter:
         or response objects on the hot path)."""
         body = await _read_body(receive)
         state = self.rollout.current()
-        ce_id = x_request_id = kind = None
-        forward = []
-        for name, value in scope["headers"]:
-            if name in _HOP_HEADER_NAMES:
-                continue
-            forward.append((name, value))
-            if name == b"ce-id":
-                ce_id = ce_id or value
-            elif name == b"x-request-id":
-                x_request_id = x_request_id or value
-            elif name == b"content-type":
-                kind = kind or value
-        forward.append((b"accept-encoding", b"identity"))
+        forward = [header for header in scope["headers"] if header[0] not in _HOP_HEADER_NAMES]
+        # The first value of each name (a dict of the reversed list keeps the first).
+        named = dict(reversed(forward))
+        forward.append(_IDENTITY)
         # The id that sticky routing hashes and the log uses as ce-id: the Ce-Id header
         # (as KServe's agent), else x-request-id (which KServe's transformer forwards),
         # else the body's request_id / id. The edge let only printable ASCII ids through.
-        raw_id = ce_id or x_request_id
+        raw_id = named.get(b"ce-id") or named.get(b"x-request-id")
         request_id = raw_id.decode("latin-1") if raw_id else _body_request_id(body)
+        kind = named.get(b"content-type")
         content_type = kind.decode("latin-1") if kind else "application/json"
         variant, version, base = self.route(state, request_id)
-        marks = [(VARIANT_HEADER.encode(), variant.encode()), (VERSION_HEADER.encode(),
-                 (version or "").encode("latin-1"))]  # fmt: skip
+        marks = self._marks.get((variant, version))
+        if marks is None:
+            marks = self._marks[variant, version] = [
+                (VARIANT_HEADER.encode(), variant.encode()),
+                (VERSION_HEADER.encode(), (version or "").encode("latin-1")),
+            ]
         if base is None:
             from starlette.responses import JSONResponse
 
