@@ -241,17 +241,6 @@ _PLAIN_TYPES = frozenset({int, float, type(None)})
 _TEXT_TYPES = _PLAIN_TYPES | {str}
 
 
-def _positions(at: Sequence[int]) -> Callable[[Sequence[Any]], tuple]:
-    """A getter of the values at `at` of a sequence, always as a tuple (an itemgetter of
-    one position returns the value itself)."""
-    if len(at) == 1:
-        (i,) = at
-        return lambda values: (values[i],)
-    if not at:
-        return lambda values: ()
-    return operator.itemgetter(*at)
-
-
 def _row_values(
     instance: Mapping[str, Any],
     columns: Sequence[str],
@@ -390,10 +379,8 @@ class DriftMonitor:
         numeric_at = [i for i, c in enumerate(self.columns) if c not in cats]
         # itemgetter of one position returns the value, not a 1-tuple: None falls back.
         self._numeric_getter = operator.itemgetter(*numeric_at) if len(numeric_at) > 1 else None
-        self._numeric_positions = _positions(numeric_at)
-        self._categorical_positions = _positions(
-            [i for i, c in enumerate(self.columns) if c in cats]
-        )
+        self._numeric_at = numeric_at
+        self._categorical_at = [i for i, c in enumerate(self.columns) if c in cats]
         self.state = StateStore(state_dir)
         self._revisions: dict[str, str | None] = {}
         self._revisions_generation = self.state.generation
@@ -485,19 +472,19 @@ class DriftMonitor:
                 )
         evaluations: list[WindowEvaluation] = []
         with self._lock, self.state.transaction():
-            rows: dict[Key, list[tuple[float, dict]]] = defaultdict(list)
+            per_key: dict[Key, list[tuple[Sequence[Mapping[str, Any]], Sequence[float], str, float]]]
+            per_key = defaultdict(list)
             for r in batch:
                 key = self.key(r.variant, r.version)
                 self._note_revision(key, r.revision)
-                self._encode_rows(
-                    rows[key],
-                    r.instances,
-                    r.predictions,
-                    r.request_id or uuid.uuid4().hex,
-                    _epoch(r.event_time),
-                )
-            for key, key_rows in rows.items():
-                self._add_rows(key, key_rows, evaluations)
+                per_key[key].append(
+                    (r.instances, r.predictions, r.request_id or uuid.uuid4().hex,
+                     _epoch(r.event_time))
+                )  # fmt: skip
+            for key, requests in per_key.items():
+                rows: list[tuple[float, dict]] = []
+                self._encode_batch(rows, requests)
+                self._add_rows(key, rows, evaluations)
         return self._notify(evaluations)
 
     def ingest(self, event: InferenceEvent) -> IngestResult:
@@ -622,6 +609,33 @@ class DriftMonitor:
                 row["s"] = bad
             out.append((t, row))
 
+    def _encode_batch(
+        self,
+        out: list[tuple[float, dict]],
+        requests: Sequence[tuple[Sequence[Mapping[str, Any]], Sequence[float], str, float]],
+    ) -> None:
+        """`_encode_rows` of several requests (instances, predictions, request id, event
+        time) of one key, in order. When every row of the batch is plain, the rows are
+        looked at once for the whole batch (a batch of 32 requests of 8 rows costs about
+        what one request of 256 rows does); otherwise request by request."""
+        if len(requests) > 1:
+            rows = self._plain_rows(list(itertools.chain.from_iterable(r[0] for r in requests)))
+            if rows is not None:
+                ids: list[str] = []
+                times: list[float] = []
+                for instances, _, request_id, t in requests:
+                    n = len(instances)
+                    ids.extend([request_id] if n == 1 else [f"{request_id}/{i}" for i in range(n)])
+                    times.extend([t] * n)
+                scores = [float(p) for r in requests for p in r[1]]
+                payloads = [
+                    {"id": i, "x": x, "p": p} for i, x, p in zip(ids, rows, scores, strict=True)
+                ]
+                out.extend(zip(times, payloads, strict=True))
+                return
+        for instances, predictions, request_id, t in requests:
+            self._encode_rows(out, instances, predictions, request_id, t)
+
     def _plain_rows(self, instances: Sequence[Mapping[str, Any]]) -> list[tuple] | None:
         """The instances' model inputs in `self.columns` order when every row is plain
         (every input present, each a number or None, strings only in categorical inputs:
@@ -634,12 +648,16 @@ class DriftMonitor:
             rows = list(map(self._row_getter, instances))
         except KeyError:
             return None
+        if not rows:
+            return rows
         chain = itertools.chain.from_iterable
-        # One look at each value: numbers or None in numeric inputs, strings also allowed
-        # in categorical ones.
-        if not set(map(type, chain(map(self._numeric_positions, rows)))) <= _PLAIN_TYPES:
+        # One look at each value, column by column (one transposition, cheaper than picking
+        # the numeric and the categorical values out of every row): numbers or None in
+        # numeric inputs, strings also allowed in categorical ones.
+        columns = list(zip(*rows, strict=True))
+        if not set(map(type, chain(columns[i] for i in self._numeric_at))) <= _PLAIN_TYPES:
             return None
-        if not set(map(type, chain(map(self._categorical_positions, rows)))) <= _TEXT_TYPES:
+        if not set(map(type, chain(columns[i] for i in self._categorical_at))) <= _TEXT_TYPES:
             return None
         return rows
 
@@ -757,8 +775,7 @@ class DriftMonitor:
         # Infinities are missing values, as the stored rows (JSON null) have them.
         floats = frame.select_dtypes(include="float").columns
         if len(floats):
-            block = frame[floats].to_numpy()
-            if not np.isfinite(block[~np.isnan(block)]).all():
+            if np.isinf(frame[floats].to_numpy()).any():
                 frame[floats] = frame[floats].replace([np.inf, -np.inf], np.nan)
         return frame
 

@@ -149,9 +149,10 @@ class TumblingWindows:
 
         def spill() -> None:
             if batch:
-                self.state.append_rows(self.kind, key, batch)
+                payloads = [p for _, p in batch]
+                self.state.append_payloads(self.kind, key, float(batch[0][0]), payloads)
                 if entry.rows is not None:
-                    entry.rows.extend(p for _, p in batch)
+                    entry.rows.extend(payloads)
                 batch.clear()
 
         times = [float(t) for t, _ in rows]
@@ -165,12 +166,10 @@ class TumblingWindows:
             stop = min(total, i + config.max_events - meta.n)
             cut = self._first_closing(times, i, stop, meta.n, meta.start)
             if cut > i:
-                batch.extend(zip(times[i:cut], (p for _, p in rows[i:cut])))
+                batch.extend(rows[i:cut])
                 meta.n += cut - i
-                end = meta.end
-                for t in times[i:cut]:
-                    end = t if end is None else max(end, t)
-                meta.end = end
+                span = times[i:cut]
+                meta.end = max(span if meta.end is None else [meta.end, *span])
             i = cut
             if meta.n >= config.max_events or cut < stop:
                 spill()
