@@ -31,6 +31,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from kserve.errors import ModelNotReady
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
@@ -206,8 +207,11 @@ class CTRPredictor(ServedModel):
         columns = {name: [row[name] for row in rows] for name in self.input_fields.names}
         return self.predict_columns(columns, len(rows))
 
-    def predict_columns(self, columns: dict[str, list[Any]], n: int) -> list[float]:
-        """Click probabilities of `n` validated rows given by column (one list per field)."""
+    def predict_columns(
+        self, columns: dict[str, list[Any]], n: int, numbers: np.ndarray | None = None
+    ) -> list[float]:
+        """Click probabilities of `n` validated rows given by column (one list per field;
+        `numbers`: their `ParsedColumns.numbers`, when validation built it)."""
         if self.model is None:
             raise ModelNotReady(self.name, "the model is not loaded")
         if not n:
@@ -219,7 +223,7 @@ class CTRPredictor(ServedModel):
         if self._plan_of is not transform:
             self._plan, self._plan_of = RequestPlan.of(transform, self.input_fields), transform
         if self._plan is not None:
-            batch = self._plan.transform(columns, n)
+            batch = self._plan.transform(columns, n, numbers)
         else:
             batch = transform.transform_columns(columns, n)
         return self.model.predict_batch(batch).tolist()
@@ -235,7 +239,7 @@ class CTRPredictor(ServedModel):
         if headers is not None:
             # __call__ echoes it in the response headers.
             headers[REQUEST_ID_HEADER] = request_id
-        probabilities = self.predict_columns(parsed.columns, parsed.n)
+        probabilities = self.predict_columns(parsed.columns, parsed.n, parsed.numbers)
         if isinstance(payload, InferRequest):
             return v2_response(
                 probabilities,

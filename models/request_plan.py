@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from kubeloop.serving.protocol import FieldSet
+from kubeloop.serving.protocol import FieldSet, number_fields
 from kubeloop.training.transform import FeatureTransform, TransformedBatch, cross_name
 
 # Entries kept per output column: a column with more distinct values (ids with no end)
@@ -43,9 +43,12 @@ class RequestPlan:
         transform: FeatureTransform,
         numeric_plan: Any,
         outputs: Sequence[tuple[str, ...]],
+        number_index: np.ndarray,
     ):
         self._transform = transform
         self._numeric = numeric_plan
+        # Where the numeric plan's columns sit in a request's `numbers` matrix.
+        self._number_index = number_index
         # Per categorical output column, in output order: the input column(s) it reads
         # (two for a cross) and the memo of their value (or value pair) -> code.
         self._outputs = tuple(outputs)
@@ -68,18 +71,27 @@ class RequestPlan:
         outputs = [crosses.get(c, (c,)) for c in transform.categorical_names]
         if any(c not in kinds for inputs in outputs for c in inputs):
             return None
-        return cls(transform, numeric_plan, outputs)
+        where = {name: j for j, name in enumerate(number_fields(fields))}
+        number_index = np.array([where[c] for c in numeric_plan.columns], dtype=np.intp)
+        return cls(transform, numeric_plan, outputs, number_index)
 
-    def transform(self, columns: Mapping[str, list[Any]], n: int) -> TransformedBatch:
+    def transform(
+        self, columns: Mapping[str, list[Any]], n: int, numbers: np.ndarray | None = None
+    ) -> TransformedBatch:
         """`transform_columns(columns, n)` of validated request columns (lists, one value
-        per row)."""
-        # The numeric plan's `raw_of_lists` without its check of the value types, which
-        # validation has made: ints, floats and None (NaN), as one float64 matrix.
-        try:
-            raw = np.array([columns[c] for c in self._numeric.columns], dtype=np.float64).T
-        except (TypeError, ValueError):  # not plain numbers: not what validation passes
-            return self._transform.transform_columns(columns, n)
-        raw[~np.isfinite(raw)] = np.nan
+        per row); `numbers`, the request's `ParsedColumns.numbers` when validation built
+        it (its numeric columns as one float64 matrix, NaN for null), saves reading them
+        again."""
+        if numbers is not None:
+            raw = numbers[:, self._number_index]
+        else:
+            # The numeric plan's `raw_of_lists` without its check of the value types,
+            # which validation has made: ints, floats and None (NaN), one float64 matrix.
+            try:
+                raw = np.array([columns[c] for c in self._numeric.columns], dtype=np.float64).T
+            except (TypeError, ValueError):  # not plain numbers: not what validation passes
+                return self._transform.transform_columns(columns, n)
+            raw[~np.isfinite(raw)] = np.nan
         keys = [
             columns[inputs[0]] if len(inputs) == 1 else list(zip(*(columns[c] for c in inputs)))
             for inputs in self._outputs

@@ -74,6 +74,8 @@ def test_plan_equals_the_training_transform_on_random_validated_rows(frame, fitt
         # The first sight of a value fills the memo; the second answer comes from it.
         _assert_same(plan.transform(parsed.columns, parsed.n), want)
         _assert_same(plan.transform(parsed.columns, parsed.n), want)
+        # With the matrix validation built (batches of 4 rows and more).
+        _assert_same(plan.transform(parsed.columns, parsed.n, parsed.numbers), want)
         _assert_same(fitted.transform_columns(parsed.columns, parsed.n), want)
     assert all(size > 0 for size in plan.memo_sizes.values())
 

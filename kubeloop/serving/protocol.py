@@ -28,6 +28,7 @@ case's, resolved on first access.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import operator
 import uuid
@@ -35,6 +36,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import orjson
 import pyarrow as pa
 from kserve.errors import InferenceError, InvalidInput
@@ -214,12 +216,17 @@ class ParsedRequest:
 class ParsedColumns:
     """A validated batch by column: `columns[name]` is the list of that field's values,
     one per row (None = missing), for every field; `n` rows. What a server that feeds a
-    numpy transform wants, without a dict per row."""
+    numpy transform wants, without a dict per row.
+
+    `numbers`, when the column-wise check built it on the way (None otherwise): the
+    int and number fields, in field order (`number_fields(fields)`), as one (n, k)
+    float64 matrix, NaN for null: `np.array([columns[f] for f in ...], float64).T`."""
 
     protocol: Literal["v1", "v2"]
     columns: dict[str, list[Any]]
     n: int
     request_id: str | None = None
+    numbers: np.ndarray | None = None
 
     def __len__(self) -> int:
         return self.n
@@ -443,13 +450,125 @@ def _rules_of(fields: FieldSet) -> Rules:
 COLUMNWISE_MIN_ROWS = 4
 
 
-def _v1_columns(instances: list[Any], fields: FieldSet) -> dict[str, list[Any]] | None:
-    """The instances as columns when every one is an object with exactly the fields and
-    every column passes `column_ok`; None otherwise (the caller checks value by value)."""
-    rules = _rules_of(fields)
-    names = [rule[0] for rule in rules]
+def number_fields(fields: FieldSet) -> list[str]:
+    """The int and number fields of `fields`, in order: the columns of
+    `ParsedColumns.numbers`."""
+    return [spec.name for spec in fields.fields if spec.kind != "string"]
+
+
+# Integers whose float64 compares with a bound exactly (see `_Groups`).
+_EXACT_FLOAT = 2**53
+# The float64 bounds of an int64 (or number) column on the matrix: |value| < 2**63. An
+# int beyond int64 reads as a float64 of at least 2**63 in size (so do 2**63 - 1 and
+# -2**63, refused here and accepted by the value-by-value check).
+_BELOW_2_63 = float(np.nextafter(2.0**63, 0.0))
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """A field set's columns grouped by rule (kind, nullable, integer range), so that a
+    batch is checked with a few C-level passes per group and a few numpy calls in all,
+    instead of per column.
+
+    `strings` and `numbers`: (field positions, the exact types allowed, the integer
+    bounds to check on the ints themselves or None) per group. `numeric`: the positions
+    of the int and number fields (`number_fields`); `lo`/`hi` their float64 bounds on the
+    matrix. An int field whose bounds lie within +-2**53 is range-checked on the matrix
+    (exact there: rounding is monotone and every integer of that range is a float64),
+    any other int field on its ints (its matrix bounds are those of int64)."""
+
+    strings: tuple[tuple[tuple[int, ...], frozenset], ...]
+    numbers: tuple[tuple[tuple[int, ...], frozenset, tuple[int, int] | None], ...]
+    numeric: tuple[int, ...]
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def _exact_bounds(lo: int, hi: int) -> bool:
+    return -_EXACT_FLOAT < lo and hi < _EXACT_FLOAT
+
+
+def _grouped(fields: FieldSet) -> _Groups:
+    by_rule: dict[tuple[str, frozenset, int, int], list[int]] = {}
+    for i, spec in enumerate(fields.fields):
+        by_rule.setdefault((spec.kind, *_column_rules(spec)), []).append(i)
+    strings, numbers = [], []
+    for (kind, allowed, lo, hi), positions in by_rule.items():
+        if kind == "string":
+            strings.append((tuple(positions), allowed))
+            continue
+        full = lo <= INT64_MIN and hi >= INT64_MAX
+        on_ints = None if kind == "number" or full or _exact_bounds(lo, hi) else (lo, hi)
+        numbers.append((tuple(positions), allowed, on_ints))
+    numeric = tuple(i for i, spec in enumerate(fields.fields) if spec.kind != "string")
+    bounds = []
+    for i in numeric:
+        _, lo, hi = _column_rules(fields.fields[i])
+        exact = fields.fields[i].kind == "int" and _exact_bounds(lo, hi)
+        bounds.append((float(lo), float(hi)) if exact else (-_BELOW_2_63, _BELOW_2_63))
+    lo_hi = np.array(bounds, dtype=np.float64).reshape(-1, 2)
+    return _Groups(tuple(strings), tuple(numbers), numeric, lo_hi[:, 0].copy(), lo_hi[:, 1].copy())
+
+
+_GROUPS: dict[int, tuple[FieldSet, _Groups]] = {}
+
+
+def _groups_of(fields: FieldSet) -> _Groups:
+    """`_grouped(fields)`, kept per field set (by identity, as `_rules_of`)."""
+    held = _GROUPS.get(id(fields))
+    if held is None or held[0] is not fields:
+        held = _GROUPS[id(fields)] = (fields, _grouped(fields))
+    return held[1]
+
+
+def _grouped_ok(values: list[list[Any]], groups: _Groups) -> np.ndarray | None:
+    """The float64 matrix of the int and number columns (`ParsedColumns.numbers`) when
+    every column of `values` passes `column_ok`, else None. Per group the exact types
+    (and string lengths, or unusual integer bounds), counted nulls; then on the matrix:
+    NaN only where a null was (no NaN or infinite float), every value within its
+    bounds."""
+    chain = itertools.chain.from_iterable
+    for positions, allowed in groups.strings:
+        columns = [values[i] for i in positions]
+        if not set(map(type, chain(columns))) <= allowed:
+            return None
+        if max(map(len, filter(None, chain(columns))), default=0) > MAX_STRING_LENGTH:
+            return None
+    nulls = 0
+    for positions, allowed, on_ints in groups.numbers:
+        columns = [values[i] for i in positions]
+        types = set(map(type, chain(columns)))
+        if not types <= allowed:
+            return None
+        if _NONE in types:
+            nulls += operator.countOf(chain(columns), None)
+        if on_ints is not None and int in types:
+            ints = [v for v in chain(columns) if type(v) is int]
+            if min(ints) < on_ints[0] or max(ints) > on_ints[1]:
+                return None
+    n = len(values[0]) if values else 0
+    if not groups.numeric:
+        return np.zeros((n, 0), dtype=np.float64)
+    try:
+        matrix = np.array([values[i] for i in groups.numeric], dtype=np.float64).T
+    except OverflowError:  # an int beyond float64 (and so beyond int64)
+        return None
+    if matrix.size - np.count_nonzero(np.isfinite(matrix)) != nulls:
+        return None
+    if ((matrix < groups.lo) | (matrix > groups.hi)).any():  # NaN compares False
+        return None
+    return matrix
+
+
+def _v1_columns(
+    instances: list[Any], fields: FieldSet
+) -> tuple[dict[str, list[Any]], np.ndarray] | None:
+    """The instances as columns, with their `numbers` matrix, when every one is an object
+    with exactly the fields and every column passes `column_ok`; None otherwise (the
+    caller checks value by value)."""
+    names = fields.names
     if not instances:
-        return {name: [] for name in names}
+        return {name: [] for name in names}, np.zeros((0, len(number_fields(fields))))
     if set(map(type, instances)) != {dict} or set(map(len, instances)) != {len(names)}:
         return None
     try:
@@ -457,10 +576,10 @@ def _v1_columns(instances: list[Any], fields: FieldSet) -> dict[str, list[Any]] 
     except KeyError:  # a field missing (and, the count being equal, an unknown key)
         return None
     values = [list(c) for c in zip(*picked, strict=True)] if len(names) > 1 else [picked]
-    for column, (_, allowed, lo, hi, string) in zip(values, rules):
-        if not _values_ok(column, allowed, lo, hi, string):
-            return None
-    return dict(zip(names, values, strict=True))
+    matrix = _grouped_ok(values, _groups_of(fields))
+    if matrix is None:
+        return None
+    return dict(zip(names, values, strict=True)), matrix
 
 
 def _row_ok(row: Any, rules: Rules) -> bool:
@@ -503,13 +622,15 @@ def parse_v1_columns(
 ) -> ParsedColumns:
     """`parse_v1` by column: the same validation and messages, checked column-wise first."""
     instances, request_id = _v1_instances(body, max_batch_size)
+    numbers = None
     if len(instances) >= COLUMNWISE_MIN_ROWS:
-        columns = _v1_columns(instances, fields)
+        checked = _v1_columns(instances, fields)
+        columns, numbers = checked if checked is not None else (None, None)
     else:
         columns = _small_columns(instances, fields)
     if columns is None:
         columns = _columns_of_rows(_v1_rows(instances, fields), fields)
-    return ParsedColumns("v1", columns, len(instances), request_id)
+    return ParsedColumns("v1", columns, len(instances), request_id, numbers)
 
 
 def _input_values(infer_input: Any, path: str) -> list[Any]:
