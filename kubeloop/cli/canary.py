@@ -13,6 +13,7 @@ while it would send 100% to a revision that was never rolled out.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,13 @@ ForceOption = Annotated[
     bool, typer.Option("--force", help="Allow versions whose evaluation gate failed.")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+StorageUriOption = Annotated[
+    str | None,
+    typer.Option(
+        "--storage-uri",
+        help="With --context: the storageUri to put in the spec (overrides --version).",
+    ),
+]
 StoragePrefixOption = Annotated[
     str,
     typer.Option(
@@ -82,6 +90,7 @@ SHARED_OPTIONS: dict[str, SharedOption] = {
     "model": SharedOption(ModelOption, DEFAULT_MODEL_NAME),
     "context": SharedOption(ContextOption, None),
     "namespace": SharedOption(NamespaceOption, DEFAULT_NAMESPACE),
+    "storage_uri": SharedOption(StorageUriOption, None),
     "storage_prefix": SharedOption(StoragePrefixOption, DEFAULT_STORAGE_PREFIX),
     "dry_run": SharedOption(DryRunOption, False),
     "reason": SharedOption(ReasonOption, None),
@@ -90,22 +99,54 @@ SHARED_OPTIONS: dict[str, SharedOption] = {
     "as_json": SharedOption(JsonOption, False),
 }
 
+# What a verb that changes the spec declares as one bare `target` parameter: it gets these
+# options (`_target`'s parameters) in its place and is called with the CanaryTarget they pick.
+TARGET_OPTIONS = (
+    "workdir",
+    "model",
+    "context",
+    "namespace",
+    "storage_uri",
+    "storage_prefix",
+    "dry_run",
+    "no_registry",
+    "force",
+)
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _shared_options(command: _F) -> _F:
-    """Give each bare parameter of `command` named in SHARED_OPTIONS that option and default
-    (typer reads `__signature__` and `__annotations__`)."""
+    """Give each bare parameter of `command` named in SHARED_OPTIONS that option and default,
+    and a bare `target` the TARGET_OPTIONS, from which the call builds `_target(...)` (typer
+    reads `__signature__` and `__annotations__`)."""
     signature = inspect.signature(command, eval_str=True)
+    bare = [
+        p.name for p in signature.parameters.values() if p.annotation is inspect.Parameter.empty
+    ]
     params = []
     for param in signature.parameters.values():
-        if param.name in SHARED_OPTIONS and param.annotation is inspect.Parameter.empty:
-            annotation, default = SHARED_OPTIONS[param.name]
-            param = param.replace(annotation=annotation, default=default)
-            command.__annotations__[param.name] = annotation
-        params.append(param)
-    command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
-    return command
+        names = TARGET_OPTIONS if param.name == "target" else (param.name,)
+        if param.name not in bare or not set(names) <= SHARED_OPTIONS.keys():
+            params.append(param)
+            continue
+        for name in names:
+            annotation, default = SHARED_OPTIONS[name]
+            params.append(
+                inspect.Parameter(name, param.KEYWORD_ONLY, annotation=annotation, default=default)
+            )
+    if "target" not in bare:
+        verb = command
+    else:
+
+        @functools.wraps(command)
+        def verb(**options: Any) -> Any:
+            where = {name: options.pop(name) for name in TARGET_OPTIONS}
+            return command(target=_target(**where), **options)
+
+    verb.__annotations__ = {p.name: p.annotation for p in params}
+    verb.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    return verb  # type: ignore[return-value]
 
 
 def _target(
@@ -171,27 +212,10 @@ def set_(
         ),
     ] = None,
     *,
-    workdir,
-    model,
-    context,
-    namespace,
-    storage_uri: Annotated[
-        str | None,
-        typer.Option(
-            "--storage-uri", help="With --context: the canary's storageUri (overrides --version)."
-        ),
-    ] = None,
-    storage_prefix,
-    dry_run,
+    target,
     reason,
-    no_registry,
-    force,
 ) -> None:
     """Send PERCENT of the traffic to the canary (a new one with --version)."""
-    target = _target(
-        workdir, model, context, namespace, no_registry=no_registry, force=force,
-        storage_uri=storage_uri, storage_prefix=storage_prefix, dry_run=dry_run,
-    )  # fmt: skip
     _echo(target.set(percent, version=version, reason=reason))
 
 
@@ -209,23 +233,12 @@ def promote(*, workdir, model, context, namespace, dry_run, reason, no_registry,
 @_shared_options
 def rollback(
     *,
-    workdir,
-    model,
-    context,
-    namespace,
+    target,
     version: Annotated[
         str | None,
         typer.Option("--version", help="With --context: the version to go back to in the spec."),
     ] = None,
-    storage_uri: Annotated[
-        str | None,
-        typer.Option("--storage-uri", help="With --context: storageUri to revert the spec to."),
-    ] = None,
-    storage_prefix,
-    dry_run,
     reason,
-    no_registry,
-    force,
 ) -> None:
     """Remove the canary; all traffic back to the primary.
 
@@ -233,10 +246,6 @@ def rollback(
     promote, the previous one). --version/--storage-uri also reverts the spec; after a promote
     that must be a second step, once `status --context` shows the previous revision at 100%.
     """
-    target = _target(
-        workdir, model, context, namespace, no_registry=no_registry, force=force,
-        storage_uri=storage_uri, storage_prefix=storage_prefix, dry_run=dry_run,
-    )  # fmt: skip
     _echo(target.rollback(version=version, reason=reason))
 
 
