@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
+
+from kubeloop.scenario import Scenario as BaseScenario
+from kubeloop.scenario import frozen as _frozen
 
 # Vocabularies. Their order is the integer code used inside the generator, so appending is
 # safe but reordering changes every generated lake.
@@ -35,10 +37,6 @@ CATEGORIES: tuple[str, ...] = (
     "health",
 )
 SLOTS: tuple[int, ...] = (1, 2, 3, 4, 5)
-
-
-def _frozen(mapping: Mapping) -> Mapping:
-    return MappingProxyType(dict(mapping))
 
 
 @dataclass(frozen=True)
@@ -160,25 +158,23 @@ BASELINE_CLICK_MODEL = ClickModel(
 
 
 @dataclass(frozen=True)
-class Scenario:
+class Scenario(BaseScenario):
     """A named change of the world, applied to every day from `change_day` on.
 
     `traffic` and `click_model` are what those days use; the days before `change_day`
     always use the baseline ones, so they are the same data as a baseline run.
     """
 
-    name: str
-    description: str
     traffic: Traffic = BASELINE_TRAFFIC
     click_model: ClickModel = BASELINE_CLICK_MODEL
 
     def traffic_on(self, day_index: int, change_day: int) -> Traffic:
         """The traffic mix in effect on day `day_index` (0-based)."""
-        return self.traffic if day_index >= change_day else BASELINE_TRAFFIC
+        return self.on_day(day_index, change_day, self.traffic, BASELINE_TRAFFIC)
 
     def click_model_on(self, day_index: int, change_day: int) -> ClickModel:
         """The true click model in effect on day `day_index` (0-based)."""
-        return self.click_model if day_index >= change_day else BASELINE_CLICK_MODEL
+        return self.on_day(day_index, change_day, self.click_model, BASELINE_CLICK_MODEL)
 
 
 BASELINE = Scenario(name="baseline", description="Nothing changes.")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
+
+from kubeloop.scenario import Scenario as BaseScenario
+from kubeloop.scenario import frozen as _frozen
 
 # Vocabularies: their order is the integer code inside the generator (append only).
 COUNTRIES: tuple[str, ...] = ("US", "GB", "DE", "FR", "IN", "BR")
@@ -26,10 +28,6 @@ CATEGORIES: tuple[str, ...] = (
 )
 CHANNELS: tuple[str, ...] = ("card_present", "card_not_present")
 CARD_NOT_PRESENT = 1
-
-
-def _frozen(mapping: Mapping) -> Mapping:
-    return MappingProxyType(dict(mapping))
 
 
 @dataclass(frozen=True)
@@ -158,25 +156,19 @@ BASELINE_TRAFFIC = Traffic()
 
 
 @dataclass(frozen=True)
-class Scenario:
+class Scenario(BaseScenario):
     """The world of each day: the baseline before `change_day`, the `changed_*` after."""
 
-    name: str
-    description: str
     changed_traffic: Traffic | None = None
     changed_episodes: Episodes | None = None
 
     def traffic_on(self, day_index: int, change_day: int) -> Traffic:
         """Legitimate traffic of day `day_index`."""
-        if self.changed_traffic is not None and day_index >= change_day:
-            return self.changed_traffic
-        return BASELINE_TRAFFIC
+        return self.on_day(day_index, change_day, self.changed_traffic, BASELINE_TRAFFIC)
 
     def episodes_on(self, day_index: int, change_day: int) -> Episodes:
         """Compromise episodes of day `day_index`."""
-        if self.changed_episodes is not None and day_index >= change_day:
-            return self.changed_episodes
-        return BASELINE_EPISODES
+        return self.on_day(day_index, change_day, self.changed_episodes, BASELINE_EPISODES)
 
 
 SCENARIOS: Mapping[str, Scenario] = _frozen(
