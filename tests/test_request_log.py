@@ -384,8 +384,8 @@ def test_a_log_written_before_the_revision_column_still_opens(tmp_path: Path) ->
 
 def test_the_routers_fast_path_stores_what_an_exchange_would(tmp_path: Path) -> None:
     """`log_served` (the router's request path: bodies and a few fields) stores the same
-    rows as `log` of the equivalent Exchange; a request without an id gets a fresh UUID,
-    the same for its two halves."""
+    rows as `log` of the equivalent Exchange; a request without an id gets a fresh UUID
+    (version 7, from its request time), the same for its two halves."""
     import uuid
 
     def rows(path: Path, use_fields: bool) -> list[tuple]:
@@ -421,7 +421,8 @@ def test_the_routers_fast_path_stores_what_an_exchange_would(tmp_path: Path) -> 
     logger.close()
     ids = [event.id for event in sink.events]
     assert ids[0] == ids[1] and ids[2] == ids[3] and ids[0] != ids[2]
-    assert all(uuid.UUID(i).version == 4 for i in ids)
+    # Version 7, the request's time in its first 48 bits (1.0 s: 1000 ms).
+    assert all(uuid.UUID(i).version == 7 and int(i[:8] + i[9:13], 16) == 1000 for i in ids)
     assert sink.events[1].time == "1970-01-01T00:00:01.001000+00:00"
 
 

@@ -64,7 +64,6 @@ import random
 import re
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -80,6 +79,7 @@ from kubeloop.serving.edge import (
 )
 from kubeloop.serving.http_client import KeepAlivePool, UpstreamHTTPError, pooled_async_client
 from kubeloop.serving.request_log.events import Exchange
+from kubeloop.serving.request_log.ids import uuid7
 from kubeloop.serving.request_log.logger import CloudEventLogger
 from kubeloop.serving.rollout import (
     LocalRollout,
@@ -540,7 +540,7 @@ class CanaryRouter:
         if self.shadow is not None and rejected is None:
             # The shadow's answer is logged under the same id: make it here when the
             # request brought none (otherwise the log's writer thread makes it).
-            request_id = request_id or str(uuid.uuid4())
+            request_id = request_id or uuid7(started_wall)
         if self.request_log is not None:
             # Only the bodies and a few fields cross to the log's writer thread, which
             # makes the events (ids, times, attributes) off the request path.
@@ -578,7 +578,7 @@ class CanaryRouter:
                 variant=REJECTED_VARIANT,
                 model_version=None,
                 latency_ms=0.0,
-                request_id=rejection.request_id or str(uuid.uuid4()),
+                request_id=rejection.request_id or uuid7(now),
                 request_time=now,
                 response_time=now,
                 rejected=rejection.reason,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +15,7 @@ from kubeloop.cloudevents import (
     KIND_TYPES,
     binary_headers,
 )
+from kubeloop.serving.request_log.ids import uuid7
 
 # The "YYYY-MM-DDTHH:MM:SS" of the last few whole seconds: the writer formats two times per
 # logged exchange, and datetime.fromtimestamp(ts, UTC).isoformat() costs several µs each.
@@ -150,7 +150,7 @@ class Exchange:
     variant: str
     model_version: str | None
     latency_ms: float
-    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    request_id: str = field(default_factory=uuid7)
     request_time: float = field(default_factory=time.time)
     response_time: float = field(default_factory=time.time)
     content_type: str = JSON_CONTENT_TYPE

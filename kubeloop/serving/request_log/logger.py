@@ -6,7 +6,6 @@ from __future__ import annotations
 import collections
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -20,27 +19,13 @@ from kubeloop.cloudevents import (
     VARIANT_ENDPOINTS,
 )
 from kubeloop.serving.request_log.events import Exchange, LoggedEvent, iso_time
+from kubeloop.serving.request_log.ids import uuid7_strings
 from kubeloop.serving.request_log.sinks import RequestLogSink
 
 log = logging.getLogger(__name__)
 
 
 _STOP = object()
-
-
-def uuid4_strings(n: int) -> list[str]:
-    """`n` random UUIDs (version 4) as `str(uuid.uuid4())` writes them, from one urandom
-    call (the ids of requests that brought none)."""
-    if n <= 0:
-        return []
-    randoms = bytearray(os.urandom(16 * n))
-    out = []
-    for k in range(0, 16 * n, 16):
-        randoms[k + 6] = (randoms[k + 6] & 0x0F) | 0x40  # version 4
-        randoms[k + 8] = (randoms[k + 8] & 0x3F) | 0x80  # RFC 4122 variant
-        h = randoms[k : k + 16].hex()
-        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
-    return out
 
 
 # The counters of a CloudEventLogger, in the order `LoggerStats.as_dict` reports them.
@@ -284,8 +269,8 @@ class CloudEventLogger:
         if not items:
             return
         recorded = iso_time(time.time())
-        missing = sum(1 for x in items if type(x) is tuple and x[6] is None)
-        new_ids = iter(uuid4_strings(missing))
+        # Ids for the requests that brought none, time-ordered from their request times.
+        new_ids = iter(uuid7_strings([x[7] for x in items if type(x) is tuple and x[6] is None]))
         events: list[LoggedEvent] = []
         local_only: set[int] = set()
         for x in items:
