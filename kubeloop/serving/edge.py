@@ -131,6 +131,14 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        body = await self.admit(scope, receive, send)
+        if body is not None:
+            await self.app(scope, _replay(body, receive), send)
+
+    async def admit(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The edge's checks of one HTTP request: its whole body, or None when it was
+        refused (and answered here) or the client hung up. A server's hot path calls this
+        and keeps the body, instead of reading it again through `__call__`'s replay."""
         # One pass over the headers for the few the edge reads (the first of each name).
         found: dict[bytes, bytes] = {}
         for name, value in scope.get("headers", ()):
@@ -144,7 +152,7 @@ class EdgeMiddleware:
             if (problem := id_problem(value)) is not None:
                 message = f"{name} header: {problem}"
                 await self._reject(scope, receive, send, 400, "bad_request_id", message, None)
-                return
+                return None
             request_id = request_id or value.decode("ascii")
         declared = _length(found.get(_CONTENT_LENGTH))
         if declared is not None and declared > self.max_body_bytes:
@@ -155,10 +163,10 @@ class EdgeMiddleware:
             await self._reject(
                 scope, receive, send, 413, "body_too_large", message, declared, request_id
             )
-            return
+            return None
         body, outcome = await self._read_body(receive)
         if outcome == "gone":  # the client hung up mid-body: nobody to answer
-            return
+            return None
         if outcome == "too_large":
             message = (
                 f"body: over this server's limit of {self.max_body_bytes} bytes (--max_body_bytes)"
@@ -166,8 +174,8 @@ class EdgeMiddleware:
             await self._reject(
                 scope, receive, send, 413, "body_too_large", message, declared, request_id
             )
-            return
-        await self.app(scope, _replay(body, receive), send)
+            return None
+        return body
 
     async def _read_body(self, receive: Receive) -> tuple[bytes, str]:
         """(the whole body, "ok"), or (b"", "too_large") once it passes the limit, or

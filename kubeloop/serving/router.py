@@ -355,9 +355,11 @@ class CanaryRouter:
         # `_infer` is raw ASGI; Starlette calls an endpoint that is no function an app.
         self._infer_endpoint = _ASGIEndpoint(self._infer)
         self._starlette = self._build_app()
-        self.app = EdgeMiddleware(
-            self._dispatch, max_body_bytes=max_body_bytes, on_reject=self._log_rejection
+        self._edge = EdgeMiddleware(
+            self._starlette, max_body_bytes=max_body_bytes, on_reject=self._log_rejection
         )
+        # The ASGI app is the router itself: uvicorn takes a bound method for ASGI2.
+        self.app = self
 
     # Backends ---------------------------------------------------------------------------
 
@@ -486,7 +488,10 @@ class CanaryRouter:
         """One inference request, in raw ASGI: the body and headers go on as the bytes they
         came as, and the answer comes back as the predictor's bytes (no request, header
         or response objects on the hot path)."""
-        body = await _read_body(receive)
+        await self._serve(scope, await _read_body(receive), receive, send)
+
+    async def _serve(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
+        """`_infer` of a request whose body the edge has read and bounded."""
         state = self.rollout.current()
         forward = [header for header in scope["headers"] if header[0] not in _HOP_HEADER_NAMES]
         # The first value of each name (a dict of the reversed list keeps the first).
@@ -741,19 +746,20 @@ class CanaryRouter:
         ]
         return Starlette(routes=routes, lifespan=lifespan)
 
-    async def _dispatch(self, scope, receive, send) -> None:
-        """The inference routes straight to `_infer` (the hot path: Starlette's route
-        matching and exception middlewares cost about a tenth of a millisecond per request
-        here); everything else, lifespan included, to the Starlette app. An exception in
-        `_infer` reaches uvicorn, which answers 500 as Starlette's middleware would."""
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The router's ASGI app (`app` is the router): every request passes the edge's
+        checks. The inference routes then go straight to `_serve` with the body the edge
+        read (the hot path: Starlette's route matching and exception middlewares cost about a tenth
+        of a millisecond per request here); everything else, lifespan included, to the
+        Starlette app. An exception in `_serve` reaches uvicorn, which answers 500 as
+        Starlette's middleware would."""
         if (
             scope["type"] == "http"
             and scope["method"] == "POST"
             and _INFER_PATH.match(scope["path"])
         ):
-            await self._infer(scope, receive, send)
+            body = await self._edge.admit(scope, receive, send)
+            if body is not None:
+                await self._serve(scope, body, receive, send)
             return
-        await self._starlette(scope, receive, send)
-
-    async def __call__(self, scope, receive, send) -> None:
-        await self.app(scope, receive, send)
+        await self._edge(scope, receive, send)
