@@ -478,7 +478,7 @@ def test_labels_must_be_binary(reference, tmp_path):
 
 
 def test_a_failing_check_never_blocks_the_key(reference, tmp_path, monkeypatch):
-    def broken(self, window, rng, strata=None):
+    def broken(self, window, rng, strata=None, factorized=None):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(FeatureDriftCheck, "run", broken)

@@ -65,6 +65,21 @@ def factorized_keys(values: pd.Series | Sequence[Any]) -> tuple[np.ndarray, list
     return np.asarray(codes), [*(category_key(u) for u in uniques), MISSING_CATEGORY]
 
 
+class FrameKeys:
+    """`factorized_keys` of a frame's columns, each computed once: one window's encoding
+    and data-quality checks look at the same categorical columns. Call it with a column."""
+
+    def __init__(self, frame: pd.DataFrame):
+        self.frame = frame
+        self._found: dict[str, tuple[np.ndarray, list[str]]] = {}
+
+    def __call__(self, column: str) -> tuple[np.ndarray, list[str]]:
+        found = self._found.get(column)
+        if found is None:
+            found = self._found[column] = factorized_keys(self.frame[column])
+        return found
+
+
 def category_keys(values: pd.Series | Sequence[Any]) -> np.ndarray:
     """`category_key` of every value, as an object array (see `factorized_keys`)."""
     codes, keys = factorized_keys(values)
@@ -114,16 +129,29 @@ class FeatureEncoder:
                 finite = values[np.isfinite(values)]
                 self.fill[col] = float(np.median(finite)) if finite.size else 0.0
 
-    def encode(self, frame: pd.DataFrame) -> np.ndarray:
+    def encode(self, frame: pd.DataFrame, factorized: FrameKeys | None = None) -> np.ndarray:
         """Rows of `frame` as a float matrix in `columns` order. A column the frame lacks
-        counts as missing in every row."""
+        counts as missing in every row. `factorized`: the frame's `FrameKeys`, when the
+        caller shares them."""
+        factorized = factorized if factorized is not None else FrameKeys(frame)
         out = np.empty((len(frame), len(self.columns)), dtype=np.float64)
+        # The numeric columns that hold numbers already (the common window) as one block:
+        # what `_numeric` and the fill do column by column, without a Series per column.
+        at, block = numeric_block(frame, [c for c in self.columns if c not in self.vocab])
+        done: set[str] = set()
+        if at:
+            names = list(at)
+            fills = np.array([self.fill[c] for c in names], dtype=np.float64)
+            out[:, [self.columns.index(c) for c in names]] = np.where(np.isnan(block), fills, block)
+            done = set(names)
         for j, col in enumerate(self.columns):
+            if col in done:
+                continue
             present = col in frame.columns
             if col in self.vocab:
                 index = self.vocab[col]
                 if present:
-                    codes, keys = factorized_keys(frame[col])
+                    codes, keys = factorized(col)
                     lookup = np.array([index.get(k, OTHER_CODE) for k in keys], dtype=np.float64)
                     out[:, j] = lookup[codes]
                 else:
@@ -132,6 +160,26 @@ class FeatureEncoder:
                 values = _numeric(frame[col]) if present else np.full(len(frame), np.nan)
                 out[:, j] = np.where(np.isnan(values), self.fill[col], values)
         return out
+
+
+def numeric_block(
+    frame: pd.DataFrame, columns: Sequence[str], *, finite: bool = True
+) -> tuple[dict[str, int], np.ndarray]:
+    """({column: its position in the block}, the block): those of `columns` the frame has
+    as numbers (numpy int, uint or float dtype) as one float64 matrix, in one copy; with
+    `finite`, NaN where a value is not finite (`_numeric` of each of them)."""
+    dtypes = frame.dtypes if frame.columns.is_unique else pd.Series(dtype=object)
+    names = [
+        c
+        for c in columns
+        if c in dtypes.index and isinstance(dtypes[c], np.dtype) and dtypes[c].kind in "fiu"
+    ]
+    if not names:
+        return {}, np.empty((len(frame), 0), dtype=np.float64)
+    block = frame[names].to_numpy(dtype=np.float64, copy=True)
+    if finite:
+        block[~np.isfinite(block)] = np.nan
+    return {c: i for i, c in enumerate(names)}, block
 
 
 def strata_of(
@@ -493,9 +541,11 @@ class FeatureDriftCheck:
         window: pd.DataFrame,
         rng: np.random.Generator,
         strata: tuple[np.ndarray, np.ndarray] | None = None,
+        factorized: FrameKeys | None = None,
     ) -> CheckResult:
         """Test one window; `strata`: the window's (with day type, without) strata when the
-        caller has them (they must come from the same `Season`)."""
+        caller has them (they must come from the same `Season`); `factorized`: the window's
+        `FrameKeys`, when the caller shares them."""
         result = CheckResult("feature", n=len(window))
         index, seasonal = season_matched_sample(
             self.season,
@@ -513,7 +563,7 @@ class FeatureDriftCheck:
                 else "reference too small"
             )
             return result
-        x_ref, x = self.reference[index], self.encoder.encode(window)
+        x_ref, x = self.reference[index], self.encoder.encode(window, factorized)
         x_ref_raw, raw_window = x_ref.copy(), x.copy()
         self._pool_sparse_categories(x_ref, x)
         k = len(self.columns)

@@ -100,6 +100,7 @@ from kubeloop.drift.checks import (
     CheckResult,
     EstimatedPerformanceCheck,
     FeatureDriftCheck,
+    FrameKeys,
     PerformanceCheck,
     PredictionDriftCheck,
     Season,
@@ -235,6 +236,10 @@ def _clean(value: Any) -> Any:
 
 
 _ABSENT = object()
+
+# One request as `DriftMonitor._encode_batch` takes it: instances, predictions, request id,
+# event time (epoch seconds).
+_Encodable = tuple[Sequence[Mapping[str, Any]], Sequence[float], str, float]
 
 
 _PLAIN_TYPES = frozenset({int, float, type(None)})
@@ -472,8 +477,7 @@ class DriftMonitor:
                 )
         evaluations: list[WindowEvaluation] = []
         with self._lock, self.state.transaction():
-            per_key: dict[Key, list[tuple[Sequence[Mapping[str, Any]], Sequence[float], str, float]]]
-            per_key = defaultdict(list)
+            per_key: dict[Key, list[_Encodable]] = defaultdict(list)
             for r in batch:
                 key = self.key(r.variant, r.version)
                 self._note_revision(key, r.revision)
@@ -481,9 +485,9 @@ class DriftMonitor:
                     (r.instances, r.predictions, r.request_id or uuid.uuid4().hex,
                      _epoch(r.event_time))
                 )  # fmt: skip
-            for key, requests in per_key.items():
+            for key, of_key in per_key.items():
                 rows: list[tuple[float, dict]] = []
-                self._encode_batch(rows, requests)
+                self._encode_batch(rows, of_key)
                 self._add_rows(key, rows, evaluations)
         return self._notify(evaluations)
 
@@ -612,7 +616,7 @@ class DriftMonitor:
     def _encode_batch(
         self,
         out: list[tuple[float, dict]],
-        requests: Sequence[tuple[Sequence[Mapping[str, Any]], Sequence[float], str, float]],
+        requests: Sequence[_Encodable],
     ) -> None:
         """`_encode_rows` of several requests (instances, predictions, request id, event
         time) of one key, in order. When every row of the batch is plain, the rows are
@@ -745,7 +749,11 @@ class DriftMonitor:
         rng = self._rng(window)
         strata = (self.season.strata(frame, True), self.season.strata(frame, False))
         check = self._feature_check(ref)
-        feature = check.run(frame, rng, strata=strata if check.season == self.season else None)
+        factorized = FrameKeys(frame)
+        feature = check.run(
+            frame, rng, strata=strata if check.season == self.season else None,
+            factorized=factorized,
+        )  # fmt: skip
         out = [self._evaluation(window, feature)]
         out.append(
             self._evaluation(window, self._prediction_result(window, ref, scores, strata, rng))
@@ -756,7 +764,7 @@ class DriftMonitor:
             for r in window.rows:
                 for c in r.get("s", ()):
                     violations[c] += 1
-            result = self._quality_check(ref).run(frame, violations)
+            result = self._quality_check(ref).run(frame, violations, factorized)
         else:
             result = CheckResult("data_quality", n=window.n, skipped="data_quality disabled")
         out.append(self._evaluation(window, result))
@@ -774,9 +782,8 @@ class DriftMonitor:
         frame = pd.DataFrame.from_records(values, columns=columns)
         # Infinities are missing values, as the stored rows (JSON null) have them.
         floats = frame.select_dtypes(include="float").columns
-        if len(floats):
-            if np.isinf(frame[floats].to_numpy()).any():
-                frame[floats] = frame[floats].replace([np.inf, -np.inf], np.nan)
+        if len(floats) and np.isinf(frame[floats].to_numpy()).any():
+            frame[floats] = frame[floats].replace([np.inf, -np.inf], np.nan)
         return frame
 
     def _reference_strata(self, ref: Reference) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kubeloop.drift.checks import MISSING_CATEGORY, CheckResult, factorized_keys
+from kubeloop.drift.checks import (
+    MISSING_CATEGORY,
+    CheckResult,
+    FrameKeys,
+    factorized_keys,
+    numeric_block,
+)
 from kubeloop.drift.config import DataQualityConfig
 
 KINDS = ("unseen", "null", "out_of_range", "schema")
@@ -98,8 +104,15 @@ class DataQualityCheck:
             if finite.size:
                 self.bounds[c] = (float(finite.min()), float(finite.max()))
 
-    def run(self, window: pd.DataFrame, violations: Mapping[str, int] | None = None) -> CheckResult:
-        """Check the window's rows; `violations` counts schema violations per column."""
+    def run(
+        self,
+        window: pd.DataFrame,
+        violations: Mapping[str, int] | None = None,
+        factorized: FrameKeys | None = None,
+    ) -> CheckResult:
+        """Check the window's rows; `violations` counts schema violations per column;
+        `factorized`: the window's `FrameKeys`, when the caller shares them."""
+        factorized = factorized if factorized is not None else FrameKeys(window)
         cfg = self.config
         n = len(window)
         result = CheckResult("data_quality", n=n, threshold=cfg.p_val)
@@ -123,8 +136,21 @@ class DataQualityCheck:
             )
 
         present_columns = set(window.columns)
+        # The numeric columns that hold numbers (the common window), counted as one block:
+        # missing (NaN; an infinity is not missing) and finite values out of range.
+        at, raw = numeric_block(window, self.numeric, finite=False)
+        lows = np.array([self.bounds.get(c, (np.nan, np.nan))[0] for c in at], dtype=np.float64)
+        highs = np.array([self.bounds.get(c, (np.nan, np.nan))[1] for c in at], dtype=np.float64)
+        block_nulls = np.isnan(raw).sum(axis=0).tolist()
+        with np.errstate(invalid="ignore"):
+            block_outside = (np.isfinite(raw) & ((raw < lows) | (raw > highs))).sum(axis=0).tolist()
         for c in self.columns:
             present = c in present_columns
+            if c in at:
+                add(c, "null", int(block_nulls[at[c]]), cfg.max_null_increase, self.null_rate[c])
+                if c in self.bounds:
+                    add(c, "out_of_range", int(block_outside[at[c]]), cfg.max_out_of_range_rate)
+                continue
             series = window[c] if present else None
             # pd.isna of the column's values: what Series.isna does, without a Series.
             nulls = int(pd.isna(series.to_numpy()).sum()) if series is not None else n
@@ -132,7 +158,7 @@ class DataQualityCheck:
             if series is None:
                 continue
             if c in self.vocab:
-                codes, keys = factorized_keys(series)
+                codes, keys = factorized(c)
                 new = np.array([k not in self.vocab[c] for k in keys[:-1]] + [False])
                 unseen = int(new[codes].sum())
                 add(c, "unseen", unseen, cfg.max_unseen_rate)
