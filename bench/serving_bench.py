@@ -881,6 +881,12 @@ def breakdown(prepared: dict, reps: dict[int, int], cores: int) -> dict[int, dic
         client_payloads = [(orjson.loads(b),) for b in bodies["client", size]]
         client_rows = [(parse_request(p, CLIENT_FIELDS).rows,) for (p,) in client_payloads]
         online = [(r, online_features(store, r)) for (r,) in client_rows]
+        # The predictor's request plan, its memo of category codes filled by a first
+        # sight of every body (as a warm server's is).
+        for (payload,) in payloads:
+            predictor.predict(payload)
+        plan = predictor._plan
+        parsed = [(parse_columns(p, MODEL_FIELDS),) for (p,) in payloads]
         steps = {
             "json decode (orjson), joined rows": (orjson.loads, joined),
             "validate: parse_request(MODEL_FIELDS)": (
@@ -906,6 +912,10 @@ def breakdown(prepared: dict, reps: dict[int, int], cores: int) -> dict[int, dic
                     {c: [row[c] for row in r] for c in columns}, len(r)
                 ),
                 rows,
+            ),
+            "RequestPlan.transform (the predictor's transform of validated columns)": (
+                lambda q, transform=plan.transform: transform(q.columns, q.n, q.numbers),
+                parsed,
             ),
             "TransformedBatch.matrix": (lambda b: b.matrix(), batches),
             "Booster.predict": (lambda m: booster.predict(m, num_iteration=best), matrices),
@@ -1099,7 +1109,8 @@ def breakdown_section(steps: dict[str, dict[str, float]], cells: dict[str, dict]
         by_column = "validate by column: parse_columns(MODEL_FIELDS) (the predictor's)"
         validation = step.get(by_column, step["validate: parse_request(MODEL_FIELDS)"])
         fast = "FeatureTransform.transform_columns (the serving fast path)"
-        transform = step.get(fast, frame_transform_s - frame_s)
+        planned = "RequestPlan.transform (the predictor's transform of validated columns)"
+        transform = step.get(planned, step.get(fast, frame_transform_s - frame_s))
         served = "served model predict_batch (compiled trees when loaded)"
         lines.append(
             f"- {size} row{'s' if size > 1 else ''}: predictor {ms(pred)} ms CPU/req = "

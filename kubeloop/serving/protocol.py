@@ -477,6 +477,7 @@ class _Groups:
     (exact there: rounding is monotone and every integer of that range is a float64),
     any other int field on its ints (its matrix bounds are those of int64)."""
 
+    names: tuple[str, ...]
     strings: tuple[tuple[tuple[int, ...], frozenset], ...]
     numbers: tuple[tuple[tuple[int, ...], frozenset, tuple[int, int] | None], ...]
     numeric: tuple[int, ...]
@@ -507,7 +508,10 @@ def _grouped(fields: FieldSet) -> _Groups:
         exact = fields.fields[i].kind == "int" and _exact_bounds(lo, hi)
         bounds.append((float(lo), float(hi)) if exact else (-_BELOW_2_63, _BELOW_2_63))
     lo_hi = np.array(bounds, dtype=np.float64).reshape(-1, 2)
-    return _Groups(tuple(strings), tuple(numbers), numeric, lo_hi[:, 0].copy(), lo_hi[:, 1].copy())
+    return _Groups(
+        tuple(fields.names), tuple(strings), tuple(numbers), numeric, lo_hi[:, 0].copy(),
+        lo_hi[:, 1].copy(),
+    )  # fmt: skip
 
 
 _GROUPS: dict[int, tuple[FieldSet, _Groups]] = {}
@@ -566,9 +570,10 @@ def _v1_columns(
     """The instances as columns, with their `numbers` matrix, when every one is an object
     with exactly the fields and every column passes `column_ok`; None otherwise (the
     caller checks value by value)."""
-    names = fields.names
+    groups = _groups_of(fields)
+    names = groups.names
     if not instances:
-        return {name: [] for name in names}, np.zeros((0, len(number_fields(fields))))
+        return {name: [] for name in names}, np.zeros((0, len(groups.numeric)))
     if set(map(type, instances)) != {dict} or set(map(len, instances)) != {len(names)}:
         return None
     try:
@@ -576,7 +581,7 @@ def _v1_columns(
     except KeyError:  # a field missing (and, the count being equal, an unknown key)
         return None
     values = [list(c) for c in zip(*picked, strict=True)] if len(names) > 1 else [picked]
-    matrix = _grouped_ok(values, _groups_of(fields))
+    matrix = _grouped_ok(values, groups)
     if matrix is None:
         return None
     return dict(zip(names, values, strict=True)), matrix
