@@ -250,3 +250,22 @@ def test_an_inconclusive_at_the_budget_names_what_would_decide_it(requires):
     assert last.action == "inconclusive"
     assert "budget of 2000" in last.reasons[-1]
     assert "CS half-width" in last.reasons[-2]
+
+
+def test_warmup_leaves_each_versions_first_answers_out_of_health():
+    from test_progressive import event
+
+    from kubeloop.cloudevents import REQUEST_TYPE, RESPONSE_TYPE
+    from kubeloop.demo.serving import warmup_ids
+
+    events = [event(REQUEST_TYPE, "r0", "primary", "v1", {"instances": [{}]})]
+    # production answers r0..r5; the candidate, in shadow, answers r2..r5 (a mirror that
+    # started late), in the order written
+    events += [
+        event(RESPONSE_TYPE, f"r{i}", "primary", "v1", {"predictions": [0.1]}) for i in range(6)
+    ]
+    events += [
+        event(RESPONSE_TYPE, f"r{i}", "shadow", "v2", {"predictions": [0.1]}) for i in (3, 2, 4, 5)
+    ]
+    assert warmup_ids(events, 2) == {"r0", "r1", "r3", "r2"}
+    assert warmup_ids(events, 0) == set()
