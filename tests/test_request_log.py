@@ -452,3 +452,37 @@ def test_event_times_are_formatted_as_datetime_formats_them() -> None:
     stamps += [0.0, 0.9999995, 1_700_000_000.9999995, 1_700_000_000.9999996]
     for ts in stamps:
         assert iso_time(ts) == datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+
+
+def test_request_ids_are_indexed_for_request_events_only(tmp_path: Path) -> None:
+    """The id index holds request events (what a label's join looks up), and replaces the
+    full `events_id` index of an older log; the feedback lookup's query uses it."""
+    import sqlite3
+
+    from kubeloop.cloudevents import REQUEST_TYPE
+
+    path = tmp_path / "old.sqlite"
+    SQLiteRequestLog(path).close()
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP INDEX events_request_id; CREATE INDEX events_id ON events (ce_id);")
+    conn.close()
+    sink = SQLiteRequestLog(path)  # an older log: its full index goes
+    logger = CloudEventLogger(sink, inference_service="ctr", close_sink=False)
+    logger.log(_exchange(1))
+    assert logger.flush()
+    logger.close()
+    conn = sink._conn()
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")}
+    assert indexes == {"events_time", "events_request_id"}
+    in_index = conn.execute(
+        f"SELECT count(*) FROM events INDEXED BY events_request_id WHERE ce_type = '{REQUEST_TYPE}'"
+        " AND ce_id IS NOT NULL"
+    ).fetchone()[0]
+    assert in_index == 1 and sink.count() == 2
+    plan = conn.execute(
+        f"EXPLAIN QUERY PLAN SELECT data FROM events WHERE ce_id = ? AND ce_type = '{REQUEST_TYPE}'"
+        " AND (variant IS NULL OR variant != ?) ORDER BY seq LIMIT 1",
+        ("x", "shadow"),
+    ).fetchall()
+    assert "events_request_id" in str(plan)
+    sink.close()

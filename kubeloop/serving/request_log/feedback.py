@@ -192,10 +192,12 @@ class RequestIndex:
                     self._sqlite = sqlite3.connect(
                         f"file:{self._sqlite_path}?mode=ro", uri=True, check_same_thread=False
                     )
+                # The type as a literal: SQLite uses the log's partial index of request ids
+                # (sinks._SCHEMA) only for a query that names its condition.
                 row = self._sqlite.execute(
-                    "SELECT data FROM events WHERE ce_id = ? AND ce_type = ?"
+                    f"SELECT data FROM events WHERE ce_id = ? AND ce_type = '{REQUEST_TYPE}'"
                     " AND (variant IS NULL OR variant != ?) ORDER BY seq LIMIT 1",
-                    (request_id, REQUEST_TYPE, SHADOW_VARIANT),
+                    (request_id, SHADOW_VARIANT),
                 ).fetchone()
             if row is None:
                 return None
