@@ -4,28 +4,15 @@ cells give."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+from _bench_module import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH_DIR))  # its `import _util`
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "serving_bench", BENCH_DIR / "serving_bench.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["serving_bench"] = module
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+    yield from bench_module("serving_bench")
 
 
 def test_select_cells_keeps_report_order_and_adds_the_predictor(bench):

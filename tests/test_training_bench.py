@@ -4,29 +4,15 @@ claims a ratio (the old report put a quiet component run beside a disturbed plai
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+from _bench_module import bench_module
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCH_DIR))  # the bench imports its helpers as `_util`
-    try:
-        spec = importlib.util.spec_from_file_location(
-            "training_bench", BENCH_DIR / "training_bench.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["training_bench"] = module
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+    yield from bench_module("training_bench")
 
 
 def _run(seconds: float, others: float, digest: str = "a", train: float | None = None) -> dict:
