@@ -304,19 +304,14 @@ def start_servers(
              "--http_port", str(port["predictor_w2"]), "--workers", "2", *kserve_args],
             port["predictor_w2"], "/v2/health/ready",
         )  # fmt: skip
-    if "bare" in wanted:
+    for name, flags in (("bare", []), ("null", ["--zeros"])):
+        if name not in wanted:
+            continue
         servers.start(
-            "bare",
-            [python, str(BENCH_DIR / "_bare_kserve.py"), "--model_name", MODEL_NAME,
-             "--model_dir", export, "--http_port", str(port["bare"]), *kserve_args],
-            port["bare"], "/v2/health/ready",
-        )  # fmt: skip
-    if "null" in wanted:
-        servers.start(
-            "null",
-            [python, str(BENCH_DIR / "_bare_kserve.py"), "--model_name", MODEL_NAME, "--zeros",
-             "--model_dir", export, "--http_port", str(port["null"]), *kserve_args],
-            port["null"], "/v2/health/ready",
+            name,
+            [python, str(BENCH_DIR / "_bare_kserve.py"), "--model_name", MODEL_NAME, *flags,
+             "--model_dir", export, "--http_port", str(port[name]), *kserve_args],
+            port[name], "/v2/health/ready",
         )  # fmt: skip
     if "bentoml" in wanted:
         servers.start(
