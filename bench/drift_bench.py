@@ -3,6 +3,8 @@ fast it finds real drift, and what turning it on costs the serving path.
 
     .venv/bin/python bench/drift_bench.py                    # the full run (see README)
     .venv/bin/python bench/drift_bench.py --quick            # a smoke run
+    .venv/bin/python bench/drift_bench.py --parts 1 --cost-reps 1 --profile /tmp/drift.prof
+                                                             # part 1 only, with a profile
     .venv/bin/python bench/drift_bench.py --seeds 30 --windows 5000 --out /tmp/drift.md
 
 A "world" is one seeded lake replayed the way the demo replays it, in this process:
@@ -528,7 +530,25 @@ def alibi_direct(calls, p_vals: dict[str, float]) -> tuple[dict[str, float], flo
     return seconds, worst
 
 
-def part_cost(world: World, windows: int, reps: int, root: Path) -> dict[str, Any]:
+def profile_pass(world: World, events: int, config, root: Path, out: Path) -> None:
+    """One more (untimed) monitor pass of part 1 under cProfile, its stats dumped to `out`
+    (read them with `python -m pstats`): where the monitor's time per window goes."""
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        replay_world(world, config, root / "cost-profile", "cost", limit=events, probe=Probe(False))
+    finally:
+        profiler.disable()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    profiler.dump_stats(out)
+    log(f"part 1: cProfile stats of one monitor pass written to {out}")
+
+
+def part_cost(
+    world: World, windows: int, reps: int, root: Path, profile: Path | None = None
+) -> dict[str, Any]:
     size = 2000
     events = windows * size
     if len(world.instances) < events:
@@ -573,6 +593,8 @@ def part_cost(world: World, windows: int, reps: int, root: Path) -> dict[str, An
                 with Meter() as m:
                     seconds, worst = alibi_direct(calls, p_vals)
                 alibi_runs.append({"seconds": seconds, "worst": worst, "meter": m})
+    if profile is not None:  # after the timed passes: profiling slows what runs beside it
+        profile_pass(world, events, config, root, profile)
     # One pass with a transaction per request (`observe`), for what batching saves.
     probe, r, _ = monitor_pass("single", False, batch=1)
     single = {"observe": r.observe_seconds, "tests": probe.seconds}
@@ -1450,6 +1472,15 @@ def parse_args(argv=None):
     )
     p.add_argument("--cost-windows", type=int, default=None, help="windows timed in part 1")
     p.add_argument("--cost-reps", type=int, default=3)
+    p.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help=(
+            "part 1: also run one monitor pass under cProfile and dump its stats here "
+            "(e.g. --parts 1 --cost-reps 1 --profile /tmp/drift.prof for a quick look)"
+        ),
+    )
     p.add_argument("--serve-events", type=int, default=None)
     p.add_argument("--requests", type=int, default=None, help="timed requests per round, part 4")
     p.add_argument("--warmup", type=int, default=40)
@@ -1570,7 +1601,7 @@ def main(argv=None) -> int:
             log(f"built in {sum(first.build_seconds.values()):.1f}s: {first.build_seconds}")
         if "1" in args.parts:
             log(f"part 1: {args.cost_windows} windows x {args.cost_reps} reps")
-            cost = part_cost(first, args.cost_windows, args.cost_reps, root)
+            cost = part_cost(first, args.cost_windows, args.cost_reps, root, args.profile)
             sections.append(("1", report_cost(cost, figures)))
             done.append("1")
             save()
