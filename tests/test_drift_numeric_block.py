@@ -8,7 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kubeloop.drift.checks import FeatureEncoder, FrameKeys, factorized_keys, numeric_block
+from kubeloop.drift.checks import (
+    FeatureEncoder,
+    FrameKeys,
+    distinct_rows,
+    factorized_keys,
+    numeric_block,
+)
 from kubeloop.drift.config import DataQualityConfig
 from kubeloop.drift.quality import DataQualityCheck
 
@@ -75,3 +81,27 @@ def test_frame_keys_factorize_each_column_once():
     assert keys("k") is first
     codes, names = factorized_keys(WINDOW["k"])
     assert np.array_equal(first[0], codes) and first[1] == names
+
+
+def _first_rows_pairwise(x: np.ndarray) -> list[int]:
+    """The first occurrence of every distinct row, found by comparing rows pairwise."""
+    seen: list[np.ndarray] = []
+    first = []
+    for i, row in enumerate(x):
+        if not any(np.array_equal(row, s) for s in seen):
+            seen.append(row)
+            first.append(i)
+    return first
+
+
+def test_distinct_rows_merge_equal_rows_and_keep_nan_rows_apart():
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 3, size=(300, 4)).astype(np.float64)
+    assert distinct_rows(x).tolist() == _first_rows_pairwise(x)
+    # -0.0 equals 0.0: one row.
+    signed = np.array([[0.0, 1.0], [-0.0, 1.0], [2.0, 1.0]])
+    assert distinct_rows(signed).tolist() == [0, 2]
+    # NaN never equals itself: both NaN rows stay, as do the kept ones.
+    nan = np.array([[np.nan, 1.0], [np.nan, 1.0], [3.0, 1.0], [3.0, 1.0]])
+    assert distinct_rows(nan).tolist() == [0, 1, 2]
+    assert distinct_rows(signed, keep=np.array([False, True, False])).tolist() == [0, 1, 2]

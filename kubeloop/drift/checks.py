@@ -296,6 +296,14 @@ def _first_of_each_row(x: np.ndarray) -> np.ndarray:
     structured view, several times slower on a window's entity columns."""
     if x.ndim == 1:
         x = x.reshape(-1, 1)
+    if x.dtype == np.float64 and x.size and not np.isnan(x).any():
+        # Without NaN (never equal to itself), rows are equal value by value exactly when
+        # their bytes are, once -0.0 is made 0.0 (+ 0.0 does): one sort of whole rows,
+        # about half the cost of a lexsort over the columns. np.unique's indices are
+        # those of first occurrences.
+        rows = np.ascontiguousarray(x + 0.0)
+        whole = rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel()
+        return np.unique(whole, return_index=True)[1]
     order = np.lexsort(x.T[::-1])
     ordered = x[order]
     new = np.empty(len(order), dtype=bool)
