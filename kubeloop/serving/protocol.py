@@ -42,6 +42,7 @@ import pyarrow as pa
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from kubeloop.serving.request_log.ids import uuid7
 from kubeloop.usecase import UseCase, resolve_use_case
 
 DEFAULT_MAX_BATCH_SIZE = 1024
@@ -787,13 +788,14 @@ def lower_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
 
 def resolve_request_id(body_request_id: str | None, headers: Mapping[str, str]) -> str:
     """The id of a request: the body's (v1 `request_id`, v2 `id`) if given, else the
-    `x-request-id` header, else a new UUID4. `headers` must have lower-case keys."""
+    `x-request-id` header, else a new time-ordered UUIDv7 (the request log indexes ids:
+    random ones land on random index pages). `headers` must have lower-case keys."""
     if body_request_id:
         return body_request_id
     header = headers.get(REQUEST_ID_HEADER)
     if header:
         return check_request_id(header, f"{REQUEST_ID_HEADER} header")
-    return str(uuid.uuid4())
+    return uuid7()
 
 
 def probabilities_from_response(response: Any) -> list[float]:
