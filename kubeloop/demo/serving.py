@@ -65,7 +65,7 @@ class ServingStageConfig(BaseModel):
     replay_last_days: int = Field(
         3, ge=1, description="impressions are drawn from the last days of the lake"
     )
-    # A fresh server's first calls pay for lazy loading: a fraud candidate's first 4 shadow
+    # A fresh server's first calls pay for lazy loading: one use case's candidate's first 4 shadow
     # answers took 0.57-0.88 s against 5-20 ms after, which over a 120-answer shadow step
     # read as a 13x p99 and rolled it back. Flagger-style, health is judged once warm.
     warmup_requests: int = Field(

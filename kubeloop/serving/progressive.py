@@ -29,7 +29,7 @@ reasons. The rules, in order:
   Otherwise hold.
 
 Labels slower than the experiment (`label_timing="delayed"`): when a label is final only
-days after its request (chargebacks), a step's traffic is over long before any of its labels
+days after its request, a step's traffic is over long before any of its labels
 come, so waiting for the quality test at every step ends every rollout in shadow. Because
 the quality statistic is paired over every served impression (both versions score each
 request, whatever the percent), the percent changes how many users the candidate serves,
