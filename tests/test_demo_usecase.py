@@ -102,7 +102,7 @@ def test_predictor_answers_the_decision_at_the_stored_threshold():
 
     predictor = CTRPredictor("fraud", "/nonexistent", use_case="fraud")
     predictor.ready = True
-    predictor.predict_columns = lambda columns, n: [0.2, 0.015, 0.01][:n]
+    predictor.predict_columns = lambda columns, n, numbers=None: [0.2, 0.015, 0.01][:n]
     row = dict.fromkeys(predictor.input_fields.names)  # every field null: imputed
     body = {"instances": [row, row, row]}
     predictor.metadata = {"version": "v0001", "metrics": {"decision_threshold": 0.015}}
