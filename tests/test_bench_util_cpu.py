@@ -65,10 +65,30 @@ def test_not_rounded_to_clock_ticks(util):
     assert any(abs(r * ticks - round(r * ticks)) > 1e-6 for r in readings)
 
 
+# Spends 0.2 s of CPU, then stays alive to be read.
+BURN_THEN_SLEEP = """
+import time
+start = time.process_time()
+while time.process_time() - start < 0.2:
+    pass
+time.sleep(30)
+"""
+
+
 def test_matches_the_tick_figure(util):
-    _burn(0.05)
-    precise = util.pid_cpu_s(os.getpid())
-    ticks = util._cpu_of(util._proc_stat(os.getpid()))
+    # A fresh one-thread process: in the test process, threads earlier tests started and
+    # ended count in /proc/<pid>/stat but not in the live threads' schedstat.
+    child = subprocess.Popen([sys.executable, "-c", BURN_THEN_SLEEP])
+    try:
+        deadline = time.monotonic() + 30
+        while util._cpu_of(util._proc_stat(child.pid)) < 0.2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        precise = util.pid_cpu_s(child.pid)
+        ticks = util._cpu_of(util._proc_stat(child.pid))
+    finally:
+        child.kill()
+        child.wait()
+    assert ticks >= 0.2
     assert abs(precise - ticks) < 0.05  # stat rounds the same runtime to 10 ms ticks
 
 
