@@ -25,7 +25,6 @@ drift packages know nothing of the demo.
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import UTC
 from typing import Any, Literal
@@ -201,21 +200,29 @@ def registry_section(
     }
 
 
-def run_training_pipeline(config: DemoConfig, workdir: Workdir):
-    """Run the Kubeflow training pipeline locally; write `features`, `training`, `registry`."""
-    from kubeloop.pipeline.local_run import run_local
+def training_params(config: DemoConfig, workdir: Workdir, train_config: dict[str, Any]):
+    """The parameters of one of the demo's training-pipeline runs (the first, or the drift
+    stage's retraining) on the lake it generated: its use case, model name, scenario, gate
+    config and feature engine, with `train_config`."""
     from kubeloop.pipeline.params import TrainingRunParams
 
-    params = TrainingRunParams.for_workdir(
+    return TrainingRunParams.for_workdir(
         workdir,
         use_case=config.use_case,
         model_name=config.model_name,
         scenario=config.generator.scenario,
         generate=False,
-        train_config=config.first_training(),
+        train_config=train_config,
         gate_config=config.gate_config,
         feature_config={"progress": False, "build": {"engine": config.features_engine}},
     )
+
+
+def run_training_pipeline(config: DemoConfig, workdir: Workdir):
+    """Run the Kubeflow training pipeline locally; write `features`, `training`, `registry`."""
+    from kubeloop.pipeline.local_run import run_local
+
+    params = training_params(config, workdir, config.first_training())
     result = run_local(params, workdir.root / "kfp_local", quiet=not config.executor_logs)
     write_section(workdir.report, "features", result.features)
     write_section(
@@ -257,8 +264,6 @@ def ab_days(config: DemoConfig) -> list[int]:
 
 def run_serving(config: DemoConfig, workdir: Workdir, pipeline_result) -> dict[str, Any]:
     """Production = the pipeline's champion; canary = its runner-up; write `serving`."""
-    from pathlib import Path
-
     from kubeloop.demo.serving import register_challenger, run_serving_stage
 
     registered = registry_section(workdir, config.model_name)
@@ -267,14 +272,9 @@ def run_serving(config: DemoConfig, workdir: Workdir, pipeline_result) -> dict[s
             "decision": {"action": "none", "reasons": ["the gate registered no model to serve"]}
         }
         return write_section(workdir.report, "serving", section)
+    # gated and registered with the parameters the pipeline ran with
     challenger = register_challenger(
-        workdir,
-        Path(pipeline_result.run_dir),
-        config.model_name,
-        config.generator.scenario,
-        config.gate_config,
-        json.dumps(config.first_training(), default=str),
-        config.use_case,
+        pipeline_result, training_params(config, workdir, config.first_training())
     )
     replay = config.serving.replay
     impressions = replay_impressions(config, ab_days(config), replay.requests * replay.batch_size)
@@ -327,7 +327,6 @@ def _run_stages(config: DemoConfig, workdir: Workdir) -> None:
 def run_drift(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
     """The closed loop on the production model; writes the report's `drift` section."""
     from kubeloop.demo.drift import change_start_of, run_drift_stage
-    from kubeloop.pipeline.params import TrainingRunParams
     from kubeloop.registry import open_registry
 
     production = open_registry(str(workdir.registry)).production(config.model_name)
@@ -336,15 +335,10 @@ def run_drift(config: DemoConfig, workdir: Workdir) -> dict[str, Any]:
     days = list(range(max(min(gen.change_day - 1, gen.days - 2), 0), gen.days))
     per_day = config.drift.impressions_per_day
     impressions = replay_impressions(config, days, per_day * len(days))
-    retrain_params = TrainingRunParams.for_workdir(
+    retrain_params = training_params(
+        config,
         workdir,
-        use_case=config.use_case,
-        model_name=config.model_name,
-        scenario=gen.scenario,
-        generate=False,
-        train_config={**config.train_config, "window_days": config.drift.retrain_window_days},
-        gate_config=config.gate_config,
-        feature_config={"progress": False, "build": {"engine": config.features_engine}},
+        {**config.train_config, "window_days": config.drift.retrain_window_days},
     )
     canary = config.drift.canary_replay
 

@@ -36,6 +36,9 @@ from kubeloop.workdir import Workdir
 if TYPE_CHECKING:
     import pandas as pd
 
+    from kubeloop.pipeline.local_run import LocalRunResult
+    from kubeloop.pipeline.params import TrainingRunParams
+
 
 class ServingStageConfig(BaseModel):
     """Traffic, policy and check cadence of the demo's online experiment."""
@@ -102,40 +105,33 @@ def stack_server_args(use_case: UseCase) -> list[str]:
     return [*DEFAULT_SERVER_ARGS, "--use_case", use_case.name]
 
 
-def register_challenger(
-    workdir: Workdir,
-    run_dir: Path,
-    model_name: str,
-    scenario: str,
-    gate_config: dict | None = None,
-    train_config_json: str = "{}",
-    use_case: str | None = None,
-) -> str | None:
-    """Register the pipeline's runner-up as a candidate: of the models the champion was
-    chosen over, the one with the best holdout NE that passes its own gate against the
-    base rate (a runner-up that fails it, say on calibration, is not servable), so that
-    the online experiment tests what the ladder decided offline."""
-    from kubeloop.evaluation.gate import GateConfig, gate
+def register_challenger(result: LocalRunResult, params: TrainingRunParams) -> str | None:
+    """Register the runner-up of the local pipeline run `result` (run with `params`) as a
+    candidate: of the models the champion was chosen over, the one with the best holdout
+    NE that passes its own gate against the base rate (a runner-up that fails it, say on
+    calibration, is not servable), so that the online experiment tests what the ladder
+    decided offline. It is gated and registered with the run's own parameters, as the
+    pipeline's gate and register steps were."""
+    from kubeloop.evaluation.gate import gate
     from kubeloop.evaluation.metrics import EvaluationReport
-    from kubeloop.pipeline.steps import EVALUATION_FILE, register_step
+    from kubeloop.pipeline.steps import register_step, run_gate_config
 
-    decision = json.loads((run_dir / "gate" / "decision").read_text())
-    evaluation = json.loads((run_dir / "evaluate" / "evaluation" / EVALUATION_FILE).read_text())
-    others = [kind for kind in evaluation["models"] if kind != decision["champion"]]
+    arguments = params.arguments()
+    config = run_gate_config(params.use_case, arguments["gate_config_json"])
+    evaluation = result.evaluation
+    others = [kind for kind in evaluation["models"] if kind != result.decision["champion"]]
 
     def ne(kind: str) -> float:
         value = evaluation["models"][kind].get("normalized_entropy")
         return float("inf") if value is None else float(value)
 
+    run_dir = Path(result.run_dir)
     for kind in sorted(others, key=ne):
         verdict = gate(
             EvaluationReport.model_validate(evaluation["models"][kind]),
             None,
             EvaluationReport.model_validate(evaluation["base_rate"]),
-            # the use case's gate defaults under the run's, as the pipeline's gate step
-            GateConfig.model_validate(
-                {**resolve_use_case(use_case).metrics.gate, **(gate_config or {})}
-            ),
+            config,
         )
         challenger_decision = run_dir / "gate" / f"challenger-{kind}.json"
         challenger_decision.write_text(
@@ -144,18 +140,19 @@ def register_challenger(
         if not verdict.passed:
             continue
         return register_step(
-            str(run_dir / f"train-{kind}" / "model"),
+            result.model_dirs[kind],
             kind,
+            # kfp.local's layout: the pipeline does not output its training set
             str(run_dir / "features" / "training_set"),
-            str(run_dir / "evaluate" / "evaluation"),
+            result.evaluation_dir,
             str(challenger_decision),
-            str(workdir.registry),
-            model_name,
-            scenario,
+            params.registry_uri,
+            params.model_name,
+            params.scenario,
             f"{run_dir.name}-challenger",
             str(run_dir / "gate" / f"challenger-{kind}-registration.json"),
-            train_config_json,
-            use_case,
+            arguments["train_config_json"],
+            params.use_case,
         )
     return None
 

@@ -364,17 +364,25 @@ def _score_production(
 # --------------------------------------------------------------------------- gate
 
 
+def run_gate_config(use_case: UseCase | str | None, gate_config_json: str):
+    """The gate config a run's gate applies: the use case's gate defaults
+    (`MetricsSpec.gate`) under the run's own settings (`gate_config_json`)."""
+    from kubeloop.evaluation.gate import GateConfig
+
+    defaults = dict(resolve_use_case(use_case).metrics.gate)
+    return GateConfig.model_validate({**defaults, **json.loads(gate_config_json or "{}")})
+
+
 def gate_step(
     evaluation_dir: str, gate_config_json: str, decision_path: str, use_case: str | None = None
 ) -> tuple[bool, str]:
     """Choose the champion (start simple), then gate it against production or the base rate.
 
-    The gate config is the use case's gate defaults (`MetricsSpec.gate`) under the run's."""
-    from kubeloop.evaluation.gate import GateConfig, choose_champion, gate
+    The gate config is the use case's gate defaults under the run's (`run_gate_config`)."""
+    from kubeloop.evaluation.gate import choose_champion, gate
     from kubeloop.evaluation.metrics import EvaluationReport
 
-    defaults = dict(resolve_use_case(use_case).metrics.gate)
-    config = GateConfig.model_validate({**defaults, **json.loads(gate_config_json or "{}")})
+    config = run_gate_config(use_case, gate_config_json)
     evaluation = _read_json(Path(evaluation_dir) / EVALUATION_FILE)
     reports = {k: EvaluationReport.model_validate(v) for k, v in evaluation["models"].items()}
     champion = choose_champion(reports, config)
