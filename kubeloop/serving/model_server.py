@@ -449,25 +449,13 @@ class V2RoutingMiddleware:
             response_headers.pop("content-length", None)
             answer = _answer(response, response_headers, v2)
         except Exception as exc:  # answered by the app's handler for it
-            answer = await self._error_answer(scope, receive, exc)
+            answer = await handler_answer(self.handlers, scope, receive, exc)
             if answer is None:
                 raise
         if isinstance(answer, Response):
             await answer(scope, receive, send)
         else:  # pragma: no cover - _answer returns Responses only
             raise TypeError(type(answer))
-
-    async def _error_answer(self, scope, receive, exc: Exception) -> Any:
-        from starlette.requests import Request
-
-        for cls in type(exc).__mro__:
-            handler = self.handlers.exception_handlers.get(cls)
-            if handler is not None:
-                answer = handler(Request(scope, receive), exc)
-                if hasattr(answer, "__await__"):
-                    answer = await answer
-                return answer
-        return None
 
     async def _unversioned(self, scope, match, send) -> dict | None:
         from starlette.responses import JSONResponse
@@ -492,6 +480,21 @@ class V2RoutingMiddleware:
             )
         await JSONResponse({"error": message}, status_code=404)(scope, None, send)
         return None
+
+
+async def handler_answer(handlers: Any, scope: Any, receive: Any, exc: Exception) -> Any:
+    """The response the exception handler of `handlers` (a FastAPI app) gives `exc`, or
+    None when it has none for the exception's class or its bases."""
+    from starlette.requests import Request
+
+    for cls in type(exc).__mro__:
+        handler = handlers.exception_handlers.get(cls)
+        if handler is not None:
+            answer = handler(Request(scope, receive), exc)
+            if hasattr(answer, "__await__"):
+                answer = await answer
+            return answer
+    return None
 
 
 async def _body(receive: Any) -> bytes:
@@ -750,6 +753,14 @@ def install_app(app: Any, setup: AppSetup, dataplane: DataPlane) -> None:
     app.add_middleware(EdgeMiddleware, max_body_bytes=setup.max_body_bytes)
 
 
+def fast_app(app: Any, setup: AppSetup, dataplane: DataPlane) -> Any:
+    """`app` (KServe's, after `install_app`) behind the fast inference route
+    (`kubeloop.serving.fast_infer`): what uvicorn serves."""
+    from kubeloop.serving.fast_infer import FastInferApp
+
+    return FastInferApp(app, dataplane, setup.max_body_bytes, handlers=app)
+
+
 class KubeloopRESTServer(RESTServer):
     """KServe's RESTServer that builds kubeloop's app in every worker process (see
     **Workers** in the module docstring); `kubeloop_setup` is set before the workers
@@ -762,6 +773,7 @@ class KubeloopRESTServer(RESTServer):
         from kserve.model_server import app
 
         install_app(app, self.kubeloop_setup, self.dataplane)
+        self.config.app = fast_app(app, self.kubeloop_setup, self.dataplane)
 
 
 # How long a worker may take to answer the parent's liveness ping. KServe's own is 5 s
@@ -812,6 +824,12 @@ class KubeloopModelServer(kserve.ModelServer):
         rest = self._rest_server
         if rest is not None:
             rest.config.host = self.host
+            if self.app_setup is not None:
+                # uvicorn serves the fast route, KServe's app behind it (the config's
+                # app is loaded when serving starts, after this).
+                from kserve.model_server import app
+
+                rest.config.app = fast_app(app, self.app_setup, self.dataplane)
         multi = getattr(self, "_rest_multiprocess_server", None)
         if multi is not None:
             inner = multi._rest_server

@@ -1,0 +1,167 @@
+"""The fast inference route: a raw ASGI app in front of KServe's, for the v1 predict
+requests of the models that opt in (`inference_route = True`).
+
+KServe's app stays the server: health, metadata, metrics, the repository routes, every
+error and every unusual request are its. What this app answers itself is exactly the
+common case, a `POST /v1/models/{name}:predict` of an opted-in, loaded model with
+
+* a declared `Content-Length` within the body limit and valid request-id headers (what
+  `kubeloop.serving.edge.EdgeMiddleware` would let through unchanged);
+* no Content-Type, or exactly `application/json`, no `Transfer-Encoding`, and no
+  CloudEvent headers (`ce-specversion`): what KServe's `DataPlane.decode` hands to
+  `orjson.loads` (kserve v0.20.0 `python/kserve/kserve/protocol/dataplane.py` `decode`,
+  `JSON_HEADERS`);
+* a body that `orjson.loads` decodes (as KServe decodes it) to an object that is not a
+  structured CloudEvent (`decode_cloudevent`).
+
+For such a request it makes the calls KServe's v1 `predict` endpoint makes
+(`protocol/rest/v1_endpoints.py` `predict`: `DataPlane.infer` -> `Model.__call__`, with
+its Prometheus histograms and latency log line, and `DataPlane.encode`, which adds
+nothing for a request that is not a CloudEvent) and answers as the endpoint does (an
+`ORJSONResponse` of the dict with the model's response headers), with an error answered
+by the app's own exception handler for it. What it skips is everything between uvicorn
+and the model: FastAPI's application and router, KServe's timing middleware (its two
+`kserve.trace` timing lines per request are not written for these requests; the
+model's latency line is), the edge's body replay, and the dataplane's generic decoding.
+
+Anything else (another path or method, another Content-Type, a body that does not
+decode, a chunked body, a model that is not loaded or did not opt in) goes on to KServe's
+app untouched, with the body replayed when it was read, so its answer is KServe's own.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+
+from kubeloop.serving.edge import ID_HEADERS, id_problem
+
+V1_PREDICT_PATH = re.compile(r"^/v1/models/(?P<name>[^/]+):predict$")
+_JSON = "application/json"
+# orjson options of FastAPI's ORJSONResponse (fastapi/responses.py `render`).
+_ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_CLOUDEVENT_KEYS = ("time", "type", "source", "id", "specversion", "data")
+
+
+class FastInferApp:
+    """The fast route in front of `app`, KServe's ASGI app (see the module docstring).
+
+    `dataplane`: the server's DataPlane (its model registry names the models);
+    `max_body_bytes`: the edge's body limit; `handlers`: the FastAPI app whose exception
+    handlers answer the errors of a fast request."""
+
+    def __init__(self, app: Any, dataplane: Any, max_body_bytes: int, handlers: Any):
+        self.app = app
+        self.dataplane = dataplane
+        self.max_body_bytes = max_body_bytes
+        self.handlers = handlers
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = V1_PREDICT_PATH.match(scope["path"])
+            if match is not None:
+                model = self._model(match["name"])
+                headers = self._headers(scope) if model is not None else None
+                if headers is not None:
+                    body, done = await _read(receive, self.max_body_bytes)
+                    if body is None:  # the client hung up: nobody to answer
+                        return
+                    if done and await self._v1(model, body, headers, scope, receive, send):
+                        return
+                    receive = _replay(body, done, receive)
+        await self.app(scope, receive, send)
+
+    def _model(self, name: str) -> Any:
+        model = self.dataplane.model_registry.get_model(name)
+        if model is None or not getattr(model, "inference_route", False):
+            return None
+        return model if getattr(model, "ready", False) else None
+
+    def _headers(self, scope) -> dict[str, str] | None:
+        """The request headers as KServe's endpoint reads them (a dict, latin-1), or None
+        when the request is not one this route answers."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        length = headers.get("content-length")
+        if length is None or not length.isdigit() or int(length) > self.max_body_bytes:
+            return None
+        if headers.get("content-type", _JSON) != _JSON:
+            return None
+        if "transfer-encoding" in headers or "ce-specversion" in headers:
+            return None
+        for name in ID_HEADERS:
+            value = headers.get(name)
+            if value is not None and id_problem(value.encode("latin-1")) is not None:
+                return None
+        return headers
+
+    async def _v1(self, model, body: bytes, headers: dict, scope, receive, send) -> bool:
+        """Answer a v1 predict request; False when it must go on to KServe's app."""
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return False
+        if not isinstance(payload, dict) or all(k in payload for k in _CLOUDEVENT_KEYS):
+            return False
+        try:
+            response, response_headers = await model(payload, headers=headers)
+        except Exception as exc:  # answered by the app's handler for it
+            from kubeloop.serving.model_server import handler_answer
+
+            answer = await handler_answer(self.handlers, scope, receive, exc)
+            if answer is None:
+                raise
+            await answer(scope, receive, send)
+            return True
+        response_headers.pop("content-length", None)
+        if not isinstance(response, dict):
+            from kubeloop.serving.model_server import _answer
+
+            await _answer(response, response_headers, False)(scope, receive, send)
+            return True
+        content = orjson.dumps(response, option=_ORJSON_OPTIONS)
+        raw = [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in response_headers.items()
+        ]
+        keys = {k for k, _ in raw}
+        if b"content-length" not in keys:
+            raw.append((b"content-length", str(len(content)).encode("latin-1")))
+        if b"content-type" not in keys:
+            raw.append((b"content-type", b"application/json"))
+        await send({"type": "http.response.start", "status": 200, "headers": raw})
+        await send({"type": "http.response.body", "body": content})
+        return True
+
+
+async def _read(receive, limit: int) -> tuple[bytes | None, bool]:
+    """(the body read, whether it is whole): whole unless it grew past `limit` (then the
+    rest is left to the app, which refuses it); (None, False) if the client hung up."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None, False
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks), True
+        if size > limit:
+            return b"".join(chunks), False
+
+
+def _replay(body: bytes, done: bool, receive):
+    """A receive that hands the app the body read so far (all of it when `done`), then
+    the real receive."""
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": not done}
+        return await receive()
+
+    return replay

@@ -1,0 +1,169 @@
+"""The fast inference route (kubeloop/serving/fast_infer.py) answers exactly what KServe's
+own endpoints answer, and leaves every other request to them.
+
+The same requests, good and malformed, go in process to KServe's app without kubeloop's
+routes (its FastAPI endpoints, the edge in front) and to the served app (the fast route
+in front of KServe's app with kubeloop's middlewares); status, body and the kept headers
+must be equal, byte for byte for the bodies of good requests. A counter on the app
+behind the fast route shows which requests the route answered itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+from test_inference_route import KEPT_HEADERS, _apps, _content, _requests
+from test_predictor import MODEL_NAME
+
+from kubeloop.serving.fast_infer import FastInferApp
+from kubeloop.serving.protocol import MODEL_FIELDS, example_row
+
+V1 = f"/v1/models/{MODEL_NAME}:predict"
+JS = {"content-type": "application/json"}
+LIMIT = 1 << 20
+
+
+class _Counted:
+    """An ASGI app that counts the requests it is handed."""
+
+    def __init__(self, app):
+        self.app, self.calls = app, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            self.calls += 1
+        await self.app(scope, receive, send)
+
+
+def _served(tmp_path):
+    """(the app uvicorn serves: fast route -> KServe's app with kubeloop's middlewares,
+    the counter behind the fast route, KServe's plain app)."""
+    routed, plain = _apps(tmp_path)
+    dataplane = next(
+        m.kwargs["dataplane"] for m in routed.user_middleware if "dataplane" in m.kwargs
+    )
+    counted = _Counted(routed)
+    served = FastInferApp(counted, dataplane, LIMIT, handlers=routed)
+    return served, counted, plain
+
+
+def _more_requests() -> list[tuple[str, bytes, dict]]:
+    row = example_row(MODEL_FIELDS)
+    rows = [dict(row, hour=h) for h in range(3)]
+    good = json.dumps({"instances": rows}).encode()
+    return [
+        (V1, good, {}),  # no content type: KServe decodes JSON too
+        (V1, good, {"content-type": "application/json; charset=utf-8"}),
+        (V1, good, {"content-type": "text/plain"}),
+        (V1, good, {**JS, "x-request-id": "bad id"}),
+        (V1, good, {**JS, "x-request-id": "r" * 129}),
+        (V1, good, {**JS, "ce-id": "c-1", "x-request-id": "h-2"}),
+        (V1, b"not json", JS),
+        (V1, b"", JS),
+        (V1, b"[1, 2]", JS),
+        (V1, json.dumps({"instances": rows, "extra": 1}).encode(), JS),
+        (V1, json.dumps({"instances": rows, "request_id": "bad id"}).encode(), JS),
+        (V1, json.dumps({"instances": [dict(row, hour="x")]}).encode(), JS),
+        (V1, json.dumps({"instances": [{k: v for k, v in row.items() if k != "hour"}]}).encode(), JS),
+        (V1, json.dumps({"instances": [dict(row, user_ctr_1d=None)]}).encode(), JS),
+        (V1, b'{"instances": [{"hour": NaN}]}', JS),
+        (V1, json.dumps({"instances": "x"}).encode(), JS),
+        (V1, b" " * (LIMIT + 1), JS),  # over the body limit: 413
+        (V1, json.dumps({"specversion": "1.0", "type": "t", "source": "s", "id": "1",
+                         "time": "2024-01-01T00:00:00Z", "data": {"instances": rows}}).encode(), JS),
+        (f"/v1/models/{MODEL_NAME}", b"", {}),
+    ]  # fmt: skip
+
+
+async def _answers(app, requests) -> list[tuple]:
+    out = []
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        for path, body, headers in requests:
+            if path == f"/v1/models/{MODEL_NAME}":
+                r = await client.get(path)
+            else:
+                r = await client.post(path, content=body, headers=headers)
+            kept = {k: r.headers.get(k) for k in (*KEPT_HEADERS, "content-type")}
+            if kept["x-request-id"] and len(kept["x-request-id"]) == 36:
+                kept["x-request-id"] = "<uuid>"  # a new id per answer
+            out.append((path, r.status_code, _content(r), kept))
+    return out
+
+
+def test_fast_route_answers_as_kserve_endpoints(tmp_path):
+    served, counted, plain = _served(tmp_path)
+    requests = _requests() + _more_requests()
+    fast = asyncio.run(_answers(served, requests))
+    kserve = asyncio.run(_answers(plain, requests))
+    for got, want in zip(fast, kserve, strict=True):
+        assert got == want, (got, want)
+    statuses = [a[1] for a in fast]
+    assert statuses.count(200) >= 10 and {400, 404, 413, 422} <= set(statuses), statuses
+    # The good v1 requests (and v1 errors the model raises) were answered by the route.
+    assert counted.calls < len(requests) - 5
+
+
+def test_fast_route_good_bodies_are_byte_equal(tmp_path):
+    served, counted, plain = _served(tmp_path)
+    row = example_row(MODEL_FIELDS)
+    bodies = [
+        json.dumps({"instances": [dict(row, hour=h, user_ctr_1d=h / 7) for h in range(n)],
+                    "request_id": f"r-{n}"}).encode()
+        for n in (1, 3, 8)
+    ]  # fmt: skip
+
+    async def run(app) -> list[tuple]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            out = []
+            for body in bodies:
+                r = await client.post(V1, content=body, headers=JS)
+                out.append((r.status_code, r.content, r.headers.raw))
+            return out
+
+    fast, kserve = asyncio.run(run(served)), asyncio.run(run(plain))
+    assert counted.calls == 0  # all answered by the route
+    assert [(s, b) for s, b, _ in fast] == [(s, b) for s, b, _ in kserve]
+    assert [h for _, _, h in fast] == [h for _, _, h in kserve]  # same headers, same order
+
+
+def test_fast_route_keeps_the_model_metrics(tmp_path):
+    from kserve.metrics import PREDICT_HIST_TIME
+
+    served, counted, _ = _served(tmp_path)
+    body = json.dumps({"instances": [example_row(MODEL_FIELDS)]}).encode()
+
+    def count() -> float:
+        return PREDICT_HIST_TIME.labels(model_name=MODEL_NAME)._sum.get(), sum(
+            b.get() for b in PREDICT_HIST_TIME.labels(model_name=MODEL_NAME)._buckets
+        )
+
+    before = count()
+
+    async def run():
+        transport = httpx.ASGITransport(app=served)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return (await client.post(V1, content=body, headers=JS)).status_code
+
+    assert asyncio.run(run()) == 200 and counted.calls == 0
+    assert count()[1] == before[1] + 1
+
+
+def test_metadata_and_health_are_kserve_s(tmp_path):
+    served, counted, plain = _served(tmp_path)
+    paths = [
+        "/", "/v2/health/ready", "/v2/health/live", "/v2", f"/v2/models/{MODEL_NAME}",
+        f"/v2/models/{MODEL_NAME}/ready", f"/v1/models/{MODEL_NAME}", "/v1/models",
+        "/v2/models/nope",
+    ]  # fmt: skip
+
+    async def run(app) -> list[tuple]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            return [((r := await client.get(p)).status_code, r.content) for p in paths]
+
+    assert asyncio.run(run(served)) == asyncio.run(run(plain))
+    assert counted.calls == len(paths)
