@@ -5,47 +5,23 @@ spec (`usecases.ctr.usecase.USE_CASE`)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 
+from kubeloop.event_schema_file import load_event_schema
 from kubeloop.usecase import EVENTS_DIR, FEATURE_TIMESTAMP, PARTITION_KEY, TIMESTAMP, table_schema
 
 __all__ = ["EVENTS_DIR", "FEATURE_TIMESTAMP", "PARTITION_KEY", "TIMESTAMP"]
 
-# One row per ad impression, as written to the lake (Parquet, hive-partitioned by `day`).
-EVENT_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.int64()),
-        ("event_timestamp", TIMESTAMP),
-        ("user_id", pa.int64()),
-        ("ad_id", pa.int64()),
-        # static user attributes, denormalised into the log as a real impression log would
-        ("user_segment", pa.string()),
-        ("user_country", pa.string()),
-        ("user_device_pref", pa.string()),
-        # static ad attributes
-        ("advertiser_id", pa.int64()),
-        ("ad_category", pa.string()),
-        ("ad_creative_age_days", pa.float64()),
-        # request context
-        ("hour", pa.int64()),
-        ("weekday", pa.int64()),
-        ("device", pa.string()),
-        ("slot_position", pa.int64()),
-        # label, and the generator's true click probability (oracle only, never a feature)
-        ("click", pa.int64()),
-        ("true_ctr", pa.float64()),
-    ]
-)
-
-LABEL = "click"
-ORACLE = "true_ctr"
-
-# Context that arrives with a request and is never looked up.
-CONTEXT_NUMERIC = ["hour", "weekday", "slot_position"]
-CONTEXT_CATEGORICAL = ["device"]
-# Ranges a request's context may carry (the generator draws slots 1..5; a page may have
-# more slots, so the limit only rejects nonsense).
-CONTEXT_RANGES = {"hour": (0, 23), "weekday": (0, 6), "slot_position": (1, 100)}
+# One row per ad impression, as written to the lake: its columns and the role of each
+# (entity keys, label, oracle, request context and its ranges), declared in events.yaml.
+EVENTS = load_event_schema(Path(__file__).with_name("events.yaml"))
+EVENT_SCHEMA = EVENTS.columns
+LABEL = EVENTS.label
+ORACLE = EVENTS.oracle
+CONTEXT_NUMERIC = list(EVENTS.context_numeric)
+CONTEXT_CATEGORICAL = list(EVENTS.context_categorical)
 
 # Offline feature tables: one row per entity per feature timestamp (FEATURE_TIMESTAMP).
 # A row at time T aggregates only events with event_timestamp < T (strictly before).

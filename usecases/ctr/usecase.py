@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from kubeloop.usecase import (
     Defaults,
-    EventSchema,
     MetricsSpec,
     SyntheticSource,
     TransformRules,
@@ -14,16 +13,6 @@ from usecases.ctr import schema
 from usecases.ctr.features import ENTITIES, REQUEST_FEATURES
 from usecases.ctr.generator import GeneratorConfig, generate_lake, iter_day_tables
 from usecases.ctr.scenarios import SCENARIOS
-
-EVENTS = EventSchema(
-    columns=schema.EVENT_SCHEMA,
-    entity_keys=tuple(e.join_key for e in ENTITIES),
-    label=schema.LABEL,
-    oracle=schema.ORACLE,
-    context_numeric=tuple(schema.CONTEXT_NUMERIC),
-    context_categorical=tuple(schema.CONTEXT_CATEGORICAL),
-    context_ranges=schema.CONTEXT_RANGES,
-)
 
 # Name rules of the ETL's columns (usecases/ctr/features.py): counts take log1p, smoothed
 # rates are undefined without impressions (filled with the training click rate, flagged),
@@ -45,7 +34,7 @@ TRANSFORM = TransformRules(
 USE_CASE = UseCase(
     name="ctr",
     description="Ad click-through-rate prediction on a seeded impression log.",
-    events=EVENTS,
+    events=schema.EVENTS,
     entities=ENTITIES,
     feature_service=schema.FEATURE_SERVICE,
     transform=TRANSFORM,

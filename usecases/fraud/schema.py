@@ -4,43 +4,23 @@ name or a type. The engine reads them only through `usecases.fraud.usecase.USE_C
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 
-from kubeloop.usecase import TIMESTAMP, table_schema
+from kubeloop.event_schema_file import load_event_schema
+from kubeloop.usecase import TIMESTAMP, table_schema  # noqa: F401 (the generator's TIMESTAMP)
 
-# One row per card transaction, as written to the lake (Parquet, one partition per day).
-EVENT_SCHEMA = pa.schema(
-    [
-        ("event_id", pa.int64()),
-        ("event_timestamp", TIMESTAMP),
-        ("card_id", pa.int64()),
-        ("merchant_id", pa.int64()),
-        # static attributes, denormalised into the log as a processor's log would carry them
-        ("card_country", pa.string()),
-        ("merchant_category", pa.string()),
-        # request context: what the authorisation request carries
-        ("amount", pa.int64()),  # whole currency units
-        ("hour", pa.int64()),
-        ("channel", pa.string()),  # card_present | card_not_present
-        ("country", pa.string()),  # where the transaction happens (the merchant's country)
-        # label, when it became known, and the generator's true fraud probability (oracle
-        # only, never a feature). A fraud is confirmed by a chargeback days later; a
-        # legitimate transaction has no chargeback (null).
-        ("is_fraud", pa.int64()),
-        ("chargeback_timestamp", TIMESTAMP),
-        ("fraud_probability", pa.float64()),
-    ]
-)
-
-LABEL = "is_fraud"
-ORACLE = "fraud_probability"
-LABEL_TIME = "chargeback_timestamp"
+# One row per card transaction, as written to the lake: its columns and the role of each
+# (entity keys, label and when it became known, oracle, request context and its ranges),
+# declared in events.yaml.
+EVENTS = load_event_schema(Path(__file__).with_name("events.yaml"))
+EVENT_SCHEMA = EVENTS.columns
+LABEL = EVENTS.label
+ORACLE = EVENTS.oracle
+LABEL_TIME = EVENTS.label_time
 AMOUNT = "amount"
 
-CONTEXT_NUMERIC = ["amount", "hour"]
-CONTEXT_CATEGORICAL = ["channel", "country"]
-# What a request may carry (else a 400): the generator's amounts stay far below the cap.
-CONTEXT_RANGES = {"amount": (0, 1_000_000), "hour": (0, 23)}
 REQUEST_FIELDS = ("card_id", "merchant_id", "amount", "hour", "channel", "country")
 
 WINDOWS = ("1h", "24h", "7d")

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from kubeloop.usecase import (
     DecisionPolicy,
     Defaults,
-    EventSchema,
     MetricsSpec,
     SyntheticSource,
     TransformRules,
@@ -16,21 +13,6 @@ from kubeloop.usecase import (
 from usecases.fraud import schema
 from usecases.fraud.features import ENTITIES, REQUEST_FEATURES
 from usecases.fraud.generator import GeneratorConfig, generate_lake, iter_day_tables
-
-EVENTS = EventSchema(
-    columns=schema.EVENT_SCHEMA,
-    entity_keys=tuple(e.join_key for e in ENTITIES),
-    label=schema.LABEL,
-    oracle=schema.ORACLE,
-    context_numeric=tuple(schema.CONTEXT_NUMERIC),
-    context_categorical=tuple(schema.CONTEXT_CATEGORICAL),
-    context_ranges=schema.CONTEXT_RANGES,
-    # Chargebacks come 2-10 days after the transaction (1 + a log-normal of median 3 days,
-    # usecases/fraud/scenarios.py): online evaluation scores a transaction once 10 days
-    # have passed, and a chargeback later than that (~1.4% of frauds) counts as none.
-    label_delay=timedelta(days=10),
-    label_time=schema.LABEL_TIME,
-)
 
 # Counts and amounts are heavy-tailed (log1p; a missing row is a quiet entity, 0); smoothed
 # fraud rates and shares are undefined without history (filled with the training rate,
@@ -76,7 +58,7 @@ TRAINING = {
 USE_CASE = UseCase(
     name="fraud",
     description="Card-transaction fraud on a seeded payments log, with delayed chargebacks.",
-    events=EVENTS,
+    events=schema.EVENTS,
     entities=ENTITIES,
     feature_service=schema.FEATURE_SERVICE,
     transform=TRANSFORM,
