@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,13 +135,16 @@ class EdgeMiddleware:
         if body is not None:
             await self.app(scope, _replay(body, receive), send)
 
-    async def admit(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
-        """The edge's checks of one HTTP request: its whole body, or None when it was
-        refused (and answered here) or the client hung up. A server's hot path calls this
-        and keeps the body, instead of reading it again through `__call__`'s replay."""
+    def screen(
+        self, headers: Iterable[tuple[bytes, bytes]]
+    ) -> tuple[tuple[int, str, str] | None, str | None, int | None]:
+        """The edge's header checks of one request: (problem, request id, declared size),
+        the problem being (status, reason, message) of its refusal, or None when the
+        headers pass. `admit` refuses with it; a server's own hot path checks with it
+        before it reads a body."""
         # One pass over the headers for the few the edge reads (the first of each name).
         found: dict[bytes, bytes] = {}
-        for name, value in scope.get("headers", ()):
+        for name, value in headers:
             if name in _READ and name not in found:
                 found[name] = value
         request_id = None
@@ -150,9 +153,7 @@ class EdgeMiddleware:
             if value is None:
                 continue
             if (problem := id_problem(value)) is not None:
-                message = f"{name} header: {problem}"
-                await self._reject(scope, receive, send, 400, "bad_request_id", message, None)
-                return None
+                return (400, "bad_request_id", f"{name} header: {problem}"), None, None
             request_id = request_id or value.decode("ascii")
         declared = _length(found.get(_CONTENT_LENGTH))
         if declared is not None and declared > self.max_body_bytes:
@@ -160,9 +161,17 @@ class EdgeMiddleware:
                 f"body: {declared} bytes is over this server's limit of "
                 f"{self.max_body_bytes} bytes (--max_body_bytes)"
             )
-            await self._reject(
-                scope, receive, send, 413, "body_too_large", message, declared, request_id
-            )
+            return (413, "body_too_large", message), request_id, declared
+        return None, request_id, declared
+
+    async def admit(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The edge's checks of one HTTP request: its whole body, or None when it was
+        refused (and answered here) or the client hung up. A server's hot path calls this
+        and keeps the body, instead of reading it again through `__call__`'s replay."""
+        problem, request_id, declared = self.screen(scope.get("headers", ()))
+        if problem is not None:
+            status, reason, message = problem
+            await self._reject(scope, receive, send, status, reason, message, declared, request_id)
             return None
         body, outcome = await self._read_body(receive)
         if outcome == "gone":  # the client hung up mid-body: nobody to answer

@@ -65,7 +65,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -219,6 +219,18 @@ def _rejection_record(reason: str, body: bytes) -> bytes:
     return json.dumps({"rejected": reason, "content_length": len(body)}).encode()
 
 
+def json_answer(
+    status: int, content: Any, extra: Sequence[tuple[bytes, bytes]] = ()
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """(status, headers, body) of the answer Starlette's `JSONResponse(content, status)`
+    sends, with `extra` headers after its own."""
+    body = json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+    headers = [(b"content-length", b"%d" % len(body)), (b"content-type", b"application/json")]
+    return status, headers + list(extra), body
+
+
 # --- where the state comes from -----------------------------------------------------------
 
 
@@ -361,6 +373,16 @@ class CanaryRouter:
         # The ASGI app is the router itself: uvicorn takes a bound method for ASGI2.
         self.app = self
 
+    @property
+    def edge(self) -> EdgeMiddleware:
+        """The edge every request passes (its checks: `EdgeMiddleware.screen`, `admit`)."""
+        return self._edge
+
+    @staticmethod
+    def is_inference(path: str) -> bool:
+        """Whether `path` is one of the inference routes (split, forwarded and logged)."""
+        return _INFER_PATH.match(path) is not None
+
     # Backends ---------------------------------------------------------------------------
 
     def set_backend(self, version: str, url: str) -> None:
@@ -492,8 +514,22 @@ class CanaryRouter:
 
     async def _serve(self, scope: Scope, body: bytes, receive: Receive, send: Send) -> None:
         """`_infer` of a request whose body the edge has read and bounded."""
+        target = scope.get("raw_path") or scope["path"].encode("latin-1")
+        if scope.get("query_string"):
+            target += b"?" + scope["query_string"]
+        status, headers, content = await self.answer(scope["headers"], target, body)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    async def answer(
+        self, headers: list[tuple[bytes, bytes]], target: bytes, body: bytes
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """(status, headers, body) of the router's answer to one inference request that
+        passed the edge: `headers` are the request's (lower-case names, raw bytes), `target`
+        its raw path and query, `body` the whole body. The ASGI path (`_serve`) and the
+        router's own HTTP protocol (`kubeloop.serving.router_http`) both answer with it."""
         state = self.rollout.current()
-        forward = [header for header in scope["headers"] if header[0] not in _HOP_HEADER_NAMES]
+        forward = [header for header in headers if header[0] not in _HOP_HEADER_NAMES]
         # The first value of each name (a dict of the reversed list keeps the first).
         named = dict(reversed(forward))
         forward.append(_IDENTITY)
@@ -512,17 +548,9 @@ class CanaryRouter:
                 (VERSION_HEADER.encode(), (version or "").encode("latin-1")),
             ]
         if base is None:
-            from starlette.responses import JSONResponse
-
             self.errors[variant] += 1
             message = f"no predictor is running for {variant} version {version}"
-            response = JSONResponse({"error": message}, status_code=503)
-            response.raw_headers.extend(marks)
-            await response(scope, receive, send)
-            return
-        target = scope.get("raw_path") or scope["path"].encode("latin-1")
-        if scope.get("query_string"):
-            target += b"?" + scope["query_string"]
+            return json_answer(503, {"error": message}, marks)
         started_wall = time.time()
         started = time.perf_counter()
         try:
@@ -566,8 +594,7 @@ class CanaryRouter:
         out.extend(marks)
         if status >= 200 and status not in (204, 304):  # as Starlette's Response counts
             out.append((b"content-length", b"%d" % len(content)))
-        await send({"type": "http.response.start", "status": status, "headers": out})
-        await send({"type": "http.response.body", "body": content})
+        return status, out, content
 
     def _log_rejection(self, rejection: Rejection) -> None:
         """Edge callback: count a refused request and log its small record."""
@@ -756,7 +783,7 @@ class CanaryRouter:
         if (
             scope["type"] == "http"
             and scope["method"] == "POST"
-            and _INFER_PATH.match(scope["path"])
+            and self.is_inference(scope["path"])
         ):
             body = await self._edge.admit(scope, receive, send)
             if body is not None:
