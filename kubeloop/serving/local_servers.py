@@ -368,8 +368,11 @@ class LocalStack:
         for name in ("uvicorn.error", "kubeloop.serving"):
             logging.getLogger(name).addHandler(handler)
         self._router_log_handler = handler
+        from kubeloop.serving.router_http import RouterHTTPProtocol
+
         config = uvicorn.Config(
             self.router.app,
+            http=RouterHTTPProtocol,  # inference requests answered without the ASGI cycle
             host=self.router_host,
             port=int(self.router_port),  # type: ignore[arg-type]
             log_level="warning",
