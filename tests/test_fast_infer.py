@@ -167,3 +167,69 @@ def test_metadata_and_health_are_kserve_s(tmp_path):
 
     assert asyncio.run(run(served)) == asyncio.run(run(plain))
     assert counted.calls == len(paths)
+
+
+def _histogram_counts(name: str) -> list[float]:
+    from kserve.metrics import POST_HIST_TIME, PRE_HIST_TIME, PREDICT_HIST_TIME
+
+    return [
+        sum(b.get() for b in h.labels(model_name=name)._buckets)
+        for h in (PRE_HIST_TIME, PREDICT_HIST_TIME, POST_HIST_TIME)
+    ]
+
+
+def test_predict_call_is_kserve_model_call(tmp_path, caplog):
+    """`ServedModel._predict_call` (the PREDICT verb of its __call__) makes kserve's
+    `Model.__call__` calls: the same answer, histograms and latency line, also for a
+    request that fails validation."""
+    import logging
+    import re
+
+    import kserve
+    import pytest
+    from kserve.errors import InvalidInput
+    from test_predictor import TINY_LGB, tiny_data
+
+    from models.lightgbm_trainer import train_lightgbm
+    from models.predictor import CTRPredictor
+
+    train, valid, _ = tiny_data()
+    model = CTRPredictor("served-call", tmp_path, model=train_lightgbm(train, valid, TINY_LGB))
+    model.enable_latency_logging = True
+    row = example_row(MODEL_FIELDS)
+    good = {"instances": [row, dict(row, hour=3)], "request_id": "r-9"}
+    bad = {"instances": [dict(row, hour=99)]}
+    logger = logging.getLogger("kserve.trace")
+
+    def lines() -> list[str]:
+        found = [r.getMessage() for r in caplog.records if r.name == "kserve.trace"]
+        caplog.clear()
+        return [re.sub(r"\d+\.\d+(e-?\d+)?", "<ms>", line) for line in found]
+
+    async def both(body):
+        out = []
+        for call in (model._predict_call, lambda b, h: kserve.Model.__call__(model, b, h)):
+            before = _histogram_counts(model.name)
+            try:
+                answer = await call(dict(body), {"x-request-id": "h-1"})
+            except InvalidInput as exc:
+                answer = ("raised", str(exc))
+            after = _histogram_counts(model.name)
+            out.append((answer, [a - b for a, b in zip(after, before)]))
+        return out
+
+    logger.propagate, kept = True, logger.propagate
+    try:
+        with caplog.at_level(logging.INFO, logger="kserve.trace"):
+            for body in (good, bad):
+                ours, theirs = asyncio.run(both(body))
+                assert ours == theirs
+                logged = lines()
+                assert len(logged) == (2 if body is good else 0) and len(set(logged)) <= 1
+                if body is good:
+                    assert logged[0].startswith("requestId: h-1, preprocess_ms: <ms>")
+    finally:
+        logger.propagate = kept
+    assert ours[1] == [1, 1, 0]  # a failed predict: pre and predict observed, post not
+    with pytest.raises(InvalidInput):
+        asyncio.run(model._predict_call(dict(bad), {}))

@@ -9,10 +9,15 @@ both `ServedModel`s: their v2 metadata (`GET /v2/models/<name>`) names their inp
 from __future__ import annotations
 
 import argparse
+import inspect
+import time
+from timeit import default_timer
 from typing import Any, ClassVar
 
 import kserve
-from kserve.model import InferenceVerb
+from kserve.logging import trace_logger
+from kserve.metrics import POST_HIST_TIME, PRE_HIST_TIME, PREDICT_HIST_TIME, get_labels
+from kserve.model import InferenceVerb, get_latency_ms
 
 from kubeloop.serving.protocol import (
     DEFAULT_MAX_BATCH_SIZE,
@@ -69,7 +74,10 @@ class ServedModel(kserve.Model):
         # A private lower-cased copy: preprocess may write the resolved request id into it,
         # and it is read back from there.
         headers = lower_headers(headers)
-        response, response_headers = await super().__call__(body, headers, verb)
+        if verb == InferenceVerb.PREDICT:
+            response, response_headers = await self._predict_call(body, headers)
+        else:
+            response, response_headers = await super().__call__(body, headers, verb)
         request_id = headers.get(REQUEST_ID_HEADER)
         response = self.finish_response(body, response, request_id)
         if request_id:
@@ -78,6 +86,67 @@ class ServedModel(kserve.Model):
         if version:
             response_headers[MODEL_VERSION_HEADER] = version
         return response, response_headers
+
+    async def _predict_call(self, body: Any, headers: dict[str, str]) -> tuple[Any, dict]:
+        """kserve 0.20's `Model.__call__` for the PREDICT verb (kserve v0.20.0
+        `python/kserve/kserve/model.py` `__call__`): preprocess, validate, predict,
+        postprocess, each hook awaited when it is a coroutine function, the pre/predict/
+        post histograms observed (also when a hook raises), and the latency line when
+        `enable_latency_logging`. The same calls, with the histograms' label children and
+        the hooks' coroutine checks looked up once instead of per request."""
+        request_id = headers.get("x-request-id", "N.A.") if headers else "N.A."
+        pre, during, post = self._histograms()
+        response_headers: dict[str, str] = {}
+        started, start = default_timer(), time.time()
+        try:
+            payload = await self._run(self.preprocess, body, headers)
+            preprocess_ms = get_latency_ms(start, time.time())
+        finally:
+            pre.observe(max(default_timer() - started, 0))
+        payload = self.validate(payload)
+        extra = (response_headers,) if self.required_response_headers else ()
+        started, start = default_timer(), time.time()
+        try:
+            response = await self._run(self.predict, payload, headers, *extra)
+            predict_ms = get_latency_ms(start, time.time())
+        finally:
+            during.observe(max(default_timer() - started, 0))
+        started, start = default_timer(), time.time()
+        try:
+            response = await self._run(self.postprocess, response, headers, *extra)
+            postprocess_ms = get_latency_ms(start, time.time())
+        finally:
+            post.observe(max(default_timer() - started, 0))
+        if self.enable_latency_logging is True:
+            trace_logger.info(
+                f"requestId: {request_id}, preprocess_ms: {preprocess_ms}, "
+                f"explain_ms: 0, predict_ms: {predict_ms}, "
+                f"postprocess_ms: {postprocess_ms}"
+            )
+        return response, response_headers
+
+    def _histograms(self) -> tuple[Any, Any, Any]:
+        children = _HISTOGRAMS.get(self.name)
+        if children is None:
+            labels = get_labels(self.name)
+            children = _HISTOGRAMS[self.name] = tuple(
+                h.labels(**labels) for h in (PRE_HIST_TIME, PREDICT_HIST_TIME, POST_HIST_TIME)
+            )
+        return children
+
+    async def _run(self, hook: Any, *args: Any) -> Any:
+        function = getattr(hook, "__func__", hook)
+        is_coroutine = _COROUTINE.get(function)
+        if is_coroutine is None:
+            is_coroutine = _COROUTINE[function] = inspect.iscoroutinefunction(hook)
+        return await hook(*args) if is_coroutine else hook(*args)
+
+
+# function -> whether it is a coroutine function (KServe asks per call; functions are few).
+_COROUTINE: dict[Any, bool] = {}
+# model name -> the label children of KServe's pre/predict/post histograms (module-level:
+# a model is pickled to KServe's worker processes, metric children are not picklable).
+_HISTOGRAMS: dict[str, tuple[Any, Any, Any]] = {}
 
 
 # Where KServe's storage initializer puts what an InferenceService's storageUri names.
