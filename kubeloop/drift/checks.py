@@ -191,14 +191,18 @@ def strata_of(
     column: str | None,
     season_by: str | None = None,
     weekend: Sequence[int] = (),
+    factorized: FrameKeys | None = None,
 ) -> np.ndarray:
     """The stratum (text) of every row: the value of `column`, or one stratum for all; with
     `season_by` (a weekday column, 0 = Monday), the day type is appended ("|we" for the
-    `weekend` days, "|wd" otherwise), so a Tuesday hour is matched with weekday rows."""
+    `weekend` days, "|wd" otherwise), so a Tuesday hour is matched with weekday rows.
+    `factorized`: the frame's `FrameKeys`, when the caller shares them."""
     if column is None or column not in frame.columns:
         codes, keys = np.zeros(len(frame), dtype=np.int64), ["*"]
     else:
-        codes, keys = factorized_keys(frame[column])
+        codes, keys = (
+            factorized(column) if factorized is not None else factorized_keys(frame[column])
+        )
         codes = np.where(codes < 0, len(keys) - 1, codes)
     if season_by is not None and season_by in frame.columns:
         days = pd.to_numeric(frame[season_by], errors="coerce").to_numpy()
@@ -219,11 +223,14 @@ class Season:
     season_by: str | None = "weekday"
     weekend: tuple[int, ...] = (5, 6)
 
-    def strata(self, frame: pd.DataFrame, seasonal: bool) -> np.ndarray:
-        """Strata of `frame`'s rows, with the day type when `seasonal`."""
+    def strata(
+        self, frame: pd.DataFrame, seasonal: bool, factorized: FrameKeys | None = None
+    ) -> np.ndarray:
+        """Strata of `frame`'s rows, with the day type when `seasonal` (`factorized`: the
+        frame's `FrameKeys`, when the caller shares them)."""
         if seasonal and self.season_by:
-            return strata_of(frame, self.stratify_by, self.season_by, self.weekend)
-        return strata_of(frame, self.stratify_by)
+            return strata_of(frame, self.stratify_by, self.season_by, self.weekend, factorized)
+        return strata_of(frame, self.stratify_by, factorized=factorized)
 
 
 def season_matched_sample(

@@ -108,6 +108,7 @@ from kubeloop.drift.checks import (
 from kubeloop.drift.config import MonitorConfig
 from kubeloop.drift.detectors.base import DriftError
 from kubeloop.drift.events import BadEventError, InferenceEvent
+from kubeloop.drift.frame import WindowColumns, column_kinds, frame_of
 from kubeloop.drift.quality import DataQualityCheck, schema_violations
 from kubeloop.drift.reference import Reference
 from kubeloop.drift.state import Key, StateStore, key_text
@@ -228,6 +229,13 @@ def _label(value: Any) -> int:
     raise ValueError(f"label {value!r} is not 0 or 1")
 
 
+def _floats(values: Sequence[Any]) -> list[float]:
+    """`[float(v) for v in values]`; a float64 array converts in one call."""
+    if type(values) is np.ndarray and values.dtype == np.float64 and values.ndim == 1:
+        return values.tolist()
+    return list(map(float, values))
+
+
 def _clean(value: Any) -> Any:
     # JSON has no NaN: keep a missing numeric value as None in the buffered rows.
     if isinstance(value, float) and not math.isfinite(value):
@@ -241,6 +249,12 @@ _ABSENT = object()
 # event time (epoch seconds).
 _Encodable = tuple[Sequence[Mapping[str, Any]], Sequence[float], str, float]
 
+
+# The inputs of encoded rows as columns, and each column's value types (`_plain_rows`).
+_Columns = tuple[list[tuple], list[set[type]]]
+
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+_ID, _SCORE, _INPUTS = operator.itemgetter("id"), operator.itemgetter("p"), operator.itemgetter("x")
 
 _PLAIN_TYPES = frozenset({int, float, type(None)})
 _TEXT_TYPES = _PLAIN_TYPES | {str}
@@ -391,6 +405,7 @@ class DriftMonitor:
         self._revisions_generation = self.state.generation
         self._ref_strata: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._serve = TumblingWindows(self.state, SERVE, self.config.window)
+        self._window_columns = WindowColumns()
         self._labels = TumblingWindows(self.state, LABELS, self.config.performance.window)
 
     @classmethod
@@ -487,8 +502,8 @@ class DriftMonitor:
                 )  # fmt: skip
             for key, of_key in per_key.items():
                 rows: list[tuple[float, dict]] = []
-                self._encode_batch(rows, of_key)
-                self._add_rows(key, rows, evaluations)
+                columns = self._encode_batch(rows, of_key)
+                self._add_rows(key, rows, evaluations, columns)
         return self._notify(evaluations)
 
     def ingest(self, event: InferenceEvent) -> IngestResult:
@@ -539,8 +554,8 @@ class DriftMonitor:
                 self._note_revision(key, request.get("revision") or response.get("revision"))
                 self.state.incr("pairs")
                 rows: list[tuple[float, dict]] = []
-                self._encode_rows(rows, instances, predictions, event.id, _epoch(t))
-                self._add_rows(key, rows, per_event[i])
+                columns = self._encode_rows(rows, instances, predictions, event.id, _epoch(t))
+                self._add_rows(key, rows, per_event[i], columns)
                 out.append(IngestResult(paired=True, rows=len(instances)))
             for (event_id, kind), half in local.items():
                 evicted = self.state.put_pending(event_id, kind, half, self.config.max_pending)
@@ -584,21 +599,23 @@ class DriftMonitor:
         predictions: Sequence[float],
         request_id: str,
         t: float,
-    ) -> None:
+    ) -> _Columns | None:
         """Append one request's rows to `out` as (event time, buffered payload): the model
         inputs as a list in `self.columns` order, the score, and the schema violations
-        when there are any (most rows have none)."""
-        scores = [float(p) for p in predictions]
+        when there are any (most rows have none). Returns the inputs' columns and their
+        value types when the rows were plain (`_plain_rows`)."""
+        scores = _floats(predictions)
         single = len(instances) == 1
-        rows = self._plain_rows(instances)
-        if rows is not None:
+        plain = self._plain_rows(instances)
+        if plain is not None:
             # The common request: every row is plain (see `_plain_rows`), looked at as a
             # whole: no per-row checks, no violations to record.
+            rows = plain[0]
             ids = [request_id] if single else [f"{request_id}/{i}" for i in range(len(rows))]
             out.extend(
                 (t, {"id": i, "x": x, "p": p}) for i, x, p in zip(ids, rows, scores, strict=True)
             )
-            return
+            return plain[1], plain[2]
         columns, numeric = self.columns, self._numeric_columns
         for i, (inst, p) in enumerate(zip(instances, scores, strict=True)):
             values, bad = _row_values(
@@ -612,40 +629,49 @@ class DriftMonitor:
             if bad:
                 row["s"] = bad
             out.append((t, row))
+        return None
 
     def _encode_batch(
         self,
         out: list[tuple[float, dict]],
         requests: Sequence[_Encodable],
-    ) -> None:
+    ) -> _Columns | None:
         """`_encode_rows` of several requests (instances, predictions, request id, event
         time) of one key, in order. When every row of the batch is plain, the rows are
         looked at once for the whole batch (a batch of 32 requests of 8 rows costs about
         what one request of 256 rows does); otherwise request by request."""
         if len(requests) > 1:
-            rows = self._plain_rows(list(itertools.chain.from_iterable(r[0] for r in requests)))
-            if rows is not None:
+            plain = self._plain_rows(list(itertools.chain.from_iterable(r[0] for r in requests)))
+            if plain is not None:
+                rows = plain[0]
                 ids: list[str] = []
                 times: list[float] = []
                 for instances, _, request_id, t in requests:
                     n = len(instances)
                     ids.extend([request_id] if n == 1 else [f"{request_id}/{i}" for i in range(n)])
                     times.extend([t] * n)
-                scores = [float(p) for r in requests for p in r[1]]
+                scores = list(itertools.chain.from_iterable(_floats(r[1]) for r in requests))
                 payloads = [
                     {"id": i, "x": x, "p": p} for i, x, p in zip(ids, rows, scores, strict=True)
                 ]
                 out.extend(zip(times, payloads, strict=True))
-                return
+                return plain[1], plain[2]
+        if len(requests) == 1:
+            return self._encode_rows(out, *requests[0])
         for instances, predictions, request_id, t in requests:
             self._encode_rows(out, instances, predictions, request_id, t)
+        return None
 
-    def _plain_rows(self, instances: Sequence[Mapping[str, Any]]) -> list[tuple] | None:
+    def _plain_rows(
+        self, instances: Sequence[Mapping[str, Any]]
+    ) -> tuple[list[tuple], list[tuple], list[set[type]]] | None:
         """The instances' model inputs in `self.columns` order when every row is plain
         (every input present, each a number or None, strings only in categorical inputs:
         `_row_values`'s short path, checked for all rows at once); else None. Tuples: the
         stored JSON is the same array, and a tuple of plain values leaves the garbage
-        collector's lists (a list never does)."""
+        collector's lists (a list never does). With them, their transposition and the value
+        types of each column (`kubeloop.drift.frame`: the window's frame is built from
+        them)."""
         if len(self.columns) < 2:
             return None
         try:
@@ -653,26 +679,40 @@ class DriftMonitor:
         except KeyError:
             return None
         if not rows:
-            return rows
-        chain = itertools.chain.from_iterable
+            return rows, [], []
         # One look at each value, column by column (one transposition, cheaper than picking
         # the numeric and the categorical values out of every row): numbers or None in
         # numeric inputs, strings also allowed in categorical ones.
         columns = list(zip(*rows, strict=True))
-        if not set(map(type, chain(columns[i] for i in self._numeric_at))) <= _PLAIN_TYPES:
+        kinds = column_kinds(columns)
+        if not all(kinds[i] <= _PLAIN_TYPES for i in self._numeric_at):
             return None
-        if not set(map(type, chain(columns[i] for i in self._categorical_at))) <= _TEXT_TYPES:
+        if not all(kinds[i] <= _TEXT_TYPES for i in self._categorical_at):
             return None
-        return rows
+        return rows, columns, kinds
 
     def _add_rows(
-        self, key: Key, rows: list[tuple[float, dict]], evaluations: list[WindowEvaluation]
+        self,
+        key: Key,
+        rows: list[tuple[float, dict]],
+        evaluations: list[WindowEvaluation],
+        columns: _Columns | None = None,
     ) -> None:
         """Store encoded rows of `key`: awaiting their labels and in the open window
-        (closed windows are evaluated into `evaluations`)."""
+        (closed windows are evaluated into `evaluations`). `columns`: what the encoder
+        returned (the inputs as columns, with their value types), when it did."""
         self.state.incr(f"rows:{key_text(key)}", len(rows))
-        evicted = self.state.put_awaiting(
-            key, [(r["id"], t, r["p"]) for t, r in rows], self.config.max_awaiting_labels
+        # Columns picked in C (itemgetter), not a tuple per row.
+        payloads = list(map(_SECOND, rows))
+        self._window_columns.add(
+            self.state.generation, key, list(map(_INPUTS, payloads)), *(columns or (None, None))
+        )
+        evicted = self.state.put_awaiting_columns(
+            key,
+            list(map(_ID, payloads)),
+            list(map(float, map(_FIRST, rows))),
+            list(map(_SCORE, payloads)),
+            self.config.max_awaiting_labels,
         )
         if evicted:
             self.state.incr("awaiting_evicted", evicted)
@@ -735,6 +775,9 @@ class DriftMonitor:
 
     def _evaluate_serve(self, window: ClosedWindow) -> list[WindowEvaluation]:
         version = window.key[1]
+        # Taken first, also from a window too small to test: the mirror follows every window.
+        inputs = list(map(_INPUTS, window.rows))
+        columns = self._window_columns.take(self.state.generation, window.key, inputs)
         self.state.incr("windows_closed:serve")
         if window.n < self.config.window.min_events:
             self.state.incr("windows_too_small:serve")
@@ -744,12 +787,16 @@ class DriftMonitor:
                 for d in SERVE_KINDS
             ]
         ref = self._reference_for(version)
-        frame = self._window_frame(window.rows)
-        scores = np.array([r["p"] for r in window.rows], dtype=np.float64)
+        frame = self._window_frame(inputs, columns)
+        scores = np.fromiter(map(_SCORE, window.rows), dtype=np.float64, count=window.n)
         rng = self._rng(window)
-        strata = (self.season.strata(frame, True), self.season.strata(frame, False))
-        check = self._feature_check(ref)
+        # One factorization of each column for the strata, the encoding and the checks.
         factorized = FrameKeys(frame)
+        strata = (
+            self.season.strata(frame, True, factorized),
+            self.season.strata(frame, False, factorized),
+        )
+        check = self._feature_check(ref)
         feature = check.run(
             frame, rng, strata=strata if check.season == self.season else None,
             factorized=factorized,
@@ -770,16 +817,18 @@ class DriftMonitor:
         out.append(self._evaluation(window, result))
         return out
 
-    def _window_frame(self, rows: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
-        """The buffered rows' model inputs as a frame (rows buffered by an earlier release
-        carry them as a column -> value mapping)."""
+    def _window_frame(self, values: list[Any], mirrored: _Columns | None = None) -> pd.DataFrame:
+        """The buffered rows' model inputs (`values`, one per row) as a frame (rows buffered
+        by an earlier release carry them as a column -> value mapping). `mirrored`: the
+        same as columns with their value types (`WindowColumns.take`), when known."""
         columns = self.columns
-        values = [
-            [r["x"].get(c) for c in columns] if isinstance(r["x"], dict) else r["x"] for r in rows
-        ]
-        # from_records: the same column inference as the DataFrame constructor, less of
-        # its dispatch.
-        frame = pd.DataFrame.from_records(values, columns=columns)
+        frame = frame_of(*mirrored, columns) if mirrored is not None else None
+        if frame is None:
+            if dict in set(map(type, values)):
+                values = [[x.get(c) for c in columns] if isinstance(x, dict) else x for x in values]
+            # from_records: the same column inference as the DataFrame constructor, less
+            # of its dispatch.
+            frame = pd.DataFrame.from_records(values, columns=columns)
         # Infinities are missing values, as the stored rows (JSON null) have them.
         floats = frame.select_dtypes(include="float").columns
         if len(floats) and np.isinf(frame[floats].to_numpy()).any():

@@ -21,6 +21,7 @@ restart is); only a power loss may drop the last moments.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sqlite3
 import threading
@@ -353,25 +354,48 @@ class StateStore:
     ) -> int:
         """Keep (request id, event time, prediction) rows until their label comes; returns
         how many of the oldest were evicted to stay within `max_rows`."""
+        rows = list(rows)
+        return self.put_awaiting_columns(
+            key,
+            [r[0] for r in rows],
+            [float(r[1]) for r in rows],
+            [float(r[2]) for r in rows],
+            max_rows,
+        )
+
+    def put_awaiting_columns(
+        self,
+        key: Key,
+        ids: Sequence[str],
+        times: Sequence[float],
+        predictions: Sequence[float],
+        max_rows: int,
+    ) -> int:
+        """`put_awaiting` of rows given as three columns of equal length (times and
+        predictions already floats): no tuple is built per row in Python."""
         k = key_text(key)
-        # A request id seen again replaces its earlier prediction (also within one batch),
-        # and counts as the newest: it is deleted and inserted again (rowid order is age).
-        rows = list({r[0]: r for r in rows}.values())
-        values = [(rid, k, float(t), float(p)) for rid, t, p in rows]
+        if len(set(ids)) != len(ids):
+            # A request id seen again replaces its earlier prediction (also within one
+            # batch), and counts as the newest: it is deleted and inserted again (rowid
+            # order is age).
+            last = {rid: (rid, t, p) for rid, t, p in zip(ids, times, predictions, strict=True)}
+            ids = list(last)
+            times = [last[i][1] for i in ids]
+            predictions = [last[i][2] for i in ids]
         insert = "INSERT INTO awaiting (id, key, t, prediction) VALUES (?, ?, ?, ?)"
         # Request ids are new in the common batch: insert at once, and only when one is
         # there already (the UNIQUE id refuses it) undo the partial insert and replace.
         self._x("SAVEPOINT awaiting_batch")
         try:
-            self._conn.executemany(insert, values)
+            self._conn.executemany(insert, zip(ids, itertools.repeat(k), times, predictions))
         except sqlite3.IntegrityError:
             self._x("ROLLBACK TO awaiting_batch")
             self._x("RELEASE awaiting_batch")
-            self._pop_ids("awaiting", [r[0] for r in rows])
-            self._conn.executemany(insert, values)
+            self._pop_ids("awaiting", list(ids))
+            self._conn.executemany(insert, zip(ids, itertools.repeat(k), times, predictions))
         else:
             self._x("RELEASE awaiting_batch")
-        self._grow("awaiting", len(rows))
+        self._grow("awaiting", len(ids))
         return self._evict("awaiting", max_rows)
 
     def pop_awaiting(self, ids: Sequence[str]) -> list[tuple[str, Key, float, float]]:

@@ -29,12 +29,15 @@ store (`kubeloop.drift.state`), so a restarted monitor continues the open window
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kubeloop.drift.state import Key, StateStore, WindowMeta
+
+_TIME, _PAYLOAD = operator.itemgetter(0), operator.itemgetter(1)
 
 
 class WindowConfig(BaseModel):
@@ -149,13 +152,13 @@ class TumblingWindows:
 
         def spill() -> None:
             if batch:
-                payloads = [p for _, p in batch]
+                payloads = list(map(_PAYLOAD, batch))
                 self.state.append_payloads(self.kind, key, float(batch[0][0]), payloads)
                 if entry.rows is not None:
                     entry.rows.extend(payloads)
                 batch.clear()
 
-        times = [float(t) for t, _ in rows]
+        times = list(map(float, map(_TIME, rows)))
         i, total = 0, len(rows)
         while i < total:
             if meta.start is None:
