@@ -18,6 +18,7 @@ from test_inference_route import KEPT_HEADERS, _apps, _content, _requests
 from test_predictor import MODEL_NAME
 
 from kubeloop.serving.fast_infer import FastInferApp
+from kubeloop.serving.model_server import AppSetup
 from kubeloop.serving.protocol import MODEL_FIELDS, example_row
 
 V1 = f"/v1/models/{MODEL_NAME}:predict"
@@ -233,3 +234,47 @@ def test_predict_call_is_kserve_model_call(tmp_path, caplog):
     assert ours[1] == [1, 1, 0]  # a failed predict: pre and predict observed, post not
     with pytest.raises(InvalidInput):
         asyncio.run(model._predict_call(dict(bad), {}))
+
+
+def test_uvicorn_serves_the_fast_route():
+    """`KubeloopModelServer.setup_event_loop` (run by `ModelServer.start` after it built
+    the REST server, before serving) hands uvicorn the fast route, KServe's app behind it."""
+    import asyncio as aio
+    import types
+
+    from kserve.model_server import app
+
+    from kubeloop.serving.model_server import KubeloopModelServer
+
+    setup = AppSetup(MODEL_FIELDS, 8, upstream=False, max_body_bytes=LIMIT)
+    server = KubeloopModelServer(host="127.0.0.1", app_setup=setup, http_port=0, workers=1)
+    server._rest_server = types.SimpleNamespace(config=types.SimpleNamespace(host="0.0.0.0"))
+    loop = aio.new_event_loop()
+    aio.set_event_loop(loop)
+    try:
+        server.setup_event_loop()
+    finally:
+        aio.set_event_loop(None)
+        loop.close()
+    served = server._rest_server.config.app
+    assert isinstance(served, FastInferApp) and served.app is app
+    assert served.max_body_bytes == LIMIT and server._rest_server.config.host == "127.0.0.1"
+
+
+def test_chunked_body_goes_to_kserve_app(tmp_path):
+    """A body without Content-Length (chunked) is left to the app behind the route."""
+    served, counted, plain = _served(tmp_path)
+    body = json.dumps({"instances": [example_row(MODEL_FIELDS)]}).encode()
+
+    async def chunks():
+        yield body[:10]
+        yield body[10:]
+
+    async def run(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.post(V1, content=chunks(), headers=JS)
+            return r.status_code, r.json()["predictions"]
+
+    assert asyncio.run(run(served)) == asyncio.run(run(plain))
+    assert counted.calls == 1
