@@ -441,15 +441,18 @@ def linear_quantiles(ordered: np.ndarray, q: Sequence[float]) -> np.ndarray:
     return out
 
 
-def histogram_counts(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def histogram_counts(values: np.ndarray, edges: np.ndarray, *, ordered: bool = False) -> np.ndarray:
     """`np.histogram(values, edges)[0]` for explicit edges (values outside them, NaN
     included, are not counted; the last bin holds its right edge), computed as numpy does
-    for explicit edges, without its dispatch."""
+    for explicit edges, without its dispatch. `ordered`: `values` are sorted already."""
     if len(values) > 65536:  # numpy sorts in blocks of that size: leave it to numpy
         return np.histogram(values, edges)[0]
-    ordered = np.sort(values)
+    ordered_values = values if ordered else np.sort(values)
     cumulative = np.concatenate(
-        (ordered.searchsorted(edges[:-1], "left"), ordered.searchsorted(edges[-1:], "right"))
+        (
+            ordered_values.searchsorted(edges[:-1], "left"),
+            ordered_values.searchsorted(edges[-1:], "right"),
+        )
     )
     return np.diff(cumulative)
 
@@ -458,6 +461,16 @@ def _column_summary(values: np.ndarray, categorical: bool, vocab: Mapping[str, i
     """A small, JSON-able picture of one column for a person: a histogram on shared bins
     (numeric) or the category counts (categorical); the caller adds the other side."""
     finite = values[np.isfinite(values)]
+    return _finite_summary(
+        finite, np.sort(finite) if not categorical else finite, categorical, vocab
+    )
+
+
+def _finite_summary(
+    finite: np.ndarray, ordered: np.ndarray, categorical: bool, vocab: Mapping[str, int] | None
+) -> dict[str, Any]:
+    """`_column_summary` of a column's finite values (`ordered`: the same sorted; unused
+    when categorical)."""
     if categorical:
         names = {code: name for name, code in (vocab or {}).items()}
         codes, counts = np.unique(finite, return_counts=True)
@@ -468,10 +481,26 @@ def _column_summary(values: np.ndarray, categorical: bool, vocab: Mapping[str, i
     return {
         "kind": "numeric",
         "mean": float(finite.mean()) if finite.size else None,
-        "quantiles": [float(q) for q in linear_quantiles(np.sort(finite), [0.05, 0.5, 0.95])]
+        "quantiles": [float(q) for q in linear_quantiles(ordered, [0.05, 0.5, 0.95])]
         if finite.size
         else [],
     }
+
+
+def _clipped_sorted(
+    values: np.ndarray, ordered_finite: np.ndarray, lo: float, hi: float
+) -> np.ndarray:
+    """`np.sort(np.clip(values, lo, hi))` without NaN (which no histogram counts), from
+    the column's sorted finite values: clipping keeps them sorted, and an infinity clips
+    to the edge on its side."""
+    clipped = np.clip(ordered_finite, lo, hi)
+    if len(ordered_finite) == len(values):
+        return clipped
+    below = int(np.count_nonzero(values == -np.inf))
+    above = int(np.count_nonzero(values == np.inf))
+    if not below and not above:
+        return clipped
+    return np.concatenate([np.full(below, lo), clipped, np.full(above, hi)])
 
 
 def compare_summary(
@@ -482,21 +511,34 @@ def compare_summary(
     bins: int = 20,
 ) -> dict[str, Any]:
     """Reference and window summaries of one column, on shared histogram bins when numeric
-    (what `kubeloop alerts show` prints and the HTML report plots)."""
+    (what `kubeloop alerts show` prints and the HTML report plots). Each side is sorted
+    once, for its quantiles, the shared bins and its histogram."""
+    ref_finite, win_finite = ref[np.isfinite(ref)], win[np.isfinite(win)]
+    if categorical:
+        return {
+            "reference": _finite_summary(ref_finite, ref_finite, True, vocab),
+            "window": _finite_summary(win_finite, win_finite, True, vocab),
+        }
+    ref_ordered, win_ordered = np.sort(ref_finite), np.sort(win_finite)
     out = {
-        "reference": _column_summary(ref, categorical, vocab),
-        "window": _column_summary(win, categorical, vocab),
+        "reference": _finite_summary(ref_finite, ref_ordered, False, vocab),
+        "window": _finite_summary(win_finite, win_ordered, False, vocab),
     }
-    if not categorical:
-        both = np.concatenate([ref[np.isfinite(ref)], win[np.isfinite(win)]])
-        if both.size:
-            lo, hi = linear_quantiles(np.sort(both), [0.005, 0.995])
-            if hi <= lo:
-                lo, hi = float(both.min()), float(both.max()) + 1e-9
-            edges = np.linspace(lo, hi, bins + 1)
-            out["bins"] = [float(e) for e in edges]
-            out["reference"]["hist"] = histogram_counts(np.clip(ref, lo, hi), edges).tolist()
-            out["window"]["hist"] = histogram_counts(np.clip(win, lo, hi), edges).tolist()
+    both = np.concatenate([ref_finite, win_finite])
+    if both.size:
+        lo, hi = linear_quantiles(
+            np.sort(np.concatenate([ref_ordered, win_ordered])), [0.005, 0.995]
+        )
+        if hi <= lo:
+            lo, hi = float(both.min()), float(both.max()) + 1e-9
+        edges = np.linspace(lo, hi, bins + 1)
+        out["bins"] = [float(e) for e in edges]
+        for side, values, ordered in (
+            ("reference", ref, ref_ordered),
+            ("window", win, win_ordered),
+        ):
+            clipped = _clipped_sorted(values, ordered, lo, hi)
+            out[side]["hist"] = histogram_counts(clipped, edges, ordered=True).tolist()
     return out
 
 
