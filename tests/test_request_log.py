@@ -426,6 +426,55 @@ def test_the_routers_fast_path_stores_what_an_exchange_would(tmp_path: Path) -> 
     assert sink.events[1].time == "1970-01-01T00:00:01.001000+00:00"
 
 
+def test_sqlite_rows_made_without_events_equal_the_events_rows(tmp_path: Path) -> None:
+    """A logger with nothing to POST writes the SQLite log's rows straight from the fields
+    (`_rows`): the same rows as the events `SQLiteRequestLog.write` stores, for served
+    exchanges, refused ones, and Exchanges with a revision and metadata."""
+
+    class Wrapped(RequestLogSink):  # an SQLite log the logger does not know as one
+        def __init__(self, path: Path) -> None:
+            self.inner = SQLiteRequestLog(path)
+
+        def write(self, events) -> None:
+            self.inner.write(events)
+
+        def iter_events(self, since=None, variant=None, type=None):
+            return self.inner.iter_events(since, variant, type)
+
+    def rows(sink: RequestLogSink, inner: SQLiteRequestLog) -> list[tuple]:
+        logger = CloudEventLogger(sink, inference_service="ctr", close_sink=False)
+        t0 = 1_700_000_000.25
+        logger.log_served(
+            b'{"instances": [1]}', b"{}", 200, "primary", "v0001", 2.0, "a", t0, "application/json"
+        )
+        logger.log_served(
+            b"{}",
+            b'{"error": "no"}',
+            400,
+            "canary",
+            "v0002",
+            1.0,
+            "b",
+            t0,
+            "text/plain",
+            "the canary predictor answered 400",
+        )
+        logger.log_served(b"{}", b"{}", 200, "primary", None, 1.0, "c", t0, "application/json")
+        logger.log(_exchange(3, request_time=t0, revision="rev-9", metadata={"x": ["1"]}))
+        logger.log(_exchange(4, variant="shadow", request_time=t0))
+        assert logger.flush()
+        logger.close()
+        out = inner._conn().execute("SELECT * FROM events ORDER BY seq").fetchall()
+        inner.close()
+        recorded = 11  # ce_recordedtime: when the writer made the event
+        return [row[:recorded] + row[recorded + 1 :] for row in out]
+
+    direct = SQLiteRequestLog(tmp_path / "rows.sqlite")
+    wrapped = Wrapped(tmp_path / "events.sqlite")
+    made = rows(direct, direct)
+    assert len(made) == 10 and made == rows(wrapped, wrapped.inner)
+
+
 def test_flush_does_not_wait_out_the_batch_window() -> None:
     """A long batch window gathers writes, but flush() and close() cut it short."""
     sink = MemorySink()

@@ -9,7 +9,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import ClassVar, Self
 
 from kubeloop.cloudevents import (
@@ -20,7 +20,7 @@ from kubeloop.cloudevents import (
 )
 from kubeloop.serving.request_log.events import Exchange, LoggedEvent, iso_time
 from kubeloop.serving.request_log.ids import uuid7_strings
-from kubeloop.serving.request_log.sinks import RequestLogSink
+from kubeloop.serving.request_log.sinks import RequestLogSink, SQLiteRequestLog
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,8 @@ class CloudEventLogger:
         # The attributes shared by every event of one (variant, version, revision,
         # metadata): built once, not per exchange.
         self._templates: dict[tuple, dict[str, str]] = {}
+        # The same attributes as row fields, for the SQLite rows `_rows` makes.
+        self._row_parts: dict[tuple, tuple] = {}
         self._send_queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="kubeloop-log", daemon=True)
@@ -271,6 +273,12 @@ class CloudEventLogger:
         recorded = iso_time(time.time())
         # Ids for the requests that brought none, time-ordered from their request times.
         new_ids = iter(uuid7_strings([x[7] for x in items if type(x) is tuple and x[6] is None]))
+        if self._sender is None and isinstance(self.sink, SQLiteRequestLog):
+            # Nothing is POSTed: the SQLite log's rows are made straight from the fields,
+            # without the event objects (the same rows `SQLiteRequestLog.write` makes).
+            rows = self._rows(items, recorded, new_ids)
+            self._store(self.sink.write_rows, rows)
+            return
         events: list[LoggedEvent] = []
         local_only: set[int] = set()
         for x in items:
@@ -286,13 +294,7 @@ class CloudEventLogger:
             if rejected is not None:
                 local_only.update(id(event) for event in pair)
             events.extend(pair)
-        try:
-            self.sink.write(events)
-            self.stats.add("logged", len(events))
-        except Exception:
-            self.stats.add("sink_errors", 1)
-            self.stats.add("dropped", len(events))
-            log.exception("request log: could not write %d events", len(events))
+        self._store(self.sink.write, events)
         if self._sender is not None:
             for event in events:
                 if event.type == RESPONSE_TYPE and event.status_code != 200:
@@ -303,6 +305,68 @@ class CloudEventLogger:
                     self._send_queue.put_nowait(event)
                 except queue.Full:
                     self.stats.add("send_dropped", len(self.urls))
+
+    def _store(self, write: Callable[[list], None], records: list) -> None:
+        """`write(records)` (events or rows, two per exchange), counted in `stats`."""
+        try:
+            write(records)
+            self.stats.add("logged", len(records))
+        except Exception:
+            self.stats.add("sink_errors", 1)
+            self.stats.add("dropped", len(records))
+            log.exception("request log: could not write %d events", len(records))
+
+    def _rows(self, items: list[Exchange | tuple], recorded: str, new_ids: Iterator[str]) -> list:
+        """The SQLite rows (`ROW_COLUMNS` order) of the request and response events of
+        each item: the fields `_pair`'s events would carry."""
+        rows: list[tuple] = []
+        source, parts = self.source, self._row_parts
+        for x in items:
+            if type(x) is tuple:
+                body, answer, status, variant, version, latency, ce_id, at, kind, _ = x
+                ce_id, answered, revision, metadata = (
+                    ce_id or next(new_ids),
+                    at + latency / 1000.0,
+                    None,
+                    "{}",
+                )
+            else:
+                body, answer, status, variant, version = (
+                    x.request_body,
+                    x.response_body,
+                    x.status_code,
+                    x.variant,
+                    x.model_version,
+                )
+                latency, ce_id, at, answered, kind, revision = (
+                    x.latency_ms, x.request_id, x.request_time, x.response_time,
+                    x.content_type, x.revision,
+                )  # fmt: skip
+                metadata = json.dumps(x.metadata, separators=(",", ":")) if x.metadata else "{}"
+            key = (variant, version, revision, metadata)
+            part = parts.get(key)
+            if part is None:
+                t = self._template(variant, version, revision, metadata)
+                part = (
+                    (t.get("inferenceservicename"), t.get("namespace"), t.get("component"),
+                     t.get("endpoint")),
+                    t.get("revision"),
+                    t.get("metadata"),
+                )  # fmt: skip
+                if len(parts) < 1024:  # bounded, as the templates
+                    parts[key] = part
+            (isvc, namespace, component, endpoint), rev, meta = part
+            rows.append(
+                (ce_id, REQUEST_TYPE, source, SPEC_VERSION, iso_time(at), isvc, namespace,
+                 component, endpoint, kind, body, variant, version, None, None, rev, recorded,
+                 meta)
+            )  # fmt: skip
+            rows.append(
+                (ce_id, RESPONSE_TYPE, source, SPEC_VERSION, iso_time(answered), isvc,
+                 namespace, component, endpoint, kind, answer, variant, version, latency,
+                 status, rev, recorded, meta)
+            )  # fmt: skip
+        return rows
 
     def _send_loop(self) -> None:
         import httpx

@@ -88,6 +88,8 @@ _COLUMNS = (
     " latency_ms, status_code, ce_revision, ce_recordedtime, ce_metadata"
 )
 _N_COLUMNS = _COLUMNS.count(",") + 1
+# The columns of a row of `SQLiteRequestLog.write_rows`, in order.
+ROW_COLUMNS = tuple(name.strip() for name in _COLUMNS.split(","))
 # Columns added after the first release, created on logs that predate them.
 _ADDED_COLUMNS = {"ce_revision": "TEXT", "ce_recordedtime": "TEXT", "ce_metadata": "TEXT"}
 
@@ -127,29 +129,38 @@ class SQLiteRequestLog(RequestLogSink):
     def write(self, events: Sequence[LoggedEvent]) -> None:
         if not events:
             return
-        rows = [
-            (
-                e.attributes["id"],
-                e.attributes["type"],
-                e.attributes["source"],
-                e.attributes["specversion"],
-                e.attributes["time"],
-                e.attributes.get("inferenceservicename"),
-                e.attributes.get("namespace"),
-                e.attributes.get("component"),
-                e.attributes.get("endpoint"),
-                e.content_type,
-                e.data,
-                e.variant,
-                e.model_version,
-                e.latency_ms,
-                e.status_code,
-                e.attributes.get("revision"),
-                e.attributes.get("recordedtime"),
-                e.attributes.get("metadata"),
-            )
-            for e in events
-        ]
+        self.write_rows(
+            [
+                (
+                    e.attributes["id"],
+                    e.attributes["type"],
+                    e.attributes["source"],
+                    e.attributes["specversion"],
+                    e.attributes["time"],
+                    e.attributes.get("inferenceservicename"),
+                    e.attributes.get("namespace"),
+                    e.attributes.get("component"),
+                    e.attributes.get("endpoint"),
+                    e.content_type,
+                    e.data,
+                    e.variant,
+                    e.model_version,
+                    e.latency_ms,
+                    e.status_code,
+                    e.attributes.get("revision"),
+                    e.attributes.get("recordedtime"),
+                    e.attributes.get("metadata"),
+                )
+                for e in events
+            ]
+        )
+
+    def write_rows(self, rows: Sequence[tuple]) -> None:
+        """Append rows already in the table's column order (`ROW_COLUMNS`), in one
+        transaction: what `write` does after it has read the events' fields (a logger
+        that makes no events, only rows, calls it directly)."""
+        if not rows:
+            return
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
