@@ -535,3 +535,36 @@ def test_request_ids_are_indexed_for_request_events_only(tmp_path: Path) -> None
     ).fetchall()
     assert "events_request_id" in str(plan)
     sink.close()
+
+
+def test_new_sqlite_logs_get_large_pages_and_old_ones_keep_theirs(tmp_path: Path) -> None:
+    """A new log is made with 64 KiB pages, a log made with SQLite's default 4 KiB ones
+    keeps them; both checkpoint every 16 MiB of write-ahead log, from every thread."""
+    import sqlite3
+
+    from kubeloop.serving.request_log.sinks import CHECKPOINT_BYTES, PAGE_SIZE
+
+    old = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(old)
+    conn.execute("CREATE TABLE other (a)")
+    conn.commit()
+    conn.close()
+    for path, page_size in ((tmp_path / "new.sqlite", PAGE_SIZE), (old, 4096)):
+        sink = SQLiteRequestLog(path)
+        logger = CloudEventLogger(sink, inference_service="ctr", close_sink=False)
+        logger.log(_exchange(1))
+        assert logger.flush()
+        logger.close()
+        seen: list[tuple] = []
+
+        def checkpoint(sink=sink, seen=seen) -> None:  # the writer thread's setting
+            seen.append(sink._conn().execute("PRAGMA wal_autocheckpoint").fetchone())
+
+        thread = threading.Thread(target=checkpoint)
+        thread.start()
+        thread.join()
+        conn = sink._conn()
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == page_size
+        assert seen == [(CHECKPOINT_BYTES // page_size,)]
+        assert next(e.json() for e in sink.iter_events()) == {"instances": [[1, 2]]}
+        sink.close()

@@ -9,18 +9,27 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
 class ThreadConnections:
-    """Per-thread connections to `path`, each set up with `pragmas` after the busy timeout."""
+    """Per-thread connections to `path`, each set up with `pragmas` after the busy timeout,
+    then with `setup` (if given)."""
 
-    def __init__(self, path: str | Path, *, timeout: float = 30.0, pragmas: Sequence[str] = ()):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        timeout: float = 30.0,
+        pragmas: Sequence[str] = (),
+        setup: Callable[[sqlite3.Connection], None] | None = None,
+    ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
         self.pragmas = tuple(pragmas)
+        self.setup = setup
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -39,6 +48,8 @@ class ThreadConnections:
             conn.execute(f"PRAGMA busy_timeout={int(self.timeout * 1000)}")
             for pragma in self.pragmas:
                 conn.execute(f"PRAGMA {pragma}")
+            if self.setup is not None:
+                self.setup(conn)
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
