@@ -351,14 +351,32 @@ def _reference_strata_index(ref_strata: Any) -> tuple[pd.Index, np.ndarray, np.n
     return found
 
 
+# The window side of `_strata_groups` for the last window strata array seen: one window's
+# feature, prediction and estimate checks group the same array. One slot, replaced whole
+# (a read and a write are each atomic, so threads of several monitors cannot mix entries).
+_LAST_WINDOW_STRATA: list[tuple[Any, tuple[pd.Index, list[int]]] | None] = [None]
+
+
+def _window_strata_counts(window_strata: Any) -> tuple[pd.Index, list[int]]:
+    """(the window's distinct strata, the rows of each), cached while the same array
+    object comes back."""
+    last = _LAST_WINDOW_STRATA[0]
+    if last is not None and last[0] is window_strata:
+        return last[1]
+    win_codes, win_values = pd.factorize(np.asarray(window_strata, dtype=object))
+    found = (win_values, np.bincount(win_codes, minlength=len(win_values)).tolist())
+    if isinstance(window_strata, np.ndarray):  # a list could be changed in place: not kept
+        _LAST_WINDOW_STRATA[0] = (window_strata, found)
+    return found
+
+
 def _strata_groups(
     ref_strata: np.ndarray, window_strata: np.ndarray
 ) -> tuple[dict[Any, np.ndarray], list[Any], list[int]]:
     """({window stratum: indices of the reference rows in it}, the window's strata, their
     row counts). Strata are hashed, not compared row by row (they are Python strings)."""
     ref_index, order, bounds = _reference_strata_index(ref_strata)
-    win_codes, win_values = pd.factorize(np.asarray(window_strata, dtype=object))
-    counts = np.bincount(win_codes, minlength=len(win_values)).tolist()
+    win_values, counts = _window_strata_counts(window_strata)
     at = ref_index.get_indexer(win_values)
     groups = {
         v: (order[bounds[i] : bounds[i + 1]] if i >= 0 else np.array([], dtype=np.int64))
