@@ -106,13 +106,14 @@ class _Connection(asyncio.Protocol):
         # An idle keep-alive connection the server closed has seen its connection_lost.
         return not self.lost and self.transport is not None and not self.transport.is_closing()
 
-    def begin(self, loop: asyncio.AbstractEventLoop, message: bytes) -> asyncio.Future:
-        """Send one request; the future is done when its answer is complete."""
+    def begin(self, loop: asyncio.AbstractEventLoop, message: tuple[bytes, ...]) -> asyncio.Future:
+        """Send one request (its parts, in one writev); the future is done when its answer
+        is complete."""
         self.headers, self.chunks = [], []
         self.received, self.close_after = 0, False
         self.waiter = waiter = loop.create_future()
         assert self.transport is not None
-        self.transport.write(message)
+        self.transport.writelines(message)
         return waiter
 
     def _fail(self, exc: BaseException) -> None:
@@ -168,10 +169,12 @@ class KeepAlivePool:
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """`request` with its parts already bytes: `header_lines` is one b"\\r\\nname: value"
         per header (a proxy forwards the raw headers it got, never decoding them)."""
-        message = b"".join(
+        # The head and the body as two parts of one write: a large body is not copied.
+        head = b"".join(
             (method, b" ", target, b" HTTP/1.1\r\nhost: ", self.host_header, header_lines,
-             b"\r\ncontent-length: %d\r\n\r\n" % len(body), body)
+             b"\r\ncontent-length: %d\r\n\r\n" % len(body))
         )  # fmt: skip
+        message = (head, body)
         async with self._slots:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + self.timeout
@@ -204,7 +207,7 @@ class KeepAlivePool:
         self,
         loop: asyncio.AbstractEventLoop,
         conn: _Connection,
-        message: bytes,
+        message: tuple[bytes, ...],
         deadline: float,
         *,
         reused: bool,
