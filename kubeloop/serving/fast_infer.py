@@ -27,6 +27,10 @@ model's latency line is), the edge's body replay, and the dataplane's generic de
 Anything else (another path or method, another Content-Type, a body that does not
 decode, a chunked body, a model that is not loaded or did not opt in) goes on to KServe's
 app untouched, with the body replayed when it was read, so its answer is KServe's own.
+
+`handler_answer` (an exception as the app's handler answers it) and `endpoint_answer`
+(a response as KServe's v1/v2 endpoint sends it) are shared with the inference route of
+`kubeloop.serving.model_server.V2RoutingMiddleware`.
 """
 
 from __future__ import annotations
@@ -107,8 +111,6 @@ class FastInferApp:
         try:
             response, response_headers = await model(payload, headers=headers)
         except Exception as exc:  # answered by the app's handler for it
-            from kubeloop.serving.model_server import handler_answer
-
             answer = await handler_answer(self.handlers, scope, receive, exc)
             if answer is None:
                 raise
@@ -116,9 +118,7 @@ class FastInferApp:
             return True
         response_headers.pop("content-length", None)
         if not isinstance(response, dict):
-            from kubeloop.serving.model_server import _answer
-
-            await _answer(response, response_headers, False)(scope, receive, send)
+            await endpoint_answer(response, response_headers, False)(scope, receive, send)
             return True
         content = orjson.dumps(response, option=_ORJSON_OPTIONS)
         raw = [
@@ -165,3 +165,37 @@ def _replay(body: bytes, done: bool, receive):
         return await receive()
 
     return replay
+
+
+async def handler_answer(handlers: Any, scope: Any, receive: Any, exc: Exception) -> Any:
+    """The response the exception handler of `handlers` (a FastAPI app) gives `exc`, or
+    None when it has none for the exception's class or its bases."""
+    from starlette.requests import Request
+
+    for cls in type(exc).__mro__:
+        handler = handlers.exception_handlers.get(cls)
+        if handler is not None:
+            answer = handler(Request(scope, receive), exc)
+            if hasattr(answer, "__await__"):
+                answer = await answer
+            return answer
+    return None
+
+
+def endpoint_answer(response: Any, headers: dict[str, str], v2: bool) -> Any:
+    """The response KServe's v1 `predict` / v2 `infer` endpoint sends for `response`
+    (FastAPI's app answers with ORJSONResponse by default)."""
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.responses import ORJSONResponse
+    from kserve.protocol.rest.v2_datamodels import InferenceResponse
+    from starlette.responses import Response
+
+    if v2:
+        headers.pop("content-type", None)
+        if isinstance(response, bytes):
+            return Response(content=response, headers=headers)
+        content = jsonable_encoder(InferenceResponse.model_validate(response))
+        return ORJSONResponse(content=content, headers=headers)
+    if isinstance(response, (bytes, str)):
+        return Response(content=response, headers=headers)
+    return ORJSONResponse(content=response, headers=headers)

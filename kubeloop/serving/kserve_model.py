@@ -97,26 +97,13 @@ class ServedModel(kserve.Model):
         request_id = headers.get("x-request-id", "N.A.") if headers else "N.A."
         pre, during, post = self._histograms()
         response_headers: dict[str, str] = {}
-        started, start = default_timer(), time.time()
-        try:
-            payload = await self._run(self.preprocess, body, headers)
-            preprocess_ms = get_latency_ms(start, time.time())
-        finally:
-            pre.observe(max(default_timer() - started, 0))
+        payload, preprocess_ms = await self._timed(pre, self.preprocess, body, headers)
         payload = self.validate(payload)
         extra = (response_headers,) if self.required_response_headers else ()
-        started, start = default_timer(), time.time()
-        try:
-            response = await self._run(self.predict, payload, headers, *extra)
-            predict_ms = get_latency_ms(start, time.time())
-        finally:
-            during.observe(max(default_timer() - started, 0))
-        started, start = default_timer(), time.time()
-        try:
-            response = await self._run(self.postprocess, response, headers, *extra)
-            postprocess_ms = get_latency_ms(start, time.time())
-        finally:
-            post.observe(max(default_timer() - started, 0))
+        response, predict_ms = await self._timed(during, self.predict, payload, headers, *extra)
+        response, postprocess_ms = await self._timed(
+            post, self.postprocess, response, headers, *extra
+        )
         if self.enable_latency_logging is True:
             trace_logger.info(
                 f"requestId: {request_id}, preprocess_ms: {preprocess_ms}, "
@@ -133,6 +120,16 @@ class ServedModel(kserve.Model):
                 h.labels(**labels) for h in (PRE_HIST_TIME, PREDICT_HIST_TIME, POST_HIST_TIME)
             )
         return children
+
+    async def _timed(self, histogram: Any, hook: Any, *args: Any) -> tuple[Any, float]:
+        """`hook(*args)` (awaited if a coroutine function) and its milliseconds, observed
+        in `histogram` also when it raises (KServe's `with HIST.time():`)."""
+        started, start = default_timer(), time.time()
+        try:
+            result = await self._run(hook, *args)
+            return result, get_latency_ms(start, time.time())
+        finally:
+            histogram.observe(max(default_timer() - started, 0))
 
     async def _run(self, hook: Any, *args: Any) -> Any:
         function = getattr(hook, "__func__", hook)

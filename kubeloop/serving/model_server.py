@@ -63,6 +63,7 @@ from kserve.protocol.rest.v2_datamodels import InferenceRequest, RequestInput
 from pydantic import ValidationError
 
 from kubeloop.serving.edge import DEFAULT_HOST, EdgeMiddleware
+from kubeloop.serving.fast_infer import FastInferApp, endpoint_answer, handler_answer
 from kubeloop.serving.protocol import (
     _DATATYPES,
     MAX_REQUEST_ID_LENGTH,
@@ -447,14 +448,14 @@ class V2RoutingMiddleware:
             )
             response_headers.update(more)
             response_headers.pop("content-length", None)
-            answer = _answer(response, response_headers, v2)
+            answer = endpoint_answer(response, response_headers, v2)
         except Exception as exc:  # answered by the app's handler for it
             answer = await handler_answer(self.handlers, scope, receive, exc)
             if answer is None:
                 raise
         if isinstance(answer, Response):
             await answer(scope, receive, send)
-        else:  # pragma: no cover - _answer returns Responses only
+        else:  # pragma: no cover - endpoint_answer returns Responses only
             raise TypeError(type(answer))
 
     async def _unversioned(self, scope, match, send) -> dict | None:
@@ -482,21 +483,6 @@ class V2RoutingMiddleware:
         return None
 
 
-async def handler_answer(handlers: Any, scope: Any, receive: Any, exc: Exception) -> Any:
-    """The response the exception handler of `handlers` (a FastAPI app) gives `exc`, or
-    None when it has none for the exception's class or its bases."""
-    from starlette.requests import Request
-
-    for cls in type(exc).__mro__:
-        handler = handlers.exception_handlers.get(cls)
-        if handler is not None:
-            answer = handler(Request(scope, receive), exc)
-            if hasattr(answer, "__await__"):
-                answer = await answer
-            return answer
-    return None
-
-
 async def _body(receive: Any) -> bytes:
     chunks = []
     while True:
@@ -506,25 +492,6 @@ async def _body(receive: Any) -> bytes:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _answer(response: Any, headers: dict[str, str], v2: bool) -> Any:
-    """The response KServe's v1 `predict` / v2 `infer` endpoint sends for `response`
-    (FastAPI's app answers with ORJSONResponse by default)."""
-    from fastapi.encoders import jsonable_encoder
-    from fastapi.responses import ORJSONResponse
-    from kserve.protocol.rest.v2_datamodels import InferenceResponse
-    from starlette.responses import Response
-
-    if v2:
-        headers.pop("content-type", None)
-        if isinstance(response, bytes):
-            return Response(content=response, headers=headers)
-        content = jsonable_encoder(InferenceResponse.model_validate(response))
-        return ORJSONResponse(content=content, headers=headers)
-    if isinstance(response, (bytes, str)):
-        return Response(content=response, headers=headers)
-    return ORJSONResponse(content=response, headers=headers)
 
 
 # --- OpenAPI ---------------------------------------------------------------------------
@@ -756,8 +723,6 @@ def install_app(app: Any, setup: AppSetup, dataplane: DataPlane) -> None:
 def fast_app(app: Any, setup: AppSetup, dataplane: DataPlane) -> Any:
     """`app` (KServe's, after `install_app`) behind the fast inference route
     (`kubeloop.serving.fast_infer`): what uvicorn serves."""
-    from kubeloop.serving.fast_infer import FastInferApp
-
     return FastInferApp(app, dataplane, setup.max_body_bytes, handlers=app)
 
 
