@@ -538,7 +538,7 @@ def test_request_ids_are_indexed_for_request_events_only(tmp_path: Path) -> None
 
 
 def test_new_sqlite_logs_get_large_pages_and_old_ones_keep_theirs(tmp_path: Path) -> None:
-    """A new log is made with 64 KiB pages, a log made with SQLite's default 4 KiB ones
+    """A new log is made with 32 KiB pages, a log made with SQLite's default 4 KiB ones
     keeps them; both checkpoint every 16 MiB of write-ahead log, from every thread."""
     import sqlite3
 

@@ -96,7 +96,7 @@ _ADDED_COLUMNS = {"ce_revision": "TEXT", "ce_recordedtime": "TEXT", "ce_metadata
 
 # The page size of a new SQLite log, and how much write-ahead log gathers before SQLite
 # copies it into the database (its default is 1,000 pages, whatever their size).
-PAGE_SIZE = 65536
+PAGE_SIZE = 32768
 CHECKPOINT_BYTES = 16 * 1024 * 1024
 
 
@@ -114,11 +114,12 @@ class SQLiteRequestLog(RequestLogSink):
     def __init__(self, path: str | Path, *, timeout: float = 30.0):
         # synchronous=NORMAL: in WAL mode a killed process loses nothing committed and a
         # power loss at worst the last commits, never the log, without an fsync per batch.
-        # A new log gets 64 KiB pages (a log made earlier keeps its own: SQLite fixes the
-        # page size when it creates the file). Request bodies of tens of KB spilled over
-        # several 4 KiB overflow pages, each its own write-ahead frame and write, and again
-        # at the checkpoint: a 64-row body (~25 KB) cost the writer ~130 us an exchange
-        # with 4 KiB pages and ~75 us with 64 KiB ones, a 1-row one about the same.
+        # A new log gets 32 KiB pages (a log made earlier keeps its own: SQLite fixes the
+        # page size when it creates the file). A request body of tens of KB spilled over
+        # several 4 KiB overflow pages, each its own write-ahead frame and write(), and
+        # again at the checkpoint. Writer CPU per exchange, in-process at 40-exchange
+        # batches: 64 rows (~25 KB) ~119 us with 4 KiB pages, ~76 with 32 KiB, ~74 with
+        # 64 KiB; 1 row ~27, ~29, ~30 (each commit rewrites its last, larger pages).
         self._db = ThreadConnections(
             path,
             timeout=timeout,
