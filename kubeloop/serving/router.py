@@ -28,7 +28,9 @@ unchanged (status code, body, headers; less the hop's, and date and server, whic
 router's own server writes) with the header `x-kubeloop-variant:
 primary|canary` (and `x-kubeloop-version`). The bodies and a few fields of each exchange
 are handed to a `CloudEventLogger`, whose writer thread makes and writes the events in
-batches, off the request path.
+batches, off the request path. `CanaryRouter.answer` is that whole handling; served under
+uvicorn with `kubeloop.serving.router_http.RouterHTTPProtocol` (as LocalStack serves it),
+inference requests reach it straight from the HTTP parser, without uvicorn's ASGI cycle.
 
 With a `shadow` mirror (`kubeloop.serving.shadow.ShadowMirror`), every request served while
 the rollout has a canary is also scored by the other variant's model (the shadow stage at
