@@ -1,35 +1,40 @@
-"""The fast inference route: a raw ASGI app in front of KServe's, for the v1 predict
-requests of the models that opt in (`inference_route = True`).
+"""The fast inference route: a raw ASGI app in front of KServe's, for the v1 predict and
+v2 JSON infer requests of the models that opt in (`inference_route = True`).
 
 KServe's app stays the server: health, metadata, metrics, the repository routes, every
 error and every unusual request are its. What this app answers itself is exactly the
-common case, a `POST /v1/models/{name}:predict` of an opted-in, loaded model with
+common case, a `POST /v1/models/{name}:predict` or `POST /v2/models/{name}/infer` of an
+opted-in, loaded model with
 
 * a declared `Content-Length` within the body limit and valid request-id headers (what
-  `kubeloop.serving.edge.EdgeMiddleware` would let through unchanged);
-* no Content-Type, or exactly `application/json`, no `Transfer-Encoding`, and no
-  CloudEvent headers (`ce-specversion`): what KServe's `DataPlane.decode` hands to
-  `orjson.loads` (kserve v0.20.0 `python/kserve/kserve/protocol/dataplane.py` `decode`,
-  `JSON_HEADERS`);
-* a body that `orjson.loads` decodes (as KServe decodes it) to an object that is not a
-  structured CloudEvent (`decode_cloudevent`).
+  `kubeloop.serving.edge.EdgeMiddleware` would let through unchanged), no
+  `Transfer-Encoding`, and no CloudEvent headers (`ce-specversion`);
+* v1: no Content-Type, or exactly `application/json`: what KServe's `DataPlane.decode`
+  hands to `orjson.loads` (kserve v0.20.0 `python/kserve/kserve/protocol/dataplane.py`
+  `decode`, `JSON_HEADERS`), and a body that `orjson.loads` decodes (as KServe decodes
+  it) to an object that is not a structured CloudEvent (`decode_cloudevent`);
+* v2: no `inference-header-content-length` (not the binary extension), a body without
+  an integer literal of 19 or more digits (orjson reads those past 64 bits as floats,
+  the standard library that `StrictDataPlane` decodes v2 JSON with as ints) that orjson
+  decodes to a plain request: `id` (a string) and `inputs` only, each input exactly
+  name, shape (ints), datatype and data, so that pydantic's `InferenceRequest` would
+  coerce nothing (`_infer_request`).
 
-For such a request it makes the calls KServe's v1 `predict` endpoint makes
-(`protocol/rest/v1_endpoints.py` `predict`: `DataPlane.infer` -> `Model.__call__`, with
-its Prometheus histograms and latency log line, and `DataPlane.encode`, which adds
-nothing for a request that is not a CloudEvent) and answers as the endpoint does (an
-`ORJSONResponse` of the dict with the model's response headers), with an error answered
-by the app's own exception handler for it. What it skips is everything between uvicorn
-and the model: FastAPI's application and router, KServe's timing middleware (its two
-`kserve.trace` timing lines per request are not written for these requests; the
-model's latency line is), the edge's body replay, and the dataplane's generic decoding.
+For such a request it makes the calls KServe's endpoints make (`protocol/rest/
+v1_endpoints.py` `predict`, `v2_endpoints.py` `infer`: `DataPlane.infer` ->
+`Model.__call__`, with its Prometheus histograms and latency log line, and
+`DataPlane.encode`) and answers as the endpoints do (`endpoint_answer`), with an error
+answered by the app's own exception handler for it (`handler_answer`). What it skips is
+everything between uvicorn and the model: FastAPI's application and router, KServe's
+timing middleware (its two `kserve.trace` timing lines per request are not written for
+these requests; the model's latency line is), the edge's body replay, and the
+dataplane's generic decoding.
 
 Anything else (another path or method, another Content-Type, a body that does not
 decode, a chunked body, a model that is not loaded or did not opt in) goes on to KServe's
 app untouched, with the body replayed when it was read, so its answer is KServe's own.
 
-`handler_answer` (an exception as the app's handler answers it) and `endpoint_answer`
-(a response as KServe's v1/v2 endpoint sends it) are shared with the inference route of
+`handler_answer` and `endpoint_answer` are shared with the inference route of
 `kubeloop.serving.model_server.V2RoutingMiddleware`.
 """
 
@@ -39,11 +44,17 @@ import re
 from typing import Any
 
 import orjson
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
 
 from kubeloop.serving.edge import ID_HEADERS, id_problem
 
 V1_PREDICT_PATH = re.compile(r"^/v1/models/(?P<name>[^/]+):predict$")
+V2_INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)/infer$")
 _JSON = "application/json"
+_OCTETS = "application/octet-stream"
+# An integer literal of 19+ digits: orjson reads those beyond 64 bits as floats, the
+# standard library (KServe's v2 JSON decoding here) as ints.
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 # orjson options of FastAPI's ORJSONResponse (fastapi/responses.py `render`).
 _ORJSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _CLOUDEVENT_KEYS = ("time", "type", "source", "id", "specversion", "data")
@@ -64,15 +75,22 @@ class FastInferApp:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            match = V1_PREDICT_PATH.match(scope["path"])
+            path = scope["path"]
+            match = V1_PREDICT_PATH.match(path)
+            v2 = match is None
+            if v2:
+                match = V2_INFER_PATH.match(path)
             if match is not None:
                 model = self._model(match["name"])
-                headers = self._headers(scope) if model is not None else None
+                headers = self._headers(scope, v2) if model is not None else None
                 if headers is not None:
                     body, done = await _read(receive, self.max_body_bytes)
                     if body is None:  # the client hung up: nobody to answer
                         return
-                    if done and await self._v1(model, body, headers, scope, receive, send):
+                    answer = self._v2 if v2 else self._v1
+                    if done and await answer(
+                        model, match["name"], body, headers, scope, receive, send
+                    ):
                         return
                     receive = _replay(body, done, receive)
         await self.app(scope, receive, send)
@@ -83,14 +101,20 @@ class FastInferApp:
             return None
         return model if getattr(model, "ready", False) else None
 
-    def _headers(self, scope) -> dict[str, str] | None:
-        """The request headers as KServe's endpoint reads them (a dict, latin-1), or None
+    def _headers(self, scope, v2: bool) -> dict[str, str] | None:
+        """The request headers as KServe's endpoint reads them (a dict, latin-1; for v2
+        with the Content-Type V2RoutingMiddleware gives every v2 infer body), or None
         when the request is not one this route answers."""
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         length = headers.get("content-length")
         if length is None or not length.isdigit() or int(length) > self.max_body_bytes:
             return None
-        if headers.get("content-type", _JSON) != _JSON:
+        if v2:
+            if INFERENCE_CONTENT_LENGTH_HEADER in headers:  # the binary extension
+                return None
+            headers.pop("content-type", None)
+            headers["content-type"] = _OCTETS
+        elif headers.get("content-type", _JSON) != _JSON:
             return None
         if "transfer-encoding" in headers or "ce-specversion" in headers:
             return None
@@ -100,7 +124,7 @@ class FastInferApp:
                 return None
         return headers
 
-    async def _v1(self, model, body: bytes, headers: dict, scope, receive, send) -> bool:
+    async def _v1(self, model, name: str, body: bytes, headers: dict, scope, receive, send) -> bool:
         """Answer a v1 predict request; False when it must go on to KServe's app."""
         try:
             payload = orjson.loads(body)
@@ -132,6 +156,66 @@ class FastInferApp:
         await send({"type": "http.response.start", "status": 200, "headers": raw})
         await send({"type": "http.response.body", "body": content})
         return True
+
+    async def _v2(self, model, name: str, body: bytes, headers: dict, scope, receive, send) -> bool:
+        """Answer a v2 JSON infer request; False when it must go on to KServe's app."""
+        if _LONG_DIGITS.search(body):  # orjson reads integers past 64 bits as floats
+            return False
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return False
+        request = _infer_request(payload, name)
+        if request is None:
+            return False
+        try:
+            response, response_headers = await model(request, headers=headers)
+            response, more = self.dataplane.encode(
+                model_name=name, response=response, headers=headers, req_attributes={}
+            )
+        except Exception as exc:  # answered by the app's handler for it
+            answer = await handler_answer(self.handlers, scope, receive, exc)
+            if answer is None:
+                raise
+            await answer(scope, receive, send)
+            return True
+        response_headers.update(more)
+        response_headers.pop("content-length", None)
+        await endpoint_answer(response, response_headers, True)(scope, receive, send)
+        return True
+
+
+_INPUT_KEYS = frozenset({"name", "shape", "datatype", "data"})
+
+
+def _infer_request(payload: Any, model_name: str) -> Any:
+    """The `InferRequest` KServe's JSON decoding makes of `payload` (pydantic's
+    `InferenceRequest`, then `InferRequest.from_inference_request`), when `payload` is
+    plainly one: only `id` (a string) and `inputs`, each input exactly name (str), shape
+    (list of int), datatype (str, not FP16) and data (a list), nothing pydantic would
+    coerce or a parameter would change; None otherwise (KServe's path decides)."""
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    if type(payload) is not dict or not payload.keys() <= {"id", "inputs"}:
+        return None
+    request_id, inputs = payload.get("id"), payload.get("inputs")
+    if (request_id is not None and type(request_id) is not str) or type(inputs) is not list:
+        return None
+    infer_inputs = []
+    for item in inputs:
+        if type(item) is not dict or item.keys() != _INPUT_KEYS:
+            return None
+        name, shape, datatype, data = item["name"], item["shape"], item["datatype"], item["data"]
+        if type(name) is not str or type(datatype) is not str or type(data) is not list:
+            return None
+        if type(shape) is not list or not all(type(d) is int for d in shape):
+            return None
+        if datatype == "FP16":
+            return None
+        infer_inputs.append(
+            InferInput(name=name, shape=shape, datatype=datatype, data=data, parameters={})
+        )
+    return InferRequest(request_id=request_id, model_name=model_name, infer_inputs=infer_inputs)
 
 
 async def _read(receive, limit: int) -> tuple[bytes | None, bool]:
