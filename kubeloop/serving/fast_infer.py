@@ -278,8 +278,35 @@ def endpoint_answer(response: Any, headers: dict[str, str], v2: bool) -> Any:
         headers.pop("content-type", None)
         if isinstance(response, bytes):
             return Response(content=response, headers=headers)
-        content = jsonable_encoder(InferenceResponse.model_validate(response))
+        validated = InferenceResponse.model_validate(response)
+        if _plain_response(response):
+            # jsonable_encoder's own result for such a response (it dumps the model in
+            # JSON mode, then walks the dump, which changes nothing here), without the walk.
+            content = validated.model_dump(mode="json", by_alias=True)
+        else:
+            content = jsonable_encoder(validated)
         return ORJSONResponse(content=content, headers=headers)
     if isinstance(response, (bytes, str)):
         return Response(content=response, headers=headers)
     return ORJSONResponse(content=response, headers=headers)
+
+
+_SCALARS = frozenset({float, int, str, bool, type(None)})
+
+
+def _plain_response(response: Any) -> bool:
+    """Whether a v2 response dict holds no parameters and only scalar output data: then
+    jsonable_encoder's walk of the JSON-mode dump (which drops dict keys starting with
+    "_sa" and re-encodes containers) leaves it as it is."""
+    if type(response) is not dict or response.get("parameters") is not None:
+        return False
+    outputs = response.get("outputs")
+    if type(outputs) is not list:
+        return False
+    for output in outputs:
+        if type(output) is not dict or output.get("parameters") is not None:
+            return False
+        data = output.get("data")
+        if type(data) is not list or not set(map(type, data)) <= _SCALARS:
+            return False
+    return True
