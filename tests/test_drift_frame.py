@@ -102,3 +102,41 @@ def test_frame_of_keeps_float_values_bit_for_bit():
     values = [float(v) for v in values]
     expected, got = _frames(values)
     assert got["a"].to_numpy().tobytes() == expected["a"].to_numpy().tobytes()
+
+
+def test_monitor_frames_from_the_mirror_are_from_records_frames(tmp_path, monkeypatch):
+    """Batches straddling windows, a request with a text in a numeric input (the slow
+    path) and a restart mid-window: every window's frame is the `from_records` one."""
+    from test_drift_batches import _requests
+    from test_drift_detectors import make_frame, scores_of, small_config
+
+    from kubeloop.drift import DriftMonitor, Reference
+
+    features = make_frame(4000, seed=1)
+    metrics = {"normalized_entropy": 0.9, "log_loss": 0.18, "calibration_ratio": 1.0}
+    reference = Reference("ctr", "v0001", features, scores_of(features), metrics)
+    frame = make_frame(1400, seed=5)
+    requests = _requests(frame, scores_of(frame))
+    numeric = next(c for c in frame.columns if frame[c].dtype.kind == "f")
+    requests[30].instances[0][numeric] = "n/a"
+    checked = {"mirrored": 0, "windows": 0}
+    original = DriftMonitor._window_frame
+
+    def both(self, values, mirrored=None):
+        got = original(self, values, mirrored)
+        expected = original(self, values, None)
+        pd.testing.assert_frame_equal(got, expected, check_exact=True)
+        checked["windows"] += 1
+        checked["mirrored"] += mirrored is not None
+        return got
+
+    monkeypatch.setattr(DriftMonitor, "_window_frame", both)
+    config = small_config()
+    with DriftMonitor(reference, tmp_path / "s", config=config) as m:
+        for start in range(0, 120, 36):
+            m.observe_many(requests[start : start + 36])
+    with DriftMonitor(reference, tmp_path / "s", config=config) as m:  # restarted
+        for start in range(120, len(requests), 36):
+            m.observe_many(requests[start : start + 36])
+        m.flush()
+    assert checked["windows"] >= 3 and 0 < checked["mirrored"] < checked["windows"]
