@@ -105,3 +105,14 @@ def test_distinct_rows_merge_equal_rows_and_keep_nan_rows_apart():
     nan = np.array([[np.nan, 1.0], [np.nan, 1.0], [3.0, 1.0], [3.0, 1.0]])
     assert distinct_rows(nan).tolist() == [0, 1, 2]
     assert distinct_rows(signed, keep=np.array([False, True, False])).tolist() == [0, 1, 2]
+
+
+def test_distinct_rows_never_merge_rows_whose_hashes_collide(monkeypatch):
+    from kubeloop.drift import checks
+
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 4, size=(200, 3)).astype(np.float64)
+    expected = _first_rows_pairwise(x)
+    # Every row hashes alike: the comparison with the first row of its hash finds it.
+    monkeypatch.setattr(checks, "_row_hash_multipliers", lambda k: np.zeros(k, dtype=np.uint64))
+    assert distinct_rows(x).tolist() == expected

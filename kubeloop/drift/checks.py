@@ -27,6 +27,7 @@ lake this removes the daily-cycle false alarms; `stratify_by=None` turns it off.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -296,6 +297,13 @@ def distinct_rows(x: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
     return np.sort(np.concatenate([first, np.nonzero(keep)[0]]))
 
 
+@functools.cache
+def _row_hash_multipliers(k: int) -> np.ndarray:
+    """k fixed odd 64-bit multipliers, one per column, for `_first_of_each_row`'s hash."""
+    rng = np.random.default_rng(0x5EED)
+    return rng.integers(0, 2**63, size=k, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
 def _first_of_each_row(x: np.ndarray) -> np.ndarray:
     """Positions of the first occurrence of every distinct row of a 2-D array (rows equal
     value by value, as `np.unique(x, axis=0, return_index=True)` finds them, in another
@@ -305,10 +313,18 @@ def _first_of_each_row(x: np.ndarray) -> np.ndarray:
         x = x.reshape(-1, 1)
     if x.dtype == np.float64 and x.size and not np.isnan(x).any():
         # Without NaN (never equal to itself), rows are equal value by value exactly when
-        # their bytes are, once -0.0 is made 0.0 (+ 0.0 does): one sort of whole rows,
-        # about half the cost of a lexsort over the columns. np.unique's indices are
-        # those of first occurrences.
+        # their bytes are, once -0.0 is made 0.0 (+ 0.0 does).
         rows = np.ascontiguousarray(x + 0.0)
+        bits = rows.view(np.uint64)
+        # A 64-bit hash of each row's bytes, then one sort of integers; each row is then
+        # compared with the first row of its hash, so a collision (rows that differ, same
+        # hash) is found, never merged: the exact sort of whole rows below decides then.
+        mixed = (bits ^ (bits >> np.uint64(29))) * _row_hash_multipliers(bits.shape[1])
+        hashes = np.bitwise_xor.reduce(mixed, axis=1) + mixed.sum(axis=1, dtype=np.uint64)
+        _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        if (bits[first[inverse.reshape(-1)]] == bits).all():
+            return first
+        # np.unique's indices are those of first occurrences.
         whole = rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel()
         return np.unique(whole, return_index=True)[1]
     order = np.lexsort(x.T[::-1])
