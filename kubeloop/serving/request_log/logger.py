@@ -104,6 +104,10 @@ class CloudEventLogger:
         self._templates: dict[tuple, dict[str, str]] = {}
         # The same attributes as row fields, for the SQLite rows `_rows` makes.
         self._row_parts: dict[tuple, tuple] = {}
+        # An SQLite log takes rows made without events, unless its class writes otherwise.
+        self._rows_sink = (
+            isinstance(sink, SQLiteRequestLog) and type(sink).write is SQLiteRequestLog.write
+        )
         self._send_queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="kubeloop-log", daemon=True)
@@ -273,7 +277,7 @@ class CloudEventLogger:
         recorded = iso_time(time.time())
         # Ids for the requests that brought none, time-ordered from their request times.
         new_ids = iter(uuid7_strings([x[7] for x in items if type(x) is tuple and x[6] is None]))
-        if self._sender is None and isinstance(self.sink, SQLiteRequestLog):
+        if self._sender is None and self._rows_sink:
             # Nothing is POSTed: the SQLite log's rows are made straight from the fields,
             # without the event objects (the same rows `SQLiteRequestLog.write` makes).
             rows = self._rows(items, recorded, new_ids)
