@@ -24,6 +24,10 @@ what KServe leaves open closed:
   `binary_data_size`, BYTES checked to be UTF-8), without it the whole body is JSON,
   whatever the Content-Type says (the extension: "if the header is not present the entire
   body is JSON"). A malformed request is a 4xx naming the field, never a 500.
+* **The fast route.** uvicorn serves `kubeloop.serving.fast_infer.FastInferApp` with
+  KServe's app behind it: the plain v1 predict and v2 JSON infer requests of an
+  `inference_route` model are answered there, without FastAPI (`fast_app`); everything
+  else reaches KServe's app and the middlewares above unchanged.
 * **Versions.** v2 model metadata lists the served version (`versions`), and
   `/v2/models/{name}/versions/{version}[/ready|/infer]` works for it (404 for others).
 * **OpenAPI.** `/openapi.json` documents the model's real inputs for v1 and v2 and the
