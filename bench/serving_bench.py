@@ -414,6 +414,7 @@ def serve_router(args: argparse.Namespace) -> int:
     from kubeloop.serving.request_log.logger import CloudEventLogger
     from kubeloop.serving.request_log.sinks import SQLiteRequestLog
     from kubeloop.serving.router import CanaryRouter
+    from kubeloop.serving.router_http import router_server_config
 
     backends = dict(b.split("=", 1) for b in args.backend)
     request_log = None
@@ -424,16 +425,7 @@ def serve_router(args: argparse.Namespace) -> int:
             source=f"http://localhost:{args.port}/predictor",
         )
     router = CanaryRouter(args.state, backends, request_log=request_log, seed=0)
-    config = uvicorn.Config(
-        router.app,
-        host=HOST,
-        port=args.port,
-        log_level="warning",
-        access_log=False,
-        log_config=None,
-        lifespan="on",
-        timeout_keep_alive=30,
-    )
+    config = router_server_config(router.app, host=HOST, port=args.port)
     try:
         uvicorn.Server(config).run()
     finally:

@@ -368,18 +368,12 @@ class LocalStack:
         for name in ("uvicorn.error", "kubeloop.serving"):
             logging.getLogger(name).addHandler(handler)
         self._router_log_handler = handler
-        from kubeloop.serving.router_http import RouterHTTPProtocol
+        from kubeloop.serving.router_http import router_server_config
 
-        config = uvicorn.Config(
+        config = router_server_config(
             self.router.app,
-            http=RouterHTTPProtocol,  # inference requests answered without the ASGI cycle
             host=self.router_host,
             port=int(self.router_port),  # type: ignore[arg-type]
-            log_level="warning",
-            access_log=False,
-            log_config=None,
-            lifespan="on",
-            timeout_keep_alive=30,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

@@ -203,3 +203,22 @@ class RouterHTTPProtocol(HttpToolsProtocol):
             content.append(b"transfer-encoding: chunked\r\n")
         content.append(b"\r\n")
         return b"".join(content), chunked
+
+
+def router_server_config(app: Any, *, host: str, port: int) -> Any:
+    """The `uvicorn.Config` the router runs under, in `kubeloop serve` and in the serving
+    bench alike, so that what the bench measures is what a user runs: inference requests
+    on `RouterHTTPProtocol`, and no access log (every request is in the request log)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        http=RouterHTTPProtocol,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+        timeout_keep_alive=30,
+    )
