@@ -124,6 +124,14 @@ class FastInferApp:
                 return None
         return headers
 
+    async def _answer_error(self, exc: Exception, scope, receive, send) -> None:
+        """Answer `exc` with the app's own exception handler for it, as KServe's endpoint
+        would; an exception no handler takes goes on up, as it would there."""
+        answer = await handler_answer(self.handlers, scope, receive, exc)
+        if answer is None:
+            raise exc
+        await answer(scope, receive, send)
+
     async def _v1(self, model, name: str, body: bytes, headers: dict, scope, receive, send) -> bool:
         """Answer a v1 predict request; False when it must go on to KServe's app."""
         try:
@@ -134,11 +142,8 @@ class FastInferApp:
             return False
         try:
             response, response_headers = await model(payload, headers=headers)
-        except Exception as exc:  # answered by the app's handler for it
-            answer = await handler_answer(self.handlers, scope, receive, exc)
-            if answer is None:
-                raise
-            await answer(scope, receive, send)
+        except Exception as exc:  # noqa: BLE001 (the app's handler answers it, or it is re-raised)
+            await self._answer_error(exc, scope, receive, send)
             return True
         response_headers.pop("content-length", None)
         if not isinstance(response, dict):
@@ -173,11 +178,8 @@ class FastInferApp:
             response, more = self.dataplane.encode(
                 model_name=name, response=response, headers=headers, req_attributes={}
             )
-        except Exception as exc:  # answered by the app's handler for it
-            answer = await handler_answer(self.handlers, scope, receive, exc)
-            if answer is None:
-                raise
-            await answer(scope, receive, send)
+        except Exception as exc:  # noqa: BLE001 (the app's handler answers it, or it is re-raised)
+            await self._answer_error(exc, scope, receive, send)
             return True
         response_headers.update(more)
         response_headers.pop("content-length", None)
