@@ -101,19 +101,21 @@ def simulated_pairs(n: int, candidate_shift: float, seed: int = 0) -> pd.DataFra
     )
 
 
-def healthy(candidate_served: int, total: int, **candidate) -> HealthStats:
+def healthy(
+    candidate_served: int, total: int, production_p99_ms: float = 40.0, **candidate
+) -> HealthStats:
     return HealthStats(
         production=ModelHealth(
             version="v1",
             served=total - candidate_served,
             shadow=candidate_served,
-            latency_p99_ms=10.0,
+            latency_p99_ms=production_p99_ms,
         ),
         candidate=ModelHealth(
             version="v2",
             served=candidate_served,
             shadow=total - candidate_served,
-            latency_p99_ms=candidate.pop("latency_p99_ms", 11.0),
+            latency_p99_ms=candidate.pop("latency_p99_ms", 44.0),
             **candidate,
         ),
     )
@@ -175,7 +177,7 @@ def test_equal_candidate_needing_superiority_is_inconclusive_at_the_budget():
     "candidate, reason",
     [
         ({"errors": 30, "error_rate": 0.03}, "error rate"),
-        ({"latency_p99_ms": 25.0}, "p99 latency"),
+        ({"latency_p99_ms": 100.0}, "p99 latency"),
     ],
 )
 def test_health_guardrails_roll_back(candidate, reason):
@@ -187,6 +189,22 @@ def test_health_guardrails_roll_back(candidate, reason):
     assert reason in decision.reasons[0]
     fine = evaluate_step(state, pairs, healthy(50, 1000), policy)
     assert fine.action != "rollback"
+
+
+def test_latency_ratio_under_the_floor_is_not_a_rollback():
+    """Two fast small samples: 2.35x production's p99 but 16.6 ms, under the 50 ms floor
+    (the spurious rollback a busy machine produced); the same ratio above it rolls back."""
+    policy = ProgressivePolicy()
+    state = StepState(step=1, percent=5, quality="passed", quality_concluded_at=1000)
+    pairs = simulated_pairs(2000, 0.05)
+    fast = healthy(50, 1000, production_p99_ms=7.06, latency_p99_ms=16.6)
+    assert fast.candidate.latency_p99_ms / fast.production.latency_p99_ms > 2
+    assert evaluate_step(state, pairs, fast, policy).action != "rollback"
+    slow = healthy(50, 1000, production_p99_ms=30.0, latency_p99_ms=70.5)
+    decision = evaluate_step(state, pairs, slow, policy)
+    assert decision.action == "rollback" and "above 50 ms" in decision.reasons[0]
+    strict = ProgressivePolicy(latency_p99_floor_ms=0)
+    assert evaluate_step(state, pairs, fast, strict).action == "rollback"
 
 
 def test_srm_guardrail_rolls_back_a_broken_split():

@@ -134,7 +134,7 @@ def test_a_truly_worse_candidate_is_rolled_back_as_soon_as_the_known_labels_prov
 def test_delayed_steps_still_roll_back_on_health_and_need_candidate_answers():
     state = initial_state(DELAYED).model_copy(update={"step": 1, "percent": 5})
     empty = fraud_like_pairs(10, 1.0, seed=3).iloc[:0]
-    slow = evaluate_step(state, empty, healthy(10, 200, latency_p99_ms=25.0), DELAYED)
+    slow = evaluate_step(state, empty, healthy(10, 200, latency_p99_ms=100.0), DELAYED)
     assert slow.action == "rollback" and "p99 latency" in slow.reasons[0]
     # too few candidate answers to judge health: no advance on an unjudged step
     few = evaluate_step(state, empty, healthy(2, 40), DELAYED)
