@@ -44,7 +44,13 @@ import re
 from typing import Any
 
 import orjson
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import ORJSONResponse
 from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+from kserve.protocol.infer_type import InferInput, InferRequest
+from kserve.protocol.rest.v2_datamodels import InferenceResponse
+from starlette.requests import Request
+from starlette.responses import Response
 
 from kubeloop.serving.edge import ID_HEADERS, id_problem
 
@@ -196,7 +202,6 @@ def _infer_request(payload: Any, model_name: str) -> Any:
     plainly one: only `id` (a string) and `inputs`, each input exactly name (str), shape
     (list of int), datatype (str, not FP16) and data (a list), nothing pydantic would
     coerce or a parameter would change; None otherwise (KServe's path decides)."""
-    from kserve.protocol.infer_type import InferInput, InferRequest
 
     if type(payload) is not dict or not payload.keys() <= {"id", "inputs"}:
         return None
@@ -256,7 +261,6 @@ def _replay(body: bytes, done: bool, receive):
 async def handler_answer(handlers: Any, scope: Any, receive: Any, exc: Exception) -> Any:
     """The response the exception handler of `handlers` (a FastAPI app) gives `exc`, or
     None when it has none for the exception's class or its bases."""
-    from starlette.requests import Request
 
     for cls in type(exc).__mro__:
         handler = handlers.exception_handlers.get(cls)
@@ -271,10 +275,6 @@ async def handler_answer(handlers: Any, scope: Any, receive: Any, exc: Exception
 def endpoint_answer(response: Any, headers: dict[str, str], v2: bool) -> Any:
     """The response KServe's v1 `predict` / v2 `infer` endpoint sends for `response`
     (FastAPI's app answers with ORJSONResponse by default)."""
-    from fastapi.encoders import jsonable_encoder
-    from fastapi.responses import ORJSONResponse
-    from kserve.protocol.rest.v2_datamodels import InferenceResponse
-    from starlette.responses import Response
 
     if v2:
         headers.pop("content-type", None)
